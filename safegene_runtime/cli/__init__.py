@@ -1,0 +1,80 @@
+"""``safegene``: one subcommand per pipeline step.
+
+Each subcommand lives in its own module under ``safegene_runtime.cli`` and exposes
+``register(subparsers) -> None``, which adds its parser and sets ``func`` (called with the parsed args, returns an
+exit code). Modules import their heavy dependencies (torch, transformers, vLLM) inside ``func`` so that
+``safegene --help`` stays instant and never imports vLLM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+
+#: subcommand module names, in the order of the pipeline (shown in this order by --help)
+COMMAND_MODULES = (
+    "models",     # models prepare: the demo model from its shipped GGUF
+    "extract",    # stage 1: aligned - degraded -> safety adapter
+    "select",     # stage 2: data-aware layer selection
+    "calibrate",  # stage 3: few-shot per-layer coefficients
+    "stack",      # task + scaled safety -> one LoRA (exact, or within a rank budget)
+    "merge",      # fold deltas into a full checkpoint
+    "baseline",   # Safe LoRA, uniform safety arithmetic
+    "serve",      # the OpenAI-compatible server (imports vLLM)
+    "eval",       # evaluation harness against any OpenAI-compatible endpoint
+    "judge",      # judges: train the prompt-harm head, judge a file
+    "demo",       # the README's demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="safegene",
+        description=(
+            "SafeGene Serve: build a reusable safety adapter once per model family, calibrate it per task adapter "
+            "with a few shots, and serve task adapters with safety stacked in, behind an OpenAI-compatible API."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Pipeline: extract -> select -> calibrate -> stack|merge -> serve -> eval. "
+        "Run 'safegene <command> --help' for each step.",
+    )
+    parser.add_argument("--version", action="version", version=f"safegene {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"{__name__}.{name}":
+                continue  # subcommand not built in this checkout
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # user-facing errors: one clear line, no traceback, unless SAFEGENE_DEBUG is set
+        import os
+
+        from ..artifacts import ArtifactError
+
+        if os.environ.get("SAFEGENE_DEBUG") or not isinstance(e, (ArtifactError, ValueError, FileNotFoundError)):
+            raise
+        print(f"safegene {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
