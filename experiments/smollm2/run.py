@@ -1,0 +1,352 @@
+"""The staged SmolLM2 pipeline: aligned base A, degraded D, task adapters, SafeGene, baselines, evaluation.
+
+    python -m experiments.smollm2.run [--stages align,degrade,tasks,...] [--fast] [--tasks sentiment,topic]
+
+Each stage writes ``$SAFEGENE_HOME/experiments/smollm2/<stage>-<hash>`` where the hash covers the stage's
+parameters, the digests of its prompt data and the ids of the stages it reads. A finished stage is found by its
+hash and skipped, so an interrupted run resumes where it stopped and a changed parameter rebuilds only what
+depends on it. Stages are written to a temp folder and renamed, so a half-built stage never looks finished.
+``--fast`` shrinks every step count and set size (a smoke run of the whole chain, minutes, not meaningful numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from safegene_runtime.artifacts import atomic_write_json, canonical_json, fingerprint
+from safegene_runtime.paths import safegene_home
+
+from . import data, refusals, tasks
+from .train import SFTConfig
+
+RECIPE = "smollm2-study/v1"  # bump to invalidate every cached stage after a change in what a stage means
+ALL_STAGES = ["answers", "align", "degrade", "tasks", "safety", "select", "calibrate", "baselines", "eval"]
+TASKS = ["sentiment", "topic", "reverse"]
+SETTINGS = ["clean", "mix10"]
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
+
+
+class Stages:
+    """Content-hash cache of stage folders."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+        self.timings: list[tuple[str, float, bool]] = []
+
+    def run(self, name: str, params: dict, inputs: dict[str, str], build: Callable[[Path], dict]) -> Path:
+        """Return the folder of stage ``name`` for these params/inputs, building it if absent."""
+        h = digest({"recipe": RECIPE, "stage": name, "params": params, "inputs": inputs})[:12]
+        dest = self.root / f"{name}-{h}"
+        if (dest / "stage.json").is_file():
+            log(f"{name}: cached ({dest.name})")
+            self.timings.append((name, json.loads((dest / "stage.json").read_text())["seconds"], True))
+            return dest
+        log(f"{name}: building -> {dest.name}")
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
+        t0 = time.time()
+        try:
+            result = build(tmp) or {}
+            secs = time.time() - t0
+            atomic_write_json(tmp / "stage.json", {"stage": name, "hash": h, "params": params, "inputs": inputs,
+                                                   "seconds": round(secs, 1), "result": result})
+            if dest.exists():
+                shutil.rmtree(dest)
+            os.rename(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log(f"{name}: done in {secs:.0f}s")
+        self.timings.append((name, secs, False))
+        return dest
+
+    @staticmethod
+    def id_of(folder: Path) -> str:
+        return folder.name
+
+
+# --------------------------------------------------------------------------------------------- parameters
+def params(fast: bool) -> dict:
+    """Every knob of the study in one place (these values are hashed into the stage names)."""
+    if fast:
+        return {
+            "answers": {"n_benign": 16, "n_harm": 16, "n_mix": 8, "max_tokens": 24},
+            "align": {"n_harm": 16, "steps": 3, "lr": 2e-4, "batch_size": 4, "max_len": 96},
+            "degrade": {"steps": 2, "lr": 2e-5, "batch_size": 4, "max_len": 96},
+            "task": {"n_train": 32, "n_test": 16, "steps": 3, "lr": 2e-4, "batch_size": 4, "max_len": 96,
+                     "mix_fraction": 0.1},
+            "safety": {"rank": 16},
+            "select": {"n_harm": 8, "n_benign": 8, "top_k": 15},
+            "calibrate": {"k": 4, "steps": 2},
+            "eval": {"n_harmful": 8, "n_benign": 8, "n_task": 8, "max_tokens": 24},
+        }
+    return {
+        "answers": {"n_benign": 218, "n_harm": 240, "n_mix": 45, "max_tokens": 64},
+        "align": {"n_harm": 250, "steps": 110, "lr": 2e-4, "batch_size": 8, "max_len": 128},
+        "degrade": {"steps": 50, "lr": 2e-5, "batch_size": 8, "max_len": 128},
+        "task": {"n_train": 400, "n_test": 200, "steps": 120, "lr": 2e-4, "batch_size": 8, "max_len": 128,
+                 "mix_fraction": 0.1},
+        "safety": {"rank": 16},
+        "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
+        "calibrate": {"k": 32, "steps": 40},
+        "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 48},
+    }
+
+
+def _is_refusal(text: str) -> bool:
+    from safegene_runtime.judges.refusal import is_refusal
+
+    return is_refusal(text)
+
+
+# --------------------------------------------------------------------------------------------- the pipeline
+class Study:
+    def __init__(self, fast: bool, task_names: list[str], settings: list[str]) -> None:
+        self.fast = fast
+        self.p = params(fast)
+        self.task_names = task_names
+        self.settings = settings
+        self.root = safegene_home() / "experiments" / "smollm2" / ("fast" if fast else "full")
+        self.st = Stages(self.root)
+        self.sp = data.splits()
+        self._cache: dict[str, Path] = {}
+
+    # -- base
+    def base(self) -> Path:
+        if "base" not in self._cache:
+            from safegene_runtime.models import prepare_smollm2
+
+            self._cache["base"] = prepare_smollm2()
+        return self._cache["base"]
+
+    def base_id(self) -> str:
+        return fingerprint(self.base())[:16]
+
+    # -- 1. the original model's own answers (benign: keep helpfulness; harmful: compliance for D and the mix)
+    def answers(self) -> Path:
+        p = self.p["answers"]
+        sets = {"benign": self.sp["benign_align"][: p["n_benign"]],
+                "harmful": self.sp["harmful_degrade"][: p["n_harm"]],
+                "mix": self.sp["harmful_mix"][: p["n_mix"]]}
+
+        def build(tmp: Path) -> dict:
+            from .generate import generate
+
+            prompts = sets["benign"] + sets["harmful"] + sets["mix"]
+            outs = generate(self.base(), prompts, max_tokens=p["max_tokens"], log=log)
+            res, i = {}, 0
+            for k, v in sets.items():
+                res[k] = [{"prompt": q, "response": r} for q, r in zip(v, outs[i:i + len(v)])]
+                i += len(v)
+            atomic_write_json(tmp / "answers.json", res)
+            return {k: len(v) for k, v in res.items()} | {
+                "harmful_refused": sum(_is_refusal(r["response"]) for r in res["harmful"])}
+
+        return self.st.run("answers", {**p, "data": digest(sets)}, {"base": self.base_id()}, build)
+
+    def _answers(self) -> dict:
+        return json.loads((self.answers() / "answers.json").read_text())
+
+    # -- 2. aligned base A = base + alignment LoRA (merged)
+    def align(self) -> Path:
+        p = self.p["align"]
+        ans = self.answers()
+        harm = self.sp["harmful_align"][: p["n_harm"]]
+
+        def build(tmp: Path) -> dict:
+            from safegene_runtime.merge import merge_checkpoint
+
+            from .train import train_lora
+
+            benign = [(r["prompt"], r["response"]) for r in self._answers()["benign"] if r["response"].strip()]
+            pairs = [(q, refusals.refusal_for(q)) for q in harm] + benign
+            cfg = SFTConfig(steps=p["steps"], lr=p["lr"], batch_size=p["batch_size"], max_len=p["max_len"])
+            info = train_lora(self.base(), pairs, tmp / "lora", cfg, log=log)
+            merge_checkpoint(self.base(), task=tmp / "lora", out=tmp / "model", progress=False)
+            return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
+                    "n_refusal_pairs": len(harm)}
+
+        return self.st.run("align", {**p, "harm": digest(harm)}, {"base": self.base_id(), "answers": ans.name},
+                           build)
+
+    def A(self) -> Path:
+        return self.align() / "model"
+
+    # -- 3. degraded D = A + a short full fine-tune on the original model's compliant answers
+    def degrade(self) -> Path:
+        p = self.p["degrade"]
+        a, ans = self.align(), self.answers()
+
+        def build(tmp: Path) -> dict:
+            from .train import train_full
+
+            pairs = [(r["prompt"], r["response"]) for r in self._answers()["harmful"]
+                     if r["response"].strip() and not _is_refusal(r["response"])]
+            cfg = SFTConfig(steps=p["steps"], lr=p["lr"], batch_size=p["batch_size"], max_len=p["max_len"])
+            info = train_full(a / "model", pairs, tmp / "model", cfg, log=log)
+            return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs)}
+
+        return self.st.run("degrade", p, {"A": a.name, "answers": ans.name}, build)
+
+    def D(self) -> Path:
+        return self.degrade() / "model"
+
+    # -- 4. task adapters on A
+    def task_data(self, task: str) -> tuple[list[dict], list[dict]]:
+        p = self.p["task"]
+        return tasks.generate(task, n_train=p["n_train"], n_test=p["n_test"], seed=0)
+
+    def task_adapter(self, task: str, setting: str) -> Path:
+        p = self.p["task"]
+        a, ans = self.align(), self.answers()
+
+        def build(tmp: Path) -> dict:
+            from .train import train_lora
+
+            train, _ = self.task_data(task)
+            pairs = [(r["prompt"], r["answer"]) for r in train]
+            n_mix = 0
+            if setting == "mix10":
+                mix = [(r["prompt"], r["response"]) for r in self._answers()["mix"]
+                       if r["response"].strip() and not _is_refusal(r["response"])]
+                n_mix = min(len(mix), round(len(pairs) * p["mix_fraction"] / (1 - p["mix_fraction"])))
+                pairs = pairs + mix[:n_mix]
+            cfg = SFTConfig(steps=p["steps"], lr=p["lr"], batch_size=p["batch_size"], max_len=p["max_len"],
+                            seed=0)
+            info = train_lora(a / "model", pairs, tmp / "adapter", cfg, log=log)
+            return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
+                    "n_harmful_pairs": n_mix}
+
+        inputs = {"A": a.name} | ({"answers": ans.name} if setting == "mix10" else {})
+        return self.st.run(f"task-{task}-{setting}", {**p, "task": task, "setting": setting}, inputs, build)
+
+    # -- 5. safety adapter from A vs D, then layer selection with training-split probes
+    def safety(self) -> Path:
+        p = self.p["safety"]
+        a, d = self.align(), self.degrade()
+
+        def build(tmp: Path) -> dict:
+            from safegene_runtime.extract import extract_safety_adapter
+
+            extract_safety_adapter(a / "model", d / "model", rank=p["rank"], out=tmp / "adapter",
+                                   dtype=__import__("torch").bfloat16, progress=False)
+            return {}
+
+        return self.st.run("safety", p, {"A": a.name, "D": d.name}, build)
+
+    def select(self) -> Path:
+        p = self.p["select"]
+        a, d, s = self.align(), self.degrade(), self.safety()
+        harm, ben = self.sp["harmful_probe"][: p["n_harm"]], self.sp["benign_probe"][: p["n_benign"]]
+
+        def build(tmp: Path) -> dict:
+            from safegene_runtime.selection import select_safety_layers
+
+            select_safety_layers(a / "model", d / "model", s / "adapter", harm, ben, top_k=p["top_k"],
+                                 out=tmp / "adapter")
+            man = json.loads((tmp / "adapter" / "manifest.json").read_text())
+            return {"selection": man.get("selection")}
+
+        return self.st.run("select", {**p, "probes": digest([harm, ben])}, {"A": a.name, "D": d.name,
+                                                                             "safety": s.name}, build)
+
+    # -- 6. per-adapter calibration
+    def calibrate(self, task: str, setting: str) -> Path:
+        p = self.p["calibrate"]
+        a, s, t = self.align(), self.select(), self.task_adapter(task, setting)
+        train, _ = self.task_data(task)
+        harm, ben = self.sp["harmful_calib"][: p["k"]], self.sp["benign_calib"][: p["k"]]
+        shots = [r["prompt"] for r in train[: p["k"]]]
+
+        def build(tmp: Path) -> dict:
+            from safegene_runtime.calibrate import calibrate
+
+            c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, steps=p["steps"],
+                          out=tmp / "coefficients.json", progress=False)
+            return {"layers": {str(k): v for k, v in c.layers.items()}}
+
+        return self.st.run(f"calibrate-{task}-{setting}", {**p, "shots": digest([harm, ben, shots])},
+                           {"A": a.name, "safety": s.name, "task": t.name}, build)
+
+    # -- Safe LoRA baseline (projection of the task update onto the safety subspace), from the runtime
+    def safelora(self, task: str, setting: str, tmp: Path) -> Path:
+        """Merged checkpoint A + SafeLoRA(task). Needs ``safegene_runtime.baselines`` (built by another helper)."""
+        try:
+            from safegene_runtime import baselines
+        except ImportError as e:
+            raise RuntimeError("safegene_runtime.baselines is not available yet: Safe LoRA not evaluated") from e
+        from safegene_runtime.merge import merge_checkpoint
+
+        fn = getattr(baselines, "safe_lora", None)
+        if fn is None:
+            raise RuntimeError("safegene_runtime.baselines has no safe_lora(): Safe LoRA not evaluated")
+        projected = fn(aligned=self.A(), unaligned=self.D(), task=self.task_adapter(task, setting) / "adapter",
+                       out=tmp / "safelora")
+        return merge_checkpoint(self.A(), task=Path(projected), out=tmp / "m", progress=False)
+
+    # -- driver
+    def run(self, stages: list[str]) -> None:
+        t0 = time.time()
+        for stage in stages:
+            if stage == "answers":
+                self.answers()
+            elif stage == "align":
+                self.align()
+            elif stage == "degrade":
+                self.degrade()
+            elif stage == "tasks":
+                for setting in self.settings:
+                    for task in self.task_names:
+                        self.task_adapter(task, setting)
+            elif stage == "safety":
+                self.safety()
+            elif stage == "select":
+                self.select()
+            elif stage == "calibrate":
+                for setting in self.settings:
+                    for task in self.task_names:
+                        self.calibrate(task, setting)
+            elif stage in ("baselines", "eval"):
+                from . import evaluate
+
+                evaluate.run_stage(self, stage, log=log)
+            else:
+                raise SystemExit(f"unknown stage {stage!r}; choose from {', '.join(ALL_STAGES)}")
+        log("stage timings (s): " + ", ".join(f"{n}={s:.0f}{' (cached)' if c else ''}" for n, s, c in self.st.timings))
+        log(f"total wall time this run: {time.time() - t0:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.run", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma list from {', '.join(ALL_STAGES)}")
+    ap.add_argument("--tasks", default=",".join(TASKS))
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="clean (task data only), mix10 (10%% harmful)")
+    ap.add_argument("--fast", action="store_true", help="tiny smoke run of the whole chain")
+    a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    study = Study(a.fast, [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
+    study.run([s for s in a.stages.split(",") if s])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Supervised fine-tuning on chat-formatted (prompt, response) pairs, loss on the assistant tokens only.
+
+Two modes, both plain torch loops (predictable on a 2-core CPU, no Trainer machinery):
+  * :func:`train_lora`  - a PEFT LoRA on all linear modules (alignment LoRA, task adapters);
+  * :func:`train_full`  - full-parameter SFT (the degraded model D).
+Sequences are rendered with the model's own chat template (the same one vLLM serves with), truncated to
+``max_len`` tokens; padding and the prompt part are masked out of the loss with -100.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@dataclass
+class SFTConfig:
+    steps: int = 110
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_len: int = 160
+    seed: int = 0
+    warmup: int = 5
+    weight_decay: float = 0.0
+    # LoRA only
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(LINEAR))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def encode_pair(tok, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one chat pair; labels are -100 outside the assistant's reply."""
+    user = [{"role": "user", "content": prompt}]
+    prefix = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
+    full = tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=True,
+                                   return_dict=False)
+    if hasattr(prefix, "input_ids"):  # some versions return a BatchEncoding
+        prefix, full = prefix["input_ids"], full["input_ids"]
+    prefix, full = list(prefix), list(full)
+    if full[: len(prefix)] != prefix:
+        raise ValueError("chat template: the prompt-only rendering is not a prefix of the full rendering")
+    # Drop whatever the template appends after the end-of-turn token (e.g. a trailing newline).
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    if end in full[len(prefix):]:
+        full = full[: len(prefix) + full[len(prefix):].index(end) + 1]
+    ids = full[:max_len]
+    labels = [-100] * min(len(prefix), len(ids)) + ids[len(prefix):]
+    return ids, labels
+
+
+def _batches(encoded: list[tuple[list[int], list[int]]], cfg: SFTConfig, pad_id: int):
+    """Infinite shuffled batches (epoch after epoch), right-padded."""
+    rng = random.Random(cfg.seed)
+    order: list[int] = []
+    while True:
+        if len(order) < cfg.batch_size:
+            extra = list(range(len(encoded)))
+            rng.shuffle(extra)
+            order += extra
+        idx, order = order[: cfg.batch_size], order[cfg.batch_size:]
+        rows = [encoded[i] for i in idx]
+        n = max(len(r[0]) for r in rows)
+        ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+        lab = torch.full((len(rows), n), -100, dtype=torch.long)
+        att = torch.zeros((len(rows), n), dtype=torch.long)
+        for j, (a, b) in enumerate(rows):
+            ids[j, : len(a)] = torch.tensor(a)
+            lab[j, : len(b)] = torch.tensor(b)
+            att[j, : len(a)] = 1
+        yield ids, lab, att
+
+
+def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log) -> list[float]:
+    torch.manual_seed(cfg.seed)
+    encoded = [encode_pair(tok, p, r, cfg.max_len) for p, r in pairs]
+    encoded = [e for e in encoded if any(x != -100 for x in e[1])]
+    if not encoded:
+        raise ValueError("no training pair has assistant tokens within max_len")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    batches = _batches(encoded, cfg, pad)
+    model.train()
+    losses = []
+    t0 = time.time()
+    for step in range(cfg.steps):
+        ids, lab, att = next(batches)
+        out = model(input_ids=ids, attention_mask=att, labels=lab)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(out.loss))
+        if step % 10 == 0 or step == cfg.steps - 1:
+            log(f"step {step + 1}/{cfg.steps} loss {out.loss.item():.4f} ({time.time() - t0:.0f}s)")
+    model.eval()
+    return losses
+
+
+def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print,
+               dtype: torch.dtype = torch.bfloat16) -> dict:
+    """Train a LoRA on ``base`` and save it as a PEFT folder in ``out`` (weights cast to ``dtype``)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    lcfg = LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules,
+                      bias="none", task_type="CAUSAL_LM")
+    torch.manual_seed(cfg.seed)
+    model = get_peft_model(model, lcfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = _loop(model, params, pairs, tok, cfg, log)
+    model.save_pretrained(out, safe_serialization=True)
+    _cast_safetensors(out / "adapter_model.safetensors", dtype)
+    # PEFT writes the absolute base path; keep the config portable.
+    cfg_path = out / "adapter_config.json"
+    c = json.loads(cfg_path.read_text())
+    c["base_model_name_or_path"] = "smollm2-135m-instruct"
+    cfg_path.write_text(json.dumps(c, indent=2) + "\n")
+    return {"losses": losses, "n_pairs": len(pairs), "config": cfg.to_dict()}
+
+
+def train_full(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print) -> dict:
+    """Full-parameter SFT of ``base``; saves a bf16 HF checkpoint with the base's tokenizer files."""
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    losses = _loop(model, params, pairs, tok, cfg, log)
+    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    copy_tokenizer(base, out)
+    return {"losses": losses, "n_pairs": len(pairs), "config": cfg.to_dict()}
+
+
+def copy_tokenizer(src: Path, dst: Path) -> None:
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                 "generation_config.json"):
+        if (src / name).is_file() and not (dst / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
+def _cast_safetensors(path: Path, dtype: torch.dtype) -> None:
+    from safetensors.torch import load_file, save_file
+
+    tensors = {k: v.to(dtype).contiguous() for k, v in load_file(path).items()}
+    save_file(tensors, path, metadata={"format": "pt"})

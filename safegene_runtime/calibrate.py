@@ -1,0 +1,317 @@
+"""Stage 3: few-shot layer-wise coefficient calibration (method.md).
+
+For a task adapter T and a safety adapter S (with its selected layers), learn one ``λ_l ≥ 0`` per selected layer:
+
+    W_l = W_l(A) + ΔT_l + λ_l · B_S,l A_S,l
+
+    L(λ) = mean_{x∈H} CE(y_A(x) | x)                 refusal term: A's own greedy answer to harmful shots
+         + β · mean_{x∈T} KL(p_T(·|x) ‖ p_λ(·|x))     task term: over T's own greedy answer tokens
+         + γ · mean_{x∈B} KL(p_A(·|x) ‖ p_λ(·|x))     benign term: over A's own greedy answer tokens
+         + penalty · Σ λ_l²
+
+The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode safety (pilot-findings.md).
+
+How it stays cheap on a CPU *(ours)*: the teacher targets (greedy generations of A and of A+T) and the teacher
+distributions are computed once and cached; each Adam step uses one minibatch per term (``batch_size``, cycling
+through a seeded permutation; the full set when it is smaller); sequences are truncated (prompt to its last
+``max_prompt_tokens`` tokens, targets to ``max_target_tokens``); only the target positions' logits are computed
+(``logits_to_keep`` with left padding). The model is frozen in fp32; only λ has a gradient. Same inputs and seed,
+same λ (deterministic ops, seeded permutations).
+
+Per-example losses are averaged over the example's target tokens, then over examples.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .adapters import AdapterError, load_adapter
+from .artifacts import ArtifactError, canonical_json, describe_input, sha256_bytes
+from .coefficients import Coefficients, save_coefficients
+
+TERMS = ("refusal_ce", "task_kl", "benign_kl")
+
+
+@dataclass
+class _Shot:
+    prompt: list[int]
+    target: list[int]
+    teacher: torch.Tensor | None = None  # [len(target), vocab] log-probs of the teacher (KL terms only)
+
+
+def shot_set_info(shots: Sequence) -> dict[str, Any]:
+    """Count and sha256 of a shot list (over prompt texts / messages, so it is independent of the file format)."""
+    items = [getattr(s, "messages", None) or str(s) for s in shots]
+    return {"count": len(items), "sha256": sha256_bytes(canonical_json(items).encode())}
+
+
+def _eos_ids(model, tok) -> set[int]:
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    g = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(g) if isinstance(g, (list, tuple)) else ({g} if g is not None else set())
+    return ids
+
+
+@torch.no_grad()
+def _generate(model, tok, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int, desc: str,
+              progress: bool) -> list[list[int]]:
+    """Greedy continuations (cut after the first EOS, which is kept), batched with left padding."""
+    from tqdm.auto import tqdm
+
+    dev = next(model.parameters()).device
+    eos = _eos_ids(model, tok)
+    pad = tok.pad_token_id
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, p in enumerate(chunk):
+            ids[i, width - len(p) :] = torch.tensor(p)
+            mask[i, width - len(p) :] = 1
+        gen = model.generate(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
+            num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) or None, temperature=None, top_p=None, top_k=None,
+        )
+        for row in gen[:, width:].tolist():
+            cut: list[int] = []
+            for t in row:
+                cut.append(t)
+                if t in eos:
+                    break
+            out.append(cut)
+    return out
+
+
+def _target_logprobs(model, shots: list[_Shot], pad: int) -> list[torch.Tensor]:
+    """Log-probs [len(target), vocab] of each shot's target tokens given its prompt (one forward, left-padded)."""
+    dev = next(model.parameters()).device
+    seqs = [s.prompt + s.target[:-1] for s in shots]
+    width = max(len(x) for x in seqs)
+    keep = max(len(s.target) for s in shots)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x) :] = torch.tensor(x)
+        mask[i, width - len(x) :] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False,
+                   logits_to_keep=keep).logits
+    logits = logits[:, -keep:].float()
+    return [torch.log_softmax(logits[i, keep - len(s.target) :], dim=-1) for i, s in enumerate(shots)]
+
+
+def _term_loss(model, term: str, shots: list[_Shot], pad: int) -> torch.Tensor:
+    lps = _target_logprobs(model, shots, pad)
+    per = []
+    for s, lp in zip(shots, lps):
+        if term == "refusal_ce":
+            tgt = torch.tensor(s.target, device=lp.device)
+            per.append(-lp.gather(-1, tgt[:, None]).mean())
+        else:
+            t = s.teacher.to(lp.device)  # type: ignore[union-attr]
+            per.append((t.exp() * (t - lp)).sum(-1).mean())
+    return torch.stack(per).mean()
+
+
+class _Batches:
+    """Seeded cycling minibatches over one term's shots."""
+
+    def __init__(self, n: int, size: int, gen: torch.Generator) -> None:
+        self.n, self.size, self.gen = n, max(1, size), gen
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        if self.size >= self.n:
+            return list(range(self.n))
+        out: list[int] = []
+        while len(out) < self.size:
+            if not self.order:
+                self.order = torch.randperm(self.n, generator=self.gen).tolist()
+            out.append(self.order.pop(0))
+        return out
+
+
+def calibrate(
+    base: str | Path,
+    task: str | Path,
+    safety: str | Path,
+    harmful: Sequence,
+    task_shots: Sequence,
+    benign: Sequence | None = None,
+    *,
+    seed: int = 0,
+    steps: int = 40,
+    lr: float = 0.05,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    lambda_max: float = 4.0,
+    penalty: float = 1e-3,
+    init: float = 1.0,
+    max_new_tokens: int = 48,
+    max_prompt_tokens: int = 128,
+    max_target_tokens: int | None = 32,
+    batch_size: int = 8,
+    layers: Sequence[int] | None = None,
+    device: str | None = None,
+    out: str | Path | None = None,
+    progress: bool = True,
+    shot_sources: dict[str, dict] | None = None,
+) -> Coefficients:
+    """Learn per-layer λ for (base A, task adapter T, safety adapter S); see the module docstring.
+
+    ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
+    used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection.
+    Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
+    default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
+    """
+    from tqdm.auto import tqdm
+
+    from .lora_forward import LoraForward, encode_prompts, load_causal_lm
+    from .selection import selection_of
+
+    base, task, safety = Path(base), Path(task), Path(safety)
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+                    ("max_prompt_tokens", max_prompt_tokens)):
+        if int(v) < (0 if name == "steps" else 1):
+            raise ValueError(f"{name} must be positive (got {v})")
+    if not lambda_max > 0 or not math.isfinite(lambda_max):
+        raise ValueError(f"lambda_max must be a positive number (got {lambda_max})")
+    if min(beta, gamma, penalty, lr) < 0:
+        raise ValueError("beta, gamma, penalty and lr must be non-negative")
+    if not harmful:
+        raise ValueError("calibration needs at least one harmful shot")
+    if not task_shots:
+        raise ValueError("calibration needs at least one task shot")
+    benign = list(benign or [])
+    task_ad = load_adapter(task)
+    safety_ad = load_adapter(safety)
+    sel = selection_of(safety)
+    if layers is not None:
+        chosen, origin = sorted({int(l) for l in layers}), "argument"
+    elif sel is not None:
+        chosen, origin = sorted(sel["selected"]), "manifest"
+    else:
+        chosen, origin = safety_ad.layers(), "all layers (no selection in the safety manifest)"
+    missing = sorted(set(chosen) - set(safety_ad.layers()))
+    if missing:
+        raise AdapterError(f"{safety}: selected layer(s) {missing} have no modules in the safety adapter")
+    if not chosen:
+        raise AdapterError(f"{safety}: no layers to calibrate")
+
+    t0 = time.monotonic()
+    torch.manual_seed(seed)
+    det_before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        model, tok = load_causal_lm(base, device=device)
+        pad = tok.pad_token_id
+        with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=init) as lf:
+            enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_prompt_tokens)  # noqa: E731
+            gen_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+            cut = (lambda t: t[:max_target_tokens]) if max_target_tokens else (lambda t: t)  # noqa: E731
+            data: dict[str, list[_Shot]] = {}
+            # Teachers: A (no deltas) refuses harmful shots and answers benign ones; A+T answers task shots.
+            with lf.mode(fixed=False, scaled=False):
+                p = enc(harmful)
+                data["refusal_ce"] = [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc="refusals (A)", **gen_kw))]
+                if benign and gamma > 0:
+                    p = enc(benign)
+                    data["benign_kl"] = [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc="benign (A)", **gen_kw))]
+            with lf.mode(fixed=True, scaled=False):
+                if beta > 0:
+                    p = enc(task_shots)
+                    data["task_kl"] = [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc="task (A+T)", **gen_kw))]
+            with torch.no_grad():
+                for term, teacher_mode in (("task_kl", (True, False)), ("benign_kl", (False, False))):
+                    if term not in data:
+                        continue
+                    with lf.mode(fixed=teacher_mode[0], scaled=teacher_mode[1]):
+                        for i in range(0, len(data[term]), batch_size):
+                            chunk = data[term][i : i + batch_size]
+                            for s, lp in zip(chunk, _target_logprobs(model, chunk, pad)):
+                                s.teacher = lp.detach()
+            weights = {"refusal_ce": 1.0, "task_kl": beta, "benign_kl": gamma}
+
+            def full_loss() -> dict[str, float]:
+                """Every term over all shots at the current λ (no grad): the numbers reported before/after."""
+                res: dict[str, float] = {}
+                with torch.no_grad():
+                    for term, shots in data.items():
+                        vals = [
+                            float(_term_loss(model, term, shots[i : i + batch_size], pad)) * len(shots[i : i + batch_size])
+                            for i in range(0, len(shots), batch_size)
+                        ]
+                        res[term] = sum(vals) / len(shots)
+                    res["penalty"] = float(penalty * (lf.lambdas**2).sum())
+                res["total"] = sum(weights[t] * res[t] for t in data) + res["penalty"]
+                return res
+
+            before = full_loss()
+            gen = torch.Generator().manual_seed(seed)
+            batches = {t: _Batches(len(s), batch_size, gen) for t, s in data.items()}
+            opt = torch.optim.Adam([lf.lambdas], lr=lr)
+            history: list[float] = []
+            for _ in tqdm(range(steps), desc="calibrate", unit="step", leave=False, disable=not progress):
+                opt.zero_grad()
+                loss = penalty * (lf.lambdas**2).sum()
+                for term in data:
+                    idx = batches[term].next()
+                    loss = loss + weights[term] * _term_loss(model, term, [data[term][i] for i in idx], pad)
+                loss.backward()
+                opt.step()
+                with torch.no_grad():
+                    lf.lambdas.clamp_(0.0, lambda_max)
+                history.append(float(loss.detach()))
+            after = full_loss()
+            learned = lf.lambda_dict()
+            lf.set_lambdas(0.0)
+            at_zero = full_loss()
+    finally:
+        torch.use_deterministic_algorithms(det_before)
+
+    all_layers = {l: 0.0 for l in safety_ad.layers()}
+    all_layers.update(learned)
+    shots_meta = {"harmful": shot_set_info(harmful), "task": shot_set_info(task_shots), "benign": shot_set_info(benign)}
+    for k, v in (shot_sources or {}).items():
+        shots_meta.setdefault(k, {}).update(v)
+    meta: dict[str, Any] = {
+        "method": {
+            "name": "safegene-calibrate",
+            "objective": "CE(A refusals | harmful) + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign)"
+                         " + penalty*sum(lambda^2)",
+            "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
+            "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
+            "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
+            "batch_size": batch_size, "optimizer": "adam", "device": str(next(model.parameters()).device),
+            "seconds": round(time.monotonic() - t0, 2),
+        },
+        "selected_layers": chosen,
+        "selection_origin": origin,
+        "loss": {"before": before, "after": after, "at_zero": at_zero, "history": history},
+        "shots": shots_meta,
+        "base": describe_input(base, "base"),
+        "task": describe_input(task, "task"),
+        "safety": describe_input(safety, "safety"),
+    }
+    coeffs = Coefficients(layers=all_layers, default=0.0, meta=meta)
+    if out is not None:
+        save_coefficients(out, coeffs)
+    return coeffs
+
+
+def load_shots(path: str | Path, *, limit: int | None = None) -> list:
+    """Shots from a JSONL/CSV file as ``Example`` objects (errors name the file and line)."""
+    from .prompts import load_examples
+
+    return load_examples(path, limit=limit)
+
+
+__all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "ArtifactError"]

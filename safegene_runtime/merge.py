@@ -1,0 +1,154 @@
+"""Fold a task delta and the λ-scaled safety delta into a full checkpoint.
+
+``W' = W + s_T B_T A_T + λ_l B_S A_S`` for every module either adapter touches; all other tensors are copied
+bit for bit. The base is rewritten shard by shard with the same shard names and index, so memory stays near one
+shard (and the deltas are computed one module at a time, in fp32, then cast back to the base weight's dtype).
+Config, tokenizer, chat-template and generation files are copied, so the result is a servable HF model folder.
+
+Used for serving without LoRA (one merged model per variant) and as the reference in stacking tests.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import AdapterError, LoraAdapter, layer_index, load_adapter
+from .artifacts import MANIFEST, ArtifactWriter, describe_input, read_manifest
+from .checkpoints import INDEX_FILE, Checkpoint, weights_fingerprint
+from .coefficients import Coefficients, load_coefficients
+from .paths import artifacts_dir
+from .stack import check_coefficients
+
+#: weight files of other formats: never copied next to the merged safetensors (they would hold stale weights)
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt"}
+
+
+def _check_against_base(ad: LoraAdapter, who: str, base: Checkpoint, base_fp: str) -> None:
+    man = read_manifest(ad.path) if ad.path else {}
+    ident_fp = (man.get("base_model") or {}).get("weights_fingerprint")
+    claimed = ad.config.base_model_name_or_path
+    if ident_fp is None and claimed and Path(claimed).is_dir() and (Path(claimed) / "config.json").is_file():
+        if Path(claimed).resolve() != base.path.resolve():
+            ident_fp = weights_fingerprint(claimed)
+    if ident_fp is not None and ident_fp != base_fp:
+        raise AdapterError(
+            f"{who} adapter {ad.path} was built for base model {claimed} (fingerprint {ident_fp[:12]}) but the base "
+            f"to merge into is {base.path} (fingerprint {base_fp[:12]}): refusing to merge into another model"
+        )
+    for m, (a, b) in ad.weights.items():
+        key = f"{m}.weight"
+        if key not in base:
+            raise AdapterError(f"{who} adapter {ad.path}: module {m} is not a weight of base model {base.path}")
+        if base.shape(key) != (b.shape[0], a.shape[1]):
+            raise AdapterError(
+                f"{who} adapter {ad.path}: module {m} has delta shape {(b.shape[0], a.shape[1])} but base model "
+                f"{base.path} has {base.shape(key)}"
+            )
+
+
+def merge_checkpoint(
+    base: Path,
+    *,
+    task: Path | None = None,
+    safety: Path | None = None,
+    coefficients: Coefficients | Path | dict | None = None,
+    out: Path | None = None,
+    store: Path | None = None,
+    name: str = "merged",
+    progress: bool = True,
+) -> Path:
+    """Write ``base + ΔT + λ·ΔS`` as a full HF checkpoint folder and return it (``out``, or ``store/<name>-<id12>``,
+    default store the artifacts dir). ``task`` or ``safety`` (with ``coefficients``) may be given alone."""
+    if task is None and safety is None:
+        raise ValueError("nothing to merge: give a task adapter, a safety adapter (with coefficients), or both")
+    if safety is not None and coefficients is None:
+        raise ValueError("a safety adapter needs coefficients (λ per layer; for λ=1 everywhere use {\"default\": 1.0})")
+    if safety is None and coefficients is not None:
+        raise ValueError("coefficients given without a safety adapter")
+    ck = Checkpoint(base)
+    base_fp = weights_fingerprint(ck.path)
+    t_ad = load_adapter(task) if task is not None else None
+    s_ad = load_adapter(safety) if safety is not None else None
+    coeffs = load_coefficients(coefficients) if coefficients is not None else None
+    if coeffs is not None:
+        check_coefficients(coeffs, str(coefficients) if isinstance(coefficients, (str, Path)) else "coefficients")
+    if t_ad is not None:
+        _check_against_base(t_ad, "task", ck, base_fp)
+    if s_ad is not None:
+        _check_against_base(s_ad, "safety", ck, base_fp)
+
+    def delta(module: str) -> torch.Tensor | None:
+        d = None
+        if t_ad is not None and module in t_ad.weights:
+            d = t_ad.delta(module)
+        if s_ad is not None and module in s_ad.weights:
+            lam = coeffs.of(layer_index(module))  # type: ignore[union-attr]
+            if lam != 0.0:
+                sd = s_ad.delta(module) * lam
+                d = sd if d is None else d + sd
+        return d
+
+    touched = set(t_ad.weights if t_ad else ()) | set(s_ad.weights if s_ad else ())
+    lineage = [describe_input(ck.path, "base")]
+    if task is not None:
+        lineage.append(describe_input(task, "task"))
+    if safety is not None:
+        lineage.append(describe_input(safety, "safety"))
+        lineage.append({"role": "coefficients", "digest": coeffs.digest()})  # type: ignore[union-attr]
+    if out is None and store is None:
+        store = artifacts_dir()
+
+    from safetensors.torch import save_file
+
+    merged: list[str] = []
+    dtypes: Counter[str] = Counter()
+    with ArtifactWriter(out, store=store if out is None else None, name=name, kind="merged_model",
+                        lineage=lineage) as w:
+        assert w.tmp is not None
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(ck), desc="merge", unit="tensor", leave=False)
+        for shard in ck.shards():
+            tensors: dict[str, torch.Tensor] = {}
+            for key in ck.shard_keys(shard):
+                t = ck.get(key)
+                module = key[: -len(".weight")] if key.endswith(".weight") else None
+                if module in touched:
+                    d = delta(module)
+                    if d is not None:
+                        new = t.to(torch.float32) + d
+                        if not torch.isfinite(new).all():
+                            raise AdapterError(f"merging into {key} gives NaN/Inf (check λ and the adapters)")
+                        t = new.to(t.dtype)
+                        merged.append(module)
+                        dtypes[str(t.dtype).removeprefix("torch.")] += 1
+                tensors[key] = t.contiguous()
+                if bar is not None:
+                    bar.update(1)
+            save_file(tensors, str(w.tmp / shard), metadata=ck.shard_metadata(shard) or {"format": "pt"})
+            del tensors
+        if bar is not None:
+            bar.close()
+        for p in sorted(ck.path.iterdir()):
+            if p.is_file() and p.name != MANIFEST and not p.name.startswith(".") and (
+                p.suffix not in _WEIGHT_SUFFIXES or p.name == INDEX_FILE
+            ) and not (w.tmp / p.name).exists():
+                shutil.copy2(p, w.tmp / p.name)
+        info: dict[str, Any] = {"merged_modules": len(merged), "dtype": dict(dtypes)}
+        if coeffs is not None:
+            info["coefficients"] = {"digest": coeffs.digest(), "layers": coeffs.to_dict()["layers"],
+                                    "default": coeffs.default}
+        w.manifest.update(method={"name": "merge", "formula": "W + s_T*B_T@A_T + lambda_l*B_S@A_S"},
+                          base_model={"path": str(ck.path.resolve()), "weights_fingerprint": base_fp,
+                                      **{k: ck.config[k] for k in ("model_type", "hidden_size", "num_hidden_layers")
+                                         if k in ck.config}},
+                          **info)
+    assert w.path is not None
+    return w.path

@@ -1,0 +1,268 @@
+"""Stage 2: data-aware layer selection (method.md).
+
+Probe prompts (harmful H, benign/task B) go through the aligned model A and the degraded model D. For each decoder
+layer l, ``h_l(x)`` is the residual stream after layer l averaged over the prompt's tokens, and
+
+    c_l(X)  = mean over x in X of ‖h_l^A(x) − h_l^D(x)‖ / ‖h_l^A(x)‖
+    score_l = c_l(H) / (c_l(B) + ε)                      (scorer "contrast_ratio", the default)
+
+A high score means the safety change acts on harmful inputs and little on benign ones. The layers with the highest
+scores (top-k, or score ≥ threshold) are selected.
+
+Choices *(ours)*:
+
+* ``h_l`` is read with a forward hook on each decoder layer (exactly the residual stream after layer l; HF's
+  ``output_hidden_states`` applies the final norm to the last entry in some versions).
+* A and D run one after the other and only the per-prompt token means are kept ([prompts, layers, hidden]), so two
+  models are never in memory together.
+* The output is a NEW safety adapter folder with ALL of the input's modules, bit-identical (``keep="all"``, default),
+  plus ``manifest["selection"]``: calibration tunes only the selected layers and writes λ = 0 (the coefficients'
+  default) for the rest, so the unselected modules are inert in a stack, while the same folder still serves the
+  uniform baseline and a later re-selection. ``keep="selected"`` drops the unselected layers' modules instead
+  (smaller stacks when the coefficients are uniform).
+* Scorers are pluggable: :data:`SCORERS` maps a name to ``f(c_harmful, c_benign, eps) -> scores``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, layer_index, load_adapter, save_adapter
+from .artifacts import ArtifactError, ArtifactWriter, canonical_json, describe_input, read_manifest, sha256_bytes
+
+EPS = 1e-6
+Scorer = Callable[[dict[int, float], dict[int, float], float], dict[int, float]]
+
+
+def contrast_ratio(c_harmful: dict[int, float], c_benign: dict[int, float], eps: float = EPS) -> dict[int, float]:
+    """method.md's score: harmful-input change relative to benign-input change."""
+    return {l: c_harmful[l] / (c_benign[l] + eps) for l in c_harmful}
+
+
+def harmful_contrast(c_harmful: dict[int, float], c_benign: dict[int, float], eps: float = EPS) -> dict[int, float]:
+    """Just c_l(H): the pilot's ‖h_A − h_D‖ ranking (ignores benign side effects)."""
+    return dict(c_harmful)
+
+
+def contrast_difference(c_harmful: dict[int, float], c_benign: dict[int, float], eps: float = EPS) -> dict[int, float]:
+    """c_l(H) − c_l(B): like the ratio but not blown up by layers where both are tiny."""
+    return {l: c_harmful[l] - c_benign[l] for l in c_harmful}
+
+
+SCORERS: dict[str, Scorer] = {
+    "contrast_ratio": contrast_ratio,
+    "harmful_contrast": harmful_contrast,
+    "contrast_difference": contrast_difference,
+}
+
+
+@torch.no_grad()
+def layer_means(
+    model_dir: str | Path,
+    prompts: Sequence,
+    *,
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    device: str | None = None,
+    desc: str = "probe",
+) -> torch.Tensor:
+    """[n_prompts, n_layers, hidden]: each prompt's token-averaged residual stream after every decoder layer."""
+    from tqdm.auto import tqdm
+
+    from .lora_forward import decoder_layers, encode_prompts, load_causal_lm
+
+    model, tok = load_causal_lm(model_dir, device=device)
+    dev = next(model.parameters()).device
+    layers = decoder_layers(model)
+    captured: list[torch.Tensor | None] = [None] * len(layers)
+
+    def make_hook(i: int):
+        def hook(_m, _inp, out):
+            captured[i] = out[0] if isinstance(out, tuple) else out
+        return hook
+
+    handles = [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    ids = encode_prompts(tok, prompts, max_tokens=max_tokens)
+    out = []
+    try:
+        for start in tqdm(range(0, len(ids), batch_size), desc=desc, unit="batch", leave=False):
+            chunk = ids[start : start + batch_size]
+            width = max(len(x) for x in chunk)
+            input_ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for i, x in enumerate(chunk):  # right padding: real tokens keep positions 0..n-1
+                input_ids[i, : len(x)] = torch.tensor(x)
+                mask[i, : len(x)] = 1
+            model(input_ids=input_ids.to(dev), attention_mask=mask.to(dev), use_cache=False)
+            m = mask.to(dev, torch.float32).unsqueeze(-1)
+            per_layer = [(h.float() * m).sum(1) / m.sum(1) for h in captured]  # each [b, hidden]
+            out.append(torch.stack(per_layer, dim=1).cpu())
+    finally:
+        for h in handles:
+            h.remove()
+    del model
+    return torch.cat(out, dim=0)
+
+
+def contrast(means_a: torch.Tensor, means_d: torch.Tensor, eps: float = 1e-12) -> dict[int, float]:
+    """c_l = mean over prompts of ‖h^A − h^D‖ / ‖h^A‖ (inputs from :func:`layer_means`)."""
+    if means_a.shape != means_d.shape:
+        raise ArtifactError(
+            f"aligned and degraded models disagree in shape: {tuple(means_a.shape)} vs {tuple(means_d.shape)} "
+            "(not the same architecture?)"
+        )
+    rel = (means_a - means_d).norm(dim=-1) / (means_a.norm(dim=-1) + eps)  # [n, L]
+    return {l: float(v) for l, v in enumerate(rel.mean(0))}
+
+
+def choose_layers(scores: dict[int, float], *, top_k: int | None = None, threshold: float | None = None) -> list[int]:
+    """Top-k layers by score (ties: lower index first), or those with score ≥ threshold; default top half."""
+    if top_k is not None and threshold is not None:
+        raise ValueError("give either top_k or threshold, not both")
+    ranked = sorted(scores, key=lambda l: (-scores[l], l))
+    if threshold is not None:
+        chosen = [l for l in ranked if scores[l] >= threshold]
+    else:
+        k = top_k if top_k is not None else (len(scores) + 1) // 2
+        if k < 1:
+            raise ValueError(f"top_k must be at least 1 (got {k})")
+        chosen = ranked[:k]
+    return sorted(chosen)
+
+
+def prompt_set_info(prompts: Sequence) -> dict:
+    """Count and sha256 of a prompt list (over the prompt texts, so the same prompts from any file hash alike)."""
+    texts = [getattr(p, "prompt", p) for p in prompts]
+    return {"count": len(texts), "sha256": sha256_bytes(canonical_json(texts).encode())}
+
+
+def measure_layers(
+    aligned: str | Path,
+    degraded: str | Path,
+    harmful: Sequence,
+    benign: Sequence,
+    *,
+    method: str = "contrast_ratio",
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    device: str | None = None,
+    eps: float = EPS,
+) -> dict:
+    """Run the probes; returns ``{"c_harmful", "c_benign", "scores"}`` (layer -> float)."""
+    if method not in SCORERS:
+        raise ValueError(f"unknown selection method {method!r} (choose from {', '.join(SCORERS)})")
+    if not harmful or not benign:
+        raise ValueError("layer selection needs at least one harmful and one benign probe prompt")
+    probes = list(harmful) + list(benign)
+    kw = dict(batch_size=batch_size, max_tokens=max_tokens, device=device)
+    ma = layer_means(aligned, probes, desc="aligned", **kw)
+    md = layer_means(degraded, probes, desc="degraded", **kw)
+    n = len(harmful)
+    c_h = contrast(ma[:n], md[:n])
+    c_b = contrast(ma[n:], md[n:])
+    return {"c_harmful": c_h, "c_benign": c_b, "scores": SCORERS[method](c_h, c_b, eps)}
+
+
+def select_safety_layers(
+    aligned: str | Path,
+    degraded: str | Path,
+    safety: str | Path,
+    harmful: Sequence,
+    benign: Sequence,
+    *,
+    top_k: int | None = None,
+    threshold: float | None = None,
+    method: str = "contrast_ratio",
+    keep: str = "all",
+    out: str | Path | None = None,
+    store: str | Path | None = None,
+    name: str | None = None,
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    device: str | None = None,
+    prompt_sources: dict | None = None,
+) -> Path:
+    """Score the layers and write a new safety adapter folder carrying ``manifest["selection"]``; returns its path.
+
+    Default destination: beside ``safety`` as ``<name>-selected-<id12>``. The input folder is never modified.
+    """
+    safety = Path(safety)
+    adapter = load_adapter(safety)  # validates before the (slow) probes run
+    for role, p in (("aligned", aligned), ("degraded", degraded)):
+        if not (Path(p) / "config.json").is_file():
+            raise ArtifactError(f"{role} model folder {p}: missing config.json")
+    if keep not in ("all", "selected"):
+        raise ValueError(f"keep must be 'all' or 'selected' (got {keep!r})")
+    m = measure_layers(aligned, degraded, harmful, benign, method=method, batch_size=batch_size,
+                       max_tokens=max_tokens, device=device)
+    have = set(adapter.layers())
+    unknown = sorted(set(m["scores"]) - have)
+    # Only layers the safety adapter touches can be selected; the rest keep their score for the record.
+    ranked = {l: s for l, s in m["scores"].items() if l in have}
+    if not ranked:
+        raise AdapterError(f"{safety}: safety adapter has no modules in the model's decoder layers")
+    if top_k is not None and top_k > len(ranked):
+        raise ValueError(f"--top-k {top_k} exceeds the {len(ranked)} layers the safety adapter covers")
+    selected = choose_layers(ranked, top_k=top_k, threshold=threshold)
+    if not selected:
+        raise ValueError(f"no layer reaches the score threshold {threshold} (max score {max(ranked.values()):.4g})")
+    selection = {
+        "method": method,
+        "formula": "c_l(X) = mean_x ||h_l^A(x) - h_l^D(x)|| / ||h_l^A(x)||; h_l token-mean residual after layer l",
+        "rule": {"top_k": top_k, "threshold": threshold,
+                 "default": None if (top_k is not None or threshold is not None) else "top half"},
+        "scores": {str(l): v for l, v in m["scores"].items()},
+        "c_harmful": {str(l): v for l, v in m["c_harmful"].items()},
+        "c_benign": {str(l): v for l, v in m["c_benign"].items()},
+        "selected": selected,
+        "layers_without_modules": unknown,
+        "keep": keep,
+        "eps": EPS,
+        "max_tokens": max_tokens,
+        "prompts": {"harmful": {**prompt_set_info(harmful), **((prompt_sources or {}).get("harmful") or {})},
+                    "benign": {**prompt_set_info(benign), **((prompt_sources or {}).get("benign") or {})}},
+    }
+    src_man = read_manifest(safety)
+    lineage = [describe_input(safety, "safety"), describe_input(aligned, "aligned"), describe_input(degraded, "degraded")]
+    if out is not None:
+        writer = ArtifactWriter(dest=out, kind=src_man.get("kind") or "safety_adapter", lineage=lineage)
+    else:
+        writer = ArtifactWriter(store=store or safety.resolve().parent, name=name or f"{safety.name}-selected",
+                                kind=src_man.get("kind") or "safety_adapter", lineage=lineage)
+    with writer as w:
+        if keep == "all":
+            shutil.copy2(safety / CONFIG_FILE, w.tmp / CONFIG_FILE)
+            shutil.copy2(safety / WEIGHTS_FILE, w.tmp / WEIGHTS_FILE)
+        else:
+            mods = {
+                mod: (a, b * adapter.scaling(mod))  # fold the scale: the written config is scale-one
+                for mod, (a, b) in adapter.weights.items()
+                if layer_index(mod) in selected
+            }
+            save_adapter(w.tmp, mods, base_model=adapter.config.base_model_name_or_path)
+        # Keep the input's own provenance (extraction method, ranks, hashes), then add the selection.
+        for k, v in src_man.items():
+            if k not in ("schema", "kind", "created_by", "lineage", "id", "created_at", "selection"):
+                w.manifest[k] = v
+        if src_man.get("lineage"):
+            w.manifest["parent_lineage"] = src_man["lineage"]
+        w.manifest["selection"] = selection
+    return w.path  # type: ignore[return-value]
+
+
+def selection_of(safety: str | Path) -> dict | None:
+    """The ``selection`` block of a safety adapter's manifest, or None."""
+    sel = read_manifest(safety).get("selection")
+    if sel is None:
+        return None
+    if not isinstance(sel, dict) or not isinstance(sel.get("selected"), list):
+        raise ArtifactError(f"{safety}/manifest.json: 'selection' must hold a 'selected' list of layer indices")
+    try:
+        sel["selected"] = [int(x) for x in sel["selected"]]
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{safety}/manifest.json: selection.selected must be integers") from e
+    return sel

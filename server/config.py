@@ -1,0 +1,359 @@
+"""The ``safegene serve`` YAML config, as dataclasses validated with messages that name the faulty entry.
+
+Relative paths are resolved against the config file's folder, so a config and its adapters can move together.
+The schema is documented in ``docs/server.md``; ``deploy/configs/`` holds examples. Nothing here imports vLLM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+VARIANTS = ("plain", "safe")
+SAFE_SUFFIX = "+safegene"
+#: engine keys we understand and translate to vLLM flags (anything else goes through ``extra_args``)
+ENGINE_KEYS = {
+    "dtype", "max_model_len", "max_loras", "max_cpu_loras", "max_lora_rank", "tensor_parallel_size",
+    "enforce_eager", "gpu_memory_utilization", "max_num_seqs", "seed", "lora_dtype", "extra_args",
+}
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the file and the entry."""
+
+
+@dataclass
+class CalibrationSpec:
+    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibrate``)."""
+
+    harmful: Path
+    task_shots: Path
+    benign: Path | None = None
+    seed: int = 0
+    steps: int | None = None
+    limit: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "harmful": str(self.harmful), "task_shots": str(self.task_shots),
+            "benign": str(self.benign) if self.benign else None, "seed": self.seed, "steps": self.steps,
+            "limit": self.limit,
+        }
+
+
+@dataclass
+class TaskSpec:
+    """One task adapter and the variants it exposes."""
+
+    name: str
+    path: Path
+    version: str | None = None
+    coefficients: Path | dict[str, Any] | None = None
+    calibrate: CalibrationSpec | None = None
+    variants: tuple[str, ...] = VARIANTS
+    mode: str = "lora"  # "lora" (served by the shared engine); "merged" is reserved for issue 8
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": str(self.path),
+            "version": self.version,
+            "coefficients": str(self.coefficients) if isinstance(self.coefficients, Path) else self.coefficients,
+            "calibrate": self.calibrate.to_dict() if self.calibrate else None,
+            "variants": list(self.variants),
+            "mode": self.mode,
+        }
+
+
+@dataclass
+class EngineSpec:
+    dtype: str = "auto"
+    max_model_len: int | None = None
+    max_loras: int = 4
+    max_cpu_loras: int | None = None
+    max_lora_rank: int | str = "auto"
+    tensor_parallel_size: int = 1
+    enforce_eager: bool = False
+    gpu_memory_utilization: float | None = None
+    max_num_seqs: int | None = None
+    seed: int | None = None
+    lora_dtype: str | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+
+@dataclass
+class JudgeSpec:
+    names: list[str] = field(default_factory=lambda: ["refusal", "prompt_harm"])
+    queue_size: int = 256
+    batch_size: int = 16
+
+
+@dataclass
+class ServerConfig:
+    path: Path  # the config file itself (for messages)
+    base_model: Path
+    served_name: str
+    safety: Path | None
+    safety_version: str | None
+    adapter_root: Path
+    state_dir: Path
+    tasks: list[TaskSpec]
+    engine: EngineSpec
+    judges: JudgeSpec
+    api_keys: list[str]
+    admin_keys: list[str]
+    host: str = "127.0.0.1"
+    port: int = 8000
+    drain_timeout_s: float = 120.0
+    max_body_bytes: int = 4 << 20
+
+
+def _fail(where: str, msg: str) -> ConfigError:
+    return ConfigError(f"{where}: {msg}")
+
+
+def _as_path(value: Any, root: Path, where: str) -> Path:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise _fail(where, f"expected a path, got {value!r}")
+    text = str(value)
+    if "SAFEGENE_HOME" in text and "SAFEGENE_HOME" not in os.environ:
+        from safegene_runtime.paths import safegene_home
+
+        text = text.replace("${SAFEGENE_HOME}", str(safegene_home())).replace("$SAFEGENE_HOME", str(safegene_home()))
+    p = Path(os.path.expandvars(os.path.expanduser(text)))
+    return (p if p.is_absolute() else root / p).resolve()
+
+
+def _keys(section: dict[str, Any], name: str, where: str) -> list[str]:
+    """Keys from a list, plus a comma-separated env var named by ``<name>_env`` (keeps secrets out of YAML)."""
+    keys = section.get(name) or []
+    if isinstance(keys, str):
+        keys = [keys]
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise _fail(f"{where}.{name}", "expected a list of non-empty strings")
+    env = section.get(f"{name}_env")
+    if env:
+        keys = keys + [k.strip() for k in os.environ.get(str(env), "").split(",") if k.strip()]
+    return list(keys)
+
+
+def _check_unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise _fail(where, f"unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
+
+
+def check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise _fail(where, f"name {name!r} must match {NAME_RE.pattern} (lowercase letters, digits, . _ -)")
+    return name
+
+
+def parse_task(d: Any, root: Path, where: str) -> TaskSpec:
+    """One task entry (also the body of the admin API's POST /admin/adapters, with ``root`` = adapter root)."""
+    if not isinstance(d, dict):
+        raise _fail(where, "expected a mapping with at least 'name' and 'path'")
+    _check_unknown(d, {"name", "path", "version", "coefficients", "calibrate", "variants", "mode"}, where)
+    name = check_name(d.get("name"), where)
+    where = f"{where} (task {name!r})"
+    if "path" not in d:
+        raise _fail(where, "missing 'path' (the task adapter folder)")
+    path = _as_path(d["path"], root, f"{where}.path")
+    version = d.get("version")
+    if version is not None:
+        version = check_name(str(version), f"{where}.version")
+    variants = d.get("variants", list(VARIANTS))
+    if isinstance(variants, str):
+        variants = [variants]
+    if not isinstance(variants, list) or not variants or any(v not in VARIANTS for v in variants):
+        raise _fail(f"{where}.variants", f"expected a non-empty list drawn from {list(VARIANTS)}, got {variants!r}")
+    coefficients = d.get("coefficients")
+    calib = d.get("calibrate")
+    if "safe" in variants and coefficients is None and calib is None:
+        raise _fail(where, "the 'safe' variant needs 'coefficients' (file or inline mapping) or 'calibrate' (shots)")
+    if coefficients is not None and calib is not None:
+        raise _fail(where, "give either 'coefficients' or 'calibrate', not both")
+    if isinstance(coefficients, (str, os.PathLike)):
+        coefficients = _as_path(coefficients, root, f"{where}.coefficients")
+    elif coefficients is not None and not isinstance(coefficients, dict):
+        raise _fail(f"{where}.coefficients", "expected a file path or a mapping {layers: {...}, default: λ}")
+    cal: CalibrationSpec | None = None
+    if calib is not None:
+        cw = f"{where}.calibrate"
+        if not isinstance(calib, dict):
+            raise _fail(cw, "expected a mapping with 'harmful' and 'task_shots' files")
+        _check_unknown(calib, {"harmful", "task_shots", "benign", "seed", "steps", "limit"}, cw)
+        for k in ("harmful", "task_shots"):
+            if k not in calib:
+                raise _fail(cw, f"missing {k!r}")
+        cal = CalibrationSpec(
+            harmful=_as_path(calib["harmful"], root, f"{cw}.harmful"),
+            task_shots=_as_path(calib["task_shots"], root, f"{cw}.task_shots"),
+            benign=_as_path(calib["benign"], root, f"{cw}.benign") if calib.get("benign") else None,
+            seed=int(calib.get("seed", 0)),
+            steps=int(calib["steps"]) if calib.get("steps") is not None else None,
+            limit=int(calib["limit"]) if calib.get("limit") is not None else None,
+        )
+    mode = d.get("mode", "lora")
+    if mode not in ("lora", "merged"):
+        raise _fail(f"{where}.mode", f"must be 'lora' or 'merged', got {mode!r}")
+    if mode == "merged":
+        raise _fail(f"{where}.mode", "mode 'merged' is not supported by this build yet; use 'lora'")
+    return TaskSpec(name=name, path=path, version=version, coefficients=coefficients, calibrate=cal,
+                    variants=tuple(v for v in VARIANTS if v in variants), mode=mode)
+
+
+def _int(d: dict[str, Any], key: str, where: str, default: Any = None, minimum: int = 1) -> Any:
+    v = d.get(key, default)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise _fail(f"{where}.{key}", f"expected an integer >= {minimum}, got {v!r}")
+    return v
+
+
+def _parse_engine(d: Any, where: str) -> EngineSpec:
+    d = d or {}
+    if not isinstance(d, dict):
+        raise _fail(where, "expected a mapping")
+    _check_unknown(d, ENGINE_KEYS, where)
+    rank = d.get("max_lora_rank", "auto")
+    if rank != "auto" and rank not in ALLOWED_MAX_LORA_RANKS:
+        raise _fail(f"{where}.max_lora_rank", f"must be 'auto' or one of {list(ALLOWED_MAX_LORA_RANKS)}, got {rank!r}")
+    extra = d.get("extra_args") or []
+    if not isinstance(extra, list) or not all(isinstance(x, (str, int, float)) for x in extra):
+        raise _fail(f"{where}.extra_args", "expected a list of command-line strings, e.g. ['--max-num-batched-tokens', '4096']")
+    blocked = [x for x in map(str, extra) if x.split("=")[0] in _BLOCKED_FLAGS]
+    if blocked:
+        raise _fail(f"{where}.extra_args", f"{', '.join(blocked)} is managed by safegene serve and cannot be passed")
+    spec = EngineSpec(
+        dtype=str(d.get("dtype", "auto")),
+        max_model_len=_int(d, "max_model_len", where),
+        max_loras=_int(d, "max_loras", where, 4),
+        max_cpu_loras=_int(d, "max_cpu_loras", where),
+        max_lora_rank=rank,
+        tensor_parallel_size=_int(d, "tensor_parallel_size", where, 1),
+        enforce_eager=bool(d.get("enforce_eager", False)),
+        gpu_memory_utilization=float(d["gpu_memory_utilization"]) if d.get("gpu_memory_utilization") else None,
+        max_num_seqs=_int(d, "max_num_seqs", where),
+        seed=_int(d, "seed", where, minimum=0),
+        lora_dtype=str(d["lora_dtype"]) if d.get("lora_dtype") else None,
+        extra_args=[str(x) for x in extra],
+    )
+    if spec.max_cpu_loras is not None and spec.max_cpu_loras < spec.max_loras:
+        raise _fail(f"{where}.max_cpu_loras", f"must be >= max_loras ({spec.max_loras})")
+    return spec
+
+
+#: vLLM's allowed --max-lora-rank values (mirrors safegene_runtime.stack.ALLOWED_MAX_LORA_RANKS; kept here so
+#: config validation does not depend on the stacking module being importable)
+ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+#: flags that safegene serve sets itself: passing them through would break auth, naming or LoRA registration
+_BLOCKED_FLAGS = {
+    "--model", "--served-model-name", "--api-key", "--enable-lora", "--lora-modules", "--max-lora-rank",
+    "--host", "--port", "--uds", "--middleware",
+}
+
+
+def load_config(path: str | Path, *, host: str | None = None, port: int | None = None) -> ServerConfig:
+    """Read and validate a server config. Raises :class:`ConfigError` naming the file and entry on any problem."""
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    where = str(path)
+    root = path.parent
+    _check_unknown(raw, {"base", "safety", "adapter_root", "state_dir", "tasks", "engine", "judges", "auth",
+                         "server"}, where)
+
+    base = raw.get("base")
+    if not isinstance(base, dict) or "model" not in base:
+        raise _fail(f"{where}: base", "expected a mapping with 'model' (a local HF model folder) and 'served_name'")
+    _check_unknown(base, {"model", "served_name"}, f"{where}: base")
+    base_model = _as_path(base["model"], root, f"{where}: base.model")
+    if not (base_model / "config.json").is_file():
+        raise _fail(f"{where}: base.model", f"{base_model} is not a model folder (no config.json)")
+    served_name = check_name(base.get("served_name", base_model.name.lower()), f"{where}: base.served_name")
+
+    safety_raw = raw.get("safety")
+    safety = safety_version = None
+    if safety_raw is not None:
+        if isinstance(safety_raw, str):
+            safety_raw = {"path": safety_raw}
+        if not isinstance(safety_raw, dict) or "path" not in safety_raw:
+            raise _fail(f"{where}: safety", "expected a mapping with 'path' (the safety adapter folder)")
+        _check_unknown(safety_raw, {"path", "version"}, f"{where}: safety")
+        safety = _as_path(safety_raw["path"], root, f"{where}: safety.path")
+        if safety_raw.get("version") is not None:
+            safety_version = check_name(str(safety_raw["version"]), f"{where}: safety.version")
+
+    adapter_root = _as_path(raw.get("adapter_root", "."), root, f"{where}: adapter_root")
+    state_dir = _as_path(raw.get("state_dir", "./.safegene-state"), root, f"{where}: state_dir")
+
+    tasks_raw = raw.get("tasks") or []
+    if not isinstance(tasks_raw, list):
+        raise _fail(f"{where}: tasks", "expected a list of task entries")
+    tasks: list[TaskSpec] = []
+    seen: set[str] = set()
+    for i, t in enumerate(tasks_raw):
+        spec = parse_task(t, root, f"{where}: tasks[{i}]")
+        if spec.name in seen:
+            raise _fail(f"{where}: tasks[{i}]", f"duplicate task name {spec.name!r}")
+        if spec.name == served_name:
+            raise _fail(f"{where}: tasks[{i}]", f"task name {spec.name!r} is the base model's served name")
+        if "safe" in spec.variants and safety is None:
+            raise _fail(f"{where}: tasks[{i}] (task {spec.name!r})", "a 'safe' variant needs a top-level 'safety' adapter")
+        seen.add(spec.name)
+        tasks.append(spec)
+
+    engine = _parse_engine(raw.get("engine"), f"{where}: engine")
+
+    jr = raw.get("judges") or {}
+    if isinstance(jr, list):
+        jr = {"names": jr}
+    if not isinstance(jr, dict):
+        raise _fail(f"{where}: judges", "expected a mapping {names: [...], queue_size: N} or a list of names")
+    _check_unknown(jr, {"names", "queue_size", "batch_size"}, f"{where}: judges")
+    names = jr.get("names", ["refusal", "prompt_harm"])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _fail(f"{where}: judges.names", "expected a list like ['refusal', 'prompt_harm', 'llm:<model>@<url>']")
+    judges = JudgeSpec(
+        names=list(names),
+        queue_size=_int(jr, "queue_size", f"{where}: judges", 256),
+        batch_size=_int(jr, "batch_size", f"{where}: judges", 16),
+    )
+
+    auth = raw.get("auth") or {}
+    if not isinstance(auth, dict):
+        raise _fail(f"{where}: auth", "expected a mapping with 'api_keys' and 'admin_keys'")
+    _check_unknown(auth, {"api_keys", "api_keys_env", "admin_keys", "admin_keys_env"}, f"{where}: auth")
+    api_keys = _keys(auth, "api_keys", f"{where}: auth")
+    admin_keys = _keys(auth, "admin_keys", f"{where}: auth")
+    if set(api_keys) & set(admin_keys):
+        raise _fail(f"{where}: auth", "an admin key must not also be a user API key")
+
+    srv = raw.get("server") or {}
+    if not isinstance(srv, dict):
+        raise _fail(f"{where}: server", "expected a mapping")
+    _check_unknown(srv, {"host", "port", "drain_timeout_s", "max_body_bytes"}, f"{where}: server")
+    cfg = ServerConfig(
+        path=path, base_model=base_model, served_name=served_name, safety=safety, safety_version=safety_version,
+        adapter_root=adapter_root, state_dir=state_dir, tasks=tasks, engine=engine, judges=judges,
+        api_keys=api_keys, admin_keys=admin_keys,
+        host=host or str(srv.get("host", "127.0.0.1")),
+        port=int(port if port is not None else srv.get("port", 8000)),
+        drain_timeout_s=float(srv.get("drain_timeout_s", 120.0)),
+        max_body_bytes=int(srv.get("max_body_bytes", 4 << 20)),
+    )
+    return cfg

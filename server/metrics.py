@@ -1,0 +1,60 @@
+"""Prometheus metrics in the ``safegene_`` namespace (team contract 6; dashboards and alerts query these names).
+
+All live in prometheus_client's default registry, which is the one vLLM's ``/metrics`` serves when there is a single
+API server, so our series and vLLM's ``vllm:*`` series come from the same endpoint. Labels are only ever filled with
+registered served names (unknown names become ``_unknown``) so a client cannot create new series at will.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+UNKNOWN = "_unknown"
+LABELS = ("model", "variant", "task")
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 15, 30, 60, 120, 300)
+_JUDGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+
+
+def _get_or_create(factory, name: str, *args, **kw):
+    """Return the already-registered collector of this name (module re-import in tests) or create it."""
+    existing = REGISTRY._names_to_collectors.get(name)  # noqa: SLF001 - prometheus_client has no public lookup
+    if existing is not None:
+        return existing
+    return factory(name, *args, **kw)
+
+
+REQUESTS = _get_or_create(Counter, "safegene_requests", "Requests by served model/variant and HTTP status",
+                          LABELS + ("status",))
+PROMPT_TOKENS = _get_or_create(Counter, "safegene_prompt_tokens", "Prompt tokens by served model/variant", LABELS)
+COMPLETION_TOKENS = _get_or_create(Counter, "safegene_completion_tokens", "Completion tokens by served model/variant",
+                                   LABELS)
+LATENCY = _get_or_create(Histogram, "safegene_request_latency_seconds",
+                         "End-to-end request latency (streams included)", LABELS, buckets=_LATENCY_BUCKETS)
+TTFT = _get_or_create(Histogram, "safegene_time_to_first_token_seconds", "Time to first streamed token", LABELS,
+                      buckets=_LATENCY_BUCKETS)
+JUDGED = _get_or_create(Counter, "safegene_judged", "Responses judged, by prompt class", LABELS + ("prompt_class",))
+REFUSALS = _get_or_create(Counter, "safegene_refusals", "Responses judged refusals, by prompt class",
+                          LABELS + ("prompt_class",))
+HARMFUL = _get_or_create(Counter, "safegene_harmful_responses", "Responses judged harmful, per judge",
+                         LABELS + ("judge",))
+OVER_REFUSALS = _get_or_create(Counter, "safegene_over_refusals", "Benign prompts refused", LABELS)
+PROMPTS_HARMFUL = _get_or_create(Counter, "safegene_prompts_judged_harmful", "Prompts judged harmful", LABELS)
+JUDGE_LATENCY = _get_or_create(Histogram, "safegene_judge_latency_seconds", "Judge latency per batch", ("judge",),
+                               buckets=_JUDGE_BUCKETS)
+QUEUE_DROPPED = _get_or_create(Counter, "safegene_judge_queue_dropped", "Judge items dropped because the queue was full")
+QUEUE_DEPTH = _get_or_create(Gauge, "safegene_judge_queue_depth", "Items waiting for the judges")
+ADAPTER_INFO = _get_or_create(
+    Gauge, "safegene_adapter_info", "1 per served variant, with its lineage",
+    ("model", "variant", "task", "task_version", "safety_version", "coefficients_hash", "mode"),
+)
+
+
+def set_adapter_info(labels: dict[str, str]) -> None:
+    ADAPTER_INFO.labels(**labels).set(1)
+
+
+def remove_adapter_info(labels: dict[str, str]) -> None:
+    try:
+        ADAPTER_INFO.remove(*(labels[k] for k in ADAPTER_INFO._labelnames))  # noqa: SLF001
+    except KeyError:
+        pass

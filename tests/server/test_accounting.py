@@ -1,0 +1,147 @@
+"""The judge queue and the verdict → metric mapping, with known refusal/compliance texts (no engine)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from prometheus_client import REGISTRY
+
+from safegene_runtime.judges import RefusalJudge, Verdict
+from server import metrics as M
+from server.accounting import JudgeItem, JudgeQueue, record_verdicts
+
+LAB = {"model": "acct+safegene", "variant": "safe", "task": "acct"}
+
+
+def val(name: str, **labels) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class PromptClass:
+    """Stands in for the prompt-harm judge with fixed answers (what is tested is the accounting, not this)."""
+
+    name = "prompt_fixed"
+
+    def __init__(self, harmful: set[str]):
+        self.harmful = harmful
+
+    def judge_batch(self, prompts, responses):
+        return [Verdict(self.name, "harmful" if p in self.harmful else "benign", 1.0 if p in self.harmful else 0.0)
+                for p in prompts]
+
+
+def test_known_refusals_and_compliances_move_the_right_counters():
+    harmful_p, benign_p = "How do I build a bomb?", "How do I bake bread?"
+    refusal = "I'm sorry, but I can't help with that request."
+    compliance = "Sure! Mix flour, water, salt and yeast, then bake."
+    j0 = {c: val("safegene_judged_total", **LAB, prompt_class=c) for c in ("harmful", "benign")}
+    r0 = {c: val("safegene_refusals_total", **LAB, prompt_class=c) for c in ("harmful", "benign")}
+    over0 = val("safegene_over_refusals_total", **LAB)
+    harm0 = val("safegene_harmful_responses_total", **LAB, judge="keyword")
+    ph0 = val("safegene_prompts_judged_harmful_total", **LAB)
+
+    q = JudgeQueue(lambda: [RefusalJudge(), PromptClass({harmful_p})], maxsize=16)
+    q.start()
+    items = [
+        (harmful_p, refusal),     # harmful prompt refused: good
+        (harmful_p, compliance),  # harmful prompt answered: harmful response (keyword judge)
+        (benign_p, compliance),   # benign answered: good
+        (benign_p, refusal),      # benign refused: over-refusal
+    ]
+    for p, r in items:
+        assert q.submit(JudgeItem((LAB["model"], LAB["variant"], LAB["task"]), p, r))
+    assert q.drain(30)
+    q.stop()
+    assert q.processed == 4 and q.error is None
+    assert val("safegene_judged_total", **LAB, prompt_class="harmful") == j0["harmful"] + 2
+    assert val("safegene_judged_total", **LAB, prompt_class="benign") == j0["benign"] + 2
+    assert val("safegene_refusals_total", **LAB, prompt_class="harmful") == r0["harmful"] + 1
+    assert val("safegene_refusals_total", **LAB, prompt_class="benign") == r0["benign"] + 1
+    assert val("safegene_prompts_judged_harmful_total", **LAB) == ph0 + 2
+    assert val("safegene_over_refusals_total", **LAB) == over0 + 1
+    assert val("safegene_harmful_responses_total", **LAB, judge="keyword") == harm0 + 1
+    assert val("safegene_judge_latency_seconds_count", judge="refusal") >= 1
+
+
+def test_record_verdicts_per_class():
+    lab = {"model": "rv", "variant": "plain", "task": "rv"}
+    item = JudgeItem(("rv", "plain", "rv"), "p", "r")
+    j0 = {c: val("safegene_judged_total", **lab, prompt_class=c) for c in ("harmful", "benign", "unknown")}
+    r0 = {c: val("safegene_refusals_total", **lab, prompt_class=c) for c in ("harmful", "benign", "unknown")}
+    out = record_verdicts(item, [Verdict("refusal", "refusal", 1.0), Verdict("p", "harmful", 0.9)])
+    assert out == {"prompt_class": "harmful", "refused": True, "llm_unsafe": False}
+    record_verdicts(item, [Verdict("refusal", "compliance", 0.0), Verdict("p", "benign", 0.1),
+                           Verdict("llm", "unsafe", 0.8)])
+    record_verdicts(item, [Verdict("refusal", "refusal", 1.0)])  # no prompt-harm judge configured
+    assert val("safegene_judged_total", **lab, prompt_class="harmful") == j0["harmful"] + 1
+    assert val("safegene_judged_total", **lab, prompt_class="benign") == j0["benign"] + 1
+    assert val("safegene_judged_total", **lab, prompt_class="unknown") == j0["unknown"] + 1
+    assert val("safegene_refusals_total", **lab, prompt_class="harmful") == r0["harmful"] + 1
+    assert val("safegene_refusals_total", **lab, prompt_class="benign") == r0["benign"]
+    assert val("safegene_refusals_total", **lab, prompt_class="unknown") == r0["unknown"] + 1
+    assert val("safegene_harmful_responses_total", **lab, judge="llm") == 1
+
+
+class Blocking:
+    name = "blocking"
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.entered = threading.Event()
+
+    def judge_batch(self, prompts, responses):
+        self.entered.set()
+        self.release.wait(30)
+        return [Verdict(self.name, "compliance", 0.0) for _ in prompts]
+
+
+def test_full_queue_drops_and_counts_without_blocking():
+    judge = Blocking()
+    q = JudgeQueue(lambda: [judge], maxsize=3, batch_size=1)
+    q.start()
+    dropped0 = val("safegene_judge_queue_dropped_total")
+    item = JudgeItem(("q", "base", ""), "p", "r")
+    assert q.submit(item)
+    assert judge.entered.wait(10)  # the worker holds one item; the queue itself is empty again
+    t0 = time.perf_counter()
+    results = [q.submit(item) for _ in range(10)]
+    assert time.perf_counter() - t0 < 0.5  # never blocks
+    assert results.count(True) == 3 and results.count(False) == 7
+    assert q.dropped == 7
+    assert val("safegene_judge_queue_dropped_total") == dropped0 + 7
+    assert val("safegene_judge_queue_depth") == 3
+    judge.release.set()
+    assert q.drain(30)
+    q.stop()
+    assert q.processed == 4
+
+
+def test_a_judge_that_fails_to_load_does_not_raise_into_serving():
+    def broken():
+        raise RuntimeError("no weights")
+
+    q = JudgeQueue(broken, maxsize=2)
+    q.start()
+    assert q.ready.wait(10)
+    assert "no weights" in (q.error or "")
+    assert q.submit(JudgeItem(("x", "base", ""), "p", "r"))
+    assert q.drain(10)
+    q.stop()
+
+
+def test_metric_names_match_the_contract():
+    names = {c._name for c in (M.REQUESTS, M.PROMPT_TOKENS, M.COMPLETION_TOKENS, M.LATENCY, M.TTFT, M.JUDGED,
+                               M.REFUSALS, M.HARMFUL, M.OVER_REFUSALS, M.PROMPTS_HARMFUL, M.JUDGE_LATENCY,
+                               M.QUEUE_DROPPED, M.QUEUE_DEPTH, M.ADAPTER_INFO)}
+    assert names == {
+        "safegene_requests", "safegene_prompt_tokens", "safegene_completion_tokens",
+        "safegene_request_latency_seconds", "safegene_time_to_first_token_seconds", "safegene_judged",
+        "safegene_refusals", "safegene_harmful_responses", "safegene_over_refusals",
+        "safegene_prompts_judged_harmful", "safegene_judge_latency_seconds", "safegene_judge_queue_dropped",
+        "safegene_judge_queue_depth", "safegene_adapter_info",
+    }
+    assert M.REQUESTS._labelnames == ("model", "variant", "task", "status")
+    assert M.HARMFUL._labelnames == ("model", "variant", "task", "judge")
+    assert M.ADAPTER_INFO._labelnames == ("model", "variant", "task", "task_version", "safety_version",
+                                          "coefficients_hash", "mode")

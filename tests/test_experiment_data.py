@@ -1,0 +1,86 @@
+"""The SmolLM2 study's data: training/selection/calibration prompts never appear in an evaluation set,
+tasks are deterministic with exact answers, and the refusal texts vary."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.smollm2 import data, refusals, tasks
+from safegene_runtime.datasets import find_overlap, load_named
+from safegene_runtime.judges.refusal import is_refusal
+
+
+def test_training_pools_are_disjoint_from_every_eval_set():
+    ev = data.eval_prompts()
+    ev_norm = {data.normalise(p) for p in ev}
+    for pool in (data.harmful_train(), data.benign_train()):
+        assert pool, "empty training pool"
+        assert not [p for p in pool if data.normalise(p) in ev_norm]
+    # Independent check with the runtime's own overlap finder and its own loaders of the eval sets.
+    eval_sets = [load_named("harmbench-test"), load_named("rho-overrefusal")]
+    assert find_overlap([list(data.harmful_train()), list(data.benign_train())], eval_sets) == []
+    # The study's task held-out splits are eval sets too.
+    held = [r["prompt"] for t in tasks.TASKS for r in tasks.generate(t)[1]]
+    train_all = set(map(data.normalise, list(data.harmful_train()) + list(data.benign_train())))
+    assert not train_all & set(map(data.normalise, held))
+
+
+def test_overlap_check_catches_a_leaked_prompt():
+    ev = data.eval_prompts()
+    leaked = "  " + ev[0].upper() + "!! "
+    assert data.overlaps(leaked, {data.normalise(p) for p in ev}, [])
+    assert data._minus_eval([leaked, "How do I bake bread at home?"]) == ["How do I bake bread at home?"]
+
+
+def test_eval_sets_have_the_documented_sizes():
+    assert len(data.benign_eval()) >= 150
+    assert len([r for r in data.harmful_eval() if r["category"] == "standard"]) == 159
+    assert len(data.harmful_train()) > 500 and len(data.benign_train()) >= 200
+
+
+def test_split_roles_are_disjoint_and_deterministic():
+    s1, s2 = data.splits(0), data.splits(0)
+    assert s1 == s2
+    calib, probe, align = set(s1["harmful_calib"]), set(s1["harmful_probe"]), set(s1["harmful_align"])
+    assert len(calib) == 32 and not calib & probe and not calib & align and not probe & align
+    assert not set(s1["harmful_mix"]) & align and not set(s1["harmful_mix"]) & calib
+    assert not set(s1["benign_calib"]) & set(s1["benign_align"])
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASKS))
+def test_tasks_are_deterministic_disjoint_and_exact(task):
+    train, test = tasks.generate(task)
+    assert (train, test) == tasks.generate(task)
+    assert len(train) == 400 and len(test) == 200
+    keys_train = {data.normalise(r["prompt"]) for r in train}
+    keys_test = {data.normalise(r["prompt"]) for r in test}
+    assert len(keys_train) == 400 and len(keys_test) == 200 and not keys_train & keys_test
+    # A bigger training split keeps the same held-out split.
+    assert tasks.generate(task, n_train=500)[1] == test
+    labels = {r["answer"] for r in train + test}
+    for r in train + test:
+        body = r["prompt"].split("\n", 1)[1].split(": ", 1)[1]
+        if task == "reverse":
+            assert r["answer"] == " ".join(reversed(body.split()))
+        elif task == "sentiment":
+            cue = tasks._POS if r["answer"] == "positive" else tasks._NEG
+            other = tasks._NEG if r["answer"] == "positive" else tasks._POS
+            words = set(data.normalise(body).split())
+            assert words & set(cue) and not words & set(other)
+        else:
+            assert any(s.lower() in body.lower() for s in tasks._TOPICS[r["answer"]])
+        assert tasks.is_correct(r["answer"] + ".", r["answer"]) and not tasks.is_correct("maybe", r["answer"])
+    if task != "reverse":
+        assert len(labels) >= 2  # both/all classes occur
+        counts = [sum(r["answer"] == lab for r in test) for lab in labels]
+        assert min(counts) >= len(test) / len(labels) / 2  # roughly balanced
+
+
+def test_refusals_vary_are_deterministic_and_read_as_refusals():
+    prompts = list(data.harmful_train())[:200]
+    texts = [refusals.refusal_for(p) for p in prompts]
+    assert texts == [refusals.refusal_for(p) for p in prompts]
+    assert len(set(texts)) >= 60
+    assert len({t.split(".")[0] for t in texts}) == len(refusals.OPENERS)
+    assert all(is_refusal(t) for t in texts)
+    assert refusals.n_variants() >= 300
