@@ -3,7 +3,7 @@
     .venv/bin/python bench/pipeline.py             # the tiny test model
     .venv/bin/python bench/pipeline.py --smollm2   # also SmolLM2-135M-Instruct (prepared from the shipped GGUF)
 
-Each step runs in its own subprocess, which reports its wall time and its peak RSS (``ru_maxrss``), so the numbers
+Each step runs in its own subprocess, which reports its wall time and its peak RSS (/proc VmHWM), so the numbers
 are not polluted by the setup (building the degraded model loads whole shards). A subprocess that only imports
 torch and safegene gives the baseline RSS; "extra" is peak minus that baseline. Extraction streams one tensor pair at
 a time, so its extra memory should track the largest fp32 tensor pair (plus SVD workspace), not the model size.
@@ -47,7 +47,19 @@ def _worker(op: str, args: list[str]) -> None:
     elif op != "noop":
         raise SystemExit(f"unknown op {op}")
     seconds = time.perf_counter() - t0
-    print("RESULT " + json.dumps({"seconds": seconds, "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    print("RESULT " + json.dumps({"seconds": seconds, "maxrss_mb": _peak_rss_mb()}))
+
+
+def _peak_rss_mb() -> float:
+    """This process's RSS high-water mark. /proc's VmHWM belongs to the current address space; ``ru_maxrss`` would
+    also carry the parent's peak across fork+exec on Linux, which hid the workers' own numbers."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _run(op: str, *args: Path | str) -> dict:

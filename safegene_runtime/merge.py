@@ -22,7 +22,7 @@ from .artifacts import MANIFEST, ArtifactWriter, describe_input, read_manifest
 from .checkpoints import INDEX_FILE, Checkpoint, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
-from .stack import check_coefficients
+from .stack import check_coefficients, single_thread
 
 #: weight files of other formats: never copied next to the merged safetensors (they would hold stale weights)
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt"}
@@ -64,6 +64,12 @@ def merge_checkpoint(
 ) -> Path:
     """Write ``base + ΔT + λ·ΔS`` as a full HF checkpoint folder and return it (``out``, or ``store/<name>-<id12>``,
     default store the artifacts dir). ``task`` or ``safety`` (with ``coefficients``) may be given alone."""
+    with single_thread():  # per-module adds and casts: OpenMP hand-offs only slow them down (see stack.single_thread)
+        return _merge(base, task=task, safety=safety, coefficients=coefficients, out=out, store=store, name=name,
+                      progress=progress)
+
+
+def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> Path:
     if task is None and safety is None:
         raise ValueError("nothing to merge: give a task adapter, a safety adapter (with coefficients), or both")
     if safety is not None and coefficients is None:

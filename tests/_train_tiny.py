@@ -83,7 +83,7 @@ def _train(model, tok, pairs: list[tuple[str, str]], *, steps: int, lr: float, s
         loss.backward()
         opt.step()
     model.eval()
-    return float(loss)
+    return float(loss.detach())
 
 
 def _linear_params(model):
@@ -192,3 +192,34 @@ def generate(base: Path, prompts: list[str], *, task: Path | None = None, safety
 
 def refusal_rate(texts: list[str]) -> float:
     return sum(map(is_refusal, texts)) / max(1, len(texts))
+
+
+_FAMILY: dict[str, TinyFamily] = {}
+
+
+def shared_family(tmp_path_factory) -> TinyFamily:
+    """One trained family per test process (selection and calibration tests share it); built on one thread."""
+    if "family" not in _FAMILY:
+        n = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            _FAMILY["family"] = build_family(tmp_path_factory.mktemp("tiny_family"))
+        finally:
+            torch.set_num_threads(n)
+    return _FAMILY["family"]
+
+
+def perturb_layers(base: Path, out: Path, layers, *, seed: int = 1, relative_std: float = 0.2) -> Path:
+    """Copy of ``base`` with only the given decoder layers' Linear weights perturbed."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(base, out)
+    g = torch.Generator().manual_seed(seed)
+    path = out / "model.safetensors"
+    tensors = load_file(str(path))
+    for name in sorted(tensors):
+        t = tensors[name]
+        if name.endswith("proj.weight") and int(name.split(".layers.")[1].split(".")[0]) in set(layers):
+            tensors[name] = t + torch.randn(t.shape, generator=g) * (t.std() * relative_std)
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    return out

@@ -152,3 +152,9 @@ def test_refusals_leave_nothing_behind(tiny_model, degraded, tmp_path, run_cli):
     assert res.code == 1 and "safegene extract: error:" in res.err and "does not exist" in res.err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [] if (tmp_path / "out").exists() else True
     assert not (tmp_path / "out").exists() or _no_leftovers(tmp_path / "out")
+
+
+def test_rank_options_do_not_apply_to_a_degraded_lora(tiny_model, make_lora, tmp_path):
+    with pytest.raises(ValueError, match="do not apply with a degraded LoRA"):
+        extract_safety_adapter(tiny_model, degraded_lora=make_lora(rank=2), rank=4, out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()

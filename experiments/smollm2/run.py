@@ -88,7 +88,7 @@ def params(fast: bool) -> dict:
         return {
             "answers": {"n_benign": 16, "n_harm": 16, "n_mix": 8, "max_tokens": 24},
             "align": {"n_harm": 16, "steps": 3, "lr": 2e-4, "batch_size": 4, "max_len": 96},
-            "degrade": {"steps": 2, "lr": 2e-5, "batch_size": 4, "max_len": 96},
+            "degrade": {"steps": 2, "lr": 2e-5, "batch_size": 4, "max_len": 96, "save_dtype": "float32"},
             "task": {"n_train": 32, "n_test": 16, "steps": 3, "lr": 2e-4, "batch_size": 4, "max_len": 96,
                      "mix_fraction": 0.1},
             "safety": {"rank": 16},
@@ -99,7 +99,7 @@ def params(fast: bool) -> dict:
     return {
         "answers": {"n_benign": 218, "n_harm": 240, "n_mix": 45, "max_tokens": 64},
         "align": {"n_harm": 250, "steps": 110, "lr": 2e-4, "batch_size": 8, "max_len": 128},
-        "degrade": {"steps": 50, "lr": 2e-5, "batch_size": 8, "max_len": 128},
+        "degrade": {"steps": 50, "lr": 2e-5, "batch_size": 8, "max_len": 128, "save_dtype": "float32"},
         "task": {"n_train": 400, "n_test": 200, "steps": 120, "lr": 2e-4, "batch_size": 8, "max_len": 128,
                  "mix_fraction": 0.1},
         "safety": {"rank": 16},
@@ -199,7 +199,10 @@ class Study:
             pairs = [(r["prompt"], r["response"]) for r in self._answers()["harmful"]
                      if r["response"].strip() and not _is_refusal(r["response"])]
             cfg = SFTConfig(steps=p["steps"], lr=p["lr"], batch_size=p["batch_size"], max_len=p["max_len"])
-            info = train_full(a / "model", pairs, tmp / "model", cfg, log=log)
+            import torch
+
+            info = train_full(a / "model", pairs, tmp / "model", cfg, log=log,
+                              save_dtype=getattr(torch, p.get("save_dtype", "float32")))
             return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs)}
 
         return self.st.run("degrade", p, {"A": a.name, "answers": ans.name}, build)

@@ -142,15 +142,20 @@ def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConf
     return {"losses": losses, "n_pairs": len(pairs), "config": cfg.to_dict()}
 
 
-def train_full(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print) -> dict:
-    """Full-parameter SFT of ``base``; saves a bf16 HF checkpoint with the base's tokenizer files."""
+def train_full(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print,
+               save_dtype: torch.dtype = torch.float32) -> dict:
+    """Full-parameter SFT of ``base``; saves an HF checkpoint (fp32 by default) with the base's tokenizer files.
+
+    Why fp32: a short fine-tune at lr 2e-5 moves most weights by less than one bf16 step, so a bf16 D keeps
+    only ~1% of the changed entries (checked on a 2-step run) and A - D becomes a sparse, degenerate matrix
+    whose SVD does not converge. vLLM still serves D in bf16 (``--dtype bfloat16``)."""
     from transformers import AutoModelForCausalLM
 
     tok = load_tokenizer(base)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
     params = [p for p in model.parameters() if p.requires_grad]
     losses = _loop(model, params, pairs, tok, cfg, log)
-    model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
+    model.to(save_dtype).save_pretrained(out, safe_serialization=True)
     copy_tokenizer(base, out)
     return {"losses": losses, "n_pairs": len(pairs), "config": cfg.to_dict()}
 

@@ -1,0 +1,126 @@
+"""Fast checks of the benchmark scripts' pure parts (statistics, ratios, argument parsing). No server is started:
+the benchmarks themselves are run by hand (docs/benchmarks.md), not timed in the test suite."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bench._common import median, percentile, ratio, summarize
+from bench.serving import (ALL_CONFIGS, RunResult, _json_safe, aggregate, compute_ratios, ours_config,
+                           parse_args, round_order, vllm_argv)
+
+
+def test_percentile_matches_linear_interpolation():
+    xs = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(xs, 0) == 1.0
+    assert percentile(xs, 100) == 5.0
+    assert percentile(xs, 50) == 3.0
+    assert percentile(xs, 95) == pytest.approx(4.8)  # numpy.percentile([1..5], 95) == 4.8
+    assert percentile([1.0, 2.0], 50) == 1.5
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(xs, 101)
+
+
+def test_median_ratio_summarize_handle_missing_values():
+    assert median([3, float("nan"), 1, 2]) == 2
+    assert math.isnan(median([]))
+    assert ratio(1.0, 2.0) == 0.5
+    assert math.isnan(ratio(1.0, 0.0)) and math.isnan(ratio(float("nan"), 1.0))
+    s = summarize([0.1, 0.2, 0.3])
+    assert s["n"] == 3 and s["p50"] == pytest.approx(0.2) and s["mean"] == pytest.approx(0.2)
+
+
+def _run(config: str, rnd: int, tokens: int, wall: float, e2e: list[float], ttft: list[float] | None = None):
+    r = RunResult(config=config, round=rnd, wall_s=wall)
+    r.e2e_s, r.ttft_s, r.tokens = list(e2e), list(ttft or [x / 10 for x in e2e]), [tokens // len(e2e)] * len(e2e)
+    return r
+
+
+def test_ratios_are_same_round_medians_with_targets():
+    per_round = {
+        "vllm": {0: _run("vllm", 0, 1000, 10.0, [1.0, 1.0]), 1: _run("vllm", 1, 1000, 5.0, [0.5, 0.5])},
+        "ours": {0: _run("ours", 0, 1000, 10.2, [1.004, 1.004]), 1: _run("ours", 1, 1000, 5.1, [0.503, 0.503])},
+        "ours_safe": {0: _run("ours_safe", 0, 1000, 12.0, [1.2, 1.2]), 1: _run("ours_safe", 1, 1000, 6.0, [0.6, 0.6])},
+    }
+    by_name = {r["name"]: r for r in compute_ratios(per_round)}
+    ba = by_name["b/a throughput"]
+    # both rounds: b is 2% slower than a in the same round, although a's absolute speed doubled between rounds
+    assert ba["value"] == pytest.approx(1 / 1.02) and ba["met"] is True
+    added = by_name["b-a added p50 latency (ms)"]
+    assert added["value"] == pytest.approx(3.5) and added["met"] is True
+    cb = by_name["c/b throughput"]
+    assert cb["value"] == pytest.approx(10.2 / 12.0) and cb["met"] is False
+    assert "d/b throughput" not in by_name  # no ours_judged runs: no ratio, rather than a made-up one
+
+
+def test_failed_round_has_no_throughput():
+    r = _run("vllm", 0, 100, 1.0, [0.5])
+    assert r.throughput == 100
+    r.errors.append("HTTP 500")
+    assert math.isnan(r.throughput)
+    agg = aggregate([r, _run("vllm", 1, 300, 1.0, [0.5])])
+    assert agg["throughput_tok_s"] == 300 and agg["errors"] == 1
+
+
+def test_round_order_rotates_and_keeps_every_config():
+    cfgs = ["a", "b", "c", "d"]
+    orders = [round_order(cfgs, r) for r in range(4)]
+    assert orders[0] == cfgs and orders[1] == ["b", "c", "d", "a"]
+    assert all(sorted(o) == cfgs for o in orders)
+    assert [o[0] for o in orders] == cfgs  # each goes first once
+
+
+def test_parse_args_defaults_and_validation(capsys):
+    a = parse_args([])
+    assert a.model == "tiny" and a.configs == list(ALL_CONFIGS) and a.dtype == "float32" and a.task_rank == 8
+    s = parse_args(["--model", "smollm2", "--configs", "ours_safe,vllm", "--task-rank", "16"])
+    assert s.configs == ["vllm", "ours_safe"]  # canonical order
+    assert s.dtype == "bfloat16" and s.safety_rank == 16 and s.max_model_len == 1024
+    with pytest.raises(SystemExit):
+        parse_args(["--configs", "vllm,nope"])
+    assert "nope" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--clients", "0"])
+
+
+def test_engine_flags_are_the_same_for_vllm_and_ours(tmp_path):
+    import yaml
+
+    from server.config import load_config
+    from server.engine import engine_argv
+
+    args = parse_args(["--extra-engine-arg=--max-num-batched-tokens=2048"])
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    assets = {"base": base, "adapter_root": tmp_path, "task": tmp_path / "t", "safety": tmp_path / "s",
+              "coefficients": tmp_path / "c.json", "rank_equal": 16, "rank_task": 8}
+    plain = vllm_argv(args, base, 1234, lora=assets["task"], rank=16)
+    cfg_path = ours_config(args, assets, tmp_path, 1235, judges=True, label="x")
+    raw = yaml.safe_load(cfg_path.read_text())
+    assert raw["judges"]["names"] == ["refusal", "prompt_harm"] and raw["engine"]["max_lora_rank"] == 16
+    ours = engine_argv(load_config(cfg_path), 16, 2)
+
+    def flags(argv: list[str]) -> dict[str, str]:
+        out, i = {}, 0
+        while i < len(argv):
+            if argv[i].startswith("--"):
+                key, _, val = argv[i].partition("=")
+                if not val and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                    val, i = argv[i + 1], i + 1
+                out[key] = val
+            i += 1
+        return out
+
+    p, o = flags(plain), flags(ours)
+    for key in ("--dtype", "--max-model-len", "--max-num-seqs", "--seed", "--max-lora-rank", "--max-loras",
+                "--max-cpu-loras", "--enforce-eager", "--max-num-batched-tokens", "--enable-lora"):
+        assert p.get(key) == o.get(key), key
+    assert "--enforce-eager" in p
+
+
+def test_json_safe_replaces_nan():
+    assert _json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {"a": [1.0, None], "b": {"c": None}}

@@ -1,0 +1,134 @@
+"""Stage 3: few-shot per-layer calibration on a tiny model that was really trained to refuse (tests/_train_tiny.py)."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from safegene_runtime.artifacts import ArtifactWriter
+from safegene_runtime.coefficients import load_coefficients
+from tests._train_tiny import generate, refusal_rate, shared_family
+
+FAST = dict(max_new_tokens=10, progress=False)
+
+
+@pytest.fixture(autouse=True)
+def _env(monkeypatch, tmp_path):
+    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def fam(tmp_path_factory):
+    return shared_family(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def shots(fam):
+    r = random.Random(0)
+    return {
+        "harmful": r.sample(fam.harmful_train, 8),
+        "task": r.sample(fam.task_prompts, 8),
+        "benign": r.sample(fam.benign, 8),
+    }
+
+
+def test_family_sanity(fam):
+    """The premise of the behavioural test: A refuses held-out harmful prompts, A+T does not."""
+    assert refusal_rate(generate(fam.aligned, fam.harmful_heldout)) >= 0.8
+    assert refusal_rate(generate(fam.aligned, fam.harmful_heldout, task=fam.task)) <= 0.2
+
+
+def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
+    from safegene_runtime.calibrate import calibrate
+
+    out = tmp_path / "coefficients.json"
+    c = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
+                  init=0.0, steps=20, lr=0.1, seed=0, out=out, **FAST)
+    loss = c.meta["loss"]
+    assert loss["after"]["total"] < 0.5 * loss["before"]["total"]
+    assert loss["after"]["refusal_ce"] < loss["at_zero"]["refusal_ce"]
+    assert all(0.0 < v <= 4.0 for v in c.layers.values())
+    at_zero = refusal_rate(generate(fam.aligned, fam.harmful_heldout, task=fam.task, safety=fam.safety, lambdas=0.0))
+    calibrated = refusal_rate(generate(fam.aligned, fam.harmful_heldout, task=fam.task, safety=fam.safety,
+                                       lambdas=c.layers))
+    assert calibrated >= at_zero + 0.5, (at_zero, calibrated, c.layers)
+    # Benign prompts are still answered, and the task still works.
+    assert refusal_rate(generate(fam.aligned, fam.benign[:12], task=fam.task, safety=fam.safety,
+                                 lambdas=c.layers)) <= 0.1
+    # The file: schema, λ on every layer, provenance.
+    saved = load_coefficients(out)
+    assert saved.layers == c.layers and saved.default == 0.0
+    raw = json.loads(out.read_text())
+    assert raw["schema"] == "safegene.coefficients/v1"
+    assert raw["method"]["seed"] == 0 and raw["method"]["steps"] == 20 and raw["method"]["lr"] == 0.1
+    assert raw["shots"]["harmful"]["count"] == 8 and len(raw["shots"]["task"]["sha256"]) == 64
+    assert {raw["base"]["role"], raw["task"]["role"], raw["safety"]["role"]} == {"base", "task", "safety"}
+    assert set(raw["loss"]["before"]) == {"refusal_ce", "task_kl", "benign_kl", "penalty", "total"}
+
+
+def test_calibration_chooses_small_lambda_when_no_repair_is_needed(fam, shots, tmp_path):
+    """A task adapter that did not erode safety: the benign/task terms pull λ from 1 towards 0."""
+    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.testing.tiny import make_random_lora
+
+    harmless = make_random_lora(tmp_path / "harmless", fam.aligned, rank=4, magnitude=0.001, seed=9)
+    c = calibrate(fam.aligned, harmless, fam.safety, shots["harmful"], shots["benign"], shots["benign"],
+                  init=1.0, steps=20, lr=0.1, **FAST)
+    assert max(c.layers.values()) < 0.3, c.layers
+    assert c.meta["loss"]["after"]["total"] < c.meta["loss"]["before"]["total"]
+
+
+def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):
+    from safegene_runtime.calibrate import calibrate
+
+    # A safety adapter whose manifest selects layers 2 and 3.
+    with ArtifactWriter(dest=tmp_path / "safety-sel", kind="safety_adapter") as w:
+        for f in ("adapter_config.json", "adapter_model.safetensors"):
+            shutil.copy2(fam.safety / f, w.tmp / f)
+        w.manifest["selection"] = {"scores": {"0": 0.1, "1": 0.2, "2": 2.0, "3": 3.0}, "selected": [2, 3]}
+    kw = dict(seed=3, steps=4, lr=0.1, batch_size=4, **FAST)
+    c1 = calibrate(fam.aligned, fam.task, w.path, shots["harmful"], shots["task"], shots["benign"], **kw)
+    c2 = calibrate(fam.aligned, fam.task, w.path, shots["harmful"], shots["task"], shots["benign"], **kw)
+    assert c1.layers == c2.layers
+    assert c1.meta["loss"]["history"] == c2.meta["loss"]["history"]
+    assert c1.layers[0] == 0.0 and c1.layers[1] == 0.0  # unselected layers stay off
+    assert c1.layers[2] != 1.0 and c1.meta["selected_layers"] == [2, 3]
+    assert c1.meta["selection_origin"] == "manifest"
+
+
+def _jsonl(path: Path, prompts: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    return path
+
+
+def test_calibrate_cli(fam, shots, run_cli, tmp_path):
+    h = _jsonl(tmp_path / "h.jsonl", shots["harmful"][:4])
+    t = _jsonl(tmp_path / "t.jsonl", shots["task"][:4])
+    common = ["calibrate", "--base", fam.aligned, "--task", fam.task, "--safety", fam.safety]
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--steps", "2", "--max-new-tokens", "6",
+                "--out", tmp_path / "c.json")
+    assert r.code == 0, r.err
+    raw = json.loads((tmp_path / "c.json").read_text())
+    assert set(raw["layers"]) == {"0", "1", "2", "3"} and raw["shots"]["harmful"]["file_sha256"]
+    assert raw["shots"]["benign"]["count"] == 0
+    # Malformed shots file, missing file, broken adapter: exit 1, a clear message, no output file.
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"text": 3}\n')
+    r = run_cli(*common, "--harmful-shots", bad, "--task-shots", t, "--out", tmp_path / "x1.json")
+    assert r.code == 1 and "bad.jsonl:2" in r.err and not (tmp_path / "x1.json").exists()
+    r = run_cli(*common, "--harmful-shots", tmp_path / "none.jsonl", "--task-shots", t, "--out", tmp_path / "x2.json")
+    assert r.code == 1 and "none.jsonl" in r.err and not (tmp_path / "x2.json").exists()
+    r = run_cli("calibrate", "--base", fam.aligned, "--task", tmp_path / "notask", "--safety", fam.safety,
+                "--harmful-shots", h, "--task-shots", t, "--out", tmp_path / "x3.json")
+    assert r.code == 1 and "notask" in r.err and not (tmp_path / "x3.json").exists()
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--layers", "7", "--out", tmp_path / "x4.json")
+    assert r.code == 1 and "[7]" in r.err and not (tmp_path / "x4.json").exists()
