@@ -65,10 +65,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_env() -> dict[str, str]:
-    """The environment every engine gets (same for all configurations, so they compare)."""
+def bench_env(kvcache_gib: str | None = "1") -> dict[str, str]:
+    """The environment every engine gets (same for all configurations, so they compare).
+
+    ``kvcache_gib=None`` removes ``VLLM_CPU_KVCACHE_SPACE``: set, it overrides ``--kv-cache-memory-bytes`` on CPU.
+    """
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # unless the caller set it ("" = use --kv-cache-memory-bytes)
+    if kvcache_gib is None:
+        env.pop("VLLM_CPU_KVCACHE_SPACE", None)
+    else:
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", kvcache_gib)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
@@ -102,8 +108,9 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
 class Server:
     """One OpenAI-compatible server subprocess (plain vLLM or ``safegene serve``) on 127.0.0.1:``port``."""
 
-    def __init__(self, label: str, argv: list[str], port: int, log_path: Path, api_key: str | None = None):
-        self.label, self.argv, self.port, self.log_path, self.api_key = label, argv, port, log_path, api_key
+    def __init__(self, label: str, argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None):
+        self.label, self.argv, self.port, self.log_path = label, argv, port, log_path
+        self.env = env if env is not None else bench_env()
         self.proc: subprocess.Popen | None = None
         self._log = None
         self.start_seconds = math.nan
@@ -117,7 +124,7 @@ class Server:
 
         self._log = open(self.log_path, "wb")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=bench_env(), stdout=self._log,
+        self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
         _LIVE.append(self)
         while time.monotonic() - t0 < timeout:

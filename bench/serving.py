@@ -43,7 +43,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, Server, fmt, free_port, loadavg, median, ratio, summarize  # noqa: E402
+from bench._common import REPO, Server, bench_env, fmt, free_port, loadavg, median, ratio, summarize  # noqa: E402
 
 API_KEY = "sk-bench"
 SERVED = "base"
@@ -370,9 +370,12 @@ def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -
     servers: dict[str, Server] = {}
     routes: dict[str, tuple[str, str]] = {}
 
+    # with --kv-cache the legacy CPU env var must be absent: it would override --kv-cache-memory-bytes
+    env = bench_env(None if args.kv_cache != "auto" else "1")
+
     def add(label: str, argv_fn) -> None:
         port = free_port()
-        servers[label] = Server(label, argv_fn(port), port, work / f"{label}.log")
+        servers[label] = Server(label, argv_fn(port), port, work / f"{label}.log", env=env)
 
     if "vllm" in want:
         add("vllm", lambda p: vllm_argv(args, assets["base"], p, lora=assets["task"], rank=assets["rank_equal"]))
@@ -546,10 +549,6 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     args = parse_args(argv)
-    if args.kv_cache != "auto":  # the legacy env var would override --kv-cache-memory-bytes on CPU
-        import os
-
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = ""
     work = args.workdir or Path(tempfile.mkdtemp(prefix="safegene-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or REPO / "bench" / "results" / f"serving-{Path(args.model).name}.json"

@@ -2,8 +2,8 @@
 
 Extraction, merging and Safe LoRA's projection compare or rewrite whole models, and the models can be larger than
 RAM. :class:`Checkpoint` therefore reads only the safetensors *headers* up front (names, dtypes, shapes, offsets),
-and :meth:`Checkpoint.get` opens the owning shard, copies out exactly one tensor and closes the file again. Keeping
-a memory map open would let the touched pages of every tensor accumulate in the process's resident set, so peak
+and :meth:`Checkpoint.get` reads exactly one tensor's byte range from the owning shard with plain file I/O. A memory
+map (``safe_open``) would let the touched pages of every tensor accumulate in the process's resident set, so peak
 memory would follow the model instead of the largest tensor.
 """
 
@@ -88,6 +88,7 @@ class Checkpoint:
         # name -> header entry {"dtype", "shape", "data_offsets"}
         self._info: dict[str, dict[str, Any]] = {}
         self._shard_metadata: dict[str, dict[str, str]] = {}
+        self._data_start: dict[str, int] = {}  # shard -> byte offset of its data section
         if index_path.is_file():
             try:
                 weight_map = json.loads(index_path.read_text())["weight_map"]
@@ -117,6 +118,8 @@ class Checkpoint:
     def _load_headers(self, shards: list[str]) -> None:
         for shard in shards:
             header = read_safetensors_header(self.path / shard)
+            with open(self.path / shard, "rb") as f:
+                self._data_start[shard] = 8 + struct.unpack("<Q", f.read(8))[0]
             self._shard_metadata[shard] = dict(header.pop("__metadata__", None) or {})
             for name, info in header.items():
                 if name in self._where:
@@ -197,16 +200,27 @@ class Checkpoint:
     # --- data ---------------------------------------------------------------------------------------------------
 
     def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """One tensor, copied out of its shard (the file is closed again, so no mapped pages stay resident)."""
-        from safetensors import safe_open
+        """One tensor, read with plain file I/O from its byte range in the shard.
 
+        No memory map: mapped pages that were touched count in the process's resident set until unmapped, so
+        reading through ``safe_open`` made peak RSS follow the model. A read into a fresh buffer costs exactly
+        the tensor's size, and the buffer goes away with the tensor.
+        """
         self._require(name)
-        shard = self.path / self._where[name]
+        shard = self._where[name]
+        path = self.path / shard
+        start, end = (int(x) for x in self._info[name]["data_offsets"])
+        buf = bytearray(end - start)
         try:
-            with safe_open(str(shard), framework="pt") as f:
-                t = f.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
-            raise CheckpointError(f"{shard}: cannot read tensor {name} ({e})") from e
+            with open(path, "rb", buffering=0) as f:
+                f.seek(self._data_start[shard] + start)
+                got = f.readinto(buf)
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read tensor {name} ({e.strerror or e})") from e
+        if got != len(buf):
+            raise CheckpointError(f"{path}: truncated: tensor {name} needs {len(buf)} bytes, file has {got}")
+        shape, dt = self.shape(name), self.dtype(name)
+        t = torch.frombuffer(buf, dtype=dt).reshape(shape) if buf else torch.empty(shape, dtype=dt)
         return t.to(dtype) if dtype is not None and t.dtype != dtype else t
 
     def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:

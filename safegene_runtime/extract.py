@@ -64,9 +64,9 @@ def factorize(delta: torch.Tensor, *, rank: int | None = None, energy: float | N
         from .stack import single_thread
 
         with single_thread():  # small SVDs: OpenMP hand-offs cost more than they save, badly so on a busy machine
-            u, s, vh = torch.linalg.svd(d, full_matrices=False)
+            u, s, vh = _svd(d)
     else:
-        u, s, vh = torch.linalg.svd(d, full_matrices=False)
+        u, s, vh = _svd(d)
     k = choose_rank(s, rank=rank, energy=energy)
     e = s.double() ** 2
     total, kept = float(e.sum()), float(e[:k].sum())
@@ -80,6 +80,19 @@ def factorize(delta: torch.Tensor, *, rank: int | None = None, energy: float | N
         "discarded_sq": total - kept,
     }
     return a, b, stats
+
+
+def _svd(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD in fp32, retried in fp64 when LAPACK's divide-and-conquer fails to converge.
+
+    That happens on very sparse, badly conditioned deltas, e.g. a short bf16 fine-tune that moved ~1% of the
+    entries by one bf16 step (seen on SmolLM2).
+    """
+    try:
+        return torch.linalg.svd(d, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        u, s, vh = torch.linalg.svd(d.double(), full_matrices=False)
+        return u.float(), s.float(), vh.float()
 
 
 def _check_same_layout(aligned: Checkpoint, degraded: Checkpoint) -> None:

@@ -183,8 +183,13 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> dict[str, A
     root = ctx.cfg.adapter_root
     if not under_root(spec.path, root):
         raise ArtifactError(f"adapter path {spec.path} is outside the allowed adapter root {root}")
-    if isinstance(spec.coefficients, Path) and source == "admin" and not under_root(spec.coefficients, root):
-        raise ArtifactError(f"coefficients file {spec.coefficients} is outside the allowed adapter root {root}")
+    if source == "admin":  # files named by an API caller must stay under the root too
+        named = [spec.coefficients] if isinstance(spec.coefficients, Path) else []
+        if spec.calibrate is not None:
+            named += [f for f in (spec.calibrate.harmful, spec.calibrate.task_shots, spec.calibrate.benign) if f]
+        for f in named:
+            if not under_root(f, root):
+                raise ArtifactError(f"file {f} is outside the allowed adapter root {root}")
     task_ad = load_adapter(spec.path)  # shapes, NaN/Inf, config/rank consistency
     ctx._check_against_base(task_ad, "task adapter")
     version = spec.version or _files_digest(spec.path)[:12]

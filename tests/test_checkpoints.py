@@ -96,3 +96,18 @@ def test_weights_fingerprint_ignores_sharding_but_not_values(tiny_model, sharded
 
     assert weights_fingerprint(sharded) == weights_fingerprint(tiny_model)
     assert weights_fingerprint(make_perturbed_model(tiny_model, tmp_path / "p")) != weights_fingerprint(tiny_model)
+
+
+def test_every_tensor_reads_back_exactly_and_truncation_is_named(tiny_model, tmp_path):
+    ck = Checkpoint(tiny_model)
+    ref = load_file(str(tiny_model / "model.safetensors"))
+    assert all(torch.equal(ck.get(n), ref[n]) for n in ref)
+
+    cut = tmp_path / "cut"
+    shutil.copytree(tiny_model, cut)
+    data = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(data[: len(data) - 1000])
+    short = Checkpoint(cut)  # the header is intact, the last tensor is not
+    last = max(short.keys(), key=lambda n: short._info[n]["data_offsets"][1])
+    with pytest.raises(CheckpointError, match=f"truncated: tensor {last}"):
+        short.get(last)
