@@ -14,9 +14,11 @@ The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode s
 How it stays cheap on a CPU *(ours)*: the teacher targets (greedy generations of A and of A+T) and the teacher
 distributions are computed once and cached; each Adam step uses one minibatch per term (``batch_size``, cycling
 through a seeded permutation; the full set when it is smaller); sequences are truncated (prompt to its last
-``max_prompt_tokens`` tokens, targets to ``max_target_tokens``); only the target positions' logits are computed
-(``logits_to_keep`` with left padding). The model is frozen in fp32; only λ has a gradient. Same inputs and seed,
-same λ (deterministic ops, seeded permutations).
+``max_prompt_tokens`` tokens, targets to their first ``max_target_tokens`` tokens: a refusal is decided in its first
+few tokens); only the target positions' logits are computed (``logits_to_keep`` with left padding); teacher
+generation uses a larger batch (``gen_batch_size``: decoding is memory-bound, so wider batches are nearly free).
+Backpropagation stops by itself at the lowest selected layer (nothing below it needs a gradient). The model is
+frozen in fp32; only λ has a gradient. Same inputs and seed, same λ (deterministic ops, seeded permutations).
 
 Per-example losses are averaged over the example's target tokens, then over examples.
 """
@@ -157,8 +159,9 @@ def calibrate(
     init: float = 1.0,
     max_new_tokens: int = 48,
     max_prompt_tokens: int = 128,
-    max_target_tokens: int | None = 32,
+    max_target_tokens: int | None = 16,
     batch_size: int = 8,
+    gen_batch_size: int = 32,
     layers: Sequence[int] | None = None,
     device: str | None = None,
     out: str | Path | None = None,
@@ -178,7 +181,8 @@ def calibrate(
     from .selection import selection_of
 
     base, task, safety = Path(base), Path(task), Path(safety)
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("max_new_tokens", max_new_tokens),
+    for name, v in (("steps", steps), ("batch_size", batch_size), ("gen_batch_size", gen_batch_size),
+                    ("max_new_tokens", max_new_tokens),
                     ("max_prompt_tokens", max_prompt_tokens)):
         if int(v) < (0 if name == "steps" else 1):
             raise ValueError(f"{name} must be positive (got {v})")
@@ -215,20 +219,21 @@ def calibrate(
         pad = tok.pad_token_id
         with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=init) as lf:
             enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_prompt_tokens)  # noqa: E731
-            gen_kw = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+            gen_kw = dict(max_new_tokens=max_new_tokens, batch_size=gen_batch_size, progress=progress)
             cut = (lambda t: t[:max_target_tokens]) if max_target_tokens else (lambda t: t)  # noqa: E731
             data: dict[str, list[_Shot]] = {}
             # Teachers: A (no deltas) refuses harmful shots and answers benign ones; A+T answers task shots.
+            def teach(prompts, desc: str) -> list[_Shot]:
+                p = enc(prompts)
+                return [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc=desc, **gen_kw))]
+
             with lf.mode(fixed=False, scaled=False):
-                p = enc(harmful)
-                data["refusal_ce"] = [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc="refusals (A)", **gen_kw))]
+                data["refusal_ce"] = teach(harmful, "refusals (A)")
                 if benign and gamma > 0:
-                    p = enc(benign)
-                    data["benign_kl"] = [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc="benign (A)", **gen_kw))]
-            with lf.mode(fixed=True, scaled=False):
-                if beta > 0:
-                    p = enc(task_shots)
-                    data["task_kl"] = [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc="task (A+T)", **gen_kw))]
+                    data["benign_kl"] = teach(benign, "benign (A)")
+            if beta > 0:
+                with lf.mode(fixed=True, scaled=False):
+                    data["task_kl"] = teach(task_shots, "task (A+T)")
             with torch.no_grad():
                 for term, teacher_mode in (("task_kl", (True, False)), ("benign_kl", (False, False))):
                     if term not in data:
@@ -245,11 +250,8 @@ def calibrate(
                 res: dict[str, float] = {}
                 with torch.no_grad():
                     for term, shots in data.items():
-                        vals = [
-                            float(_term_loss(model, term, shots[i : i + batch_size], pad)) * len(shots[i : i + batch_size])
-                            for i in range(0, len(shots), batch_size)
-                        ]
-                        res[term] = sum(vals) / len(shots)
+                        chunks = [shots[i : i + batch_size] for i in range(0, len(shots), batch_size)]
+                        res[term] = sum(float(_term_loss(model, term, c, pad)) * len(c) for c in chunks) / len(shots)
                     res["penalty"] = float(penalty * (lf.lambdas**2).sum())
                 res["total"] = sum(weights[t] * res[t] for t in data) + res["penalty"]
                 return res
@@ -290,7 +292,8 @@ def calibrate(
             "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
-            "batch_size": batch_size, "optimizer": "adam", "device": str(next(model.parameters()).device),
+            "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": "adam",
+            "device": str(next(model.parameters()).device),
             "seconds": round(time.monotonic() - t0, 2),
         },
         "selected_layers": chosen,

@@ -32,7 +32,8 @@ def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
     raise ValueError(f"cannot find the decoder layers of {type(model).__name__}")
 
 
-def _folded(adapter: LoraAdapter, modules: Iterable[str], device, dtype) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _folded(adapter: LoraAdapter, modules: Iterable[str], device, dtype
+            ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """module -> (A, scale·B) on the device, so that a hook computes ``B' (A x)`` with no extra multiply."""
     return {
         m: (

@@ -227,7 +227,8 @@ def select_safety_layers(
                     "benign": {**prompt_set_info(benign), **((prompt_sources or {}).get("benign") or {})}},
     }
     src_man = read_manifest(safety)
-    lineage = [describe_input(safety, "safety"), describe_input(aligned, "aligned"), describe_input(degraded, "degraded")]
+    lineage = [describe_input(safety, "safety"), describe_input(aligned, "aligned"),
+               describe_input(degraded, "degraded")]
     if out is not None:
         writer = ArtifactWriter(dest=out, kind=src_man.get("kind") or "safety_adapter", lineage=lineage)
     else:

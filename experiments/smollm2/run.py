@@ -289,18 +289,12 @@ class Study:
 
     # -- Safe LoRA baseline (projection of the task update onto the safety subspace), from the runtime
     def safelora(self, task: str, setting: str, tmp: Path) -> Path:
-        """Merged checkpoint A + SafeLoRA(task). Needs ``safegene_runtime.baselines`` (built by another helper)."""
-        try:
-            from safegene_runtime import baselines
-        except ImportError as e:
-            raise RuntimeError("safegene_runtime.baselines is not available yet: Safe LoRA not evaluated") from e
+        """Merged checkpoint A + SafeLoRA(task), with V = W(A) − W(D) streamed from the two checkpoints."""
+        from safegene_runtime.baselines import safe_lora
         from safegene_runtime.merge import merge_checkpoint
 
-        fn = getattr(baselines, "safe_lora", None)
-        if fn is None:
-            raise RuntimeError("safegene_runtime.baselines has no safe_lora(): Safe LoRA not evaluated")
-        projected = fn(aligned=self.A(), unaligned=self.D(), task=self.task_adapter(task, setting) / "adapter",
-                       out=tmp / "safelora")
+        projected = safe_lora(self.task_adapter(task, setting) / "adapter", aligned=self.A(), degraded=self.D(),
+                              out=tmp / "safelora")
         return merge_checkpoint(self.A(), task=Path(projected), out=tmp / "m", progress=False)
 
     # -- driver

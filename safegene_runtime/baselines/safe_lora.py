@@ -5,9 +5,9 @@ Per module, with the alignment matrix ``V = W(aligned) − W(unaligned)`` (here:
 
     C = V Vᵀ / ‖V‖_F                                            (projection="paper", default)
 
-(``projection="orthogonal"`` uses the exact orthogonal projector onto V's column space instead). The task update
-``ΔT = s_T B_T A_T`` is replaced by ``C ΔT`` when the cosine similarity ``<ΔT, CΔT>_F / (‖ΔT‖_F ‖CΔT‖_F)`` is below
-the threshold τ (or, with ``top_fraction``, for that fraction of modules with the lowest similarity). The result
+(``projection="orthogonal"`` uses the exact orthogonal projector onto V's column space instead). The task
+update ``ΔT = s_T B_T A_T`` is replaced by ``C ΔT`` when the cosine similarity
+``<ΔT, CΔT>_F / (‖ΔT‖_F ‖CΔT‖_F)`` is below the threshold τ (or, with ``top_fraction``, for that fraction of modules with the lowest similarity). The result
 stays a LoRA of the same rank: ``C ΔT = (C s_T B_T) A_T``, so the projected module is ``B' = C·(s_T B_T)``,
 ``A' = A_T``; other modules are ``(A_T, s_T B_T)`` unchanged. Written with a scale-one config.
 

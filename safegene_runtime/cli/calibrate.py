@@ -33,10 +33,11 @@ def register(subparsers) -> None:
     p.add_argument("--penalty", type=float, default=1e-3, help="weight of sum(lambda^2)")
     p.add_argument("--init", type=float, default=1.0, help="initial lambda")
     p.add_argument("--max-new-tokens", type=int, default=48, help="length of the teachers' greedy answers")
-    p.add_argument("--max-target-tokens", type=int, default=32,
+    p.add_argument("--max-target-tokens", type=int, default=16,
                    help="train on the first N answer tokens (0: all)")
     p.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the last N tokens of each prompt")
     p.add_argument("--batch-size", type=int, default=8, help="shots per term per step")
+    p.add_argument("--gen-batch-size", type=int, default=32, help="prompts per batch when generating targets")
     p.add_argument("--layers", help="comma-separated layers to calibrate (overrides the safety manifest)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
@@ -63,7 +64,8 @@ def run(args) -> int:
         seed=args.seed, steps=args.steps, lr=args.lr, beta=args.beta, gamma=args.gamma, lambda_max=args.lambda_max,
         penalty=args.penalty, init=args.init, max_new_tokens=args.max_new_tokens,
         max_target_tokens=args.max_target_tokens or None, max_prompt_tokens=args.max_prompt_tokens,
-        batch_size=args.batch_size, layers=layers, device=args.device, out=args.out, shot_sources=sources,
+        batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, device=args.device,
+        out=args.out, shot_sources=sources,
     )
     loss = c.meta["loss"]
     print("lambda: " + ", ".join(f"{l}:{v:.3f}" for l, v in sorted(c.layers.items())))

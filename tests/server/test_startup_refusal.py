@@ -125,6 +125,7 @@ def test_missing_coefficients_file_names_the_entry(run_cli, tmp_path, family):
     _refused(run_cli, cfg, "tasks[0]", "'alpha'", "nope.json")
 
 
+@pytest.mark.slow
 def test_calibrate_at_load_time_is_cached(run_cli, tmp_path, family):
     root = family["adapter_root"]
     (root / "harmful.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [
