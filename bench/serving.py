@@ -21,7 +21,9 @@ Configurations (labels used in the table and the JSON file):
                  when stacking raises the engine's rank)
   vllm_base     plain vLLM on the unmodified base model, no LoRA
   vllm_merged   plain vLLM on base + ΔT + λ·ΔS merged into the weights (``safegene_runtime.merge.merge_checkpoint``),
-                 no LoRA; ``safegene serve`` refuses ``mode: merged`` in this build, so this is how merged serving runs
+                 no LoRA: what merged serving costs without our server
+  ours_merged   ``safegene serve`` with the task's safe variant in ``mode: merged`` (its own engine on the merged
+                 checkpoint, in the same process); on by default only when the server supports that mode
 
 The adapters are random LoRAs (``make_random_lora``) — the speed of a LoRA does not depend on its values — and one
 uniform λ. Results: a table on stdout and a JSON file (``--out``).
@@ -48,7 +50,7 @@ from bench._common import REPO, Server, bench_env, fmt, free_port, loadavg, medi
 API_KEY = "sk-bench"
 SERVED = "base"
 TASK = "task"
-ALL_CONFIGS = ("vllm", "ours", "ours_safe", "ours_judged", "vllm_lowrank", "vllm_base", "vllm_merged")
+ALL_CONFIGS = ("vllm", "ours", "ours_safe", "ours_judged", "vllm_lowrank", "vllm_base", "vllm_merged", "ours_merged")
 DESCRIPTIONS = {
     "vllm": "(a) plain vLLM, task adapter",
     "ours": "(b) ours, task adapter",
@@ -57,6 +59,7 @@ DESCRIPTIONS = {
     "vllm_lowrank": "(a') plain vLLM, task adapter, engine rank of the task alone",
     "vllm_base": "plain vLLM, base model, no LoRA",
     "vllm_merged": "plain vLLM, merged safe checkpoint, no LoRA",
+    "ours_merged": "ours, safe variant with mode: merged (own engine)",
 }
 #: (name, numerator, denominator, kind, target, comparison) — kind "throughput" compares tok/s, "added_p50_ms"
 #: compares end-to-end p50 latency difference in milliseconds
@@ -71,6 +74,9 @@ RATIOS = [
     ("merged/base throughput", "vllm_merged", "vllm_base", "throughput", None, None),
     ("merged/c throughput (merged vs stacked LoRA)", "vllm_merged", "ours_safe", "throughput", None, None),
     ("merged/b throughput (merged vs plain LoRA)", "vllm_merged", "ours", "throughput", None, None),
+    ("ours merged/c throughput (mode merged vs stacked)", "ours_merged", "ours_safe", "throughput", None, None),
+    ("ours merged / plain vLLM merged throughput", "ours_merged", "vllm_merged", "throughput", None, None),
+    ("ours merged - plain vLLM merged added p50 (ms)", "ours_merged", "vllm_merged", "added_p50_ms", None, None),
 ]
 
 PROMPTS = [
@@ -100,14 +106,28 @@ MODEL_DEFAULTS = {
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
+def merged_mode_supported() -> bool:
+    """Whether ``safegene serve`` in this checkout accepts ``mode: merged`` (server/config.py lists its modes)."""
+    try:
+        from server import config as server_config
+    except Exception:
+        return False
+    return "merged" in getattr(server_config, "MODES", ())
+
+
+def default_configs() -> list[str]:
+    return [c for c in ALL_CONFIGS if c != "ours_merged" or merged_mode_supported()]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="bench/serving.py", description=__doc__.split("\n\n")[0],
         epilog="Configurations: " + ", ".join(f"{k} = {v}" for k, v in DESCRIPTIONS.items()))
     p.add_argument("--model", default="tiny", help="'tiny' (random test model), 'smollm2' (prepared SmolLM2-135M-"
                    "Instruct) or a local HF model folder")
-    p.add_argument("--configs", default=",".join(ALL_CONFIGS),
-                   help=f"comma-separated subset of {', '.join(ALL_CONFIGS)} (default: all)")
+    p.add_argument("--configs", default=",".join(default_configs()),
+                   help=f"comma-separated subset of {', '.join(ALL_CONFIGS)} (default: all; ours_merged only "
+                        "when this build's server supports mode: merged)")
     p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default 8)")
     p.add_argument("--requests", type=int, default=32, help="requests per configuration per round (default 32)")
     p.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos; default 64)")
@@ -329,7 +349,7 @@ def vllm_argv(args: argparse.Namespace, model: Path, port: int, *, lora: Path | 
 
 
 def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, port: int, *, judges: bool,
-                label: str) -> Path:
+                label: str, safe_merged: bool = False) -> Path:
     import yaml
 
     extra = [f for f in common_engine_flags(args, lora=True)
@@ -358,6 +378,8 @@ def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, po
         "auth": {"api_keys": [API_KEY]},
         "server": {"host": "127.0.0.1", "port": port},
     }
+    if safe_merged:  # the plain variant stays a LoRA on the shared engine; the safe one gets its own engine
+        cfg["tasks"][0]["mode"] = {"plain": "lora", "safe": "merged"}
     path = work / f"server-{label}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -395,6 +417,11 @@ def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -
         add("ours_judged", lambda p: [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config",
                                       str(ours_config(args, assets, work, p, judges=True, label="ours_judged"))])
         routes["ours_judged"] = ("ours_judged", TASK)
+    if "ours_merged" in want:
+        add("ours_merged", lambda p: [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config",
+                                      str(ours_config(args, assets, work, p, judges=False, label="ours_merged",
+                                                      safe_merged=True))])
+        routes["ours_merged"] = ("ours_merged", f"{TASK}+safegene")
     if "vllm_base" in want:
         add("vllm_base", lambda p: vllm_argv(args, assets["base"], p, lora=None, rank=None))
         routes["vllm_base"] = ("vllm_base", SERVED)
@@ -545,6 +572,15 @@ async def measure(args: argparse.Namespace, servers: dict[str, Server], routes: 
     return per_round
 
 
+def wait_for_quiet(max_load: float | None, poll_s: float = 30) -> None:
+    """Block until the 1-minute load average is at most ``max_load`` (other work on the machine skews timings)."""
+    if max_load is None:
+        return
+    while loadavg()[0] > max_load:
+        print(f"[bench] load average {loadavg()[0]:.2f} > {max_load}: waiting", flush=True)
+        time.sleep(poll_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
@@ -555,15 +591,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] workdir {work}", flush=True)
     assets = prepare_assets(args, work)
     servers, routes = plan_servers(args, assets, work)
+    wait_for_quiet(args.max_load)  # before starting too: no point holding several GB of servers while waiting
     try:
         for label, srv in servers.items():  # one at a time: parallel starts only fight over the same cores
             print(f"[bench] starting {label} ...", flush=True)
             srv.start(timeout=args.start_timeout)
             print(f"[bench] {label} ready in {srv.start_seconds:.0f}s, RSS {srv.rss_mb():.0f} MiB", flush=True)
-        if args.max_load is not None:
-            while loadavg()[0] > args.max_load:
-                print(f"[bench] load average {loadavg()[0]:.2f} > {args.max_load}: waiting", flush=True)
-                time.sleep(30)
+        wait_for_quiet(args.max_load)
         load_start = loadavg()
         per_round = asyncio.run(measure(args, servers, routes))
         rss = {label: srv.rss_mb() for label, srv in servers.items()}

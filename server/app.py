@@ -219,8 +219,10 @@ class Capture:
 
 class SafeGeneMiddleware:
     def __init__(self, app: Any, *, cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue | None,
-                 models_handler: Callable[[], Awaitable[dict[str, Any]]], max_model_len: int):
+                 models_handler: Callable[[], Awaitable[dict[str, Any]]], max_model_len: int,
+                 router: Callable[[str], Any] | None = None):
         self.app = app
+        self.router = router  # served name -> the ASGI app of its own engine (merged variants), or None
         self.cfg = cfg
         self.registry = registry
         self.queue = judge_queue
@@ -329,7 +331,8 @@ class SafeGeneMiddleware:
 
         cap = Capture(send, t0, strip_usage)
         try:
-            await self.app(scope, replay, cap)
+            target = (self.router(served.name) if self.router is not None else None) or self.app
+            await target(scope, replay, cap)
             status = cap.status
         finally:
             self.registry.release(served)

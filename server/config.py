@@ -16,6 +16,9 @@ import yaml
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VARIANTS = ("plain", "safe")
+#: serving modes: "lora" (alias "stacked": a LoRA on the shared base engine) or "merged" (own engine, merged weights)
+MODES = ("lora", "merged")
+_MODE_ALIASES = {"lora": "lora", "stacked": "lora", "merged": "merged"}
 SAFE_SUFFIX = "+safegene"
 #: engine keys we understand and translate to vLLM flags (anything else goes through ``extra_args``)
 ENGINE_KEYS = {
@@ -57,7 +60,11 @@ class TaskSpec:
     coefficients: Path | dict[str, Any] | None = None
     calibrate: CalibrationSpec | None = None
     variants: tuple[str, ...] = VARIANTS
-    mode: str = "lora"  # "lora" (served by the shared engine); "merged" is reserved for issue 8
+    #: "lora" | "merged" for every variant, or {variant: mode} (see :meth:`mode_of`; server/merged.py serves "merged")
+    mode: str | dict[str, str] = "lora"
+
+    def mode_of(self, variant: str) -> str:
+        return self.mode if isinstance(self.mode, str) else self.mode.get(variant, "lora")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,7 +74,7 @@ class TaskSpec:
             "coefficients": str(self.coefficients) if isinstance(self.coefficients, Path) else self.coefficients,
             "calibrate": self.calibrate.to_dict() if self.calibrate else None,
             "variants": list(self.variants),
-            "mode": self.mode,
+            "mode": self.mode if isinstance(self.mode, str) else dict(self.mode),
         }
 
 
@@ -112,6 +119,8 @@ class ServerConfig:
     port: int = 8000
     drain_timeout_s: float = 120.0
     max_body_bytes: int = 4 << 20
+    default_mode: str = "lora"  # top-level ``mode``: the deployment default for task entries
+    memory_budget_gb: float | None = None  # server.memory_budget_gb: overrides the detected memory (server/merged.py)
 
 
 def _fail(where: str, msg: str) -> ConfigError:
@@ -155,7 +164,25 @@ def check_name(name: Any, where: str) -> str:
     return name
 
 
-def parse_task(d: Any, root: Path, where: str) -> TaskSpec:
+def _parse_mode(value: Any, variants: list[str], where: str) -> str | dict[str, str]:
+    """``lora``/``stacked``/``merged``, or a per-variant mapping ``{plain: lora, safe: merged}``."""
+    def one(v: Any, w: str) -> str:
+        if v not in _MODE_ALIASES:
+            raise _fail(w, f"must be 'stacked' (alias 'lora') or 'merged', got {v!r}")
+        return _MODE_ALIASES[v]
+
+    if isinstance(value, dict):
+        bad = sorted(set(value) - set(variants))
+        if bad:
+            raise _fail(where, f"per-variant mode for {', '.join(map(str, bad))}, which this task does not serve "
+                               f"(variants: {variants})")
+        modes = {v: one(value.get(v, "lora"), f"{where}.{v}") for v in VARIANTS if v in variants}
+        uniform = set(modes.values())
+        return uniform.pop() if len(uniform) == 1 else modes
+    return one(value, where)
+
+
+def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> TaskSpec:
     """One task entry (also the body of the admin API's POST /admin/adapters, with ``root`` = adapter root)."""
     if not isinstance(d, dict):
         raise _fail(where, "expected a mapping with at least 'name' and 'path'")
@@ -200,11 +227,7 @@ def parse_task(d: Any, root: Path, where: str) -> TaskSpec:
             steps=int(calib["steps"]) if calib.get("steps") is not None else None,
             limit=int(calib["limit"]) if calib.get("limit") is not None else None,
         )
-    mode = d.get("mode", "lora")
-    if mode not in ("lora", "merged"):
-        raise _fail(f"{where}.mode", f"must be 'lora' or 'merged', got {mode!r}")
-    if mode == "merged":
-        raise _fail(f"{where}.mode", "mode 'merged' is not supported by this build yet; use 'lora'")
+    mode = _parse_mode(d.get("mode", default_mode), list(variants), f"{where}.mode")
     return TaskSpec(name=name, path=path, version=version, coefficients=coefficients, calibrate=cal,
                     variants=tuple(v for v in VARIANTS if v in variants), mode=mode)
 
@@ -275,7 +298,11 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     where = str(path)
     root = path.parent
     _check_unknown(raw, {"base", "safety", "adapter_root", "state_dir", "tasks", "engine", "judges", "auth",
-                         "server"}, where)
+                         "server", "mode"}, where)
+    default_mode = _parse_mode(raw.get("mode", "lora"), list(VARIANTS), f"{where}: mode")
+    if not isinstance(default_mode, str):
+        raise _fail(f"{where}: mode", "the deployment default must be 'stacked' or 'merged' (per-variant modes "
+                                      "go in task entries)")
 
     base = raw.get("base")
     if not isinstance(base, dict) or "model" not in base:
@@ -307,7 +334,7 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     tasks: list[TaskSpec] = []
     seen: set[str] = set()
     for i, t in enumerate(tasks_raw):
-        spec = parse_task(t, root, f"{where}: tasks[{i}]")
+        spec = parse_task(t, root, f"{where}: tasks[{i}]", default_mode)
         if spec.name in seen:
             raise _fail(f"{where}: tasks[{i}]", f"duplicate task name {spec.name!r}")
         if spec.name == served_name:
@@ -346,7 +373,10 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     srv = raw.get("server") or {}
     if not isinstance(srv, dict):
         raise _fail(f"{where}: server", "expected a mapping")
-    _check_unknown(srv, {"host", "port", "drain_timeout_s", "max_body_bytes"}, f"{where}: server")
+    _check_unknown(srv, {"host", "port", "drain_timeout_s", "max_body_bytes", "memory_budget_gb"}, f"{where}: server")
+    budget = srv.get("memory_budget_gb")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise _fail(f"{where}: server.memory_budget_gb", f"expected a positive number of GiB, got {budget!r}")
     cfg = ServerConfig(
         path=path, base_model=base_model, served_name=served_name, safety=safety, safety_version=safety_version,
         adapter_root=adapter_root, state_dir=state_dir, tasks=tasks, engine=engine, judges=judges,
@@ -355,5 +385,6 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
         port=int(port if port is not None else srv.get("port", 8000)),
         drain_timeout_s=float(srv.get("drain_timeout_s", 120.0)),
         max_body_bytes=int(srv.get("max_body_bytes", 4 << 20)),
+        default_mode=default_mode, memory_budget_gb=float(budget) if budget is not None else None,
     )
     return cfg

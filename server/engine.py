@@ -120,15 +120,17 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
     from vllm.entrypoints.launchers.launcher import serve_http, setup_server
 
     from .app import SafeGeneMiddleware
+    from .merged import DispatchOps, MergedEngines
 
     args = parse_engine_args(engine_argv(cfg, registry.max_lora_rank, registry.variant_count()))
     _listen, sock = setup_server(args, reuse_port=False)  # bound (fails fast if taken), not yet listening
+    merged = MergedEngines(cfg)  # one engine per `mode: merged` variant (server/merged.py)
     try:
         async with build_async_engine_client(args) as engine_client:
             supported = await engine_client.get_supported_tasks()
             app = build_app(args, supported, engine_client.model_config)
             await init_app_state(engine_client, app.state, args, supported)
-            ops = VllmOps(app.state.openai_serving_models, engine_client, cfg.served_name)
+            ops = DispatchOps(VllmOps(app.state.openai_serving_models, engine_client, cfg.served_name), merged)
             await registry.attach(ops)
             if judge_queue is not None:
                 judge_queue.start()
@@ -142,6 +144,7 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
             app.add_middleware(
                 SafeGeneMiddleware, cfg=cfg, registry=registry, judge_queue=judge_queue,
                 models_handler=models_handler, max_model_len=engine_client.model_config.max_model_len,
+                router=merged.app_for,
             )
             names = ", ".join(registry.served)
             print(f"SafeGene server ready on http://{cfg.host}:{cfg.port}/v1 serving: {names}", flush=True)
@@ -151,6 +154,7 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
             )
         await shutdown_task
     finally:
+        await merged.close()
         sock.close()
         if judge_queue is not None:
             judge_queue.stop()

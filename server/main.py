@@ -17,10 +17,14 @@ def _setup_logging() -> None:
 
 def prepare(config: str | Path, *, host: str | None = None, port: int | None = None) -> Registry:
     """Load the config and build every variant. Raises ConfigError (a ValueError) naming the faulty entry."""
+    from .merged import check_memory, planned_engines
+
     cfg = load_config(config, host=host, port=port)
+    check_memory(cfg, planned_engines(cfg))  # before building: merging a large model takes minutes
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     registry = Registry(cfg)
     registry.build_startup()
+    check_memory(cfg, planned_engines(cfg, registry.records))  # restored admin entries included
     return registry
 
 
@@ -31,7 +35,8 @@ def run_server(config: str | Path, *, host: str | None = None, port: int | None 
     cfg = registry.cfg
     for name, rec in registry.records.items():
         for variant, v in rec["variants"].items():
-            print(f"built {v['served_name']:<32} {variant:<5} rank {v['rank']:<4} {v['path']}", flush=True)
+            mode = v.get("mode", "lora")
+            print(f"built {v['served_name']:<32} {variant:<5} {mode:<6} rank {v['rank']:<4} {v['path']}", flush=True)
     print(f"max_lora_rank {registry.max_lora_rank}; registry {registry.file}", flush=True)
     if check_only:
         return 0

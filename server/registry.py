@@ -199,7 +199,7 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> dict[str, A
         "coefficients_hash": None, "coefficients": None, "variants": {}, "built_at": _now(),
     }
     if "safe" in spec.variants:
-        combined = ctx.combined_rank(task_ad)
+        combined = ctx.combined_rank(task_ad) if spec.mode_of("safe") == "lora" else 0  # merged: no LoRA rank
         limit = ctx.rank_limit or 512
         if combined > limit:
             raise ArtifactError(
@@ -219,8 +219,8 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> dict[str, A
     assert plain_dir is not None
     if "plain" in spec.variants:
         record["variants"]["plain"] = {"served_name": served_name(spec.name, "plain"), "path": str(plain_dir),
-                                       "rank": task_ad.max_rank()}
-    if "safe" in spec.variants:
+                                       "rank": task_ad.max_rank(), "mode": "lora"}
+    if "safe" in spec.variants and spec.mode_of("safe") == "lora":
         from safegene_runtime.adapters import load_adapter as _load
         from safegene_runtime.stack import stack_adapters
 
@@ -228,7 +228,16 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> dict[str, A
                                   store=ctx.store, name=f"{spec.name}-{version}{SAFE_SUFFIX}",
                                   max_lora_rank=ctx.rank_limit)
         record["variants"]["safe"] = {"served_name": served_name(spec.name, "safe"), "path": str(safe_dir),
-                                      "rank": _load(safe_dir).max_rank()}
+                                      "rank": _load(safe_dir).max_rank(), "mode": "lora"}
+    merged = [v for v in spec.variants if spec.mode_of(v) == "merged"]
+    if merged:  # served from a full merged checkpoint by its own engine (server/merged.py)
+        from .merged import build_merged_variant
+
+        for variant in merged:
+            record["variants"][variant] = build_merged_variant(
+                ctx, spec.name, version, variant, plain_dir, record["coefficients"] if variant == "safe" else None,
+                served_name(spec.name, variant))
+        record["variants"] = {v: record["variants"][v] for v in spec.variants}  # plain first, as before
     return record
 
 
@@ -264,12 +273,21 @@ class Served:
             "task_version": str(r.get("version") or ""),
             "safety_version": str((r.get("safety_version") or "") if self.variant == "safe" else ""),
             "coefficients_hash": str((r.get("coefficients_hash") or "") if self.variant == "safe" else ""),
-            "mode": str(r.get("mode") or ("base" if self.variant == "base" else "lora")),
+            "mode": self.mode,
         }
+
+    @property
+    def mode(self) -> str:
+        """``base``, ``lora`` (stacked on the shared engine) or ``merged`` (own engine, merged checkpoint)."""
+        if self.variant == "base":
+            return "base"
+        v = (self.record.get("variants") or {}).get(self.variant) or {}
+        return str(v.get("mode") or (self.record.get("mode") if isinstance(self.record.get("mode"), str) else None)
+                   or "lora")
 
     def lineage(self) -> dict[str, Any]:
         r = self.record
-        out: dict[str, Any] = {"variant": self.variant, "task": self.task or None}
+        out: dict[str, Any] = {"variant": self.variant, "task": self.task or None, "mode": self.mode}
         if self.variant != "base":
             out.update(task_version=r.get("version"), source=r.get("source"), path=self.path,
                        manifest=str(Path(self.path) / "manifest.json"))
@@ -457,7 +475,7 @@ class Registry:
         if not isinstance(body, dict):
             raise RegistryError("expected a JSON object {name, path, version?, coefficients|calibrate, variants?}")
         try:
-            spec = parse_task(body, self.cfg.adapter_root, "request")
+            spec = parse_task(body, self.cfg.adapter_root, "request", self.cfg.default_mode)
         except ConfigError as e:
             raise RegistryError(str(e)) from e
         if spec.name == self.cfg.served_name:

@@ -8,8 +8,8 @@ import math
 import pytest
 
 from bench._common import median, percentile, ratio, summarize
-from bench.serving import (ALL_CONFIGS, RunResult, _json_safe, aggregate, compute_ratios, ours_config,
-                           parse_args, round_order, vllm_argv)
+from bench.serving import (RunResult, _json_safe, aggregate, compute_ratios, default_configs,
+                           merged_mode_supported, ours_config, parse_args, round_order, vllm_argv)
 
 
 def test_percentile_matches_linear_interpolation():
@@ -75,7 +75,8 @@ def test_round_order_rotates_and_keeps_every_config():
 
 def test_parse_args_defaults_and_validation(capsys):
     a = parse_args([])
-    assert a.model == "tiny" and a.configs == list(ALL_CONFIGS) and a.dtype == "float32" and a.task_rank == 8
+    assert a.model == "tiny" and a.configs == default_configs() and a.dtype == "float32" and a.task_rank == 8
+    assert ("ours_merged" in a.configs) == merged_mode_supported()
     s = parse_args(["--model", "smollm2", "--configs", "ours_safe,vllm", "--task-rank", "16"])
     assert s.configs == ["vllm", "ours_safe"]  # canonical order
     assert s.dtype == "bfloat16" and s.safety_rank == 16 and s.max_model_len == 1024
@@ -120,6 +121,21 @@ def test_engine_flags_are_the_same_for_vllm_and_ours(tmp_path):
                 "--max-cpu-loras", "--enforce-eager", "--max-num-batched-tokens", "--enable-lora"):
         assert p.get(key) == o.get(key), key
     assert "--enforce-eager" in p
+
+
+@pytest.mark.skipif(not merged_mode_supported(), reason="this build's server has no mode: merged")
+def test_ours_merged_config_serves_the_safe_variant_merged(tmp_path):
+    from server.config import load_config
+
+    args = parse_args(["--configs", "ours_merged"])
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "config.json").write_text("{}")
+    assets = {"base": base, "adapter_root": tmp_path, "task": tmp_path / "t", "safety": tmp_path / "s",
+              "coefficients": tmp_path / "c.json", "rank_equal": 16, "rank_task": 8}
+    cfg = load_config(ours_config(args, assets, tmp_path, 1236, judges=False, label="m", safe_merged=True))
+    (task,) = cfg.tasks
+    assert task.mode_of("safe") == "merged" and task.mode_of("plain") == "lora"
 
 
 def test_json_safe_replaces_nan():

@@ -84,3 +84,46 @@ def test_refusals_vary_are_deterministic_and_read_as_refusals():
     assert len({t.split(".")[0] for t in texts}) == len(refusals.OPENERS)
     assert all(is_refusal(t) for t in texts)
     assert refusals.n_variants() >= 300
+
+
+def test_export_layout_is_what_the_demo_config_reads():
+    """The demo server config must find every exported artifact at the path the export writes it to."""
+    from pathlib import Path
+
+    import yaml
+
+    from experiments.smollm2.export import DEMO_TASKS, asset_paths
+
+    cfg_path = Path(__file__).resolve().parents[1] / "deploy" / "configs" / "demo-cpu.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    resolve = lambda p: (cfg_path.parent / p).resolve()  # noqa: E731
+    where = asset_paths(resolve(cfg["adapter_root"]))
+    assert resolve(cfg["safety"]["path"]) == where["safety"]
+    assert sorted(t["name"] for t in cfg["tasks"]) == sorted(DEMO_TASKS)
+    for t in cfg["tasks"]:
+        assert resolve(t["path"]) == where["tasks"][t["name"]]["path"]
+        assert resolve(t["coefficients"]) == where["tasks"][t["name"]]["coefficients"]
+
+
+def test_assistant_only_loss_matches_the_models_own_loss(tiny_model):
+    """The training loop's cheaper loss (LM head on labelled positions only) equals ``model(labels=...)``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from experiments.smollm2.train import _assistant_loss, encode_pair, load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    enc = [encode_pair(tok, "hello there friend", "general kenobi, you are a bold one", 64),
+           encode_pair(tok, "hi", "yo", 64)]
+    n = max(len(a) for a, _ in enc)
+    ids = torch.zeros(2, n, dtype=torch.long)
+    lab = torch.full((2, n), -100)
+    att = torch.zeros(2, n, dtype=torch.long)
+    for j, (a, b) in enumerate(enc):
+        ids[j, : len(a)], lab[j, : len(b)], att[j, : len(a)] = torch.tensor(a), torch.tensor(b), 1
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=att, labels=lab).loss
+        ours = _assistant_loss(model, ids, att, lab)
+    assert torch.allclose(ref, ours, atol=1e-5), (float(ref), float(ours))
+    assert float(ours) > 0

@@ -1,6 +1,6 @@
 """Copy the demo artifacts out of the study's stage folders into ``assets/smollm2/`` (committed, bf16, <=60 MB).
 
-    python -m experiments.smollm2.export [--fast] [--dest assets/smollm2]
+    python -m experiments.smollm2.export [--profile full|demo|fast] [--dest assets/smollm2]
 
 What ships, and why only this: ``make demo`` must serve the whole family without training, and A is rebuilt at
 setup as ``merge_checkpoint(prepare_smollm2(), task=alignment-lora)``, so the alignment LoRA stands in for a
@@ -10,8 +10,11 @@ material (they would exceed the size budget) and stay in ``$SAFEGENE_HOME``.
     assets/smollm2/alignment-lora/        PEFT LoRA (r16, all linear modules) on SmolLM2-135M-Instruct -> A
     assets/smollm2/safety/                SafeGene safety adapter (rank-16 SVD of A - D) with its layer selection
     assets/smollm2/tasks/<task>/          task LoRA on A (+ task.json: prompt format, labels, 5 examples)
-    assets/smollm2/coefficients/<task>.json   calibrated per-layer λ for that task adapter
+    assets/smollm2/tasks/<task>/coefficients.json   calibrated per-layer λ for that task adapter
     assets/smollm2/manifest.json          what each file is, its sha256, the stage it came from, the commands
+
+These are exactly the paths ``deploy/configs/demo-cpu.yaml`` reads. A task whose adapter or calibration stage is
+not built yet is left out (with a note); the export never trains anything.
 """
 
 from __future__ import annotations
@@ -27,9 +30,17 @@ from safetensors.torch import load_file, save_file
 
 from safegene_runtime.artifacts import atomic_write_json, sha256_file
 
-from .run import Study
+from .run import StageMissing, Study
 
 MAX_BYTES = 60 * 1024 * 1024
+DEMO_TASKS = ("sentiment", "topic", "reverse")
+
+
+def asset_paths(dest: Path, tasks: list[str] | tuple[str, ...] = DEMO_TASKS) -> dict:
+    """Where each artifact lands; ``deploy/configs/demo-cpu.yaml`` reads exactly these (a test checks it)."""
+    return {"alignment": dest / "alignment-lora", "safety": dest / "safety",
+            "tasks": {t: {"path": dest / "tasks" / t, "coefficients": dest / "tasks" / t / "coefficients.json"}
+                      for t in tasks}}
 
 
 def _copy_adapter(src: Path, dst: Path) -> None:
@@ -44,6 +55,8 @@ def _copy_adapter(src: Path, dst: Path) -> None:
 
 
 def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
+    study.st.cached_only = True
+    study.align(), study.select()  # fail before touching dest when the family itself is not built
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -52,24 +65,33 @@ def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
     def add(kind: str, path: Path, stage: Path, **extra) -> None:
         entries[str(path.relative_to(dest))] = {"kind": kind, "from_stage": stage.name, **extra}
 
+    where = asset_paths(dest, tasks)
     a = study.align()
-    _copy_adapter(a / "lora", dest / "alignment-lora")
-    add("alignment_lora", dest / "alignment-lora", a, result=json.loads((a / "stage.json").read_text())["result"])
+    _copy_adapter(a / "lora", where["alignment"])
+    add("alignment_lora", where["alignment"], a, result=json.loads((a / "stage.json").read_text())["result"])
     s = study.select()
-    _copy_adapter(s / "adapter", dest / "safety")
-    add("safety_adapter", dest / "safety", s)
+    _copy_adapter(s / "adapter", where["safety"])
+    add("safety_adapter", where["safety"], s, selection=json.loads((s / "stage.json").read_text())["result"])
+    skipped = []
     for task in tasks:
-        t = study.task_adapter(task, "clean")
-        _copy_adapter(t / "adapter", dest / "tasks" / task)
+        try:
+            t = study.task_adapter(task, "clean")
+            c = study.calibrate(task, "clean")
+        except StageMissing as e:
+            skipped.append(f"{task}: {e}")
+            print(f"export: leaving out task {task!r}: {e}", file=sys.stderr)
+            continue
+        tdir = where["tasks"][task]["path"]
+        _copy_adapter(t / "adapter", tdir)
         train, test = study.task_data(task)
-        atomic_write_json(dest / "tasks" / task / "task.json", {
+        tp = study.p["task"]
+        atomic_write_json(tdir / "task.json", {
             "task": task, "examples": train[:5], "held_out_n": len(test),
-            "generator": "experiments.smollm2.tasks.generate(task, n_train=400, n_test=200, seed=0)"})
-        add("task_adapter", dest / "tasks" / task, t)
-        c = study.calibrate(task, "clean")
-        (dest / "coefficients").mkdir(exist_ok=True)
-        shutil.copy2(c / "coefficients.json", dest / "coefficients" / f"{task}.json")
-        add("coefficients", dest / "coefficients" / f"{task}.json", c)
+            "generator": f"experiments.smollm2.tasks.generate({task!r}, n_train={tp['n_train']}, "
+                         f"n_test={tp['n_test']}, seed=0)"})
+        add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
+        shutil.copy2(c / "coefficients.json", where["tasks"][task]["coefficients"])
+        add("coefficients", where["tasks"][task]["coefficients"], c)
     files = sorted(p for p in dest.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:
@@ -82,7 +104,12 @@ def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
         "artifacts": entries,
         "files": {str(p.relative_to(dest)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files},
         "total_bytes": total,
-        "commands": ["make experiment", "python -m experiments.smollm2.export"],
+        "left_out": skipped,
+        "commands": [".venv/bin/python -m experiments.smollm2.run --settings clean --stages "
+                     "answers,align,degrade,safety,select",
+                     ".venv/bin/python -m experiments.smollm2.run --settings clean --tasks <task> --stages "
+                     "tasks,calibrate",
+                     ".venv/bin/python -m experiments.smollm2.export"],
     }
     atomic_write_json(dest / "manifest.json", manifest)
     readme = ["# SmolLM2-135M-Instruct demo family (generated by `python -m experiments.smollm2.export`)", "",
@@ -90,8 +117,20 @@ def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
     for rel, e in entries.items():
         readme.append(f"- `{rel}`: {e['kind']}, from stage folder `{e['from_stage']}` "
                       "(`$SAFEGENE_HOME/experiments/smollm2/full/`; its stage.json holds every parameter)")
-    readme += ["", "Commands: `make experiment` (builds every stage, resumable), then "
-               "`python -m experiments.smollm2.export`.", f"Total size: {total / 2**20:.1f} MB (bf16).", ""]
+    if skipped:
+        readme += ["", "Left out (stage not built when exported):", ""] + [f"- {x}" for x in skipped]
+    readme += ["", "## Commands that made them", "",
+               "```bash",
+               ".venv/bin/python -m experiments.smollm2.run --settings clean "
+               "--stages answers,align,degrade,safety,select",
+               "for t in sentiment topic reverse; do",
+               "  .venv/bin/python -m experiments.smollm2.run --settings clean --tasks $t --stages tasks,calibrate",
+               "done",
+               ".venv/bin/python -m experiments.smollm2.export",
+               "```", "",
+               "## Files", "", "| file | bytes | sha256 (first 16) |", "|---|---|---|"]
+    readme += [f"| `{p.relative_to(dest)}` | {p.stat().st_size} | {sha256_file(p)[:16]} |" for p in files]
+    readme += ["", f"Total size: {total / 2**20:.1f} MB (weights in bf16), plus this README and manifest.json.", ""]
     (dest / "README.md").write_text("\n".join(readme))
     return manifest
 
@@ -100,11 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--profile", choices=("full", "demo", "fast"), default=None, help="which run profile's stages")
     ap.add_argument("--dest", default="assets/smollm2")
-    ap.add_argument("--tasks", default="sentiment,topic,reverse")
+    ap.add_argument("--tasks", default=",".join(DEMO_TASKS))
     a = ap.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
-    study = Study(a.fast, tasks, ["clean"])
+    study = Study(a.profile or ("fast" if a.fast else "full"), tasks, ["clean"])
     m = export(study, Path(a.dest), tasks=tasks)
     print(f"exported {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MB -> {a.dest}")
     return 0

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 
@@ -31,10 +32,13 @@ def generate(model: Path, prompts: list[str], *, max_tokens: int = 64, log=print
         cmd = [sys.executable, "-m", "experiments.smollm2.generate", "--model", str(model), "--prompts", str(src),
                "--out", str(dst), "--max-tokens", str(max_tokens)]
         log(f"generating {len(prompts)} replies with {model.name} (vLLM, max {max_tokens} tokens)")
+        t0 = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not dst.exists():
             raise RuntimeError(f"generation failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
-        return json.loads(dst.read_text())
+        outs = json.loads(dst.read_text())
+        log(f"generated {len(outs)} replies in {time.time() - t0:.0f}s (engine start included)")
+        return outs
 
 
 def _main() -> None:
@@ -47,7 +51,7 @@ def _main() -> None:
     from vllm import LLM, SamplingParams
 
     prompts = json.loads(Path(a.prompts).read_text())
-    llm = LLM(model=a.model, dtype="bfloat16", enforce_eager=True, max_model_len=2048, seed=0)
+    llm = LLM(model=a.model, dtype="bfloat16", enforce_eager=True, max_model_len=1024, seed=0)
     sp = SamplingParams(temperature=0.0, max_tokens=a.max_tokens)
     outs = llm.chat([[{"role": "user", "content": p}] for p in prompts], sp, use_tqdm=False)
     Path(a.out).write_text(json.dumps([o.outputs[0].text for o in outs]))

@@ -42,6 +42,10 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
+class StageMissing(LookupError):
+    """A stage that an export asked for has not been built (``Stages.cached_only``)."""
+
+
 class Stages:
     """Content-hash cache of stage folders."""
 
@@ -49,6 +53,7 @@ class Stages:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.timings: list[tuple[str, float, bool]] = []
+        self.cached_only = False  # export sets this: an export must never start training
 
     def run(self, name: str, params: dict, inputs: dict[str, str], build: Callable[[Path], dict]) -> Path:
         """Return the folder of stage ``name`` for these params/inputs, building it if absent."""
@@ -58,6 +63,8 @@ class Stages:
             log(f"{name}: cached ({dest.name})")
             self.timings.append((name, json.loads((dest / "stage.json").read_text())["seconds"], True))
             return dest
+        if self.cached_only:
+            raise StageMissing(f"stage {name} ({dest.name}) is not built; run the pipeline first")
         log(f"{name}: building -> {dest.name}")
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=self.root))
         t0 = time.time()
@@ -82,9 +89,33 @@ class Stages:
 
 
 # --------------------------------------------------------------------------------------------- parameters
-def params(fast: bool) -> dict:
-    """Every knob of the study in one place (these values are hashed into the stage names)."""
-    if fast:
+PROFILES = ("full", "demo", "fast")
+
+
+def profile_name(profile: bool | str) -> str:
+    """``True``/``False`` (the old ``fast`` flag) or a profile name -> a profile name."""
+    if isinstance(profile, bool):
+        return "fast" if profile else "full"
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    return profile
+
+
+def params(profile: bool | str) -> dict:
+    """Every knob of the study in one place (these values are hashed into the stage names).
+
+    ``full``: the pilot's recipe (pilot-findings.md). ``demo``: the same data and sizes with fewer optimiser steps
+    (a higher learning rate where steps were cut), for building the demo family on a shared 2-core machine in
+    well under an hour; its stages share the ``full`` folder (the hash tells them apart) and reuse its answers.
+    ``fast``: tiny smoke run, meaningless numbers."""
+    profile = profile_name(profile)
+    if profile == "demo":
+        p = params("full")
+        p["align"] |= {"steps": 64, "lr": 3e-4}
+        p["degrade"] |= {"steps": 30, "lr": 3e-5}
+        p["task"] |= {"steps": 80, "lr": 3e-4}
+        return p
+    if profile == "fast":
         return {
             "answers": {"n_benign": 16, "n_harm": 16, "n_mix": 8, "max_tokens": 24},
             "align": {"n_harm": 16, "steps": 3, "lr": 2e-4, "batch_size": 4, "max_len": 96},
@@ -93,7 +124,7 @@ def params(fast: bool) -> dict:
                      "mix_fraction": 0.1},
             "safety": {"rank": 16},
             "select": {"n_harm": 8, "n_benign": 8, "top_k": 15},
-            "calibrate": {"k": 4, "steps": 2},
+            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8},
             "eval": {"n_harmful": 8, "n_benign": 8, "n_task": 8, "max_tokens": 24},
         }
     return {
@@ -104,7 +135,7 @@ def params(fast: bool) -> dict:
                  "mix_fraction": 0.1},
         "safety": {"rank": 16},
         "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
-        "calibrate": {"k": 32, "steps": 40},
+        "calibrate": {"k": 32, "steps": 40, "max_new_tokens": 16},
         "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 48},
     }
 
@@ -117,9 +148,10 @@ def _is_refusal(text: str) -> bool:
 
 # --------------------------------------------------------------------------------------------- the pipeline
 class Study:
-    def __init__(self, fast: bool, task_names: list[str], settings: list[str]) -> None:
-        self.fast = fast
-        self.p = params(fast)
+    def __init__(self, fast: bool | str, task_names: list[str], settings: list[str]) -> None:
+        self.profile = profile_name(fast)
+        self.fast = self.profile == "fast"
+        self.p = params(self.profile)
         self.task_names = task_names
         self.settings = settings
         self.root = safegene_home() / "experiments" / "smollm2" / ("fast" if fast else "full")
@@ -280,7 +312,10 @@ class Study:
         def build(tmp: Path) -> dict:
             from safegene_runtime.calibrate import calibrate
 
+            # Teacher targets are cut to max_target_tokens (16) anyway; greedy decoding of only that many
+            # tokens gives the same targets at a third of the cost of the default 48.
             c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, steps=p["steps"],
+                          max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
@@ -335,12 +370,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stages", default=",".join(ALL_STAGES), help=f"comma list from {', '.join(ALL_STAGES)}")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--settings", default=",".join(SETTINGS), help="clean (task data only), mix10 (10%% harmful)")
-    ap.add_argument("--fast", action="store_true", help="tiny smoke run of the whole chain")
+    ap.add_argument("--fast", action="store_true", help="tiny smoke run of the whole chain (= --profile fast)")
+    ap.add_argument("--profile", choices=PROFILES, default=None,
+                    help="full (pilot recipe, default), demo (fewer steps, for the demo family), fast (smoke)")
     a = ap.parse_args(argv)
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    study = Study(a.fast, [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
+    torch.set_num_threads(min(2, os.cpu_count() or 1))  # 2-core machine, shared
+    study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
     study.run([s for s in a.stages.split(",") if s])
     return 0
 

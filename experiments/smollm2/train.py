@@ -89,6 +89,20 @@ def _batches(encoded: list[tuple[list[int], list[int]]], cfg: SFTConfig, pad_id:
         yield ids, lab, att
 
 
+def _assistant_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+    """Mean next-token CE over the labelled (assistant) positions, as ``model(labels=...)`` computes it.
+
+    Why not ``model(labels=...)``: that projects every position onto the 49k-token vocabulary, while only the
+    assistant tokens (a few per task example) carry loss; the LM head plus softmax is ~20-30% of a step on CPU.
+    Works for plain and PEFT-wrapped Llama models (LoRA layers are injected in place)."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = core.model(input_ids=ids, attention_mask=att).last_hidden_state
+    tgt = lab[:, 1:]
+    keep = tgt != -100
+    logits = core.lm_head(hidden[:, :-1][keep]).float()
+    return torch.nn.functional.cross_entropy(logits, tgt[keep])
+
+
 def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log) -> list[float]:
     torch.manual_seed(cfg.seed)
     encoded = [encode_pair(tok, p, r, cfg.max_len) for p, r in pairs]
@@ -105,15 +119,15 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log)
     t0 = time.time()
     for step in range(cfg.steps):
         ids, lab, att = next(batches)
-        out = model(input_ids=ids, attention_mask=att, labels=lab)
-        out.loss.backward()
+        loss = _assistant_loss(model, ids, att, lab)
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(out.loss))
+        losses.append(float(loss))
         if step % 10 == 0 or step == cfg.steps - 1:
-            log(f"step {step + 1}/{cfg.steps} loss {out.loss.item():.4f} ({time.time() - t0:.0f}s)")
+            log(f"step {step + 1}/{cfg.steps} loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)")
     model.eval()
     return losses
 
