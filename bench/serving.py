@@ -140,8 +140,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, help="engine max_model_len (default 256 tiny, 1024 otherwise)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="engine max_num_seqs (default 16)")
     p.add_argument("--compile", action="store_true",
-                   help="let the no-LoRA engines (vllm_base, vllm_merged) use torch.compile/CUDA graphs; by default "
-                        "every engine runs with --enforce-eager (LoRA engines on CPU are eager anyway)")
+                   help="drop --enforce-eager from every engine (torch.compile / CUDA graphs where vLLM uses them; "
+                        "LoRA engines on CPU stay eager regardless). Default: every engine eager, so all compare")
+    p.add_argument("--gpu-memory-utilization", type=float,
+                   help="per-engine GPU memory fraction (GPU runs: several engines share one card, e.g. 0.12)")
     p.add_argument("--kv-cache", default="512M",
                    help="KV cache per engine, passed as --kv-cache-memory-bytes (default 512M: several servers run "
                         "at once, and a CPU engine's KV cache is resident memory); 'auto' leaves it to vLLM "
@@ -329,13 +331,15 @@ def prepare_assets(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return assets
 
 
-def common_engine_flags(args: argparse.Namespace, *, lora: bool) -> list[str]:
+def common_engine_flags(args: argparse.Namespace) -> list[str]:
     flags = ["--dtype", args.dtype, "--max-model-len", str(args.max_model_len), "--max-num-seqs",
              str(args.max_num_seqs), "--seed", "0", "--disable-uvicorn-access-log", "--disable-fastapi-docs"]
     if args.kv_cache != "auto":
         flags.append(f"--kv-cache-memory-bytes={args.kv_cache}")
-    if lora or not args.compile:
+    if not args.compile:
         flags.append("--enforce-eager")
+    if args.gpu_memory_utilization:
+        flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     return flags + list(args.extra_engine_arg)
 
 
@@ -345,17 +349,18 @@ def vllm_argv(args: argparse.Namespace, model: Path, port: int, *, lora: Path | 
     if lora is not None:
         argv += ["--enable-lora", "--lora-modules", f"{TASK}={lora}", "--max-lora-rank", str(rank),
                  "--max-loras", "2", "--max-cpu-loras", "4"]
-    return argv + common_engine_flags(args, lora=lora is not None)
+    return argv + common_engine_flags(args)
 
 
 def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, port: int, *, judges: bool,
                 label: str, safe_merged: bool = False) -> Path:
     import yaml
 
-    extra = [f for f in common_engine_flags(args, lora=True)
+    extra = [f for f in common_engine_flags(args)
              if f not in ("--enforce-eager", "--disable-uvicorn-access-log", "--disable-fastapi-docs")]
+    # (the server sets the access-log/docs flags itself; enforce_eager, like the keyed flags below, is a schema key)
     # dtype/max_model_len/max_num_seqs/seed go through the schema; anything else via extra_args
-    keyed = {"--dtype", "--max-model-len", "--max-num-seqs", "--seed"}
+    keyed = {"--dtype", "--max-model-len", "--max-num-seqs", "--seed", "--gpu-memory-utilization"}
     passthrough: list[str] = []
     i = 0
     while i < len(extra):
@@ -372,12 +377,14 @@ def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, po
         "tasks": [{"name": TASK, "path": str(assets["task"]), "coefficients": str(assets["coefficients"]),
                    "variants": ["plain", "safe"]}],
         "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len, "max_loras": 2, "max_cpu_loras": 4,
-                   "max_lora_rank": assets["rank_equal"], "enforce_eager": True, "max_num_seqs": args.max_num_seqs,
-                   "seed": 0, "extra_args": passthrough},
+                   "max_lora_rank": assets["rank_equal"], "enforce_eager": not args.compile,
+                   "max_num_seqs": args.max_num_seqs, "seed": 0, "extra_args": passthrough},
         "judges": {"names": ["refusal", "prompt_harm"] if judges else [], "queue_size": 256},
         "auth": {"api_keys": [API_KEY]},
         "server": {"host": "127.0.0.1", "port": port},
     }
+    if args.gpu_memory_utilization:
+        cfg["engine"]["gpu_memory_utilization"] = args.gpu_memory_utilization
     if safe_merged:  # the plain variant stays a LoRA on the shared engine; the safe one gets its own engine
         cfg["tasks"][0]["mode"] = {"plain": "lora", "safe": "merged"}
     path = work / f"server-{label}.yaml"
@@ -625,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
                      "streaming": True, "ignore_eos": True, "temperature": 0.0},
         "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
                    "max_lora_rank_equal": assets["rank_equal"], "max_lora_rank_task": assets["rank_task"],
-                   "kv_cache": args.kv_cache, "enforce_eager_lora": True, "enforce_eager_no_lora": not args.compile,
+                   "kv_cache": args.kv_cache, "enforce_eager": not args.compile,
+                   "gpu_memory_utilization": args.gpu_memory_utilization,
                    "extra": list(args.extra_engine_arg)},
         "adapters": {"task_rank": args.task_rank, "safety_rank": args.safety_rank, "lambda": args.lam,
                      "kind": "random (make_random_lora)"},

@@ -1,4 +1,4 @@
-"""vLLM engine + OpenAI app assembly: the ONLY module that touches vLLM internals.
+"""vLLM engine + OpenAI app assembly: the module that touches vLLM internals (with `merged.py` for merged-mode engines).
 
 We assemble vLLM's own OpenAI server in-process (what ``run_server_worker`` does in
 ``vllm/entrypoints/launchers/api_server/entry.py``) so that adapters are registered through

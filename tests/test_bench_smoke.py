@@ -87,13 +87,15 @@ def test_parse_args_defaults_and_validation(capsys):
         parse_args(["--clients", "0"])
 
 
-def test_engine_flags_are_the_same_for_vllm_and_ours(tmp_path):
+@pytest.mark.parametrize("argv", [["--extra-engine-arg=--max-num-batched-tokens=2048"],
+                                  ["--compile", "--gpu-memory-utilization", "0.12", "--kv-cache", "1G"]])
+def test_engine_flags_are_the_same_for_vllm_and_ours(tmp_path, argv):
     import yaml
 
     from server.config import load_config
     from server.engine import engine_argv
 
-    args = parse_args(["--extra-engine-arg=--max-num-batched-tokens=2048"])
+    args = parse_args(argv)
     base = tmp_path / "base"
     base.mkdir()
     (base / "config.json").write_text("{}")
@@ -118,9 +120,11 @@ def test_engine_flags_are_the_same_for_vllm_and_ours(tmp_path):
 
     p, o = flags(plain), flags(ours)
     for key in ("--dtype", "--max-model-len", "--max-num-seqs", "--seed", "--max-lora-rank", "--max-loras",
-                "--max-cpu-loras", "--enforce-eager", "--max-num-batched-tokens", "--enable-lora"):
+                "--max-cpu-loras", "--enforce-eager", "--max-num-batched-tokens", "--enable-lora",
+                "--kv-cache-memory-bytes", "--gpu-memory-utilization"):
         assert p.get(key) == o.get(key), key
-    assert "--enforce-eager" in p
+    assert ("--enforce-eager" in p) == (not args.compile)
+    assert p["--kv-cache-memory-bytes"] == args.kv_cache
 
 
 @pytest.mark.skipif(not merged_mode_supported(), reason="this build's server has no mode: merged")
