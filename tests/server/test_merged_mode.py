@@ -52,7 +52,8 @@ def test_config_modes(tmp_path, family):
     cfg = load_config(write_config(tmp_path / "b.yaml", tiny_config(tmp_path, family, port=1, tasks=tasks,
                                                                      extra={"mode": "merged"})))
     assert cfg.tasks[0].mode == {"plain": "lora", "safe": "merged"} and cfg.tasks[1].mode == "lora"
-    cfg = load_config(write_config(tmp_path / "c.yaml", tiny_config(tmp_path, family, port=1, extra={"mode": "merged"})))
+    all_merged = tiny_config(tmp_path, family, port=1, extra={"mode": "merged"})
+    cfg = load_config(write_config(tmp_path / "c.yaml", all_merged))
     assert all(t.mode == "merged" for t in cfg.tasks)
     for bad, needle in (("fast", "must be 'stacked'"), ({"plain": "merged"}, "does not serve")):
         with pytest.raises(ConfigError, match=needle) as e:
