@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,8 +108,13 @@ for _sig in (signal.SIGTERM, signal.SIGHUP):
 class Server:
     """One OpenAI-compatible server subprocess (plain vLLM or ``safegene serve``) on 127.0.0.1:``port``."""
 
-    def __init__(self, label: str, argv: list[str], port: int, log_path: Path, env: dict[str, str] | None = None):
-        self.label, self.argv, self.port, self.log_path = label, argv, port, log_path
+    def __init__(self, label: str, argv_fn: Callable[[int], list[str]], log_path: Path,
+                 env: dict[str, str] | None = None):
+        """``argv_fn(port)`` builds the command line: the port is picked at start, just before it is bound, and
+        picked again if another process took it in between (ports chosen up front get stolen on a busy machine)."""
+        self.label, self.argv_fn, self.log_path = label, argv_fn, log_path
+        self.port = 0
+        self.argv: list[str] = []
         self.env = env if env is not None else bench_env()
         self.proc: subprocess.Popen | None = None
         self._log = None
@@ -119,14 +124,28 @@ class Server:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 600) -> "Server":
+    def start(self, timeout: float = 600, attempts: int = 3) -> "Server":
+        for attempt in range(attempts):
+            try:
+                return self._start_once(timeout)
+            except RuntimeError:
+                if attempt + 1 < attempts and "Address already in use" in self.tail(200):
+                    self.stop()
+                    continue
+                raise
+        raise AssertionError("unreachable")
+
+    def _start_once(self, timeout: float) -> "Server":
         import httpx
 
+        self.port = free_port()
+        self.argv = self.argv_fn(self.port)
         self._log = open(self.log_path, "wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=self.env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
-        _LIVE.append(self)
+        if self not in _LIVE:
+            _LIVE.append(self)
         while time.monotonic() - t0 < timeout:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"[{self.label}] server exited with {self.proc.returncode} before it was healthy; "

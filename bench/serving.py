@@ -45,7 +45,7 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, Server, bench_env, fmt, free_port, loadavg, median, ratio, summarize  # noqa: E402
+from bench._common import REPO, Server, bench_env, fmt, loadavg, median, ratio, summarize  # noqa: E402
 
 API_KEY = "sk-bench"
 SERVED = "base"
@@ -153,6 +153,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, help="where models, adapters, configs and logs go (default: a temp dir)")
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/serving-<model>.json)")
     p.add_argument("--start-timeout", type=float, default=900, help="seconds to wait for each server (default 900)")
+    p.add_argument("--report", type=Path, metavar="RESULT_JSON",
+                   help="print the Markdown tables of a saved result file (as in docs/benchmarks.md) and exit")
     p.add_argument("--max-load", type=float,
                    help="wait until the 1-minute load average is below this before measuring (polls every 30 s)")
     args = p.parse_args(argv)
@@ -403,8 +405,7 @@ def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -
     env = bench_env(None if args.kv_cache != "auto" else "1")
 
     def add(label: str, argv_fn) -> None:
-        port = free_port()
-        servers[label] = Server(label, argv_fn(port), port, work / f"{label}.log", env=env)
+        servers[label] = Server(label, argv_fn, work / f"{label}.log", env=env)
 
     if "vllm" in want:
         add("vllm", lambda p: vllm_argv(args, assets["base"], p, lora=assets["task"], rank=assets["rank_equal"]))
@@ -579,6 +580,38 @@ async def measure(args: argparse.Namespace, servers: dict[str, Server], routes: 
     return per_round
 
 
+def markdown_report(result: dict[str, Any]) -> str:
+    """The result as Markdown tables (what docs/benchmarks.md shows), from a saved JSON file."""
+    def f(x: Any, spec: str) -> str:
+        return "n/a" if x is None else format(x, spec)
+
+    w = result["workload"]
+    lines = [f"`{result['command']}` — {result['created']}, {w['clients']} clients, {w['requests']} requests per "
+             f"configuration per round, {w['max_tokens']} tokens each, {w['rounds']} measured rounds "
+             f"(+{w['warmup_rounds']} warm-up), engine rank {result['engine']['max_lora_rank_equal']} "
+             f"(a': {result['engine']['max_lora_rank_task']}); load average (1 min) over the runs: median "
+             f"{f(result['load_average']['median'], '.1f')}, max {f(result['load_average']['max'], '.1f')}.", "",
+             "| config | what | output tok/s (median of rounds) | per round | TTFT p50 / p95 (ms) | E2E p50 / p95 (s) "
+             "| server RSS (MiB) | errors |", "|---|---|---|---|---|---|---|---|"]
+    order = {c: i for i, c in enumerate(ALL_CONFIGS)}
+    for label, a in sorted(result["configs"].items(), key=lambda kv: order.get(kv[0], len(order))):
+        rounds = ", ".join(f(x, ".1f") for x in a["throughput_per_round"])
+        ttft = a["ttft"]
+        e2e = a["e2e"]
+        lines.append(f"| `{label}` | {DESCRIPTIONS.get(label, '')} | {f(a['throughput_tok_s'], '.1f')} | {rounds} | "
+                     f"{f(ttft['p50'] and ttft['p50'] * 1000, '.0f')} / {f(ttft['p95'] and ttft['p95'] * 1000, '.0f')} | "
+                     f"{f(e2e['p50'], '.2f')} / {f(e2e['p95'], '.2f')} | {f(a.get('server_rss_mib'), '.0f')} | "
+                     f"{a['errors']} |")
+    lines += ["", "| ratio | value | per round | target | met? |", "|---|---|---|---|---|"]
+    for r in result["ratios"]:
+        spec = ".3f" if r["kind"] == "throughput" else ".1f"
+        per = ", ".join(f(x, spec) for x in r["per_round"])
+        target = "—" if r["target"] is None else f"{r['comparison']} {r['target']:g}"
+        met = "—" if r["met"] is None else ("**yes**" if r["met"] else "**no**")
+        lines.append(f"| {r['name']} | {f(r['value'], spec)} | {per} | {target} | {met} |")
+    return "\n".join(lines)
+
+
 def wait_for_quiet(max_load: float | None, poll_s: float = 30) -> None:
     """Block until the 1-minute load average is at most ``max_load`` (other work on the machine skews timings)."""
     if max_load is None:
@@ -592,6 +625,9 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     args = parse_args(argv)
+    if args.report:
+        print(markdown_report(json.loads(args.report.read_text())))
+        return 0
     work = args.workdir or Path(tempfile.mkdtemp(prefix="safegene-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     out = args.out or REPO / "bench" / "results" / f"serving-{Path(args.model).name}.json"

@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import __version__
 
@@ -103,29 +103,40 @@ def fingerprint(path: str | os.PathLike[str]) -> str:
 
     Base models can be many GB, so the hash is cached in ``$SAFEGENE_HOME/fingerprints.json``.
     """
-    from .paths import safegene_home
-
     path = Path(path).resolve()
     files = [path] if path.is_file() else sorted(
         p for p in path.rglob("*") if p.is_file() and p.suffix in {".safetensors", ".json", ".bin", ".gguf", ".model"}
         and not p.name.startswith(".")
     )
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for p in files:
+            h.update((p.relative_to(path).as_posix() if p != path else p.name).encode() + b"\0")
+            h.update(sha256_file(p).encode())
+        return h.hexdigest()
+
+    return cached_digest("fingerprints.json", files, compute)
+
+
+def cached_digest(cache_name: str, files: list[Path], compute: Callable[[], str]) -> str:
+    """``compute()``, remembered in ``$SAFEGENE_HOME/<cache_name>`` under the (path, size, mtime) of ``files``.
+
+    Hashing a base model reads every byte (many GB for an 8B model); the cache makes the second time free, and any
+    change to a file's size or mtime invalidates its entry.
+    """
+    from .paths import safegene_home
+
     key = canonical_json([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    cache_file = safegene_home() / "fingerprints.json"
+    cache_file = safegene_home() / cache_name
     try:
         cache = json.loads(cache_file.read_text())
     except (OSError, json.JSONDecodeError):
         cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    for p in files:
-        h.update((p.relative_to(path).as_posix() if p != path else p.name).encode() + b"\0")
-        h.update(sha256_file(p).encode())
-    digest = h.hexdigest()
-    cache[key] = digest
-    atomic_write_text(cache_file, json.dumps(cache))
-    return digest
+    if key not in cache:
+        cache[key] = compute()
+        atomic_write_text(cache_file, json.dumps(cache))
+    return cache[key]
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -235,6 +235,26 @@ class Checkpoint:
         return f"Checkpoint({str(self.path)!r}, tensors={len(self)}, shards={len(self._shard_metadata)})"
 
 
+def check_adapter_fits(base: Checkpoint, adapter: Any, who: str) -> None:
+    """Refuse an adapter made for another base model: each of its modules must be a weight of ``base`` whose shape
+    equals the module's delta ``(out, in)``. The error names the first module that does not fit."""
+    from .adapters import AdapterError
+
+    for m, (a, b) in adapter.weights.items():
+        key = f"{m}.weight"
+        if key not in base:
+            raise AdapterError(
+                f"{who} {adapter.path}: module {m} is not a weight of base model {base.path} "
+                "(made for another base model?)"
+            )
+        got = (b.shape[0], a.shape[1])
+        if base.shape(key) != got:
+            raise AdapterError(
+                f"{who} {adapter.path}: module {m} has delta shape {got} but base model {base.path} has "
+                f"{base.shape(key)} (made for another base model?)"
+            )
+
+
 def weights_fingerprint(path: str | Path) -> str:
     """sha256 over (name, dtype, shape, bytes) of every tensor in name order: the same weights give the same value
     however they are sharded, and config/tokenizer edits do not change it (unlike ``artifacts.fingerprint``).
@@ -243,39 +263,30 @@ def weights_fingerprint(path: str | Path) -> str:
     """
     import hashlib
 
-    from .artifacts import atomic_write_text, canonical_json
-    from .paths import safegene_home
+    from .artifacts import cached_digest, canonical_json
 
     ck = Checkpoint(path)
     files = [ck.path.resolve() / s for s in ck.shards()]
-    key = canonical_json([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    cache_file = safegene_home() / "weights_fingerprints.json"
-    try:
-        cache = json.loads(cache_file.read_text())
-    except (OSError, json.JSONDecodeError):
-        cache = {}
-    if key in cache:
-        return cache[key]
-    h = hashlib.sha256()
-    for name in ck.keys():
-        info = ck._info[name]
-        h.update(canonical_json([name, info["dtype"], info["shape"]]).encode() + b"\0")
-        shard = ck.path / ck.shard_of(name)
-        start, end = (int(x) for x in info["data_offsets"])
-        with open(shard, "rb") as f:
-            (n,) = struct.unpack("<Q", f.read(8))
-            f.seek(8 + n + start)
-            left = end - start
-            while left > 0:
-                chunk = f.read(min(left, 1 << 24))
-                if not chunk:
-                    raise CheckpointError(f"{shard}: truncated data for tensor {name}")
-                h.update(chunk)
-                left -= len(chunk)
-    digest = h.hexdigest()
-    cache[key] = digest
-    atomic_write_text(cache_file, json.dumps(cache))
-    return digest
+
+    def compute() -> str:
+        h = hashlib.sha256()
+        for name in ck.keys():
+            info = ck._info[name]
+            h.update(canonical_json([name, info["dtype"], info["shape"]]).encode() + b"\0")
+            shard = ck.path / ck.shard_of(name)
+            start, end = (int(x) for x in info["data_offsets"])
+            with open(shard, "rb") as f:
+                f.seek(ck._data_start[ck.shard_of(name)] + start)
+                left = end - start
+                while left > 0:
+                    chunk = f.read(min(left, 1 << 24))
+                    if not chunk:
+                        raise CheckpointError(f"{shard}: truncated data for tensor {name}")
+                    h.update(chunk)
+                    left -= len(chunk)
+        return h.hexdigest()
+
+    return cached_digest("weights_fingerprints.json", files, compute)
 
 
 def model_identity(path: str | Path) -> dict[str, Any]:

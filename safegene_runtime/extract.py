@@ -22,7 +22,7 @@ import torch
 
 from .adapters import LINEAR_MODULES, AdapterError, layer_index, load_adapter, module_kind, save_adapter
 from .artifacts import ArtifactError, ArtifactWriter, describe_input
-from .checkpoints import Checkpoint, model_identity
+from .checkpoints import Checkpoint, check_adapter_fits, model_identity
 from .paths import artifacts_dir
 
 METHOD_SVD = "svd"
@@ -213,17 +213,9 @@ def extract_safety_adapter(
         total_energy = kept_sq / total_sq if total_sq > 0 else 1.0
     else:
         lora = load_adapter(degraded_lora)
+        check_adapter_fits(ack, lora, "degraded LoRA")
         for m in lora.modules():
-            key = f"{m}.weight"
-            if key not in ack:
-                raise AdapterError(f"{degraded_lora}: module {m} is not a weight of the aligned model {ack.path}")
             a_l, b_l = lora.weights[m]
-            shape = (b_l.shape[0], a_l.shape[1])
-            if shape != ack.shape(key):
-                raise AdapterError(
-                    f"{degraded_lora}: module {m} has delta shape {shape} but the aligned model's weight is "
-                    f"{ack.shape(key)}: the LoRA was made for another base model"
-                )
             if not wanted(m):
                 continue
             # ΔS = W(A) − W(A + s·B_L A_L) = −s·B_L A_L: keep A, negate and scale B.

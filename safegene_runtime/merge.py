@@ -19,7 +19,7 @@ import torch
 
 from .adapters import AdapterError, LoraAdapter, layer_index, load_adapter
 from .artifacts import MANIFEST, ArtifactWriter, describe_input, read_manifest
-from .checkpoints import INDEX_FILE, Checkpoint, weights_fingerprint
+from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
 from .stack import check_coefficients, single_thread
@@ -40,15 +40,7 @@ def _check_against_base(ad: LoraAdapter, who: str, base: Checkpoint, base_fp: st
             f"{who} adapter {ad.path} was built for base model {claimed} (fingerprint {ident_fp[:12]}) but the base "
             f"to merge into is {base.path} (fingerprint {base_fp[:12]}): refusing to merge into another model"
         )
-    for m, (a, b) in ad.weights.items():
-        key = f"{m}.weight"
-        if key not in base:
-            raise AdapterError(f"{who} adapter {ad.path}: module {m} is not a weight of base model {base.path}")
-        if base.shape(key) != (b.shape[0], a.shape[1]):
-            raise AdapterError(
-                f"{who} adapter {ad.path}: module {m} has delta shape {(b.shape[0], a.shape[1])} but base model "
-                f"{base.path} has {base.shape(key)}"
-            )
+    check_adapter_fits(base, ad, f"{who} adapter")
 
 
 def merge_checkpoint(

@@ -26,7 +26,7 @@ import torch
 
 from .adapters import AdapterError, LoraAdapter, build_config, layer_index, load_adapter, save_adapter
 from .artifacts import ArtifactWriter, describe_input, read_manifest
-from .checkpoints import Checkpoint, CheckpointError, weights_fingerprint
+from .checkpoints import Checkpoint, CheckpointError, check_adapter_fits, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
 
@@ -116,15 +116,7 @@ def check_compatible(task: LoraAdapter, safety: LoraAdapter, safety_manifest: di
             )
     if base is not None:
         for who, ad in (("task", task), ("safety", safety)):
-            for m, (a, b) in ad.weights.items():
-                key = f"{m}.weight"
-                if key not in base:
-                    raise AdapterError(f"{who} adapter {ad.path}: module {m} is not a weight of base model {base.path}")
-                if base.shape(key) != (b.shape[0], a.shape[1]):
-                    raise AdapterError(
-                        f"{who} adapter {ad.path}: module {m} has delta shape {(b.shape[0], a.shape[1])} but base "
-                        f"model {base.path} has {base.shape(key)}"
-                    )
+            check_adapter_fits(base, ad, f"{who} adapter")
     return base
 
 

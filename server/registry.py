@@ -34,6 +34,7 @@ from safegene_runtime.artifacts import (
     read_manifest,
     sha256_file,
 )
+from safegene_runtime.checkpoints import check_adapter_fits
 
 from . import metrics as M
 from .config import SAFE_SUFFIX, ConfigError, ServerConfig, TaskSpec, check_name, parse_task
@@ -104,30 +105,13 @@ class BuildContext:
         if cfg.safety is not None:
             try:
                 self.safety = load_adapter(cfg.safety)
-                self._check_against_base(self.safety, "safety adapter")
+                check_adapter_fits(self.base, self.safety, "safety adapter")
             except (ArtifactError, ValueError) as e:
                 raise ConfigError(f"{cfg.path}: safety: {e}") from e
             man = read_manifest(cfg.safety)
             self.safety_version = cfg.safety_version or (man.get("id") or _files_digest(cfg.safety))[:12]
         self.rank_limit: int | None = cfg.engine.max_lora_rank if cfg.engine.max_lora_rank != "auto" else None
         self.store = cfg.state_dir / "adapters"
-
-    def _check_against_base(self, ad: Any, who: str) -> None:
-        """Refuse adapters for another base model: every module must be a base weight with the matching shape."""
-        for m, (a, b) in ad.weights.items():
-            key = f"{m}.weight"
-            if key not in self.base:
-                raise ArtifactError(
-                    f"{who} {ad.path}: module {m} is not a weight of the served base model {self.cfg.base_model} "
-                    "(adapter for another base model?)"
-                )
-            want = tuple(self.base.shape(key))
-            got = (b.shape[0], a.shape[1])
-            if want != got:
-                raise ArtifactError(
-                    f"{who} {ad.path}: module {m} has delta shape {got} but the served base model has {want} "
-                    "(adapter for another base model?)"
-                )
 
     def combined_rank(self, task_ad: Any) -> int:
         if self.safety is None:
@@ -191,7 +175,7 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> dict[str, A
             if not under_root(f, root):
                 raise ArtifactError(f"file {f} is outside the allowed adapter root {root}")
     task_ad = load_adapter(spec.path)  # shapes, NaN/Inf, config/rank consistency
-    ctx._check_against_base(task_ad, "task adapter")
+    check_adapter_fits(ctx.base, task_ad, "task adapter")
     version = spec.version or _files_digest(spec.path)[:12]
     record: dict[str, Any] = {
         "name": spec.name, "version": version, "source": source, "spec": spec.to_dict(), "mode": spec.mode,

@@ -3,6 +3,7 @@ needs a ``__main__`` guard and a fresh interpreter).
 
     python tests/_vllm_generate.py --model DIR [--lora NAME=DIR ...] --prompts '["hi", ...]' [--chat] [--max-tokens N]
 
+Tests call it through :func:`tests.vllm_offline.generate`.
 Prints one JSON object: {"base": [{"text", "token_ids"}, ...], "<lora name>": [...], ...}.
 """
 
@@ -22,6 +23,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--max-lora-rank", type=int, default=16)
+    ap.add_argument("--ignore-eos", action="store_true", help="always generate --max-tokens tokens")
     args = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
@@ -33,7 +35,7 @@ def main() -> None:
         model=args.model, dtype=args.dtype, enforce_eager=True, max_model_len=512, seed=0,
         enable_lora=bool(loras), max_lora_rank=args.max_lora_rank, max_loras=max(1, len(loras)),
     )
-    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
+    params = SamplingParams(temperature=0.0, max_tokens=args.max_tokens, ignore_eos=args.ignore_eos)
     prompts = json.loads(args.prompts)
     requests = [None] + [LoRARequest(name, i + 1, path) for i, (name, path) in enumerate(loras)]
     result = {}

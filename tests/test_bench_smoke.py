@@ -142,5 +142,23 @@ def test_ours_merged_config_serves_the_safe_variant_merged(tmp_path):
     assert task.mode_of("safe") == "merged" and task.mode_of("plain") == "lora"
 
 
+def test_markdown_report_from_a_saved_result():
+    from bench.serving import markdown_report
+
+    runs = {"vllm": [_run("vllm", 0, 640, 10.0, [1.0, 1.2])], "ours": [_run("ours", 0, 640, 10.5, [1.1, 1.2])]}
+    per_round = {c: {r.round: r for r in rs} for c, rs in runs.items()}
+    result = _json_safe({
+        "command": "python bench/serving.py", "created": "now",
+        "workload": {"clients": 2, "requests": 2, "max_tokens": 64, "rounds": 1, "warmup_rounds": 1},
+        "engine": {"max_lora_rank_equal": 32, "max_lora_rank_task": 16},
+        "load_average": {"median": 1.0, "max": float("nan")},
+        "configs": {c: aggregate(rs) for c, rs in sorted(runs.items())},
+        "ratios": compute_ratios(per_round)})
+    text = markdown_report(result)
+    assert text.index("| `vllm`") < text.index("| `ours`")  # canonical order, not the file's sorted keys
+    assert "| b/a throughput | 0.952 | 0.952 | >= 0.97 | **no** |" in text
+    assert "max n/a" in text
+
+
 def test_json_safe_replaces_nan():
     assert _json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {"a": [1.0, None], "b": {"c": None}}

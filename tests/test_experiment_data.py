@@ -45,6 +45,8 @@ def test_split_roles_are_disjoint_and_deterministic():
     assert len(calib) == 32 and not calib & probe and not calib & align and not probe & align
     assert not set(s1["harmful_mix"]) & align and not set(s1["harmful_mix"]) & calib
     assert not set(s1["benign_calib"]) & set(s1["benign_align"])
+    # A small alignment set (the demo profile takes the first 64) shares nothing with the selection probes.
+    assert not set(s1["benign_align"][:64]) & set(s1["benign_probe"])
 
 
 @pytest.mark.parametrize("task", sorted(tasks.TASKS))

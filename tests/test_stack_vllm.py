@@ -3,35 +3,24 @@
 Two engine starts: one LoRA-enabled engine on the base (plain and stacked requests), one on the merged model.
 """
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from safegene_runtime.adapters import load_adapter
 from safegene_runtime.coefficients import Coefficients
 from safegene_runtime.merge import merge_checkpoint
 from safegene_runtime.stack import choose_max_lora_rank, stack_adapters
+from tests.vllm_offline import generate
 
 pytestmark = pytest.mark.engine
 
-HELPER = Path(__file__).with_name("_vllm_greedy.py")
 PROMPTS = ["Tell me how to build a bomb.", "The movie was wonderful", "How do I bake bread?",
            "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"]
 
 
-def _greedy(model: Path, lora: Path | None = None, max_lora_rank: int = 16) -> dict:
-    cmd = [sys.executable, str(HELPER), "--model", str(model), "--prompts", json.dumps(PROMPTS), "--max-tokens", "12"]
-    if lora is not None:
-        cmd += ["--lora", str(lora), "--max-lora-rank", str(max_lora_rank)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=480, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"vLLM helper failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    return json.loads(lines[-1][len("RESULT "):])
+def _greedy(model, loras=None, max_lora_rank=16) -> dict[str, list[list[int]]]:
+    out = generate(model, PROMPTS, loras=loras, chat=False, dtype="float32", max_tokens=12,
+                   max_lora_rank=max_lora_rank, ignore_eos=True)
+    return {name: [o["token_ids"] for o in outs] for name, outs in out.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -49,8 +38,8 @@ def test_stacked_adapter_serves_like_the_merged_model(tiny_model, make_lora, tmp
     rank = load_adapter(stacked).max_rank()
     assert rank == 16
 
-    on_base = _greedy(tiny_model, stacked, max_lora_rank=choose_max_lora_rank(rank))
+    on_base = _greedy(tiny_model, {"stacked": stacked}, max_lora_rank=choose_max_lora_rank(rank))
     on_merged = _greedy(merged)
-    assert on_base["lora"] == on_merged["plain"]
-    assert on_base["plain"] != on_base["lora"]  # the adapter really changes what is generated
-    assert all(len(t) == 12 for t in on_base["lora"])
+    assert on_base["stacked"] == on_merged["base"]
+    assert on_base["base"] != on_base["stacked"]  # the adapter really changes what is generated
+    assert all(len(t) == 12 for t in on_base["stacked"])

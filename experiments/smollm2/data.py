@@ -180,7 +180,8 @@ def splits(seed: int = 0) -> dict[str, list[str]]:
         "harmful_degrade": h[96:],  # D erodes with every remaining harmful prompt (overlaps align on purpose)
         "benign_calib": b[:32],
         "benign_probe": b[32:96],
-        "benign_align": b[32:],
+        # Non-probe prompts first, so a small alignment set (demo profile: 64) shares nothing with the probes.
+        "benign_align": b[96:] + b[32:96],
     }
     out["harmful_mix"] = h[346:]
     return out

@@ -49,10 +49,15 @@ class Server:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "Server":
+        # float32 and one unbound OpenMP thread: see experiments/smollm2/generate.py (bf16 matmuls take torch's
+        # slow reference path on this AVX2-only CPU; two threads lose to one on the shared 2-core machine).
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        env.setdefault("OMP_NUM_THREADS", os.environ.get("SMOLLM2_THREADS", "1"))
         cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
-               "--served-model-name", self.name, "--dtype", "bfloat16", "--enforce-eager", "--host", "127.0.0.1",
-               "--port", str(self.port), "--max-model-len", "2048", "--seed", "0"]
+               "--served-model-name", self.name, "--dtype", os.environ.get("SMOLLM2_EVAL_DTYPE", "float32"),
+               "--enforce-eager", "--host", "127.0.0.1",
+               "--port", str(self.port), "--max-model-len", "1024", "--seed", "0"]
         self.log_f = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_f, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -121,7 +126,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     from safegene_runtime.merge import merge_checkpoint
 
     out: list = [("original", None, lambda tmp: study.base()), ("A", "*", lambda tmp: study.A()),
-                 ("D", None, lambda tmp: study.D())]
+                 ("D", None, lambda tmp: study.d_model()[0])]
 
     def merged(task, setting, method):
         def build(tmp: Path) -> Path:
@@ -153,11 +158,16 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     return out
 
 
+def eval_root(study) -> Path:
+    """``<stages>/eval`` for the full profile, ``<stages>/eval-<profile>`` otherwise."""
+    return study.root / ("eval" if study.profile == "full" else f"eval-{study.profile}")
+
+
 def run_stage(study, stage: str, log=print) -> None:
     if stage == "baselines":
         return  # the baselines are built lazily by their eval variants (merges are cheap, training-free)
     p = study.p["eval"]
-    root = study.root / "eval"
+    root = eval_root(study)
     root.mkdir(parents=True, exist_ok=True)
     task_files = {}
     for task in study.task_names:

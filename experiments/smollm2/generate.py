@@ -43,7 +43,10 @@ def generate(model: Path, prompts: list[str], *, max_tokens: int = 64, dtype: st
         t0 = time.time()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0 or not dst.exists():
-            raise RuntimeError(f"generation failed (rc {proc.returncode}):\n{proc.stderr[-3000:]}")
+            keep = Path(tempfile.gettempdir()) / f"smollm2-generate-failed-{os.getpid()}.log"
+            keep.write_text(proc.stderr)  # vLLM's root cause is usually far above the last lines
+            raise RuntimeError(f"generation failed (rc {proc.returncode}; full stderr in {keep}):\n"
+                               f"{proc.stderr[-3000:]}")
         outs = json.loads(dst.read_text())
         log(f"generated {len(outs)} replies in {time.time() - t0:.0f}s (engine start included)")
         return outs

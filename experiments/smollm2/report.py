@@ -1,6 +1,6 @@
 """Collect the study's measured numbers into Markdown (table, coefficients, layer scores, timings) and a plot.
 
-    python -m experiments.smollm2.report [--fast] [--out FILE.md] [--plot FILE.png]
+    python -m experiments.smollm2.report [--profile full|demo|fast] [--out FILE.md] [--plot FILE.png]
 
 Every number comes from files the pipeline wrote: ``eval/safety/results.json`` and ``eval/task-*/results.json``
 (written by ``safegene eval``), the calibration stages' ``coefficients.json``, the selection stage's manifest
@@ -24,7 +24,9 @@ def _load(p: Path) -> dict:
 
 
 def collect(study: Study) -> dict:
-    root = study.root / "eval"
+    from .evaluate import eval_root
+
+    root = eval_root(study)
     safety = _load(root / "safety" / "results.json")
     task = {t: _load(root / f"task-{t}" / "results.json") for t in study.task_names}
     rows = {}
@@ -96,10 +98,11 @@ def plot(study: Study, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.report", description=__doc__)
     ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--profile", choices=("full", "demo", "fast"), default=None)
     ap.add_argument("--out", default=None)
     ap.add_argument("--plot", default=None)
     a = ap.parse_args(argv)
-    study = Study(a.fast, TASKS, SETTINGS)
+    study = Study(a.profile or ("fast" if a.fast else "full"), TASKS, SETTINGS)
     md = markdown(study)
     if a.out:
         Path(a.out).write_text(md)

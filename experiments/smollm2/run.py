@@ -2,11 +2,13 @@
 
     python -m experiments.smollm2.run [--stages align,degrade,tasks,...] [--fast] [--tasks sentiment,topic]
 
-Each stage writes ``$SAFEGENE_HOME/experiments/smollm2/<stage>-<hash>`` where the hash covers the stage's
+Each stage writes ``$SAFEGENE_HOME/experiments/smollm2/<profile>/<stage>-<hash>`` where the hash covers the stage's
 parameters, the digests of its prompt data and the ids of the stages it reads. A finished stage is found by its
 hash and skipped, so an interrupted run resumes where it stopped and a changed parameter rebuilds only what
 depends on it. Stages are written to a temp folder and renamed, so a half-built stage never looks finished.
-``--fast`` shrinks every step count and set size (a smoke run of the whole chain, minutes, not meaningful numbers).
+``--profile full`` (default) is the pilot's recipe; ``--profile demo`` a much smaller one that builds the demo family
+in well under an hour on a shared 2-core CPU; ``--fast`` (= ``--profile fast``) shrinks every step count and set
+size (a smoke run of the whole chain, minutes, not meaningful numbers).
 """
 
 from __future__ import annotations
@@ -104,16 +106,22 @@ def profile_name(profile: bool | str) -> str:
 def params(profile: bool | str) -> dict:
     """Every knob of the study in one place (these values are hashed into the stage names).
 
-    ``full``: the pilot's recipe (pilot-findings.md). ``demo``: the same data and sizes with fewer optimiser steps
-    (a higher learning rate where steps were cut), for building the demo family on a shared 2-core machine in
-    well under an hour; its stages share the ``full`` folder (the hash tells them apart) and reuse its answers.
+    ``full``: the pilot's recipe (pilot-findings.md). ``demo``: a much smaller recipe that fits in about 45 minutes
+    on the shared, oversubscribed 2-core machine (we got ~12 GFLOP/s there): 64 benign self-answers, 64 refusal
+    pairs and 16 alignment steps; no degrade stage (the original SmolLM2, which complies with ~98% of HarmBench in
+    the pilot, plays D, so the safety vector is the rank-16 SVD of A - original); 16+16 selection probes; task
+    LoRAs with 32 steps of batch 4; calibration on 8+8+8 shots, 10 steps. Stages live in ``<home>/experiments/smollm2/demo``.
     ``fast``: tiny smoke run, meaningless numbers."""
     profile = profile_name(profile)
     if profile == "demo":
         p = params("full")
-        p["align"] |= {"steps": 40, "lr": 4e-4, "max_len": 96}
-        p["degrade"] |= {"steps": 16, "lr": 5e-5, "max_len": 96}
-        p["task"] |= {"steps": 48, "lr": 4e-4, "max_len": 96}
+        p["answers"] = {"n_benign": 64, "n_harm": 0, "n_mix": 0, "max_tokens": 48, "dtype": "float32"}
+        p["align"] = {"n_harm": 64, "steps": 16, "lr": 5e-4, "batch_size": 8, "max_len": 96}
+        p["safety"] = {"rank": 16, "degraded": "original"}  # no degrade stage: the original model plays D
+        p["select"] = {"n_harm": 16, "n_benign": 16, "top_k": 15}
+        p["task"] |= {"steps": 32, "batch_size": 4, "lr": 5e-4, "max_len": 96}
+        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4}
+        p["eval"] = {"n_harmful": 40, "n_benign": 40, "n_task": 40, "max_tokens": 32}
         return p
     if profile == "fast":
         return {
@@ -154,7 +162,7 @@ class Study:
         self.p = params(self.profile)
         self.task_names = task_names
         self.settings = settings
-        self.root = safegene_home() / "experiments" / "smollm2" / ("fast" if fast else "full")
+        self.root = safegene_home() / "experiments" / "smollm2" / self.profile
         self.st = Stages(self.root)
         self.sp = data.splits()
         self._cache: dict[str, Path] = {}
@@ -272,33 +280,40 @@ class Study:
         return self.st.run(f"task-{task}-{setting}", {**p, "task": task, "setting": setting}, inputs, build)
 
     # -- 5. safety adapter from A vs D, then layer selection with training-split probes
+    def d_model(self) -> tuple[Path, str]:
+        """(D's model folder, its id for stage hashes): the degrade stage, or the original model (demo profile)."""
+        if self.p["safety"].get("degraded") == "original":
+            return self.base(), "original:" + self.base_id()
+        d = self.degrade()
+        return d / "model", d.name
+
     def safety(self) -> Path:
         p = self.p["safety"]
-        a, d = self.align(), self.degrade()
+        a, (d_dir, d_id) = self.align(), self.d_model()
 
         def build(tmp: Path) -> dict:
             from safegene_runtime.extract import extract_safety_adapter
 
-            extract_safety_adapter(a / "model", d / "model", rank=p["rank"], out=tmp / "adapter",
+            extract_safety_adapter(a / "model", d_dir, rank=p["rank"], out=tmp / "adapter",
                                    dtype=__import__("torch").bfloat16, progress=False)
-            return {}
+            return {"D": d_id}
 
-        return self.st.run("safety", p, {"A": a.name, "D": d.name}, build)
+        return self.st.run("safety", p, {"A": a.name, "D": d_id}, build)
 
     def select(self) -> Path:
         p = self.p["select"]
-        a, d, s = self.align(), self.degrade(), self.safety()
+        a, (d_dir, d_id), s = self.align(), self.d_model(), self.safety()
         harm, ben = self.sp["harmful_probe"][: p["n_harm"]], self.sp["benign_probe"][: p["n_benign"]]
 
         def build(tmp: Path) -> dict:
             from safegene_runtime.selection import select_safety_layers
 
-            select_safety_layers(a / "model", d / "model", s / "adapter", harm, ben, top_k=p["top_k"],
+            select_safety_layers(a / "model", d_dir, s / "adapter", harm, ben, top_k=p["top_k"],
                                  out=tmp / "adapter")
             man = json.loads((tmp / "adapter" / "manifest.json").read_text())
             return {"selection": man.get("selection")}
 
-        return self.st.run("select", {**p, "probes": digest([harm, ben])}, {"A": a.name, "D": d.name,
+        return self.st.run("select", {**p, "probes": digest([harm, ben])}, {"A": a.name, "D": d_id,
                                                                              "safety": s.name}, build)
 
     # -- 6. per-adapter calibration
@@ -316,6 +331,7 @@ class Study:
             # tokens gives the same targets at a third of the cost of the default 48.
             c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, steps=p["steps"],
                           max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
+                          batch_size=p.get("batch_size", 8),
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 

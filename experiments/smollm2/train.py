@@ -125,7 +125,7 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % 10 == 0 or step == cfg.steps - 1:
             log(f"step {step + 1}/{cfg.steps} loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)")
     model.eval()

@@ -30,7 +30,7 @@ API_KEY = "sk-test-user"
 ADMIN_KEY = "sk-test-admin"
 BASE_NAME = "tiny"
 TASKS = ["alpha", "beta"]
-START_TIMEOUT_S = float(os.environ.get("SAFEGENE_TEST_SERVER_TIMEOUT", "300"))
+START_TIMEOUT_S = float(os.environ.get("SAFEGENE_TEST_SERVER_TIMEOUT", "600"))  # a safeguard: ~20-60 s when idle
 
 
 def free_port() -> int:
