@@ -138,6 +138,24 @@ def print_safety_metrics(root_url: str) -> None:
                 print(f"  {s.name}{{{labels}}} {s.value:g}")
 
 
+def aligned_base(original: Path, alignment_lora: Path) -> Path:
+    """The demo family's aligned base A: SmolLM2 with the committed alignment LoRA merged in.
+
+    The family's adapters and coefficients were made on A, not on the original model, so A is what the demo must
+    serve. Built once into the content-addressed store; later runs find the same id and reuse it.
+    """
+    from ..merge import merge_checkpoint
+    from ..paths import artifacts_dir
+
+    if not (alignment_lora / "adapter_model.safetensors").is_file():
+        print(f"[demo] note: no alignment LoRA at {alignment_lora}: serving the original model as the base",
+              flush=True)
+        return original
+    print("[demo] building the aligned base A = SmolLM2 + alignment LoRA (once, ~20 s)", flush=True)
+    return merge_checkpoint(original, task=alignment_lora, store=artifacts_dir(), name="smollm2-aligned",
+                            progress=False)
+
+
 def run(args: argparse.Namespace) -> int:
     import yaml
 
@@ -147,6 +165,8 @@ def run(args: argparse.Namespace) -> int:
     model = prepare_smollm2()
     state_dir = safegene_home() / "demo-state"
     cfg, notes = runtime_config(Path(args.config).resolve(), model, state_dir, args.port)
+    if cfg.get("safety"):
+        cfg["base"]["model"] = str(aligned_base(model, Path(cfg["safety"]["path"]).parent / "alignment-lora"))
     for n in notes:
         print(f"[demo] note: {n}", flush=True)
     state_dir.mkdir(parents=True, exist_ok=True)
