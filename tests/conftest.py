@@ -31,6 +31,25 @@ pytest_plugins = [
 ]
 
 
+@pytest.fixture
+def isolated_home(tmp_path, monkeypatch) -> Path:
+    """A fresh $SAFEGENE_HOME for the test, so caches and artifacts of other tests never leak in."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("SAFEGENE_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread: tiny training and SVD steps lose more to OpenMP hand-offs than they gain on 2 cores."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     from safegene_runtime.testing.tiny import make_tiny_model

@@ -12,13 +12,7 @@ from safegene_runtime.adapters import load_adapter
 from safegene_runtime.artifacts import read_manifest
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("isolated_home", "one_thread")
 
 
 @pytest.fixture

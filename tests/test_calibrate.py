@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 from safegene_runtime.artifacts import ArtifactWriter
 from safegene_runtime.coefficients import load_coefficients
@@ -17,13 +16,7 @@ from tests._train_tiny import generate, refusal_rate, shared_family
 FAST = dict(max_new_tokens=10, progress=False)
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("isolated_home", "one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ HARMFUL = harmful_prompts()[:8]
 BENIGN = benign_prompts()[:8]
 
 
-@pytest.fixture(autouse=True)
-def _env(monkeypatch, tmp_path):
-    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("isolated_home", "one_thread")
 
 
 @pytest.fixture(scope="module")
