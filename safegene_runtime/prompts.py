@@ -17,7 +17,7 @@ import csv
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 PROMPT_COLUMNS = ("prompt", "Behavior", "goal", "text", "question")
 RESPONSE_KEYS = ("response", "completion", "answer", "target")
@@ -70,6 +70,18 @@ def _from_record(rec: dict[str, Any], where: str, column: str | None) -> Example
     return Example(messages=[{"role": "user", "content": text}], response=response, meta=meta)
 
 
+def read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    """``("<path>:<line>", record)`` for each non-blank line; invalid JSON raises naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"{path}:{i}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+
+
 def load_examples(path: str | Path, *, column: str | None = None, limit: int | None = None) -> list[Example]:
     """Read a JSONL (``.jsonl``/``.json`` lines) or CSV file into examples."""
     path = Path(path)
@@ -88,21 +100,14 @@ def load_examples(path: str | Path, *, column: str | None = None, limit: int | N
                 if limit and len(out) >= limit:
                     break
     else:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from e
-                if isinstance(rec, str):
-                    rec = {"prompt": rec}
-                if not isinstance(rec, dict):
-                    raise PromptFileError(f"{path}:{i}: each line must be a JSON object or string")
-                out.append(_from_record(rec, f"{path}:{i}", column))
-                if limit and len(out) >= limit:
-                    break
+        for where, rec in read_jsonl(path):
+            if isinstance(rec, str):
+                rec = {"prompt": rec}
+            if not isinstance(rec, dict):
+                raise PromptFileError(f"{where}: each line must be a JSON object or string")
+            out.append(_from_record(rec, where, column))
+            if limit and len(out) >= limit:
+                break
     if not out:
         raise PromptFileError(f"{path}: holds no examples")
     return out

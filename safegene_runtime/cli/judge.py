@@ -51,28 +51,21 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_file(args: argparse.Namespace) -> int:
-    import json
     from collections import Counter
     from pathlib import Path
 
     from tqdm import tqdm
 
     from ..judges import build_judges
-    from ..prompts import PromptFileError
+    from ..prompts import PromptFileError, read_jsonl
 
     path = Path(args.inp)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: file not found")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PromptFileError(f"{path}:{i}: not valid JSON ({e.msg})") from e
+    for where, r in read_jsonl(path):
         if not isinstance(r, dict) or not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
-            raise PromptFileError(f"{path}:{i}: each row needs string fields 'prompt' and 'response'")
+            raise PromptFileError(f"{where}: each row needs string fields 'prompt' and 'response'")
         rows.append(r)
     judges = build_judges([n.strip() for n in args.judges.split(",") if n.strip()])
     counts: dict[str, Counter] = {j.name: Counter() for j in judges}
