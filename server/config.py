@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VARIANTS = ("plain", "safe")
 #: serving modes: "lora" (alias "stacked": a LoRA on the shared base engine) or "merged" (own engine, merged weights)
@@ -274,9 +276,6 @@ def _parse_engine(d: Any, where: str) -> EngineSpec:
     return spec
 
 
-#: vLLM's allowed --max-lora-rank values (mirrors safegene_runtime.stack.ALLOWED_MAX_LORA_RANKS; kept here so
-#: config validation does not depend on the stacking module being importable)
-ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 #: flags that safegene serve sets itself: passing them through would break auth, naming or LoRA registration
 _BLOCKED_FLAGS = {
     "--model", "--served-model-name", "--api-key", "--enable-lora", "--lora-modules", "--max-lora-rank",
