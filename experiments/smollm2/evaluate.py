@@ -143,12 +143,23 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                                         coefficients=Coefficients.uniform(lam), out=tmp / "m", progress=False)
             if method == "safelora":
                 return study.safelora(task, setting, tmp)
+            if method == "safegene-r16":
+                # Serving-modes issue: the calibrated stack re-factorised to the task adapter's own rank (16), so
+                # an engine's --max-lora-rank does not grow; merged here because the weights are the same function.
+                from safegene_runtime.stack import stack_adapters
+
+                c = study.calibrate(task, setting) / "coefficients.json"
+                stacked = stack_adapters(t, study.select() / "adapter", c, out=tmp / "r16", rank_budget=16)
+                (study.root / "rank-budget").mkdir(exist_ok=True)
+                shutil.copy2(stacked / "manifest.json", study.root / "rank-budget" / f"{task}-{setting}.json")
+                return merge_checkpoint(study.A(), task=stacked, out=tmp / "m", progress=False)
             raise ValueError(method)
         return build
 
     plan = [("clean", "alone"), ("clean", "safegene"), ("clean", "uniform1.0"), ("mix10", "alone"),
             ("mix10", "safegene"), ("mix10", "uniform1.0"), ("clean", "uniform0.5"), ("clean", "uniform2.0"),
-            ("mix10", "uniform0.5"), ("mix10", "uniform2.0"), ("clean", "safelora"), ("mix10", "safelora")]
+            ("mix10", "uniform0.5"), ("mix10", "uniform2.0"), ("clean", "safelora"), ("mix10", "safelora"),
+            ("clean", "safegene-r16"), ("mix10", "safegene-r16")]
     for setting, method in plan:
         if setting not in study.settings:
             continue

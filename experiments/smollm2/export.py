@@ -4,8 +4,8 @@
 
 What ships, and why only this: ``make demo`` must serve the whole family without training. The task adapters and
 the calibration were made on A, which is rebuilt as ``merge_checkpoint(prepare_smollm2(), task=alignment-lora)``,
-so the alignment LoRA stands in for a 270 MB checkpoint (``safegene demo`` does not rebuild A yet: it serves the
-prepared original model as the base). The task-only ("clean") adapters are the demo's tasks; the 10%-harmful adapters are study
+so the alignment LoRA stands in for a 270 MB checkpoint (``safegene demo`` rebuilds A from it once, then serves A as
+the base). The task-only ("clean") adapters are the demo's tasks; the 10%-harmful adapters are study
 material (they would exceed the size budget) and stay in ``$SAFEGENE_HOME``.
 
     assets/smollm2/alignment-lora/        PEFT LoRA (r16, all linear modules) on SmolLM2-135M-Instruct -> A

@@ -143,8 +143,12 @@ def params(profile: bool | str) -> dict:
                  "mix_fraction": 0.1},
         "safety": {"rank": 16},
         "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
-        "calibrate": {"k": 32, "steps": 40, "max_new_tokens": 16},
-        "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 48},
+        # 32 shots per term as the study asks; 20 Adam steps at lr 0.1 cover the same λ range as the pilot plan's
+        # 40 at 0.05 in half the time (a step is ~24 forward+backward passes through the selected layers).
+        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16},
+        # 32 reply tokens: a refusal or a compliance is decided in the first sentence, and generation is ~90% of
+        # the evaluation's cost on this CPU (about 125 tokens/s in fp32 with two cores).
+        "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 32},
     }
 
 
@@ -330,6 +334,7 @@ class Study:
             # Teacher targets are cut to max_target_tokens (16) anyway; greedy decoding of only that many
             # tokens gives the same targets at a third of the cost of the default 48.
             c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, steps=p["steps"],
+                          lr=p.get("lr", 0.05),
                           max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
                           batch_size=p.get("batch_size", 8),
                           out=tmp / "coefficients.json", progress=False)
