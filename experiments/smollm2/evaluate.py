@@ -195,6 +195,8 @@ def run_stage(study, stage: str, log=print) -> None:
         if only and name not in only.split(","):
             continue
         tasks_here = list(task_files) if task == "*" else ([task] if task else [])
+        if name.endswith("+safegene-r16"):
+            tasks_here = []  # the rank-budget check (issue 8) is about refusal behaviour on the harmful set
         need_safety = not _done(safety_out, name, n_safety)
         need_task = [t for t in tasks_here if not _done(root / f"task-{t}", name, min(p["n_task"], 200))]
         if not need_safety and not need_task:
@@ -219,3 +221,25 @@ def run_stage(study, stage: str, log=print) -> None:
             log(f"eval {name}: FAILED: {e}")
             continue
         log(f"eval {name}: done in {time.time() - t0:.0f}s")
+    rescore(study, root, task_files, n_safety, log)
+
+
+def rescore(study, root: Path, task_files: dict[str, Path], n_safety: int, log=print) -> None:
+    """Rewrite each eval folder's results.json/report.md over ALL variants whose responses are complete.
+
+    ``safegene eval`` reports the models of its own invocation; each variant above is one invocation, so without
+    this the last one would be the only model in the report. Every response is cached, so no request is sent (the
+    endpoint is a placeholder that is never contacted)."""
+    p = study.p["eval"]
+    names = [(name, task) for name, task, _ in variants(study)]
+    safety = [n for n, _ in names if _done(root / "safety", n, n_safety)]
+    if safety:
+        lim = p["n_harmful"] if p["n_harmful"] < 150 else None
+        _eval_cli("http://127.0.0.1:9/v1", ",".join(safety), root / "safety", harmful="harmbench-test-standard",
+                  benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log)
+    for t, f in task_files.items():
+        done = [n for n, task in names if task in ("*", t) and not n.endswith("-r16") and _done(root / f"task-{t}", n, min(p["n_task"], 200))]
+        if done:
+            _eval_cli("http://127.0.0.1:9/v1", ",".join(done), root / f"task-{t}", harmful=None, benign=None,
+                      task=f, limit=None, max_tokens=p["max_tokens"], log=log)
+    log(f"rescored: {len(safety)} models on the safety sets")

@@ -143,6 +143,17 @@ def markdown(study: Study) -> str:
         scores = {k: round(v, 3) for k, v in sorted(s.get("scores", {}).items(), key=lambda kv: int(kv[0]))}
         out += ["", f"Layer scores (selection, {sel[-1].parent.parent.name}): {json.dumps(scores)}",
                 f"Selected layers: {s.get('selected')}"]
+    rb = sorted((study.root / "rank-budget").glob("*.json"))
+    if rb:
+        out += ["", "Rank budget 16 (`stack --rank-budget 16` of the calibrated stack; manifest of each stacked adapter):",
+                "", "| adapter | max rank | modules re-factorised | max relative error | mean relative error |",
+                "|---|---|---|---|---|"]
+        for f in rb:
+            m = json.loads(f.read_text())
+            errs = [v["relative_error"] for v in m.get("modules", {}).values() if "relative_error" in v]
+            mean = f"{sum(errs) / len(errs):.3f}" if errs else "–"
+            out.append(f"| {f.stem} | {m.get('max_rank')} | {m['method'].get('refactored_modules', 0)} | "
+                       f"{m['method'].get('max_relative_error', 0):.3f} | {mean} |")
     out += ["", "Stage timings:", ""] + stage_table(study)
     return "\n".join(out) + "\n"
 

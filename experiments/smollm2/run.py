@@ -139,7 +139,9 @@ def params(profile: bool | str) -> dict:
         "answers": {"n_benign": 218, "n_harm": 240, "n_mix": 45, "max_tokens": 64, "dtype": "float32"},
         "align": {"n_harm": 250, "steps": 110, "lr": 2e-4, "batch_size": 8, "max_len": 128},
         "degrade": {"steps": 50, "lr": 2e-5, "batch_size": 8, "max_len": 128, "save_dtype": "float32"},
-        "task": {"n_train": 400, "n_test": 200, "steps": 120, "lr": 2e-4, "batch_size": 8, "max_len": 128,
+        # 64 steps × 8 (1.3 epochs of 400 pairs), not the pilot's 120: the sentiment loss was below 0.004 by step
+        # 21, and the whole study had to fit one 3-hour session on this machine (6 adapters × ~3 s per step).
+        "task": {"n_train": 400, "n_test": 200, "steps": 64, "lr": 2e-4, "batch_size": 8, "max_len": 128,
                  "mix_fraction": 0.1},
         "safety": {"rank": 16},
         "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
