@@ -399,9 +399,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     import torch
 
-    # One thread by default: on the shared 2-core machine a step with 2 threads took 60-72 s against 34-46 s with
-    # one (threads spin at barriers while the other core is busy); set SMOLLM2_THREADS=2 on an idle machine.
-    torch.set_num_threads(int(os.environ.get("SMOLLM2_THREADS", "1")))
+    # Every core by default (training, and the OMP threads of the generation/evaluation engines, which inherit the
+    # variable). On a machine shared with other jobs set SMOLLM2_THREADS=1: there a step with 2 threads took 60-72 s
+    # against 34-46 s with one (threads spin at barriers while the other core is busy); idle, 2 threads took ~3 s.
+    os.environ.setdefault("SMOLLM2_THREADS", str(os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ["SMOLLM2_THREADS"]))
     study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
     study.run([s for s in a.stages.split(",") if s])
     return 0
