@@ -32,6 +32,7 @@ from safegene_runtime.coefficients import Coefficients
 from safegene_runtime.prompts import write_jsonl
 
 UNIFORM = (0.5, 1.0, 2.0)
+SETTINGS = ("clean", "mix10")
 
 
 def _free_port() -> int:
@@ -107,7 +108,7 @@ class Server:
 def _eval_cli(endpoint: str, model: str, out: Path, *, harmful: str | None, benign: str | None,
               task: Path | None, limit: int | None, max_tokens: int, log) -> None:
     cmd = [sys.executable, "-m", "safegene_runtime.cli", "eval", "--endpoint", endpoint, "--models", model,
-           "--out", str(out), "--max-tokens", str(max_tokens), "--concurrency", "16", "--no-progress",
+           "--out", str(out), "--max-tokens", str(max_tokens), "--concurrency", "32", "--no-progress",
            "--api-key", "none"]
     if harmful:
         cmd += ["--harmful", harmful]
@@ -171,10 +172,11 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
             raise ValueError(method)
         return build
 
-    plan = [("clean", "alone"), ("clean", "safegene"), ("clean", "uniform1.0"), ("mix10", "alone"),
-            ("mix10", "safegene"), ("mix10", "uniform1.0"), ("clean", "uniform0.5"), ("clean", "uniform2.0"),
-            ("mix10", "uniform0.5"), ("mix10", "uniform2.0"), ("clean", "safelora"), ("mix10", "safelora"),
-            ("clean", "safegene-r16"), ("mix10", "safegene-r16")]
+    # Priority: what the targets need first (each adapter alone, SafeGene, then every baseline at the pilot's λ = 1
+    # and Safe LoRA), then the rank-budget check where calibration puts the most safety in, then the λ grid's ends.
+    plan = [(s, "alone") for s in SETTINGS] + [(s, "safegene") for s in SETTINGS] + \
+        [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + [("mix10", "safegene-r16")] + \
+        [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [("clean", "safegene-r16")]
     for setting, method in plan:
         if setting not in study.settings:
             continue
