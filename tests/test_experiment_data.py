@@ -107,6 +107,40 @@ def test_export_layout_is_what_the_demo_config_reads():
         assert resolve(t["coefficients"]) == where["tasks"][t["name"]]["coefficients"]
 
 
+def test_failed_export_leaves_the_previous_assets(tmp_path, monkeypatch):
+    """An export that fails half-way must not remove or half-replace the committed family."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from experiments.smollm2 import export as ex
+
+    dest = tmp_path / "smollm2"
+    (dest / "safety").mkdir(parents=True)
+    (dest / "safety" / "adapter_model.safetensors").write_bytes(b"old weights")
+    study = SimpleNamespace(st=SimpleNamespace(cached_only=False), align=lambda: None, select=lambda: None)
+
+    def half_then_fail(study, tmp, **kw):
+        (tmp / "safety").mkdir()
+        (tmp / "safety" / "adapter_model.safetensors").write_bytes(b"new, half written")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ex, "_export_into", half_then_fail)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ex.export(study, dest, tasks=["sentiment"])
+    assert (dest / "safety" / "adapter_model.safetensors").read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2"]  # no temp folder left behind
+
+    def complete(study, tmp, **kw):
+        (tmp / "manifest.json").write_text("{}")
+        return {"files": {}}
+
+    monkeypatch.setattr(ex, "_export_into", complete)
+    ex.export(study, dest, tasks=["sentiment"])
+    assert sorted(p.name for p in dest.iterdir()) == ["manifest.json"]  # swapped in whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2"]
+
+
 def test_assistant_only_loss_matches_the_models_own_loss(tiny_model):
     """The training loop's cheaper loss (LM head on labelled positions only) equals ``model(labels=...)``."""
     import torch

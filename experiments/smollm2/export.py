@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -55,12 +57,29 @@ def _copy_adapter(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
+def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean") -> dict:
+    """Write the family into ``dest``, replacing it only once the new one is complete (built beside it, then
+    swapped by rename), so a failed export leaves the committed assets as they were."""
     study.st.cached_only = True
-    study.align(), study.select()  # fail before touching dest when the family itself is not built
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
+    study.align(), study.select()  # fail before touching anything when the family itself is not built
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    final, dest = dest, Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
+    try:
+        manifest = _export_into(study, dest, tasks=tasks, setting=setting)
+        old = final.with_name(f".{final.name}-old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.rename(final, old)
+        os.rename(dest, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str) -> dict:
     entries = {}
 
     def add(kind: str, path: Path, stage: Path, **extra) -> None:
@@ -76,8 +95,8 @@ def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
     skipped = []
     for task in tasks:
         try:
-            t = study.task_adapter(task, "clean")
-            c = study.calibrate(task, "clean")
+            t = study.task_adapter(task, setting)
+            c = study.calibrate(task, setting)
         except StageMissing as e:
             skipped.append(f"{task}: {e}")
             print(f"export: leaving out task {task!r}: {e}", file=sys.stderr)
@@ -93,12 +112,12 @@ def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
         add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
         shutil.copy2(c / "coefficients.json", where["tasks"][task]["coefficients"])
         add("coefficients", where["tasks"][task]["coefficients"], c)
-    run = f".venv/bin/python -m experiments.smollm2.run --profile {study.profile} --settings clean"
+    run = f".venv/bin/python -m experiments.smollm2.run --profile {study.profile} --settings {setting}"
     pre = "answers,align,safety,select" if study.p["safety"].get("degraded") == "original" else \
         "answers,align,degrade,safety,select"
     commands = [f"{run} --stages {pre}",
                 f"for t in {' '.join(tasks)}; do {run} --tasks $t --stages tasks,calibrate; done",
-                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile}"]
+                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile} --setting {setting}"]
     files = sorted(p for p in dest.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:
@@ -113,6 +132,7 @@ def export(study: Study, dest: Path, *, tasks: list[str]) -> dict:
         "total_bytes": total,
         "left_out": skipped,
         "profile": study.profile,
+        "setting": setting,
         "commands": commands,
     }
     atomic_write_json(dest / "manifest.json", manifest)
@@ -144,10 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=("full", "demo", "fast"), default=None, help="which run profile's stages")
     ap.add_argument("--dest", default="assets/smollm2")
     ap.add_argument("--tasks", default=",".join(DEMO_TASKS))
+    ap.add_argument("--setting", choices=("clean", "mix10"), default="clean",
+                    help="which task adapters ship: trained on task data only (clean) or with 10%% harmful pairs")
     a = ap.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
-    study = Study(a.profile or ("fast" if a.fast else "full"), tasks, ["clean"])
-    m = export(study, Path(a.dest), tasks=tasks)
+    study = Study(a.profile or ("fast" if a.fast else "full"), tasks, [a.setting])
+    m = export(study, Path(a.dest), tasks=tasks, setting=a.setting)
     print(f"exported {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MB -> {a.dest}")
     return 0
 
