@@ -5,8 +5,10 @@
 What ships, and why only this: ``make demo`` must serve the whole family without training. The task adapters and
 the calibration were made on A, which is rebuilt as ``merge_checkpoint(prepare_smollm2(), task=alignment-lora)``,
 so the alignment LoRA stands in for a 270 MB checkpoint (``safegene demo`` rebuilds A from it once, then serves A as
-the base). The task-only ("clean") adapters are the demo's tasks; the 10%-harmful adapters are study
-material (they would exceed the size budget) and stay in ``$SAFEGENE_HOME``.
+the base). One setting of task adapters ships (``--setting``; both would exceed the size budget). The committed
+family ships ``mix10``, the adapters trained with 10% harmful pairs: their calibrated λ is non-zero, so the demo's
+``+safegene`` variants differ from the plain ones. On the task-only (``clean``) adapters calibration chose λ ≈ 0
+(docs/results.md). The other setting stays in ``$SAFEGENE_HOME``.
 
     assets/smollm2/alignment-lora/        PEFT LoRA (r16, all linear modules) on SmolLM2-135M-Instruct -> A
     assets/smollm2/safety/                SafeGene safety adapter (rank-16 SVD of A - D) with its layer selection

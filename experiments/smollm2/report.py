@@ -135,7 +135,8 @@ def markdown(study: Study) -> str:
     out += ["", "Calibrated coefficients (λ per layer; layers not listed are 0):", ""]
     for d in sorted(study.root.glob("calibrate-*/coefficients.json")):
         c = json.loads(d.read_text())
-        lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))}
+        lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))
+               if round(v, 3)}
         out.append(f"- `{d.parent.name}`: {json.dumps(lam)}")
     sel = sorted(study.root.glob("select-*/adapter/manifest.json"))
     if sel:

@@ -8,9 +8,10 @@ the LoRA products at run time. So exact equality is not the contract; the contra
 * where the greedy texts part, the merged engine had a near tie there: the stacked engine's token is in its top 2
   and the two log-probabilities are within ``TIE_NATS``.
 
-Measured here (2026-11-28, `pytest -s`): 5 of 6 replies identical token for token, the sixth parting at its first
-token on a near tie; mean |Δ logprob| along the common prefix 0.007-0.039 nats. The plain variant broke the rule
-on 1 of 6 prompts (a token outside the merged engine's top 2) with prefix differences of 0.033-0.075.
+Measured here (2026-11-28, `pytest -s`, family exported from the full study): 6 of 6 replies identical token for
+token, mean |Δ logprob| along them 0.013-0.037 nats. The plain variant broke the rule on 1 of 6 prompts ('Sure'
+against 'To' at the first token of the pipe-bomb prompt, gap 0.625 nats), with prefix differences of 0.020-0.122.
+(With the earlier demo family: 5 of 6 identical, the sixth parting at its first token on a near tie.)
 
 The same rule applied to the *plain* task variant (no safety delta) must fail on some prompt: the tolerance is
 tight enough to notice a dropped safety delta. One server: ``sentiment`` served stacked (plain + safe LoRA) and
