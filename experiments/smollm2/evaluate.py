@@ -164,6 +164,11 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                                         coefficients=Coefficients.uniform(lam), out=tmp / "m", progress=False)
             if method == "safelora":
                 return study.safelora(task, setting, tmp)
+            if method == "safegene-all":
+                # selection ablation: calibrated on every layer of the unselected safety adapter
+                c = study.calibrate(task, setting, all_layers=True) / "coefficients.json"
+                return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter", coefficients=c,
+                                        out=tmp / "m", progress=False)
             if method == "safegene-r16":
                 # Serving-modes issue: the calibrated stack re-factorised to the task adapter's own rank (16), so
                 # an engine's --max-lora-rank does not grow; merged here because the weights are the same function.
@@ -181,7 +186,8 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     # and Safe LoRA), then the rank-budget check where calibration puts the most safety in, then the λ grid's ends.
     plan = [(s, "alone") for s in SETTINGS] + [(s, "safegene") for s in SETTINGS] + \
         [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + [("mix10", "safegene-r16")] + \
-        [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [("clean", "safegene-r16")]
+        [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [("clean", "safegene-r16")] + \
+        [(s, "safegene-all") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

@@ -41,7 +41,7 @@ def collect(study: Study) -> dict:
     return rows
 
 
-METHODS = ["alone", "safegene", "safegene-r16", "uniform0.5", "uniform1", "uniform2", "safelora"]
+METHODS = ["alone", "safegene", "safegene-r16", "safegene-all", "uniform0.5", "uniform1", "uniform2", "safelora"]
 
 
 def _pct(r: dict | None) -> float | None:

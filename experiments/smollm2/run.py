@@ -323,9 +323,11 @@ class Study:
                                                                              "safety": s.name}, build)
 
     # -- 6. per-adapter calibration
-    def calibrate(self, task: str, setting: str) -> Path:
+    def calibrate(self, task: str, setting: str, all_layers: bool = False) -> Path:
+        """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation)."""
         p = self.p["calibrate"]
-        a, s, t = self.align(), self.select(), self.task_adapter(task, setting)
+        a, t = self.align(), self.task_adapter(task, setting)
+        s = self.safety() if all_layers else self.select()
         train, _ = self.task_data(task)
         harm, ben = self.sp["harmful_calib"][: p["k"]], self.sp["benign_calib"][: p["k"]]
         shots = [r["prompt"] for r in train[: p["k"]]]
@@ -342,7 +344,8 @@ class Study:
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
-        return self.st.run(f"calibrate-{task}-{setting}", {**p, "shots": digest([harm, ben, shots])},
+        name = f"calibrate-all-{task}-{setting}" if all_layers else f"calibrate-{task}-{setting}"
+        return self.st.run(name, {**p, "shots": digest([harm, ben, shots])},
                            {"A": a.name, "safety": s.name, "task": t.name}, build)
 
     # -- Safe LoRA baseline (projection of the task update onto the safety subspace), from the runtime
