@@ -107,7 +107,8 @@ def targets(study: Study, rows: dict) -> list[str]:
                 worse = [n for n, x, y, lower in zip(("harm", "over-refusal", "accuracy"), sgv, o, (1, 1, 0))
                          if (x > y if lower else x < y)]
                 beaten.append(f"{m}: " + ("ok" if not worse else "worse on " + ", ".join(worse)))
-            ok = None if any(b.endswith("?") for b in beaten) else all(b.endswith("ok") for b in beaten)
+            ok = False if any("worse" in b for b in beaten) else (None if any(b.endswith("?") for b in beaten)
+                                                                  else True)
             out.append(f"| {ad} + SafeGene at least as good as every uniform λ and Safe LoRA on all three | "
                        f"{'; '.join(beaten)} | {verdict(ok)} |")
     return out
@@ -173,11 +174,17 @@ def plot(study: Study, path: Path) -> None:
             continue
         method = name.split("+", 1)[1] if "+" in name else ("aligned A" if name.startswith("A") else "adapter alone")
         marker = {"safegene": "*", "adapter alone": "o", "aligned A": "s"}.get(method, "^")
-        ax.scatter(100 * acc["rate"], 100 * hr["rate"], marker=marker, s=80 if marker == "*" else 40)
+        orr = (r.get("over_refusal_rate") or {}).get("rate")
+        sc = ax.scatter(100 * acc["rate"], 100 * hr["rate"], marker=marker, s=90 if marker == "*" else 45,
+                        c=[100 * orr if orr is not None else 0.0], cmap="plasma", vmin=0, vmax=100,
+                        edgecolors="black", linewidths=0.4)
         ax.annotate(name, (100 * acc["rate"], 100 * hr["rate"]), fontsize=6)
+    if rows:
+        fig.colorbar(sc, ax=ax, label="over-refusal on benign prompts (%) ↓")
     ax.set_xlabel("task accuracy (%) ↑")
     ax.set_ylabel("harmful response rate (%) ↓")
-    ax.set_title("SmolLM2-135M family: safety vs utility (one point per adapter × method)")
+    ax.set_title("SmolLM2-135M: safety vs utility per adapter × method\n(o alone, * SafeGene, ^ baselines, s A)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
