@@ -176,6 +176,13 @@ class ServerProcess:
         self.stop()
         raise RuntimeError(f"server not healthy after {timeout:.0f}s:\n{self.tail()}")
 
+    def start_or_fail(self) -> "ServerProcess":
+        """:meth:`start` for fixtures: a server that cannot start fails the test with its log tail."""
+        try:
+            return self.start()
+        except RuntimeError as e:
+            pytest.fail(str(e))
+
     def tail(self, n: int = 80) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
@@ -211,11 +218,7 @@ def live_server(tmp_path_factory):
     family = build_tiny_family(workdir)
     port = free_port()
     config_path = write_config(workdir / "server.yaml", tiny_config(workdir, family, port=port))
-    sp = ServerProcess(config_path, workdir / "server.log", port)
-    try:
-        sp.start()
-    except RuntimeError as e:
-        pytest.fail(str(e))
+    sp = ServerProcess(config_path, workdir / "server.log", port).start_or_fail()
     server = LiveServer(
         base_url=f"http://127.0.0.1:{port}/v1", root_url=f"http://127.0.0.1:{port}", api_key=API_KEY,
         admin_key=ADMIN_KEY, base_model=BASE_NAME, tasks=list(TASKS), workdir=workdir, config_path=config_path,

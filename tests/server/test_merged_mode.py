@@ -118,11 +118,7 @@ def merged_server(tmp_path_factory, family):
     workdir = tmp_path_factory.mktemp("merged_server")
     port = free_port()
     cfg = tiny_config(workdir, family, port=port, tasks=_tasks(family))
-    sp = ServerProcess(write_config(workdir / "server.yaml", cfg), workdir / "server.log", port)
-    try:
-        sp.start()
-    except RuntimeError as e:
-        pytest.fail(str(e))
+    sp = ServerProcess(write_config(workdir / "server.yaml", cfg), workdir / "server.log", port).start_or_fail()
     yield sp
     sp.stop()
 

@@ -68,11 +68,7 @@ def server(tmp_path_factory):
         "judges": {"names": []},
         "server": {"host": "127.0.0.1", "port": port},
     }
-    sp = ServerProcess(write_config(work / "server.yaml", cfg), work / "server.log", port)
-    try:
-        sp.start()
-    except RuntimeError as e:
-        pytest.fail(str(e))
+    sp = ServerProcess(write_config(work / "server.yaml", cfg), work / "server.log", port).start_or_fail()
     yield sp
     sp.stop()
 
