@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -63,7 +62,9 @@ class Server:
         # Our server keeps '+' for its own variant names and wants lowercase base names, so the study's baseline
         # names (A, D, task+method) go to a plain vLLM server with the same engine flags (responses identical:
         # checked on 4 prompts of the original model, 2026-11-28).
-        plain = not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,63}", self.name)
+        from server.config import NAME_RE  # the server's own rule for base names
+
+        plain = not NAME_RE.match(self.name)
         if plain or os.environ.get("SMOLLM2_EVAL_SERVER", "safegene") == "vllm":
             cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
                    "--served-model-name", self.name, "--dtype", dtype, "--enforce-eager", "--host", "127.0.0.1",
