@@ -4,12 +4,23 @@ For a task adapter T and a safety adapter S (with its selected layers), learn on
 
     W_l = W_l(A) + ΔT_l + λ_l · B_S,l A_S,l
 
-    L(λ) = mean_{x∈H} CE(y_A(x) | x)                 refusal term: A's own greedy answer to harmful shots
+    L(λ) = mean_{x∈H'} R_λ(x)                        refusal term (below)
          + β · mean_{x∈T} KL(p_T(·|x) ‖ p_λ(·|x))     task term: over T's own greedy answer tokens
          + γ · mean_{x∈B} KL(p_A(·|x) ‖ p_λ(·|x))     benign term: over A's own greedy answer tokens
          + penalty · Σ λ_l²
 
 The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode safety (pilot-findings.md).
+
+Two refusal terms (``refusal_loss``), both over A's own greedy refusal y_A(x) to a harmful shot x:
+
+* ``"margin"`` (default, *ours*): ``softplus(−(ℓ_λ(y_A|x) − ℓ_λ(y_T|x)))`` with ℓ the mean per-token log-prob and
+  y_T the task model's own greedy answer, over the shots H' ⊆ H where A+T complies (the keyword judge does not call
+  y_T a refusal). It asks for *preferring refusal over the task model's compliance*, not for A's exact wording, and
+  it saturates once refusal is clearly preferred, so the benign and task terms decide how much safety is enough.
+  When A+T already refuses every shot, H' is empty, the term drops out and λ goes towards 0.
+* ``"ce"``: ``CE(y_A(x) | x)`` over all of H, the first formulation. On SmolLM2 it failed on the adapters trained on
+  task data only (docs/results.md): their refusals are worded differently from A's, so adding safety *raised* the
+  CE of A's wording (0.70 → 1.21 at λ = 1) while the refusal rate rose, and calibration chose λ ≈ 0.
 
 How it stays cheap on a CPU *(ours)*: the teacher targets (greedy generations of A and of A+T) and the teacher
 distributions are computed once and cached; each Adam step uses one minibatch per term (``batch_size``, cycling
@@ -37,7 +48,8 @@ from .adapters import AdapterError, load_adapter
 from .artifacts import ArtifactError, canonical_json, describe_input, sha256_bytes
 from .coefficients import Coefficients, save_coefficients
 
-TERMS = ("refusal_ce", "task_kl", "benign_kl")
+TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl")
+REFUSAL_LOSSES = ("margin", "ce")
 
 
 @dataclass
@@ -45,6 +57,7 @@ class _Shot:
     prompt: list[int]
     target: list[int]
     teacher: torch.Tensor | None = None  # [len(target), vocab] log-probs of the teacher (KL terms only)
+    negative: list[int] | None = None  # the task model's compliant answer (margin refusal term only)
 
 
 def shot_set_info(shots: Sequence) -> dict[str, Any]:
@@ -110,7 +123,18 @@ def _target_logprobs(model, shots: list[_Shot], pad: int) -> list[torch.Tensor]:
     return [torch.log_softmax(logits[i, keep - len(s.target) :], dim=-1) for i, s in enumerate(shots)]
 
 
+def _mean_logprob(lp: torch.Tensor, target: list[int]) -> torch.Tensor:
+    return lp.gather(-1, torch.tensor(target, device=lp.device)[:, None]).mean()
+
+
 def _term_loss(model, term: str, shots: list[_Shot], pad: int) -> torch.Tensor:
+    if term == "refusal_margin":
+        # One forward over the refusals and the compliant answers together.
+        lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
+        n = len(shots)
+        margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
+                               for i, s in enumerate(shots)])
+        return torch.nn.functional.softplus(-margins).mean()
     lps = _target_logprobs(model, shots, pad)
     per = []
     for s, lp in zip(shots, lps):
@@ -163,6 +187,7 @@ def calibrate(
     batch_size: int = 8,
     gen_batch_size: int = 32,
     layers: Sequence[int] | None = None,
+    refusal_loss: str = "margin",
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
@@ -172,6 +197,7 @@ def calibrate(
 
     ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
     used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection.
+    ``refusal_loss``: ``"margin"`` or ``"ce"`` (module docstring).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
     """
@@ -186,6 +212,8 @@ def calibrate(
                     ("max_prompt_tokens", max_prompt_tokens)):
         if int(v) < (0 if name == "steps" else 1):
             raise ValueError(f"{name} must be positive (got {v})")
+    if refusal_loss not in REFUSAL_LOSSES:
+        raise ValueError(f"refusal_loss must be one of {', '.join(REFUSAL_LOSSES)} (got {refusal_loss!r})")
     if not lambda_max > 0 or not math.isfinite(lambda_max):
         raise ValueError(f"lambda_max must be a positive number (got {lambda_max})")
     if min(beta, gamma, penalty, lr) < 0:
@@ -230,12 +258,24 @@ def calibrate(
                 return [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc=desc, **gen_kw))]
 
             with lf.mode(fixed=False, scaled=False):
-                data["refusal_ce"] = teach(harmful, "refusals (A)")
+                refusals = teach(harmful, "refusals (A)")
                 if benign and gamma > 0:
                     data["benign_kl"] = teach(benign, "benign (A)")
-            if beta > 0:
-                with lf.mode(fixed=True, scaled=False):
+            with lf.mode(fixed=True, scaled=False):
+                if beta > 0:
                     data["task_kl"] = teach(task_shots, "task (A+T)")
+                if refusal_loss == "margin":
+                    answers = teach(harmful, "harmful (A+T)")
+            if refusal_loss == "ce":
+                data["refusal_ce"] = refusals
+            else:
+                from .judges.refusal import refusal_match
+
+                # Only shots where the task model complies carry a contrast; its refusals are left out.
+                kept = [_Shot(r.prompt, r.target, negative=a.target) for r, a in zip(refusals, answers)
+                        if a.target and refusal_match(tok.decode(a.target, skip_special_tokens=True)) is None]
+                if kept:
+                    data["refusal_margin"] = kept
             with torch.no_grad():
                 for term, teacher_mode in (("task_kl", (True, False)), ("benign_kl", (False, False))):
                     if term not in data:
@@ -245,7 +285,7 @@ def calibrate(
                             chunk = data[term][i : i + batch_size]
                             for s, lp in zip(chunk, _target_logprobs(model, chunk, pad)):
                                 s.teacher = lp.detach()
-            weights = {"refusal_ce": 1.0, "task_kl": beta, "benign_kl": gamma}
+            weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma}
 
             def full_loss() -> dict[str, float]:
                 """Every term over all shots at the current λ (no grad): the numbers reported before/after."""
@@ -284,13 +324,18 @@ def calibrate(
     all_layers = {l: 0.0 for l in safety_ad.layers()}
     all_layers.update(learned)
     shots_meta = {"harmful": shot_set_info(harmful), "task": shot_set_info(task_shots), "benign": shot_set_info(benign)}
+    if refusal_loss == "margin":
+        # How many harmful shots the task model complied with: the only ones the margin term trains on.
+        shots_meta["harmful"]["task_model_complied"] = len(data.get("refusal_margin", []))
     for k, v in (shot_sources or {}).items():
         shots_meta.setdefault(k, {}).update(v)
     meta: dict[str, Any] = {
         "method": {
             "name": "safegene-calibrate",
-            "objective": "CE(A refusals | harmful) + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign)"
-                         " + penalty*sum(lambda^2)",
+            "objective": ("softplus(-(logp(A refusal) - logp(A+T answer))) over harmful shots A+T complies with"
+                          if refusal_loss == "margin" else "CE(A refusals | harmful)")
+                         + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign) + penalty*sum(lambda^2)",
+            "refusal_loss": refusal_loss,
             "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
@@ -319,4 +364,4 @@ def load_shots(path: str | Path, *, limit: int | None = None) -> list:
     return load_examples(path, limit=limit)
 
 
-__all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "ArtifactError"]
+__all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "REFUSAL_LOSSES", "ArtifactError"]

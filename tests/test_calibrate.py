@@ -48,7 +48,7 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
                   init=0.0, steps=20, lr=0.1, seed=0, out=out, **FAST)
     loss = c.meta["loss"]
     assert loss["after"]["total"] < 0.5 * loss["before"]["total"]
-    assert loss["after"]["refusal_ce"] < loss["at_zero"]["refusal_ce"]
+    assert loss["after"]["refusal_margin"] < loss["at_zero"]["refusal_margin"]
     assert all(0.0 < v <= 4.0 for v in c.layers.values())
     at_zero = refusal_rate(generate(fam.aligned, fam.harmful_heldout, task=fam.task, safety=fam.safety, lambdas=0.0))
     calibrated = refusal_rate(generate(fam.aligned, fam.harmful_heldout, task=fam.task, safety=fam.safety,
@@ -65,7 +65,10 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
     assert raw["method"]["seed"] == 0 and raw["method"]["steps"] == 20 and raw["method"]["lr"] == 0.1
     assert raw["shots"]["harmful"]["count"] == 8 and len(raw["shots"]["task"]["sha256"]) == 64
     assert {raw["base"]["role"], raw["task"]["role"], raw["safety"]["role"]} == {"base", "task", "safety"}
-    assert set(raw["loss"]["before"]) == {"refusal_ce", "task_kl", "benign_kl", "penalty", "total"}
+    assert set(raw["loss"]["before"]) == {"refusal_margin", "task_kl", "benign_kl", "penalty", "total"}
+    assert raw["method"]["refusal_loss"] == "margin"
+    # The margin term trains on the shots the task model complied with (T erodes refusal: most of them).
+    assert 4 <= raw["shots"]["harmful"]["task_model_complied"] <= 8
 
 
 def test_calibration_chooses_small_lambda_when_no_repair_is_needed(fam, shots, tmp_path):
@@ -78,6 +81,20 @@ def test_calibration_chooses_small_lambda_when_no_repair_is_needed(fam, shots, t
                   init=1.0, steps=20, lr=0.1, **FAST)
     assert max(c.layers.values()) < 0.3, c.layers
     assert c.meta["loss"]["after"]["total"] < c.meta["loss"]["before"]["total"]
+    # It still refuses every harmful shot, so the margin term has nothing to train on.
+    assert c.meta["shots"]["harmful"]["task_model_complied"] == 0 and "refusal_margin" not in c.meta["loss"]["after"]
+
+
+def test_cross_entropy_refusal_term_still_restores_refusal(fam, shots):
+    """The first formulation (refusal_loss="ce") stays available; a bad name is refused up front."""
+    from safegene_runtime.calibrate import calibrate
+
+    c = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
+                  init=0.0, steps=20, lr=0.1, refusal_loss="ce", **FAST)
+    assert c.meta["loss"]["after"]["refusal_ce"] < c.meta["loss"]["at_zero"]["refusal_ce"]
+    assert c.meta["method"]["refusal_loss"] == "ce" and "task_model_complied" not in c.meta["shots"]["harmful"]
+    with pytest.raises(ValueError, match="refusal_loss must be one of"):
+        calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], refusal_loss="kl", **FAST)
 
 
 def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):

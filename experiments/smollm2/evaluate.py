@@ -156,8 +156,10 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
             t = study.task_adapter(task, setting) / "adapter"
             if method == "alone":
                 return merge_checkpoint(study.A(), task=t, out=tmp / "m", progress=False)
-            if method == "safegene":
-                c = study.calibrate(task, setting) / "coefficients.json"
+            if method in ("safegene", "safegene-ce"):
+                # safegene-ce: the first study's refusal term (cross-entropy of A's wording), kept as an ablation
+                loss = "ce" if method == "safegene-ce" else None
+                c = study.calibrate(task, setting, refusal_loss=loss) / "coefficients.json"
                 return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter", coefficients=c,
                                         out=tmp / "m", progress=False)
             if method.startswith("uniform"):
@@ -189,7 +191,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     plan = [(s, "alone") for s in SETTINGS] + [(s, "safegene") for s in SETTINGS] + \
         [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + [("mix10", "safegene-r16")] + \
         [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [("clean", "safegene-r16")] + \
-        [(s, "safegene-all") for s in SETTINGS]
+        [(s, "safegene-all") for s in SETTINGS] + [(s, "safegene-ce") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

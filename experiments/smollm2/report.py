@@ -41,7 +41,8 @@ def collect(study: Study) -> dict:
     return rows
 
 
-METHODS = ["alone", "safegene", "safegene-r16", "safegene-all", "uniform0.5", "uniform1", "uniform2", "safelora"]
+METHODS = ["alone", "safegene", "safegene-r16", "safegene-all", "safegene-ce", "uniform0.5", "uniform1", "uniform2",
+           "safelora"]
 
 
 def _pct(r: dict | None) -> float | None:
@@ -138,7 +139,8 @@ def markdown(study: Study) -> str:
         c = json.loads(d.read_text())
         lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))
                if round(v, 3)}
-        out.append(f"- `{d.parent.name}`: {json.dumps(lam)}")
+        loss = c.get("method", {}).get("refusal_loss", "ce")
+        out.append(f"- `{d.parent.name}` (refusal term: {loss}): {json.dumps(lam)}")
     sel = sorted(study.root.glob("select-*/adapter/manifest.json"))
     if sel:
         s = json.loads(sel[-1].read_text()).get("selection", {})

@@ -120,7 +120,7 @@ def params(profile: bool | str) -> dict:
         p["safety"] = {"rank": 16, "degraded": "original"}  # no degrade stage: the original model plays D
         p["select"] = {"n_harm": 16, "n_benign": 16, "top_k": 15}
         p["task"] |= {"steps": 32, "batch_size": 4, "lr": 5e-4, "max_len": 96}
-        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4}
+        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4, "refusal_loss": "margin"}
         p["eval"] = {"n_harmful": 40, "n_benign": 40, "n_task": 40, "max_tokens": 32}
         return p
     if profile == "fast":
@@ -132,7 +132,7 @@ def params(profile: bool | str) -> dict:
                      "mix_fraction": 0.1},
             "safety": {"rank": 16},
             "select": {"n_harm": 8, "n_benign": 8, "top_k": 15},
-            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8},
+            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8, "refusal_loss": "margin"},
             "eval": {"n_harmful": 8, "n_benign": 8, "n_task": 8, "max_tokens": 24},
         }
     return {
@@ -147,7 +147,9 @@ def params(profile: bool | str) -> dict:
         "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
         # 32 shots per term as the study asks; 20 Adam steps at lr 0.1 cover the same λ range as the pilot plan's
         # 40 at 0.05 in half the time (a step is ~24 forward+backward passes through the selected layers).
-        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16},
+        # refusal_loss "margin" (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters
+        # (docs/results.md); "ce" stays as the +safegene-ce ablation.
+        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16, "refusal_loss": "margin"},
         # 32 reply tokens: a refusal or a compliance is decided in the first sentence, and generation is ~90% of
         # the evaluation's cost on this CPU (about 125 tokens/s in fp32 with two cores).
         "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 32},
@@ -323,9 +325,16 @@ class Study:
                                                                              "safety": s.name}, build)
 
     # -- 6. per-adapter calibration
-    def calibrate(self, task: str, setting: str, all_layers: bool = False) -> Path:
-        """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation)."""
-        p = self.p["calibrate"]
+    def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None) -> Path:
+        """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation);
+        ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective)."""
+        p = dict(self.p["calibrate"])
+        loss = refusal_loss or p.get("refusal_loss", "ce")
+        if loss == "ce":
+            # Stages built before the option existed used "ce" and have no key in their hash: keep finding them.
+            p.pop("refusal_loss", None)
+        else:
+            p["refusal_loss"] = loss
         a, t = self.align(), self.task_adapter(task, setting)
         s = self.safety() if all_layers else self.select()
         train, _ = self.task_data(task)
@@ -340,7 +349,7 @@ class Study:
             c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, steps=p["steps"],
                           lr=p.get("lr", 0.05),
                           max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
-                          batch_size=p.get("batch_size", 8),
+                          batch_size=p.get("batch_size", 8), refusal_loss=loss,
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 

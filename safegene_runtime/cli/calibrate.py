@@ -7,8 +7,9 @@ from pathlib import Path
 
 DESCRIPTION = """\
 Learn one coefficient lambda_l >= 0 per selected layer of the safety adapter for this task adapter, from a few
-shots: the aligned base's own refusals to harmful shots (cross-entropy), the task adapter's own answers to task
-shots (KL) and, optionally, the base's own answers to benign shots (KL), plus a small penalty on lambda.
+shots: on harmful shots the task model complies with, prefer the aligned base's own refusal over the task model's
+answer (--refusal-loss margin; 'ce' trains on the base's refusal wording instead); keep the task adapter's own
+answers to task shots (KL) and, optionally, the base's own answers to benign shots (KL); a small penalty on lambda.
 Only the lambdas are trained (Adam, clamped to [0, lambda-max]); the models stay frozen. Writes a
 coefficients.json (schema safegene.coefficients/v1) for `safegene stack` / `safegene merge`."""
 
@@ -38,6 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-prompt-tokens", type=int, default=128, help="keep the last N tokens of each prompt")
     p.add_argument("--batch-size", type=int, default=8, help="shots per term per step")
     p.add_argument("--gen-batch-size", type=int, default=32, help="prompts per batch when generating targets")
+    p.add_argument("--refusal-loss", choices=("margin", "ce"), default="margin",
+                   help="refusal term: margin of the base's refusal over the task model's answer (default), or "
+                        "cross-entropy of the base's refusal")
     p.add_argument("--layers", help="comma-separated layers to calibrate (overrides the safety manifest)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
@@ -64,7 +68,7 @@ def run(args) -> int:
         seed=args.seed, steps=args.steps, lr=args.lr, beta=args.beta, gamma=args.gamma, lambda_max=args.lambda_max,
         penalty=args.penalty, init=args.init, max_new_tokens=args.max_new_tokens,
         max_target_tokens=args.max_target_tokens or None, max_prompt_tokens=args.max_prompt_tokens,
-        batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, device=args.device,
+        batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss, device=args.device,
         out=args.out, shot_sources=sources,
     )
     loss = c.meta["loss"]
