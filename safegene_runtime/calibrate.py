@@ -50,6 +50,7 @@ from .coefficients import Coefficients, save_coefficients
 
 TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl")
 REFUSAL_LOSSES = ("margin", "ce")
+DEFAULT_REFUSAL_LOSS = "margin"  # part of cache keys for coefficients computed with the defaults (server registry)
 
 
 @dataclass
@@ -187,7 +188,7 @@ def calibrate(
     batch_size: int = 8,
     gen_batch_size: int = 32,
     layers: Sequence[int] | None = None,
-    refusal_loss: str = "margin",
+    refusal_loss: str = DEFAULT_REFUSAL_LOSS,
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
@@ -364,4 +365,5 @@ def load_shots(path: str | Path, *, limit: int | None = None) -> list:
     return load_examples(path, limit=limit)
 
 
-__all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "REFUSAL_LOSSES", "ArtifactError"]
+__all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "REFUSAL_LOSSES", "DEFAULT_REFUSAL_LOSS",
+           "ArtifactError"]

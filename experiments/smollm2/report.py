@@ -135,12 +135,25 @@ def markdown(study: Study) -> str:
         out.append(f"| {name} | {fmt_rate(r.get('harmful_response_rate'))} | {fmt_rate(r.get('over_refusal_rate'))} "
                    f"| {fmt_rate(r.get('task_accuracy'))} |")
     out += ["", "Calibrated coefficients (λ per layer; layers not listed are 0):", ""]
-    for d in sorted(study.root.glob("calibrate-*/coefficients.json")):
-        c = json.loads(d.read_text())
+    cals = [(d.parent.name, json.loads(d.read_text())) for d in sorted(study.root.glob("calibrate-*/coefficients.json"))]
+    for name, c in cals:
         lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))
                if round(v, 3)}
+        out.append(f"- `{name}` (refusal term: {c.get('method', {}).get('refusal_loss', 'ce')}): {json.dumps(lam)}")
+    out += ["", "Calibration losses, refusal term / task KL / benign KL, over all shots (from each coefficients.json):",
+            "", "| stage | refusal term | harmful shots A+T complied with | at λ = 0 | at the initial λ | after |",
+            "|---|---|---|---|---|---|"]
+    for name, c in cals:
         loss = c.get("method", {}).get("refusal_loss", "ce")
-        out.append(f"- `{d.parent.name}` (refusal term: {loss}): {json.dumps(lam)}")
+        term = f"refusal_{loss}"
+
+        def trio(x: dict) -> str:
+            return " / ".join("–" if x.get(k) is None else f"{x[k]:.3f}" for k in (term, "task_kl", "benign_kl"))
+
+        L = c.get("loss", {})
+        complied = c.get("shots", {}).get("harmful", {}).get("task_model_complied", "–")
+        out.append(f"| `{name}` | {loss} | {complied} | {trio(L.get('at_zero', {}))} | {trio(L.get('before', {}))} | "
+                   f"{trio(L.get('after', {}))} |")
     sel = sorted(study.root.glob("select-*/adapter/manifest.json"))
     if sel:
         s = json.loads(sel[-1].read_text()).get("selection", {})
