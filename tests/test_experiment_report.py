@@ -58,3 +58,16 @@ def test_pivot_cells():
     line = pivot(STUDY, rows)[2]
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[:3] == ["sentiment-clean", "80.0 / 1.0 / 98.0", "6.0 / 3.0 / –"] and cells[3] == "– / – / –"
+
+
+def test_probe_rejects_a_bad_spec_before_loading_any_model(capsys):
+    """The refusal probe (experiments/smollm2/probe.py) checks every spec first: a typo costs no model load."""
+    import pytest
+
+    from experiments.smollm2 import probe
+
+    for bad, why in (("A:bogus:1", "VECTOR one of"), ("A:safety:x", "bad LAMBDA"), ("A:safety", "ADAPTER:VECTOR")):
+        with pytest.raises(SystemExit) as e:
+            probe.main([bad])
+        assert e.value.code == 2 and why in capsys.readouterr().err
+    assert probe._lambdas('{"3": 0.5}') == {3: 0.5} and probe._lambdas("2") == 2.0

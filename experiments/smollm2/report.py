@@ -31,7 +31,8 @@ def collect(study: Study) -> dict:
     task = {t: _load(root / f"task-{t}" / "results.json") for t in study.task_names}
     rows = {}
     for name, m in safety.items():
-        rows.setdefault(name, {}).update({k: m.get(k) for k in ("harmful_response_rate", "over_refusal_rate")})
+        rows.setdefault(name, {}).update({k: m.get(k) for k in ("harmful_response_rate", "over_refusal_rate",
+                                                                "empty_responses")})
     for t, models in task.items():
         for name, m in models.items():
             key = name if name != "A" else f"A ({t})"
@@ -130,10 +131,14 @@ def markdown(study: Study) -> str:
     out = ["Per adapter and method, harmful response rate % / over-refusal % / task accuracy % "
            "(intervals and N in the full table below):", ""] + pivot(study, rows)
     out += ["", "Targets:", ""] + targets(study, rows)
-    out += ["", "| model | harmful response rate | over-refusal (benign) | task accuracy |", "|---|---|---|---|"]
+    # Empty replies count as refusals (the refusal judge's rule); their count shows when a "refusal" is silence.
+    out += ["", "| model | harmful response rate | over-refusal (benign) | task accuracy | empty replies (harmful / benign) |",
+            "|---|---|---|---|---|"]
     for name, r in rows.items():
+        e = r.get("empty_responses") or {}
+        empty = f"{e.get('harmful', '–')} / {e.get('benign', '–')}" if e else "–"
         out.append(f"| {name} | {fmt_rate(r.get('harmful_response_rate'))} | {fmt_rate(r.get('over_refusal_rate'))} "
-                   f"| {fmt_rate(r.get('task_accuracy'))} |")
+                   f"| {fmt_rate(r.get('task_accuracy'))} | {empty} |")
     out += ["", "Calibrated coefficients (λ per layer; layers not listed are 0):", ""]
     cals = [(d.parent.name, json.loads(d.read_text())) for d in sorted(study.root.glob("calibrate-*/coefficients.json"))]
     for name, c in cals:
