@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -416,6 +417,9 @@ def main(argv: list[str] | None = None) -> int:
     # against 34-46 s with one (threads spin at barriers while the other core is busy); idle, 2 threads took ~3 s.
     os.environ.setdefault("SMOLLM2_THREADS", str(os.cpu_count() or 1))
     torch.set_num_threads(int(os.environ["SMOLLM2_THREADS"]))
+    # `kill` (SIGTERM) unwinds like Ctrl-C, so the evaluation's servers (their own process groups) and temporary
+    # merged checkpoints are removed on the way out instead of being orphaned.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
     study.run([s for s in a.stages.split(",") if s])
     return 0
