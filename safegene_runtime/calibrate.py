@@ -13,11 +13,14 @@ The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode s
 
 Two refusal terms (``refusal_loss``), both over A's own greedy refusal y_A(x) to a harmful shot x:
 
-* ``"margin"`` (default, *ours*): ``softplus(−(ℓ_λ(y_A|x) − ℓ_λ(y_T|x)))`` with ℓ the mean per-token log-prob and
-  y_T the task model's own greedy answer, over the shots H' ⊆ H where A+T complies (the keyword judge does not call
-  y_T a refusal). It asks for *preferring refusal over the task model's compliance*, not for A's exact wording, and
-  it saturates once refusal is clearly preferred, so the benign and task terms decide how much safety is enough.
-  When A+T already refuses every shot, H' is empty, the term drops out and λ goes towards 0.
+* ``"margin"`` (default, *ours*): ``softplus(−(ℓ_λ(y_A|x) − ℓ_λ(y_T|x)))`` with ℓ the mean log-prob of the first
+  ``margin_tokens`` (4) answer tokens and y_T the task model's own greedy answer, over the shots H' ⊆ H where A+T
+  complies (the keyword judge does not call y_T a refusal). It asks for *preferring refusal over the task model's
+  compliance* where that choice is made, in the opening tokens, not for A's exact wording; and it saturates once
+  refusal is clearly preferred, so the benign and task terms decide how much safety is enough. Averaged over 16
+  tokens instead of 4, the teacher-forced continuations dilute the decision and calibration stopped at a margin
+  near 0: HR 22% on sentiment-clean (docs/results.md). When A+T already refuses every shot, H' is empty, the term
+  drops out and λ goes towards 0.
 * ``"ce"``: ``CE(y_A(x) | x)`` over all of H, the first formulation. On SmolLM2 it failed on the adapters trained on
   task data only (docs/results.md): their refusals are worded differently from A's, so adding safety *raised* the
   CE of A's wording (0.70 → 1.21 at λ = 1) while the refusal rate rose, and calibration chose λ ≈ 0.
@@ -50,7 +53,9 @@ from .coefficients import Coefficients, save_coefficients
 
 TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl")
 REFUSAL_LOSSES = ("margin", "ce")
-DEFAULT_REFUSAL_LOSS = "margin"  # part of cache keys for coefficients computed with the defaults (server registry)
+# The default objective; both are part of the server registry's cache key for coefficients it calibrates.
+DEFAULT_REFUSAL_LOSS = "margin"
+DEFAULT_MARGIN_TOKENS = 4
 
 
 @dataclass
@@ -130,7 +135,7 @@ def _mean_logprob(lp: torch.Tensor, target: list[int]) -> torch.Tensor:
 
 def _term_loss(model, term: str, shots: list[_Shot], pad: int) -> torch.Tensor:
     if term == "refusal_margin":
-        # One forward over the refusals and the compliant answers together.
+        # One forward over the refusals and the compliant answers together (both already cut to margin_tokens).
         lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
         n = len(shots)
         margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
@@ -189,6 +194,7 @@ def calibrate(
     gen_batch_size: int = 32,
     layers: Sequence[int] | None = None,
     refusal_loss: str = DEFAULT_REFUSAL_LOSS,
+    margin_tokens: int = DEFAULT_MARGIN_TOKENS,
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
@@ -198,7 +204,8 @@ def calibrate(
 
     ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
     used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection.
-    ``refusal_loss``: ``"margin"`` or ``"ce"`` (module docstring).
+    ``refusal_loss``: ``"margin"`` or ``"ce"``; ``margin_tokens``: opening tokens the margin compares (module
+    docstring).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
     """
@@ -210,7 +217,7 @@ def calibrate(
     base, task, safety = Path(base), Path(task), Path(safety)
     for name, v in (("steps", steps), ("batch_size", batch_size), ("gen_batch_size", gen_batch_size),
                     ("max_new_tokens", max_new_tokens),
-                    ("max_prompt_tokens", max_prompt_tokens)):
+                    ("max_prompt_tokens", max_prompt_tokens), ("margin_tokens", margin_tokens)):
         if int(v) < (0 if name == "steps" else 1):
             raise ValueError(f"{name} must be positive (got {v})")
     if refusal_loss not in REFUSAL_LOSSES:
@@ -273,7 +280,8 @@ def calibrate(
                 from .judges.refusal import refusal_match
 
                 # Only shots where the task model complies carry a contrast; its refusals are left out.
-                kept = [_Shot(r.prompt, r.target, negative=a.target) for r, a in zip(refusals, answers)
+                kept = [_Shot(r.prompt, r.target[:margin_tokens], negative=a.target[:margin_tokens])
+                        for r, a in zip(refusals, answers)
                         if a.target and refusal_match(tok.decode(a.target, skip_special_tokens=True)) is None]
                 if kept:
                     data["refusal_margin"] = kept
@@ -333,10 +341,11 @@ def calibrate(
     meta: dict[str, Any] = {
         "method": {
             "name": "safegene-calibrate",
-            "objective": ("softplus(-(logp(A refusal) - logp(A+T answer))) over harmful shots A+T complies with"
+            "objective": ("softplus(-(logp(A refusal) - logp(A+T answer)), first margin_tokens tokens) over harmful"
+                          " shots A+T complies with"
                           if refusal_loss == "margin" else "CE(A refusals | harmful)")
                          + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign) + penalty*sum(lambda^2)",
-            "refusal_loss": refusal_loss,
+            "refusal_loss": refusal_loss, "margin_tokens": margin_tokens if refusal_loss == "margin" else None,
             "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
@@ -366,4 +375,4 @@ def load_shots(path: str | Path, *, limit: int | None = None) -> list:
 
 
 __all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "REFUSAL_LOSSES", "DEFAULT_REFUSAL_LOSS",
-           "ArtifactError"]
+           "DEFAULT_MARGIN_TOKENS", "ArtifactError"]

@@ -66,7 +66,7 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
     assert raw["shots"]["harmful"]["count"] == 8 and len(raw["shots"]["task"]["sha256"]) == 64
     assert {raw["base"]["role"], raw["task"]["role"], raw["safety"]["role"]} == {"base", "task", "safety"}
     assert set(raw["loss"]["before"]) == {"refusal_margin", "task_kl", "benign_kl", "penalty", "total"}
-    assert raw["method"]["refusal_loss"] == "margin"
+    assert raw["method"]["refusal_loss"] == "margin" and raw["method"]["margin_tokens"] == 4
     # The margin term trains on the shots the task model complied with (T erodes refusal: most of them).
     assert 4 <= raw["shots"]["harmful"]["task_model_complied"] <= 8
 

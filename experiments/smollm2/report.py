@@ -126,6 +126,15 @@ def stage_table(study: Study) -> list[str]:
     return lines
 
 
+def _term(coefficients: dict) -> str:
+    """The calibration's refusal term as the report names it: 'ce', or 'margin (N tokens)'."""
+    m = coefficients.get("method", {})
+    loss = m.get("refusal_loss", "ce")  # coefficients written before the option existed used "ce"
+    if loss == "margin":
+        return f"margin ({m.get('margin_tokens') or 16} tokens)"  # the first margin runs compared 16 tokens
+    return loss
+
+
 def markdown(study: Study) -> str:
     rows = collect(study)
     out = ["Per adapter and method, harmful response rate % / over-refusal % / task accuracy % "
@@ -144,20 +153,19 @@ def markdown(study: Study) -> str:
     for name, c in cals:
         lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))
                if round(v, 3)}
-        out.append(f"- `{name}` (refusal term: {c.get('method', {}).get('refusal_loss', 'ce')}): {json.dumps(lam)}")
+        out.append(f"- `{name}` (refusal term: {_term(c)}): {json.dumps(lam)}")
     out += ["", "Calibration losses, refusal term / task KL / benign KL, over all shots (from each coefficients.json):",
             "", "| stage | refusal term | harmful shots A+T complied with | at λ = 0 | at the initial λ | after |",
             "|---|---|---|---|---|---|"]
     for name, c in cals:
-        loss = c.get("method", {}).get("refusal_loss", "ce")
-        term = f"refusal_{loss}"
+        term = f"refusal_{c.get('method', {}).get('refusal_loss', 'ce')}"
 
         def trio(x: dict) -> str:
             return " / ".join("–" if x.get(k) is None else f"{x[k]:.3f}" for k in (term, "task_kl", "benign_kl"))
 
         L = c.get("loss", {})
         complied = c.get("shots", {}).get("harmful", {}).get("task_model_complied", "–")
-        out.append(f"| `{name}` | {loss} | {complied} | {trio(L.get('at_zero', {}))} | {trio(L.get('before', {}))} | "
+        out.append(f"| `{name}` | {_term(c)} | {complied} | {trio(L.get('at_zero', {}))} | {trio(L.get('before', {}))} | "
                    f"{trio(L.get('after', {}))} |")
     sel = sorted(study.root.glob("select-*/adapter/manifest.json"))
     if sel:

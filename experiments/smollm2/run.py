@@ -121,7 +121,8 @@ def params(profile: bool | str) -> dict:
         p["safety"] = {"rank": 16, "degraded": "original"}  # no degrade stage: the original model plays D
         p["select"] = {"n_harm": 16, "n_benign": 16, "top_k": 15}
         p["task"] |= {"steps": 32, "batch_size": 4, "lr": 5e-4, "max_len": 96}
-        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4, "refusal_loss": "margin"}
+        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4, "refusal_loss": "margin",
+                            "margin_tokens": 4}
         p["eval"] = {"n_harmful": 40, "n_benign": 40, "n_task": 40, "max_tokens": 32}
         return p
     if profile == "fast":
@@ -133,7 +134,8 @@ def params(profile: bool | str) -> dict:
                      "mix_fraction": 0.1},
             "safety": {"rank": 16},
             "select": {"n_harm": 8, "n_benign": 8, "top_k": 15},
-            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8, "refusal_loss": "margin"},
+            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8, "refusal_loss": "margin",
+                          "margin_tokens": 4},
             "eval": {"n_harmful": 8, "n_benign": 8, "n_task": 8, "max_tokens": 24},
         }
     return {
@@ -150,7 +152,8 @@ def params(profile: bool | str) -> dict:
         # 40 at 0.05 in half the time (a step is ~24 forward+backward passes through the selected layers).
         # refusal_loss "margin" (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters
         # (docs/results.md); "ce" stays as the +safegene-ce ablation.
-        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16, "refusal_loss": "margin"},
+        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16, "refusal_loss": "margin",
+                      "margin_tokens": 4},
         # 32 reply tokens: a refusal or a compliance is decided in the first sentence, and generation is ~90% of
         # the evaluation's cost on this CPU (about 125 tokens/s in fp32 with two cores).
         "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 32},
@@ -334,6 +337,7 @@ class Study:
         if loss == "ce":
             # Stages built before the option existed used "ce" and have no key in their hash: keep finding them.
             p.pop("refusal_loss", None)
+            p.pop("margin_tokens", None)
         else:
             p["refusal_loss"] = loss
         a, t = self.align(), self.task_adapter(task, setting)
@@ -351,6 +355,7 @@ class Study:
                           lr=p.get("lr", 0.05),
                           max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
                           batch_size=p.get("batch_size", 8), refusal_loss=loss,
+                          margin_tokens=p.get("margin_tokens", 16),
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
