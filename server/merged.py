@@ -58,6 +58,12 @@ def build_merged_variant(ctx: Any, task: str, version: str, variant: str, plain_
     name = served.replace("+", "-")  # folder name; the served name stays the variant's
     path = merge_checkpoint(ctx.cfg.base_model, store=ctx.cfg.state_dir / "merged", name=f"{name}-{version}",
                             progress=False, **kw)
+    from safegene_runtime.artifacts import read_manifest
+
+    kept = read_manifest(path).get("delta_retention", 1.0)
+    if kept < 0.9:
+        log.warning("merged %s keeps only %.0f%% of its adapter delta after rounding to the base dtype: serve it "
+                    "stacked (mode: stacked) or from a float32 base for the exact weights", served, 100 * kept)
     return {"served_name": served, "path": str(path), "rank": 0, "mode": "merged", "adapter_path": str(plain_dir)}
 
 

@@ -111,6 +111,21 @@ def test_bf16_base_keeps_its_dtype(tmp_path, run_cli):
     assert torch.equal(ck.get(q), expected)
 
 
+def test_delta_retention_reports_what_a_bf16_merge_rounds_away(tmp_path):
+    """A delta of about one bf16 step of W (a short fine-tune's safety delta) is partly lost in a bf16 merge."""
+    f32 = make_tiny_model(tmp_path / "f32", num_layers=1, dtype=torch.float32)
+    b16 = make_tiny_model(tmp_path / "b16", num_layers=1, dtype=torch.bfloat16)
+    keep = {}
+    for base, size, magnitude in ((f32, "small", 0.001), (b16, "big", 0.5), (b16, "small", 0.001)):
+        lora = make_random_lora(tmp_path / f"{size}-{base.name}", base, rank=2, modules=("q_proj",),
+                                magnitude=magnitude, seed=1)
+        m = merge_checkpoint(base, task=lora, out=tmp_path / f"m-{base.name}-{size}", progress=False)
+        keep[(base.name, size)] = read_manifest(m)["delta_retention"]
+    assert keep[("f32", "small")] > 0.999  # float32 keeps everything
+    assert keep[("b16", "big")] > 0.9  # a large delta survives bf16 rounding mostly
+    assert keep[("b16", "small")] < keep[("b16", "big")] - 0.05, keep  # a small one loses a visible share
+
+
 def test_refusals(tiny_model, adapters, tmp_path, run_cli):
     task, safety = adapters
     dest = tmp_path / "out"
