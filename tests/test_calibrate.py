@@ -142,3 +142,5 @@ def test_calibrate_cli(fam, shots, run_cli, tmp_path):
     assert r.code == 1 and "notask" in r.err and not (tmp_path / "x3.json").exists()
     r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--layers", "7", "--out", tmp_path / "x4.json")
     assert r.code == 1 and "[7]" in r.err and not (tmp_path / "x4.json").exists()
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--margin-tokens", "0", "--out", tmp_path / "x5.json")
+    assert r.code == 1 and "margin_tokens must be positive" in r.err and not (tmp_path / "x5.json").exists()

@@ -42,6 +42,8 @@ def register(subparsers) -> None:
     p.add_argument("--refusal-loss", choices=("margin", "ce"), default="margin",
                    help="refusal term: margin of the base's refusal over the task model's answer (default), or "
                         "cross-entropy of the base's refusal")
+    p.add_argument("--margin-tokens", type=int, default=4,
+                   help="answer tokens the margin compares: the opening, where refusing is decided (default 4)")
     p.add_argument("--layers", help="comma-separated layers to calibrate (overrides the safety manifest)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
@@ -68,7 +70,8 @@ def run(args) -> int:
         seed=args.seed, steps=args.steps, lr=args.lr, beta=args.beta, gamma=args.gamma, lambda_max=args.lambda_max,
         penalty=args.penalty, init=args.init, max_new_tokens=args.max_new_tokens,
         max_target_tokens=args.max_target_tokens or None, max_prompt_tokens=args.max_prompt_tokens,
-        batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss, device=args.device,
+        batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss,
+        margin_tokens=args.margin_tokens, device=args.device,
         out=args.out, shot_sources=sources,
     )
     loss = c.meta["loss"]
