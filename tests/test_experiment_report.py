@@ -66,7 +66,8 @@ def test_probe_rejects_a_bad_spec_before_loading_any_model(capsys):
 
     from experiments.smollm2 import probe
 
-    for bad, why in (("A:bogus:1", "VECTOR one of"), ("A:safety:x", "bad LAMBDA"), ("A:safety", "ADAPTER:VECTOR")):
+    for bad, why in (("A:bogus:1", "VECTOR one of"), ("A:safety:x", "bad LAMBDA"), ("A:safety", "ADAPTER:VECTOR"),
+                     ("A:safety:@/nonexistent/c.json", "not found")):
         with pytest.raises(SystemExit) as e:
             probe.main([bad])
         assert e.value.code == 2 and why in capsys.readouterr().err

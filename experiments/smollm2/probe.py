@@ -24,12 +24,13 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from safegene_runtime.adapters import load_adapter
+from safegene_runtime.artifacts import ArtifactError
 from safegene_runtime.calibrate import _generate
+from safegene_runtime.coefficients import load_coefficients
 from safegene_runtime.judges.refusal import refusal_match
 from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
 
@@ -39,7 +40,7 @@ from .run import Study
 
 def _lambdas(spec: str) -> float | dict[int, float]:
     if spec.startswith("@"):
-        return {int(k): float(v) for k, v in json.loads(Path(spec[1:]).read_text())["layers"].items()}
+        return dict(load_coefficients(spec[1:]).layers)
     if spec.startswith("{"):
         return {int(k): float(v) for k, v in json.loads(spec).items()}
     return float(spec)
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{spec!r}: expected ADAPTER:VECTOR:LAMBDA with VECTOR one of {', '.join(vectors)}")
         try:
             _lambdas(parts[2])
-        except (ValueError, OSError, KeyError) as e:
+        except (ValueError, OSError, KeyError, ArtifactError) as e:
             ap.error(f"{spec!r}: bad LAMBDA: {e}")
         parsed.append((spec, *parts))
     model, tok = load_causal_lm(study.A())
