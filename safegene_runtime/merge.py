@@ -10,11 +10,13 @@ Used for serving without LoRA (one merged model per variant) and as the referenc
 The manifest's ``delta_retention`` says how much of the delta survived the cast back to the base dtype. In bf16 a
 safety delta from a short, low-lr fine-tune is about one rounding step of W, so part of it rounds away: measured
 on the SmolLM2 demo family, the stacked variant (LoRA applied at run time) refused a prompt that the bf16 merged
-one answered (tests/server/test_merged_smollm2_bf16.py). Serve stacked, or merge into a float32 base, when it is low.
+one answered (tests/server/test_merged_smollm2_bf16.py). Serve stacked, or merge with ``dtype="float32"`` (every
+floating tensor written in fp32, config updated; an engine run in fp32 then applies the delta exactly), when it is low.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -58,15 +60,36 @@ def merge_checkpoint(
     store: Path | None = None,
     name: str = "merged",
     progress: bool = True,
+    dtype: str | torch.dtype | None = None,
 ) -> Path:
     """Write ``base + ΔT + λ·ΔS`` as a full HF checkpoint folder and return it (``out``, or ``store/<name>-<id12>``,
-    default store the artifacts dir). ``task`` or ``safety`` (with ``coefficients``) may be given alone."""
+    default store the artifacts dir). ``task`` or ``safety`` (with ``coefficients``) may be given alone.
+
+    ``dtype`` (e.g. ``"float32"``) writes every floating tensor in that dtype and says so in config.json; the
+    default keeps each tensor's own. A float32 merge of a bf16 base keeps all of a delta smaller than bf16's step."""
     with single_thread():  # per-module adds and casts: OpenMP hand-offs only slow them down (see stack.single_thread)
         return _merge(base, task=task, safety=safety, coefficients=coefficients, out=out, store=store, name=name,
-                      progress=progress)
+                      progress=progress, dtype=resolve_dtype(dtype))
 
 
-def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> Path:
+#: dtype names accepted by ``merge_checkpoint(dtype=...)`` and ``safegene merge --dtype``
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``None`` (keep the base's), a ``torch`` floating dtype, or one of :data:`DTYPES`' names."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+            raise ValueError(f"merge dtype must be a floating dtype, got {dtype}")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown merge dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}") from None
+
+
+def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtype) -> Path:
     if task is None and safety is None:
         raise ValueError("nothing to merge: give a task adapter, a safety adapter (with coefficients), or both")
     if safety is not None and coefficients is None:
@@ -103,6 +126,8 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> P
     if safety is not None:
         lineage.append(describe_input(safety, "safety"))
         lineage.append({"role": "coefficients", "digest": coeffs.digest()})  # type: ignore[union-attr]
+    if dtype is not None:
+        lineage.append({"role": "dtype", "dtype": str(dtype).removeprefix("torch.")})
     if out is None and store is None:
         store = artifacts_dir()
 
@@ -113,6 +138,7 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> P
     # How much of the delta survives the cast back to the base dtype: Σ<round(W+Δ) − W, Δ> / Σ|Δ|². A safety
     # delta from a short fine-tune is about one bf16 step of W, so a bf16 merge keeps only part of it (1.0 = all).
     kept, total = 0.0, 0.0
+    nbytes = 0
     with ArtifactWriter(out, store=store if out is None else None, name=name, kind="merged_model",
                         lineage=lineage) as w:
         assert w.tmp is not None
@@ -125,6 +151,8 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> P
             tensors: dict[str, torch.Tensor] = {}
             for key in ck.shard_keys(shard):
                 t = ck.get(key)
+                if dtype is not None and t.is_floating_point():
+                    t = t.to(dtype)
                 module = key[: -len(".weight")] if key.endswith(".weight") else None
                 if module in touched:
                     d = delta(module)
@@ -139,6 +167,7 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> P
                         merged.append(module)
                         dtypes[str(t.dtype).removeprefix("torch.")] += 1
                 tensors[key] = t.contiguous()
+                nbytes += t.numel() * t.element_size()
                 if bar is not None:
                     bar.update(1)
             save_file(tensors, str(w.tmp / shard), metadata=ck.shard_metadata(shard) or {"format": "pt"})
@@ -150,6 +179,12 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> P
                 p.suffix not in _WEIGHT_SUFFIXES or p.name == INDEX_FILE
             ) and not (w.tmp / p.name).exists():
                 shutil.copy2(p, w.tmp / p.name)
+        if dtype is not None:
+            _write_config_dtype(w.tmp / "config.json", dtype)
+            if (w.tmp / INDEX_FILE).is_file():  # the shard index's total_size follows the new element size
+                idx = json.loads((w.tmp / INDEX_FILE).read_text())
+                idx.setdefault("metadata", {})["total_size"] = nbytes
+                (w.tmp / INDEX_FILE).write_text(json.dumps(idx, indent=2) + "\n")
         info: dict[str, Any] = {"merged_modules": len(merged), "dtype": dict(dtypes),
                                 "delta_retention": round(kept / total, 4) if total > 0 else 1.0}
         if coeffs is not None:
@@ -162,3 +197,14 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress) -> P
                           **info)
     assert w.path is not None
     return w.path
+
+
+def _write_config_dtype(path: Path, dtype: torch.dtype) -> None:
+    """Record the written dtype in config.json (``torch_dtype``, and ``dtype`` where newer transformers put it), so
+    an engine run with ``dtype=auto`` loads what is on disk."""
+    cfg = json.loads(path.read_text())
+    name = str(dtype).removeprefix("torch.")
+    cfg["torch_dtype"] = name
+    if "dtype" in cfg:
+        cfg["dtype"] = name
+    path.write_text(json.dumps(cfg, indent=2) + "\n")

@@ -56,6 +56,10 @@ def build_merged_variant(ctx: Any, task: str, version: str, variant: str, plain_
     if variant == "safe":
         kw.update(safety=ctx.safety_path, coefficients=coefficients)
     name = served.replace("+", "-")  # folder name; the served name stays the variant's
+    # An engine run in float32 gets a float32 merge: rounding W + ΔT + λ·ΔS back to a bf16 base would drop part of
+    # a small safety delta that the fp32 engine could have applied exactly. Other engine dtypes keep the base's.
+    if str(ctx.cfg.engine.dtype).lower() in ("float32", "float"):
+        kw["dtype"] = "float32"
     path = merge_checkpoint(ctx.cfg.base_model, store=ctx.cfg.state_dir / "merged", name=f"{name}-{version}",
                             progress=False, **kw)
     from safegene_runtime.artifacts import read_manifest
@@ -63,7 +67,8 @@ def build_merged_variant(ctx: Any, task: str, version: str, variant: str, plain_
     kept = read_manifest(path).get("delta_retention", 1.0)
     if kept < 0.9:
         log.warning("merged %s keeps only %.0f%% of its adapter delta after rounding to the base dtype: serve it "
-                    "stacked (mode: stacked) or from a float32 base for the exact weights", served, 100 * kept)
+                    "stacked (mode: stacked) or with engine.dtype float32 (then merged in float32) for the exact "
+                    "weights", served, 100 * kept)
     return {"served_name": served, "path": str(path), "rank": 0, "mode": "merged", "adapter_path": str(plain_dir)}
 
 

@@ -72,3 +72,19 @@ def test_probe_rejects_a_bad_spec_before_loading_any_model(capsys):
             probe.main([bad])
         assert e.value.code == 2 and why in capsys.readouterr().err
     assert probe._lambdas('{"3": 0.5}') == {3: 0.5} and probe._lambdas("2") == 2.0
+
+
+def test_precision_table_pairs_archived_bf16_rows_with_current_ones(tmp_path):
+    import json
+
+    from experiments.smollm2.report import precision
+
+    study = SimpleNamespace(root=tmp_path, profile="full", settings=["clean"], task_names=["sentiment"])
+    rows = {"sentiment-clean+safegene": _row(4, 2), "topic-clean": _row(70, 0)}
+    assert precision(study, rows) == []  # no archive: no table
+    arch = tmp_path / "eval" / "archive-bf16-merge" / "safety"
+    arch.mkdir(parents=True)
+    (arch / "results.json").write_text(json.dumps({"models": {"sentiment-clean+safegene": _row(12, 1),
+                                                              "gone": _row(50, 0)}}))
+    lines = precision(study, rows)
+    assert lines[2:] == ["| sentiment-clean+safegene | 12.0 → 4.0 | 1.0 → 2.0 |"]  # only variants measured both ways

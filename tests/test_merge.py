@@ -126,6 +126,31 @@ def test_delta_retention_reports_what_a_bf16_merge_rounds_away(tmp_path):
     assert keep[("b16", "small")] < keep[("b16", "big")] - 0.05, keep  # a small one loses a visible share
 
 
+def test_float32_merge_of_a_bf16_base_keeps_the_whole_delta(tmp_path, run_cli):
+    """``--dtype float32``: every tensor and config.json say float32, and W' − W is exactly the fp32 delta."""
+    b16 = make_tiny_model(tmp_path / "b16", num_layers=1, dtype=torch.bfloat16)
+    lora = make_random_lora(tmp_path / "lora", b16, rank=2, modules=("q_proj",), magnitude=0.001, seed=1)
+    res = run_cli("merge", "--base", b16, "--task", lora, "--out", tmp_path / "m", "--dtype", "float32",
+                  "--no-progress")
+    assert res.code == 0, res.err
+    assert "delta retention 1.000" in res.out
+    ck = Checkpoint(tmp_path / "m")
+    assert {ck.dtype(k) for k in ck.keys()} == {torch.float32}
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["torch_dtype"] == "float32"
+    q = "model.layers.0.self_attn.q_proj.weight"
+    base_q = Checkpoint(b16).get(q).float()
+    assert torch.equal(ck.get(q), base_q + load_adapter(lora).delta(q[:-7]))
+    # untouched tensors are the bf16 values, widened exactly
+    assert torch.equal(ck.get("model.embed_tokens.weight"), Checkpoint(b16).get("model.embed_tokens.weight").float())
+    man = read_manifest(tmp_path / "m")
+    assert man["delta_retention"] == 1.0 and man["lineage"][-1] == {"role": "dtype", "dtype": "float32"}
+    # the same merge in the base's own dtype is another artifact, with less of the delta
+    kept = read_manifest(merge_checkpoint(b16, task=lora, out=tmp_path / "m16", progress=False))["delta_retention"]
+    assert kept < 0.95
+    bad = run_cli("merge", "--base", b16, "--task", lora, "--out", tmp_path / "bad", "--dtype", "int8")
+    assert bad.code != 0 and "unknown merge dtype 'int8'" in bad.err and not (tmp_path / "bad").exists()
+
+
 def test_refusals(tiny_model, adapters, tmp_path, run_cli):
     task, safety = adapters
     dest = tmp_path / "out"

@@ -58,7 +58,7 @@ class Server:
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
         env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         env.setdefault("OMP_NUM_THREADS", os.environ.get("SMOLLM2_THREADS", "1"))
-        dtype = os.environ.get("SMOLLM2_EVAL_DTYPE", "float32")
+        dtype = eval_dtype()
         # Our server keeps '+' for its own variant names and wants lowercase base names, so the study's baseline
         # names (A, D, task+method) go to a plain vLLM server with the same engine flags (responses identical:
         # checked on 4 prompts of the original model, 2026-11-28).
@@ -144,6 +144,16 @@ def _done(out: Path, model: str, n: int) -> bool:
     return k >= n
 
 
+def eval_dtype() -> str:
+    """The engine dtype of every evaluation server (``SMOLLM2_EVAL_DTYPE``, default float32: see ``Server``)."""
+    return os.environ.get("SMOLLM2_EVAL_DTYPE", "float32")
+
+
+def merge_dtype() -> str | None:
+    """float32 merges for a float32 engine (the whole delta survives); otherwise the base's own dtype."""
+    return "float32" if eval_dtype() in ("float32", "float") else None
+
+
 def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     """``(served name, task or None, build(tmpdir) -> model folder)`` in evaluation priority order."""
     from safegene_runtime.merge import merge_checkpoint
@@ -151,28 +161,33 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     out: list = [("original", None, lambda tmp: study.base()), ("A", "*", lambda tmp: study.A()),
                  ("D", None, lambda tmp: study.d_model()[0])]
 
+    # Merge in the engine's dtype: A is bf16 and its safety delta is about one bf16 step of W, so a bf16 merge
+    # keeps only ~half of λ·ΔS (docs/results.md, "bf16 merges lose part of the deltas"); fp32 keeps all of it.
+    dt = merge_dtype()
+
     def merged(task, setting, method):
         def build(tmp: Path) -> Path:
             t = study.task_adapter(task, setting) / "adapter"
             if method == "alone":
-                return merge_checkpoint(study.A(), task=t, out=tmp / "m", progress=False)
+                return merge_checkpoint(study.A(), task=t, out=tmp / "m", progress=False, dtype=dt)
             if method in ("safegene", "safegene-ce"):
                 # safegene-ce: the first study's refusal term (cross-entropy of A's wording), kept as an ablation
                 loss = "ce" if method == "safegene-ce" else None
                 c = study.calibrate(task, setting, refusal_loss=loss) / "coefficients.json"
                 return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter", coefficients=c,
-                                        out=tmp / "m", progress=False)
+                                        out=tmp / "m", progress=False, dtype=dt)
             if method.startswith("uniform"):
                 lam = float(method[len("uniform"):])
                 return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter",
-                                        coefficients=Coefficients.uniform(lam), out=tmp / "m", progress=False)
+                                        coefficients=Coefficients.uniform(lam), out=tmp / "m", progress=False,
+                                        dtype=dt)
             if method == "safelora":
-                return study.safelora(task, setting, tmp)
+                return study.safelora(task, setting, tmp, dtype=dt)
             if method == "safegene-all":
                 # selection ablation: calibrated on every layer of the unselected safety adapter
                 c = study.calibrate(task, setting, all_layers=True) / "coefficients.json"
                 return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter", coefficients=c,
-                                        out=tmp / "m", progress=False)
+                                        out=tmp / "m", progress=False, dtype=dt)
             if method == "safegene-r16":
                 # Serving-modes issue: the calibrated stack re-factorised to the task adapter's own rank (16), so
                 # an engine's --max-lora-rank does not grow; merged here because the weights are the same function.
@@ -182,16 +197,17 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                 stacked = stack_adapters(t, study.select() / "adapter", c, out=tmp / "r16", rank_budget=16)
                 (study.root / "rank-budget").mkdir(exist_ok=True)
                 shutil.copy2(stacked / "manifest.json", study.root / "rank-budget" / f"{task}-{setting}.json")
-                return merge_checkpoint(study.A(), task=stacked, out=tmp / "m", progress=False)
+                return merge_checkpoint(study.A(), task=stacked, out=tmp / "m", progress=False, dtype=dt)
             raise ValueError(method)
         return build
 
     # Priority: what the targets need first (each adapter alone, SafeGene, then every baseline at the pilot's λ = 1
-    # and Safe LoRA), then the rank-budget check where calibration puts the most safety in, then the λ grid's ends.
+    # and Safe LoRA), then the λ grid's ends, the rank-budget check, and the ablations (the old refusal term; no
+    # layer selection, whose all-layer calibrations cost the most).
     plan = [(s, "alone") for s in SETTINGS] + [(s, "safegene") for s in SETTINGS] + \
-        [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + [("mix10", "safegene-r16")] + \
-        [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [("clean", "safegene-r16")] + \
-        [(s, "safegene-all") for s in SETTINGS] + [(s, "safegene-ce") for s in SETTINGS]
+        [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + \
+        [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [(s, "safegene-r16") for s in SETTINGS] + \
+        [(s, "safegene-ce") for s in SETTINGS] + [(s, "safegene-all") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

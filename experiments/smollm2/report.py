@@ -42,6 +42,25 @@ def collect(study: Study) -> dict:
     return rows
 
 
+def precision(study: Study, rows: dict) -> list[str]:
+    """bf16 merges (the archived first evaluation, ``eval/archive-bf16-merge``) against float32 merges (current), per
+    variant measured both ways: how much of each number was rounding. Empty when there is no archive."""
+    from .evaluate import eval_root
+
+    old = _load(eval_root(study) / "archive-bf16-merge" / "safety" / "results.json")
+    both = [n for n in old if n in rows and rows[n].get("harmful_response_rate")]
+    if not both:
+        return []
+    out = ["| variant | harmful % (bf16 merge → fp32 merge) | over-refusal % (bf16 → fp32) |", "|---|---|---|"]
+    for n in both:
+        pair = []
+        for k in ("harmful_response_rate", "over_refusal_rate"):
+            a, b = _pct(old[n].get(k)), _pct(rows[n].get(k))
+            pair.append("–" if a is None or b is None else f"{a:.1f} → {b:.1f}")
+        out.append(f"| {n} | " + " | ".join(pair) + " |")
+    return out
+
+
 METHODS = ["alone", "safegene", "safegene-r16", "safegene-all", "safegene-ce", "uniform0.5", "uniform1", "uniform2",
            "safelora"]
 
@@ -148,6 +167,10 @@ def markdown(study: Study) -> str:
         empty = f"{e.get('harmful', '–')} / {e.get('benign', '–')}" if e else "–"
         out.append(f"| {name} | {fmt_rate(r.get('harmful_response_rate'))} | {fmt_rate(r.get('over_refusal_rate'))} "
                    f"| {fmt_rate(r.get('task_accuracy'))} | {empty} |")
+    prec = precision(study, rows)
+    if prec:
+        out += ["", "Merge precision: the same variants merged into A in bf16 (first evaluation, archived) and in float32 "
+                "(current), both served in float32:", ""] + prec
     out += ["", "Calibrated coefficients (λ per layer; layers not listed are 0):", ""]
     cals = [(d.parent.name, json.loads(d.read_text())) for d in sorted(study.root.glob("calibrate-*/coefficients.json"))]
     for name, c in cals:

@@ -364,14 +364,14 @@ class Study:
                            {"A": a.name, "safety": s.name, "task": t.name}, build)
 
     # -- Safe LoRA baseline (projection of the task update onto the safety subspace), from the runtime
-    def safelora(self, task: str, setting: str, tmp: Path) -> Path:
+    def safelora(self, task: str, setting: str, tmp: Path, dtype: str | None = None) -> Path:
         """Merged checkpoint A + SafeLoRA(task), with V = W(A) − W(D) streamed from the two checkpoints."""
         from safegene_runtime.baselines import safe_lora
         from safegene_runtime.merge import merge_checkpoint
 
         projected = safe_lora(self.task_adapter(task, setting) / "adapter", aligned=self.A(), degraded=self.D(),
                               out=tmp / "safelora")
-        return merge_checkpoint(self.A(), task=Path(projected), out=tmp / "m", progress=False)
+        return merge_checkpoint(self.A(), task=Path(projected), out=tmp / "m", progress=False, dtype=dtype)
 
     # -- driver
     def run(self, stages: list[str]) -> None:

@@ -85,6 +85,41 @@ def test_check_builds_merged_checkpoint(run_cli, tmp_path, family):
     assert sha256_file(merged / shards[0]) != sha256_file(Path(family["base"]) / shards[0])
 
 
+def test_float32_engine_merges_a_bf16_base_in_float32(run_cli, tmp_path):
+    """On a bf16 base the merge follows the engine: float32 engine → fp32 checkpoint (whole delta, retention 1.0);
+    bf16 engine → bf16 checkpoint (the same sum rounded to bf16, where a small delta partly rounds away)."""
+    import torch
+
+    from safegene_runtime.artifacts import read_manifest
+    from safegene_runtime.checkpoints import Checkpoint
+    from safegene_runtime.testing.tiny import make_tiny_model
+
+    base = make_tiny_model(tmp_path / "b16", dtype=torch.bfloat16)
+    fam = build_tiny_family(tmp_path / "fam", base=base)
+    built = {}
+    for dt in ("float32", "bfloat16"):
+        cfg = tiny_config(tmp_path / dt, fam, port=1, tasks=_tasks(fam), judges=[])
+        cfg["engine"]["dtype"] = dt
+        res = run_cli("serve", "--config", write_config(tmp_path / f"{dt}.yaml", cfg), "--check")
+        assert res.code == 0, res.err
+        line = next(ln for ln in res.out.splitlines() if "alpha-fast+safegene" in ln)
+        built[dt] = Path(line.split()[-1])
+    f32, b16 = Checkpoint(built["float32"]), Checkpoint(built["bfloat16"])
+    assert {f32.dtype(k) for k in f32.keys()} == {torch.float32}
+    assert {b16.dtype(k) for k in b16.keys()} == {torch.bfloat16}
+    assert json.loads((built["float32"] / "config.json").read_text())["torch_dtype"] == "float32"
+    assert read_manifest(built["float32"])["delta_retention"] == 1.0
+    q = "model.layers.1.self_attn.q_proj.weight"
+    from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.coefficients import load_coefficients
+
+    lam = load_coefficients(fam["coefficients"]).of(1)
+    exact = Checkpoint(base).get(q).float() + load_adapter(fam["alpha"]).delta(q[:-7]) + \
+        lam * load_adapter(fam["safety"]).delta(q[:-7])
+    assert torch.allclose(f32.get(q), exact, atol=1e-6) and torch.equal(b16.get(q), exact.to(torch.bfloat16))
+    assert 0 < (f32.get(q) - b16.get(q).float()).abs().max() < 0.02  # the same weights, rounded differently
+
+
 def test_config_that_does_not_fit_in_memory_is_refused(run_cli, tmp_path, family, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
     # tests run with VLLM_CPU_KVCACHE_SPACE=1: each engine needs ~1 GiB KV + tiny weights; 1.5 GiB holds one engine
