@@ -25,6 +25,12 @@ Two refusal terms (``refusal_loss``), both over A's own greedy refusal y_A(x) to
   task data only (docs/results.md): their refusals are worded differently from A's, so adding safety *raised* the
   CE of A's wording (0.70 → 1.21 at λ = 1) while the refusal rate rose, and calibration chose λ ≈ 0.
 
+Two more knobs, both off by default (measured on SmolLM2 with exact float32 merges, docs/results.md):
+``margin_target`` τ makes the term ``softplus(τ − margin)`` so it keeps pushing past a tie (τ = 2 moved
+reverse-mix10's HR only from 37% to 34%); ``benign_tokens`` restricts the benign KL to the opening N tokens of A's
+answers, where an over-refusing model stops (N = 4 made the benign term dominate: topic-clean HR 52% with no
+over-refusal, against 6% HR and 25% over-refusal, mostly empty replies, with all 16 tokens).
+
 How it stays cheap on a CPU *(ours)*: the teacher targets (greedy generations of A and of A+T) and the teacher
 distributions are computed once and cached; each Adam step uses one minibatch per term (``batch_size``, cycling
 through a seeded permutation; the full set when it is smaller); sequences are truncated (prompt to its last
@@ -53,9 +59,11 @@ from .coefficients import Coefficients, save_coefficients
 
 TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl")
 REFUSAL_LOSSES = ("margin", "ce")
-# The default objective; both are part of the server registry's cache key for coefficients it calibrates.
+# The default objective; all four are part of the server registry's cache key for coefficients it calibrates.
 DEFAULT_REFUSAL_LOSS = "margin"
 DEFAULT_MARGIN_TOKENS = 4
+DEFAULT_MARGIN_TARGET = 0.0
+DEFAULT_BENIGN_TOKENS: int | None = None  # None: the whole (max_target_tokens) answer
 
 
 @dataclass
@@ -133,14 +141,14 @@ def _mean_logprob(lp: torch.Tensor, target: list[int]) -> torch.Tensor:
     return lp.gather(-1, torch.tensor(target, device=lp.device)[:, None]).mean()
 
 
-def _term_loss(model, term: str, shots: list[_Shot], pad: int) -> torch.Tensor:
+def _term_loss(model, term: str, shots: list[_Shot], pad: int, margin_target: float = 0.0) -> torch.Tensor:
     if term == "refusal_margin":
         # One forward over the refusals and the compliant answers together (both already cut to margin_tokens).
         lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
         n = len(shots)
         margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
                                for i, s in enumerate(shots)])
-        return torch.nn.functional.softplus(-margins).mean()
+        return torch.nn.functional.softplus(margin_target - margins).mean()
     lps = _target_logprobs(model, shots, pad)
     per = []
     for s, lp in zip(shots, lps):
@@ -195,6 +203,8 @@ def calibrate(
     layers: Sequence[int] | None = None,
     refusal_loss: str = DEFAULT_REFUSAL_LOSS,
     margin_tokens: int = DEFAULT_MARGIN_TOKENS,
+    margin_target: float = DEFAULT_MARGIN_TARGET,
+    benign_tokens: int | None = DEFAULT_BENIGN_TOKENS,
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
@@ -205,7 +215,9 @@ def calibrate(
     ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
     used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection.
     ``refusal_loss``: ``"margin"`` or ``"ce"``; ``margin_tokens``: opening tokens the margin compares (module
-    docstring).
+    docstring); ``margin_target``: τ in ``softplus(τ − margin)``, how far past a tie to push (nats per token).
+    ``benign_tokens``: compare only the first N tokens of A's benign answers in the benign KL (None: all
+    ``max_target_tokens``); the opening is where an over-refusing model stops or refuses.
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
     """
@@ -217,11 +229,14 @@ def calibrate(
     base, task, safety = Path(base), Path(task), Path(safety)
     for name, v in (("steps", steps), ("batch_size", batch_size), ("gen_batch_size", gen_batch_size),
                     ("max_new_tokens", max_new_tokens),
-                    ("max_prompt_tokens", max_prompt_tokens), ("margin_tokens", margin_tokens)):
+                    ("max_prompt_tokens", max_prompt_tokens), ("margin_tokens", margin_tokens),
+                    ("benign_tokens", 1 if benign_tokens is None else benign_tokens)):
         if int(v) < (0 if name == "steps" else 1):
             raise ValueError(f"{name} must be positive (got {v})")
     if refusal_loss not in REFUSAL_LOSSES:
         raise ValueError(f"refusal_loss must be one of {', '.join(REFUSAL_LOSSES)} (got {refusal_loss!r})")
+    if not math.isfinite(margin_target):
+        raise ValueError(f"margin_target must be a finite number (got {margin_target})")
     if not lambda_max > 0 or not math.isfinite(lambda_max):
         raise ValueError(f"lambda_max must be a positive number (got {lambda_max})")
     if min(beta, gamma, penalty, lr) < 0:
@@ -268,7 +283,8 @@ def calibrate(
             with lf.mode(fixed=False, scaled=False):
                 refusals = teach(harmful, "refusals (A)")
                 if benign and gamma > 0:
-                    data["benign_kl"] = teach(benign, "benign (A)")
+                    data["benign_kl"] = [_Shot(b.prompt, b.target[:benign_tokens] if benign_tokens else b.target)
+                                         for b in teach(benign, "benign (A)")]
             with lf.mode(fixed=True, scaled=False):
                 if beta > 0:
                     data["task_kl"] = teach(task_shots, "task (A+T)")
@@ -302,7 +318,8 @@ def calibrate(
                 with torch.no_grad():
                     for term, shots in data.items():
                         chunks = [shots[i : i + batch_size] for i in range(0, len(shots), batch_size)]
-                        res[term] = sum(float(_term_loss(model, term, c, pad)) * len(c) for c in chunks) / len(shots)
+                        res[term] = sum(float(_term_loss(model, term, c, pad, margin_target)) * len(c)
+                                        for c in chunks) / len(shots)
                     res["penalty"] = float(penalty * (lf.lambdas**2).sum())
                 res["total"] = sum(weights[t] * res[t] for t in data) + res["penalty"]
                 return res
@@ -317,7 +334,8 @@ def calibrate(
                 loss = penalty * (lf.lambdas**2).sum()
                 for term in data:
                     idx = batches[term].next()
-                    loss = loss + weights[term] * _term_loss(model, term, [data[term][i] for i in idx], pad)
+                    loss = loss + weights[term] * _term_loss(model, term, [data[term][i] for i in idx], pad,
+                                                             margin_target)
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
@@ -346,6 +364,7 @@ def calibrate(
                           if refusal_loss == "margin" else "CE(A refusals | harmful)")
                          + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign) + penalty*sum(lambda^2)",
             "refusal_loss": refusal_loss, "margin_tokens": margin_tokens if refusal_loss == "margin" else None,
+            "margin_target": margin_target if refusal_loss == "margin" else None, "benign_tokens": benign_tokens,
             "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,

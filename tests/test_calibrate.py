@@ -97,6 +97,25 @@ def test_cross_entropy_refusal_term_still_restores_refusal(fam, shots):
         calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], refusal_loss="kl", **FAST)
 
 
+def test_margin_target_pushes_further_and_benign_window_is_recorded(fam, shots):
+    """τ > 0 keeps the margin term from saturating at a tie, so calibration puts more safety in; the benign KL
+    window (``benign_tokens``) is recorded with the objective."""
+    from safegene_runtime.calibrate import calibrate
+
+    kw = dict(init=0.0, steps=20, lr=0.1, seed=0, **FAST)
+    plain = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"], **kw)
+    pushed = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
+                       margin_target=2.0, benign_tokens=2, **kw)
+    assert sum(pushed.layers.values()) > sum(plain.layers.values()) + 0.1, (plain.layers, pushed.layers)
+    m = pushed.meta["method"]
+    assert m["margin_target"] == 2.0 and m["benign_tokens"] == 2
+    assert plain.meta["method"]["margin_target"] == 0.0 and plain.meta["method"]["benign_tokens"] is None
+    for bad, needle in ((dict(margin_target=float("nan")), "margin_target must be a finite number"),
+                        (dict(benign_tokens=0), "benign_tokens must be positive")):
+        with pytest.raises(ValueError, match=needle):
+            calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], **FAST, **bad)
+
+
 def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):
     from safegene_runtime.calibrate import calibrate
 
@@ -144,3 +163,5 @@ def test_calibrate_cli(fam, shots, run_cli, tmp_path):
     assert r.code == 1 and "[7]" in r.err and not (tmp_path / "x4.json").exists()
     r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--margin-tokens", "0", "--out", tmp_path / "x5.json")
     assert r.code == 1 and "margin_tokens must be positive" in r.err and not (tmp_path / "x5.json").exists()
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--benign-tokens", "-2", "--out", tmp_path / "x6.json")
+    assert r.code == 1 and "benign_tokens must be positive" in r.err and not (tmp_path / "x6.json").exists()

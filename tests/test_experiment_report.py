@@ -88,3 +88,12 @@ def test_precision_table_pairs_archived_bf16_rows_with_current_ones(tmp_path):
                                                               "gone": _row(50, 0)}}))
     lines = precision(study, rows)
     assert lines[2:] == ["| sentiment-clean+safegene | 12.0 → 4.0 | 1.0 → 2.0 |"]  # only variants measured both ways
+
+
+def test_term_names_the_objective_and_its_knobs():
+    from experiments.smollm2.report import _term
+
+    assert _term({"method": {}}) == "ce"  # written before the option existed
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4}}) == "margin (4 tokens)"
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "margin_target": 2.0,
+                             "benign_tokens": 4}}) == "margin (4 tokens, τ 2, benign KL 4 tokens)"

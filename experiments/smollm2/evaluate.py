@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -176,6 +177,14 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                 c = study.calibrate(task, setting, refusal_loss=loss) / "coefficients.json"
                 return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter", coefficients=c,
                                         out=tmp / "m", progress=False, dtype=dt)
+            m = re.fullmatch(r"safegene-b(\d+)(?:t([\d.]+))?", method)
+            if m:
+                # objective ablations: safegene-b<N>[t<τ>] = benign KL over A's first N answer tokens (b16: all
+                # 16), margin term softplus(τ − margin) (no t: τ = 0)
+                c = study.calibrate(task, setting, benign_tokens=int(m.group(1)),
+                                    margin_target=float(m.group(2) or 0))
+                return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter",
+                                        coefficients=c / "coefficients.json", out=tmp / "m", progress=False, dtype=dt)
             if method.startswith("uniform"):
                 lam = float(method[len("uniform"):])
                 return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter",
@@ -207,7 +216,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     plan = [(s, "alone") for s in SETTINGS] + [(s, "safegene") for s in SETTINGS] + \
         [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + \
         [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [(s, "safegene-r16") for s in SETTINGS] + \
-        [(s, "safegene-ce") for s in SETTINGS] + [(s, "safegene-all") for s in SETTINGS]
+        [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

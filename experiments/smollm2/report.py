@@ -150,7 +150,10 @@ def _term(coefficients: dict) -> str:
     m = coefficients.get("method", {})
     loss = m.get("refusal_loss", "ce")  # coefficients written before the option existed used "ce"
     if loss == "margin":
-        return f"margin ({m.get('margin_tokens') or 16} tokens)"  # the first margin runs compared 16 tokens
+        out = f"margin ({m.get('margin_tokens') or 16} tokens"  # the first margin runs compared 16 tokens
+        out += f", τ {m['margin_target']:g}" if m.get("margin_target") else ""
+        out += f", benign KL {m['benign_tokens']} tokens" if m.get("benign_tokens") else ""
+        return out + ")"
     return loss
 
 

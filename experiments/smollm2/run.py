@@ -329,10 +329,21 @@ class Study:
                                                                              "safety": s.name}, build)
 
     # -- 6. per-adapter calibration
-    def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None) -> Path:
+    def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None,
+                  benign_tokens: int | None = None, margin_target: float | None = None) -> Path:
         """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation);
-        ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective)."""
+        ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective);
+        ``benign_tokens``: override the profile's benign KL window (0 or 16: all 16 answer tokens, as before);
+        ``margin_target``: override the profile's τ of the margin term (0: none, as before)."""
         p = dict(self.p["calibrate"])
+        if margin_target is not None:
+            p["margin_target"] = margin_target
+        if not p.get("margin_target"):
+            p.pop("margin_target", None)
+        if benign_tokens is not None:
+            p["benign_tokens"] = benign_tokens
+        if not p.get("benign_tokens") or p["benign_tokens"] >= 16:  # 16 = max_target_tokens: the whole answer,
+            p.pop("benign_tokens", None)  # as stages built before the option existed (no key in their hash)
         loss = refusal_loss or p.get("refusal_loss", "ce")
         if loss == "ce":
             # Stages built before the option existed used "ce" and have no key in their hash: keep finding them.
@@ -355,7 +366,8 @@ class Study:
                           lr=p.get("lr", 0.05),
                           max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
                           batch_size=p.get("batch_size", 8), refusal_loss=loss,
-                          margin_tokens=p.get("margin_tokens", 16),
+                          margin_tokens=p.get("margin_tokens", 16), benign_tokens=p.get("benign_tokens"),
+                          margin_target=float(p.get("margin_target", 0.0)),
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 

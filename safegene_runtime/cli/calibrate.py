@@ -44,6 +44,11 @@ def register(subparsers) -> None:
                         "cross-entropy of the base's refusal")
     p.add_argument("--margin-tokens", type=int, default=4,
                    help="answer tokens the margin compares: the opening, where refusing is decided (default 4)")
+    p.add_argument("--margin-target", type=float, default=0.0, metavar="TAU",
+                   help="push the margin past TAU nats per token, softplus(TAU - margin) (default 0)")
+    p.add_argument("--benign-tokens", type=int, default=0, metavar="N",
+                   help="benign KL over the first N tokens of the base's answers, where an over-refusing model "
+                        "stops or refuses (default 0: all --max-target-tokens)")
     p.add_argument("--layers", help="comma-separated layers to calibrate (overrides the safety manifest)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
@@ -71,7 +76,8 @@ def run(args) -> int:
         penalty=args.penalty, init=args.init, max_new_tokens=args.max_new_tokens,
         max_target_tokens=args.max_target_tokens or None, max_prompt_tokens=args.max_prompt_tokens,
         batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss,
-        margin_tokens=args.margin_tokens, device=args.device,
+        margin_tokens=args.margin_tokens, margin_target=args.margin_target,
+        benign_tokens=args.benign_tokens or None, device=args.device,
         out=args.out, shot_sources=sources,
     )
     loss = c.meta["loss"]
