@@ -54,10 +54,15 @@ def test_targets_not_met_and_unmeasured():
 
 
 def test_pivot_cells():
-    rows = {"sentiment-clean": _row(80, 1, 98), "sentiment-clean+safegene": _row(6, 3)}
-    line = pivot(STUDY, rows)[2]
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[:3] == ["sentiment-clean", "80.0 / 1.0 / 98.0", "6.0 / 3.0 / –"] and cells[3] == "– / – / –"
+    rows = {"sentiment-clean": _row(80, 1, 98), "sentiment-clean+safegene": _row(6, 3),
+            "topic-clean+uniform1": _row(9, 80, 100)}
+    study = SimpleNamespace(settings=["clean"], task_names=["sentiment", "topic"])
+    head, _, sent, topic = pivot(study, rows)
+    # only methods measured on some adapter get a column
+    assert [c.strip() for c in head.strip("|").split("|")] == ["adapter", "alone", "safegene", "uniform1"]
+    assert [c.strip() for c in sent.strip("|").split("|")] == ["sentiment-clean", "80.0 / 1.0 / 98.0",
+                                                               "6.0 / 3.0 / –", "– / – / –"]
+    assert topic.split("|")[-2].strip() == "9.0 / 80.0 / 100.0"
 
 
 def test_probe_rejects_a_bad_spec_before_loading_any_model(capsys):

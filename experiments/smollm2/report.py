@@ -61,8 +61,8 @@ def precision(study: Study, rows: dict) -> list[str]:
     return out
 
 
-METHODS = ["alone", "safegene", "safegene-r16", "safegene-all", "safegene-ce", "uniform0.5", "uniform1", "uniform2",
-           "safelora"]
+METHODS = ["alone", "safegene", "safegene-all", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
+           "uniform0.5", "uniform1", "uniform2", "safelora"]
 
 
 def _pct(r: dict | None) -> float | None:
@@ -75,13 +75,15 @@ def _cell(r: dict) -> str:
 
 
 def pivot(study: Study, rows: dict) -> list[str]:
-    """One row per adapter, one column per method: 'harmful % / over-refusal % / task accuracy %'."""
-    out = ["| adapter | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
-    for setting in study.settings:
-        for t in study.task_names:
-            adapter = f"{t}-{setting}"
-            cells = [_cell(rows.get(adapter if m == "alone" else f"{adapter}+{m}", {})) for m in METHODS]
-            out.append(f"| {adapter} | " + " | ".join(cells) + " |")
+    """One row per adapter, one column per method measured on at least one adapter: 'harmful % / over-refusal % /
+    task accuracy %' ('–' where that adapter was not measured)."""
+    adapters = [f"{t}-{setting}" for setting in study.settings for t in study.task_names]
+    key = lambda a, m: a if m == "alone" else f"{a}+{m}"  # noqa: E731
+    methods = [m for m in METHODS if m == "alone" or any(key(a, m) in rows for a in adapters)]
+    out = ["| adapter | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for adapter in adapters:
+        cells = [_cell(rows.get(key(adapter, m), {})) for m in methods]
+        out.append(f"| {adapter} | " + " | ".join(cells) + " |")
     return out
 
 
