@@ -102,3 +102,13 @@ def test_term_names_the_objective_and_its_knobs():
     assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4}}) == "margin (4 tokens)"
     assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "margin_target": 2.0,
                              "benign_tokens": 4}}) == "margin (4 tokens, τ 2, benign KL 4 tokens)"
+
+
+def test_targets_for_the_selection_ablation_list_only_measured_adapters():
+    study = SimpleNamespace(settings=["clean", "mix10"], task_names=["sentiment"])
+    rows = {"A": _row(1, 0), "sentiment-clean": _row(70, 0, 100), "sentiment-mix10": _row(90, 0, 100),
+            "sentiment-mix10+safegene-all": _row(6, 1, 100)}
+    lines = targets(study, rows, method="safegene-all")
+    assert not any("sentiment-clean + " in ln for ln in lines)  # not measured there: no rows, no '?'
+    harm = next(ln for ln in lines if "sentiment-mix10 + SafeGene (safegene-all): harm" in ln)
+    assert harm.endswith("| met |")
