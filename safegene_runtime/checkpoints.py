@@ -36,6 +36,23 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2"), (
     if hasattr(torch, _attr):
         _DTYPES[_name] = getattr(torch, _attr)
 
+#: dtype names users give (``safegene merge --dtype``, ``safegene extract --dtype``) -> torch dtypes
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``None`` (keep the base's), a ``torch`` floating dtype, or one of :data:`DTYPES`' names."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating dtype, got {dtype}")
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}") from None
+
+
 #: decoder-layer linear weights of Llama / Qwen2 / Mistral / Gemma: ``model.layers.N.{self_attn,mlp}.<kind>.weight``
 _LINEAR_RE = re.compile(
     r"^(?P<module>(?:.*\.)?layers\.\d+\.(?:self_attn|mlp)\.(?P<kind>" + "|".join(LINEAR_MODULES) + r"))\.weight$"

@@ -26,7 +26,7 @@ import torch
 
 from .adapters import AdapterError, LoraAdapter, layer_index, load_adapter
 from .artifacts import MANIFEST, ArtifactWriter, describe_input, read_manifest
-from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, weights_fingerprint
+from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, resolve_dtype, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
 from .stack import check_coefficients, single_thread
@@ -70,23 +70,6 @@ def merge_checkpoint(
     with single_thread():  # per-module adds and casts: OpenMP hand-offs only slow them down (see stack.single_thread)
         return _merge(base, task=task, safety=safety, coefficients=coefficients, out=out, store=store, name=name,
                       progress=progress, dtype=resolve_dtype(dtype))
-
-
-#: dtype names accepted by ``merge_checkpoint(dtype=...)`` and ``safegene merge --dtype``
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32, "bfloat16": torch.bfloat16,
-          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """``None`` (keep the base's), a ``torch`` floating dtype, or one of :data:`DTYPES`' names."""
-    if dtype is None or isinstance(dtype, torch.dtype):
-        if isinstance(dtype, torch.dtype) and not dtype.is_floating_point:
-            raise ValueError(f"merge dtype must be a floating dtype, got {dtype}")
-        return dtype
-    try:
-        return DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(f"unknown merge dtype {dtype!r}; use one of {', '.join(sorted(DTYPES))}") from None
 
 
 def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtype) -> Path:

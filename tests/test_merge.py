@@ -148,7 +148,7 @@ def test_float32_merge_of_a_bf16_base_keeps_the_whole_delta(tmp_path, run_cli):
     kept = read_manifest(merge_checkpoint(b16, task=lora, out=tmp_path / "m16", progress=False))["delta_retention"]
     assert kept < 0.95
     bad = run_cli("merge", "--base", b16, "--task", lora, "--out", tmp_path / "bad", "--dtype", "int8")
-    assert bad.code != 0 and "unknown merge dtype 'int8'" in bad.err and not (tmp_path / "bad").exists()
+    assert bad.code != 0 and "unknown dtype 'int8'" in bad.err and not (tmp_path / "bad").exists()
 
 
 def test_refusals(tiny_model, adapters, tmp_path, run_cli):

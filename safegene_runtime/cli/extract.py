@@ -36,11 +36,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from ..checkpoints import resolve_dtype
     from ..extract import extract_safety_adapter
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    dtype = resolve_dtype(args.dtype)
     layers = None
     if args.layers:
         try:
