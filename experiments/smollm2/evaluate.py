@@ -169,34 +169,34 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     def merged(task, setting, method):
         def build(tmp: Path) -> Path:
             t = study.task_adapter(task, setting) / "adapter"
+
+            def merge(**kw) -> Path:  # A + the given deltas, in the engine's dtype
+                return merge_checkpoint(study.A(), out=tmp / "m", progress=False, dtype=dt, **kw)
+
+            def calibrated(stage: Path, safety: Path) -> Path:  # A + ΔT + λ·ΔS with a calibration stage's λ
+                return merge(task=t, safety=safety / "adapter", coefficients=stage / "coefficients.json")
+
             if method == "alone":
-                return merge_checkpoint(study.A(), task=t, out=tmp / "m", progress=False, dtype=dt)
+                return merge(task=t)
             if method in ("safegene", "safegene-ce"):
                 # safegene-ce: the first study's refusal term (cross-entropy of A's wording), kept as an ablation
                 loss = "ce" if method == "safegene-ce" else None
-                c = study.calibrate(task, setting, refusal_loss=loss) / "coefficients.json"
-                return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter", coefficients=c,
-                                        out=tmp / "m", progress=False, dtype=dt)
+                return calibrated(study.calibrate(task, setting, refusal_loss=loss), study.select())
             m = re.fullmatch(r"safegene-b(\d+)(?:t([\d.]+))?", method)
             if m:
                 # objective ablations: safegene-b<N>[t<τ>] = benign KL over A's first N answer tokens (b16: all
                 # 16), margin term softplus(τ − margin) (no t: τ = 0)
-                c = study.calibrate(task, setting, benign_tokens=int(m.group(1)),
-                                    margin_target=float(m.group(2) or 0))
-                return merge_checkpoint(study.A(), task=t, safety=study.select() / "adapter",
-                                        coefficients=c / "coefficients.json", out=tmp / "m", progress=False, dtype=dt)
+                stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)),
+                                        margin_target=float(m.group(2) or 0))
+                return calibrated(stage, study.select())
             if method.startswith("uniform"):
                 lam = float(method[len("uniform"):])
-                return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter",
-                                        coefficients=Coefficients.uniform(lam), out=tmp / "m", progress=False,
-                                        dtype=dt)
+                return merge(task=t, safety=study.safety() / "adapter", coefficients=Coefficients.uniform(lam))
             if method == "safelora":
                 return study.safelora(task, setting, tmp, dtype=dt)
             if method == "safegene-all":
                 # selection ablation: calibrated on every layer of the unselected safety adapter
-                c = study.calibrate(task, setting, all_layers=True) / "coefficients.json"
-                return merge_checkpoint(study.A(), task=t, safety=study.safety() / "adapter", coefficients=c,
-                                        out=tmp / "m", progress=False, dtype=dt)
+                return calibrated(study.calibrate(task, setting, all_layers=True), study.safety())
             if method == "safegene-r16":
                 # Serving-modes issue: the calibrated stack re-factorised to the task adapter's own rank (16), so
                 # an engine's --max-lora-rank does not grow; merged here because the weights are the same function.
@@ -206,7 +206,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                 stacked = stack_adapters(t, study.select() / "adapter", c, out=tmp / "r16", rank_budget=16)
                 (study.root / "rank-budget").mkdir(exist_ok=True)
                 shutil.copy2(stacked / "manifest.json", study.root / "rank-budget" / f"{task}-{setting}.json")
-                return merge_checkpoint(study.A(), task=stacked, out=tmp / "m", progress=False, dtype=dt)
+                return merge(task=stacked)
             raise ValueError(method)
         return build
 
