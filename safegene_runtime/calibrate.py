@@ -7,6 +7,7 @@ For a task adapter T and a safety adapter S (with its selected layers), learn on
     L(λ) = mean_{x∈H'} R_λ(x)                        refusal term (below)
          + β · mean_{x∈T} KL(p_T(·|x) ‖ p_λ(·|x))     task term: over T's own greedy answer tokens
          + γ · mean_{x∈B} KL(p_A(·|x) ‖ p_λ(·|x))     benign term: over A's own greedy answer tokens
+         + δ · mean_{x∈B'} C_λ(x)                     benign contrast (below; off when δ = 0)
          + penalty · Σ λ_l²
 
 The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode safety (pilot-findings.md).
@@ -40,6 +41,15 @@ generation uses a larger batch (``gen_batch_size``: decoding is memory-bound, so
 Backpropagation stops by itself at the lowest selected layer (nothing below it needs a gradient). The model is
 frozen in fp32; only λ has a gradient. Same inputs and seed, same λ (deterministic ops, seeded permutations).
 
+The benign contrast *(ours)* ``C_λ(x)`` is the refusal margin's mirror image, over the benign shots B' ⊆ B that A
+answers (does not refuse): ``½·softplus(−(ℓ_λ(y_A|x) − ℓ_λ(r|x))) + ½·softplus(−(log p_λ(y_A,1|x) − log p_λ(EOS|x)))``
+with ``r`` one of A's own refusals to a harmful shot (paired by index), both cut to ``margin_tokens``. It asks to
+*prefer A's answer over a refusal and over stopping at once* in the opening tokens, which is where an over-refusing
+model decides. The benign KL alone does not see that decision: averaged over 16 answer tokens, a model that refused
+or answered with nothing on 12 of 32 benign shots cost 0.18 nats per token (sentiment-clean over all layers,
+docs/results.md). Like the refusal margin it saturates once answering is clearly preferred, so it is a barrier,
+not a pull towards λ = 0.
+
 Per-example losses are averaged over the example's target tokens, then over examples.
 """
 
@@ -57,13 +67,14 @@ from .adapters import AdapterError, load_adapter
 from .artifacts import ArtifactError, canonical_json, describe_input, sha256_bytes
 from .coefficients import Coefficients, save_coefficients
 
-TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl")
+TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin")
 REFUSAL_LOSSES = ("margin", "ce")
 # The default objective; all four are part of the server registry's cache key for coefficients it calibrates.
 DEFAULT_REFUSAL_LOSS = "margin"
 DEFAULT_MARGIN_TOKENS = 4
 DEFAULT_MARGIN_TARGET = 0.0
 DEFAULT_BENIGN_TOKENS: int | None = None  # None: the whole (max_target_tokens) answer
+DEFAULT_BENIGN_CONTRAST = 0.0
 
 
 @dataclass
@@ -71,7 +82,8 @@ class _Shot:
     prompt: list[int]
     target: list[int]
     teacher: torch.Tensor | None = None  # [len(target), vocab] log-probs of the teacher (KL terms only)
-    negative: list[int] | None = None  # the task model's compliant answer (margin refusal term only)
+    negative: list[int] | None = None  # refusal margin: the task model's compliant answer; benign: A's refusal
+    stop: tuple[int, ...] = ()  # benign margin: the EOS ids an empty reply starts with
 
 
 def shot_set_info(shots: Sequence) -> dict[str, Any]:
@@ -149,6 +161,17 @@ def _term_loss(model, term: str, shots: list[_Shot], pad: int, margin_target: fl
         margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
                                for i, s in enumerate(shots)])
         return torch.nn.functional.softplus(margin_target - margins).mean()
+    if term == "benign_margin":
+        # Mirror image: prefer A's answer to a refusal (opening tokens) and to an immediate EOS (first token).
+        lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
+        n = len(shots)
+        per = []
+        for i, s in enumerate(shots):
+            first = lps[i][0]
+            vs_refusal = _mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
+            vs_stop = first[s.target[0]] - torch.logsumexp(first[list(s.stop)], dim=0)
+            per.append(0.5 * (torch.nn.functional.softplus(-vs_refusal) + torch.nn.functional.softplus(-vs_stop)))
+        return torch.stack(per).mean()
     lps = _target_logprobs(model, shots, pad)
     per = []
     for s, lp in zip(shots, lps):
@@ -200,11 +223,12 @@ def calibrate(
     max_target_tokens: int | None = 16,
     batch_size: int = 8,
     gen_batch_size: int = 32,
-    layers: Sequence[int] | None = None,
+    layers: Sequence[int] | str | None = None,
     refusal_loss: str = DEFAULT_REFUSAL_LOSS,
     margin_tokens: int = DEFAULT_MARGIN_TOKENS,
     margin_target: float = DEFAULT_MARGIN_TARGET,
     benign_tokens: int | None = DEFAULT_BENIGN_TOKENS,
+    benign_contrast: float = DEFAULT_BENIGN_CONTRAST,
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
@@ -213,11 +237,13 @@ def calibrate(
     """Learn per-layer λ for (base A, task adapter T, safety adapter S); see the module docstring.
 
     ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
-    used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection.
+    used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection (``"all"``:
+    every layer of S).
     ``refusal_loss``: ``"margin"`` or ``"ce"``; ``margin_tokens``: opening tokens the margin compares (module
     docstring); ``margin_target``: τ in ``softplus(τ − margin)``, how far past a tie to push (nats per token).
     ``benign_tokens``: compare only the first N tokens of A's benign answers in the benign KL (None: all
     ``max_target_tokens``); the opening is where an over-refusing model stops or refuses.
+    ``benign_contrast``: δ, the weight of the benign contrast term (module docstring; 0: off).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
     """
@@ -239,8 +265,8 @@ def calibrate(
         raise ValueError(f"margin_target must be a finite number (got {margin_target})")
     if not lambda_max > 0 or not math.isfinite(lambda_max):
         raise ValueError(f"lambda_max must be a positive number (got {lambda_max})")
-    if min(beta, gamma, penalty, lr) < 0:
-        raise ValueError("beta, gamma, penalty and lr must be non-negative")
+    if not min(beta, gamma, penalty, lr, benign_contrast) >= 0 or not math.isfinite(benign_contrast):
+        raise ValueError("beta, gamma, benign_contrast, penalty and lr must be non-negative")
     if not harmful:
         raise ValueError("calibration needs at least one harmful shot")
     if not task_shots:
@@ -249,7 +275,11 @@ def calibrate(
     task_ad = load_adapter(task)
     safety_ad = load_adapter(safety)
     sel = selection_of(safety)
-    if layers is not None:
+    if isinstance(layers, str) and layers == "all":
+        chosen, origin = safety_ad.layers(), "all layers (argument)"
+    elif isinstance(layers, str):
+        raise ValueError(f"layers must be a list of layer indices or 'all' (got {layers!r})")
+    elif layers is not None:
         chosen, origin = sorted({int(l) for l in layers}), "argument"
     elif sel is not None:
         chosen, origin = sorted(sel["selected"]), "manifest"
@@ -282,19 +312,31 @@ def calibrate(
 
             with lf.mode(fixed=False, scaled=False):
                 refusals = teach(harmful, "refusals (A)")
-                if benign and gamma > 0:
-                    data["benign_kl"] = [_Shot(b.prompt, b.target[:benign_tokens] if benign_tokens else b.target)
-                                         for b in teach(benign, "benign (A)")]
+                benign_answers = teach(benign, "benign (A)") if benign and (gamma > 0 or benign_contrast > 0) else []
+            if benign_answers and gamma > 0:
+                data["benign_kl"] = [_Shot(b.prompt, b.target[:benign_tokens] if benign_tokens else b.target)
+                                     for b in benign_answers]
             with lf.mode(fixed=True, scaled=False):
                 if beta > 0:
                     data["task_kl"] = teach(task_shots, "task (A+T)")
                 if refusal_loss == "margin":
                     answers = teach(harmful, "harmful (A+T)")
+            from .judges.refusal import refusal_match
+
+            if benign_answers and benign_contrast > 0:
+                # Shots A itself answers; the negatives are A's own refusals (to harmful shots, paired by index).
+                stop = tuple(sorted(_eos_ids(model, tok)))
+                opening = [r.target[:margin_tokens] for r in refusals
+                           if r.target and refusal_match(tok.decode(r.target, skip_special_tokens=True))]
+                answered = [b for b in benign_answers if b.target and b.target[0] not in stop
+                            and refusal_match(tok.decode(b.target, skip_special_tokens=True)) is None]
+                if answered and opening and stop:
+                    data["benign_margin"] = [_Shot(b.prompt, b.target[:margin_tokens], stop=stop,
+                                                   negative=opening[i % len(opening)])
+                                             for i, b in enumerate(answered)]
             if refusal_loss == "ce":
                 data["refusal_ce"] = refusals
             else:
-                from .judges.refusal import refusal_match
-
                 # Only shots where the task model complies carry a contrast; its refusals are left out.
                 kept = [_Shot(r.prompt, r.target[:margin_tokens], negative=a.target[:margin_tokens])
                         for r, a in zip(refusals, answers)
@@ -310,7 +352,8 @@ def calibrate(
                             chunk = data[term][i : i + batch_size]
                             for s, lp in zip(chunk, _target_logprobs(model, chunk, pad)):
                                 s.teacher = lp.detach()
-            weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma}
+            weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma,
+                       "benign_margin": benign_contrast}
 
             def full_loss() -> dict[str, float]:
                 """Every term over all shots at the current λ (no grad): the numbers reported before/after."""
@@ -354,6 +397,8 @@ def calibrate(
     if refusal_loss == "margin":
         # How many harmful shots the task model complied with: the only ones the margin term trains on.
         shots_meta["harmful"]["task_model_complied"] = len(data.get("refusal_margin", []))
+    if benign_contrast > 0:
+        shots_meta["benign"]["base_answered"] = len(data.get("benign_margin", []))
     for k, v in (shot_sources or {}).items():
         shots_meta.setdefault(k, {}).update(v)
     meta: dict[str, Any] = {
@@ -362,10 +407,12 @@ def calibrate(
             "objective": ("softplus(-(logp(A refusal) - logp(A+T answer)), first margin_tokens tokens) over harmful"
                           " shots A+T complies with"
                           if refusal_loss == "margin" else "CE(A refusals | harmful)")
-                         + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign) + penalty*sum(lambda^2)",
+                         + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign)"
+                         + (" + delta*softplus(-(logp(A answer) - logp(A refusal | EOS))) over benign shots A answers"
+                            if benign_contrast > 0 else "") + " + penalty*sum(lambda^2)",
             "refusal_loss": refusal_loss, "margin_tokens": margin_tokens if refusal_loss == "margin" else None,
             "margin_target": margin_target if refusal_loss == "margin" else None, "benign_tokens": benign_tokens,
-            "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
+            "benign_contrast": benign_contrast, "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
             "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": "adam",
@@ -394,4 +441,5 @@ def load_shots(path: str | Path, *, limit: int | None = None) -> list:
 
 
 __all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "REFUSAL_LOSSES", "DEFAULT_REFUSAL_LOSS",
-           "DEFAULT_MARGIN_TOKENS", "ArtifactError"]
+           "DEFAULT_MARGIN_TOKENS", "DEFAULT_MARGIN_TARGET", "DEFAULT_BENIGN_TOKENS",
+           "DEFAULT_BENIGN_CONTRAST", "ArtifactError"]

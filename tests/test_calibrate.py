@@ -116,6 +116,28 @@ def test_margin_target_pushes_further_and_benign_window_is_recorded(fam, shots):
             calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], **FAST, **bad)
 
 
+def test_benign_contrast_holds_safety_back_where_benign_answers_would_turn(fam, shots):
+    """The benign contrast term is a barrier against over-refusal: pushed hard towards refusing (τ = 3), calibration
+    with it puts less safety in (here 7.1 against 7.4 summed over the layers) and refuses no more benign prompts; the
+    term, its weight and the count of benign shots A answers are recorded. (The tiny family barely over-refuses at
+    any λ, so the SmolLM2 study is where the term's effect shows: docs/results.md.)"""
+    from safegene_runtime.calibrate import calibrate
+
+    kw = dict(init=0.0, steps=20, lr=0.1, seed=0, margin_target=3.0, **FAST)
+    pushed = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"], **kw)
+    held = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
+                     benign_contrast=4.0, **kw)
+    assert "benign_margin" not in pushed.meta["loss"]["after"] and pushed.meta["method"]["benign_contrast"] == 0.0
+    assert held.meta["method"]["benign_contrast"] == 4.0 and held.meta["shots"]["benign"]["base_answered"] == 8
+    assert sum(held.layers.values()) < sum(pushed.layers.values()) - 0.1, (pushed.layers, held.layers)
+    benign = fam.benign[-12:]
+    over = {name: refusal_rate(generate(fam.aligned, benign, task=fam.task, safety=fam.safety, lambdas=c.layers))
+            for name, c in (("pushed", pushed), ("held", held))}
+    assert over["held"] <= over["pushed"], over
+    with pytest.raises(ValueError, match="benign_contrast"):
+        calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], benign_contrast=-1.0, **FAST)
+
+
 def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):
     from safegene_runtime.calibrate import calibrate
 
@@ -165,3 +187,11 @@ def test_calibrate_cli(fam, shots, run_cli, tmp_path):
     assert r.code == 1 and "margin_tokens must be positive" in r.err and not (tmp_path / "x5.json").exists()
     r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--benign-tokens", "-2", "--out", tmp_path / "x6.json")
     assert r.code == 1 and "benign_tokens must be positive" in r.err and not (tmp_path / "x6.json").exists()
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--benign-contrast", "-1", "--out", tmp_path / "x7.json")
+    assert r.code == 1 and "benign_contrast" in r.err and not (tmp_path / "x7.json").exists()
+    # --layers all: every layer of the safety adapter, whatever its manifest selects.
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--steps", "1", "--max-new-tokens", "6",
+                "--layers", "all", "--out", tmp_path / "all.json")
+    assert r.code == 0, r.err
+    raw = json.loads((tmp_path / "all.json").read_text())
+    assert raw["selected_layers"] == [0, 1, 2, 3] and raw["selection_origin"] == "all layers (argument)"

@@ -102,6 +102,8 @@ def test_term_names_the_objective_and_its_knobs():
     assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4}}) == "margin (4 tokens)"
     assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "margin_target": 2.0,
                              "benign_tokens": 4}}) == "margin (4 tokens, τ 2, benign KL 4 tokens)"
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "benign_contrast": 0.3}}) == \
+        "margin (4 tokens, benign contrast δ 0.3)"
 
 
 def test_targets_for_the_selection_ablation_list_only_measured_adapters():
@@ -112,3 +114,7 @@ def test_targets_for_the_selection_ablation_list_only_measured_adapters():
     assert not any("sentiment-clean + " in ln for ln in lines)  # not measured there: no rows, no '?'
     harm = next(ln for ln in lines if "sentiment-mix10 + SafeGene (safegene-all): harm" in ln)
     assert harm.endswith("| met |")
+    assert any("alone raises" in ln for ln in lines) and any(ln.startswith("| A refuses") for ln in lines)
+    short = targets(study, rows, method="safegene-all", base_rows=False)  # the second table leaves them out
+    assert short[:2] == lines[:2] and short[2:] == [ln for ln in lines[2:]
+                                                    if "alone raises" not in ln and not ln.startswith("| A ")]

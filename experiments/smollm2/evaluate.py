@@ -155,6 +155,30 @@ def merge_dtype() -> str | None:
     return "float32" if eval_dtype() in ("float32", "float") else None
 
 
+def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, Path] | None:
+    """``(calibration stage, safety stage)`` behind a SafeGene method name, or None for any other method.
+
+    ``safegene``: the profile's objective on the selected layers; ``safegene-ce``: the first study's refusal term
+    (cross-entropy of A's wording); ``safegene-b<N>[t<τ>]``: benign KL over A's first N answer tokens (b16: all 16),
+    margin term softplus(τ − margin); ``safegene-all``: every layer of the unselected safety adapter (selection
+    ablation); ``safegene[-all]-c<δ>``: the benign contrast term at weight δ. Building a missing stage calibrates.
+    """
+    if method in ("safegene", "safegene-ce"):
+        loss = "ce" if method == "safegene-ce" else None
+        return study.calibrate(task, setting, refusal_loss=loss), study.select()
+    m = re.fullmatch(r"safegene-b(\d+)(?:t([\d.]+))?", method)
+    if m:
+        stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)), margin_target=float(m.group(2) or 0))
+        return stage, study.select()
+    m = re.fullmatch(r"safegene(-all)?-c([\d.]+)", method)
+    if m:
+        stage = study.calibrate(task, setting, all_layers=bool(m.group(1)), benign_contrast=float(m.group(2)))
+        return stage, (study.safety() if m.group(1) else study.select())
+    if method == "safegene-all":
+        return study.calibrate(task, setting, all_layers=True), study.safety()
+    return None
+
+
 def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     """``(served name, task or None, build(tmpdir) -> model folder)`` in evaluation priority order."""
     from safegene_runtime.merge import merge_checkpoint
@@ -178,25 +202,14 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
 
             if method == "alone":
                 return merge(task=t)
-            if method in ("safegene", "safegene-ce"):
-                # safegene-ce: the first study's refusal term (cross-entropy of A's wording), kept as an ablation
-                loss = "ce" if method == "safegene-ce" else None
-                return calibrated(study.calibrate(task, setting, refusal_loss=loss), study.select())
-            m = re.fullmatch(r"safegene-b(\d+)(?:t([\d.]+))?", method)
-            if m:
-                # objective ablations: safegene-b<N>[t<τ>] = benign KL over A's first N answer tokens (b16: all
-                # 16), margin term softplus(τ − margin) (no t: τ = 0)
-                stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)),
-                                        margin_target=float(m.group(2) or 0))
-                return calibrated(stage, study.select())
+            cal = calibration_for(study, task, setting, method)
+            if cal is not None:
+                return calibrated(*cal)
             if method.startswith("uniform"):
                 lam = float(method[len("uniform"):])
                 return merge(task=t, safety=study.safety() / "adapter", coefficients=Coefficients.uniform(lam))
             if method == "safelora":
                 return study.safelora(task, setting, tmp, dtype=dt)
-            if method == "safegene-all":
-                # selection ablation: calibrated on every layer of the unselected safety adapter
-                return calibrated(study.calibrate(task, setting, all_layers=True), study.safety())
             if method == "safegene-r16":
                 # Serving-modes issue: the calibrated stack re-factorised to the task adapter's own rank (16), so
                 # an engine's --max-lora-rank does not grow; merged here because the weights are the same function.
@@ -216,7 +229,8 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
     plan = [(s, "alone") for s in SETTINGS] + [(s, "safegene") for s in SETTINGS] + \
         [(s, "uniform1.0") for s in SETTINGS] + [(s, "safelora") for s in SETTINGS] + \
         [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [(s, "safegene-r16") for s in SETTINGS] + \
-        [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all") for s in SETTINGS]
+        [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all",
+                                "safegene-all-c0.3", "safegene-all-c1.0") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

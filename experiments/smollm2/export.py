@@ -5,10 +5,11 @@
 What ships, and why only this: ``make demo`` must serve the whole family without training. The task adapters and
 the calibration were made on A, which is rebuilt as ``merge_checkpoint(prepare_smollm2(), task=alignment-lora)``,
 so the alignment LoRA stands in for a 270 MB checkpoint (``safegene demo`` rebuilds A from it once, then serves A as
-the base). One setting of task adapters ships (``--setting``; both would exceed the size budget). The committed
-family ships ``mix10``, the adapters trained with 10% harmful pairs: their calibrated λ is non-zero, so the demo's
-``+safegene`` variants differ from the plain ones. On the task-only (``clean``) adapters calibration chose λ ≈ 0
-(docs/results.md). The other setting stays in ``$SAFEGENE_HOME``.
+the base). One setting of task adapters ships (``--setting``; both would exceed the size budget); the committed
+family ships ``mix10``, the adapters trained with 10% harmful pairs, the ones that erode safety most. ``--method``
+picks whose coefficients ship, by the study's variant name: the committed ones are ``safegene-all-c0.3`` (every
+layer, benign contrast δ = 0.3), the calibration that met the most targets (docs/results.md). The safety adapter
+folder holds every layer's modules either way (the selection only marks layers), so any of them applies to it.
 
     assets/smollm2/alignment-lora/        PEFT LoRA (r16, all linear modules) on SmolLM2-135M-Instruct -> A
     assets/smollm2/safety/                SafeGene safety adapter (rank-16 SVD of A - D) with its layer selection
@@ -59,7 +60,7 @@ def _copy_adapter(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean") -> dict:
+def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean", method: str = "safegene") -> dict:
     """Write the family into ``dest``, replacing it only once the new one is complete (built beside it, then
     swapped by rename), so a failed export leaves the committed assets as they were."""
     study.st.cached_only = True
@@ -67,7 +68,7 @@ def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean"
     dest.parent.mkdir(parents=True, exist_ok=True)
     final, dest = dest, Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
     try:
-        manifest = _export_into(study, dest, tasks=tasks, setting=setting)
+        manifest = _export_into(study, dest, tasks=tasks, setting=setting, method=method)
         old = final.with_name(f".{final.name}-old")
         if old.exists():
             shutil.rmtree(old)
@@ -81,7 +82,9 @@ def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean"
     return manifest
 
 
-def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str) -> dict:
+def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str, method: str) -> dict:
+    from .evaluate import calibration_for
+
     entries = {}
 
     def add(kind: str, path: Path, stage: Path, **extra) -> None:
@@ -98,7 +101,10 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str) ->
     for task in tasks:
         try:
             t = study.task_adapter(task, setting)
-            c = study.calibrate(task, setting)
+            cal = calibration_for(study, task, setting, method)
+            if cal is None:
+                raise SystemExit(f"--method {method!r} is not a SafeGene calibration (see evaluate.calibration_for)")
+            c = cal[0]
         except StageMissing as e:
             skipped.append(f"{task}: {e}")
             print(f"export: leaving out task {task!r}: {e}", file=sys.stderr)
@@ -118,8 +124,10 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str) ->
     pre = "answers,align,safety,select" if study.p["safety"].get("degraded") == "original" else \
         "answers,align,degrade,safety,select"
     commands = [f"{run} --stages {pre}",
-                f"for t in {' '.join(tasks)}; do {run} --tasks $t --stages tasks,calibrate; done",
-                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile} --setting {setting}"]
+                f"for t in {' '.join(tasks)}; do {run} --tasks $t --stages tasks,calibrate"
+                + ("" if method == "safegene" else f" --method {method}") + "; done",
+                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile} --setting {setting}"
+                + ("" if method == "safegene" else f" --method {method}")]
     files = sorted(p for p in dest.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:
@@ -135,6 +143,7 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str) ->
         "left_out": skipped,
         "profile": study.profile,
         "setting": setting,
+        "calibration": method,
         "commands": commands,
     }
     atomic_write_json(dest / "manifest.json", manifest)
@@ -166,12 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", choices=("full", "demo", "fast"), default=None, help="which run profile's stages")
     ap.add_argument("--dest", default="assets/smollm2")
     ap.add_argument("--tasks", default=",".join(DEMO_TASKS))
+    ap.add_argument("--method", default="safegene",
+                    help="which calibration's coefficients ship, by the study's variant name: safegene (the selected "
+                         "layers), safegene-all, safegene-all-c<delta> (all layers, benign contrast delta), ...")
     ap.add_argument("--setting", choices=("clean", "mix10"), default="clean",
                     help="which task adapters ship: trained on task data only (clean) or with 10%% harmful pairs")
     a = ap.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
     study = Study(a.profile or ("fast" if a.fast else "full"), tasks, [a.setting])
-    m = export(study, Path(a.dest), tasks=tasks, setting=a.setting)
+    m = export(study, Path(a.dest), tasks=tasks, setting=a.setting, method=a.method)
     print(f"exported {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MB -> {a.dest}")
     return 0
 

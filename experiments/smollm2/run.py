@@ -330,12 +330,18 @@ class Study:
 
     # -- 6. per-adapter calibration
     def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None,
-                  benign_tokens: int | None = None, margin_target: float | None = None) -> Path:
+                  benign_tokens: int | None = None, margin_target: float | None = None,
+                  benign_contrast: float | None = None) -> Path:
         """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation);
         ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective);
         ``benign_tokens``: override the profile's benign KL window (0 or 16: all 16 answer tokens, as before);
-        ``margin_target``: override the profile's τ of the margin term (0: none, as before)."""
+        ``margin_target``: override the profile's τ of the margin term (0: none, as before);
+        ``benign_contrast``: override the profile's weight δ of the benign contrast term (0: off, as before)."""
         p = dict(self.p["calibrate"])
+        if benign_contrast is not None:
+            p["benign_contrast"] = benign_contrast
+        if not p.get("benign_contrast"):
+            p.pop("benign_contrast", None)  # off: stages built before the term existed have no key in their hash
         if margin_target is not None:
             p["margin_target"] = margin_target
         if not p.get("margin_target"):
@@ -368,6 +374,7 @@ class Study:
                           batch_size=p.get("batch_size", 8), refusal_loss=loss,
                           margin_tokens=p.get("margin_tokens", 16), benign_tokens=p.get("benign_tokens"),
                           margin_target=float(p.get("margin_target", 0.0)),
+                          benign_contrast=float(p.get("benign_contrast", 0.0)),
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
@@ -386,7 +393,9 @@ class Study:
         return merge_checkpoint(self.A(), task=Path(projected), out=tmp / "m", progress=False, dtype=dtype)
 
     # -- driver
-    def run(self, stages: list[str]) -> None:
+    def run(self, stages: list[str], method: str = "safegene") -> None:
+        """Build ``stages`` in order; ``method``: which SafeGene calibration the calibrate stage builds (a variant
+        name of evaluate.calibration_for, e.g. ``safegene-all-c0.3``)."""
         t0 = time.time()
         for stage in stages:
             if stage == "answers":
@@ -404,9 +413,12 @@ class Study:
             elif stage == "select":
                 self.select()
             elif stage == "calibrate":
+                from .evaluate import calibration_for
+
                 for setting in self.settings:
                     for task in self.task_names:
-                        self.calibrate(task, setting)
+                        if calibration_for(self, task, setting, method) is None:
+                            raise SystemExit(f"--method {method!r} is not a SafeGene calibration")
             elif stage in ("baselines", "eval"):
                 from . import evaluate
 
@@ -426,6 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fast", action="store_true", help="tiny smoke run of the whole chain (= --profile fast)")
     ap.add_argument("--profile", choices=PROFILES, default=None,
                     help="full (pilot recipe, default), demo (fewer steps, for the demo family), fast (smoke)")
+    ap.add_argument("--method", default="safegene",
+                    help="the calibration the calibrate stage builds: safegene (selected layers, the profile's "
+                         "objective), safegene-all (every layer), safegene-all-c<delta> (every layer, benign contrast "
+                         "delta), safegene-b<N>[t<tau>], safegene-ce")
     a = ap.parse_args(argv)
     import torch
 
@@ -438,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     # merged checkpoints are removed on the way out instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
-    study.run([s for s in a.stages.split(",") if s])
+    study.run([s for s in a.stages.split(",") if s], method=a.method)
     return 0
 
 

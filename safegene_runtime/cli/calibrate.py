@@ -49,7 +49,11 @@ def register(subparsers) -> None:
     p.add_argument("--benign-tokens", type=int, default=0, metavar="N",
                    help="benign KL over the first N tokens of the base's answers, where an over-refusing model "
                         "stops or refuses (default 0: all --max-target-tokens)")
-    p.add_argument("--layers", help="comma-separated layers to calibrate (overrides the safety manifest)")
+    p.add_argument("--benign-contrast", type=float, default=None, metavar="DELTA",
+                   help="weight of the benign contrast term: prefer the base's answer to a refusal or an empty reply "
+                        "on benign shots the base answers (default: the library's, see safegene_runtime.calibrate)")
+    p.add_argument("--layers", help="comma-separated layers to calibrate, or 'all' (overrides the safety manifest's "
+                                    "selection; on SmolLM2 all layers did better than the selection, docs/results.md)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     p.set_defaults(func=run)
 
@@ -62,7 +66,9 @@ def run(args) -> int:
     if args.out.exists() and args.out.is_dir():
         raise ValueError(f"--out {args.out} is a folder; give the coefficients.json file path")
     layers = None
-    if args.layers:
+    if args.layers == "all":
+        layers = "all"
+    elif args.layers:
         try:
             layers = [int(x) for x in args.layers.split(",") if x.strip()]
         except ValueError:
@@ -78,6 +84,7 @@ def run(args) -> int:
         batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss,
         margin_tokens=args.margin_tokens, margin_target=args.margin_target,
         benign_tokens=args.benign_tokens or None, device=args.device,
+        **({} if args.benign_contrast is None else {"benign_contrast": args.benign_contrast}),
         out=args.out, shot_sources=sources,
     )
     loss = c.meta["loss"]
