@@ -69,7 +69,7 @@ from .coefficients import Coefficients, save_coefficients
 
 TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin")
 REFUSAL_LOSSES = ("margin", "ce")
-# The default objective; all four are part of the server registry's cache key for coefficients it calibrates.
+# The default objective; every one is part of the server registry's cache key for coefficients it calibrates.
 DEFAULT_REFUSAL_LOSS = "margin"
 DEFAULT_MARGIN_TOKENS = 4
 DEFAULT_MARGIN_TARGET = 0.0

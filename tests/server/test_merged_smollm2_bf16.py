@@ -20,7 +20,9 @@ nats. The fp32 reference (A + ΔT + λ·ΔS applied exactly by ``LoraForward``) 
 stacked engine is right and the merge is not. A's weights are bf16 and the safety delta of a 50-step, lr 2e-5
 fine-tune is about one bf16 step of W, so rounding ``W + ΔT + λ·ΔS`` back to bf16 drops part of it
 (``merge_checkpoint`` now records this as ``delta_retention``; the server warns below 0.9). If a fix (merging into
-a float32 base) makes the rule hold again, the strict xfail turns into a failure and this note must go.
+a float32 base) makes the rule hold again, the strict xfail turns into a failure and this note must go. The fifth
+session's family (coefficients over all 30 layers, λ up to 2.5) still fails it (strict xfail, 2026-11-28); the
+prompt-level numbers above are the third session's family's.
 
 The same rule applied to the *plain* task variant (no safety delta) must fail on some prompt: the tolerance is
 tight enough to notice a dropped safety delta. One server: ``sentiment`` served stacked (plain + safe LoRA) and
