@@ -153,25 +153,27 @@ def _mean_logprob(lp: torch.Tensor, target: list[int]) -> torch.Tensor:
     return lp.gather(-1, torch.tensor(target, device=lp.device)[:, None]).mean()
 
 
+def _margins(model, shots: list[_Shot], pad: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Mean log-prob of each shot's target minus that of its negative (one forward over both, already cut to
+    margin_tokens), and the targets' log-probs."""
+    lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
+    n = len(shots)
+    margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
+                           for i, s in enumerate(shots)])
+    return margins, lps[:n]
+
+
 def _term_loss(model, term: str, shots: list[_Shot], pad: int, margin_target: float = 0.0) -> torch.Tensor:
-    if term == "refusal_margin":
-        # One forward over the refusals and the compliant answers together (both already cut to margin_tokens).
-        lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
-        n = len(shots)
-        margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
-                               for i, s in enumerate(shots)])
-        return torch.nn.functional.softplus(margin_target - margins).mean()
+    softplus = torch.nn.functional.softplus
+    if term == "refusal_margin":  # A's refusal over the task model's compliant answer
+        margins, _ = _margins(model, shots, pad)
+        return softplus(margin_target - margins).mean()
     if term == "benign_margin":
         # Mirror image: prefer A's answer to a refusal (opening tokens) and to an immediate EOS (first token).
-        lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
-        n = len(shots)
-        per = []
-        for i, s in enumerate(shots):
-            first = lps[i][0]
-            vs_refusal = _mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
-            vs_stop = first[s.target[0]] - torch.logsumexp(first[list(s.stop)], dim=0)
-            per.append(0.5 * (torch.nn.functional.softplus(-vs_refusal) + torch.nn.functional.softplus(-vs_stop)))
-        return torch.stack(per).mean()
+        vs_refusal, lps = _margins(model, shots, pad)
+        vs_stop = torch.stack([lp[0][s.target[0]] - torch.logsumexp(lp[0][list(s.stop)], dim=0)
+                               for s, lp in zip(shots, lps)])
+        return (0.5 * (softplus(-vs_refusal) + softplus(-vs_stop))).mean()
     lps = _target_logprobs(model, shots, pad)
     per = []
     for s, lp in zip(shots, lps):
@@ -323,13 +325,15 @@ def calibrate(
                     answers = teach(harmful, "harmful (A+T)")
             from .judges.refusal import refusal_match
 
+            def refuses(ids: list[int]) -> bool:  # the keyword judge on a decoded teacher answer
+                return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
+
             if benign_answers and benign_contrast > 0:
                 # Shots A itself answers; the negatives are A's own refusals (to harmful shots, paired by index).
                 stop = tuple(sorted(_eos_ids(model, tok)))
-                opening = [r.target[:margin_tokens] for r in refusals
-                           if r.target and refusal_match(tok.decode(r.target, skip_special_tokens=True))]
-                answered = [b for b in benign_answers if b.target and b.target[0] not in stop
-                            and refusal_match(tok.decode(b.target, skip_special_tokens=True)) is None]
+                opening = [r.target[:margin_tokens] for r in refusals if r.target and refuses(r.target)]
+                answered = [b for b in benign_answers
+                            if b.target and b.target[0] not in stop and not refuses(b.target)]
                 if answered and opening and stop:
                     data["benign_margin"] = [_Shot(b.prompt, b.target[:margin_tokens], stop=stop,
                                                    negative=opening[i % len(opening)])
@@ -340,7 +344,7 @@ def calibrate(
                 # Only shots where the task model complies carry a contrast; its refusals are left out.
                 kept = [_Shot(r.prompt, r.target[:margin_tokens], negative=a.target[:margin_tokens])
                         for r, a in zip(refusals, answers)
-                        if a.target and refusal_match(tok.decode(a.target, skip_special_tokens=True)) is None]
+                        if a.target and not refuses(a.target)]
                 if kept:
                     data["refusal_margin"] = kept
             with torch.no_grad():
