@@ -21,6 +21,19 @@ Choices *(ours)*:
   uniform baseline and a later re-selection. ``keep="selected"`` drops the unselected layers' modules instead
   (smaller stacks when the coefficients are uniform).
 * Scorers are pluggable: :data:`SCORERS` maps a name to ``f(c_harmful, c_benign, eps) -> scores``.
+
+A second kind of score, ``"refusal_gradient"`` *(ours)*, asks the safety adapter S itself where it decides refusal
+instead of comparing activations. In D + Σ_l λ_l·ΔS_l at λ = 0 it takes the derivative of two margins (log-probs
+averaged over the first ``margin_tokens`` answer tokens, the calibration's refusal margin and benign contrast):
+
+    g_l(H) = ∂/∂λ_l mean_{x∈H'} [ℓ(A's refusal | x) − ℓ(D's answer | x)]      H': harmful probes A refuses, D answers
+    g_l(B) = ∂/∂λ_l mean_{x∈B'} [ℓ(A's answer | x) − ℓ(a refusal of A | x)]   B': benign probes A answers
+    score_l = g_l(H) + min(g_l(B), 0)
+
+i.e. how much refusal preference layer l's safety delta adds on harmful probes, less the over-refusal it adds on
+benign ones. Why: on SmolLM2 the contrast ratio was flat (0.95–1.23) and picked layers 0–10 and 26–29, while
+calibration over all layers put its λ on layers 11–21 (docs/results.md). It needs S (it is passed by
+:func:`select_safety_layers`) and one backward pass through D; the greedy answers of A and D are generated first.
 """
 
 from __future__ import annotations
@@ -140,6 +153,74 @@ def prompt_set_info(prompts: Sequence) -> dict:
     return {"count": len(texts), "sha256": sha256_bytes(canonical_json(texts).encode())}
 
 
+GRADIENT = "refusal_gradient"
+
+
+def refusal_gradient(
+    aligned: str | Path,
+    degraded: str | Path,
+    safety: str | Path,
+    harmful: Sequence,
+    benign: Sequence,
+    *,
+    margin_tokens: int = 4,
+    max_new_tokens: int = 16,
+    batch_size: int = 8,
+    max_tokens: int = 256,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict:
+    """The ``refusal_gradient`` score (module docstring); returns ``{"g_harmful", "g_benign", "scores", "shots"}``."""
+    from .calibrate import _eos_ids, _generate, _margins, _Shot
+    from .judges.refusal import refusal_match
+    from .lora_forward import LoraForward, encode_prompts, load_causal_lm
+
+    if not harmful or not benign:
+        raise ValueError("layer selection needs at least one harmful and one benign probe prompt")
+    ad = load_adapter(safety)
+    gen_kw = dict(max_new_tokens=max_new_tokens, batch_size=max(batch_size, 32), progress=progress)
+
+    def answers(model_dir, prompts_h, prompts_b=None, desc=""):
+        model, tok = load_causal_lm(model_dir, device=device)
+        enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_tokens)  # noqa: E731
+        out = [_generate(model, tok, enc(xs), desc=desc, **gen_kw) for xs in (prompts_h, prompts_b) if xs]
+        return out, tok, _eos_ids(model, tok)
+
+    (a_harm, a_ben), tok, stop = answers(aligned, harmful, benign, desc="answers (A)")
+    (d_harm,), _, _ = answers(degraded, harmful, desc="answers (D)")
+
+    def refuses(ids: list[int]) -> bool:
+        return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
+
+    ph = encode_prompts(tok, harmful, max_tokens=max_tokens)
+    pb = encode_prompts(tok, benign, max_tokens=max_tokens)
+    cut = lambda t: t[:margin_tokens]  # noqa: E731
+    harm_shots = [_Shot(p, cut(r), negative=cut(d)) for p, r, d in zip(ph, a_harm, d_harm)
+                  if r and d and refuses(r) and not refuses(d)]
+    openings = [cut(r) for r in a_harm if r and refuses(r)]
+    answered = [(p, b) for p, b in zip(pb, a_ben) if b and b[0] not in stop and not refuses(b)]
+    ben_shots = [_Shot(p, cut(b), negative=openings[i % len(openings)]) for i, (p, b) in enumerate(answered)
+                 ] if openings else []
+    if not harm_shots:
+        raise ValueError(f"{GRADIENT}: no harmful probe that A refuses and D answers (keyword judge); "
+                         "the margin has nothing to differentiate")
+
+    model, _ = load_causal_lm(degraded, device=device)
+    grads: dict[str, dict[int, float]] = {}
+    with LoraForward(model, scaled=ad, init=0.0) as lf:
+        for name, shots in (("harmful", harm_shots), ("benign", ben_shots)):
+            lf.lambdas.grad = None
+            for i in range(0, len(shots), batch_size):
+                margins, _ = _margins(model, shots[i : i + batch_size], tok.pad_token_id)
+                (margins.sum() / len(shots)).backward()
+            g = lf.lambdas.grad if lf.lambdas.grad is not None else torch.zeros_like(lf.lambdas)
+            grads[name] = {l: float(g[j]) for j, l in enumerate(lf.layers)}
+    del model
+    g_h, g_b = grads["harmful"], grads["benign"]
+    return {"g_harmful": g_h, "g_benign": g_b, "scores": {l: g_h[l] + min(g_b[l], 0.0) for l in g_h},
+            "shots": {"harmful": len(harm_shots), "benign": len(ben_shots)}}
+
+
 def measure_layers(
     aligned: str | Path,
     degraded: str | Path,
@@ -154,7 +235,10 @@ def measure_layers(
 ) -> dict:
     """Run the probes; returns ``{"c_harmful", "c_benign", "scores"}`` (layer -> float)."""
     if method not in SCORERS:
-        raise ValueError(f"unknown selection method {method!r} (choose from {', '.join(SCORERS)})")
+        known = ", ".join([*SCORERS, GRADIENT])
+        raise ValueError(f"unknown selection method {method!r} (choose from {known})"
+                         + (f"; {GRADIENT} needs the safety adapter: use select_safety_layers" if method == GRADIENT
+                            else ""))
     if not harmful or not benign:
         raise ValueError("layer selection needs at least one harmful and one benign probe prompt")
     probes = list(harmful) + list(benign)
@@ -185,6 +269,7 @@ def select_safety_layers(
     max_tokens: int = 256,
     device: str | None = None,
     prompt_sources: dict | None = None,
+    progress: bool = True,
 ) -> Path:
     """Score the layers and write a new safety adapter folder carrying ``manifest["selection"]``; returns its path.
 
@@ -197,8 +282,17 @@ def select_safety_layers(
             raise ArtifactError(f"{role} model folder {p}: missing config.json")
     if keep not in ("all", "selected"):
         raise ValueError(f"keep must be 'all' or 'selected' (got {keep!r})")
-    m = measure_layers(aligned, degraded, harmful, benign, method=method, batch_size=batch_size,
-                       max_tokens=max_tokens, device=device)
+    if method == GRADIENT:
+        m = refusal_gradient(aligned, degraded, safety, harmful, benign, batch_size=batch_size,
+                             max_tokens=max_tokens, device=device, progress=progress)
+        formula = ("score_l = g_l(H) + min(g_l(B), 0); g = d/d lambda_l at lambda = 0 in D + lambda*S of the mean "
+                   "first-4-token log-prob margin (H: A refusal vs D answer; B: A answer vs a refusal of A)")
+        measured = {"g_harmful": m["g_harmful"], "g_benign": m["g_benign"]}
+    else:
+        m = measure_layers(aligned, degraded, harmful, benign, method=method, batch_size=batch_size,
+                           max_tokens=max_tokens, device=device)
+        formula = "c_l(X) = mean_x ||h_l^A(x) - h_l^D(x)|| / ||h_l^A(x)||; h_l token-mean residual after layer l"
+        measured = {"c_harmful": m["c_harmful"], "c_benign": m["c_benign"]}
     have = set(adapter.layers())
     unknown = sorted(set(m["scores"]) - have)
     # Only layers the safety adapter touches can be selected; the rest keep their score for the record.
@@ -212,12 +306,12 @@ def select_safety_layers(
         raise ValueError(f"no layer reaches the score threshold {threshold} (max score {max(ranked.values()):.4g})")
     selection = {
         "method": method,
-        "formula": "c_l(X) = mean_x ||h_l^A(x) - h_l^D(x)|| / ||h_l^A(x)||; h_l token-mean residual after layer l",
+        "formula": formula,
         "rule": {"top_k": top_k, "threshold": threshold,
                  "default": None if (top_k is not None or threshold is not None) else "top half"},
         "scores": {str(l): v for l, v in m["scores"].items()},
-        "c_harmful": {str(l): v for l, v in m["c_harmful"].items()},
-        "c_benign": {str(l): v for l, v in m["c_benign"].items()},
+        **{k: {str(l): v for l, v in d.items()} for k, d in measured.items()},
+        **({"shots": m["shots"]} if "shots" in m else {}),
         "selected": selected,
         "layers_without_modules": unknown,
         "keep": keep,

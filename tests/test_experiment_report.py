@@ -104,6 +104,43 @@ def test_term_names_the_objective_and_its_knobs():
                              "benign_tokens": 4}}) == "margin (4 tokens, τ 2, benign KL 4 tokens)"
     assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "benign_contrast": 0.3}}) == \
         "margin (4 tokens, benign contrast δ 0.3)"
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "benign_contrast": 0.3, "init": 1.0}}) == \
+        "margin (4 tokens, benign contrast δ 0.3)"  # λ from 1 is the default start: not named
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "benign_contrast": 0.3, "init": 0.0}}) == \
+        "margin (4 tokens, benign contrast δ 0.3, λ from 0)"
+
+
+def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
+    from experiments.smollm2.evaluate import calibration_for
+
+    class FakeStudy:  # records what each name asks the Study for
+        def calibrate(self, task, setting, **kw):
+            return (task, setting, {k: v for k, v in kw.items() if v is not None})
+
+        def select(self, method=None):
+            return f"selected by {method or 'the default'}"
+
+        def safety(self):
+            return "all layers"
+
+    st = FakeStudy()
+    assert calibration_for(st, "topic", "clean", "uniform1") is None
+    assert calibration_for(st, "topic", "clean", "safelora") is None
+    assert calibration_for(st, "topic", "clean", "safegene") == (("topic", "clean", {}), "selected by the default")
+    assert calibration_for(st, "topic", "clean", "safegene-ce")[0][2] == {"refusal_loss": "ce"}
+    stage, safety = calibration_for(st, "topic", "clean", "safegene-all-c0.3")
+    assert safety == "all layers" and stage[2] == {"all_layers": True, "benign_contrast": 0.3}
+    stage, safety = calibration_for(st, "topic", "mix10", "safegene-all-c0.3i0")
+    assert safety == "all layers" and stage[2] == {"all_layers": True, "benign_contrast": 0.3, "init": 0.0}
+    stage, safety = calibration_for(st, "topic", "mix10", "safegene-c1i0.5")
+    assert safety == "selected by the default" and stage[2] == {"all_layers": False, "benign_contrast": 1.0,
+                                                                  "init": 0.5}
+    stage, safety = calibration_for(st, "reverse", "mix10", "safegene-g-c0.3i0")
+    assert safety == "selected by refusal_gradient"
+    assert stage == ("reverse", "mix10", {"all_layers": False, "benign_contrast": 0.3, "init": 0.0,
+                                          "selection": "refusal_gradient"})
+    assert calibration_for(st, "reverse", "clean", "safegene-b4t2")[0][2] == {"benign_tokens": 4, "margin_target": 2.0}
+    assert calibration_for(st, "reverse", "clean", "safegene-x-c0.3") is None  # not a variant: no stage
 
 
 def test_targets_for_the_selection_ablation_list_only_measured_adapters():

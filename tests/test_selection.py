@@ -119,3 +119,47 @@ def test_select_cli(tiny_model, degraded_top, make_lora, run_cli, tmp_path):
     assert r.code == 1 and "nomodel" in r.err and not (tmp_path / "x3").exists()
     r = run_cli(*common, "--harmful", h, "--benign", b, "--top-k", "9", "--out", tmp_path / "x4")
     assert r.code == 1 and "--top-k" in r.err and not (tmp_path / "x4").exists()
+
+
+def _damped(safety: Path, out: Path, layers: set[int], factor: float) -> Path:
+    """Copy of a safety adapter with the deltas of ``layers`` multiplied by ``factor``."""
+    from safegene_runtime.adapters import layer_index, save_adapter
+
+    ad = load_adapter(safety)
+    mods = {m: (a, b * ad.scaling(m) * (factor if layer_index(m) in layers else 1.0))
+            for m, (a, b) in ad.weights.items()}
+    return save_adapter(out, mods, base_model=ad.config.base_model_name_or_path)
+
+
+def test_refusal_gradient_scores_the_safety_adapters_own_effect(tmp_path_factory, tmp_path):
+    """On a family trained to refuse: the safety direction raises D's refusal margin, each layer's score is linear
+    in that layer's delta (a derivative at λ = 0), and the selection records the gradients it chose by."""
+    from safegene_runtime.selection import GRADIENT, choose_layers, refusal_gradient, select_safety_layers
+    from tests._train_tiny import shared_family
+
+    fam = shared_family(tmp_path_factory)
+    harm, ben = fam.harmful_train[::3][:8], fam.benign[:8]
+    kw = dict(max_new_tokens=10, batch_size=4, progress=False)
+    m = refusal_gradient(fam.aligned, fam.degraded, fam.safety, harm, ben, **kw)
+    assert m["shots"]["harmful"] >= 4 and m["shots"]["benign"] >= 4  # A refuses / answers, D complies
+    assert set(m["g_harmful"]) == set(m["g_benign"]) == set(m["scores"]) == set(load_adapter(fam.safety).layers())
+    assert sum(m["g_harmful"].values()) > 0  # adding A − D to D makes A's refusal likelier than D's answer
+    for l, s in m["scores"].items():
+        assert s == pytest.approx(m["g_harmful"][l] + min(m["g_benign"][l], 0.0))
+    # Damping layers 0 and 1 a hundredfold scales their gradients a hundredfold and leaves the others alone.
+    damped = _damped(fam.safety, tmp_path / "damped", {0, 1}, 0.01)
+    m2 = refusal_gradient(fam.aligned, fam.degraded, damped, harm, ben, **kw)
+    for l in m["g_harmful"]:
+        f = 0.01 if l in (0, 1) else 1.0
+        assert m2["g_harmful"][l] == pytest.approx(f * m["g_harmful"][l], rel=1e-3, abs=1e-7)
+        assert m2["g_benign"][l] == pytest.approx(f * m["g_benign"][l], rel=1e-3, abs=1e-7)
+    out = select_safety_layers(fam.aligned, fam.degraded, damped, harm, ben, top_k=2, method=GRADIENT,
+                               out=tmp_path / "selected", batch_size=4, progress=False)
+    sel = read_manifest(out)["selection"]
+    assert sel["method"] == GRADIENT and "g_harmful" in sel and "c_harmful" not in sel
+    assert sel["selected"] == choose_layers({int(k): v for k, v in sel["scores"].items()}, top_k=2)
+    assert sel["shots"] == m2["shots"]
+    with pytest.raises(ValueError, match="needs the safety adapter"):
+        from safegene_runtime.selection import measure_layers
+
+        measure_layers(fam.aligned, fam.degraded, harm, ben, method=GRADIENT)

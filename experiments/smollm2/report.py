@@ -61,7 +61,8 @@ def precision(study: Study, rows: dict) -> list[str]:
     return out
 
 
-METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
+METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0", "safegene-g-c0.3i0",
+           "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
            "uniform0.5", "uniform1", "uniform2", "safelora"]
 
 
@@ -89,6 +90,8 @@ def pivot(study: Study, rows: dict) -> list[str]:
 
 # Ablations that get their own Targets table (only the adapters they were measured on), and what they change.
 ABLATION_TARGETS = {
+    "safegene-all-c0.3i0": "calibrated over all 30 layers with the benign contrast term, δ = 0.3, every λ starting "
+                           "from 0 instead of 1",
     "safegene-all-c0.3": "calibrated over all 30 layers with the benign contrast term, δ = 0.3",
     "safegene-all": "calibrated over all 30 layers, the selection ablation",
 }
@@ -171,6 +174,7 @@ def _term(coefficients: dict) -> str:
         out += f", τ {m['margin_target']:g}" if m.get("margin_target") else ""
         out += f", benign KL {m['benign_tokens']} tokens" if m.get("benign_tokens") else ""
         out += f", benign contrast δ {m['benign_contrast']:g}" if m.get("benign_contrast") else ""
+        out += f", λ from {m['init']:g}" if m.get("init", 1.0) != 1.0 else ""  # 1: the default start
         return out + ")"
     return loss
 
@@ -215,11 +219,10 @@ def markdown(study: Study) -> str:
         complied = c.get("shots", {}).get("harmful", {}).get("task_model_complied", "–")
         out.append(f"| `{name}` | {_term(c)} | {complied} | {trio(L.get('at_zero', {}))} | {trio(L.get('before', {}))} | "
                    f"{trio(L.get('after', {}))} |")
-    sel = sorted(study.root.glob("select-*/adapter/manifest.json"))
-    if sel:
-        s = json.loads(sel[-1].read_text()).get("selection", {})
-        scores = {k: round(v, 3) for k, v in sorted(s.get("scores", {}).items(), key=lambda kv: int(kv[0]))}
-        out += ["", f"Layer scores (selection, {sel[-1].parent.parent.name}): {json.dumps(scores)}",
+    for f in sorted(study.root.glob("select-*/adapter/manifest.json")):  # one per scorer
+        s = json.loads(f.read_text()).get("selection", {})
+        scores = {k: float(f"{v:.3g}") for k, v in sorted(s.get("scores", {}).items(), key=lambda kv: int(kv[0]))}
+        out += ["", f"Layer scores ({s.get('method', 'contrast_ratio')}, {f.parent.parent.name}): {json.dumps(scores)}",
                 f"Selected layers: {s.get('selected')}"]
     rb = sorted((study.root / "rank-budget").glob("*.json"))
     if rb:

@@ -312,8 +312,14 @@ class Study:
 
         return self.st.run("safety", p, {"A": a.name, "D": d_id}, build)
 
-    def select(self) -> Path:
-        p = self.p["select"]
+    def select(self, method: str | None = None) -> Path:
+        """The safety adapter with its layer selection; ``method``: the scorer (default: the profile's, else
+        contrast_ratio; ``"refusal_gradient"``: the safety adapter's own effect on refusal, selection.py)."""
+        p = dict(self.p["select"])
+        if method is not None:
+            p["method"] = method
+        if p.get("method", "contrast_ratio") == "contrast_ratio":
+            p.pop("method", None)  # the default: the stage built before the option existed has no key in its hash
         a, (d_dir, d_id), s = self.align(), self.d_model(), self.safety()
         harm, ben = self.sp["harmful_probe"][: p["n_harm"]], self.sp["benign_probe"][: p["n_benign"]]
 
@@ -321,23 +327,31 @@ class Study:
             from safegene_runtime.selection import select_safety_layers
 
             select_safety_layers(a / "model", d_dir, s / "adapter", harm, ben, top_k=p["top_k"],
-                                 out=tmp / "adapter")
+                                 method=p.get("method", "contrast_ratio"), out=tmp / "adapter", progress=False)
             man = json.loads((tmp / "adapter" / "manifest.json").read_text())
             return {"selection": man.get("selection")}
 
-        return self.st.run("select", {**p, "probes": digest([harm, ben])}, {"A": a.name, "D": d_id,
+        name = "select" if "method" not in p else f"select-{p['method'].replace('_', '-')}"
+        return self.st.run(name, {**p, "probes": digest([harm, ben])}, {"A": a.name, "D": d_id,
                                                                              "safety": s.name}, build)
 
     # -- 6. per-adapter calibration
     def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None,
                   benign_tokens: int | None = None, margin_target: float | None = None,
-                  benign_contrast: float | None = None) -> Path:
+                  benign_contrast: float | None = None, init: float | None = None,
+                  selection: str | None = None) -> Path:
         """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation);
         ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective);
         ``benign_tokens``: override the profile's benign KL window (0 or 16: all 16 answer tokens, as before);
         ``margin_target``: override the profile's τ of the margin term (0: none, as before);
-        ``benign_contrast``: override the profile's weight δ of the benign contrast term (0: off, as before)."""
+        ``benign_contrast``: override the profile's weight δ of the benign contrast term (0: off, as before);
+        ``init``: the λ every layer starts from (1: the library's default, as before);
+        ``selection``: the layer scorer of the selection stage (None: the profile's, see select())."""
         p = dict(self.p["calibrate"])
+        if init is not None:
+            p["init"] = init
+        if p.get("init", 1.0) == 1.0:
+            p.pop("init", None)  # the default: stages built before the option existed have no key in their hash
         if benign_contrast is not None:
             p["benign_contrast"] = benign_contrast
         if not p.get("benign_contrast"):
@@ -358,7 +372,7 @@ class Study:
         else:
             p["refusal_loss"] = loss
         a, t = self.align(), self.task_adapter(task, setting)
-        s = self.safety() if all_layers else self.select()
+        s = self.safety() if all_layers else self.select(selection)
         train, _ = self.task_data(task)
         harm, ben = self.sp["harmful_calib"][: p["k"]], self.sp["benign_calib"][: p["k"]]
         shots = [r["prompt"] for r in train[: p["k"]]]
@@ -374,7 +388,7 @@ class Study:
                           batch_size=p.get("batch_size", 8), refusal_loss=loss,
                           margin_tokens=p.get("margin_tokens", 16), benign_tokens=p.get("benign_tokens"),
                           margin_target=float(p.get("margin_target", 0.0)),
-                          benign_contrast=float(p.get("benign_contrast", 0.0)),
+                          benign_contrast=float(p.get("benign_contrast", 0.0)), init=float(p.get("init", 1.0)),
                           out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 

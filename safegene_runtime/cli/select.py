@@ -10,7 +10,12 @@ Run harmful and benign probe prompts (chat-templated) through the aligned model 
 score every decoder layer by how much A and D differ on harmful prompts relative to benign ones
 (score_l = c_l(H) / (c_l(B) + eps), c_l = mean ||h_A - h_D|| / ||h_A|| of the token-averaged residual after
 layer l), and write a NEW safety adapter folder whose manifest records every score and the selected layers.
-The input adapter is never modified. Default selection: the top half of the layers."""
+The input adapter is never modified. Default selection: the top half of the layers.
+
+--method refusal_gradient scores each layer by the safety adapter's own effect instead: in D + lambda*S at
+lambda = 0, the derivative of A's refusal-vs-D's-answer log-prob margin (first 4 answer tokens) on harmful probes,
+minus any over-refusal it adds on benign probes (same margin, A's answer vs a refusal). It generates A's and D's
+greedy answers and runs one backward pass through D."""
 
 
 def register(subparsers) -> None:
@@ -25,7 +30,8 @@ def register(subparsers) -> None:
     g.add_argument("--top-k", type=int, help="keep the K highest-scoring layers")
     g.add_argument("--threshold", type=float, help="keep layers with score >= T")
     p.add_argument("--method", default="contrast_ratio",
-                   help="scorer: contrast_ratio (default), harmful_contrast, contrast_difference")
+                   choices=("contrast_ratio", "harmful_contrast", "contrast_difference", "refusal_gradient"),
+                   help="scorer: contrast_ratio (default), harmful_contrast, contrast_difference, refusal_gradient")
     p.add_argument("--keep", choices=("all", "selected"), default="all",
                    help="all: copy every module and record the selection (default); selected: drop the others")
     p.add_argument("--out", type=Path, help="output folder (default: beside --safety as <name>-selected-<id12>)")
