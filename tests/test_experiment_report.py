@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 from experiments.smollm2.report import pivot, targets
@@ -155,3 +156,18 @@ def test_targets_for_the_selection_ablation_list_only_measured_adapters():
     short = targets(study, rows, method="safegene-all", base_rows=False)  # the second table leaves them out
     assert short[:2] == lines[:2] and short[2:] == [ln for ln in lines[2:]
                                                     if "alone raises" not in ln and not ln.startswith("| A ")]
+
+
+def test_selection_agreement_is_the_share_of_lambda_on_each_selections_layers(tmp_path):
+    from experiments.smollm2.report import selection_agreement
+
+    for name, keep in (("select-aaa", [0, 1]), ("select-refusal-gradient-bbb", [2, 3])):
+        (tmp_path / name / "adapter").mkdir(parents=True)
+        (tmp_path / name / "adapter" / "manifest.json").write_text(json.dumps({"selection": {"selected": keep}}))
+    cals = [("calibrate-all-x-clean-1", {"layers": {"0": 1.0, "1": 0.0, "2": 2.0, "3": 1.0}}),
+            ("calibrate-x-clean-2", {"layers": {"0": 1.0}}),  # not an all-layer calibration: not listed
+            ("calibrate-all-x-mix10-3", {"layers": {"0": 0.0, "1": 0.0, "2": 0.0, "3": 0.0}})]  # no λ: not listed
+    lines = selection_agreement(SimpleNamespace(root=tmp_path), cals)
+    assert lines[3] == "| calibration | `select-aaa` | `select-refusal-gradient-bbb` |"
+    assert lines[5:] == ["| `calibrate-all-x-clean-1` | 0.25 | 0.75 |"]
+    assert selection_agreement(SimpleNamespace(root=tmp_path / "none"), cals) == []

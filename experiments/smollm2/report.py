@@ -165,6 +165,23 @@ def stage_table(study: Study) -> list[str]:
     return lines
 
 
+def selection_agreement(study: Study, cals: list[tuple[str, dict]]) -> list[str]:
+    """Does a selection keep the layers calibration wants? For each calibration over all layers: the share of its
+    Σλ that falls on each selection stage's layers (15 of 30 layers: 0.5 would be no better than chance)."""
+    sels = {f.parent.parent.name: set(json.loads(f.read_text())["selection"]["selected"])
+            for f in sorted(study.root.glob("select-*/adapter/manifest.json"))}
+    rows = [(name, c["layers"]) for name, c in cals if name.startswith("calibrate-all-") and sum(c["layers"].values())]
+    if not sels or not rows:
+        return []
+    out = ["", "Share of Σλ of each all-layer calibration on the layers each selection keeps:", "",
+           "| calibration | " + " | ".join(f"`{s}`" for s in sels) + " |", "|---" * (len(sels) + 1) + "|"]
+    for name, lam in rows:
+        total = sum(lam.values())
+        out.append(f"| `{name}` | " + " | ".join(f"{sum(v for l, v in lam.items() if int(l) in keep) / total:.2f}"
+                                                  for keep in sels.values()) + " |")
+    return out
+
+
 def _term(coefficients: dict) -> str:
     """The calibration's refusal term as the report names it: 'ce', or 'margin (N tokens)'."""
     m = coefficients.get("method", {})
@@ -224,6 +241,7 @@ def markdown(study: Study) -> str:
         scores = {k: float(f"{v:.3g}") for k, v in sorted(s.get("scores", {}).items(), key=lambda kv: int(kv[0]))}
         out += ["", f"Layer scores ({s.get('method', 'contrast_ratio')}, {f.parent.parent.name}): {json.dumps(scores)}",
                 f"Selected layers: {s.get('selected')}"]
+    out += selection_agreement(study, cals)
     rb = sorted((study.root / "rank-budget").glob("*.json"))
     if rb:
         out += ["", "Rank budget 16 (`stack --rank-budget 16` of the calibrated stack; manifest of each stacked adapter):",
