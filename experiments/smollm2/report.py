@@ -90,6 +90,8 @@ def pivot(study: Study, rows: dict) -> list[str]:
 
 # Ablations that get their own Targets table (only the adapters they were measured on), and what they change.
 ABLATION_TARGETS = {
+    "safegene-g-c0.3i0": "calibrated over the 15 layers the refusal_gradient scorer selects, δ = 0.3, every λ "
+                         "starting from 0",
     "safegene-all-c0.3i0": "calibrated over all 30 layers with the benign contrast term, δ = 0.3, every λ starting "
                            "from 0 instead of 1",
     "safegene-all-c0.3": "calibrated over all 30 layers with the benign contrast term, δ = 0.3",
