@@ -180,20 +180,17 @@ def refusal_gradient(
     ad = load_adapter(safety)
     gen_kw = dict(max_new_tokens=max_new_tokens, batch_size=max(batch_size, 32), progress=progress)
 
-    def answers(model_dir, prompts_h, prompts_b=None, desc=""):
-        model, tok = load_causal_lm(model_dir, device=device)
-        enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_tokens)  # noqa: E731
-        out = [_generate(model, tok, enc(xs), desc=desc, **gen_kw) for xs in (prompts_h, prompts_b) if xs]
-        return out, tok, _eos_ids(model, tok)
-
-    (a_harm, a_ben), tok, stop = answers(aligned, harmful, benign, desc="answers (A)")
-    (d_harm,), _, _ = answers(degraded, harmful, desc="answers (D)")
+    model, tok = load_causal_lm(aligned, device=device)
+    stop = _eos_ids(model, tok)
+    ph, pb = (encode_prompts(tok, xs, max_tokens=max_tokens) for xs in (harmful, benign))
+    a_harm, a_ben = (_generate(model, tok, p, desc="answers (A)", **gen_kw) for p in (ph, pb))
+    # D is A fine-tuned (same tokenizer); it is loaded once, for its answers and then for the gradient.
+    model, _ = load_causal_lm(degraded, device=device)
+    d_harm = _generate(model, tok, ph, desc="answers (D)", **gen_kw)
 
     def refuses(ids: list[int]) -> bool:
         return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
 
-    ph = encode_prompts(tok, harmful, max_tokens=max_tokens)
-    pb = encode_prompts(tok, benign, max_tokens=max_tokens)
     cut = lambda t: t[:margin_tokens]  # noqa: E731
     harm_shots = [_Shot(p, cut(r), negative=cut(d)) for p, r, d in zip(ph, a_harm, d_harm)
                   if r and d and refuses(r) and not refuses(d)]
@@ -205,7 +202,6 @@ def refusal_gradient(
         raise ValueError(f"{GRADIENT}: no harmful probe that A refuses and D answers (keyword judge); "
                          "the margin has nothing to differentiate")
 
-    model, _ = load_causal_lm(degraded, device=device)
     grads: dict[str, dict[int, float]] = {}
     with LoraForward(model, scaled=ad, init=0.0) as lf:
         for name, shots in (("harmful", harm_shots), ("benign", ben_shots)):
