@@ -131,6 +131,25 @@ def _generate(model, tok, prompts: list[list[int]], *, max_new_tokens: int, batc
     return out
 
 
+def _refuses(tok, ids: list[int]) -> bool:
+    """The keyword judge on a decoded teacher answer."""
+    from .judges.refusal import refusal_match
+
+    return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
+
+
+def _benign_contrast_shots(answers: list[_Shot], refusals: list[list[int]], *, tok, stop: tuple[int, ...],
+                           margin_tokens: int) -> list[_Shot]:
+    """The benign contrast's shots (also layer selection's benign margin): the benign prompts A answers (no refusal,
+    no immediate EOS), cut to ``margin_tokens``, each with one of A's own refusals as negative (paired by index)."""
+    opening = [r[:margin_tokens] for r in refusals if r and _refuses(tok, r)]
+    answered = [b for b in answers if b.target and b.target[0] not in stop and not _refuses(tok, b.target)]
+    if not opening:
+        return []
+    return [_Shot(b.prompt, b.target[:margin_tokens], stop=stop, negative=opening[i % len(opening)])
+            for i, b in enumerate(answered)]
+
+
 def _target_logprobs(model, shots: list[_Shot], pad: int) -> list[torch.Tensor]:
     """Log-probs [len(target), vocab] of each shot's target tokens given its prompt (one forward, left-padded)."""
     dev = next(model.parameters()).device
@@ -323,28 +342,19 @@ def calibrate(
                     data["task_kl"] = teach(task_shots, "task (A+T)")
                 if refusal_loss == "margin":
                     answers = teach(harmful, "harmful (A+T)")
-            from .judges.refusal import refusal_match
-
-            def refuses(ids: list[int]) -> bool:  # the keyword judge on a decoded teacher answer
-                return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
-
             if benign_answers and benign_contrast > 0:
-                # Shots A itself answers; the negatives are A's own refusals (to harmful shots, paired by index).
                 stop = tuple(sorted(_eos_ids(model, tok)))
-                opening = [r.target[:margin_tokens] for r in refusals if r.target and refuses(r.target)]
-                answered = [b for b in benign_answers
-                            if b.target and b.target[0] not in stop and not refuses(b.target)]
-                if answered and opening and stop:
-                    data["benign_margin"] = [_Shot(b.prompt, b.target[:margin_tokens], stop=stop,
-                                                   negative=opening[i % len(opening)])
-                                             for i, b in enumerate(answered)]
+                shots = _benign_contrast_shots(benign_answers, [r.target for r in refusals], tok=tok, stop=stop,
+                                               margin_tokens=margin_tokens)
+                if shots and stop:
+                    data["benign_margin"] = shots
             if refusal_loss == "ce":
                 data["refusal_ce"] = refusals
             else:
                 # Only shots where the task model complies carry a contrast; its refusals are left out.
                 kept = [_Shot(r.prompt, r.target[:margin_tokens], negative=a.target[:margin_tokens])
                         for r, a in zip(refusals, answers)
-                        if a.target and not refuses(a.target)]
+                        if a.target and not _refuses(tok, a.target)]
                 if kept:
                     data["refusal_margin"] = kept
             with torch.no_grad():

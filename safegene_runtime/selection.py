@@ -171,8 +171,7 @@ def refusal_gradient(
     progress: bool = True,
 ) -> dict:
     """The ``refusal_gradient`` score (module docstring); returns ``{"g_harmful", "g_benign", "scores", "shots"}``."""
-    from .calibrate import _eos_ids, _generate, _margins, _Shot
-    from .judges.refusal import refusal_match
+    from .calibrate import _benign_contrast_shots, _eos_ids, _generate, _margins, _refuses, _Shot
     from .lora_forward import LoraForward, encode_prompts, load_causal_lm
 
     if not harmful or not benign:
@@ -188,16 +187,11 @@ def refusal_gradient(
     model, _ = load_causal_lm(degraded, device=device)
     d_harm = _generate(model, tok, ph, desc="answers (D)", **gen_kw)
 
-    def refuses(ids: list[int]) -> bool:
-        return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
-
     cut = lambda t: t[:margin_tokens]  # noqa: E731
     harm_shots = [_Shot(p, cut(r), negative=cut(d)) for p, r, d in zip(ph, a_harm, d_harm)
-                  if r and d and refuses(r) and not refuses(d)]
-    openings = [cut(r) for r in a_harm if r and refuses(r)]
-    answered = [(p, b) for p, b in zip(pb, a_ben) if b and b[0] not in stop and not refuses(b)]
-    ben_shots = [_Shot(p, cut(b), negative=openings[i % len(openings)]) for i, (p, b) in enumerate(answered)
-                 ] if openings else []
+                  if r and d and _refuses(tok, r) and not _refuses(tok, d)]
+    ben_shots = _benign_contrast_shots([_Shot(p, b) for p, b in zip(pb, a_ben)], a_harm, tok=tok,
+                                       stop=tuple(sorted(stop)), margin_tokens=margin_tokens)
     if not harm_shots:
         raise ValueError(f"{GRADIENT}: no harmful probe that A refuses and D answers (keyword judge); "
                          "the margin has nothing to differentiate")
