@@ -75,6 +75,8 @@ DEFAULT_MARGIN_TOKENS = 4
 DEFAULT_MARGIN_TARGET = 0.0
 DEFAULT_BENIGN_TOKENS: int | None = None  # None: the whole (max_target_tokens) answer
 DEFAULT_BENIGN_CONTRAST = 0.0
+OPTIMIZERS = ("adam", "adam-shared")
+DEFAULT_OPTIMIZER = "adam"
 
 
 @dataclass
@@ -223,6 +225,39 @@ class _Batches:
         return out
 
 
+class SharedAdam:
+    """Adam with one second moment for the whole λ vector (the mean square of its gradient) *(ours)*.
+
+    Per-coordinate Adam divides each λ's step by that λ's own gradient size, so from a common start every λ with a
+    gradient moves at about ``lr`` per step, however weakly the loss depends on it: on SmolLM2, calibrating from
+    λ = 0 spread λ flat over layers 0–22, and on 15 layers all λ ended at lr·steps (docs/results.md). Sharing the
+    normaliser keeps the gradient's relative sizes across layers (the first step is ``−lr·g/rms(g)``), so layers the
+    loss barely depends on barely move, while the overall step stays scale-free like Adam's."""
+
+    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8) -> None:
+        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
+        self.m = torch.zeros_like(param)
+        self.v = 0.0
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        self.param.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        g = self.param.grad
+        if g is None:
+            return
+        b1, b2 = self.betas
+        self.t += 1
+        self.m.mul_(b1).add_(g, alpha=1 - b1)
+        self.v = b2 * self.v + (1 - b2) * float((g.double() ** 2).mean())
+        m_hat = self.m / (1 - b1**self.t)
+        v_hat = self.v / (1 - b2**self.t)
+        self.param.sub_(self.lr * m_hat / (math.sqrt(v_hat) + self.eps))
+
+
 def calibrate(
     base: str | Path,
     task: str | Path,
@@ -250,6 +285,7 @@ def calibrate(
     margin_target: float = DEFAULT_MARGIN_TARGET,
     benign_tokens: int | None = DEFAULT_BENIGN_TOKENS,
     benign_contrast: float = DEFAULT_BENIGN_CONTRAST,
+    optimizer: str = DEFAULT_OPTIMIZER,
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
@@ -265,6 +301,8 @@ def calibrate(
     ``benign_tokens``: compare only the first N tokens of A's benign answers in the benign KL (None: all
     ``max_target_tokens``); the opening is where an over-refusing model stops or refuses.
     ``benign_contrast``: δ, the weight of the benign contrast term (module docstring; 0: off).
+    ``optimizer``: ``"adam"`` (per-layer step sizes) or ``"adam-shared"`` (one step size for all layers, so λ
+    moves in proportion to the gradient: :class:`SharedAdam`).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
     """
@@ -280,6 +318,8 @@ def calibrate(
                     ("benign_tokens", 1 if benign_tokens is None else benign_tokens)):
         if int(v) < (0 if name == "steps" else 1):
             raise ValueError(f"{name} must be positive (got {v})")
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {optimizer!r})")
     if refusal_loss not in REFUSAL_LOSSES:
         raise ValueError(f"refusal_loss must be one of {', '.join(REFUSAL_LOSSES)} (got {refusal_loss!r})")
     if not math.isfinite(margin_target):
@@ -384,7 +424,7 @@ def calibrate(
             before = full_loss()
             gen = torch.Generator().manual_seed(seed)
             batches = {t: _Batches(len(s), batch_size, gen) for t, s in data.items()}
-            opt = torch.optim.Adam([lf.lambdas], lr=lr)
+            opt = torch.optim.Adam([lf.lambdas], lr=lr) if optimizer == "adam" else SharedAdam(lf.lambdas, lr)
             history: list[float] = []
             for _ in tqdm(range(steps), desc="calibrate", unit="step", leave=False, disable=not progress):
                 opt.zero_grad()
@@ -429,7 +469,7 @@ def calibrate(
             "benign_contrast": benign_contrast, "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
-            "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": "adam",
+            "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": optimizer,
             "device": str(next(model.parameters()).device),
             "seconds": round(time.monotonic() - t0, 2),
         },

@@ -135,7 +135,7 @@ def _resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, ver
         if not f.is_file():
             raise ArtifactError(f"calibration file {f} not found")
     from safegene_runtime.calibrate import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET,
-                                            DEFAULT_MARGIN_TOKENS, DEFAULT_REFUSAL_LOSS, calibrate)
+                                            DEFAULT_MARGIN_TOKENS, DEFAULT_OPTIMIZER, DEFAULT_REFUSAL_LOSS, calibrate)
     from safegene_runtime.prompts import load_examples, load_prompts
 
     key = hashlib.sha256(canonical_json({
@@ -143,7 +143,8 @@ def _resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, ver
         "files": [sha256_file(f) for f in files], "seed": cal.seed, "steps": cal.steps, "limit": cal.limit,
         # a new default objective must not reuse the old one's coefficients
         "objective": [DEFAULT_REFUSAL_LOSS, DEFAULT_MARGIN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_BENIGN_TOKENS]
-        + ([DEFAULT_BENIGN_CONTRAST] if DEFAULT_BENIGN_CONTRAST else []),  # off: the keys cached before it existed
+        + ([DEFAULT_BENIGN_CONTRAST] if DEFAULT_BENIGN_CONTRAST else [])  # off: the keys cached before it existed
+        + ([DEFAULT_OPTIMIZER] if DEFAULT_OPTIMIZER != "adam" else []),
     }).encode()).hexdigest()[:12]
     out = ctx.cfg.state_dir / "coefficients" / f"{spec.name}-{version}-{key}.json"
     if out.is_file():

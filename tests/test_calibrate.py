@@ -138,6 +138,58 @@ def test_benign_contrast_holds_safety_back_where_benign_answers_would_turn(fam, 
         calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], benign_contrast=-1.0, **FAST)
 
 
+def test_shared_adam_keeps_the_gradients_relative_sizes_across_layers():
+    """SharedAdam: the first step is −lr·g/rms(g) (relative sizes kept, scale-free like Adam); with one coordinate
+    it is exactly torch's Adam."""
+    import torch
+
+    from safegene_runtime.calibrate import SharedAdam
+
+    g = torch.tensor([-4.0, -1.0, 0.0, 2.0])
+    for scale in (1.0, 100.0):
+        p = torch.zeros(4, requires_grad=True)
+        opt = SharedAdam(p, lr=0.1)
+        p.grad = g * scale
+        opt.step()
+        rms = float((g**2).mean().sqrt())
+        assert torch.allclose(p.detach(), -0.1 * g / rms, atol=1e-6), (scale, p)
+        opt.zero_grad()
+        assert p.grad is None
+    # Per-coordinate Adam moves every coordinate with a gradient by lr at the first step, whatever its size.
+    q = torch.zeros(4, requires_grad=True)
+    adam = torch.optim.Adam([q], lr=0.1)
+    q.grad = g.clone()
+    adam.step()
+    assert torch.allclose(q.detach().abs(), torch.tensor([0.1, 0.1, 0.0, 0.1]), atol=1e-6)
+    # One coordinate: the shared second moment is that coordinate's own, so the two agree step for step.
+    a, b = torch.zeros(1, requires_grad=True), torch.zeros(1, requires_grad=True)
+    ref, shared = torch.optim.Adam([a], lr=0.05), SharedAdam(b, lr=0.05)
+    for grad in (3.0, -1.0, 0.5, 2.0, -0.2):
+        a.grad, b.grad = torch.tensor([grad]), torch.tensor([grad])
+        ref.step()
+        shared.step()
+        assert torch.allclose(a.detach(), b.detach(), atol=1e-7)
+
+
+def test_shared_step_moves_layers_in_proportion_to_their_gradient(fam, shots):
+    """From λ = 0, one step of plain Adam moves every layer the loss pulls on by lr; one step of adam-shared moves
+    them by different amounts (the gradient's relative sizes), the largest by more than lr. Recorded in the meta;
+    a bad name is refused."""
+    from safegene_runtime.calibrate import calibrate
+
+    kw = dict(init=0.0, steps=1, lr=0.1, seed=0, batch_size=8, **FAST)
+    plain = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"], **kw)
+    shared = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
+                       optimizer="adam-shared", **kw)
+    moved = [v for v in plain.layers.values() if v > 0]
+    assert moved and all(abs(v - 0.1) < 1e-4 for v in moved), plain.layers
+    s = [v for v in shared.layers.values() if v > 0]
+    assert s and max(s) > 0.1 + 1e-3 and max(s) - min(s) > 1e-2, shared.layers
+    assert plain.meta["method"]["optimizer"] == "adam" and shared.meta["method"]["optimizer"] == "adam-shared"
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], optimizer="sgd", **FAST)
+
+
 def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):
     from safegene_runtime.calibrate import calibrate
 

@@ -140,6 +140,9 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
     assert safety == "selected by refusal_gradient"
     assert stage == ("reverse", "mix10", {"all_layers": False, "benign_contrast": 0.3, "init": 0.0,
                                           "selection": "refusal_gradient"})
+    stage, safety = calibration_for(st, "reverse", "mix10", "safegene-all-c0.3i0-shared")
+    assert safety == "all layers"
+    assert stage[2] == {"all_layers": True, "benign_contrast": 0.3, "init": 0.0, "optimizer": "adam-shared"}
     assert calibration_for(st, "reverse", "clean", "safegene-b4t2")[0][2] == {"benign_tokens": 4, "margin_target": 2.0}
     assert calibration_for(st, "reverse", "clean", "safegene-x-c0.3") is None  # not a variant: no stage
 

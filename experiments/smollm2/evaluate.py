@@ -162,8 +162,9 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     ``safegene``: the profile's objective on the selected layers; ``safegene-ce``: the first study's refusal term
     (cross-entropy of A's wording); ``safegene-b<N>[t<τ>]``: benign KL over A's first N answer tokens (b16: all 16),
     margin term softplus(τ − margin); ``safegene-all``: every layer of the unselected safety adapter (selection
-    ablation); ``safegene[-all|-g]-c<δ>[i<λ0>]``: the benign contrast term at weight δ, every λ starting from λ0
-    (default 1); ``-g``: on the layers the ``refusal_gradient`` scorer selects. Building a missing stage calibrates.
+    ablation); ``safegene[-all|-g]-c<δ>[i<λ0>][-shared]``: the benign contrast term at weight δ, every λ starting
+    from λ0 (default 1); ``-g``: on the layers the ``refusal_gradient`` scorer selects; ``-shared``: one Adam step
+    size for all λ (``SharedAdam``). Building a missing stage calibrates.
     """
     if method in ("safegene", "safegene-ce"):
         loss = "ce" if method == "safegene-ce" else None
@@ -172,12 +173,13 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     if m:
         stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)), margin_target=float(m.group(2) or 0))
         return stage, study.select()
-    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?", method)
+    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?(-shared)?", method)
     if m:
         where = m.group(1) or ""
         selection = GRADIENT if where == "-g" else None
         stage = study.calibrate(task, setting, all_layers=where == "-all", benign_contrast=float(m.group(2)),
-                                init=float(m.group(3)) if m.group(3) else None, selection=selection)
+                                init=float(m.group(3)) if m.group(3) else None, selection=selection,
+                                optimizer="adam-shared" if m.group(4) else None)
         return stage, (study.safety() if where == "-all" else study.select(selection))
     if method == "safegene-all":
         return study.calibrate(task, setting, all_layers=True), study.safety()
@@ -236,7 +238,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
         [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [(s, "safegene-r16") for s in SETTINGS] + \
         [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all",
                                 "safegene-all-c0.3", "safegene-all-c1.0", "safegene-all-c0.3i0",
-                                "safegene-g-c0.3i0") for s in SETTINGS]
+                                "safegene-g-c0.3i0", "safegene-all-c0.3i0-shared") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

@@ -339,15 +339,20 @@ class Study:
     def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None,
                   benign_tokens: int | None = None, margin_target: float | None = None,
                   benign_contrast: float | None = None, init: float | None = None,
-                  selection: str | None = None) -> Path:
+                  selection: str | None = None, optimizer: str | None = None) -> Path:
         """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation);
         ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective);
         ``benign_tokens``: override the profile's benign KL window (0 or 16: all 16 answer tokens, as before);
         ``margin_target``: override the profile's τ of the margin term (0: none, as before);
         ``benign_contrast``: override the profile's weight δ of the benign contrast term (0: off, as before);
         ``init``: the λ every layer starts from (1: the library's default, as before);
-        ``selection``: the layer scorer of the selection stage (None: the profile's, see select())."""
+        ``selection``: the layer scorer of the selection stage (None: the profile's, see select());
+        ``optimizer``: ``"adam-shared"`` for one step size over all λ (None or ``"adam"``: per-layer, as before)."""
         p = dict(self.p["calibrate"])
+        if optimizer is not None:
+            p["optimizer"] = optimizer
+        if p.get("optimizer", "adam") == "adam":
+            p.pop("optimizer", None)  # the default: stages built before the option existed have no key in their hash
         if init is not None:
             p["init"] = init
         if p.get("init", 1.0) == 1.0:
@@ -389,7 +394,7 @@ class Study:
                           margin_tokens=p.get("margin_tokens", 16), benign_tokens=p.get("benign_tokens"),
                           margin_target=float(p.get("margin_target", 0.0)),
                           benign_contrast=float(p.get("benign_contrast", 0.0)), init=float(p.get("init", 1.0)),
-                          out=tmp / "coefficients.json", progress=False)
+                          optimizer=p.get("optimizer", "adam"), out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
         name = f"calibrate-all-{task}-{setting}" if all_layers else f"calibrate-{task}-{setting}"

@@ -10,7 +10,8 @@ Learn one coefficient lambda_l >= 0 per selected layer of the safety adapter for
 shots: on harmful shots the task model complies with, prefer the aligned base's own refusal over the task model's
 answer (--refusal-loss margin; 'ce' trains on the base's refusal wording instead); keep the task adapter's own
 answers to task shots (KL) and, optionally, the base's own answers to benign shots (KL); a small penalty on lambda.
-Only the lambdas are trained (Adam, clamped to [0, lambda-max]); the models stay frozen. Writes a
+Only the lambdas are trained (Adam, or with --optimizer adam-shared one step size for all layers so that lambda
+moves in proportion to the gradient; clamped to [0, lambda-max]); the models stay frozen. Writes a
 coefficients.json (schema safegene.coefficients/v1) for `safegene stack` / `safegene merge`."""
 
 
@@ -52,6 +53,9 @@ def register(subparsers) -> None:
     p.add_argument("--benign-contrast", type=float, default=None, metavar="DELTA",
                    help="weight of the benign contrast term: prefer the base's answer to a refusal or an empty reply "
                         "on benign shots the base answers (default: the library's, see safegene_runtime.calibrate)")
+    p.add_argument("--optimizer", choices=("adam", "adam-shared"), default="adam",
+                   help="adam: a step size per layer (default); adam-shared: one for all layers, so layers the loss "
+                        "barely depends on barely move (from --init 0 plain Adam moves every layer at the same rate)")
     p.add_argument("--layers", help="comma-separated layers to calibrate, or 'all' (overrides the safety manifest's "
                                     "selection; on SmolLM2 all layers did better than the selection, docs/results.md)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -83,7 +87,7 @@ def run(args) -> int:
         max_target_tokens=args.max_target_tokens or None, max_prompt_tokens=args.max_prompt_tokens,
         batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss,
         margin_tokens=args.margin_tokens, margin_target=args.margin_target,
-        benign_tokens=args.benign_tokens or None, device=args.device,
+        benign_tokens=args.benign_tokens or None, optimizer=args.optimizer, device=args.device,
         **({} if args.benign_contrast is None else {"benign_contrast": args.benign_contrast}),
         out=args.out, shot_sources=sources,
     )
