@@ -109,6 +109,10 @@ def test_term_names_the_objective_and_its_knobs():
         "margin (4 tokens, benign contrast δ 0.3)"  # λ from 1 is the default start: not named
     assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "benign_contrast": 0.3, "init": 0.0}}) == \
         "margin (4 tokens, benign contrast δ 0.3, λ from 0)"
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "init": 0.0, "optimizer": "adam"}}) == \
+        "margin (4 tokens, λ from 0)"  # the default optimizer: not named
+    assert _term({"method": {"refusal_loss": "margin", "margin_tokens": 4, "init": 0.0,
+                             "optimizer": "adam-shared"}}) == "margin (4 tokens, λ from 0, adam-shared)"
 
 
 def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():

@@ -61,7 +61,8 @@ def precision(study: Study, rows: dict) -> list[str]:
     return out
 
 
-METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0", "safegene-g-c0.3i0",
+METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0",
+           "safegene-all-c0.3i0-shared", "safegene-g-c0.3i0",
            "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
            "uniform0.5", "uniform1", "uniform2", "safelora"]
 
@@ -90,6 +91,8 @@ def pivot(study: Study, rows: dict) -> list[str]:
 
 # Ablations that get their own Targets table (only the adapters they were measured on), and what they change.
 ABLATION_TARGETS = {
+    "safegene-all-c0.3i0-shared": "calibrated over all 30 layers, δ = 0.3, every λ starting from 0, one Adam step "
+                                  "size for all λ (SharedAdam)",
     "safegene-g-c0.3i0": "calibrated over the 15 layers the refusal_gradient scorer selects, δ = 0.3, every λ "
                          "starting from 0",
     "safegene-all-c0.3i0": "calibrated over all 30 layers with the benign contrast term, δ = 0.3, every λ starting "
@@ -194,6 +197,7 @@ def _term(coefficients: dict) -> str:
         out += f", benign KL {m['benign_tokens']} tokens" if m.get("benign_tokens") else ""
         out += f", benign contrast δ {m['benign_contrast']:g}" if m.get("benign_contrast") else ""
         out += f", λ from {m['init']:g}" if m.get("init", 1.0) != 1.0 else ""  # 1: the default start
+        out += f", {m['optimizer']}" if m.get("optimizer", "adam") != "adam" else ""
         return out + ")"
     return loss
 
