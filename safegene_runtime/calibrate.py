@@ -258,6 +258,14 @@ class SharedAdam:
         self.param.sub_(self.lr * m_hat / (math.sqrt(v_hat) + self.eps))
 
 
+def best_start(losses: Sequence[float]) -> int:
+    """Which of several calibrations from different starts to keep: the lowest loss over all shots (ties: the
+    first). The same rule for ``calibrate(init=[...])`` and for picking among calibrations already on disk."""
+    if not losses:
+        raise ValueError("no calibrations to choose from")
+    return min(range(len(losses)), key=lambda i: losses[i])
+
+
 def calibrate(
     base: str | Path,
     task: str | Path,
@@ -273,7 +281,7 @@ def calibrate(
     gamma: float = 1.0,
     lambda_max: float = 4.0,
     penalty: float = 1e-3,
-    init: float = 1.0,
+    init: float | Sequence[float] = 1.0,
     max_new_tokens: int = 48,
     max_prompt_tokens: int = 128,
     max_target_tokens: int | None = 16,
@@ -301,6 +309,10 @@ def calibrate(
     ``benign_tokens``: compare only the first N tokens of A's benign answers in the benign KL (None: all
     ``max_target_tokens``); the opening is where an over-refusing model stops or refuses.
     ``benign_contrast``: δ, the weight of the benign contrast term (module docstring; 0: off).
+    ``init``: the λ every layer starts from; several starts: optimise from each (same teachers, same minibatches)
+    and keep the λ with the lowest loss over all shots (``meta["starts"]`` records each). From λ = 1 and from λ = 0
+    the 40 steps end in different places, and on SmolLM2 neither start was the lower loss on every adapter
+    (docs/results.md).
     ``optimizer``: ``"adam"`` (per-layer step sizes) or ``"adam-shared"`` (one step size for all layers, so λ
     moves in proportion to the gradient: :class:`SharedAdam`).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
@@ -326,6 +338,9 @@ def calibrate(
         raise ValueError(f"margin_target must be a finite number (got {margin_target})")
     if not lambda_max > 0 or not math.isfinite(lambda_max):
         raise ValueError(f"lambda_max must be a positive number (got {lambda_max})")
+    starts = [float(init)] if isinstance(init, (int, float)) else [float(x) for x in init]
+    if not starts or not all(0.0 <= x <= lambda_max for x in starts):
+        raise ValueError(f"init must be one or more starting λ in [0, lambda_max={lambda_max:g}] (got {init!r})")
     if not min(beta, gamma, penalty, lr, benign_contrast) >= 0 or not math.isfinite(benign_contrast):
         raise ValueError("beta, gamma, benign_contrast, penalty and lr must be non-negative")
     if not harmful:
@@ -359,7 +374,7 @@ def calibrate(
     try:
         model, tok = load_causal_lm(base, device=device)
         pad = tok.pad_token_id
-        with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=init) as lf:
+        with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=starts[0]) as lf:
             enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_prompt_tokens)  # noqa: E731
             # Only the first max_target_tokens answer tokens are trained on, so generating more is wasted work.
             gen_len = min(max_new_tokens, max_target_tokens) if max_target_tokens else max_new_tokens
@@ -421,25 +436,33 @@ def calibrate(
                 res["total"] = sum(weights[t] * res[t] for t in data) + res["penalty"]
                 return res
 
-            before = full_loss()
-            gen = torch.Generator().manual_seed(seed)
-            batches = {t: _Batches(len(s), batch_size, gen) for t, s in data.items()}
-            opt = torch.optim.Adam([lf.lambdas], lr=lr) if optimizer == "adam" else SharedAdam(lf.lambdas, lr)
-            history: list[float] = []
-            for _ in tqdm(range(steps), desc="calibrate", unit="step", leave=False, disable=not progress):
-                opt.zero_grad()
-                loss = penalty * (lf.lambdas**2).sum()
-                for term in data:
-                    idx = batches[term].next()
-                    loss = loss + weights[term] * _term_loss(model, term, [data[term][i] for i in idx], pad,
-                                                             margin_target)
-                loss.backward()
-                opt.step()
-                with torch.no_grad():
-                    lf.lambdas.clamp_(0.0, lambda_max)
-                history.append(float(loss.detach()))
-            after = full_loss()
-            learned = lf.lambda_dict()
+            def descend(start: float) -> dict[str, Any]:
+                """One optimisation from every λ = ``start``; same minibatches for every start (seeded here)."""
+                lf.set_lambdas(start)
+                before = full_loss()
+                gen = torch.Generator().manual_seed(seed)
+                batches = {t: _Batches(len(s), batch_size, gen) for t, s in data.items()}
+                opt = torch.optim.Adam([lf.lambdas], lr=lr) if optimizer == "adam" else SharedAdam(lf.lambdas, lr)
+                history: list[float] = []
+                for _ in tqdm(range(steps), desc=f"calibrate from {start:g}", unit="step", leave=False,
+                              disable=not progress):
+                    opt.zero_grad()
+                    loss = penalty * (lf.lambdas**2).sum()
+                    for term in data:
+                        idx = batches[term].next()
+                        loss = loss + weights[term] * _term_loss(model, term, [data[term][i] for i in idx], pad,
+                                                                 margin_target)
+                    loss.backward()
+                    opt.step()
+                    with torch.no_grad():
+                        lf.lambdas.clamp_(0.0, lambda_max)
+                    history.append(float(loss.detach()))
+                return {"init": start, "before": before, "after": full_loss(), "history": history,
+                        "lambdas": lf.lambda_dict()}
+
+            runs = [descend(start) for start in starts]
+            best = best_start([r["after"]["total"] for r in runs])
+            learned = runs[best]["lambdas"]
             lf.set_lambdas(0.0)
             at_zero = full_loss()
     finally:
@@ -467,15 +490,19 @@ def calibrate(
             "refusal_loss": refusal_loss, "margin_tokens": margin_tokens if refusal_loss == "margin" else None,
             "margin_target": margin_target if refusal_loss == "margin" else None, "benign_tokens": benign_tokens,
             "benign_contrast": benign_contrast, "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
-            "penalty": penalty, "init": init, "max_new_tokens": max_new_tokens,
+            "penalty": penalty, "init": init if len(starts) == 1 else list(starts), "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
             "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": optimizer,
             "device": str(next(model.parameters()).device),
             "seconds": round(time.monotonic() - t0, 2),
         },
+        **({"starts": [{"init": r["init"], "after": r["after"]["total"],
+                        "lambdas": {str(l): v for l, v in r["lambdas"].items()}} for r in runs],
+            "chosen_init": runs[best]["init"]} if len(runs) > 1 else {}),
         "selected_layers": chosen,
         "selection_origin": origin,
-        "loss": {"before": before, "after": after, "at_zero": at_zero, "history": history},
+        "loss": {"before": runs[best]["before"], "after": runs[best]["after"], "at_zero": at_zero,
+                 "history": runs[best]["history"]},
         "shots": shots_meta,
         "base": describe_input(base, "base"),
         "task": describe_input(task, "task"),

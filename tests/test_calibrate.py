@@ -190,6 +190,32 @@ def test_shared_step_moves_layers_in_proportion_to_their_gradient(fam, shots):
         calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], optimizer="sgd", **FAST)
 
 
+def test_several_starts_keep_the_lower_loss_and_equal_that_single_start(fam, shots):
+    """init=[1, 0]: the same λ as the one-start calibration with the lower loss over all shots (same teachers, same
+    minibatches), both starts recorded; bad starts are refused."""
+    from safegene_runtime.calibrate import best_start, calibrate
+
+    assert best_start([0.3, 0.2, 0.2]) == 1
+    kw = dict(steps=6, lr=0.1, seed=0, **FAST)
+    args = (fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"])
+    single = {x: calibrate(*args, init=x, **kw) for x in (1.0, 0.0)}
+    both = calibrate(*args, init=[1.0, 0.0], **kw)
+    losses = {x: c.meta["loss"]["after"]["total"] for x, c in single.items()}
+    assert losses[1.0] != losses[0.0]  # the two starts end in different places
+    kept = min(losses, key=losses.get)
+    assert both.meta["chosen_init"] == kept and both.meta["method"]["init"] == [1.0, 0.0]
+    assert both.layers == pytest.approx(single[kept].layers, abs=1e-6)
+    assert both.meta["loss"]["after"]["total"] == pytest.approx(losses[kept], abs=1e-6)
+    assert [s["init"] for s in both.meta["starts"]] == [1.0, 0.0]
+    for s in both.meta["starts"]:
+        assert s["after"] == pytest.approx(losses[s["init"]], abs=1e-6)
+        assert {int(l): v for l, v in s["lambdas"].items()} == pytest.approx(single[s["init"]].layers, abs=1e-6)
+    assert "starts" not in single[1.0].meta and single[1.0].meta["method"]["init"] == 1.0
+    for bad in ([], [1.0, 5.0], -0.5):
+        with pytest.raises(ValueError, match="init must be one or more starting"):
+            calibrate(*args, init=bad, **FAST)
+
+
 def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):
     from safegene_runtime.calibrate import calibrate
 
@@ -241,6 +267,16 @@ def test_calibrate_cli(fam, shots, run_cli, tmp_path):
     assert r.code == 1 and "benign_tokens must be positive" in r.err and not (tmp_path / "x6.json").exists()
     r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--benign-contrast", "-1", "--out", tmp_path / "x7.json")
     assert r.code == 1 and "benign_contrast" in r.err and not (tmp_path / "x7.json").exists()
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--init", "one", "--out", tmp_path / "x8.json")
+    assert r.code == 1 and "--init 'one'" in r.err and not (tmp_path / "x8.json").exists()
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--init", "1,9", "--out", tmp_path / "x9.json")
+    assert r.code == 1 and "init must be one or more" in r.err and not (tmp_path / "x9.json").exists()
+    # Two starts: both recorded, the kept one named.
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--steps", "1", "--max-new-tokens", "6",
+                "--init", "1,0", "--out", tmp_path / "two.json")
+    assert r.code == 0, r.err
+    raw = json.loads((tmp_path / "two.json").read_text())
+    assert [s["init"] for s in raw["starts"]] == [1.0, 0.0] and f"kept the start {raw['chosen_init']:g}" in r.out
     # --layers all: every layer of the safety adapter, whatever its manifest selects.
     r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--steps", "1", "--max-new-tokens", "6",
                 "--layers", "all", "--out", tmp_path / "all.json")

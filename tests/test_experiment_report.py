@@ -122,6 +122,9 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
         def calibrate(self, task, setting, **kw):
             return (task, setting, {k: v for k, v in kw.items() if v is not None})
 
+        def calibrate_best(self, task, setting, **kw):
+            return ("best", task, setting, {k: v for k, v in kw.items() if v is not None})
+
         def select(self, method=None):
             return f"selected by {method or 'the default'}"
 
@@ -147,6 +150,9 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
     stage, safety = calibration_for(st, "reverse", "mix10", "safegene-all-c0.3i0-shared")
     assert safety == "all layers"
     assert stage[2] == {"all_layers": True, "benign_contrast": 0.3, "init": 0.0, "optimizer": "adam-shared"}
+    stage, safety = calibration_for(st, "sentiment", "clean", "safegene-all-c0.3-best")
+    assert safety == "all layers" and stage == ("best", "sentiment", "clean", {"all_layers": True,
+                                                                              "benign_contrast": 0.3})
     assert calibration_for(st, "reverse", "clean", "safegene-b4t2")[0][2] == {"benign_tokens": 4, "margin_target": 2.0}
     assert calibration_for(st, "reverse", "clean", "safegene-x-c0.3") is None  # not a variant: no stage
 

@@ -164,7 +164,8 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     margin term softplus(τ − margin); ``safegene-all``: every layer of the unselected safety adapter (selection
     ablation); ``safegene[-all|-g]-c<δ>[i<λ0>][-shared]``: the benign contrast term at weight δ, every λ starting
     from λ0 (default 1); ``-g``: on the layers the ``refusal_gradient`` scorer selects; ``-shared``: one Adam step
-    size for all λ (``SharedAdam``). Building a missing stage calibrates.
+    size for all λ (``SharedAdam``); ``...-c<δ>-best``: from λ = 1 and from λ = 0, the lower loss kept
+    (``calibrate(init=[1, 0])``). Building a missing stage calibrates.
     """
     if method in ("safegene", "safegene-ce"):
         loss = "ce" if method == "safegene-ce" else None
@@ -173,6 +174,13 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     if m:
         stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)), margin_target=float(m.group(2) or 0))
         return stage, study.select()
+    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)-best", method)
+    if m:
+        where = m.group(1) or ""
+        selection = GRADIENT if where == "-g" else None
+        stage = study.calibrate_best(task, setting, all_layers=where == "-all", benign_contrast=float(m.group(2)),
+                                     selection=selection)
+        return stage, (study.safety() if where == "-all" else study.select(selection))
     m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?(-shared)?", method)
     if m:
         where = m.group(1) or ""
@@ -238,7 +246,8 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
         [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [(s, "safegene-r16") for s in SETTINGS] + \
         [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all",
                                 "safegene-all-c0.3", "safegene-all-c1.0", "safegene-all-c0.3i0",
-                                "safegene-g-c0.3i0", "safegene-all-c0.3i0-shared") for s in SETTINGS]
+                                "safegene-g-c0.3i0", "safegene-all-c0.3i0-shared",
+                                "safegene-all-c0.3-best") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

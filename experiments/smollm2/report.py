@@ -62,7 +62,7 @@ def precision(study: Study, rows: dict) -> list[str]:
 
 
 METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0",
-           "safegene-all-c0.3i0-shared", "safegene-g-c0.3i0",
+           "safegene-all-c0.3i0-shared", "safegene-all-c0.3-best", "safegene-g-c0.3i0",
            "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
            "uniform0.5", "uniform1", "uniform2", "safelora"]
 
@@ -91,6 +91,8 @@ def pivot(study: Study, rows: dict) -> list[str]:
 
 # Ablations that get their own Targets table (only the adapters they were measured on), and what they change.
 ABLATION_TARGETS = {
+    "safegene-all-c0.3-best": "calibrated over all 30 layers, δ = 0.3, from λ = 1 and from λ = 0, the lower loss over "
+                              "the shots kept (`calibrate(init=[1, 0])`)",
     "safegene-all-c0.3i0-shared": "calibrated over all 30 layers, δ = 0.3, every λ starting from 0, one Adam step "
                                   "size for all λ (SharedAdam)",
     "safegene-g-c0.3i0": "calibrated over the 15 layers the refusal_gradient scorer selects, δ = 0.3, every λ "
@@ -225,10 +227,18 @@ def markdown(study: Study) -> str:
                 "(current), both served in float32:", ""] + prec
     out += ["", "Calibrated coefficients (λ per layer; layers not listed are 0):", ""]
     cals = [(d.parent.name, json.loads(d.read_text())) for d in sorted(study.root.glob("calibrate-*/coefficients.json"))]
+    # A best-of-starts stage holds a copy of one one-start calibration: name the choice, list the λ once.
+    picks = [(name, c) for name, c in cals if "starts" in c]
+    cals = [(name, c) for name, c in cals if "starts" not in c]
     for name, c in cals:
         lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))
                if round(v, 3)}
         out.append(f"- `{name}` (refusal term: {_term(c)}): {json.dumps(lam)}")
+    if picks:
+        out += ["", "Best of two starts (the lower loss over all shots is kept, `calibrate(init=[1, 0])`):", ""]
+        for name, c in picks:
+            losses = ", ".join(f"from {s['init']:g}: {s['after']:.3f} (`{s['stage']}`)" for s in c["starts"])
+            out.append(f"- `{name}`: kept λ from {c['chosen_init']:g}; loss {losses}")
     out += ["", "Calibration losses, refusal term / task KL / benign KL, over all shots (from each coefficients.json):",
             "", "| stage | refusal term | harmful shots A+T complied with | at λ = 0 | at the initial λ | after |",
             "|---|---|---|---|---|---|"]

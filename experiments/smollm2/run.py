@@ -401,6 +401,30 @@ class Study:
         return self.st.run(name, {**p, "shots": digest([harm, ben, shots])},
                            {"A": a.name, "safety": s.name, "task": t.name}, build)
 
+    def calibrate_best(self, task: str, setting: str, *, all_layers: bool = False,
+                       benign_contrast: float | None = None, selection: str | None = None,
+                       starts: tuple[float, ...] = (1.0, 0.0)) -> Path:
+        """The calibration ``calibrate(init=starts)`` would keep (lowest loss over all shots, ``best_start``), from
+        the one-start stages: same teachers, same minibatches, so the same λ without optimising twice."""
+        from safegene_runtime.calibrate import best_start
+
+        stages = [self.calibrate(task, setting, all_layers=all_layers, benign_contrast=benign_contrast, init=x,
+                                 selection=selection) for x in starts]
+        cals = [json.loads((s / "coefficients.json").read_text()) for s in stages]
+
+        def build(tmp: Path) -> dict:
+            i = best_start([c["loss"]["after"]["total"] for c in cals])
+            c = dict(cals[i])
+            c["starts"] = [{"init": x, "after": k["loss"]["after"]["total"], "stage": s.name,
+                            "lambdas": k["layers"]} for x, k, s in zip(starts, cals, stages)]
+            c["chosen_init"] = starts[i]
+            (tmp / "coefficients.json").write_text(json.dumps(c, indent=1))
+            return {"layers": c["layers"], "chosen_init": starts[i]}
+
+        where = "all-" if all_layers else ""
+        return self.st.run(f"calibrate-{where}{task}-{setting}-best", {"starts": list(starts)},
+                           {f"from{x:g}": s.name for x, s in zip(starts, stages)}, build)
+
     # -- Safe LoRA baseline (projection of the task update onto the safety subspace), from the runtime
     def safelora(self, task: str, setting: str, tmp: Path, dtype: str | None = None) -> Path:
         """Merged checkpoint A + SafeLoRA(task), with V = W(A) − W(D) streamed from the two checkpoints."""

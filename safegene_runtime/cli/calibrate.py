@@ -33,7 +33,10 @@ def register(subparsers) -> None:
     p.add_argument("--gamma", type=float, default=1.0, help="weight of the benign KL term")
     p.add_argument("--lambda-max", type=float, default=4.0)
     p.add_argument("--penalty", type=float, default=1e-3, help="weight of sum(lambda^2)")
-    p.add_argument("--init", type=float, default=1.0, help="initial lambda")
+    p.add_argument("--init", default="1", metavar="LAMBDA[,LAMBDA...]",
+                   help="the lambda every layer starts from (default 1); several, e.g. '1,0': calibrate from each "
+                        "and keep the lowest loss over all shots (each start costs the optimisation again, not the "
+                        "teachers)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="length of the teachers' greedy answers")
     p.add_argument("--max-target-tokens", type=int, default=16,
                    help="train on the first N answer tokens (0: all)")
@@ -77,13 +80,17 @@ def run(args) -> int:
             layers = [int(x) for x in args.layers.split(",") if x.strip()]
         except ValueError:
             raise ValueError(f"--layers {args.layers!r}: expected comma-separated integers") from None
+    try:
+        init = [float(x) for x in args.init.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--init {args.init!r}: expected a number or comma-separated numbers") from None
     files = {"harmful": args.harmful_shots, "task": args.task_shots, "benign": args.benign_shots}
     shots = {k: load_examples(p, limit=args.max_shots) if p else None for k, p in files.items()}
     sources = {k: {"file": str(p.resolve()), "file_sha256": sha256_file(p)} for k, p in files.items() if p}
     c = calibrate(
         args.base, args.task, args.safety, shots["harmful"], shots["task"], shots["benign"],
         seed=args.seed, steps=args.steps, lr=args.lr, beta=args.beta, gamma=args.gamma, lambda_max=args.lambda_max,
-        penalty=args.penalty, init=args.init, max_new_tokens=args.max_new_tokens,
+        penalty=args.penalty, init=init[0] if len(init) == 1 else init, max_new_tokens=args.max_new_tokens,
         max_target_tokens=args.max_target_tokens or None, max_prompt_tokens=args.max_prompt_tokens,
         batch_size=args.batch_size, gen_batch_size=args.gen_batch_size, layers=layers, refusal_loss=args.refusal_loss,
         margin_tokens=args.margin_tokens, margin_target=args.margin_target,
@@ -95,5 +102,8 @@ def run(args) -> int:
     print("lambda: " + ", ".join(f"{l}:{v:.3f}" for l, v in sorted(c.layers.items())))
     print(f"loss: before {loss['before']['total']:.4f}, after {loss['after']['total']:.4f}, "
           f"at lambda=0 {loss['at_zero']['total']:.4f}")
+    if "starts" in c.meta:
+        print("starts: " + ", ".join(f"from {s['init']:g}: {s['after']:.4f}" for s in c.meta["starts"])
+              + f"; kept the start {c.meta['chosen_init']:g}")
     print(args.out)
     return 0
