@@ -150,6 +150,9 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
     stage, safety = calibration_for(st, "reverse", "mix10", "safegene-all-c0.3i0-shared")
     assert safety == "all layers"
     assert stage[2] == {"all_layers": True, "benign_contrast": 0.3, "init": 0.0, "optimizer": "adam-shared"}
+    stage, safety = calibration_for(st, "topic", "clean", "safegene-all-c0.3i0s40")
+    assert stage[2] == {"all_layers": True, "benign_contrast": 0.3, "init": 0.0, "steps": 40}
+    assert calibration_for(st, "topic", "clean", "safegene-all-c0.3s40-best")[0][3]["steps"] == 40
     stage, safety = calibration_for(st, "sentiment", "clean", "safegene-all-c0.3-best")
     assert safety == "all layers" and stage == ("best", "sentiment", "clean", {"all_layers": True,
                                                                               "benign_contrast": 0.3})

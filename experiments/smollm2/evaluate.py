@@ -174,20 +174,21 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     if m:
         stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)), margin_target=float(m.group(2) or 0))
         return stage, study.select()
-    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)-best", method)
+    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:s(\d+))?-best", method)
     if m:
         where = m.group(1) or ""
         selection = GRADIENT if where == "-g" else None
         stage = study.calibrate_best(task, setting, all_layers=where == "-all", benign_contrast=float(m.group(2)),
-                                     selection=selection)
+                                     selection=selection, steps=int(m.group(3)) if m.group(3) else None)
         return stage, (study.safety() if where == "-all" else study.select(selection))
-    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?(-shared)?", method)
+    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?(?:s(\d+))?(-shared)?", method)
     if m:
         where = m.group(1) or ""
         selection = GRADIENT if where == "-g" else None
         stage = study.calibrate(task, setting, all_layers=where == "-all", benign_contrast=float(m.group(2)),
                                 init=float(m.group(3)) if m.group(3) else None, selection=selection,
-                                optimizer="adam-shared" if m.group(4) else None)
+                                steps=int(m.group(4)) if m.group(4) else None,
+                                optimizer="adam-shared" if m.group(5) else None)
         return stage, (study.safety() if where == "-all" else study.select(selection))
     if method == "safegene-all":
         return study.calibrate(task, setting, all_layers=True), study.safety()
@@ -247,7 +248,8 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
         [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all",
                                 "safegene-all-c0.3", "safegene-all-c1.0", "safegene-all-c0.3i0",
                                 "safegene-g-c0.3i0", "safegene-all-c0.3i0-shared",
-                                "safegene-all-c0.3-best") for s in SETTINGS]
+                                "safegene-all-c0.3-best", "safegene-all-c0.3i0s40",
+                                "safegene-all-c0.3s40-best") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

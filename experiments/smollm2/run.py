@@ -339,7 +339,7 @@ class Study:
     def calibrate(self, task: str, setting: str, all_layers: bool = False, refusal_loss: str | None = None,
                   benign_tokens: int | None = None, margin_target: float | None = None,
                   benign_contrast: float | None = None, init: float | None = None,
-                  selection: str | None = None, optimizer: str | None = None) -> Path:
+                  selection: str | None = None, optimizer: str | None = None, steps: int | None = None) -> Path:
         """λ per selected layer; ``all_layers``: per layer of the unselected safety adapter (selection ablation);
         ``refusal_loss``: override the profile's refusal term (``"ce"``: the first study's objective);
         ``benign_tokens``: override the profile's benign KL window (0 or 16: all 16 answer tokens, as before);
@@ -347,8 +347,11 @@ class Study:
         ``benign_contrast``: override the profile's weight δ of the benign contrast term (0: off, as before);
         ``init``: the λ every layer starts from (1: the library's default, as before);
         ``selection``: the layer scorer of the selection stage (None: the profile's, see select());
-        ``optimizer``: ``"adam-shared"`` for one step size over all λ (None or ``"adam"``: per-layer, as before)."""
+        ``optimizer``: ``"adam-shared"`` for one step size over all λ (None or ``"adam"``: per-layer, as before);
+        ``steps``: override the profile's number of optimisation steps."""
         p = dict(self.p["calibrate"])
+        if steps is not None:
+            p["steps"] = int(steps)
         if optimizer is not None:
             p["optimizer"] = optimizer
         if p.get("optimizer", "adam") == "adam":
@@ -403,13 +406,13 @@ class Study:
 
     def calibrate_best(self, task: str, setting: str, *, all_layers: bool = False,
                        benign_contrast: float | None = None, selection: str | None = None,
-                       starts: tuple[float, ...] = (1.0, 0.0)) -> Path:
+                       starts: tuple[float, ...] = (1.0, 0.0), steps: int | None = None) -> Path:
         """The calibration ``calibrate(init=starts)`` would keep (lowest loss over all shots, ``best_start``), from
         the one-start stages: same teachers, same minibatches, so the same λ without optimising twice."""
         from safegene_runtime.calibrate import best_start
 
         stages = [self.calibrate(task, setting, all_layers=all_layers, benign_contrast=benign_contrast, init=x,
-                                 selection=selection) for x in starts]
+                                 selection=selection, steps=steps) for x in starts]
         cals = [json.loads((s / "coefficients.json").read_text()) for s in stages]
 
         def build(tmp: Path) -> dict:
@@ -422,7 +425,8 @@ class Study:
             return {"layers": c["layers"], "chosen_init": starts[i]}
 
         where = "all-" if all_layers else ""
-        return self.st.run(f"calibrate-{where}{task}-{setting}-best", {"starts": list(starts)},
+        return self.st.run(f"calibrate-{where}{task}-{setting}-best",
+                           {"starts": list(starts), **({"steps": steps} if steps else {})},
                            {f"from{x:g}": s.name for x, s in zip(starts, stages)}, build)
 
     # -- Safe LoRA baseline (projection of the task update onto the safety subspace), from the runtime
