@@ -38,6 +38,7 @@ through a seeded permutation; the full set when it is smaller); sequences are tr
 ``max_prompt_tokens`` tokens, targets to their first ``max_target_tokens`` tokens: a refusal is decided in its first
 few tokens); only the target positions' logits are computed (``logits_to_keep`` with left padding); teacher
 generation uses a larger batch (``gen_batch_size``: decoding is memory-bound, so wider batches are nearly free).
+Several starts (``init=[1, 0]``) share the teachers and repeat only the optimisation.
 Backpropagation stops by itself at the lowest selected layer (nothing below it needs a gradient). The model is
 frozen in fp32; only λ has a gradient. Same inputs and seed, same λ (deterministic ops, seeded permutations).
 
@@ -311,8 +312,8 @@ def calibrate(
     ``benign_contrast``: δ, the weight of the benign contrast term (module docstring; 0: off).
     ``init``: the λ every layer starts from; several starts: optimise from each (same teachers, same minibatches)
     and keep the λ with the lowest loss over all shots (``meta["starts"]`` records each). From λ = 1 and from λ = 0
-    the 40 steps end in different places, and on SmolLM2 neither start was the lower loss on every adapter
-    (docs/results.md).
+    the same steps end in different places, and on SmolLM2 neither start was the lower loss on every adapter;
+    ``[1, 0]`` met the most targets there (docs/results.md).
     ``optimizer``: ``"adam"`` (per-layer step sizes) or ``"adam-shared"`` (one step size for all layers, so λ
     moves in proportion to the gradient: :class:`SharedAdam`).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
@@ -490,7 +491,7 @@ def calibrate(
             "refusal_loss": refusal_loss, "margin_tokens": margin_tokens if refusal_loss == "margin" else None,
             "margin_target": margin_target if refusal_loss == "margin" else None, "benign_tokens": benign_tokens,
             "benign_contrast": benign_contrast, "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
-            "penalty": penalty, "init": init if len(starts) == 1 else list(starts), "max_new_tokens": max_new_tokens,
+            "penalty": penalty, "init": starts[0] if len(starts) == 1 else starts, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
             "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": optimizer,
             "device": str(next(model.parameters()).device),
