@@ -62,7 +62,7 @@ def precision(study: Study, rows: dict) -> list[str]:
 
 
 METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0",
-           "safegene-all-c0.3i0-shared", "safegene-all-c0.3-best", "safegene-g-c0.3i0",
+           "safegene-all-c0.3i0-shared", "safegene-all-c0.3i0s40", "safegene-all-c0.3-best", "safegene-g-c0.3i0",
            "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
            "uniform0.5", "uniform1", "uniform2", "safelora"]
 
@@ -93,6 +93,8 @@ def pivot(study: Study, rows: dict) -> list[str]:
 ABLATION_TARGETS = {
     "safegene-all-c0.3-best": "calibrated over all 30 layers, δ = 0.3, from λ = 1 and from λ = 0, the lower loss over "
                               "the shots kept (`calibrate(init=[1, 0])`)",
+    "safegene-all-c0.3i0s40": "calibrated over all 30 layers, δ = 0.3, every λ starting from 0, 40 steps instead of "
+                              "20",
     "safegene-all-c0.3i0-shared": "calibrated over all 30 layers, δ = 0.3, every λ starting from 0, one Adam step "
                                   "size for all λ (SharedAdam)",
     "safegene-g-c0.3i0": "calibrated over the 15 layers the refusal_gradient scorer selects, δ = 0.3, every λ "
