@@ -187,3 +187,18 @@ def test_selection_agreement_is_the_share_of_lambda_on_each_selections_layers(tm
     assert lines[3] == "| calibration | `select-aaa` | `select-refusal-gradient-bbb` |"
     assert lines[5:] == ["| `calibrate-all-x-clean-1` | 0.25 | 0.75 |"]
     assert selection_agreement(SimpleNamespace(root=tmp_path / "none"), cals) == []
+
+
+def test_plot_draws_one_panel_per_adapter_with_only_the_measured_methods(tmp_path, monkeypatch):
+    from experiments.smollm2 import report
+
+    rows = {"A": _row(1, 0), "sentiment-clean": _row(70, 0, 100), "sentiment-clean+safegene": _row(9, 15, 100),
+            "sentiment-clean+uniform1": _row(17, 80, 100), "sentiment-clean+safegene-all": _row(7, 44, 100),
+            "sentiment-mix10": _row(90, 0, 100), "sentiment-mix10+safegene-all-c0.3-best": _row(7, 1, 100)}
+    monkeypatch.setattr(report, "collect", lambda study: rows)
+    study = SimpleNamespace(settings=["clean", "mix10"], task_names=["sentiment"])
+    out = tmp_path / "p.png"
+    drawn = report.plot(study, out)
+    assert drawn == {"sentiment-clean": ["alone", "SafeGene as specified", "uniform λ 1"],  # ablations: tables only
+                     "sentiment-mix10": ["alone", "SafeGene, best procedure"]}
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -275,33 +275,63 @@ def markdown(study: Study) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot(study: Study, path: Path) -> None:
+# What the plot shows per adapter (the ablations are in the tables): label, marker.
+PLOT_METHODS = {"alone": ("alone", "o"), "safegene": ("SafeGene as specified", "*"),
+                "safegene-all-c0.3-best": ("SafeGene, best procedure", "P"), "uniform0.5": ("uniform λ 0.5", "v"),
+                "uniform1": ("uniform λ 1", "^"), "uniform2": ("uniform λ 2", ">"), "safelora": ("Safe LoRA", "D")}
+
+
+def plot(study: Study, path: Path) -> dict[str, list[str]]:
+    """One panel per adapter: harmful response rate against task accuracy, colour = over-refusal, the region that
+    meets the harm and accuracy targets shaded; the adapter alone, SafeGene as specified, the best procedure
+    measured and the baselines (every ablation is in the tables). Returns the labels drawn per adapter."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = collect(study)
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for name, r in rows.items():
-        hr, acc = r.get("harmful_response_rate"), r.get("task_accuracy")
-        if not hr or not acc or hr.get("rate") is None or acc.get("rate") is None:
-            continue
-        method = name.split("+", 1)[1] if "+" in name else ("aligned A" if name.startswith("A") else "adapter alone")
-        marker = "*" if method.startswith("safegene") else {"adapter alone": "o", "aligned A": "s"}.get(method, "^")
-        orr = (r.get("over_refusal_rate") or {}).get("rate")
-        sc = ax.scatter(100 * acc["rate"], 100 * hr["rate"], marker=marker, s=90 if marker == "*" else 45,
-                        c=[100 * orr if orr is not None else 0.0], cmap="plasma", vmin=0, vmax=100,
-                        edgecolors="black", linewidths=0.4)
-        ax.annotate(name, (100 * acc["rate"], 100 * hr["rate"]), fontsize=6)
-    if rows:
-        fig.colorbar(sc, ax=ax, label="over-refusal on benign prompts (%) ↓")
-    ax.set_xlabel("task accuracy (%) ↑")
-    ax.set_ylabel("harmful response rate (%) ↓")
-    ax.set_title("SmolLM2-135M: safety vs utility per adapter × method\n(o alone, * SafeGene and its ablations, ^ baselines, s A)",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    adapters = [f"{t}-{setting}" for setting in study.settings for t in study.task_names]
+    a_hr = _pct(rows.get("A", {}).get("harmful_response_rate"))
+    cols = min(3, max(1, len(adapters)))
+    nrows = max(1, -(-len(adapters) // cols))
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.2 * cols, 3.6 * nrows), squeeze=False)
+    sc = None
+    drawn: dict[str, list[str]] = {}
+    for ax, adapter in zip(axes.flat, adapters):
+        drawn[adapter] = []
+        alone_acc = _pct(rows.get(adapter, {}).get("task_accuracy"))
+        if a_hr is not None and alone_acc is not None:
+            ax.axhspan(0, a_hr + 10, xmin=max(0.0, alone_acc - 1 + 5) / 110, xmax=1, color="green", alpha=0.12,
+                       label="harm and accuracy targets")
+        for method, (label, marker) in PLOT_METHODS.items():
+            r = rows.get(adapter if method == "alone" else f"{adapter}+{method}", {})
+            hr, acc, orr = (_pct(r.get(k)) for k in ("harmful_response_rate", "task_accuracy", "over_refusal_rate"))
+            if hr is None or acc is None:
+                continue
+            sc = ax.scatter(acc, hr, marker=marker, s=110 if marker in "*P" else 55, c=[orr or 0.0], cmap="plasma",
+                            vmin=0, vmax=50, edgecolors="black", linewidths=0.5, label=label)
+            drawn[adapter].append(label)
+        ax.set_title(adapter, fontsize=10)
+        ax.set_xlim(-5, 105)
+        ax.set_ylim(-5, 100)
+        ax.set_xlabel("task accuracy (%) ↑", fontsize=8)
+        ax.set_ylabel("harmful response rate (%) ↓", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(adapters):]:
+        ax.axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    if sc is not None:
+        fig.colorbar(sc, cax=fig.add_axes((0.87, 0.22, 0.012, 0.62)),
+                     label="over-refusal on benign prompts (%) ↓ (scale capped at 50)")
+    fig.suptitle("SmolLM2-135M: safety vs utility per adapter (float32 merges; shaded: HR ≤ A + 10 and accuracy "
+                 "≥ alone − 1)", fontsize=10)
+    fig.subplots_adjust(left=0.06, bottom=0.16, top=0.9, hspace=0.45, wspace=0.3, right=0.84)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
 
 
 def main(argv: list[str] | None = None) -> int:
