@@ -158,6 +158,7 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
                                                                               "benign_contrast": 0.3})
     assert calibration_for(st, "reverse", "clean", "safegene-b4t2")[0][2] == {"benign_tokens": 4, "margin_target": 2.0}
     assert calibration_for(st, "reverse", "clean", "safegene-x-c0.3") is None  # not a variant: no stage
+    assert calibration_for(st, "reverse", "clean", "safegene-all-c0.3i0-best") is None  # -best tries both starts
 
 
 def test_targets_for_the_selection_ablation_list_only_measured_adapters():

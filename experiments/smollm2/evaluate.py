@@ -174,21 +174,17 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     if m:
         stage = study.calibrate(task, setting, benign_tokens=int(m.group(1)), margin_target=float(m.group(2) or 0))
         return stage, study.select()
-    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:s(\d+))?-best", method)
-    if m:
-        where = m.group(1) or ""
+    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?(?:s(\d+))?(-shared|-best)?", method)
+    if m and not (m.group(5) == "-best" and m.group(3)):  # -best tries both starts: no i<λ0>
+        where, suffix = m.group(1) or "", m.group(5)
         selection = GRADIENT if where == "-g" else None
-        stage = study.calibrate_best(task, setting, all_layers=where == "-all", benign_contrast=float(m.group(2)),
-                                     selection=selection, steps=int(m.group(3)) if m.group(3) else None)
-        return stage, (study.safety() if where == "-all" else study.select(selection))
-    m = re.fullmatch(r"safegene(-all|-g)?-c([\d.]+?)(?:i([\d.]+))?(?:s(\d+))?(-shared)?", method)
-    if m:
-        where = m.group(1) or ""
-        selection = GRADIENT if where == "-g" else None
-        stage = study.calibrate(task, setting, all_layers=where == "-all", benign_contrast=float(m.group(2)),
-                                init=float(m.group(3)) if m.group(3) else None, selection=selection,
-                                steps=int(m.group(4)) if m.group(4) else None,
-                                optimizer="adam-shared" if m.group(5) else None)
+        kw = dict(all_layers=where == "-all", benign_contrast=float(m.group(2)), selection=selection,
+                  steps=int(m.group(4)) if m.group(4) else None)
+        if suffix == "-best":
+            stage = study.calibrate_best(task, setting, **kw)
+        else:
+            stage = study.calibrate(task, setting, init=float(m.group(3)) if m.group(3) else None,
+                                    optimizer="adam-shared" if suffix == "-shared" else None, **kw)
         return stage, (study.safety() if where == "-all" else study.select(selection))
     if method == "safegene-all":
         return study.calibrate(task, setting, all_layers=True), study.safety()
