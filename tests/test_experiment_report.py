@@ -153,6 +153,8 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
     stage, safety = calibration_for(st, "topic", "clean", "safegene-all-c0.3i0s40")
     assert stage[2] == {"all_layers": True, "benign_contrast": 0.3, "init": 0.0, "steps": 40}
     assert calibration_for(st, "topic", "clean", "safegene-all-c0.3s40-best")[0][3]["steps"] == 40
+    stage, _ = calibration_for(st, "topic", "clean", "safegene-all-c0.3s40")  # from the default start, λ = 1
+    assert stage[2] == {"all_layers": True, "benign_contrast": 0.3, "steps": 40}
     stage, safety = calibration_for(st, "sentiment", "clean", "safegene-all-c0.3-best")
     assert safety == "all layers" and stage == ("best", "sentiment", "clean", {"all_layers": True,
                                                                               "benign_contrast": 0.3})
@@ -203,3 +205,15 @@ def test_plot_draws_one_panel_per_adapter_with_only_the_measured_methods(tmp_pat
     assert drawn == {"sentiment-clean": ["alone", "SafeGene as specified", "uniform λ 1"],  # ablations: tables only
                      "sentiment-mix10": ["alone", "SafeGene, best procedure"]}
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_best_of_starts_names_the_kept_start_its_steps_and_every_loss():
+    from experiments.smollm2.report import best_of_starts
+
+    assert best_of_starts([]) == []
+    c = {"method": {"steps": 40}, "chosen_init": 0.0,
+         "starts": [{"init": 1.0, "after": 0.9151, "stage": "calibrate-all-x-1"},
+                    {"init": 0.0, "after": 0.8476, "stage": "calibrate-all-x-0"}]}
+    lines = best_of_starts([("calibrate-all-x-best-abc", c)])
+    assert lines[-1] == ("- `calibrate-all-x-best-abc` (40 steps per start): kept λ from 0; loss from 1: 0.915 "
+                         "(`calibrate-all-x-1`), from 0: 0.848 (`calibrate-all-x-0`)")

@@ -162,10 +162,11 @@ def calibration_for(study, task: str, setting: str, method: str) -> tuple[Path, 
     ``safegene``: the profile's objective on the selected layers; ``safegene-ce``: the first study's refusal term
     (cross-entropy of A's wording); ``safegene-b<N>[t<τ>]``: benign KL over A's first N answer tokens (b16: all 16),
     margin term softplus(τ − margin); ``safegene-all``: every layer of the unselected safety adapter (selection
-    ablation); ``safegene[-all|-g]-c<δ>[i<λ0>][-shared]``: the benign contrast term at weight δ, every λ starting
-    from λ0 (default 1); ``-g``: on the layers the ``refusal_gradient`` scorer selects; ``-shared``: one Adam step
-    size for all λ (``SharedAdam``); ``...-c<δ>-best``: from λ = 1 and from λ = 0, the lower loss kept
-    (``calibrate(init=[1, 0])``). Building a missing stage calibrates.
+    ablation); ``safegene[-all|-g]-c<δ>[i<λ0>][s<steps>][-shared]``: the benign contrast term at weight δ, every λ
+    starting from λ0 (default 1), ``steps`` optimiser steps (default: the profile's); ``-g``: on the layers the
+    ``refusal_gradient`` scorer selects; ``-shared``: one Adam step size for all λ (``SharedAdam``);
+    ``...-c<δ>[s<steps>]-best``: from λ = 1 and from λ = 0, the lower loss kept (``calibrate(init=[1, 0])``).
+    Building a missing stage calibrates.
     """
     if method in ("safegene", "safegene-ce"):
         loss = "ce" if method == "safegene-ce" else None
@@ -245,7 +246,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                                 "safegene-all-c0.3", "safegene-all-c1.0", "safegene-all-c0.3i0",
                                 "safegene-g-c0.3i0", "safegene-all-c0.3i0-shared",
                                 "safegene-all-c0.3-best", "safegene-all-c0.3i0s40",
-                                "safegene-all-c0.3s40-best") for s in SETTINGS]
+                                "safegene-all-c0.3s40-best", "safegene-all-c0.3s40") for s in SETTINGS]
     for setting, method in plan:
         if setting not in study.settings:
             continue

@@ -62,7 +62,8 @@ def precision(study: Study, rows: dict) -> list[str]:
 
 
 METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0",
-           "safegene-all-c0.3i0-shared", "safegene-all-c0.3i0s40", "safegene-all-c0.3-best", "safegene-g-c0.3i0",
+           "safegene-all-c0.3i0-shared", "safegene-all-c0.3i0s40", "safegene-all-c0.3-best", "safegene-all-c0.3s40-best", "safegene-all-c0.3s40",
+           "safegene-g-c0.3i0",
            "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
            "uniform0.5", "uniform1", "uniform2", "safelora"]
 
@@ -74,6 +75,19 @@ def _pct(r: dict | None) -> float | None:
 def _cell(r: dict) -> str:
     vals = [_pct(r.get(k)) for k in ("harmful_response_rate", "over_refusal_rate", "task_accuracy")]
     return " / ".join("–" if v is None else f"{v:.1f}" for v in vals)
+
+
+def best_of_starts(picks: list[tuple[str, dict]]) -> list[str]:
+    """One line per best-of-starts stage ``(name, coefficients.json)``: the start kept, the steps each start ran
+    (20- and 40-step stages share a name up to the hash) and every start's loss over all shots."""
+    if not picks:
+        return []
+    out = ["", "Best of two starts (the lower loss over all shots is kept, `calibrate(init=[1, 0])`):", ""]
+    for name, c in picks:
+        losses = ", ".join(f"from {s['init']:g}: {s['after']:.3f} (`{s['stage']}`)" for s in c["starts"])
+        steps = c.get("method", {}).get("steps", "?")
+        out.append(f"- `{name}` ({steps} steps per start): kept λ from {c['chosen_init']:g}; loss {losses}")
+    return out
 
 
 def pivot(study: Study, rows: dict) -> list[str]:
@@ -91,6 +105,8 @@ def pivot(study: Study, rows: dict) -> list[str]:
 
 # Ablations that get their own Targets table (only the adapters they were measured on), and what they change.
 ABLATION_TARGETS = {
+    "safegene-all-c0.3s40-best": "calibrated over all 30 layers, δ = 0.3, from λ = 1 and from λ = 0 with 40 steps "
+                                 "each, the lower loss over the shots kept",
     "safegene-all-c0.3-best": "calibrated over all 30 layers, δ = 0.3, from λ = 1 and from λ = 0, the lower loss over "
                               "the shots kept (`calibrate(init=[1, 0])`)",
     "safegene-all-c0.3i0s40": "calibrated over all 30 layers, δ = 0.3, every λ starting from 0, 40 steps instead of "
@@ -236,11 +252,7 @@ def markdown(study: Study) -> str:
         lam = {k: round(v, 3) for k, v in sorted(c.get("layers", {}).items(), key=lambda kv: int(kv[0]))
                if round(v, 3)}
         out.append(f"- `{name}` (refusal term: {_term(c)}): {json.dumps(lam)}")
-    if picks:
-        out += ["", "Best of two starts (the lower loss over all shots is kept, `calibrate(init=[1, 0])`):", ""]
-        for name, c in picks:
-            losses = ", ".join(f"from {s['init']:g}: {s['after']:.3f} (`{s['stage']}`)" for s in c["starts"])
-            out.append(f"- `{name}`: kept λ from {c['chosen_init']:g}; loss {losses}")
+    out += best_of_starts(picks)
     out += ["", "Calibration losses, refusal term / task KL / benign KL, over all shots (from each coefficients.json):",
             "", "| stage | refusal term | harmful shots A+T complied with | at λ = 0 | at the initial λ | after |",
             "|---|---|---|---|---|---|"]
