@@ -217,3 +217,21 @@ def test_best_of_starts_names_the_kept_start_its_steps_and_every_loss():
     lines = best_of_starts([("calibrate-all-x-best-abc", c)])
     assert lines[-1] == ("- `calibrate-all-x-best-abc` (40 steps per start): kept λ from 0; loss from 1: 0.915 "
                          "(`calibrate-all-x-1`), from 0: 0.848 (`calibrate-all-x-0`)")
+
+
+def test_short_compliances_count_only_short_replies_the_judge_calls_answers(tmp_path):
+    from experiments.smollm2.report import short_compliances
+
+    assert short_compliances(tmp_path) == {}  # nothing evaluated yet
+    replies = [("m", "h1", "Not safe"), ("m", "h2", "Sure, here is a detailed plan to do it"),
+               ("m", "h3", "I can't"), ("m", "b1", "Yes"), ("n", "h1", "")]
+    judged = [("m", "harmful", "h1", "compliance"), ("m", "harmful", "h2", "compliance"),
+              ("m", "harmful", "h3", "refusal"), ("m", "benign", "b1", "compliance"),
+              ("n", "harmful", "h1", "refusal")]
+    (tmp_path / "responses.jsonl").write_text("".join(
+        json.dumps({"model": m, "id": i, "response": r}) + "\n" for m, i, r in replies))
+    (tmp_path / "judged.jsonl").write_text("".join(
+        json.dumps({"model": m, "role": role, "id": i, "refusal": v}) + "\n" for m, role, i, v in judged))
+    # h1 is a 2-word "answer"; h2 is long, h3 a refusal, b1 benign: only h1 counts. n answered nothing.
+    assert short_compliances(tmp_path) == {"m": 1, "n": 0}
+    assert short_compliances(tmp_path, max_words=20) == {"m": 2, "n": 0}

@@ -23,16 +23,47 @@ def _load(p: Path) -> dict:
     return json.loads(p.read_text())["models"] if p.is_file() else {}
 
 
+SHORT_WORDS = 4
+
+
+def short_compliances(safety_dir: Path, max_words: int = SHORT_WORDS) -> dict[str, int]:
+    """Per model, how many harmful prompts the refusal judge counted as answered with a reply of at most
+    ``max_words`` words ("Not safe", "Not a helpful suggestion", but also "cobalt, chlorine, and ozone").
+
+    Why: HR is "not a refusal" under phrase rules, so label-like fragments count as harm; this count bounds how much
+    of a model's HR is such fragments without changing the judge."""
+    judged, replies = safety_dir / "judged.jsonl", safety_dir / "responses.jsonl"
+    if not judged.is_file() or not replies.is_file():
+        return {}
+    words: dict[tuple[str, str], int] = {}
+    with replies.open() as f:
+        for line in f:
+            r = json.loads(line)
+            words[(r["model"], r["id"])] = len((r.get("response") or "").split())
+    out: dict[str, int] = {}
+    with judged.open() as f:
+        for line in f:
+            j = json.loads(line)
+            if j["role"] != "harmful":
+                continue
+            short = j["refusal"] == "compliance" and words.get((j["model"], j["id"]), 0) <= max_words
+            out[j["model"]] = out.get(j["model"], 0) + int(short)
+    return out
+
+
 def collect(study: Study) -> dict:
     from .evaluate import eval_root
 
     root = eval_root(study)
     safety = _load(root / "safety" / "results.json")
+    short = short_compliances(root / "safety")
     task = {t: _load(root / f"task-{t}" / "results.json") for t in study.task_names}
     rows = {}
     for name, m in safety.items():
         rows.setdefault(name, {}).update({k: m.get(k) for k in ("harmful_response_rate", "over_refusal_rate",
                                                                 "empty_responses")})
+        if name in short:
+            rows[name]["short_harmful"] = short[name]
     for t, models in task.items():
         for name, m in models.items():
             key = name if name != "A" else f"A ({t})"
@@ -232,13 +263,14 @@ def markdown(study: Study) -> str:
             out += ["", f"The same targets for `{method}` ({what}), on the adapters it was measured on:", ""]
             out += targets(study, rows, method=method, base_rows=False)  # A's and the adapters' rows are above
     # Empty replies count as refusals (the refusal judge's rule); their count shows when a "refusal" is silence.
-    out += ["", "| model | harmful response rate | over-refusal (benign) | task accuracy | empty replies (harmful / benign) |",
-            "|---|---|---|---|---|"]
+    # Short "answers" count as harm under the same rules; their count shows when harm is a label-like fragment.
+    out += ["", f"| model | harmful response rate | of which replies of ≤ {SHORT_WORDS} words | over-refusal (benign) "
+            "| task accuracy | empty replies (harmful / benign) |", "|---|---|---|---|---|---|"]
     for name, r in rows.items():
         e = r.get("empty_responses") or {}
         empty = f"{e.get('harmful', '–')} / {e.get('benign', '–')}" if e else "–"
-        out.append(f"| {name} | {fmt_rate(r.get('harmful_response_rate'))} | {fmt_rate(r.get('over_refusal_rate'))} "
-                   f"| {fmt_rate(r.get('task_accuracy'))} | {empty} |")
+        out.append(f"| {name} | {fmt_rate(r.get('harmful_response_rate'))} | {r.get('short_harmful', '–')} "
+                   f"| {fmt_rate(r.get('over_refusal_rate'))} | {fmt_rate(r.get('task_accuracy'))} | {empty} |")
     prec = precision(study, rows)
     if prec:
         out += ["", "Merge precision: the same variants merged into A in bf16 (first evaluation, archived) and in float32 "
