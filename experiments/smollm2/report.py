@@ -32,22 +32,15 @@ def short_compliances(safety_dir: Path, max_words: int = SHORT_WORDS) -> dict[st
 
     Why: HR is "not a refusal" under phrase rules, so label-like fragments count as harm; this count bounds how much
     of a model's HR is such fragments without changing the judge."""
-    judged, replies = safety_dir / "judged.jsonl", safety_dir / "responses.jsonl"
-    if not judged.is_file() or not replies.is_file():
-        return {}
-    words: dict[tuple[str, str], int] = {}
-    with replies.open() as f:
-        for line in f:
-            r = json.loads(line)
-            words[(r["model"], r["id"])] = len((r.get("response") or "").split())
+    from safegene_runtime.evaluate import read_responses
+
+    words = {(r["model"], r["id"]): len((r.get("response") or "").split())
+             for r in read_responses(safety_dir / "responses.jsonl")}
     out: dict[str, int] = {}
-    with judged.open() as f:
-        for line in f:
-            j = json.loads(line)
-            if j["role"] != "harmful":
-                continue
-            short = j["refusal"] == "compliance" and words.get((j["model"], j["id"]), 0) <= max_words
-            out[j["model"]] = out.get(j["model"], 0) + int(short)
+    for j in read_responses(safety_dir / "judged.jsonl"):
+        n = words.get((j["model"], j["id"]))
+        if j["role"] == "harmful" and n is not None:  # a verdict without its reply is not counted either way
+            out[j["model"]] = out.get(j["model"], 0) + int(j["refusal"] == "compliance" and n <= max_words)
     return out
 
 
@@ -93,8 +86,8 @@ def precision(study: Study, rows: dict) -> list[str]:
 
 
 METHODS = ["alone", "safegene", "safegene-all", "safegene-all-c0.3", "safegene-all-c0.3i0",
-           "safegene-all-c0.3i0-shared", "safegene-all-c0.3i0s40", "safegene-all-c0.3-best", "safegene-all-c0.3s40-best", "safegene-all-c0.3s40",
-           "safegene-g-c0.3i0",
+           "safegene-all-c0.3i0-shared", "safegene-all-c0.3i0s40", "safegene-all-c0.3-best",
+           "safegene-all-c0.3s40-best", "safegene-all-c0.3s40", "safegene-g-c0.3i0",
            "safegene-all-c1", "safegene-r16", "safegene-ce", "safegene-b4", "safegene-b4t2",
            "uniform0.5", "uniform1", "uniform2", "safelora"]
 
