@@ -114,15 +114,24 @@ def best_of_starts(picks: list[tuple[str, dict]]) -> list[str]:
     return out
 
 
+def _adapters(study: Study) -> list[str]:
+    """Adapter names in table order: every task of the first setting, then of the next."""
+    return [f"{t}-{setting}" for setting in study.settings for t in study.task_names]
+
+
+def _model(adapter: str, method: str) -> str:
+    """The evaluated model's name for an adapter with a method ("alone": the adapter by itself)."""
+    return adapter if method == "alone" else f"{adapter}+{method}"
+
+
 def pivot(study: Study, rows: dict) -> list[str]:
     """One row per adapter, one column per method measured on at least one adapter: 'harmful % / over-refusal % /
     task accuracy %' ('–' where that adapter was not measured)."""
-    adapters = [f"{t}-{setting}" for setting in study.settings for t in study.task_names]
-    key = lambda a, m: a if m == "alone" else f"{a}+{m}"  # noqa: E731
-    methods = [m for m in METHODS if m == "alone" or any(key(a, m) in rows for a in adapters)]
+    adapters = _adapters(study)
+    methods = [m for m in METHODS if m == "alone" or any(_model(a, m) in rows for a in adapters)]
     out = ["| adapter | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for adapter in adapters:
-        cells = [_cell(rows.get(key(adapter, m), {})) for m in methods]
+        cells = [_cell(rows.get(_model(adapter, m), {})) for m in methods]
         out.append(f"| {adapter} | " + " | ".join(cells) + " |")
     return out
 
@@ -312,6 +321,7 @@ def markdown(study: Study) -> str:
     return "\n".join(out) + "\n"
 
 
+X_RANGE = (-5, 105)  # the plot's task-accuracy axis (%), with room for markers at 0 and 100
 # What the plot shows per adapter (the ablations are in the tables): label, marker.
 PLOT_METHODS = {"alone": ("alone", "o"), "safegene": ("SafeGene as specified", "*"),
                 "safegene-all-c0.3-best": ("SafeGene, best procedure", "P"), "uniform0.5": ("uniform λ 0.5", "v"),
@@ -328,7 +338,7 @@ def plot(study: Study, path: Path) -> dict[str, list[str]]:
     import matplotlib.pyplot as plt
 
     rows = collect(study)
-    adapters = [f"{t}-{setting}" for setting in study.settings for t in study.task_names]
+    adapters = _adapters(study)
     a_hr = _pct(rows.get("A", {}).get("harmful_response_rate"))
     cols = min(3, max(1, len(adapters)))
     nrows = max(1, -(-len(adapters) // cols))
@@ -339,10 +349,11 @@ def plot(study: Study, path: Path) -> dict[str, list[str]]:
         drawn[adapter] = []
         alone_acc = _pct(rows.get(adapter, {}).get("task_accuracy"))
         if a_hr is not None and alone_acc is not None:
-            ax.axhspan(0, a_hr + 10, xmin=max(0.0, alone_acc - 1 + 5) / 110, xmax=1, color="green", alpha=0.12,
-                       label="harm and accuracy targets")
+            x0, x1 = X_RANGE  # axhspan takes x as a fraction of the axis
+            ax.axhspan(0, a_hr + 10, xmin=max(0.0, (alone_acc - 1 - x0) / (x1 - x0)), xmax=1, color="green",
+                       alpha=0.12, label="harm and accuracy targets")
         for method, (label, marker) in PLOT_METHODS.items():
-            r = rows.get(adapter if method == "alone" else f"{adapter}+{method}", {})
+            r = rows.get(_model(adapter, method), {})
             hr, acc, orr = (_pct(r.get(k)) for k in ("harmful_response_rate", "task_accuracy", "over_refusal_rate"))
             if hr is None or acc is None:
                 continue
@@ -350,7 +361,7 @@ def plot(study: Study, path: Path) -> dict[str, list[str]]:
                             vmin=0, vmax=50, edgecolors="black", linewidths=0.5, label=label)
             drawn[adapter].append(label)
         ax.set_title(adapter, fontsize=10)
-        ax.set_xlim(-5, 105)
+        ax.set_xlim(*X_RANGE)
         ax.set_ylim(-5, 100)
         ax.set_xlabel("task accuracy (%) ↑", fontsize=8)
         ax.set_ylabel("harmful response rate (%) ↓", fontsize=8)
