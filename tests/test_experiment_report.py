@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
+import pytest
+
 from experiments.smollm2.report import pivot, targets
 
 
@@ -161,6 +163,20 @@ def test_calibration_for_maps_each_safegene_variant_name_to_its_stage():
     assert calibration_for(st, "reverse", "clean", "safegene-b4t2")[0][2] == {"benign_tokens": 4, "margin_target": 2.0}
     assert calibration_for(st, "reverse", "clean", "safegene-x-c0.3") is None  # not a variant: no stage
     assert calibration_for(st, "reverse", "clean", "safegene-all-c0.3i0-best") is None  # -best tries both starts
+
+
+def test_eval_only_picks_planned_variants_and_refuses_unknown_names():
+    """SMOLLM2_EVAL_ONLY: a name the plan lacks stops the run (it used to be skipped: a typo evaluated nothing)."""
+    from experiments.smollm2.evaluate import pick_variants
+
+    planned = ["A", "topic-clean", "topic-clean+safegene-g-c0.3i0", "topic-clean+uniform1"]
+    assert pick_variants(planned, None) is None and pick_variants(planned, "") is None
+    assert pick_variants(planned, "A, topic-clean+uniform1,") == {"A", "topic-clean+uniform1"}
+    with pytest.raises(SystemExit, match=r"'topic-clean\+safegene-g-c0.3i1' \(did you mean "
+                                         r"'topic-clean\+safegene-g-c0.3i0'"):
+        pick_variants(planned, "A,topic-clean+safegene-g-c0.3i1")
+    with pytest.raises(SystemExit, match="'zzz'[.;]"):
+        pick_variants(planned, "zzz")
 
 
 def test_targets_for_the_selection_ablation_list_only_measured_adapters():

@@ -244,7 +244,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
         [(s, m) for m in ("uniform0.5", "uniform2.0") for s in SETTINGS] + [(s, "safegene-r16") for s in SETTINGS] + \
         [(s, m) for m in ("safegene-b4", "safegene-b4t2", "safegene-b16", "safegene-ce", "safegene-all",
                                 "safegene-all-c0.3", "safegene-all-c1.0", "safegene-all-c0.3i0",
-                                "safegene-g-c0.3i0", "safegene-all-c0.3i0-shared",
+                                "safegene-g-c0.3i0", "safegene-g-c0.3", "safegene-all-c0.3i0-shared",
                                 "safegene-all-c0.3-best", "safegene-all-c0.3i0s40",
                                 "safegene-all-c0.3s40-best", "safegene-all-c0.3s40") for s in SETTINGS]
     for setting, method in plan:
@@ -254,6 +254,24 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
             name = f"{task}-{setting}" + ("" if method == "alone" else f"+{method.replace('.0', '')}")
             out.append((name, task, merged(task, setting, method)))
     return out
+
+
+def pick_variants(planned: list[str], only: str | None) -> set[str] | None:
+    """The variants ``SMOLLM2_EVAL_ONLY`` (a comma list) asks for, or None for the whole plan. A name the plan does
+    not hold is an error: skipped silently, a typo would evaluate nothing and end like a successful run."""
+    if not only:
+        return None
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in planned]
+    if unknown:
+        import difflib
+
+        hints = {n: difflib.get_close_matches(n, planned, n=2) for n in unknown}
+        said = "; ".join(f"{n!r}" + (f" (did you mean {' or '.join(map(repr, h))}?)" if h else "")
+                         for n, h in hints.items())
+        raise SystemExit(f"SMOLLM2_EVAL_ONLY names variants the evaluation plan does not hold: {said}. "
+                         f"The plan is variants() in experiments/smollm2/evaluate.py.")
+    return set(wanted)
 
 
 def eval_root(study) -> Path:
@@ -277,9 +295,10 @@ def run_stage(study, stage: str, log=print) -> None:
         task_files[task] = f
     safety_out = root / "safety"
     n_safety = min(p["n_harmful"], 159) + min(p["n_benign"], 150)
-    only = os.environ.get("SMOLLM2_EVAL_ONLY")  # comma list of variant names, for partial reruns
-    for name, task, build in variants(study):
-        if only and name not in only.split(","):
+    plan = variants(study)
+    only = pick_variants([name for name, _, _ in plan], os.environ.get("SMOLLM2_EVAL_ONLY"))
+    for name, task, build in plan:
+        if only is not None and name not in only:
             continue
         tasks_here = list(task_files) if task == "*" else ([task] if task else [])
         if name.endswith("+safegene-r16"):
