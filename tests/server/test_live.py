@@ -299,21 +299,16 @@ def test_admin_refuses_bad_adapters_and_nothing_changes(live_server, tmp_path):
     assert out.choices
 
 
+def _variant(live_server, vid: str) -> dict | None:
+    """The /admin/variants entry of served variant ``vid`` (state, inflight, lineage), or None once it is gone."""
+    with live_server.admin() as admin:
+        return next((v for v in admin.get("/admin/variants").json()["variants"] if v["id"] == vid), None)
+
+
 def live_server_version(live_server, task):
-    with live_server.admin() as admin:
-        for v in admin.get("/admin/variants").json()["variants"]:
-            if v["id"] == task:
-                return v["task_version"]
-    raise AssertionError(task)
-
-
-def _variant_state(live_server, name):
-    """(state, inflight) of served variant ``name`` as /admin/variants reports it, or None once it is gone."""
-    with live_server.admin() as admin:
-        for v in admin.get("/admin/variants").json()["variants"]:
-            if v["id"] == name:
-                return v["state"], v["inflight"]
-    return None
+    v = _variant(live_server, task)
+    assert v is not None, task
+    return v["task_version"]
 
 
 def test_retire_drains_in_flight_then_unloads(live_server):
@@ -368,8 +363,8 @@ def _retire_while_streaming(live_server, name: str) -> dict:
         seen = {}
 
         def retiring_or_gone():
-            seen["state"] = _variant_state(live_server, name)
-            return seen["state"] is None or seen["state"][0] == "retiring"
+            seen["variant"] = _variant(live_server, name)
+            return seen["variant"] is None or seen["variant"]["state"] == "retiring"
 
         assert wait_for(retiring_or_gone, timeout=60, every=0.02), seen
         # while draining (or once gone), new requests for the retiring name are refused
