@@ -156,17 +156,28 @@ def aligned_base(original: Path, alignment_lora: Path) -> Path:
                             progress=False)
 
 
-def run(args: argparse.Namespace) -> int:
-    import yaml
-
+def demo_server_config(*, config: Path = DEMO_CONFIG, state_dir: Path | None = None, port: int | None = None,
+                       quiet: bool = False) -> tuple[dict, list[str]]:
+    """The server config the demo serves: the prepared SmolLM2, the aligned base A when the family is built, the
+    committed task adapters that exist (notes name the ones left out)."""
     from ..models import prepare_smollm2
     from ..paths import safegene_home
 
-    model = prepare_smollm2()
-    state_dir = safegene_home() / "demo-state"
-    cfg, notes = runtime_config(Path(args.config).resolve(), model, state_dir, args.port)
+    model = prepare_smollm2(quiet=quiet)
+    state_dir = state_dir or safegene_home() / "demo-state"
+    cfg, notes = runtime_config(Path(config).resolve(), model, state_dir, port)
     if cfg.get("safety"):
         cfg["base"]["model"] = str(aligned_base(model, Path(cfg["safety"]["path"]).parent / "alignment-lora"))
+    return cfg, notes
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from ..paths import safegene_home
+
+    state_dir = safegene_home() / "demo-state"
+    cfg, notes = demo_server_config(config=Path(args.config), state_dir=state_dir, port=args.port)
     for n in notes:
         print(f"[demo] note: {n}", flush=True)
     state_dir.mkdir(parents=True, exist_ok=True)
