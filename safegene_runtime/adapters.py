@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .artifacts import ArtifactError
+from .artifacts import ArtifactError, read_manifest
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -281,3 +281,18 @@ def iter_modules(adapter: LoraAdapter) -> Iterator[tuple[str, torch.Tensor, torc
     for m in adapter.modules():
         a, b = adapter.weights[m]
         yield m, a, b, adapter.scaling(m)
+
+
+def selection_of(safety: str | Path) -> dict | None:
+    """The ``selection`` block of a safety adapter's manifest (written by layer selection, read by calibration),
+    or None; its ``selected`` layers come back as ints."""
+    sel = read_manifest(safety).get("selection")
+    if sel is None:
+        return None
+    if not isinstance(sel, dict) or not isinstance(sel.get("selected"), list):
+        raise ArtifactError(f"{safety}/manifest.json: 'selection' must hold a 'selected' list of layer indices")
+    try:
+        sel["selected"] = [int(x) for x in sel["selected"]]
+    except (TypeError, ValueError) as e:
+        raise ArtifactError(f"{safety}/manifest.json: selection.selected must be integers") from e
+    return sel

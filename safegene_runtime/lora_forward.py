@@ -180,6 +180,18 @@ def load_causal_lm(path, *, device: str | torch.device | None = None, dtype: tor
     return model, tok
 
 
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input ids, attention mask), both ``[len(seqs), longest]``, with every sequence right-aligned (left padding):
+    the last position of each row is its last token, so generation and ``logits_to_keep`` line up across rows."""
+    width = max(len(x) for x in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(seqs):
+        ids[i, width - len(x) :] = torch.tensor(x)
+        mask[i, width - len(x) :] = 1
+    return ids, mask
+
+
 def render_prompt(tokenizer, prompt) -> str:
     """Chat-templated text ending with the assistant turn's start; ``prompt`` is a string or an ``Example``."""
     messages = getattr(prompt, "messages", None) or [{"role": "user", "content": str(prompt)}]

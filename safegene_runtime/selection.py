@@ -46,6 +46,9 @@ import torch
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, layer_index, load_adapter, save_adapter
 from .artifacts import ArtifactError, ArtifactWriter, canonical_json, describe_input, read_manifest, sha256_bytes
+from .calibration.objective import margins
+from .calibration.teachers import Shot, benign_contrast_shots, eos_ids, generate, refuses
+from .lora_forward import LoraForward, decoder_layers, encode_prompts, load_causal_lm
 
 EPS = 1e-6
 Scorer = Callable[[dict[int, float], dict[int, float], float], dict[int, float]]
@@ -84,9 +87,7 @@ def layer_means(
     desc: str = "probe",
 ) -> torch.Tensor:
     """[n_prompts, n_layers, hidden]: each prompt's token-averaged residual stream after every decoder layer."""
-    from tqdm.auto import tqdm
-
-    from .lora_forward import decoder_layers, encode_prompts, load_causal_lm
+    from tqdm.auto import tqdm  # lazy: only needed once a model runs
 
     model, tok = load_causal_lm(model_dir, device=device)
     dev = next(model.parameters()).device
@@ -171,27 +172,24 @@ def refusal_gradient(
     progress: bool = True,
 ) -> dict:
     """The ``refusal_gradient`` score (module docstring); returns ``{"g_harmful", "g_benign", "scores", "shots"}``."""
-    from .calibrate import _benign_contrast_shots, _eos_ids, _generate, _margins, _refuses, _Shot
-    from .lora_forward import LoraForward, encode_prompts, load_causal_lm
-
     if not harmful or not benign:
         raise ValueError("layer selection needs at least one harmful and one benign probe prompt")
     ad = load_adapter(safety)
     gen_kw = dict(max_new_tokens=max_new_tokens, batch_size=max(batch_size, 32), progress=progress)
 
     model, tok = load_causal_lm(aligned, device=device)
-    stop = _eos_ids(model, tok)
+    stop = eos_ids(model, tok)
     ph, pb = (encode_prompts(tok, xs, max_tokens=max_tokens) for xs in (harmful, benign))
-    a_harm, a_ben = (_generate(model, tok, p, desc="answers (A)", **gen_kw) for p in (ph, pb))
+    a_harm, a_ben = (generate(model, tok, p, desc="answers (A)", **gen_kw) for p in (ph, pb))
     # D is A fine-tuned (same tokenizer); it is loaded once, for its answers and then for the gradient.
     model, _ = load_causal_lm(degraded, device=device)
-    d_harm = _generate(model, tok, ph, desc="answers (D)", **gen_kw)
+    d_harm = generate(model, tok, ph, desc="answers (D)", **gen_kw)
 
     cut = lambda t: t[:margin_tokens]  # noqa: E731
-    harm_shots = [_Shot(p, cut(r), negative=cut(d)) for p, r, d in zip(ph, a_harm, d_harm)
-                  if r and d and _refuses(tok, r) and not _refuses(tok, d)]
-    ben_shots = _benign_contrast_shots([_Shot(p, b) for p, b in zip(pb, a_ben)], a_harm, tok=tok,
-                                       stop=tuple(sorted(stop)), margin_tokens=margin_tokens)
+    harm_shots = [Shot(p, cut(r), negative=cut(d)) for p, r, d in zip(ph, a_harm, d_harm)
+                  if r and d and refuses(tok, r) and not refuses(tok, d)]
+    ben_shots = benign_contrast_shots([Shot(p, b) for p, b in zip(pb, a_ben)], a_harm, tok=tok,
+                                      stop=tuple(sorted(stop)), margin_tokens=margin_tokens)
     if not harm_shots:
         raise ValueError(f"{GRADIENT}: no harmful probe that A refuses and D answers (keyword judge); "
                          "the margin has nothing to differentiate")
@@ -201,8 +199,8 @@ def refusal_gradient(
         for name, shots in (("harmful", harm_shots), ("benign", ben_shots)):
             lf.lambdas.grad = None
             for i in range(0, len(shots), batch_size):
-                margins, _ = _margins(model, shots[i : i + batch_size], tok.pad_token_id)
-                (margins.sum() / len(shots)).backward()
+                m, _ = margins(model, shots[i : i + batch_size], tok.pad_token_id)
+                (m.sum() / len(shots)).backward()
             g = lf.lambdas.grad if lf.lambdas.grad is not None else torch.zeros_like(lf.lambdas)
             grads[name] = {l: float(g[j]) for j, l in enumerate(lf.layers)}
     del model
@@ -337,17 +335,3 @@ def select_safety_layers(
             w.manifest["parent_lineage"] = src_man["lineage"]
         w.manifest["selection"] = selection
     return w.path  # type: ignore[return-value]
-
-
-def selection_of(safety: str | Path) -> dict | None:
-    """The ``selection`` block of a safety adapter's manifest, or None."""
-    sel = read_manifest(safety).get("selection")
-    if sel is None:
-        return None
-    if not isinstance(sel, dict) or not isinstance(sel.get("selected"), list):
-        raise ArtifactError(f"{safety}/manifest.json: 'selection' must hold a 'selected' list of layer indices")
-    try:
-        sel["selected"] = [int(x) for x in sel["selected"]]
-    except (TypeError, ValueError) as e:
-        raise ArtifactError(f"{safety}/manifest.json: selection.selected must be integers") from e
-    return sel

@@ -41,7 +41,7 @@ def test_family_sanity(fam):
 
 
 def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
 
     out = tmp_path / "coefficients.json"
     c = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
@@ -73,7 +73,7 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
 
 def test_calibration_chooses_small_lambda_when_no_repair_is_needed(fam, shots, tmp_path):
     """A task adapter that did not erode safety: the benign/task terms pull λ from 1 towards 0."""
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
     from safegene_runtime.testing.tiny import make_random_lora
 
     harmless = make_random_lora(tmp_path / "harmless", fam.aligned, rank=4, magnitude=0.001, seed=9)
@@ -87,7 +87,7 @@ def test_calibration_chooses_small_lambda_when_no_repair_is_needed(fam, shots, t
 
 def test_cross_entropy_refusal_term_still_restores_refusal(fam, shots):
     """The first formulation (refusal_loss="ce") stays available; a bad name is refused up front."""
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
 
     c = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
                   init=0.0, steps=20, lr=0.1, refusal_loss="ce", **FAST)
@@ -100,7 +100,7 @@ def test_cross_entropy_refusal_term_still_restores_refusal(fam, shots):
 def test_margin_target_pushes_further_and_benign_window_is_recorded(fam, shots):
     """τ > 0 keeps the margin term from saturating at a tie, so calibration puts more safety in; the benign KL
     window (``benign_tokens``) is recorded with the objective."""
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
 
     kw = dict(init=0.0, steps=20, lr=0.1, seed=0, **FAST)
     plain = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"], **kw)
@@ -121,7 +121,7 @@ def test_benign_contrast_holds_safety_back_where_benign_answers_would_turn(fam, 
     with it puts less safety in (here 7.1 against 7.4 summed over the layers) and refuses no more benign prompts; the
     term, its weight and the count of benign shots A answers are recorded. (The tiny family barely over-refuses at
     any λ, so the SmolLM2 study is where the term's effect shows: docs/results.md.)"""
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
 
     kw = dict(init=0.0, steps=20, lr=0.1, seed=0, margin_target=3.0, **FAST)
     pushed = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"], **kw)
@@ -143,7 +143,7 @@ def test_shared_adam_keeps_the_gradients_relative_sizes_across_layers():
     it is exactly torch's Adam."""
     import torch
 
-    from safegene_runtime.calibrate import SharedAdam
+    from safegene_runtime.calibration import SharedAdam
 
     g = torch.tensor([-4.0, -1.0, 0.0, 2.0])
     for scale in (1.0, 100.0):
@@ -175,7 +175,7 @@ def test_shared_step_moves_layers_in_proportion_to_their_gradient(fam, shots):
     """From λ = 0, one step of plain Adam moves every layer the loss pulls on by lr; one step of adam-shared moves
     them by different amounts (the gradient's relative sizes), the largest by more than lr. Recorded in the meta;
     a bad name is refused."""
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
 
     kw = dict(init=0.0, steps=1, lr=0.1, seed=0, batch_size=8, **FAST)
     plain = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"], **kw)
@@ -193,7 +193,7 @@ def test_shared_step_moves_layers_in_proportion_to_their_gradient(fam, shots):
 def test_several_starts_keep_the_lower_loss_and_equal_that_single_start(fam, shots):
     """init=[1, 0]: the same λ as the one-start calibration with the lower loss over all shots (same teachers, same
     minibatches), both starts recorded; bad starts are refused."""
-    from safegene_runtime.calibrate import best_start, calibrate
+    from safegene_runtime.calibration import best_start, calibrate
 
     assert best_start([0.3, 0.2, 0.2]) == 1
     kw = dict(steps=6, lr=0.1, seed=0, **FAST)
@@ -217,7 +217,7 @@ def test_several_starts_keep_the_lower_loss_and_equal_that_single_start(fam, sho
 
 
 def test_deterministic_for_a_seed_and_uses_the_manifest_selection(fam, shots, tmp_path):
-    from safegene_runtime.calibrate import calibrate
+    from safegene_runtime.calibration import calibrate
 
     # A safety adapter whose manifest selects layers 2 and 3.
     with ArtifactWriter(dest=tmp_path / "safety-sel", kind="safety_adapter") as w:

@@ -29,7 +29,7 @@ import torch
 
 from safegene_runtime.adapters import load_adapter
 from safegene_runtime.artifacts import ArtifactError
-from safegene_runtime.calibrate import _generate
+from safegene_runtime.calibration.teachers import generate
 from safegene_runtime.coefficients import load_coefficients
 from safegene_runtime.judges.refusal import refusal_match
 from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             if scaled:
                 lf.set_lambdas(_lambdas(lam))
             for role, prompts in sets.items():
-                outs = _generate(model, tok, encode_prompts(tok, prompts, max_tokens=128), max_new_tokens=32,
-                                 batch_size=len(prompts), desc=role, progress=False)
+                outs = generate(model, tok, encode_prompts(tok, prompts, max_tokens=128), max_new_tokens=32,
+                                batch_size=len(prompts), desc=role, progress=False)
                 texts = [tok.decode(o, skip_special_tokens=True) for o in outs]
                 rules = [refusal_match(t) for t in texts]
                 row[f"{role}_refused"] = round(sum(r is not None for r in rules) / len(texts), 4)

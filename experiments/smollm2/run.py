@@ -386,7 +386,7 @@ class Study:
         shots = [r["prompt"] for r in train[: p["k"]]]
 
         def build(tmp: Path) -> dict:
-            from safegene_runtime.calibrate import calibrate
+            from safegene_runtime.calibration import calibrate
 
             # Teacher targets are cut to max_target_tokens (16) anyway; greedy decoding of only that many
             # tokens gives the same targets at a third of the cost of the default 48.
@@ -409,7 +409,7 @@ class Study:
                        starts: tuple[float, ...] = (1.0, 0.0), steps: int | None = None) -> Path:
         """The calibration ``calibrate(init=starts)`` would keep (lowest loss over all shots, ``best_start``), from
         the one-start stages: same teachers, same minibatches, so the same λ without optimising twice."""
-        from safegene_runtime.calibrate import best_start
+        from safegene_runtime.calibration import best_start
 
         stages = [self.calibrate(task, setting, all_layers=all_layers, benign_contrast=benign_contrast, init=x,
                                  selection=selection, steps=steps) for x in starts]

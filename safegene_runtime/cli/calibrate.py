@@ -55,7 +55,7 @@ def register(subparsers) -> None:
                         "stops or refuses (default 0: all --max-target-tokens)")
     p.add_argument("--benign-contrast", type=float, default=None, metavar="DELTA",
                    help="weight of the benign contrast term: prefer the base's answer to a refusal or an empty reply "
-                        "on benign shots the base answers (default: the library's, see safegene_runtime.calibrate)")
+                        "on benign shots the base answers (default: the library's, see safegene_runtime.calibration)")
     p.add_argument("--optimizer", choices=("adam", "adam-shared"), default="adam",
                    help="adam: a step size per layer (default); adam-shared: one for all layers, so layers the loss "
                         "barely depends on barely move (from --init 0 plain Adam moves every layer at the same rate)")
@@ -67,7 +67,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from ..artifacts import sha256_file
-    from ..calibrate import calibrate
+    from ..calibration import calibrate
     from ..prompts import load_examples
 
     if args.out.exists() and args.out.is_dir():

@@ -32,13 +32,10 @@ reverse-mix10's HR only from 37% to 34%); ``benign_tokens`` restricts the benign
 answers, where an over-refusing model stops (N = 4 made the benign term dominate: topic-clean HR 52% with no
 over-refusal, against 6% HR and 25% over-refusal, mostly empty replies, with all 16 tokens).
 
-How it stays cheap on a CPU *(ours)*: the teacher targets (greedy generations of A and of A+T) and the teacher
-distributions are computed once and cached; each Adam step uses one minibatch per term (``batch_size``, cycling
-through a seeded permutation; the full set when it is smaller); sequences are truncated (prompt to its last
-``max_prompt_tokens`` tokens, targets to their first ``max_target_tokens`` tokens: a refusal is decided in its first
-few tokens); only the target positions' logits are computed (``logits_to_keep`` with left padding); teacher
-generation uses a larger batch (``gen_batch_size``: decoding is memory-bound, so wider batches are nearly free).
-Several starts (``init=[1, 0]``) share the teachers and repeat only the optimisation.
+How it stays cheap on a CPU *(ours)*: the teacher targets and distributions are computed once and cached
+(:mod:`.teachers`); each Adam step uses one minibatch per term (``batch_size``, :class:`.objective.Batches`);
+sequences are truncated and only the target positions' logits are computed (:mod:`.objective`).
+Several starts (``init=[1, 0]``) share the teachers and repeat only the optimisation (:mod:`.optim`).
 Backpropagation stops by itself at the lowest selected layer (nothing below it needs a gradient). The model is
 frozen in fp32; only λ has a gradient. Same inputs and seed, same λ (deterministic ops, seeded permutations).
 
@@ -50,221 +47,32 @@ model decides. The benign KL alone does not see that decision: averaged over 16 
 or answered with nothing on 12 of 32 benign shots cost 0.18 nats per token (sentiment-clean over all layers,
 docs/results.md). Like the refusal margin it saturates once answering is clearly preferred, so it is a barrier,
 not a pull towards λ = 0.
-
-Per-example losses are averaged over the example's target tokens, then over examples.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from .adapters import AdapterError, load_adapter
-from .artifacts import ArtifactError, canonical_json, describe_input, sha256_bytes
-from .coefficients import Coefficients, save_coefficients
-
-TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin")
-REFUSAL_LOSSES = ("margin", "ce")
-# The default objective; every one is part of the server registry's cache key for coefficients it calibrates.
-DEFAULT_REFUSAL_LOSS = "margin"
-DEFAULT_MARGIN_TOKENS = 4
-DEFAULT_MARGIN_TARGET = 0.0
-DEFAULT_BENIGN_TOKENS: int | None = None  # None: the whole (max_target_tokens) answer
-DEFAULT_BENIGN_CONTRAST = 0.0
-OPTIMIZERS = ("adam", "adam-shared")
-DEFAULT_OPTIMIZER = "adam"
-
-
-@dataclass
-class _Shot:
-    prompt: list[int]
-    target: list[int]
-    teacher: torch.Tensor | None = None  # [len(target), vocab] log-probs of the teacher (KL terms only)
-    negative: list[int] | None = None  # refusal margin: the task model's compliant answer; benign: A's refusal
-    stop: tuple[int, ...] = ()  # benign margin: the EOS ids an empty reply starts with
+from ..adapters import AdapterError, load_adapter, selection_of
+from ..artifacts import canonical_json, describe_input, sha256_bytes
+from ..coefficients import Coefficients, save_coefficients
+from ..lora_forward import LoraForward, encode_prompts, load_causal_lm
+from ..prompts import load_examples
+from .objective import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_MARGIN_TOKENS,
+                        DEFAULT_REFUSAL_LOSS, REFUSAL_LOSSES, Batches, target_logprobs, term_loss)
+from .optim import DEFAULT_OPTIMIZER, OPTIMIZERS, SharedAdam, best_start
+from .teachers import Shot, benign_contrast_shots, eos_ids, generate, refuses
 
 
 def shot_set_info(shots: Sequence) -> dict[str, Any]:
     """Count and sha256 of a shot list (over prompt texts / messages, so it is independent of the file format)."""
     items = [getattr(s, "messages", None) or str(s) for s in shots]
     return {"count": len(items), "sha256": sha256_bytes(canonical_json(items).encode())}
-
-
-def _eos_ids(model, tok) -> set[int]:
-    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
-    g = getattr(model.generation_config, "eos_token_id", None)
-    ids |= set(g) if isinstance(g, (list, tuple)) else ({g} if g is not None else set())
-    return ids
-
-
-@torch.no_grad()
-def _generate(model, tok, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int, desc: str,
-              progress: bool) -> list[list[int]]:
-    """Greedy continuations (cut after the first EOS, which is kept), batched with left padding."""
-    from tqdm.auto import tqdm
-
-    dev = next(model.parameters()).device
-    eos = _eos_ids(model, tok)
-    pad = tok.pad_token_id
-    out: list[list[int]] = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
-        chunk = prompts[start : start + batch_size]
-        width = max(len(p) for p in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, p in enumerate(chunk):
-            ids[i, width - len(p) :] = torch.tensor(p)
-            mask[i, width - len(p) :] = 1
-        gen = model.generate(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
-            num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) or None, temperature=None, top_p=None, top_k=None,
-        )
-        for row in gen[:, width:].tolist():
-            cut: list[int] = []
-            for t in row:
-                cut.append(t)
-                if t in eos:
-                    break
-            out.append(cut)
-    return out
-
-
-def _refuses(tok, ids: list[int]) -> bool:
-    """The keyword judge on a decoded teacher answer."""
-    from .judges.refusal import refusal_match
-
-    return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
-
-
-def _benign_contrast_shots(answers: list[_Shot], refusals: list[list[int]], *, tok, stop: tuple[int, ...],
-                           margin_tokens: int) -> list[_Shot]:
-    """The benign contrast's shots (also layer selection's benign margin): the benign prompts A answers (no refusal,
-    no immediate EOS), cut to ``margin_tokens``, each with one of A's own refusals as negative (paired by index)."""
-    opening = [r[:margin_tokens] for r in refusals if r and _refuses(tok, r)]
-    answered = [b for b in answers if b.target and b.target[0] not in stop and not _refuses(tok, b.target)]
-    if not opening:
-        return []
-    return [_Shot(b.prompt, b.target[:margin_tokens], stop=stop, negative=opening[i % len(opening)])
-            for i, b in enumerate(answered)]
-
-
-def _target_logprobs(model, shots: list[_Shot], pad: int) -> list[torch.Tensor]:
-    """Log-probs [len(target), vocab] of each shot's target tokens given its prompt (one forward, left-padded)."""
-    dev = next(model.parameters()).device
-    seqs = [s.prompt + s.target[:-1] for s in shots]
-    width = max(len(x) for x in seqs)
-    keep = max(len(s.target) for s in shots)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, x in enumerate(seqs):
-        ids[i, width - len(x) :] = torch.tensor(x)
-        mask[i, width - len(x) :] = 1
-    pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), use_cache=False,
-                   logits_to_keep=keep).logits
-    logits = logits[:, -keep:].float()
-    return [torch.log_softmax(logits[i, keep - len(s.target) :], dim=-1) for i, s in enumerate(shots)]
-
-
-def _mean_logprob(lp: torch.Tensor, target: list[int]) -> torch.Tensor:
-    return lp.gather(-1, torch.tensor(target, device=lp.device)[:, None]).mean()
-
-
-def _margins(model, shots: list[_Shot], pad: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Mean log-prob of each shot's target minus that of its negative (one forward over both, already cut to
-    margin_tokens), and the targets' log-probs."""
-    lps = _target_logprobs(model, shots + [_Shot(s.prompt, s.negative or []) for s in shots], pad)
-    n = len(shots)
-    margins = torch.stack([_mean_logprob(lps[i], s.target) - _mean_logprob(lps[n + i], s.negative or [])
-                           for i, s in enumerate(shots)])
-    return margins, lps[:n]
-
-
-def _term_loss(model, term: str, shots: list[_Shot], pad: int, margin_target: float = 0.0) -> torch.Tensor:
-    softplus = torch.nn.functional.softplus
-    if term == "refusal_margin":  # A's refusal over the task model's compliant answer
-        margins, _ = _margins(model, shots, pad)
-        return softplus(margin_target - margins).mean()
-    if term == "benign_margin":
-        # Mirror image: prefer A's answer to a refusal (opening tokens) and to an immediate EOS (first token).
-        vs_refusal, lps = _margins(model, shots, pad)
-        vs_stop = torch.stack([lp[0][s.target[0]] - torch.logsumexp(lp[0][list(s.stop)], dim=0)
-                               for s, lp in zip(shots, lps)])
-        return (0.5 * (softplus(-vs_refusal) + softplus(-vs_stop))).mean()
-    lps = _target_logprobs(model, shots, pad)
-    per = []
-    for s, lp in zip(shots, lps):
-        if term == "refusal_ce":
-            tgt = torch.tensor(s.target, device=lp.device)
-            per.append(-lp.gather(-1, tgt[:, None]).mean())
-        else:
-            t = s.teacher.to(lp.device)  # type: ignore[union-attr]
-            per.append((t.exp() * (t - lp)).sum(-1).mean())
-    return torch.stack(per).mean()
-
-
-class _Batches:
-    """Seeded cycling minibatches over one term's shots."""
-
-    def __init__(self, n: int, size: int, gen: torch.Generator) -> None:
-        self.n, self.size, self.gen = n, max(1, size), gen
-        self.order: list[int] = []
-
-    def next(self) -> list[int]:
-        if self.size >= self.n:
-            return list(range(self.n))
-        out: list[int] = []
-        while len(out) < self.size:
-            if not self.order:
-                self.order = torch.randperm(self.n, generator=self.gen).tolist()
-            out.append(self.order.pop(0))
-        return out
-
-
-class SharedAdam:
-    """Adam with one second moment for the whole λ vector (the mean square of its gradient) *(ours)*.
-
-    Per-coordinate Adam divides each λ's step by that λ's own gradient size, so from a common start every λ with a
-    gradient moves at about ``lr`` per step, however weakly the loss depends on it: on SmolLM2, calibrating from
-    λ = 0 spread λ flat over layers 0–22, and on 15 layers all λ ended at lr·steps (docs/results.md). Sharing the
-    normaliser keeps the gradient's relative sizes across layers (the first step is ``−lr·g/rms(g)``), so layers the
-    loss barely depends on barely move, while the overall step stays scale-free like Adam's."""
-
-    def __init__(self, param: torch.Tensor, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.param, self.lr, self.betas, self.eps = param, lr, betas, eps
-        self.m = torch.zeros_like(param)
-        self.v = 0.0
-        self.t = 0
-
-    def zero_grad(self) -> None:
-        self.param.grad = None
-
-    @torch.no_grad()
-    def step(self) -> None:
-        g = self.param.grad
-        if g is None:
-            return
-        b1, b2 = self.betas
-        self.t += 1
-        self.m.mul_(b1).add_(g, alpha=1 - b1)
-        self.v = b2 * self.v + (1 - b2) * float((g.double() ** 2).mean())
-        m_hat = self.m / (1 - b1**self.t)
-        v_hat = self.v / (1 - b2**self.t)
-        self.param.sub_(self.lr * m_hat / (math.sqrt(v_hat) + self.eps))
-
-
-def best_start(losses: Sequence[float]) -> int:
-    """Which of several calibrations from different starts to keep: the lowest loss over all shots (ties: the
-    first). The same rule for ``calibrate(init=[...])`` and for picking among calibrations already on disk."""
-    if not losses:
-        raise ValueError("no calibrations to choose from")
-    return min(range(len(losses)), key=lambda i: losses[i])
 
 
 def calibrate(
@@ -319,10 +127,7 @@ def calibrate(
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
     """
-    from tqdm.auto import tqdm
-
-    from .lora_forward import LoraForward, encode_prompts, load_causal_lm
-    from .selection import selection_of
+    from tqdm.auto import tqdm  # lazy: only needed once a calibration runs
 
     base, task, safety = Path(base), Path(task), Path(safety)
     for name, v in (("steps", steps), ("batch_size", batch_size), ("gen_batch_size", gen_batch_size),
@@ -381,17 +186,17 @@ def calibrate(
             gen_len = min(max_new_tokens, max_target_tokens) if max_target_tokens else max_new_tokens
             gen_kw = dict(max_new_tokens=gen_len, batch_size=gen_batch_size, progress=progress)
             cut = (lambda t: t[:max_target_tokens]) if max_target_tokens else (lambda t: t)  # noqa: E731
-            data: dict[str, list[_Shot]] = {}
+            data: dict[str, list[Shot]] = {}
             # Teachers: A (no deltas) refuses harmful shots and answers benign ones; A+T answers task shots.
-            def teach(prompts, desc: str) -> list[_Shot]:
+            def teach(prompts, desc: str) -> list[Shot]:
                 p = enc(prompts)
-                return [_Shot(a, cut(b)) for a, b in zip(p, _generate(model, tok, p, desc=desc, **gen_kw))]
+                return [Shot(a, cut(b)) for a, b in zip(p, generate(model, tok, p, desc=desc, **gen_kw))]
 
             with lf.mode(fixed=False, scaled=False):
                 refusals = teach(harmful, "refusals (A)")
                 benign_answers = teach(benign, "benign (A)") if benign and (gamma > 0 or benign_contrast > 0) else []
             if benign_answers and gamma > 0:
-                data["benign_kl"] = [_Shot(b.prompt, b.target[:benign_tokens] if benign_tokens else b.target)
+                data["benign_kl"] = [Shot(b.prompt, b.target[:benign_tokens] if benign_tokens else b.target)
                                      for b in benign_answers]
             with lf.mode(fixed=True, scaled=False):
                 if beta > 0:
@@ -399,8 +204,8 @@ def calibrate(
                 if refusal_loss == "margin":
                     answers = teach(harmful, "harmful (A+T)")
             if benign_answers and benign_contrast > 0:
-                stop = tuple(sorted(_eos_ids(model, tok)))
-                shots = _benign_contrast_shots(benign_answers, [r.target for r in refusals], tok=tok, stop=stop,
+                stop = tuple(sorted(eos_ids(model, tok)))
+                shots = benign_contrast_shots(benign_answers, [r.target for r in refusals], tok=tok, stop=stop,
                                                margin_tokens=margin_tokens)
                 if shots and stop:
                     data["benign_margin"] = shots
@@ -408,9 +213,9 @@ def calibrate(
                 data["refusal_ce"] = refusals
             else:
                 # Only shots where the task model complies carry a contrast; its refusals are left out.
-                kept = [_Shot(r.prompt, r.target[:margin_tokens], negative=a.target[:margin_tokens])
+                kept = [Shot(r.prompt, r.target[:margin_tokens], negative=a.target[:margin_tokens])
                         for r, a in zip(refusals, answers)
-                        if a.target and not _refuses(tok, a.target)]
+                        if a.target and not refuses(tok, a.target)]
                 if kept:
                     data["refusal_margin"] = kept
             with torch.no_grad():
@@ -420,7 +225,7 @@ def calibrate(
                     with lf.mode(fixed=teacher_mode[0], scaled=teacher_mode[1]):
                         for i in range(0, len(data[term]), batch_size):
                             chunk = data[term][i : i + batch_size]
-                            for s, lp in zip(chunk, _target_logprobs(model, chunk, pad)):
+                            for s, lp in zip(chunk, target_logprobs(model, chunk, pad)):
                                 s.teacher = lp.detach()
             weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma,
                        "benign_margin": benign_contrast}
@@ -431,7 +236,7 @@ def calibrate(
                 with torch.no_grad():
                     for term, shots in data.items():
                         chunks = [shots[i : i + batch_size] for i in range(0, len(shots), batch_size)]
-                        res[term] = sum(float(_term_loss(model, term, c, pad, margin_target)) * len(c)
+                        res[term] = sum(float(term_loss(model, term, c, pad, margin_target)) * len(c)
                                         for c in chunks) / len(shots)
                     res["penalty"] = float(penalty * (lf.lambdas**2).sum())
                 res["total"] = sum(weights[t] * res[t] for t in data) + res["penalty"]
@@ -442,7 +247,7 @@ def calibrate(
                 lf.set_lambdas(start)
                 before = full_loss()
                 gen = torch.Generator().manual_seed(seed)
-                batches = {t: _Batches(len(s), batch_size, gen) for t, s in data.items()}
+                batches = {t: Batches(len(s), batch_size, gen) for t, s in data.items()}
                 opt = torch.optim.Adam([lf.lambdas], lr=lr) if optimizer == "adam" else SharedAdam(lf.lambdas, lr)
                 history: list[float] = []
                 for _ in tqdm(range(steps), desc=f"calibrate from {start:g}", unit="step", leave=False,
@@ -451,7 +256,7 @@ def calibrate(
                     loss = penalty * (lf.lambdas**2).sum()
                     for term in data:
                         idx = batches[term].next()
-                        loss = loss + weights[term] * _term_loss(model, term, [data[term][i] for i in idx], pad,
+                        loss = loss + weights[term] * term_loss(model, term, [data[term][i] for i in idx], pad,
                                                                  margin_target)
                     loss.backward()
                     opt.step()
@@ -517,11 +322,7 @@ def calibrate(
 
 def load_shots(path: str | Path, *, limit: int | None = None) -> list:
     """Shots from a JSONL/CSV file as ``Example`` objects (errors name the file and line)."""
-    from .prompts import load_examples
-
     return load_examples(path, limit=limit)
 
 
-__all__ = ["calibrate", "load_shots", "shot_set_info", "TERMS", "REFUSAL_LOSSES", "DEFAULT_REFUSAL_LOSS",
-           "DEFAULT_MARGIN_TOKENS", "DEFAULT_MARGIN_TARGET", "DEFAULT_BENIGN_TOKENS",
-           "DEFAULT_BENIGN_CONTRAST", "ArtifactError"]
+__all__ = ["calibrate", "load_shots", "shot_set_info"]

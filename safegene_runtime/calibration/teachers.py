@@ -1,0 +1,81 @@
+"""Calibration's teachers: the shot record, greedy teacher answers, and the keyword judge on them.
+
+The teacher targets (greedy generations of the aligned base A and of the task model A+T) are computed once per
+calibration and cached on the shots; teacher generation uses a larger batch than the optimisation
+(``gen_batch_size``: decoding is memory-bound, so wider batches are nearly free). Layer selection's
+``refusal_gradient`` scorer uses the same teachers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..judges.refusal import refusal_match
+from ..lora_forward import left_pad
+
+
+@dataclass
+class Shot:
+    prompt: list[int]
+    target: list[int]
+    teacher: torch.Tensor | None = None  # [len(target), vocab] log-probs of the teacher (KL terms only)
+    negative: list[int] | None = None  # refusal margin: the task model's compliant answer; benign: A's refusal
+    stop: tuple[int, ...] = ()  # benign margin: the EOS ids an empty reply starts with
+
+
+def eos_ids(model, tok) -> set[int]:
+    """Every EOS id of a model: the tokenizer's and the generation config's (one id or a list)."""
+    ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
+    g = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(g) if isinstance(g, (list, tuple)) else ({g} if g is not None else set())
+    return ids
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[list[int]], *, max_new_tokens: int, batch_size: int, desc: str,
+             progress: bool) -> list[list[int]]:
+    """Greedy continuations (cut after the first EOS, which is kept), batched with left padding."""
+    from tqdm.auto import tqdm  # lazy: only needed once a model runs
+
+    dev = next(model.parameters()).device
+    eos = eos_ids(model, tok)
+    pad = tok.pad_token_id
+    out: list[list[int]] = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False, disable=not progress):
+        chunk = prompts[start : start + batch_size]
+        ids, mask = left_pad(chunk, pad)
+        width = ids.shape[1]
+        gen = model.generate(
+            input_ids=ids.to(dev), attention_mask=mask.to(dev), max_new_tokens=max_new_tokens, do_sample=False,
+            num_beams=1, pad_token_id=pad, eos_token_id=sorted(eos) or None, temperature=None, top_p=None, top_k=None,
+        )
+        for row in gen[:, width:].tolist():
+            cut: list[int] = []
+            for t in row:
+                cut.append(t)
+                if t in eos:
+                    break
+            out.append(cut)
+    return out
+
+
+def refuses(tok, ids: list[int]) -> bool:
+    """The keyword judge on a decoded teacher answer."""
+    return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
+
+
+def benign_contrast_shots(answers: list[Shot], refusals: list[list[int]], *, tok, stop: tuple[int, ...],
+                          margin_tokens: int) -> list[Shot]:
+    """The benign contrast's shots (also layer selection's benign margin): the benign prompts A answers (no refusal,
+    no immediate EOS), cut to ``margin_tokens``, each with one of A's own refusals as negative (paired by index)."""
+    opening = [r[:margin_tokens] for r in refusals if r and refuses(tok, r)]
+    answered = [b for b in answers if b.target and b.target[0] not in stop and not refuses(tok, b.target)]
+    if not opening:
+        return []
+    return [Shot(b.prompt, b.target[:margin_tokens], stop=stop, negative=opening[i % len(opening)])
+            for i, b in enumerate(answered)]
+
+
+__all__ = ["Shot", "eos_ids", "generate", "refuses", "benign_contrast_shots"]
