@@ -31,12 +31,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
-import unicodedata
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
+
+from .scorers import is_number
+from .text import normalise
 
 #: where each shipped file lives: (distribution name, path inside it)
 SOURCES: dict[str, tuple[str, str]] = {
@@ -109,20 +110,7 @@ class PromptSet:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# normalisation, de-duplication, overlap
-
-_PUNCT_WS = re.compile(r"[\W_]+", re.UNICODE)
-
-
-def normalise(text: str) -> str:
-    """Casefold, unify Unicode forms, and turn every run of punctuation/whitespace into one space.
-
-    Two prompts that differ only in case, punctuation or spacing are the same prompt for de-duplication and for the
-    train/eval overlap check.
-    """
-    t = unicodedata.normalize("NFKC", text or "").casefold()
-    return _PUNCT_WS.sub(" ", t).strip()
-
+# de-duplication, overlap (what "the same prompt" means: text.normalise)
 
 def text_digest(texts: Iterable[str]) -> str:
     """sha256 over the sorted normalised texts: an order-independent fingerprint of a prompt list."""
@@ -422,8 +410,6 @@ def load_file(path: str | Path, *, kind: str = "benign", column: str | None = No
         explicit = {str(it.meta.get("scorer")) for it in items if it.meta.get("scorer")}
         if len(explicit) > 1:
             raise DatasetError(f"{path}: rows name different scorers {sorted(explicit)}")
-        from .scorers import is_number
-
         if explicit:
             scorer = explicit.pop()
         elif all(it.labels for it in items):

@@ -16,6 +16,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
+from .text import normalise
+
 _NUM = r"-?\$?\s?\d[\d,]*(?:\.\d+)?(?:\s?/\s?\d+)?%?|-?\$?\.\d+"
 _NUM_RE = re.compile(_NUM)
 _HASHES = re.compile(r"####\s*(" + _NUM + ")")
@@ -55,18 +57,12 @@ def extract_number(response: str) -> str | None:
     return nums[-1] if nums else None
 
 
-def _norm(text: str) -> str:
-    from .datasets import normalise
-
-    return normalise(text)
-
-
 def extract_label(response: str, labels: list[str] | tuple[str, ...]) -> str | None:
     """The label that appears earliest as a whole word in the response (case-insensitive), or None."""
-    r = _norm(response or "")
+    r = normalise(response or "")
     best: tuple[int, int, str] | None = None
     for lab in labels:
-        n = _norm(lab)
+        n = normalise(lab)
         if not n:
             continue
         m = re.search(rf"(?<![\w]){re.escape(n)}(?![\w])", r)
@@ -90,12 +86,12 @@ def score(scorer: str, response: str, answer: str, labels: list[str] | tuple[str
         if not labels:
             raise ValueError("label scorer: the item has no 'labels' list")
         got = extract_label(response, labels)
-        return (got is not None and _norm(got) == _norm(answer)), got
+        return (got is not None and normalise(got) == normalise(answer)), got
     if scorer == "exact":
-        want = _norm(answer)
-        full = _norm(response or "")
+        want = normalise(answer)
+        full = normalise(response or "")
         first = next((ln for ln in (response or "").splitlines() if ln.strip()), "")
         if full == want:
             return True, response.strip()
-        return _norm(first) == want, first.strip() or None
+        return normalise(first) == want, first.strip() or None
     raise ValueError(f"unknown scorer {scorer!r}; known: {', '.join(SCORERS)}")
