@@ -1,25 +1,25 @@
-"""Helpers shared by the benchmark scripts: server processes, free ports, RSS, statistics, load average.
+"""Helpers shared by the benchmark scripts: statistics, load average, and the server launcher.
 
 Pure helpers (``percentile``, ``summarize``, ``ratio``, ``median``) import nothing heavy, so the smoke test can use
-them without starting anything. Servers run in their own session (process group) so that stopping one also stops
-vLLM's engine-core child; every process started here is remembered and killed at exit, so an interrupted benchmark
-never leaves a server running.
+them without starting anything. Servers are started with ``server.process`` (the launcher the demo, the tests and
+the study share): each runs in its own session so that stopping it also stops vLLM's engine-core child, and every
+one is stopped at exit, so an interrupted benchmark never leaves a server running.
 """
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make ``server`` importable from a checkout
+    sys.path.insert(0, str(REPO))
+
+from server.process import ServerProcess, server_env, stop_all  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------- statistics
@@ -59,157 +59,26 @@ def loadavg() -> tuple[float, float, float]:
 
 
 # --------------------------------------------------------------------------------------------------- processes
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def bench_env(kvcache_gib: str | None = "1") -> dict[str, str]:
-    """The environment every engine gets (same for all configurations, so they compare).
-
-    ``kvcache_gib=None`` removes ``VLLM_CPU_KVCACHE_SPACE``: set, it overrides ``--kv-cache-memory-bytes`` on CPU.
-    """
-    env = dict(os.environ)
-    if kvcache_gib is None:
-        env.pop("VLLM_CPU_KVCACHE_SPACE", None)
-    else:
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", kvcache_gib)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
-    return env
+    """The environment every engine gets (same for all configurations, so they compare); see server_env."""
+    return server_env(kvcache_gib, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-_LIVE: list["Server"] = []
-
-
-def _stop_all() -> None:
-    for s in list(_LIVE):
-        s.stop()
-
-
-atexit.register(_stop_all)
+def bench_server(label: str, argv_fn: Callable[[int], list[str]], log_path: Path,
+                 env: dict[str, str] | None = None) -> ServerProcess:
+    """One server for a benchmark configuration; its port is picked at start (``server.process``)."""
+    return ServerProcess(argv_fn, log_path=log_path, env=env or bench_env(), cwd=REPO, label=label)
 
 
 def _on_signal(signum, _frame):  # SIGTERM/SIGHUP: stop servers, then exit like the signal would
-    _stop_all()
+    stop_all()
     sys.exit(128 + signum)
 
 
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    try:
-        signal.signal(_sig, _on_signal)
-    except (ValueError, OSError):  # not the main thread (e.g. imported by a test runner thread)
-        pass
-
-
-class Server:
-    """One OpenAI-compatible server subprocess (plain vLLM or ``safegene serve``) on 127.0.0.1:``port``."""
-
-    def __init__(self, label: str, argv_fn: Callable[[int], list[str]], log_path: Path,
-                 env: dict[str, str] | None = None):
-        """``argv_fn(port)`` builds the command line: the port is picked at start, just before it is bound, and
-        picked again if another process took it in between (ports chosen up front get stolen on a busy machine)."""
-        self.label, self.argv_fn, self.log_path = label, argv_fn, log_path
-        self.port = 0
-        self.argv: list[str] = []
-        self.env = env if env is not None else bench_env()
-        self.proc: subprocess.Popen | None = None
-        self._log = None
-        self.start_seconds = math.nan
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 600, attempts: int = 3) -> "Server":
-        for attempt in range(attempts):
-            try:
-                return self._start_once(timeout)
-            except RuntimeError:
-                if attempt + 1 < attempts and "Address already in use" in self.tail(200):
-                    self.stop()
-                    continue
-                raise
-        raise AssertionError("unreachable")
-
-    def _start_once(self, timeout: float) -> "Server":
-        import httpx
-
-        self.port = free_port()
-        self.argv = self.argv_fn(self.port)
-        self._log = open(self.log_path, "wb")
-        t0 = time.monotonic()
-        self.proc = subprocess.Popen(self.argv, cwd=str(REPO), env=self.env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        if self not in _LIVE:
-            _LIVE.append(self)
-        while time.monotonic() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"[{self.label}] server exited with {self.proc.returncode} before it was healthy; "
-                                   f"log {self.log_path}:\n{self.tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=2).status_code == 200:
-                    self.start_seconds = time.monotonic() - t0
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"[{self.label}] not healthy after {timeout:.0f}s; log {self.log_path}:\n{self.tail()}")
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server and all its children (API process + engine core), MiB."""
-        if self.proc is None or self.proc.poll() is not None:
-            return math.nan
-        import psutil
-
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return math.nan
-        total = 0
-        for p in procs:
-            try:
-                total += p.memory_info().rss
-            except psutil.Error:
-                pass
-        return total / 2**20
-
-    def stop(self) -> None:
-        """SIGINT (graceful), SIGTERM, then SIGKILL of the whole process group."""
-        if self.proc is None:
-            return
-        for sig, wait in ((signal.SIGINT, 30), (signal.SIGTERM, 10)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                self.proc.send_signal(sig)
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-            except ProcessLookupError:
-                break
-        try:  # the engine-core child lives in the same session: make sure none outlives us
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait(10)
-        if self._log:
-            self._log.close()
-        if self in _LIVE:
-            _LIVE.remove(self)
-        self.proc = None
+def install_signal_handlers() -> None:
+    """Stop every started server on SIGTERM/SIGHUP too (atexit covers normal exits and Ctrl-C)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
 
 
 def fmt(x: Any, spec: str = ".1f") -> str:

@@ -45,7 +45,9 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import REPO, Server, bench_env, fmt, loadavg, median, ratio, summarize  # noqa: E402
+from bench._common import (REPO, bench_env, bench_server, fmt, install_signal_handlers, loadavg, median,  # noqa: E402
+                           ratio, summarize)
+from server.process import ServerProcess, safegene_serve_argv, vllm_serve_argv  # noqa: E402
 
 API_KEY = "sk-bench"
 SERVED = "base"
@@ -106,17 +108,8 @@ MODEL_DEFAULTS = {
 
 
 # ------------------------------------------------------------------------------------------------------ arguments
-def merged_mode_supported() -> bool:
-    """Whether ``safegene serve`` in this checkout accepts ``mode: merged`` (server/config.py lists its modes)."""
-    try:
-        from server import config as server_config
-    except Exception:
-        return False
-    return "merged" in getattr(server_config, "MODES", ())
-
-
 def default_configs() -> list[str]:
-    return [c for c in ALL_CONFIGS if c != "ours_merged" or merged_mode_supported()]
+    return list(ALL_CONFIGS)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -232,7 +225,7 @@ async def one_request(client, model: str, prompt: str, max_tokens: int) -> tuple
     return ttft, time.perf_counter() - t0, tokens or chunks
 
 
-async def run_workload(server: Server, model: str, config: str, rnd: int, args: argparse.Namespace) -> RunResult:
+async def run_workload(server: ServerProcess, model: str, config: str, rnd: int, args: argparse.Namespace) -> RunResult:
     """``args.requests`` requests over ``args.clients`` concurrent clients; fixed prompt order."""
     import httpx
 
@@ -241,7 +234,7 @@ async def run_workload(server: Server, model: str, config: str, rnd: int, args: 
         queue.put_nowait(i)
     res = RunResult(config=config, round=rnd, wall_s=math.nan, load1=loadavg()[0])
     limits = httpx.Limits(max_connections=args.clients + 2, max_keepalive_connections=args.clients + 2)
-    async with httpx.AsyncClient(base_url=server.base_url, headers={"Authorization": f"Bearer {API_KEY}"},
+    async with httpx.AsyncClient(base_url=server.root_url, headers={"Authorization": f"Bearer {API_KEY}"},
                                  timeout=httpx.Timeout(900.0), limits=limits) as client:
 
         async def worker() -> None:
@@ -267,12 +260,12 @@ async def run_workload(server: Server, model: str, config: str, rnd: int, args: 
     return res
 
 
-async def judged_count(server: Server) -> float:
+async def judged_count(server: ServerProcess) -> float:
     """Sum of ``safegene_judged_total`` on a server's /metrics (how many responses its judges have finished)."""
     import httpx
 
     async with httpx.AsyncClient(timeout=30) as c:
-        text = (await c.get(f"{server.base_url}/metrics")).text
+        text = (await c.get(f"{server.root_url}/metrics")).text
     total = 0.0
     for line in text.splitlines():
         if line.startswith("safegene_judged_total{"):
@@ -280,7 +273,7 @@ async def judged_count(server: Server) -> float:
     return total
 
 
-async def wait_judges(server: Server, expected: float, timeout: float = 300) -> float:
+async def wait_judges(server: ServerProcess, expected: float, timeout: float = 300) -> float:
     """Wait until the judges have finished every response so far, so their work does not spill into the next
     configuration's measurement. Returns the seconds waited (reported: it is judge work the client did not see)."""
     t0 = time.perf_counter()
@@ -346,8 +339,7 @@ def common_engine_flags(args: argparse.Namespace) -> list[str]:
 
 
 def vllm_argv(args: argparse.Namespace, model: Path, port: int, *, lora: Path | None, rank: int | None) -> list[str]:
-    argv = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", SERVED, "--host", "127.0.0.1", "--port", str(port)]
+    argv = vllm_serve_argv(model, port, "--served-model-name", SERVED)
     if lora is not None:
         argv += ["--enable-lora", "--lora-modules", f"{TASK}={lora}", "--max-lora-rank", str(rank),
                  "--max-loras", "2", "--max-cpu-loras", "4"]
@@ -394,18 +386,18 @@ def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, po
     return path
 
 
-def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -> tuple[dict[str, Server],
+def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -> tuple[dict[str, ServerProcess],
                                                                                           dict[str, tuple[str, str]]]:
     """The servers to start and, per configuration, (server label, model name to request)."""
     want = set(args.configs)
-    servers: dict[str, Server] = {}
+    servers: dict[str, ServerProcess] = {}
     routes: dict[str, tuple[str, str]] = {}
 
     # with --kv-cache the legacy CPU env var must be absent: it would override --kv-cache-memory-bytes
     env = bench_env(None if args.kv_cache != "auto" else "1")
 
     def add(label: str, argv_fn) -> None:
-        servers[label] = Server(label, argv_fn, work / f"{label}.log", env=env)
+        servers[label] = bench_server(label, argv_fn, work / f"{label}.log", env=env)
 
     if "vllm" in want:
         add("vllm", lambda p: vllm_argv(args, assets["base"], p, lora=assets["task"], rank=assets["rank_equal"]))
@@ -415,20 +407,18 @@ def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -
                                                 rank=assets["rank_task"]))
         routes["vllm_lowrank"] = ("vllm_lowrank", TASK)
     if want & {"ours", "ours_safe"}:
-        add("ours", lambda p: [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config",
-                               str(ours_config(args, assets, work, p, judges=False, label="ours"))])
+        add("ours", lambda p: safegene_serve_argv(ours_config(args, assets, work, p, judges=False, label="ours")))
         if "ours" in want:
             routes["ours"] = ("ours", TASK)
         if "ours_safe" in want:
             routes["ours_safe"] = ("ours", f"{TASK}+safegene")
     if "ours_judged" in want:
-        add("ours_judged", lambda p: [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config",
-                                      str(ours_config(args, assets, work, p, judges=True, label="ours_judged"))])
+        add("ours_judged", lambda p: safegene_serve_argv(ours_config(args, assets, work, p, judges=True,
+                                                                     label="ours_judged")))
         routes["ours_judged"] = ("ours_judged", TASK)
     if "ours_merged" in want:
-        add("ours_merged", lambda p: [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config",
-                                      str(ours_config(args, assets, work, p, judges=False, label="ours_merged",
-                                                      safe_merged=True))])
+        add("ours_merged", lambda p: safegene_serve_argv(ours_config(args, assets, work, p, judges=False,
+                                                                     label="ours_merged", safe_merged=True)))
         routes["ours_merged"] = ("ours_merged", f"{TASK}+safegene")
     if "vllm_base" in want:
         add("vllm_base", lambda p: vllm_argv(args, assets["base"], p, lora=None, rank=None))
@@ -557,7 +547,7 @@ def _json_safe(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------- main
-async def measure(args: argparse.Namespace, servers: dict[str, Server], routes: dict[str, tuple[str, str]]
+async def measure(args: argparse.Namespace, servers: dict[str, ServerProcess], routes: dict[str, tuple[str, str]]
                   ) -> dict[str, dict[int, RunResult]]:
     per_round: dict[str, dict[int, RunResult]] = {c: {} for c in routes}
     judged_expected = {label: 0.0 for label in servers}
@@ -625,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     args = parse_args(argv)
+    install_signal_handlers()
     if args.report:
         print(markdown_report(json.loads(args.report.read_text())))
         return 0

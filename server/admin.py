@@ -21,7 +21,7 @@ async def handle_admin(registry: Registry, method: str, path: str, raw: bytes) -
     if parts == ["variants"] and method == "GET":
         return 200, registry.describe()
     if parts == ["adapters"] and method == "GET":
-        return 200, {"tasks": registry.records}
+        return 200, {"tasks": registry.tasks()}
     if parts == ["adapters"] and method == "POST":
         try:
             body = json.loads(raw or b"null")

@@ -23,6 +23,7 @@ from . import metrics as M
 from .accounting import JudgeItem, JudgeQueue
 from .auth import bearer_token, error_body, key_matches
 from .config import ServerConfig
+from .admin import handle_admin
 from .registry import Registry, RegistryError
 
 log = logging.getLogger("safegene.server.app")
@@ -351,8 +352,6 @@ class SafeGeneMiddleware:
     # -- admin API --
 
     async def _admin(self, scope: Scope, receive: Receive, send: Send) -> None:
-        from .admin import handle_admin
-
         self._auth_admin(scope)
         raw = await read_body(receive, self.cfg.max_body_bytes)
         try:

@@ -1,26 +1,43 @@
-"""vLLM engine + OpenAI app assembly: the module that touches vLLM internals (with `merged.py` for merged-mode engines).
+"""Engine lifecycle over vLLM: the shared LoRA engine, one engine per merged variant, and their OpenAI apps.
 
-We assemble vLLM's own OpenAI server in-process (what ``run_server_worker`` does in
-``vllm/entrypoints/launchers/api_server/entry.py``) so that adapters are registered through
-``app.state.openai_serving_models`` without vLLM's unauthenticated runtime-LoRA routes, and our middleware wraps the
-app. These are internal APIs that moved in 0.30 and 0.33: vLLM is pinned exactly (pyproject: vllm[-cpu]==0.32.0).
+The only module that touches vLLM internals. We assemble vLLM's own OpenAI server in-process (what
+``run_server_worker`` does in ``vllm/entrypoints/launchers/api_server/entry.py``) so that adapters are registered
+through ``app.state.openai_serving_models`` without vLLM's unauthenticated runtime-LoRA routes, and our middleware
+wraps the app. These internal APIs moved in vLLM 0.30 and 0.33: vLLM is pinned exactly (pyproject: vllm[-cpu]==0.32.0).
 
-Order: parse engine args → bind the socket (not listening yet) → start the engine → build the app and its state →
-register every variant → add our middleware → listen. Clients can only connect once everything is registered.
+* :class:`LoraOps` loads and unloads LoRA folders on the shared engine;
+* :class:`MergedEngines` starts one engine + OpenAI app per ``mode: merged`` variant (a full checkpoint with the
+  deltas folded in), LoRA off, served-model-name = the variant's name;
+* :class:`DispatchOps` is the registry's :class:`~server.registry.EngineOps`: a LoRA folder goes to the shared
+  engine, a merged checkpoint to its own engine, so add / swap / retire are the same code for both modes.
+
+Merged engines run with ``--disable-log-stats``: vLLM's Prometheus logger unregisters every ``vllm:*`` collector
+when it starts, which would wipe the base engine's series; our ``safegene_*`` series cover merged variants.
+
+vLLM itself is imported lazily (``# lazy:``) so that ``server`` can be imported, its config validated and its
+variants built (``safegene serve --check``, the tests) without loading vLLM.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Callable
 
-from .accounting import JudgeQueue
 from .config import ServerConfig
-from .registry import Registry
+from .memory import check_memory, weights_bytes
 
 log = logging.getLogger("safegene.server.engine")
+#: flags of the LoRA engine that make no sense for a merged engine (dropped; flag name -> takes a value)
+_LORA_FLAGS = {"--model": True, "--served-model-name": True, "--enable-lora": False, "--max-lora-rank": True,
+               "--max-loras": True, "--max-cpu-loras": True, "--lora-dtype": True}
+Lineage = Callable[[str], "dict[str, Any] | None"]
+
+
+# --- flags -------------------------------------------------------------------------------------------------------
 
 
 def engine_argv(cfg: ServerConfig, max_lora_rank: int, n_variants: int) -> list[str]:
@@ -56,7 +73,23 @@ def engine_argv(cfg: ServerConfig, max_lora_rank: int, n_variants: int) -> list[
     return argv + list(e.extra_args)
 
 
+def merged_argv(cfg: ServerConfig, name: str, path: Path) -> list[str]:
+    """The LoRA engine's flags (dtype, context, eager, seed, extra_args, ...) minus LoRA, for one merged model."""
+    base = engine_argv(cfg, 8, 0)
+    argv, i = [], 0
+    while i < len(base):
+        flag = base[i]
+        if flag in _LORA_FLAGS:
+            i += 2 if _LORA_FLAGS[flag] else 1
+            continue
+        argv.append(flag)
+        i += 1
+    return ["--model", str(path), "--served-model-name", name, "--disable-log-stats"] + argv
+
+
 def parse_engine_args(argv: list[str]) -> Any:
+    """vLLM's own parser and checks over our flags (an invalid ``extra_args`` entry fails here, before any engine)."""
+    # lazy: vLLM takes seconds to import; config checks and builds run without it
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -66,15 +99,55 @@ def parse_engine_args(argv: list[str]) -> Any:
     return args
 
 
-class VllmOps:
-    """:class:`server.registry.EngineOps` over vLLM's serving-models object and engine client."""
+def is_merged_checkpoint(path: Path) -> bool:
+    p = Path(path)
+    return (p / "config.json").is_file() and not (p / "adapter_config.json").is_file()
 
-    def __init__(self, serving_models: Any, engine_client: Any, base_name: str):
-        self.models = serving_models
-        self.engine = engine_client
+
+# --- engines and their apps --------------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def open_engine_app(args: Any) -> AsyncIterator[tuple[Any, Any]]:
+    """Start an engine and build vLLM's OpenAI app over it; yields ``(engine_client, app)``, stops the engine on exit.
+    """
+    # lazy: see the module docstring
+    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
+    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
+    from vllm.entrypoints.launchers.app import build_app
+
+    async with build_async_engine_client(args) as client:
+        supported = await client.get_supported_tasks()
+        app = build_app(args, supported, client.model_config)
+        await init_app_state(client, app.state, args, supported)
+        yield client, app
+
+
+async def cards_of(app: Any, names: Callable[[str], "dict[str, Any] | None"]) -> list[dict[str, Any]]:
+    """vLLM's /v1/models cards of one app, kept where ``names(id)`` gives a lineage (added as the ``safegene`` field).
+    """
+    listing = (await app.state.openai_serving_models.show_available_models()).model_dump()
+    out = []
+    for card in listing["data"]:
+        lineage = names(card["id"])
+        if lineage is None:
+            continue  # staging names during a swap, or a variant being retired
+        card["safegene"] = lineage
+        out.append(card)
+    return out
+
+
+class LoraOps:
+    """Load and unload LoRA folders on the shared engine, through vLLM's serving-models object."""
+
+    def __init__(self, client: Any, app: Any, base_name: str):
+        self.client = client
+        self.app = app
+        self.models = app.state.openai_serving_models
         self.base_name = base_name
 
     async def load(self, name: str, path: Path) -> None:
+        # lazy: see the module docstring
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
         from vllm.entrypoints.serve.lora.protocol import LoadLoRAAdapterRequest
 
@@ -86,75 +159,133 @@ class VllmOps:
             raise RuntimeError(res.error.message)
 
     async def unload(self, name: str) -> None:
+        # lazy: see the module docstring
         from vllm.entrypoints.serve.lora.protocol import UnloadLoRAAdapterRequest
 
         req = self.models.lora_requests.get(name)
         await self.models.unload_lora_adapter(UnloadLoRAAdapterRequest(lora_name=name))
         if req is not None:  # vLLM's unload only forgets the name; free the engine's cached weights too
             try:
-                await self.engine.remove_lora(req.lora_int_id)
+                await self.client.remove_lora(req.lora_int_id)
             except Exception as e:  # pragma: no cover - the name is gone already, which is what matters
                 log.warning("remove_lora(%s) failed: %s", name, e)
 
-    async def list_models(self, registry: Registry) -> dict[str, Any]:
-        """vLLM's /v1/models cards for served names only, each with a ``safegene`` lineage field."""
-        listing = (await self.models.show_available_models()).model_dump()
-        cards = []
-        for card in listing["data"]:
-            s = registry.served.get(card["id"])
-            if s is None or s.state == "retiring":
-                continue  # staging names during a swap, or a variant being retired
-            card["safegene"] = s.lineage()
-            cards.append(card)
-        listing["data"] = cards
+
+@dataclass
+class MergedEngine:
+    name: str
+    path: Path
+    client: Any
+    app: Any
+    stack: AsyncExitStack
+
+
+class MergedEngines:
+    """One vLLM engine + OpenAI app per merged variant, keyed by served name."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        self.engines: dict[str, MergedEngine] = {}
+
+    def app_for(self, name: str) -> Any:
+        e = self.engines.get(name)
+        return e.app if e is not None else None
+
+    async def start(self, name: str, path: Path) -> None:
+        if name in self.engines:
+            raise RuntimeError(f"an engine for {name!r} is already running")
+        w = weights_bytes(path)
+        if self.cfg.memory_budget_gb is not None:  # the budget covers every engine: count the running ones too
+            running = [(f"base {self.cfg.served_name!r}", weights_bytes(self.cfg.base_model))]
+            running += [(f"merged {n!r}", weights_bytes(e.path)) for n, e in self.engines.items()]
+            check_memory(self.cfg, running + [(f"merged {name!r}", w)], runtime=True)
+        else:  # MemAvailable already reflects the running engines
+            check_memory(self.cfg, [(f"merged {name!r}", w)], runtime=True)
+        args = parse_engine_args(merged_argv(self.cfg, name, Path(path)))
+        stack = AsyncExitStack()
+        try:
+            client, app = await stack.enter_async_context(open_engine_app(args))
+        except BaseException:
+            await stack.aclose()
+            raise
+        self.engines[name] = MergedEngine(name, Path(path), client, app, stack)
+        log.info("merged engine for %s started from %s", name, path)
+
+    async def stop(self, name: str) -> None:
+        e = self.engines.pop(name, None)
+        if e is not None:
+            await e.stack.aclose()
+            log.info("merged engine for %s stopped", name)
+
+    async def close(self) -> None:
+        for name in list(self.engines):
+            try:
+                await self.stop(name)
+            except Exception:  # pragma: no cover - shutting down anyway
+                log.exception("stopping merged engine %s failed", name)
+
+    async def cards(self, lineage_of: Lineage) -> list[dict[str, Any]]:
+        out = []
+        for name, e in self.engines.items():
+            out += await cards_of(e.app, lambda card_id, n=name: lineage_of(n) if card_id == n else None)
+        return out
+
+
+class DispatchOps:
+    """The registry's engine ops: LoRA folders go to the shared engine, merged checkpoints to their own engines."""
+
+    def __init__(self, lora: LoraOps, merged: MergedEngines):
+        self.lora = lora
+        self.merged = merged
+
+    async def load(self, name: str, path: Path) -> None:
+        if is_merged_checkpoint(path):
+            await self.merged.start(name, path)
+        else:
+            await self.lora.load(name, path)
+
+    async def unload(self, name: str) -> None:
+        if name in self.merged.engines:
+            await self.merged.stop(name)
+        else:
+            await self.lora.unload(name)
+
+    async def list_models(self, lineage_of: Lineage) -> dict[str, Any]:
+        """/v1/models over every engine: served names only, each card with a ``safegene`` lineage field."""
+        listing = (await self.lora.models.show_available_models()).model_dump()
+        listing["data"] = await cards_of(self.lora.app, lineage_of) + await self.merged.cards(lineage_of)
         return listing
 
 
-async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue | None) -> None:
-    """Start the engine, register everything, then listen until SIGINT/SIGTERM."""
+# --- HTTP --------------------------------------------------------------------------------------------------------
+
+
+def bind_socket(args: Any) -> Any:
+    """Bind the port now (fails fast if it is taken) without listening: clients connect only once all is loaded."""
     os.environ.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)  # keep vLLM's unauthenticated LoRA routes off
+    # lazy: see the module docstring
+    from vllm.entrypoints.launchers.launcher import setup_server
+
+    _listen, sock = setup_server(args, reuse_port=False)
+    return sock
+
+
+def wrap_app(app: Any, middleware: type, **kw: Any) -> None:
+    """Put ``middleware`` outermost around vLLM's app.
+
+    build_app's sagemaker bootstrap already built Starlette's middleware stack; nothing has been served yet, so
+    dropping it (it is rebuilt on the first request) lets ours go on as the outermost layer."""
+    app.middleware_stack = None
+    app.add_middleware(middleware, **kw)
+
+
+async def serve_http(app: Any, sock: Any, args: Any) -> Any:
+    """Listen on ``sock`` until SIGINT/SIGTERM; returns vLLM's shutdown task."""
+    # lazy: see the module docstring
     import vllm.envs as envs
-    from vllm.entrypoints.launchers.api_server.app_state import init_app_state
-    from vllm.entrypoints.launchers.api_server.entry import build_async_engine_client
-    from vllm.entrypoints.launchers.app import build_app
-    from vllm.entrypoints.launchers.launcher import serve_http, setup_server
+    from vllm.entrypoints.launchers.launcher import serve_http as vllm_serve_http
 
-    from .app import SafeGeneMiddleware
-    from .merged import DispatchOps, MergedEngines
-
-    args = parse_engine_args(engine_argv(cfg, registry.max_lora_rank, registry.variant_count()))
-    _listen, sock = setup_server(args, reuse_port=False)  # bound (fails fast if taken), not yet listening
-    merged = MergedEngines(cfg)  # one engine per `mode: merged` variant (server/merged.py)
-    try:
-        async with build_async_engine_client(args) as engine_client:
-            supported = await engine_client.get_supported_tasks()
-            app = build_app(args, supported, engine_client.model_config)
-            await init_app_state(engine_client, app.state, args, supported)
-            ops = DispatchOps(VllmOps(app.state.openai_serving_models, engine_client, cfg.served_name), merged)
-            await registry.attach(ops)
-            if judge_queue is not None:
-                judge_queue.start()
-
-            async def models_handler() -> dict[str, Any]:
-                return await ops.list_models(registry)
-
-            # build_app's sagemaker bootstrap already built Starlette's middleware stack; nothing has been served
-            # yet, so dropping it (it is rebuilt on the first request) lets ours go on as the outermost layer
-            app.middleware_stack = None
-            app.add_middleware(
-                SafeGeneMiddleware, cfg=cfg, registry=registry, judge_queue=judge_queue,
-                models_handler=models_handler, max_model_len=engine_client.model_config.max_model_len,
-                router=merged.app_for,
-            )
-            names = ", ".join(registry.served)
-            print(f"SafeGene server ready on http://{cfg.host}:{cfg.port}/v1 serving: {names}", flush=True)
-            shutdown_task = await serve_http(
-                app, sock=sock, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-                access_log=False, timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
-            )
-        await shutdown_task
-    finally:
-        await merged.close()
-        sock.close()
-        if judge_queue is not None:
-            judge_queue.stop()
+    return await vllm_serve_http(
+        app, sock=sock, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
+        access_log=False, timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+    )

@@ -1,12 +1,23 @@
-"""Process entry for ``safegene serve``: validate + build first (fast, no engine), then start serving."""
+"""Process entry for ``safegene serve``: validate and build first (fast, no engine), then start serving.
+
+Order: load the config → check memory → build every variant (``build.py``) → parse the engine flags → bind the socket
+(not listening yet) → start the engine and its app (``engine.py``) → register every variant (``registry.py``) →
+put our middleware around the app (``app.py``) → listen. Clients can only connect once everything is registered.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
-from .config import load_config
+from .accounting import JudgeQueue
+from .app import SafeGeneMiddleware
+from .config import ServerConfig, load_config
+from .engine import (DispatchOps, LoraOps, MergedEngines, bind_socket, engine_argv, open_engine_app, parse_engine_args,
+                     serve_http, wrap_app)
+from .memory import check_memory, planned_engines
 from .registry import Registry
 
 
@@ -17,8 +28,6 @@ def _setup_logging() -> None:
 
 def prepare(config: str | Path, *, host: str | None = None, port: int | None = None) -> Registry:
     """Load the config and build every variant. Raises ConfigError (a ValueError) naming the faulty entry."""
-    from .merged import check_memory, planned_engines
-
     cfg = load_config(config, host=host, port=port)
     check_memory(cfg, planned_engines(cfg))  # before building: merging a large model takes minutes
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
@@ -28,31 +37,58 @@ def prepare(config: str | Path, *, host: str | None = None, port: int | None = N
     return registry
 
 
+def judge_queue_for(cfg: ServerConfig) -> JudgeQueue | None:
+    """The bounded judge queue of the configured judges (None: judging off). The judges load in its thread."""
+    if not cfg.judges.names:
+        return None
+    # lazy: the judges load an encoder (transformers); only their worker thread needs them
+    from safegene_runtime.judges import build_judges
+
+    names = list(cfg.judges.names)
+    return JudgeQueue(lambda: build_judges(names), maxsize=cfg.judges.queue_size, batch_size=cfg.judges.batch_size)
+
+
+async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue | None) -> None:
+    """Start the engine, register everything, then listen until SIGINT/SIGTERM."""
+    args = parse_engine_args(engine_argv(cfg, registry.max_lora_rank, registry.variant_count()))
+    sock = bind_socket(args)
+    merged = MergedEngines(cfg)  # one engine per `mode: merged` variant
+    try:
+        async with open_engine_app(args) as (client, app):
+            ops = DispatchOps(LoraOps(client, app, cfg.served_name), merged)
+            await registry.attach(ops)
+            if judge_queue is not None:
+                judge_queue.start()
+
+            async def models_handler() -> dict[str, Any]:
+                return await ops.list_models(registry.lineage_of)
+
+            wrap_app(app, SafeGeneMiddleware, cfg=cfg, registry=registry, judge_queue=judge_queue,
+                     models_handler=models_handler, max_model_len=client.model_config.max_model_len,
+                     router=merged.app_for)
+            names = ", ".join(registry.served)
+            print(f"SafeGene server ready on http://{cfg.host}:{cfg.port}/v1 serving: {names}", flush=True)
+            shutdown_task = await serve_http(app, sock, args)
+        await shutdown_task
+    finally:
+        await merged.close()
+        sock.close()
+        if judge_queue is not None:
+            judge_queue.stop()
+
+
 def run_server(config: str | Path, *, host: str | None = None, port: int | None = None,
                check_only: bool = False) -> int:
     _setup_logging()
     registry = prepare(config, host=host, port=port)
-    cfg = registry.cfg
-    for name, rec in registry.records.items():
-        for variant, v in rec["variants"].items():
-            mode = v.get("mode", "lora")
-            print(f"built {v['served_name']:<32} {variant:<5} {mode:<6} rank {v['rank']:<4} {v['path']}", flush=True)
+    for rec in registry.records.values():
+        for variant, v in rec.variants.items():
+            print(f"built {v.served_name:<32} {variant:<5} {v.mode:<6} rank {v.rank:<4} {v.path}", flush=True)
     print(f"max_lora_rank {registry.max_lora_rank}; registry {registry.file}", flush=True)
     if check_only:
         return 0
+    import uvloop  # lazy: a vLLM dependency that only a serving process needs
 
-    from .accounting import JudgeQueue
-    from .engine import serve
-
-    judge_queue = None
-    if cfg.judges.names:
-        from safegene_runtime.judges import build_judges
-
-        names = list(cfg.judges.names)
-        judge_queue = JudgeQueue(lambda: build_judges(names), maxsize=cfg.judges.queue_size,
-                                 batch_size=cfg.judges.batch_size)
-    import uvloop
-
-    uvloop.run(serve(cfg, registry, judge_queue))
+    uvloop.run(serve(registry.cfg, registry, judge_queue_for(registry.cfg)))
     print("SafeGene server stopped", flush=True)
     return 0

@@ -1,47 +1,40 @@
-"""Served variants: validate and build on register, persist atomically, restore on start.
+"""The served set at run time: which names are served, from which built records, and the moves between states.
 
-A *task* (name + version) exposes up to two *variants*, each a vLLM LoRA name:
+Every served name is a :class:`Served` entry (the base model, or one variant of a task record). Entries are
+``active``, ``swapping`` (a new version is being loaded under the same name: new requests wait, in-flight ones finish
+on the old weights) or ``retiring`` (new requests are refused; in-flight ones drain, then the name is unloaded).
 
-* ``<task>`` (plain): a content-addressed snapshot of the task adapter;
-* ``<task>+safegene`` (safe): the task adapter stacked with the λ-scaled safety adapter
-  (``safegene_runtime.stack.stack_adapters``), also content-addressed, so a rebuild from the same inputs is reused.
+Changes go through :class:`Registry`: :meth:`Registry.add` builds a task (``server/build.py``, in a thread) and
+loads it, :meth:`Registry.retire` drains and unloads one. Admin changes are serialised by one lock; request
+admission (:meth:`Registry.admit`) is lock-free. Any failure leaves what is served unchanged.
 
-Everything is validated and built *before* the engine is touched; the engine only ever sees finished immutable
-folders under ``<state_dir>/adapters``. ``<state_dir>/registry.json`` (written atomically) records what is served,
-where each entry came from (config or admin API) and what was retired, and is restored on restart.
+``<state_dir>/registry.json`` (written atomically) records what is served, where each entry came from (config or
+admin API) and what was retired; it is restored on restart (admin entries rebuilt, config entries re-read).
 
-The registry is engine-agnostic: it drives an :class:`EngineOps` (``server/engine.py`` implements it over vLLM).
+The registry drives an :class:`EngineOps` (``server/engine.py`` implements it over vLLM) and never imports vLLM.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as _dt
-import hashlib
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from safegene_runtime.artifacts import (
-    ArtifactError,
-    ArtifactWriter,
-    atomic_write_json,
-    canonical_json,
-    read_manifest,
-    sha256_file,
-)
-from safegene_runtime.checkpoints import check_adapter_fits
+from safegene_runtime.artifacts import ArtifactError, atomic_write_json, read_manifest
 
 from . import metrics as M
-from .config import SAFE_SUFFIX, ConfigError, ServerConfig, TaskSpec, check_name, parse_task
+from .build import BuildContext, build_task
+from .config import ConfigError, ServerConfig, TaskSpec, check_name, parse_task
+from .records import TaskRecord, now_iso
 
 log = logging.getLogger("safegene.server.registry")
 REGISTRY_SCHEMA = "safegene.registry/v1"
 REGISTRY_FILE = "registry.json"
+#: how long a request for a name that is being swapped waits for the new version before it gives up
+ADMIT_TIMEOUT_S = 60.0
 
 
 class RegistryError(ValueError):
@@ -54,195 +47,21 @@ class RegistryError(ValueError):
 
 
 class EngineOps(Protocol):
+    """What the registry needs from the engines: load a built folder under a served name, and unload it."""
+
     async def load(self, name: str, path: Path) -> None: ...
     async def unload(self, name: str) -> None: ...
 
 
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def served_name(task: str, variant: str) -> str:
-    return task if variant == "plain" else f"{task}{SAFE_SUFFIX}"
-
-
-def _files_digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        p = folder / name
-        if p.is_file():
-            h.update(name.encode() + b"\0" + sha256_file(p).encode())
-    return h.hexdigest()
-
-
-def under_root(path: Path, root: Path) -> bool:
-    """True when ``path`` (symlinks resolved) lies inside ``root``: the guard against ``../`` and symlink escapes."""
-    p, r = os.path.realpath(path), os.path.realpath(root)
-    try:
-        return os.path.commonpath([p, r]) == r
-    except ValueError:
-        return False
-
-
-# --- building ----------------------------------------------------------------------------------------------------
-
-
-class BuildContext:
-    """What every build needs: the served base model's shapes, the safety adapter and the rank limit."""
-
-    def __init__(self, cfg: ServerConfig):
-        from safegene_runtime.adapters import load_adapter
-        from safegene_runtime.checkpoints import Checkpoint
-
-        self.cfg = cfg
-        try:
-            self.base = Checkpoint(cfg.base_model)
-        except ArtifactError as e:
-            raise ConfigError(f"{cfg.path}: base.model: {e}") from e
-        self.safety_path = cfg.safety
-        self.safety = None
-        self.safety_version = None
-        if cfg.safety is not None:
-            try:
-                self.safety = load_adapter(cfg.safety)
-                check_adapter_fits(self.base, self.safety, "safety adapter")
-            except (ArtifactError, ValueError) as e:
-                raise ConfigError(f"{cfg.path}: safety: {e}") from e
-            man = read_manifest(cfg.safety)
-            self.safety_version = cfg.safety_version or (man.get("id") or _files_digest(cfg.safety))[:12]
-        self.rank_limit: int | None = cfg.engine.max_lora_rank if cfg.engine.max_lora_rank != "auto" else None
-        self.store = cfg.state_dir / "adapters"
-
-    def combined_rank(self, task_ad: Any) -> int:
-        if self.safety is None:
-            return task_ad.max_rank()
-        ranks = [task_ad.weights[m][0].shape[0] + (self.safety.weights[m][0].shape[0] if m in self.safety.weights else 0)
-                 for m in task_ad.weights]
-        ranks += [self.safety.weights[m][0].shape[0] for m in self.safety.weights if m not in task_ad.weights]
-        return max(ranks)
-
-
-def _resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, version: str) -> dict[str, Any]:
-    """The λ values as a dict: from the file / inline mapping, or calibrated now from the few-shot sets (cached)."""
-    from safegene_runtime.coefficients import load_coefficients
-
-    if spec.coefficients is not None:
-        return load_coefficients(spec.coefficients).to_dict()
-    assert spec.calibrate is not None
-    cal = spec.calibrate
-    files = [cal.harmful, cal.task_shots] + ([cal.benign] if cal.benign else [])
-    for f in files:
-        if not f.is_file():
-            raise ArtifactError(f"calibration file {f} not found")
-    from safegene_runtime.calibrate import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET,
-                                            DEFAULT_MARGIN_TOKENS, DEFAULT_OPTIMIZER, DEFAULT_REFUSAL_LOSS, calibrate)
-    from safegene_runtime.prompts import load_examples, load_prompts
-
-    key = hashlib.sha256(canonical_json({
-        "task": _files_digest(task_dir), "safety": ctx.safety_version,
-        "files": [sha256_file(f) for f in files], "seed": cal.seed, "steps": cal.steps, "limit": cal.limit,
-        # a new default objective must not reuse the old one's coefficients
-        "objective": [DEFAULT_REFUSAL_LOSS, DEFAULT_MARGIN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_BENIGN_TOKENS]
-        + ([DEFAULT_BENIGN_CONTRAST] if DEFAULT_BENIGN_CONTRAST else [])  # off: the keys cached before it existed
-        + ([DEFAULT_OPTIMIZER] if DEFAULT_OPTIMIZER != "adam" else []),
-    }).encode()).hexdigest()[:12]
-    out = ctx.cfg.state_dir / "coefficients" / f"{spec.name}-{version}-{key}.json"
-    if out.is_file():
-        return load_coefficients(out).to_dict()
-
-    kw: dict[str, Any] = {"seed": cal.seed, "out": out}
-    if cal.steps is not None:
-        kw["steps"] = cal.steps
-    log.info("calibrating %s on %s / %s", spec.name, cal.harmful, cal.task_shots)
-    coeffs = calibrate(
-        ctx.cfg.base_model, task_dir, ctx.safety_path,  # type: ignore[arg-type]
-        load_prompts(cal.harmful, limit=cal.limit), load_examples(cal.task_shots, limit=cal.limit),
-        load_prompts(cal.benign, limit=cal.limit) if cal.benign else None, **kw,
-    )
-    return coeffs.to_dict()
-
-
-def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> dict[str, Any]:
-    """Validate one task entry and build its variant folders. Raises ArtifactError/ValueError with a clear message.
-
-    Returns the registry record. Touches nothing but new content-addressed folders in the state dir.
-    """
-    from safegene_runtime.adapters import load_adapter
-    from safegene_runtime.coefficients import load_coefficients
-
-    root = ctx.cfg.adapter_root
-    if not under_root(spec.path, root):
-        raise ArtifactError(f"adapter path {spec.path} is outside the allowed adapter root {root}")
-    if source == "admin":  # files named by an API caller must stay under the root too
-        named = [spec.coefficients] if isinstance(spec.coefficients, Path) else []
-        if spec.calibrate is not None:
-            named += [f for f in (spec.calibrate.harmful, spec.calibrate.task_shots, spec.calibrate.benign) if f]
-        for f in named:
-            if not under_root(f, root):
-                raise ArtifactError(f"file {f} is outside the allowed adapter root {root}")
-    task_ad = load_adapter(spec.path)  # shapes, NaN/Inf, config/rank consistency
-    check_adapter_fits(ctx.base, task_ad, "task adapter")
-    version = spec.version or _files_digest(spec.path)[:12]
-    record: dict[str, Any] = {
-        "name": spec.name, "version": version, "source": source, "spec": spec.to_dict(), "mode": spec.mode,
-        "safety_version": ctx.safety_version if "safe" in spec.variants else None,
-        "coefficients_hash": None, "coefficients": None, "variants": {}, "built_at": _now(),
-    }
-    if "safe" in spec.variants:
-        combined = ctx.combined_rank(task_ad) if spec.mode_of("safe") == "lora" else 0  # merged: no LoRA rank
-        limit = ctx.rank_limit or 512
-        if combined > limit:
-            raise ArtifactError(
-                f"combined rank {combined} (task {task_ad.max_rank()} + safety "
-                f"{ctx.safety.max_rank() if ctx.safety else 0}) is over the server's max_lora_rank {limit}"
-            )
-        coeffs = _resolve_coefficients(spec, ctx, spec.path, version)
-        record["coefficients"] = coeffs
-        record["coefficients_hash"] = load_coefficients(coeffs).digest()[:12]
-    # plain variant: an immutable snapshot, so edits to the source folder never change what is served
-    with ArtifactWriter(store=ctx.store, name=f"{spec.name}-{version}", kind="task_adapter",
-                        lineage=[{"role": "task", "path": str(spec.path), "sha256": _files_digest(spec.path)}]) as w:
-        for f in ("adapter_config.json", "adapter_model.safetensors"):
-            shutil.copy2(spec.path / f, w.tmp / f)
-        w.manifest.update(task={"name": spec.name, "version": version})
-    plain_dir = w.path
-    assert plain_dir is not None
-    if "plain" in spec.variants:
-        record["variants"]["plain"] = {"served_name": served_name(spec.name, "plain"), "path": str(plain_dir),
-                                       "rank": task_ad.max_rank(), "mode": "lora"}
-    if "safe" in spec.variants and spec.mode_of("safe") == "lora":
-        from safegene_runtime.adapters import load_adapter as _load
-        from safegene_runtime.stack import stack_adapters
-
-        safe_dir = stack_adapters(plain_dir, ctx.safety_path, record["coefficients"],  # type: ignore[arg-type]
-                                  store=ctx.store, name=f"{spec.name}-{version}{SAFE_SUFFIX}",
-                                  max_lora_rank=ctx.rank_limit)
-        record["variants"]["safe"] = {"served_name": served_name(spec.name, "safe"), "path": str(safe_dir),
-                                      "rank": _load(safe_dir).max_rank(), "mode": "lora"}
-    merged = [v for v in spec.variants if spec.mode_of(v) == "merged"]
-    if merged:  # served from a full merged checkpoint by its own engine (server/merged.py)
-        from .merged import build_merged_variant
-
-        for variant in merged:
-            record["variants"][variant] = build_merged_variant(
-                ctx, spec.name, version, variant, plain_dir, record["coefficients"] if variant == "safe" else None,
-                served_name(spec.name, variant))
-        record["variants"] = {v: record["variants"][v] for v in spec.variants}  # plain first, as before
-    return record
-
-
-# --- runtime state -----------------------------------------------------------------------------------------------
-
-
 @dataclass
 class Served:
-    """One name clients can put in ``model``: the base, or a task variant."""
+    """One name clients can put in ``model``: the base (``record`` None), or a task variant."""
 
     name: str
     variant: str  # base | plain | safe
     task: str
     path: str
-    record: dict[str, Any] = field(default_factory=dict)
+    record: TaskRecord | None = None
     inflight: int = 0
     state: str = "active"  # active | retiring | swapping
     idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -256,34 +75,38 @@ class Served:
     def labels(self) -> dict[str, str]:
         return {"model": self.name, "variant": self.variant, "task": self.task}
 
-    def info_labels(self) -> dict[str, str]:
-        r = self.record
-        return {
-            "model": self.name, "variant": self.variant, "task": self.task,
-            "task_version": str(r.get("version") or ""),
-            "safety_version": str((r.get("safety_version") or "") if self.variant == "safe" else ""),
-            "coefficients_hash": str((r.get("coefficients_hash") or "") if self.variant == "safe" else ""),
-            "mode": self.mode,
-        }
-
     @property
     def mode(self) -> str:
         """``base``, ``lora`` (stacked on the shared engine) or ``merged`` (own engine, merged checkpoint)."""
-        if self.variant == "base":
+        if self.record is None:
             return "base"
-        v = (self.record.get("variants") or {}).get(self.variant) or {}
-        return str(v.get("mode") or (self.record.get("mode") if isinstance(self.record.get("mode"), str) else None)
-                   or "lora")
+        v = self.record.variants.get(self.variant)
+        return v.mode if v is not None else "lora"
+
+    def info_labels(self) -> dict[str, str]:
+        r = self.record
+        safe = r is not None and self.variant == "safe"
+        return {
+            "model": self.name, "variant": self.variant, "task": self.task,
+            "task_version": r.version if r is not None else "",
+            "safety_version": (r.safety_version or "") if safe else "",
+            "coefficients_hash": (r.coefficients_hash or "") if safe else "",
+            "mode": self.mode,
+        }
 
     def lineage(self) -> dict[str, Any]:
         r = self.record
         out: dict[str, Any] = {"variant": self.variant, "task": self.task or None, "mode": self.mode}
-        if self.variant != "base":
-            out.update(task_version=r.get("version"), source=r.get("source"), path=self.path,
+        if r is not None:
+            out.update(task_version=r.version, source=r.source, path=self.path,
                        manifest=str(Path(self.path) / "manifest.json"))
-        if self.variant == "safe":
-            out.update(safety_version=r.get("safety_version"), coefficients_hash=r.get("coefficients_hash"))
+            if self.variant == "safe":
+                out.update(safety_version=r.safety_version, coefficients_hash=r.coefficients_hash)
         return out
+
+
+def _served_of(rec: TaskRecord) -> list[Served]:
+    return [Served(v.served_name, variant, rec.name, v.path, rec) for variant, v in rec.variants.items()]
 
 
 class Registry:
@@ -293,7 +116,7 @@ class Registry:
         self.cfg = cfg
         self.ctx = ctx or BuildContext(cfg)
         self.file = cfg.state_dir / REGISTRY_FILE
-        self.records: dict[str, dict[str, Any]] = {}
+        self.records: dict[str, TaskRecord] = {}
         self.retired: dict[str, dict[str, Any]] = {}
         self.generation = 0
         self.served: dict[str, Served] = {}
@@ -318,11 +141,9 @@ class Registry:
         data = self._read_file()
         self.generation = int(data.get("generation", 0))
         self.retired = dict(data.get("retired", {}))
-        saved = dict(data.get("tasks", {}))
+        saved: dict[str, dict[str, Any]] = dict(data.get("tasks", {}))
         plan: list[tuple[str, TaskSpec, str]] = []
-        config_names = set()
         for i, spec in enumerate(self.cfg.tasks):
-            config_names.add(spec.name)
             where = f"{self.cfg.path}: tasks[{i}] (task {spec.name!r})"
             rec = saved.get(spec.name)
             if rec is not None and rec.get("source") == "admin":
@@ -338,38 +159,23 @@ class Registry:
                 continue
             where = f"{self.file}: restored entry {name!r}"
             try:
-                spec = self._spec_from_record(rec)
+                spec = self._spec_from_saved(rec)
             except (ConfigError, ValueError) as e:
                 raise ConfigError(f"{where}: {e}") from e
             plan.append((where, spec, "admin"))
         for where, spec, source in plan:
             try:
-                rec = build_task(spec, self.ctx, source=source)
+                self.records[spec.name] = build_task(spec, self.ctx, source=source)
             except (ArtifactError, ValueError, OSError) as e:
                 raise ConfigError(f"{where}: {e}") from e
-            self.records[spec.name] = rec
-        self._set_rank_limit()
+        self.ctx.settle_rank_limit(self.records)
 
-    def _spec_from_record(self, rec: dict[str, Any]) -> TaskSpec:
+    def _spec_from_saved(self, rec: dict[str, Any]) -> TaskSpec:
         d = dict(rec["spec"])
         if rec.get("coefficients") is not None:  # restore the exact λ used, never re-calibrate
             d["coefficients"], d["calibrate"] = rec["coefficients"], None
         d = {k: v for k, v in d.items() if v is not None}
-        spec = parse_task(d, self.cfg.adapter_root, f"registry entry {rec.get('name')!r}")
-        return spec
-
-    def _set_rank_limit(self) -> None:
-        from safegene_runtime.stack import choose_max_lora_rank
-
-        ranks = [v["rank"] for r in self.records.values() for v in r["variants"].values()]
-        if self.ctx.rank_limit is None:
-            floor = 2 * self.ctx.safety.max_rank() if self.ctx.safety is not None else 16
-            self.ctx.rank_limit = choose_max_lora_rank(max(ranks + [floor, 8]))
-        over = [(r["name"], v["rank"]) for r in self.records.values() for v in r["variants"].values()
-                if v["rank"] > self.ctx.rank_limit]
-        if over:
-            raise ConfigError(f"{self.cfg.path}: task {over[0][0]!r}: rank {over[0][1]} is over max_lora_rank "
-                              f"{self.ctx.rank_limit}")
+        return parse_task(d, self.cfg.adapter_root, f"registry entry {rec.get('name')!r}")
 
     @property
     def max_lora_rank(self) -> int:
@@ -377,21 +183,20 @@ class Registry:
         return self.ctx.rank_limit
 
     def variant_count(self) -> int:
-        return sum(len(r["variants"]) for r in self.records.values())
+        return sum(len(r.variants) for r in self.records.values())
 
     async def attach(self, engine: EngineOps) -> None:
         """Register the base and every built variant with the engine (before the port opens)."""
         self.engine = engine
         self._lock = asyncio.Lock()
-        base = Served(self.cfg.served_name, "base", "", str(self.cfg.base_model), {"mode": "base"})
-        self._publish(base)
+        self._publish(Served(self.cfg.served_name, "base", "", str(self.cfg.base_model)))
         for name, rec in self.records.items():
-            for variant, v in rec["variants"].items():
+            for s in _served_of(rec):
                 try:
-                    await engine.load(v["served_name"], Path(v["path"]))
+                    await engine.load(s.name, Path(s.path))
                 except Exception as e:
-                    raise ConfigError(f"task {name!r}: the engine refused variant {v['served_name']!r}: {e}") from e
-                self._publish(Served(v["served_name"], variant, name, v["path"], rec))
+                    raise ConfigError(f"task {name!r}: the engine refused variant {s.name!r}: {e}") from e
+                self._publish(s)
         self.persist()
 
     def _publish(self, s: Served) -> None:
@@ -405,16 +210,16 @@ class Registry:
     def persist(self) -> None:
         self.generation += 1
         atomic_write_json(self.file, {
-            "schema": REGISTRY_SCHEMA, "generation": self.generation, "updated_at": _now(),
+            "schema": REGISTRY_SCHEMA, "generation": self.generation, "updated_at": now_iso(),
             "base": {"model": str(self.cfg.base_model), "served_name": self.cfg.served_name},
             "safety": {"path": str(self.cfg.safety) if self.cfg.safety else None, "version": self.ctx.safety_version},
             "max_lora_rank": self.ctx.rank_limit,
-            "tasks": self.records, "retired": self.retired,
+            "tasks": {n: r.to_dict() for n, r in self.records.items()}, "retired": self.retired,
         })
 
     # -- request admission (called by the middleware for every request) --
 
-    async def admit(self, name: str, timeout: float = 60.0) -> Served | None:
+    async def admit(self, name: str, timeout: float = ADMIT_TIMEOUT_S) -> Served | None:
         """The served entry for ``name`` with its in-flight count taken, or None (unknown or retiring)."""
         s = self.served.get(name)
         if s is None or s.state == "retiring":
@@ -443,21 +248,29 @@ class Registry:
             return {"model": M.UNKNOWN, "variant": "", "task": ""}
         return s.labels
 
+    def lineage_of(self, name: str) -> dict[str, Any] | None:
+        """The lineage card field of a name clients may use now (None: unknown, staging or retiring)."""
+        s = self.served.get(name)
+        return s.lineage() if s is not None and s.state != "retiring" else None
+
     # -- admin --
 
     def describe(self) -> dict[str, Any]:
         variants = []
         for s in self.served.values():
             d = {"id": s.name, "state": s.state, "inflight": s.inflight, **s.lineage()}
-            if s.variant != "base":
+            if s.record is not None:
                 d["manifest_data"] = read_manifest(s.path)
                 if s.variant == "safe":
-                    d["coefficients"] = s.record.get("coefficients")
+                    d["coefficients"] = s.record.coefficients
             variants.append(d)
         return {"generation": self.generation, "base": self.cfg.served_name, "max_lora_rank": self.ctx.rank_limit,
                 "safety": {"path": str(self.cfg.safety) if self.cfg.safety else None,
                            "version": self.ctx.safety_version},
                 "variants": variants, "retired": self.retired}
+
+    def tasks(self) -> dict[str, Any]:
+        return {n: r.to_dict() for n, r in self.records.items()}
 
     async def add(self, body: Any) -> dict[str, Any]:
         """Validate + build (in a thread), then load into the engine; on any failure nothing served changes."""
@@ -479,62 +292,61 @@ class Registry:
                 raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
             old = self.records.get(spec.name)
             if old is not None:
-                same = old["version"] == rec["version"]
-                if same and old["variants"] == rec["variants"]:
-                    return {"status": "unchanged", "task": old}
-                if same:
-                    raise RegistryError(f"task {spec.name!r} version {rec['version']!r} is already served with "
+                if old.same_build(rec):
+                    return {"status": "unchanged", "task": old.to_dict()}
+                if old.version == rec.version:
+                    raise RegistryError(f"task {spec.name!r} version {rec.version!r} is already served with "
                                         "different content: give the new adapter a new version", 409,
                                         "version_conflict")
                 await self._swap(old, rec)
             else:
-                clash = [v["served_name"] for v in rec["variants"].values() if v["served_name"] in self.served]
+                clash = [n for n in rec.served_names() if n in self.served]
                 if clash:
                     raise RegistryError(f"served name {clash[0]!r} is already in use", 409, "name_conflict")
                 await self._load_new(rec)
             self.records[spec.name] = rec
             self.retired.pop(spec.name, None)
             self.persist()
-            return {"status": "replaced" if old else "added", "task": rec}
+            return {"status": "replaced" if old else "added", "task": rec.to_dict()}
 
-    async def _load_new(self, rec: dict[str, Any]) -> None:
+    async def _load_new(self, rec: TaskRecord) -> None:
         assert self.engine is not None
         loaded: list[str] = []
         try:
-            for variant, v in rec["variants"].items():
-                await self.engine.load(v["served_name"], Path(v["path"]))
-                loaded.append(v["served_name"])
+            for v in rec.variants.values():
+                await self.engine.load(v.served_name, Path(v.path))
+                loaded.append(v.served_name)
         except Exception as e:
             for n in loaded:  # roll back the half of a pair that did load
                 try:
                     await self.engine.unload(n)
                 except Exception:  # pragma: no cover - best effort
                     log.exception("rollback unload of %s failed", n)
-            raise RegistryError(f"the engine refused adapter {rec['name']!r}: {e}", 400, "engine_refused") from e
-        for variant, v in rec["variants"].items():
-            self._publish(Served(v["served_name"], variant, rec["name"], v["path"], rec))
+            raise RegistryError(f"the engine refused adapter {rec.name!r}: {e}", 400, "engine_refused") from e
+        for s in _served_of(rec):
+            self._publish(s)
 
-    async def _swap(self, old: dict[str, Any], new: dict[str, Any]) -> None:
+    async def _swap(self, old: TaskRecord, new: TaskRecord) -> None:
         """Replace a task's version: check the new folders load (staging names), then per variant hold new
         requests, let in-flight ones finish on the old weights, unload old, load new, reopen."""
         assert self.engine is not None
         staged: list[str] = []
         try:
-            for v in new["variants"].values():
-                tmp = f"{v['served_name']}.staging-{new['version']}"
-                await self.engine.load(tmp, Path(v["path"]))
+            for v in new.variants.values():
+                tmp = f"{v.served_name}.staging-{new.version}"
+                await self.engine.load(tmp, Path(v.path))
                 staged.append(tmp)
         except Exception as e:
-            raise RegistryError(f"the engine refused adapter {new['name']!r}: {e}", 400, "engine_refused") from e
+            raise RegistryError(f"the engine refused adapter {new.name!r}: {e}", 400, "engine_refused") from e
         finally:
             for tmp in staged:
                 await self.engine.unload(tmp)
         # variants the old version had but the new one drops are retired like DELETE does
-        for variant, v in old["variants"].items():
-            s = self.served.get(v["served_name"])
+        for variant, v in old.variants.items():
+            s = self.served.get(v.served_name)
             if s is None:
                 continue
-            if variant not in new["variants"]:
+            if variant not in new.variants:
                 await self._retire_served(s)
                 continue
             s.open.clear()
@@ -544,22 +356,21 @@ class Registry:
             except asyncio.TimeoutError:
                 log.warning("swap of %s: in-flight requests did not drain in %.0fs", s.name, self.cfg.drain_timeout_s)
             await self.engine.unload(s.name)
-            nv = new["variants"][variant]
+            nv = new.variants[variant]
             try:
-                await self.engine.load(s.name, Path(nv["path"]))
+                await self.engine.load(s.name, Path(nv.path))
             except Exception:
                 await self.engine.load(s.name, Path(s.path))  # put the old one back: nothing changes
                 s.state = "active"
                 s.open.set()
                 raise
             self._unpublish(s)
-            ns = Served(s.name, variant, new["name"], nv["path"], new)
-            self._publish(ns)
+            self._publish(Served(s.name, variant, new.name, nv.path, new))
             s.open.set()  # waiters re-resolve the name and get the new entry
-        for variant, v in new["variants"].items():
-            if variant not in old["variants"]:
-                await self.engine.load(v["served_name"], Path(v["path"]))
-                self._publish(Served(v["served_name"], variant, new["name"], v["path"], new))
+        for variant, v in new.variants.items():
+            if variant not in old.variants:
+                await self.engine.load(v.served_name, Path(v.path))
+                self._publish(Served(v.served_name, variant, new.name, v.path, new))
 
     async def _retire_served(self, s: Served) -> None:
         assert self.engine is not None
@@ -584,12 +395,12 @@ class Registry:
             if rec is None:
                 raise RegistryError(f"task {name!r} is not served", 404, "not_found")
             drained = 0
-            for v in rec["variants"].values():
-                s = self.served.get(v["served_name"])
+            for served_name in rec.served_names():
+                s = self.served.get(served_name)
                 if s is not None:
                     drained += s.inflight
                     await self._retire_served(s)
             del self.records[name]
-            self.retired[name] = {"version": rec["version"], "at": _now(), "spec": rec["spec"]}
+            self.retired[name] = {"version": rec.version, "at": now_iso(), "spec": rec.spec}
             self.persist()
-            return {"status": "retired", "task": name, "version": rec["version"], "drained": drained}
+            return {"status": "retired", "task": name, "version": rec.version, "drained": drained}

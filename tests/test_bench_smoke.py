@@ -9,7 +9,7 @@ import pytest
 
 from bench._common import median, percentile, ratio, summarize
 from bench.serving import (RunResult, _json_safe, aggregate, compute_ratios, default_configs,
-                           merged_mode_supported, ours_config, parse_args, round_order, vllm_argv)
+                           ours_config, parse_args, round_order, vllm_argv)
 
 
 def test_percentile_matches_linear_interpolation():
@@ -76,7 +76,7 @@ def test_round_order_rotates_and_keeps_every_config():
 def test_parse_args_defaults_and_validation(capsys):
     a = parse_args([])
     assert a.model == "tiny" and a.configs == default_configs() and a.dtype == "float32" and a.task_rank == 8
-    assert ("ours_merged" in a.configs) == merged_mode_supported()
+    assert "ours_merged" in a.configs
     s = parse_args(["--model", "smollm2", "--configs", "ours_safe,vllm", "--task-rank", "16"])
     assert s.configs == ["vllm", "ours_safe"]  # canonical order
     assert s.dtype == "bfloat16" and s.safety_rank == 16 and s.max_model_len == 1024
@@ -127,7 +127,6 @@ def test_engine_flags_are_the_same_for_vllm_and_ours(tmp_path, argv):
     assert p["--kv-cache-memory-bytes"] == args.kv_cache
 
 
-@pytest.mark.skipif(not merged_mode_supported(), reason="this build's server has no mode: merged")
 def test_ours_merged_config_serves_the_safe_variant_merged(tmp_path):
     from server.config import load_config
 

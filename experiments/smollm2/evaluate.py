@@ -20,98 +20,72 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable
+
+import yaml
 
 from safegene_runtime.coefficients import Coefficients
 from safegene_runtime.prompts import write_jsonl
 from safegene_runtime.selection import GRADIENT
+from server.config import NAME_RE  # the server's own rule for base names
+from server.process import ServerProcess, safegene_serve_argv, server_env, vllm_serve_argv
 
 UNIFORM = (0.5, 1.0, 2.0)
 SETTINGS = ("clean", "mix10")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """Our server (``safegene serve``) on one merged checkpoint, served under the variant's name; always stopped
     (its process group) on exit. ``SMOLLM2_EVAL_SERVER=vllm`` uses a plain vLLM OpenAI server instead (same
-    engine flags; the answers are the same function of the weights)."""
+    engine flags; the answers are the same function of the weights). Started with ``server.process``, the launcher
+    the demo, the tests and the benchmarks share."""
 
     def __init__(self, model: Path, name: str, log_path: Path) -> None:
         self.model, self.name, self.log_path = model, name, log_path
-        self.port = _free_port()
-        self.proc: subprocess.Popen | None = None
+        self.process: ServerProcess | None = None
 
-    def __enter__(self) -> "Server":
-        # float32 and one unbound OpenMP thread: see experiments/smollm2/generate.py (bf16 matmuls take torch's
-        # slow reference path on this AVX2-only CPU; two threads lose to one on the shared 2-core machine).
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
-        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        env.setdefault("OMP_NUM_THREADS", os.environ.get("SMOLLM2_THREADS", "1"))
+    def _argv(self, port: int) -> list[str]:
         dtype = eval_dtype()
         # Our server keeps '+' for its own variant names and wants lowercase base names, so the study's baseline
         # names (A, D, task+method) go to a plain vLLM server with the same engine flags (responses identical:
         # checked on 4 prompts of the original model, 2026-11-28).
-        from server.config import NAME_RE  # the server's own rule for base names
-
         plain = not NAME_RE.match(self.name)
         if plain or os.environ.get("SMOLLM2_EVAL_SERVER", "safegene") == "vllm":
-            cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
-                   "--served-model-name", self.name, "--dtype", dtype, "--enforce-eager", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--max-model-len", "1024", "--seed", "0"]
-        else:
-            import yaml
+            return vllm_serve_argv(self.model, port, "--served-model-name", self.name, "--dtype", dtype,
+                                   "--enforce-eager", "--max-model-len", "1024", "--seed", "0")
+        work = self.log_path.parent / f".serve-{self.name}"
+        work.mkdir(exist_ok=True)
+        cfg = {"base": {"model": str(self.model), "served_name": self.name}, "adapter_root": str(work),
+               "state_dir": str(work / "state"),
+               "engine": {"dtype": dtype, "max_model_len": 1024, "enforce_eager": True, "seed": 0},
+               "judges": {"names": []},  # judged offline by safegene eval; keep the server's CPU for decoding
+               "server": {"host": "127.0.0.1", "port": port}}
+        (work / "server.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        return safegene_serve_argv(work / "server.yaml")
 
-            work = self.log_path.parent / f".serve-{self.name}"
-            work.mkdir(exist_ok=True)
-            cfg = {"base": {"model": str(self.model), "served_name": self.name}, "adapter_root": str(work),
-                   "state_dir": str(work / "state"),
-                   "engine": {"dtype": dtype, "max_model_len": 1024, "enforce_eager": True, "seed": 0},
-                   "judges": {"names": []},  # judged offline by safegene eval; keep the server's CPU for decoding
-                   "server": {"host": "127.0.0.1", "port": self.port}}
-            (work / "server.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-            cmd = [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config", str(work / "server.yaml")]
-        self.log_f = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_f, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.time() + 900
-        while time.time() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vLLM server for {self.name} exited (rc {self.proc.returncode}); see {self.log_path}")
-            try:
-                with urllib.request.urlopen(f"{self.base_url}/models", timeout=5) as r:
-                    if r.status == 200:
-                        return self
-            except OSError:
-                pass
-            time.sleep(3)
-        raise RuntimeError(f"vLLM server for {self.name} did not start in 900 s; see {self.log_path}")
+    def __enter__(self) -> "Server":
+        # float32 and one unbound OpenMP thread: see experiments/smollm2/generate.py (bf16 matmuls take torch's
+        # slow reference path on this AVX2-only CPU; two threads lose to one on the shared 2-core machine).
+        env = server_env(os.environ.get("VLLM_CPU_KVCACHE_SPACE", "2"))
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        env.setdefault("OMP_NUM_THREADS", os.environ.get("SMOLLM2_THREADS", "1"))
+        self.process = ServerProcess(self._argv, log_path=self.log_path, env=env, label=f"eval server {self.name}")
+        self.process.start(timeout=900)
+        return self
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        assert self.process is not None
+        return self.process.base_url
 
     def __exit__(self, *exc) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.log_f.close()
+        if self.process is not None:
+            self.process.stop()
 
 
 def _eval_cli(endpoint: str, model: str, out: Path, *, harmful: str | None, benign: str | None,

@@ -1,9 +1,11 @@
 """``safegene``: one subcommand per pipeline step.
 
-Each subcommand lives in its own module under ``safegene_runtime.cli`` and exposes
-``register(subparsers) -> None``, which adds its parser and sets ``func`` (called with the parsed args, returns an
-exit code). Modules import their heavy dependencies (torch, transformers, vLLM) inside ``func`` so that
-``safegene --help`` stays instant and never imports vLLM.
+Each subcommand lives in its own module and exposes ``register(subparsers) -> None``, which adds its parser and sets
+``func`` (called with the parsed args, returns an exit code). The method's steps are modules of
+``safegene_runtime.cli``; the server's (``serve``, ``demo``) live in the ``server`` package and are found through
+the ``safegene.commands`` entry points (pyproject.toml), so this package never imports the server. Modules import
+their heavy dependencies (torch, transformers, vLLM) inside ``func`` so that ``safegene --help`` stays instant and
+never imports vLLM.
 """
 
 from __future__ import annotations
@@ -11,10 +13,15 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from importlib.metadata import entry_points
+from typing import Any, Callable
 
 from .. import __version__
 
-#: subcommand module names, in the order of the pipeline (shown in this order by --help)
+#: entry-point group through which other installed packages (the server) add subcommands
+PLUGIN_GROUP = "safegene.commands"
+#: subcommand names, in the order of the pipeline (shown in this order by --help); a module of this package, or an
+#: entry point of PLUGIN_GROUP
 COMMAND_MODULES = (
     "models",     # models prepare: the demo model from its shipped GGUF
     "extract",    # stage 1: aligned - degraded -> safety adapter
@@ -23,11 +30,23 @@ COMMAND_MODULES = (
     "stack",      # task + scaled safety -> one LoRA (exact, or within a rank budget)
     "merge",      # fold deltas into a full checkpoint
     "baseline",   # Safe LoRA, uniform safety arithmetic
-    "serve",      # the OpenAI-compatible server (imports vLLM)
+    "serve",      # the OpenAI-compatible server (server package; imports vLLM)
     "eval",       # evaluation harness against any OpenAI-compatible endpoint
     "judge",      # judges: train the prompt-harm head, judge a file
-    "demo",       # the README's demo
+    "demo",       # the README's demo (server package)
 )
+
+
+def _registrar(name: str, plugins: dict[str, Any]) -> Callable[[Any], None] | None:
+    """The ``register`` function of subcommand ``name``: an entry point, else a module here (None: not installed)."""
+    if name in plugins:
+        return plugins[name].load()
+    try:
+        return importlib.import_module(f"{__name__}.{name}").register
+    except ModuleNotFoundError as e:
+        if e.name == f"{__name__}.{name}":
+            return None  # neither built in nor installed (e.g. the server package is absent)
+        raise
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,14 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"safegene {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
+    plugins = {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
     for name in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as e:
-            if e.name == f"{__name__}.{name}":
-                continue  # subcommand not built in this checkout
-            raise
-        mod.register(sub)
+        register = _registrar(name, plugins)
+        if register is not None:
+            register(sub)
     return parser
 
 

@@ -2,8 +2,8 @@
 
 It serves the tiny random Llama with two random task LoRAs (``alpha``, ``beta``; rank 8, different seeds) and a
 random rank-8 safety adapter, each task as ``<task>`` and ``<task>+safegene``, judges "refusal" and "prompt_harm"
-on, user and admin keys set. The server runs as a subprocess (``python -m safegene_runtime.cli serve``) so vLLM's
-engine process spawns cleanly; it is stopped with SIGINT at session end.
+on, user and admin keys set. The server runs as a child process (``server.process``, the launcher the demo, the
+benchmarks and the study use too) so vLLM's engine process spawns cleanly; it is stopped with SIGINT at session end.
 
 Object attributes (team contract 5): ``base_url`` ("http://127.0.0.1:PORT/v1"), ``root_url``, ``api_key``,
 ``admin_key``, ``base_model``, ``tasks``, ``workdir``, ``client()``; plus ``config_path``, ``adapter_root``,
@@ -15,28 +15,21 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from server.process import ServerProcess, free_port, safegene_serve_argv, server_env
+
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-user"
 ADMIN_KEY = "sk-test-admin"
 BASE_NAME = "tiny"
 TASKS = ["alpha", "beta"]
-START_TIMEOUT_S = float(os.environ.get("SAFEGENE_TEST_SERVER_TIMEOUT", "600"))  # a safeguard: ~20-60 s when idle
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tiny_coefficients(num_layers: int = 4) -> dict[str, Any]:
@@ -98,14 +91,19 @@ def write_config(path: Path, cfg: dict[str, Any]) -> Path:
     return path
 
 
-def server_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    env["HF_HUB_OFFLINE"] = env["TRANSFORMERS_OFFLINE"] = "1"
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)
-    return env
+def serve_config(config_path: Path, log_path: Path, port: int) -> ServerProcess:
+    """``safegene serve --config config_path`` on ``port`` as a child process (not started yet)."""
+    return ServerProcess(safegene_serve_argv(config_path), port=port, log_path=log_path, cwd=REPO,
+                         env=server_env(PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")))
+
+
+def start_server(config_path: Path, log_path: Path, port: int) -> ServerProcess:
+    """:func:`serve_config`, started; a server that cannot start fails the test with its log tail."""
+    sp = serve_config(config_path, log_path, port)
+    try:
+        return sp.start()
+    except RuntimeError as e:
+        pytest.fail(str(e))
 
 
 @dataclass
@@ -146,79 +144,13 @@ class LiveServer:
             return ""
 
 
-class ServerProcess:
-    """Start ``safegene serve`` as a subprocess and wait for /health (used by the fixture and by tests that need a
-    second, short-lived server)."""
-
-    def __init__(self, config_path: Path, log_path: Path, port: int):
-        self.config_path, self.log_path, self.port = config_path, log_path, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = START_TIMEOUT_S) -> "ServerProcess":
-        import httpx
-
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "safegene_runtime.cli", "serve", "--config", str(self.config_path)],
-            cwd=str(REPO), env=server_env(), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + timeout
-        url = f"http://127.0.0.1:{self.port}/health"
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode} before it was healthy:\n{self.tail()}")
-            try:
-                if httpx.get(url, timeout=2).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        self.stop()
-        raise RuntimeError(f"server not healthy after {timeout:.0f}s:\n{self.tail()}")
-
-    def start_or_fail(self) -> "ServerProcess":
-        """:meth:`start` for fixtures: a server that cannot start fails the test with its log tail."""
-        try:
-            return self.start()
-        except RuntimeError as e:
-            pytest.fail(str(e))
-
-    def tail(self, n: int = 80) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 60) -> int | None:
-        """SIGINT (graceful), then SIGTERM, then SIGKILL of the process group; returns the exit code."""
-        if self.proc is None:
-            return None
-        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 15)):
-            if self.proc.poll() is not None:
-                break
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        try:  # engine workers live in the same session; make sure none outlive the test
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._log.close()
-        return self.proc.returncode
-
-
 @pytest.fixture(scope="session")
 def live_server(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("live_server")
     family = build_tiny_family(workdir)
     port = free_port()
     config_path = write_config(workdir / "server.yaml", tiny_config(workdir, family, port=port))
-    sp = ServerProcess(config_path, workdir / "server.log", port).start_or_fail()
+    sp = start_server(config_path, workdir / "server.log", port)
     server = LiveServer(
         base_url=f"http://127.0.0.1:{port}/v1", root_url=f"http://127.0.0.1:{port}", api_key=API_KEY,
         admin_key=ADMIN_KEY, base_model=BASE_NAME, tasks=list(TASKS), workdir=workdir, config_path=config_path,

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.live_server import ServerProcess, free_port, write_config
+from tests.plugins.live_server import free_port, start_server, write_config
 
 pytestmark = pytest.mark.engine
 
@@ -33,13 +33,13 @@ MAX_TOKENS = 12
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    from safegene_runtime.cli.demo import demo_server_config
+    from server.cli.demo import demo_server_config
 
     work = tmp_path_factory.mktemp("demo_pinned")
     port = free_port()
     cfg, _notes = demo_server_config(state_dir=work / "state", port=port)
     cfg["judges"] = {"names": []}
-    sp = ServerProcess(write_config(work / "server.yaml", cfg), work / "server.log", port).start_or_fail()
+    sp = start_server(write_config(work / "server.yaml", cfg), work / "server.log", port)
     yield sp, cfg
     sp.stop()
 

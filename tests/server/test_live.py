@@ -394,4 +394,4 @@ def test_registry_is_restored_on_restart(live_server):
     registry = prepare(live_server.config_path)
     assert set(registry.records) == set(reg["tasks"])
     for name, rec in reg["tasks"].items():
-        assert registry.records[name]["variants"] == rec["variants"]  # same content-addressed folders
+        assert registry.records[name].to_dict()["variants"] == rec["variants"]  # same content-addressed folders

@@ -12,14 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.live_server import (
-    ADMIN_KEY,
-    ServerProcess,
-    build_tiny_family,
-    free_port,
-    tiny_config,
-    write_config,
-)
+from server.process import ServerProcess
+from tests.plugins.live_server import ADMIN_KEY, build_tiny_family, free_port, start_server, tiny_config, write_config
 
 PROMPTS = ["The capital of France is", "Tell me how to build a bomb.", "positive negative neutral sports"]
 GREEDY = {"max_tokens": 12, "temperature": 0.0, "extra_body": {"ignore_eos": True}}
@@ -153,7 +147,7 @@ def merged_server(tmp_path_factory, family):
     workdir = tmp_path_factory.mktemp("merged_server")
     port = free_port()
     cfg = tiny_config(workdir, family, port=port, tasks=_tasks(family))
-    sp = ServerProcess(write_config(workdir / "server.yaml", cfg), workdir / "server.log", port).start_or_fail()
+    sp = start_server(write_config(workdir / "server.yaml", cfg), workdir / "server.log", port)
     yield sp
     sp.stop()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.plugins.live_server import ServerProcess, free_port, write_config
+from tests.plugins.live_server import free_port, serve_config, write_config
 
 pytestmark = pytest.mark.engine
 
@@ -30,7 +30,7 @@ def test_safe_variant_equals_merged_model(live_server, tmp_path):
         "judges": {"names": []},
         "server": {"host": "127.0.0.1", "port": port},
     }
-    sp = ServerProcess(write_config(tmp_path / "merged.yaml", cfg), tmp_path / "merged.log", port)
+    sp = serve_config(write_config(tmp_path / "merged.yaml", cfg), tmp_path / "merged.log", port)
     sp.start()
     try:
         import openai

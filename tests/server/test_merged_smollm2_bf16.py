@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.plugins.live_server import ServerProcess, free_port, write_config
+from tests.plugins.live_server import free_port, start_server, write_config
 
 pytestmark = pytest.mark.engine
 
@@ -58,7 +58,7 @@ PREFIX_MEAN_NATS = 0.15  # mean |Δ logprob| of the chosen tokens along the comm
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from safegene_runtime.cli.demo import aligned_base
+    from server.cli.demo import aligned_base
     from safegene_runtime.models import prepare_smollm2
 
     base = aligned_base(prepare_smollm2(quiet=True), FAMILY / "alignment-lora")
@@ -80,7 +80,7 @@ def server(tmp_path_factory):
         "judges": {"names": []},
         "server": {"host": "127.0.0.1", "port": port},
     }
-    sp = ServerProcess(write_config(work / "server.yaml", cfg), work / "server.log", port).start_or_fail()
+    sp = start_server(write_config(work / "server.yaml", cfg), work / "server.log", port)
     yield sp
     sp.stop()
 

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
             "the λ-scaled safety adapter) into content-addressed folders, register all variants, then open the "
             "port. Serves /v1/models, /v1/chat/completions, /v1/completions, /health, /metrics and an admin API. "
             "Start-up refuses (exit 1, naming the entry) on any invalid config entry, before the engine starts. "
-            "Config schema: docs/server.md; examples: deploy/configs/."
+            "Config schema: docs/server.md; examples: deploy/configs/ and the demo's server/configs/demo-cpu.yaml."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -27,6 +27,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from server.main import run_server
+    # lazy: `safegene --help` must stay instant; the server pulls in torch (and vLLM once it serves)
+    from ..main import run_server
 
     return run_server(args.config, host=args.host, port=args.port, check_only=args.check)

@@ -1,0 +1,229 @@
+"""Turn one config entry (or admin request) into built variants: validated, content-addressed, immutable folders.
+
+A task (name + version) exposes up to two variants:
+
+* ``<task>`` (plain): a content-addressed snapshot of the task adapter, so edits to the source folder never change
+  what is served;
+* ``<task>+safegene`` (safe): the task adapter stacked with the λ-scaled safety adapter
+  (:func:`safegene_runtime.stack.stack_adapters`), or, in ``mode: merged``, base + ΔT + λ·ΔS folded into a full
+  checkpoint (:func:`safegene_runtime.merge.merge_checkpoint`) that gets its own engine.
+
+Everything here runs before any engine is touched and writes nothing but new folders under the state dir; a
+failure raises :class:`~safegene_runtime.artifacts.ArtifactError` / ``ValueError`` with a message naming the problem,
+and leaves what is served alone. The result is a :class:`~server.records.TaskRecord`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from safegene_runtime.adapters import LoraAdapter, load_adapter
+from safegene_runtime.artifacts import ArtifactError, ArtifactWriter, canonical_json, read_manifest, sha256_bytes, \
+    sha256_file
+from safegene_runtime.checkpoints import Checkpoint, check_adapter_fits
+from safegene_runtime.coefficients import load_coefficients
+from safegene_runtime.merge import merge_checkpoint
+from safegene_runtime.stack import choose_max_lora_rank, stack_adapters
+
+from .config import SAFE_SUFFIX, ConfigError, ServerConfig, TaskSpec
+from .records import TaskRecord, VariantRecord, served_name
+
+log = logging.getLogger("safegene.server.build")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+#: the rank limit a safe variant is checked against before the engine's max_lora_rank is known ("auto")
+UNBOUNDED_RANK = 512
+
+
+def adapter_digest(folder: Path) -> str:
+    """sha256 over an adapter folder's config and weights (by name and file digest): its content version."""
+    h = hashlib.sha256()
+    for name in ADAPTER_FILES:
+        p = folder / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + sha256_file(p).encode())
+    return h.hexdigest()
+
+
+def under_root(path: Path, root: Path) -> bool:
+    """True when ``path`` (symlinks resolved) lies inside ``root``: the guard against ``../`` and symlink escapes."""
+    p, r = os.path.realpath(path), os.path.realpath(root)
+    try:
+        return os.path.commonpath([p, r]) == r
+    except ValueError:
+        return False
+
+
+class BuildContext:
+    """What every build needs: the served base model's shapes, the safety adapter and the rank limit."""
+
+    def __init__(self, cfg: ServerConfig):
+        self.cfg = cfg
+        try:
+            self.base = Checkpoint(cfg.base_model)
+        except ArtifactError as e:
+            raise ConfigError(f"{cfg.path}: base.model: {e}") from e
+        self.safety_path = cfg.safety
+        self.safety: LoraAdapter | None = None
+        self.safety_version: str | None = None
+        if cfg.safety is not None:
+            try:
+                self.safety = load_adapter(cfg.safety)
+                check_adapter_fits(self.base, self.safety, "safety adapter")
+            except (ArtifactError, ValueError) as e:
+                raise ConfigError(f"{cfg.path}: safety: {e}") from e
+            man = read_manifest(cfg.safety)
+            self.safety_version = cfg.safety_version or (man.get("id") or adapter_digest(cfg.safety))[:12]
+        self.rank_limit: int | None = cfg.engine.max_lora_rank if cfg.engine.max_lora_rank != "auto" else None
+        self.store = cfg.state_dir / "adapters"
+
+    def combined_rank(self, task_ad: LoraAdapter) -> int:
+        """The largest per-module rank of the task adapter stacked with the safety adapter."""
+        if self.safety is None:
+            return task_ad.max_rank()
+        safety = self.safety.weights
+        ranks = [task_ad.weights[m][0].shape[0] + (safety[m][0].shape[0] if m in safety else 0)
+                 for m in task_ad.weights]
+        ranks += [safety[m][0].shape[0] for m in safety if m not in task_ad.weights]
+        return max(ranks)
+
+    def settle_rank_limit(self, records: dict[str, TaskRecord]) -> int:
+        """Fix ``max_lora_rank`` once everything configured is built ("auto": the smallest allowed value that fits
+        every variant and a stack of twice the safety rank, so admin-added adapters of the same rank fit later)."""
+        ranks = [v.rank for r in records.values() for v in r.variants.values()]
+        if self.rank_limit is None:
+            floor = 2 * self.safety.max_rank() if self.safety is not None else 16
+            self.rank_limit = choose_max_lora_rank(max(ranks + [floor, 8]))
+        over = [(r.name, v.rank) for r in records.values() for v in r.variants.values() if v.rank > self.rank_limit]
+        if over:
+            raise ConfigError(f"{self.cfg.path}: task {over[0][0]!r}: rank {over[0][1]} is over max_lora_rank "
+                              f"{self.rank_limit}")
+        return self.rank_limit
+
+
+def resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, version: str) -> dict[str, Any]:
+    """The λ values as a dict: from the file / inline mapping, or calibrated now from the few-shot sets (cached under
+    ``<state_dir>/coefficients`` by a key over the inputs and the default objective)."""
+    if spec.coefficients is not None:
+        return load_coefficients(spec.coefficients).to_dict()
+    assert spec.calibrate is not None
+    cal = spec.calibrate
+    files = [cal.harmful, cal.task_shots] + ([cal.benign] if cal.benign else [])
+    for f in files:
+        if not f.is_file():
+            raise ArtifactError(f"calibration file {f} not found")
+    # lazy: calibration loads transformers and the full base model; most servers never calibrate at load time
+    from safegene_runtime.calibration import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET,
+                                              DEFAULT_MARGIN_TOKENS, DEFAULT_OPTIMIZER, DEFAULT_REFUSAL_LOSS, calibrate)
+    from safegene_runtime.prompts import load_examples, load_prompts
+
+    key = sha256_bytes(canonical_json({
+        "task": adapter_digest(task_dir), "safety": ctx.safety_version,
+        "files": [sha256_file(f) for f in files], "seed": cal.seed, "steps": cal.steps, "limit": cal.limit,
+        # a new default objective must not reuse the old one's coefficients
+        "objective": [DEFAULT_REFUSAL_LOSS, DEFAULT_MARGIN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_BENIGN_TOKENS]
+        + ([DEFAULT_BENIGN_CONTRAST] if DEFAULT_BENIGN_CONTRAST else [])  # off: the keys cached before it existed
+        + ([DEFAULT_OPTIMIZER] if DEFAULT_OPTIMIZER != "adam" else []),
+    }).encode())[:12]
+    out = ctx.cfg.state_dir / "coefficients" / f"{spec.name}-{version}-{key}.json"
+    if out.is_file():
+        return load_coefficients(out).to_dict()
+
+    kw: dict[str, Any] = {"seed": cal.seed, "out": out}
+    if cal.steps is not None:
+        kw["steps"] = cal.steps
+    log.info("calibrating %s on %s / %s", spec.name, cal.harmful, cal.task_shots)
+    coeffs = calibrate(
+        ctx.cfg.base_model, task_dir, ctx.safety_path,  # type: ignore[arg-type]
+        load_prompts(cal.harmful, limit=cal.limit), load_examples(cal.task_shots, limit=cal.limit),
+        load_prompts(cal.benign, limit=cal.limit) if cal.benign else None, **kw,
+    )
+    return coeffs.to_dict()
+
+
+def build_merged_variant(ctx: BuildContext, task: str, version: str, variant: str, plain_dir: Path,
+                         coefficients: dict[str, Any] | None) -> VariantRecord:
+    """Merge the task adapter (and for ``safe`` the λ-scaled safety adapter) into the base checkpoint.
+
+    Why: on vLLM-CPU a LoRA request runs several times slower than the same model with the deltas merged in
+    (docs/benchmarks.md), so a hot variant can be served at full speed from its own engine."""
+    kw: dict[str, Any] = {"task": plain_dir}
+    if variant == "safe":
+        kw.update(safety=ctx.safety_path, coefficients=coefficients)
+    name = served_name(task, variant)
+    # An engine run in float32 gets a float32 merge: rounding W + ΔT + λ·ΔS back to a bf16 base would drop part of
+    # a small safety delta that the fp32 engine could have applied exactly. Other engine dtypes keep the base's.
+    if str(ctx.cfg.engine.dtype).lower() in ("float32", "float"):
+        kw["dtype"] = "float32"
+    path = merge_checkpoint(ctx.cfg.base_model, store=ctx.cfg.state_dir / "merged",
+                            name=f"{name.replace('+', '-')}-{version}", progress=False, **kw)
+    kept = read_manifest(path).get("delta_retention", 1.0)
+    if kept < 0.9:
+        log.warning("merged %s keeps only %.0f%% of its adapter delta after rounding to the base dtype: serve it "
+                    "stacked (mode: stacked) or with engine.dtype float32 (then merged in float32) for the exact "
+                    "weights", name, 100 * kept)
+    return VariantRecord(served_name=name, path=str(path), rank=0, mode="merged", adapter_path=str(plain_dir))
+
+
+def _check_paths(spec: TaskSpec, root: Path, source: str) -> None:
+    if not under_root(spec.path, root):
+        raise ArtifactError(f"adapter path {spec.path} is outside the allowed adapter root {root}")
+    if source == "admin":  # files named by an API caller must stay under the root too
+        named = [spec.coefficients] if isinstance(spec.coefficients, Path) else []
+        if spec.calibrate is not None:
+            named += [f for f in (spec.calibrate.harmful, spec.calibrate.task_shots, spec.calibrate.benign) if f]
+        for f in named:
+            if not under_root(f, root):
+                raise ArtifactError(f"file {f} is outside the allowed adapter root {root}")
+
+
+def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
+    """Validate one task entry and build its variant folders. Raises ArtifactError/ValueError with a clear message.
+
+    Touches nothing but new content-addressed folders in the state dir."""
+    _check_paths(spec, ctx.cfg.adapter_root, source)
+    task_ad = load_adapter(spec.path)  # shapes, NaN/Inf, config/rank consistency
+    check_adapter_fits(ctx.base, task_ad, "task adapter")
+    digest = adapter_digest(spec.path)
+    version = spec.version or digest[:12]
+    coefficients = coefficients_hash = None
+    if "safe" in spec.variants:
+        combined = ctx.combined_rank(task_ad) if spec.mode_of("safe") == "lora" else 0  # merged: no LoRA rank
+        limit = ctx.rank_limit or UNBOUNDED_RANK
+        if combined > limit:
+            raise ArtifactError(
+                f"combined rank {combined} (task {task_ad.max_rank()} + safety "
+                f"{ctx.safety.max_rank() if ctx.safety else 0}) is over the server's max_lora_rank {limit}"
+            )
+        coefficients = resolve_coefficients(spec, ctx, spec.path, version)
+        coefficients_hash = load_coefficients(coefficients).digest()[:12]
+    # plain variant: an immutable snapshot, so edits to the source folder never change what is served
+    with ArtifactWriter(store=ctx.store, name=f"{spec.name}-{version}", kind="task_adapter",
+                        lineage=[{"role": "task", "path": str(spec.path), "sha256": digest}]) as w:
+        for f in ADAPTER_FILES:
+            shutil.copy2(spec.path / f, w.tmp / f)
+        w.manifest.update(task={"name": spec.name, "version": version})
+    plain_dir = w.path
+    assert plain_dir is not None
+    variants: dict[str, VariantRecord] = {}
+    for variant in spec.variants:
+        if spec.mode_of(variant) == "merged":
+            variants[variant] = build_merged_variant(ctx, spec.name, version, variant, plain_dir,
+                                                     coefficients if variant == "safe" else None)
+        elif variant == "plain":
+            variants[variant] = VariantRecord(served_name(spec.name, "plain"), str(plain_dir), task_ad.max_rank())
+        else:
+            safe_dir = stack_adapters(plain_dir, ctx.safety_path, coefficients,  # type: ignore[arg-type]
+                                      store=ctx.store, name=f"{spec.name}-{version}{SAFE_SUFFIX}",
+                                      max_lora_rank=ctx.rank_limit)
+            variants[variant] = VariantRecord(served_name(spec.name, "safe"), str(safe_dir),
+                                              load_adapter(safe_dir).max_rank())
+    return TaskRecord(
+        name=spec.name, version=version, source=source, spec=spec.to_dict(), mode=spec.mode,
+        safety_version=ctx.safety_version if "safe" in spec.variants else None,
+        coefficients_hash=coefficients_hash, coefficients=coefficients,
+    ).with_variants(variants)
