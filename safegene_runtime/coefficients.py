@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import ArtifactError, canonical_json, sha256_bytes
+from .artifacts import ArtifactError
+from .digests import json_digest
 
 SCHEMA = "safegene.coefficients/v1"
 
@@ -52,7 +53,7 @@ class Coefficients:
 
     def digest(self) -> str:
         """Hash of the values only (not provenance): two files with the same λ stack to the same adapter."""
-        return sha256_bytes(canonical_json({"layers": self.to_dict()["layers"], "default": self.default}).encode())
+        return json_digest({"layers": self.to_dict()["layers"], "default": self.default})
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "coefficients") -> "Coefficients":

@@ -110,15 +110,7 @@ class PromptSet:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# de-duplication, overlap (what "the same prompt" means: text.normalise)
-
-def text_digest(texts: Iterable[str]) -> str:
-    """sha256 over the sorted normalised texts: an order-independent fingerprint of a prompt list."""
-    h = hashlib.sha256()
-    for t in sorted(normalise(x) for x in texts):
-        h.update(t.encode() + b"\n")
-    return h.hexdigest()
-
+# de-duplication, overlap (what "the same prompt" means: text.normalise; the set digest: digests.prompt_set_digest)
 
 def dedup(sets: list[PromptSet]) -> tuple[list[PromptSet], list[dict[str, str]]]:
     """Remove items whose normalised prompt was already seen (in an earlier set or earlier in the same set).

