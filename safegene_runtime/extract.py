@@ -24,6 +24,7 @@ from .adapters import LINEAR_MODULES, AdapterError, layer_index, load_adapter, m
 from .artifacts import ArtifactError, ArtifactWriter, describe_input
 from .checkpoints import Checkpoint, check_adapter_fits, model_identity
 from .paths import artifacts_dir
+from .threads import single_thread
 
 METHOD_SVD = "svd"
 METHOD_LORA = "negated_lora"
@@ -61,8 +62,6 @@ def factorize(delta: torch.Tensor, *, rank: int | None = None, energy: float | N
     """
     d = delta.to(torch.float32)
     if d.numel() <= _SMALL:
-        from .stack import single_thread
-
         with single_thread():  # small SVDs: OpenMP hand-offs cost more than they save, badly so on a busy machine
             u, s, vh = _svd(d)
     else:

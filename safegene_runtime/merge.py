@@ -29,7 +29,8 @@ from .artifacts import MANIFEST, ArtifactWriter, describe_input, read_manifest
 from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, resolve_dtype, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
-from .stack import check_coefficients, single_thread
+from .stack import check_coefficients
+from .threads import single_thread
 
 #: weight files of other formats: never copied next to the merged safetensors (they would hold stale weights)
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt"}
@@ -67,7 +68,7 @@ def merge_checkpoint(
 
     ``dtype`` (e.g. ``"float32"``) writes every floating tensor in that dtype and says so in config.json; the
     default keeps each tensor's own. A float32 merge of a bf16 base keeps all of a delta smaller than bf16's step."""
-    with single_thread():  # per-module adds and casts: OpenMP hand-offs only slow them down (see stack.single_thread)
+    with single_thread():  # per-module adds and casts: OpenMP hand-offs only slow them down (see threads.single_thread)
         return _merge(base, task=task, safety=safety, coefficients=coefficients, out=out, store=store, name=name,
                       progress=progress, dtype=resolve_dtype(dtype))
 

@@ -18,9 +18,8 @@ Outputs are immutable, content-addressed artifacts: the same task, safety and λ
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -29,6 +28,7 @@ from .artifacts import ArtifactWriter, describe_input, read_manifest
 from .checkpoints import Checkpoint, CheckpointError, check_adapter_fits, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
+from .threads import single_thread
 
 #: values vLLM accepts for ``--max-lora-rank``
 ALLOWED_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -215,21 +215,6 @@ def stack_adapters(
     with single_thread():
         return _stack(task, safety, coefficients, out=out, store=store, name=name, max_lora_rank=max_lora_rank,
                       rank_budget=rank_budget)
-
-
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Run torch on one intra-op thread for the duration.
-
-    Stacking is thousands of tiny tensor ops; on a busy machine OpenMP's thread hand-offs made them ~8x slower
-    (measured: 17 s vs 2 s for a SmolLM2-sized pair under load), and one thread is as fast when idle.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _stack(task, safety, coefficients, *, out, store, name, max_lora_rank, rank_budget) -> Path:
