@@ -18,8 +18,8 @@ from typing import Any, Iterator
 
 import torch
 
-from .adapters import LINEAR_MODULES, layer_index, module_kind
-from .artifacts import ArtifactError
+from .adapters import LINEAR_MODULES, AdapterError, LoraAdapter, layer_index, module_kind
+from .artifacts import ArtifactError, read_manifest
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -255,8 +255,6 @@ class Checkpoint:
 def check_adapter_fits(base: Checkpoint, adapter: Any, who: str) -> None:
     """Refuse an adapter made for another base model: each of its modules must be a weight of ``base`` whose shape
     equals the module's delta ``(out, in)``. The error names the first module that does not fit."""
-    from .adapters import AdapterError
-
     for m, (a, b) in adapter.weights.items():
         key = f"{m}.weight"
         if key not in base:
@@ -270,6 +268,56 @@ def check_adapter_fits(base: Checkpoint, adapter: Any, who: str) -> None:
                 f"{who} {adapter.path}: module {m} has delta shape {got} but base model {base.path} has "
                 f"{base.shape(key)} (made for another base model?)"
             )
+
+
+def local_model(path: str | None) -> Checkpoint | None:
+    """The checkpoint at ``path`` if it names a readable local model folder (hub ids and stale paths give None)."""
+    if not path:
+        return None
+    p = Path(path)
+    if not (p.is_dir() and (p / CONFIG_FILE).is_file()):
+        return None
+    try:
+        return Checkpoint(p)
+    except CheckpointError:
+        return None
+
+
+def built_for(adapter: LoraAdapter, manifest: dict[str, Any] | None = None) -> tuple[str | None, str | None]:
+    """(weights fingerprint, description) of the base model an adapter says it was built on.
+
+    The fingerprint is the manifest's ``base_model.weights_fingerprint`` (safety adapters from extraction record
+    it), else :func:`weights_fingerprint` of the local model folder named by the config's ``base_model_name_or_path``;
+    None when neither says (a hub id, a stale path, no manifest). The description is the manifest's recorded path,
+    else the config's name.
+    """
+    if manifest is None:
+        manifest = read_manifest(adapter.path) if adapter.path else {}
+    ident = manifest.get("base_model") or {}
+    claimed = adapter.config.base_model_name_or_path
+    fp = ident.get("weights_fingerprint")
+    if fp is None:
+        local = local_model(claimed)
+        fp = weights_fingerprint(local.path) if local is not None else None
+    return fp, ident.get("path") or claimed
+
+
+def check_same_base(adapter: LoraAdapter, who: str, base: Checkpoint, *, but: str, refusing: str,
+                    base_fp: str | None = None, manifest: dict[str, Any] | None = None) -> None:
+    """Refuse an adapter that says it was built on another base model than ``base`` (same weights, however sharded:
+    :func:`weights_fingerprint`); nothing to check when the adapter does not say (:func:`built_for`).
+
+    The error reads ``<who> <path> was built for base model <X> (fingerprint ..) but <but> (fingerprint ..):
+    <refusing>``; ``but`` names ``base`` in the caller's terms (the task adapter's base, the base to merge into).
+    Stacking and merging both refuse through here; :func:`check_adapter_fits` then checks the module shapes.
+    """
+    fp, desc = built_for(adapter, manifest)
+    if fp is None:
+        return
+    base_fp = base_fp if base_fp is not None else weights_fingerprint(base.path)
+    if fp != base_fp:
+        raise AdapterError(f"{who} {adapter.path} was built for base model {desc} (fingerprint {fp[:12]}) but {but} "
+                           f"(fingerprint {base_fp[:12]}): {refusing}")
 
 
 def weights_fingerprint(path: str | Path) -> str:

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .adapters import AdapterError, LoraAdapter, layer_index, load_adapter
-from .artifacts import MANIFEST, ArtifactWriter, describe_input, read_manifest
-from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, resolve_dtype, weights_fingerprint
+from .adapters import AdapterError, layer_index, load_adapter
+from .artifacts import MANIFEST, ArtifactWriter, describe_input
+from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, check_same_base, resolve_dtype, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
 from .stack import check_coefficients
@@ -34,21 +34,6 @@ from .threads import single_thread
 
 #: weight files of other formats: never copied next to the merged safetensors (they would hold stale weights)
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt"}
-
-
-def _check_against_base(ad: LoraAdapter, who: str, base: Checkpoint, base_fp: str) -> None:
-    man = read_manifest(ad.path) if ad.path else {}
-    ident_fp = (man.get("base_model") or {}).get("weights_fingerprint")
-    claimed = ad.config.base_model_name_or_path
-    if ident_fp is None and claimed and Path(claimed).is_dir() and (Path(claimed) / "config.json").is_file():
-        if Path(claimed).resolve() != base.path.resolve():
-            ident_fp = weights_fingerprint(claimed)
-    if ident_fp is not None and ident_fp != base_fp:
-        raise AdapterError(
-            f"{who} adapter {ad.path} was built for base model {claimed} (fingerprint {ident_fp[:12]}) but the base "
-            f"to merge into is {base.path} (fingerprint {base_fp[:12]}): refusing to merge into another model"
-        )
-    check_adapter_fits(base, ad, f"{who} adapter")
 
 
 def merge_checkpoint(
@@ -87,10 +72,11 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
     coeffs = load_coefficients(coefficients) if coefficients is not None else None
     if coeffs is not None:
         check_coefficients(coeffs, str(coefficients) if isinstance(coefficients, (str, Path)) else "coefficients")
-    if t_ad is not None:
-        _check_against_base(t_ad, "task", ck, base_fp)
-    if s_ad is not None:
-        _check_against_base(s_ad, "safety", ck, base_fp)
+    for who, ad in (("task", t_ad), ("safety", s_ad)):
+        if ad is not None:
+            check_same_base(ad, f"{who} adapter", ck, base_fp=base_fp, but=f"the base to merge into is {ck.path}",
+                            refusing="refusing to merge into another model")
+            check_adapter_fits(ck, ad, f"{who} adapter")
 
     def delta(module: str) -> torch.Tensor | None:
         d = None

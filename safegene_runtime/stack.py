@@ -25,7 +25,7 @@ import torch
 
 from .adapters import AdapterError, LoraAdapter, build_config, layer_index, load_adapter, save_adapter
 from .artifacts import ArtifactWriter, describe_input, read_manifest
-from .checkpoints import Checkpoint, CheckpointError, check_adapter_fits, weights_fingerprint
+from .checkpoints import Checkpoint, check_adapter_fits, check_same_base, local_model
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
 from .threads import single_thread
@@ -48,19 +48,6 @@ def choose_max_lora_rank(rank: int) -> int:
 # --- checks ------------------------------------------------------------------------------------------------------
 
 
-def _local_model(path: str | None) -> Checkpoint | None:
-    """The checkpoint at ``path`` if it names a readable local model folder (hub ids and stale paths give None)."""
-    if not path:
-        return None
-    p = Path(path)
-    if not (p.is_dir() and (p / "config.json").is_file()):
-        return None
-    try:
-        return Checkpoint(p)
-    except CheckpointError:
-        return None
-
-
 def _prefix(module: str) -> str:
     """The part of a module name before ``layers.N.`` (``model.``); differs when adapters name modules differently."""
     i = module.find("layers.")
@@ -73,22 +60,13 @@ def check_compatible(task: LoraAdapter, safety: LoraAdapter, safety_manifest: di
     it is a local folder (then every module was also checked against its weight shapes)."""
     safety_manifest = safety_manifest if safety_manifest is not None else read_manifest(safety.path or ".")
     ident = safety_manifest.get("base_model") or {}
-    base = _local_model(task.config.base_model_name_or_path)
+    base = local_model(task.config.base_model_name_or_path)
 
     # 1. Same base model (same weights, however sharded), when both sides say which one.
-    safety_fp = ident.get("weights_fingerprint")
-    safety_base_desc = ident.get("path") or safety.config.base_model_name_or_path
-    if safety_fp is None:
-        sb = _local_model(safety.config.base_model_name_or_path)
-        safety_fp = weights_fingerprint(sb.path) if sb is not None else None
-    if base is not None and safety_fp is not None:
-        task_fp = weights_fingerprint(base.path)
-        if task_fp != safety_fp:
-            raise AdapterError(
-                f"safety adapter {safety.path} was built for base model {safety_base_desc} (fingerprint "
-                f"{safety_fp[:12]}) but task adapter {task.path} is for {base.path} (fingerprint {task_fp[:12]}): "
-                "refusing to stack adapters for different base models"
-            )
+    if base is not None:
+        check_same_base(safety, "safety adapter", base, manifest=safety_manifest,
+                        but=f"task adapter {task.path} is for {base.path}",
+                        refusing="refusing to stack adapters for different base models")
     if base is not None and ident:
         for k in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers"):
             if k in ident and k in base.config and ident[k] != base.config[k]:

@@ -111,3 +111,25 @@ def test_every_tensor_reads_back_exactly_and_truncation_is_named(tiny_model, tmp
     last = max(short.keys(), key=lambda n: short._info[n]["data_offsets"][1])
     with pytest.raises(CheckpointError, match=f"truncated: tensor {last}"):
         short.get(last)
+
+
+def test_built_for_and_check_same_base(tiny_model, make_lora, tmp_path):
+    """One base-identity check for stacking and merging: the manifest's fingerprint, else the local base folder's;
+    nothing to check when the adapter names no readable local base."""
+    from safegene_runtime.adapters import AdapterError, load_adapter
+    from safegene_runtime.checkpoints import built_for, check_same_base, weights_fingerprint
+    from safegene_runtime.testing.tiny import make_tiny_model
+
+    lora = load_adapter(make_lora())
+    fp = weights_fingerprint(tiny_model)
+    assert built_for(lora) == (fp, str(lora.config.base_model_name_or_path))
+    assert built_for(lora, {"base_model": {"weights_fingerprint": "f" * 64, "path": "/x"}}) == ("f" * 64, "/x")
+    lora.config.base_model_name_or_path = "org/hub-model"
+    assert built_for(lora) == (None, "org/hub-model")
+    other = Checkpoint(make_tiny_model(tmp_path / "other", seed=4))
+    check_same_base(lora, "task adapter", other, but="b", refusing="r")  # says nothing: nothing to check
+    with pytest.raises(AdapterError, match=r"^task adapter .* was built for base model /x \(fingerprint f{12}\) but "
+                                           r"the base .* \(fingerprint [0-9a-f]{12}\): refusing$"):
+        check_same_base(lora, "task adapter", other, manifest={"base_model": {"weights_fingerprint": "f" * 64,
+                                                                              "path": "/x"}},
+                        but=f"the base {other.path}", refusing="refusing")

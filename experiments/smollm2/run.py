@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from safegene_runtime.artifacts import atomic_write_json, fingerprint
 from safegene_runtime.digests import json_digest as digest  # the stage hashes: never change what it computes
