@@ -18,7 +18,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -274,13 +274,6 @@ def save_adapter(
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     return folder
-
-
-def iter_modules(adapter: LoraAdapter) -> Iterator[tuple[str, torch.Tensor, torch.Tensor, float]]:
-    """(module, A, B, scale) in layer order."""
-    for m in adapter.modules():
-        a, b = adapter.weights[m]
-        yield m, a, b, adapter.scaling(m)
 
 
 def selection_of(safety: str | Path) -> dict | None:

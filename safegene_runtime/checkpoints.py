@@ -14,7 +14,7 @@ import re
 import struct
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -239,10 +239,6 @@ class Checkpoint:
         shape, dt = self.shape(name), self.dtype(name)
         t = torch.frombuffer(buf, dtype=dt).reshape(shape) if buf else torch.empty(shape, dtype=dt)
         return t.to(dtype) if dtype is not None and t.dtype != dtype else t
-
-    def iter_tensors(self, names: list[str] | None = None) -> Iterator[tuple[str, torch.Tensor]]:
-        for name in names if names is not None else self.keys():
-            yield name, self.get(name)
 
     def _require(self, name: str) -> None:
         if name not in self._where:

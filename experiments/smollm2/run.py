@@ -82,10 +82,6 @@ class Stages:
         self.timings.append((name, secs, False))
         return dest
 
-    @staticmethod
-    def id_of(folder: Path) -> str:
-        return folder.name
-
 
 # --------------------------------------------------------------------------------------------- parameters
 PROFILES = ("full", "demo", "fast")
