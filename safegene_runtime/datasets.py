@@ -2,7 +2,8 @@
 
 Every loader returns a :class:`PromptSet` of :class:`Item` s with a *stable* id (``<set>:<native id or row>``) so a
 resumed evaluation and a recount refer to the same rows. Shipped data is read from installed packages through
-``importlib.metadata`` (never imported; see ``docs/offline-assets.md``):
+``importlib.metadata``, never imported (``scripts/setup_env.sh`` installs them with ``--no-deps``: their own
+dependency trees are heavy or conflict with ours):
 
 ====================  ======================================================================  =====
 name                  content                                                                  rows

@@ -1,4 +1,4 @@
-"""Stage 1: the safety adapter from the aligned–degraded discrepancy (method.md, "Stage 1").
+"""Stage 1: the safety adapter from the aligned–degraded discrepancy (SafeGene, arXiv 2606.06519, stage 1).
 
 Per decoder-layer linear module, ``ΔS = W(A) − W(D)`` (fp32), truncated SVD ``ΔS ≈ U_k Σ_k V_kᵀ``, stored as a
 scale-one LoRA pair ``B = U_k Σ_k^½``, ``A = Σ_k^½ V_kᵀ``. The rank k is fixed, or the smallest k that keeps a given

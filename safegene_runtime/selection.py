@@ -1,4 +1,4 @@
-"""Stage 2: data-aware layer selection (method.md).
+"""Stage 2: data-aware layer selection (SafeGene, arXiv 2606.06519).
 
 Probe prompts (harmful H, benign/task B) go through the aligned model A and the degraded model D. For each decoder
 layer l, ``h_l(x)`` is the residual stream after layer l averaged over the prompt's tokens, and
@@ -56,7 +56,7 @@ Scorer = Callable[[dict[int, float], dict[int, float], float], dict[int, float]]
 
 
 def contrast_ratio(c_harmful: dict[int, float], c_benign: dict[int, float], eps: float = EPS) -> dict[int, float]:
-    """method.md's score: harmful-input change relative to benign-input change."""
+    """The method's score (arXiv 2606.06519): harmful-input change relative to benign-input change."""
     return {l: c_harmful[l] / (c_benign[l] + eps) for l in c_harmful}
 
 

@@ -1,4 +1,5 @@
-"""Serving: a task adapter and the λ-scaled safety adapter as ONE LoRA (method.md, "Serving: stacking at load time").
+"""Serving: a task adapter and the λ-scaled safety adapter as ONE LoRA, stacked at load time (SafeGene,
+arXiv 2606.06519).
 
 vLLM applies one LoRA per request, so per module we concatenate along the rank dimension::
 

@@ -2,7 +2,8 @@
 
 Each variant is a MERGED checkpoint (A + task delta + λ·safety delta folded into the weights,
 ``safegene_runtime.merge.merge_checkpoint``): on this CPU a merged model serves ~7x faster than the same
-adapters through vLLM's LoRA path (pilot-findings.md), and the numbers are the same function of the weights.
+adapters through vLLM's LoRA path (the pilot measured ~632 vs ~92 tokens/s, docs/benchmarks.md), and the numbers
+are the same function of the weights.
 Each merged model is served by our server (``safegene serve`` with the merged checkpoint as its base, served under
 the variant's name; names our server reserves, such as ``A`` or ``task+method``, by a plain vLLM server with the same
 flags), and ``safegene eval`` sends the prompts over HTTP with the OpenAI client, judges and reports. Two eval folders:

@@ -99,11 +99,12 @@ def profile_name(profile: bool | str) -> str:
 def params(profile: bool | str) -> dict:
     """Every knob of the study in one place (these values are hashed into the stage names).
 
-    ``full``: the pilot's recipe (pilot-findings.md). ``demo``: a much smaller recipe that fits in about 45 minutes
-    on the shared, oversubscribed 2-core machine (we got ~12 GFLOP/s there): 64 benign self-answers, 64 refusal
-    pairs and 16 alignment steps; no degrade stage (the original SmolLM2, which complies with ~98% of HarmBench in
-    the pilot, plays D, so the safety vector is the rank-16 SVD of A - original); 16+16 selection probes; task
-    LoRAs with 32 steps of batch 4; calibration on 8+8+8 shots, 10 steps. Stages live in ``<home>/experiments/smollm2/demo``.
+    ``full``: the pilot's recipe (docs/results.md, "Recipe: `full` profile against the pilot"). ``demo``: a much
+    smaller recipe that fits in about 45 minutes on the shared, oversubscribed 2-core machine (we got ~12 GFLOP/s
+    there): 64 benign self-answers, 64 refusal pairs and 16 alignment steps; no degrade stage (the original SmolLM2,
+    which complies with ~98% of HarmBench in the pilot, plays D, so the safety vector is the rank-16 SVD of A -
+    original); 16+16 selection probes; task LoRAs with 32 steps of batch 4; calibration on 8+8+8 shots, 10 steps.
+    Stages live in ``<home>/experiments/smollm2/demo``.
     ``fast``: tiny smoke run, meaningless numbers."""
     profile = profile_name(profile)
     if profile == "demo":

@@ -1,4 +1,4 @@
-"""Stage 3: few-shot layer-wise coefficient calibration (method.md).
+"""Stage 3: few-shot layer-wise coefficient calibration (SafeGene, arXiv 2606.06519).
 
 For a task adapter T and a safety adapter S (with its selected layers), learn one ``λ_l ≥ 0`` per selected layer:
 
@@ -10,7 +10,7 @@ For a task adapter T and a safety adapter S (with its selected layers), learn on
          + δ · mean_{x∈B'} C_λ(x)                     benign contrast (below; off when δ = 0)
          + penalty · Σ λ_l²
 
-The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode safety (pilot-findings.md).
+The benign and task terms let the optimum sit at λ ≈ 0 when T did not erode safety.
 
 Two refusal terms (``refusal_loss``), both over A's own greedy refusal y_A(x) to a harmful shot x:
 
