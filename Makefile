@@ -1,6 +1,7 @@
 # The two commands a new user types (see README):
 #   make demo   set up .venv if needed, prepare the demo model, start the server, send requests, keep serving
 #   make test   set up .venv if needed, run the whole test suite (what CI runs)
+#   make test-fast   the unit tests only: no vLLM engine, no server, nothing marked slow (under 2 minutes)
 SHELL := /bin/bash
 PY := .venv/bin/python
 export VLLM_CPU_KVCACHE_SPACE ?= 2
@@ -8,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test experiment bench clean-venv
+.PHONY: setup demo test test-fast experiment bench clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -19,6 +20,11 @@ demo: setup
 # pytest exits 5 when it collected no test: that is a failure here, never a green run.
 test: setup
 	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
+
+# The fast lane while developing: everything that starts no engine, server or real model (markers in pyproject.toml).
+test-fast: setup
+	@set +e; $(PY) -m pytest -m "not engine and not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
 experiment: setup

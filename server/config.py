@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -134,8 +135,6 @@ def _as_path(value: Any, root: Path, where: str) -> Path:
         raise _fail(where, f"expected a path, got {value!r}")
     text = str(value)
     if "SAFEGENE_HOME" in text and "SAFEGENE_HOME" not in os.environ:
-        from safegene_runtime.paths import safegene_home
-
         text = text.replace("${SAFEGENE_HOME}", str(safegene_home())).replace("$SAFEGENE_HOME", str(safegene_home()))
     p = Path(os.path.expandvars(os.path.expanduser(text)))
     return (p if p.is_absolute() else root / p).resolve()

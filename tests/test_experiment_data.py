@@ -3,6 +3,8 @@ tasks are deterministic with exact answers, and the refusal texts vary."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from experiments.smollm2 import data, refusals, tasks
@@ -90,23 +92,25 @@ def test_refusals_vary_are_deterministic_and_read_as_refusals():
     assert refusals.n_variants() >= 300
 
 
-def test_export_layout_is_what_the_demo_config_reads():
+def test_export_layout_is_what_the_demo_config_reads(tmp_path):
     """The demo server config must find every exported artifact at the path the export writes it to."""
-    from pathlib import Path
-
-    import yaml
-
     from experiments.smollm2.export import DEMO_TASKS, asset_paths
+    from server.cli.demo import DEMO_CONFIG, runtime_config
 
-    cfg_path = Path(__file__).resolve().parents[1] / "deploy" / "configs" / "demo-cpu.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text())
-    resolve = lambda p: (cfg_path.parent / p).resolve()  # noqa: E731
-    where = asset_paths(resolve(cfg["adapter_root"]))
-    assert resolve(cfg["safety"]["path"]) == where["safety"]
+    assets = tmp_path / "assets"
+    where = asset_paths(assets)
+    for t in DEMO_TASKS:  # what an export leaves: the folders and the coefficients files the config names
+        where["tasks"][t]["path"].mkdir(parents=True)
+        where["tasks"][t]["coefficients"].write_text("{}")
+    where["safety"].mkdir(parents=True)
+    cfg, notes = runtime_config(DEMO_CONFIG, tmp_path / "model", tmp_path / "state", None, assets)
+    assert not notes, notes
+    assert Path(cfg["safety"]["path"]) == where["safety"].resolve()
+    assert Path(cfg["adapter_root"]) == assets.resolve()
     assert sorted(t["name"] for t in cfg["tasks"]) == sorted(DEMO_TASKS)
     for t in cfg["tasks"]:
-        assert resolve(t["path"]) == where["tasks"][t["name"]]["path"]
-        assert resolve(t["coefficients"]) == where["tasks"][t["name"]]["coefficients"]
+        assert Path(t["path"]) == where["tasks"][t["name"]]["path"].resolve()
+        assert Path(t["coefficients"]) == where["tasks"][t["name"]]["coefficients"].resolve()
 
 
 def test_failed_export_leaves_the_previous_assets(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ def smollm2():
     return models.prepare_smollm2(quiet=True)
 
 
+@pytest.mark.slow  # converts the 135M-parameter GGUF once (about a minute on a fresh machine)
 def test_prepared_folder_is_complete_and_idempotent(smollm2):
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", models.MARKER):
         assert (smollm2 / name).is_file(), name
@@ -25,6 +26,7 @@ def test_prepared_folder_is_complete_and_idempotent(smollm2):
     assert (smollm2 / "model.safetensors").stat().st_mtime_ns == before
 
 
+@pytest.mark.slow
 def test_converted_model_matches_gguf_greedy(smollm2):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -17,7 +17,7 @@ folder holds every layer's modules either way (the selection only marks layers),
     assets/smollm2/tasks/<task>/coefficients.json   calibrated per-layer λ for that task adapter
     assets/smollm2/manifest.json          what each file is, its sha256, the stage it came from, the commands
 
-These are exactly the paths ``deploy/configs/demo-cpu.yaml`` reads. A task whose adapter or calibration stage is
+These are exactly the paths the demo config ``server/configs/demo-cpu.yaml`` reads. A task whose adapter or calibration stage is
 not built yet is left out (with a note); the export never trains anything.
 """
 
@@ -43,7 +43,7 @@ DEMO_TASKS = ("sentiment", "topic", "reverse")
 
 
 def asset_paths(dest: Path, tasks: list[str] | tuple[str, ...] = DEMO_TASKS) -> dict:
-    """Where each artifact lands; ``deploy/configs/demo-cpu.yaml`` reads exactly these (a test checks it)."""
+    """Where each artifact lands; the packaged demo config ``server/configs/demo-cpu.yaml`` reads exactly these (a test checks it)."""
     return {"alignment": dest / "alignment-lora", "safety": dest / "safety",
             "tasks": {t: {"path": dest / "tasks" / t, "coefficients": dest / "tasks" / t / "coefficients.json"}
                       for t in tasks}}
