@@ -9,6 +9,7 @@ memory would follow the model instead of the largest tensor.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import struct
@@ -19,7 +20,7 @@ from typing import Any
 import torch
 
 from .adapters import LINEAR_MODULES, AdapterError, LoraAdapter, layer_index, module_kind
-from .artifacts import ArtifactError, read_manifest
+from .artifacts import ArtifactError, cached_digest, canonical_json, fingerprint, read_manifest
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -322,10 +323,6 @@ def weights_fingerprint(path: str | Path) -> str:
 
     Cached in ``$SAFEGENE_HOME/weights_fingerprints.json`` by (file, size, mtime), as base models can be many GB.
     """
-    import hashlib
-
-    from .artifacts import cached_digest, canonical_json
-
     ck = Checkpoint(path)
     files = [ck.path.resolve() / s for s in ck.shards()]
 
@@ -355,8 +352,6 @@ def model_identity(path: str | Path) -> dict[str, Any]:
 
     Stored in safety-adapter manifests, so that stacking and merging can refuse an adapter built on another base.
     """
-    from .artifacts import fingerprint
-
     path = Path(path).resolve()
     cfg = Checkpoint(path).config
     ident: dict[str, Any] = {"path": str(path), "fingerprint": fingerprint(path),

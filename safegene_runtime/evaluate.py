@@ -25,8 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from .artifacts import atomic_write_json, atomic_write_text
 from .datasets import DatasetError, PromptSet, dedup, find_overlap
 from .digests import prompt_set_digest
+from .judges import RefusalJudge, build_judge
+from .report import markdown_table, plot_safety_utility, rate
+from .scorers import score
 
 RESPONSES = "responses.jsonl"
 JUDGED = "judged.jsonl"
@@ -95,7 +100,7 @@ class _Client:
     """Minimal OpenAI chat-completions client over httpx with retries (429/5xx/connection errors)."""
 
     def __init__(self, cfg: EvalConfig) -> None:
-        import httpx
+        import httpx  # lazy: the HTTP client (~0.1 s to import) only when requests are sent
 
         headers = {"Authorization": f"Bearer {cfg.api_key or 'EMPTY'}"}
         self.http = httpx.Client(base_url=cfg.endpoint.rstrip("/"), headers=headers, timeout=cfg.timeout,
@@ -103,7 +108,7 @@ class _Client:
         self.cfg = cfg
 
     def complete(self, model: str, prompt: str) -> dict[str, Any]:
-        import httpx
+        import httpx  # lazy: as in __init__ (already loaded by then)
 
         msgs = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else [])
         msgs.append({"role": "user", "content": prompt})
@@ -163,8 +168,6 @@ def _run_settings(cfg: EvalConfig) -> dict[str, Any]:
 
 def generate(cfg: EvalConfig, sets: dict[str, PromptSet]) -> dict[str, int]:
     """Fill ``responses.jsonl`` with every (model, set item) not already there. Returns counts."""
-    from .artifacts import atomic_write_json
-
     cfg.out.mkdir(parents=True, exist_ok=True)
     run_file = cfg.out / RUN
     settings = _run_settings(cfg)
@@ -188,7 +191,7 @@ def generate(cfg: EvalConfig, sets: dict[str, PromptSet]) -> dict[str, int]:
     errors: list[str] = []
     bar = None
     if cfg.progress:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: only with a progress bar
 
         bar = tqdm(total=len(todo), desc="eval requests", unit="req", initial=0, dynamic_ncols=True)
     try:
@@ -240,9 +243,6 @@ def _guard(it, pool: ThreadPoolExecutor):
 def judge_rows(rows: list[dict[str, Any]], sets: dict[str, PromptSet], *, llm_judge: str | None = None
                ) -> list[dict[str, Any]]:
     """Per-row verdicts: refusal label for every row, the task score for task rows, the LLM label if asked."""
-    from .judges import RefusalJudge, build_judge
-    from .scorers import score
-
     items = {(role, s.name, it.id): it for role, s in sets.items() for it in s.items}
     refusal = RefusalJudge()
     verdicts = refusal.judge_batch([r["prompt"] for r in rows], [r["response"] for r in rows])
@@ -269,8 +269,6 @@ def judge_rows(rows: list[dict[str, Any]], sets: dict[str, PromptSet], *, llm_ju
 def compute_results(rows: list[dict[str, Any]], sets: dict[str, PromptSet], models: list[str],
                     judged: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per-model rates from judged rows (only rows of the current sets and models count)."""
-    from .report import rate
-
     wanted = {(role, s.name, it.id) for role, s in sets.items() for it in s.items}
     per: dict[str, dict[str, Any]] = {}
     for m in models:
@@ -302,10 +300,6 @@ def compute_results(rows: list[dict[str, Any]], sets: dict[str, PromptSet], mode
 
 def write_reports(cfg: EvalConfig, sets: dict[str, PromptSet]) -> dict[str, Any]:
     """Judge ``responses.jsonl`` and write results.json, judged.jsonl, report.md, safety_utility.png."""
-    from . import __version__
-    from .artifacts import atomic_write_json, atomic_write_text
-    from .report import markdown_table, plot_safety_utility
-
     wanted = {(m, role, s.name, it.id) for m in cfg.models for role, s in sets.items() for it in s.items}
     rows_by_key = {}
     for r in read_responses(cfg.out / RESPONSES):

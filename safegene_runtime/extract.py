@@ -126,7 +126,7 @@ def _parse_kinds(modules: Iterable[str] | str | None) -> tuple[str, ...]:
 def _progress(iterable, *, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm import tqdm
+    from tqdm import tqdm  # lazy: only with a progress bar
 
     return tqdm(iterable, total=total, desc=desc, unit="module", leave=False)
 

@@ -14,11 +14,13 @@ calibrated model A+T+λS.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import torch
 
 from .adapters import AdapterError, LoraAdapter, layer_index
+from .artifacts import ArtifactError
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -162,11 +164,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 
 def load_causal_lm(path, *, device: str | torch.device | None = None, dtype: torch.dtype = torch.float32):
     """(model, tokenizer) from a HF folder, frozen, in eval mode, fp32 by default (calibration needs exact grads)."""
-    from pathlib import Path
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .artifacts import ArtifactError
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: transformers (~seconds), only to load a model
 
     path = Path(path)
     if not (path / "config.json").is_file():

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 
 from .adapters import AdapterError, layer_index, load_adapter
 from .artifacts import MANIFEST, ArtifactWriter, describe_input
@@ -101,8 +102,6 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
     if out is None and store is None:
         store = artifacts_dir()
 
-    from safetensors.torch import save_file
-
     merged: list[str] = []
     dtypes: Counter[str] = Counter()
     # How much of the delta survives the cast back to the base dtype: Σ<round(W+Δ) − W, Δ> / Σ|Δ|². A safety
@@ -114,7 +113,7 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
         assert w.tmp is not None
         bar = None
         if progress:
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: only with a progress bar
 
             bar = tqdm(total=len(ck), desc="merge", unit="tensor", leave=False)
         for shard in ck.shards():

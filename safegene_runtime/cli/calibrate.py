@@ -66,6 +66,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    # lazy: calibration imports torch; `safegene --help` must stay instant (cli/__init__.py)
     from ..artifacts import sha256_file
     from ..calibration import calibrate
     from ..prompts import load_examples

