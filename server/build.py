@@ -15,7 +15,6 @@ and leaves what is served alone. The result is a :class:`~server.records.TaskRec
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -23,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from safegene_runtime.adapters import LoraAdapter, load_adapter
-from safegene_runtime.artifacts import ArtifactError, ArtifactWriter, canonical_json, read_manifest, sha256_bytes, \
-    sha256_file
+from safegene_runtime.artifacts import ArtifactError, ArtifactWriter, read_manifest, sha256_file
 from safegene_runtime.checkpoints import Checkpoint, check_adapter_fits
 from safegene_runtime.coefficients import load_coefficients
+from safegene_runtime.digests import ADAPTER_FILES, adapter_digest, json_digest
 from safegene_runtime.merge import merge_checkpoint
 from safegene_runtime.stack import choose_max_lora_rank, stack_adapters
 
@@ -34,19 +33,8 @@ from .config import SAFE_SUFFIX, ConfigError, ServerConfig, TaskSpec
 from .records import TaskRecord, VariantRecord, served_name
 
 log = logging.getLogger("safegene.server.build")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 #: the rank limit a safe variant is checked against before the engine's max_lora_rank is known ("auto")
 UNBOUNDED_RANK = 512
-
-
-def adapter_digest(folder: Path) -> str:
-    """sha256 over an adapter folder's config and weights (by name and file digest): its content version."""
-    h = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        p = folder / name
-        if p.is_file():
-            h.update(name.encode() + b"\0" + sha256_file(p).encode())
-    return h.hexdigest()
 
 
 def under_root(path: Path, root: Path) -> bool:
@@ -121,14 +109,14 @@ def resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, vers
                                               DEFAULT_MARGIN_TOKENS, DEFAULT_OPTIMIZER, DEFAULT_REFUSAL_LOSS, calibrate)
     from safegene_runtime.prompts import load_examples, load_prompts
 
-    key = sha256_bytes(canonical_json({
+    key = json_digest({
         "task": adapter_digest(task_dir), "safety": ctx.safety_version,
         "files": [sha256_file(f) for f in files], "seed": cal.seed, "steps": cal.steps, "limit": cal.limit,
         # a new default objective must not reuse the old one's coefficients
         "objective": [DEFAULT_REFUSAL_LOSS, DEFAULT_MARGIN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_BENIGN_TOKENS]
         + ([DEFAULT_BENIGN_CONTRAST] if DEFAULT_BENIGN_CONTRAST else [])  # off: the keys cached before it existed
         + ([DEFAULT_OPTIMIZER] if DEFAULT_OPTIMIZER != "adam" else []),
-    }).encode())[:12]
+    })[:12]
     out = ctx.cfg.state_dir / "coefficients" / f"{spec.name}-{version}-{key}.json"
     if out.is_file():
         return load_coefficients(out).to_dict()

@@ -84,7 +84,7 @@ def run_server(config: str | Path, *, host: str | None = None, port: int | None 
     for rec in registry.records.values():
         for variant, v in rec.variants.items():
             print(f"built {v.served_name:<32} {variant:<5} {v.mode:<6} rank {v.rank:<4} {v.path}", flush=True)
-    print(f"max_lora_rank {registry.max_lora_rank}; registry {registry.file}", flush=True)
+    print(f"max_lora_rank {registry.max_lora_rank}; registry {registry.store.where}", flush=True)
     if check_only:
         return 0
     import uvloop  # lazy: a vLLM dependency that only a serving process needs

@@ -8,8 +8,9 @@ Changes go through :class:`Registry`: :meth:`Registry.add` builds a task (``serv
 loads it, :meth:`Registry.retire` drains and unloads one. Admin changes are serialised by one lock; request
 admission (:meth:`Registry.admit`) is lock-free. Any failure leaves what is served unchanged.
 
-``<state_dir>/registry.json`` (written atomically) records what is served, where each entry came from (config or
-admin API) and what was retired; it is restored on restart (admin entries rebuilt, config entries re-read).
+The state (what is served, where each entry came from — config or admin API — and what was retired) is saved in a
+:class:`~server.store.RegistryStore` after every change (by default ``<state_dir>/registry.json``, written
+atomically) and restored on restart (admin entries rebuilt, config entries re-read).
 
 The registry drives an :class:`EngineOps` (``server/engine.py`` implements it over vLLM) and never imports vLLM.
 """
@@ -23,16 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from safegene_runtime.artifacts import ArtifactError, atomic_write_json, read_manifest
+from safegene_runtime.artifacts import ArtifactError, read_manifest
 
 from . import metrics as M
 from .build import BuildContext, build_task
 from .config import ConfigError, ServerConfig, TaskSpec, check_name, parse_task
 from .records import TaskRecord, now_iso
+from .store import REGISTRY_FILE, FileStore, RegistryStore
 
 log = logging.getLogger("safegene.server.registry")
-REGISTRY_SCHEMA = "safegene.registry/v1"
-REGISTRY_FILE = "registry.json"
 #: how long a request for a name that is being swapped waits for the new version before it gives up
 ADMIT_TIMEOUT_S = 60.0
 
@@ -112,10 +112,10 @@ def _served_of(rec: TaskRecord) -> list[Served]:
 class Registry:
     """The served set. Admin operations are serialised by one lock; request admission is lock-free."""
 
-    def __init__(self, cfg: ServerConfig, ctx: BuildContext | None = None):
+    def __init__(self, cfg: ServerConfig, ctx: BuildContext | None = None, store: RegistryStore | None = None):
         self.cfg = cfg
         self.ctx = ctx or BuildContext(cfg)
-        self.file = cfg.state_dir / REGISTRY_FILE
+        self.store = store or FileStore(cfg.state_dir / REGISTRY_FILE)
         self.records: dict[str, TaskRecord] = {}
         self.retired: dict[str, dict[str, Any]] = {}
         self.generation = 0
@@ -125,20 +125,9 @@ class Registry:
 
     # -- start-up (synchronous, before the engine exists) --
 
-    def _read_file(self) -> dict[str, Any]:
-        if not self.file.is_file():
-            return {}
-        try:
-            data = json.loads(self.file.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{self.file}: registry file is not valid JSON ({e}); fix or delete it") from e
-        if data.get("schema") != REGISTRY_SCHEMA:
-            raise ConfigError(f"{self.file}: unknown registry schema {data.get('schema')!r}")
-        return data
-
     def build_startup(self) -> None:
         """Config entries + restored admin entries, all validated and built. Raises ConfigError naming the entry."""
-        data = self._read_file()
+        data = self.store.load()
         self.generation = int(data.get("generation", 0))
         self.retired = dict(data.get("retired", {}))
         saved: dict[str, dict[str, Any]] = dict(data.get("tasks", {}))
@@ -157,7 +146,7 @@ class Registry:
         for name, rec in saved.items():
             if rec.get("source") != "admin":
                 continue
-            where = f"{self.file}: restored entry {name!r}"
+            where = f"{self.store.where}: restored entry {name!r}"
             try:
                 spec = self._spec_from_saved(rec)
             except (ConfigError, ValueError) as e:
@@ -209,8 +198,8 @@ class Registry:
 
     def persist(self) -> None:
         self.generation += 1
-        atomic_write_json(self.file, {
-            "schema": REGISTRY_SCHEMA, "generation": self.generation, "updated_at": now_iso(),
+        self.store.save({
+            "generation": self.generation, "updated_at": now_iso(),
             "base": {"model": str(self.cfg.base_model), "served_name": self.cfg.served_name},
             "safety": {"path": str(self.cfg.safety) if self.cfg.safety else None, "version": self.ctx.safety_version},
             "max_lora_rank": self.ctx.rank_limit,
