@@ -36,7 +36,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class CalibrationSpec:
-    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibrate``)."""
+    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibration``)."""
 
     harmful: Path
     task_shots: Path
