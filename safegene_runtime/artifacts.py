@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import __version__
+from .paths import safegene_home
 
 MANIFEST = "manifest.json"
 MANIFEST_SCHEMA = "safegene.manifest/v1"
@@ -125,8 +126,6 @@ def cached_digest(cache_name: str, files: list[Path], compute: Callable[[], str]
     Hashing a base model reads every byte (many GB for an 8B model); the cache makes the second time free, and any
     change to a file's size or mtime invalidates its entry.
     """
-    from .paths import safegene_home
-
     key = canonical_json([(str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
     cache_file = safegene_home() / cache_name
     try:

@@ -95,6 +95,7 @@ def prepare(model: ShippedModel, *, force: bool = False, quiet: bool = False) ->
 
 def load_gguf_model(gguf: Path, dtype=None):
     """(model, tokenizer) straight from the GGUF with transformers (de-quantised); the conversion's reference."""
+    # lazy: torch/transformers only for loading and checking a model
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -104,6 +105,7 @@ def load_gguf_model(gguf: Path, dtype=None):
 
 
 def _convert_gguf(gguf: Path, out: Path) -> None:
+    # lazy: torch/transformers only for loading and checking a model
     import torch
     from transformers import AutoModelForCausalLM
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from .artifacts import atomic_write_text
+
 PROMPT_COLUMNS = ("prompt", "Behavior", "goal", "text", "question")
 RESPONSE_KEYS = ("response", "completion", "answer", "target")
 
@@ -120,6 +122,5 @@ def load_prompts(path: str | Path, *, column: str | None = None, limit: int | No
 
 def write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     """Write rows as JSONL atomically."""
-    from .artifacts import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -101,10 +101,11 @@ def _xy(m: dict[str, Any], key: str) -> tuple[float, float, float] | None:
 def plot_safety_utility(results: dict[str, Any], path: str | Path) -> Path:
     """Scatter of harmful response rate (x, lower is safer) vs utility (y): task accuracy if measured, else
     1 − over-refusal. Error bars are the Wilson intervals. Written atomically."""
+    # lazy: matplotlib takes a second to import; only plots need it
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: after the headless backend is chosen
 
     use_task = any(_xy(m, "task_accuracy") for m in results["models"].values())
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=110)

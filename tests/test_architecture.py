@@ -40,11 +40,10 @@ def test_the_method_never_imports_the_server_or_vllm(graph):
     assert not bad, "safegene_runtime must not depend on server/ or vLLM:\n" + "\n".join(bad)
 
 
-def test_server_function_local_imports_say_why(graph):
-    """A function-local import hides an edge from a reader; in server/ each one names its reason (``# lazy: ...``):
+def test_function_local_imports_say_why(graph):
+    """A function-local import hides an edge from a reader; each one names its reason (``# lazy: ...``):
     a heavy or optional import (vLLM, transformers) that the code path around it does not always need."""
-    server_only = build_graph(REPO, ["server"])
-    found = unexplained_local_imports(server_only)
+    found = unexplained_local_imports(graph)
     assert not found, "function-local imports without a '# lazy: <reason>' comment:\n" + "\n".join(found)
 
 

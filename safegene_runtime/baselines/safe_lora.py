@@ -24,6 +24,7 @@ import torch
 
 from ..adapters import AdapterError, LoraAdapter, load_adapter, save_adapter
 from ..artifacts import ArtifactWriter, describe_input
+from ..checkpoints import Checkpoint
 
 PAPER_THRESHOLD = 0.35
 PROJECTIONS = ("paper", "orthogonal")
@@ -75,7 +76,6 @@ def _vectors(task: LoraAdapter, safety: Path | None, aligned: Path | None, degra
     if safety is not None:
         s = load_adapter(safety)
         return {m: _LowRankV(a, b, s.scaling(m)) for m, (a, b) in s.weights.items()}, "safety_adapter"
-    from ..checkpoints import Checkpoint
 
     ca, cd = Checkpoint(aligned), Checkpoint(degraded)  # type: ignore[arg-type]
 

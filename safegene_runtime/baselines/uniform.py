@@ -14,6 +14,7 @@ from pathlib import Path
 from ..adapters import CONFIG_FILE, WEIGHTS_FILE
 from ..artifacts import ArtifactWriter, describe_input, read_manifest
 from ..coefficients import Coefficients
+from ..stack import stack_adapters
 
 
 def uniform_safety(
@@ -29,7 +30,6 @@ def uniform_safety(
 
     Default destination: beside ``task`` as ``<task>-uniform<λ>-<id12>``.
     """
-    from ..stack import stack_adapters
 
     task, safety = Path(task), Path(safety)
     if not math.isfinite(lam):

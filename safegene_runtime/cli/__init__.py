@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from importlib.metadata import entry_points
 from typing import Any, Callable
@@ -82,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # user-facing errors: one clear line, no traceback, unless SAFEGENE_DEBUG is set
-        import os
-
-        from ..artifacts import ArtifactError
+        from ..artifacts import ArtifactError  # lazy: artifacts imports nothing heavy, but only errors need it
 
         if os.environ.get("SAFEGENE_DEBUG") or not isinstance(e, (ArtifactError, ValueError, FileNotFoundError)):
             raise

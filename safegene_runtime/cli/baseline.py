@@ -40,6 +40,7 @@ def register(subparsers) -> None:
 
 
 def run_uniform(args) -> int:
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..baselines.uniform import uniform_safety
 
     path = uniform_safety(args.task, args.safety, args.lam, out=args.out)
@@ -48,6 +49,7 @@ def run_uniform(args) -> int:
 
 
 def run_safe_lora(args) -> int:
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..artifacts import read_manifest
     from ..baselines.safe_lora import safe_lora
 

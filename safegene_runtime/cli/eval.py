@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
+
+from ..datasets import NAMED_SETS
 
 DESCRIPTION = """\
 Send every prompt of the harmful, benign and task sets to every model (temperature 0) on an OpenAI-compatible
@@ -17,7 +20,6 @@ Task files are JSONL with "prompt" and "answer" (+ optional "labels" list for cl
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..datasets import NAMED_SETS
 
     p = subparsers.add_parser(
         "eval", help="evaluate models on an OpenAI-compatible endpoint (harm, refusal, over-refusal, task accuracy)",
@@ -42,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..datasets import resolve
     from ..evaluate import EvalConfig, run_eval
     from ..report import fmt_rate

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..artifacts import read_manifest
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -36,6 +38,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..checkpoints import resolve_dtype
     from ..extract import extract_safety_adapter
 
@@ -51,8 +54,6 @@ def run(args: argparse.Namespace) -> int:
         modules=args.modules, layers=layers, dtype=dtype, out=args.out, store=args.store, name=args.name,
         progress=not args.no_progress,
     )
-    from ..artifacts import read_manifest
-
     man = read_manifest(path)
     print(f"safety adapter: {path}")
     print(f"  id {man['id'][:12]}  modules {len(man['modules'])}  max rank {man['max_rank']}  "

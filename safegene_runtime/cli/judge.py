@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections import Counter
+from pathlib import Path
+
+from ..prompts import write_jsonl
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..judges.prompt_harm import train_head
     from ..paths import artifacts_dir
 
@@ -51,9 +55,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_file(args: argparse.Namespace) -> int:
-    from collections import Counter
-    from pathlib import Path
-
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from tqdm import tqdm
 
     from ..judges import build_judges
@@ -76,8 +78,6 @@ def run_file(args: argparse.Namespace) -> int:
                 r.setdefault("verdicts", {})[j.name] = {"label": v.label, "score": v.score, **v.details}
                 counts[j.name][v.label] += 1
     if args.out:
-        from ..prompts import write_jsonl
-
         write_jsonl(args.out, rows)
         print(f"wrote {args.out}")
     for name, c in counts.items():

@@ -27,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare(args: argparse.Namespace) -> int:
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..models import prepare_smollm2
 
     print(prepare_smollm2(force=args.force))

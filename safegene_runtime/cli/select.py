@@ -43,6 +43,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..adapters import load_adapter
     from ..artifacts import read_manifest, sha256_file
     from ..prompts import load_examples

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..artifacts import read_manifest
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -29,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..artifacts import read_manifest
+    # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..stack import stack_adapters
 
     path = stack_adapters(

@@ -86,6 +86,7 @@ class LLMJudge(Judge):
 
     def _http(self):
         if self._client is None:
+            # lazy: only a configured LLM judge needs an HTTP client
             import httpx
 
             headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

@@ -46,6 +46,7 @@ _CORPUS = [
 
 
 def _train_tokenizer(vocab_size: int):
+    # lazy: transformers/tokenizers take seconds to import; only the factories need them
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -80,6 +81,7 @@ def make_tiny_model(
     ``initializer_range`` is larger than Llama's 0.02 so that greedy decoding has clear winners: equality tests
     between two exact computations (stacked LoRA vs merged weights) then do not hinge on fp round-off ties.
     """
+    # lazy: transformers/tokenizers take seconds to import; only the factories need them
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     out = Path(out_dir)
