@@ -47,6 +47,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo im
 
 from bench._common import (REPO, bench_env, bench_server, fmt, install_signal_handlers, loadavg, median,  # noqa: E402
                            ratio, summarize)
+from bench.prompts import PROMPTS  # noqa: E402
 from server.process import ServerProcess, safegene_serve_argv, vllm_serve_argv  # noqa: E402
 
 API_KEY = "sk-bench"
@@ -81,24 +82,6 @@ RATIOS = [
     ("ours merged - plain vLLM merged added p50 (ms)", "ours_merged", "vllm_merged", "added_p50_ms", None, None),
 ]
 
-PROMPTS = [
-    "Summarise the plot of a heist movie in two sentences.",
-    "Write a short haiku about autumn rain.",
-    "Explain what a hash table is to a beginner.",
-    "Give three tips for keeping a houseplant alive.",
-    "Translate 'good morning, how are you?' into French.",
-    "What are the main causes of inflation?",
-    "Describe the water cycle step by step.",
-    "Suggest a name for a bakery that sells sourdough.",
-    "Why is the sky blue?",
-    "List four uses of a paperclip.",
-    "Write a polite email asking to reschedule a meeting.",
-    "How does a bicycle stay upright when moving?",
-    "What is the difference between weather and climate?",
-    "Give a one-paragraph history of the printing press.",
-    "Explain recursion with a simple example.",
-    "Recommend a weekend routine for better sleep.",
-]
 
 MODEL_DEFAULTS = {
     # label: (dtype, max_model_len, task rank, safety rank)

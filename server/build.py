@@ -30,6 +30,7 @@ from safegene_runtime.merge import merge_checkpoint
 from safegene_runtime.stack import choose_max_lora_rank, stack_adapters
 
 from .config import SAFE_SUFFIX, ConfigError, ServerConfig, TaskSpec
+from .hardware import engine_dtype
 from .records import TaskRecord, VariantRecord, served_name
 
 log = logging.getLogger("safegene.server.build")
@@ -145,7 +146,7 @@ def build_merged_variant(ctx: BuildContext, task: str, version: str, variant: st
     name = served_name(task, variant)
     # An engine run in float32 gets a float32 merge: rounding W + ΔT + λ·ΔS back to a bf16 base would drop part of
     # a small safety delta that the fp32 engine could have applied exactly. Other engine dtypes keep the base's.
-    if str(ctx.cfg.engine.dtype).lower() in ("float32", "float"):
+    if engine_dtype(ctx.cfg.engine.dtype).lower() in ("float32", "float"):
         kw["dtype"] = "float32"
     path = merge_checkpoint(ctx.cfg.base_model, store=ctx.cfg.state_dir / "merged",
                             name=f"{name.replace('+', '-')}-{version}", progress=False, **kw)

@@ -17,6 +17,8 @@ import yaml
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
 
+from .cpu_lora import KERNELS as CPU_LORA_KERNELS
+
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VARIANTS = ("plain", "safe")
 #: serving modes: "lora" (alias "stacked": a LoRA on the shared base engine) or "merged" (own engine, merged weights)
@@ -26,7 +28,7 @@ SAFE_SUFFIX = "+safegene"
 #: engine keys we understand and translate to vLLM flags (anything else goes through ``extra_args``)
 ENGINE_KEYS = {
     "dtype", "max_model_len", "max_loras", "max_cpu_loras", "max_lora_rank", "tensor_parallel_size",
-    "enforce_eager", "gpu_memory_utilization", "max_num_seqs", "seed", "lora_dtype", "extra_args",
+    "enforce_eager", "gpu_memory_utilization", "max_num_seqs", "seed", "lora_dtype", "extra_args", "cpu_lora_kernels",
 }
 
 
@@ -95,6 +97,8 @@ class EngineSpec:
     seed: int | None = None
     lora_dtype: str | None = None
     extra_args: list[str] = field(default_factory=list)
+    #: LoRA ops of a CPU engine: "grouped" (one GEMM per adapter, server/cpu_lora.py) or "stock" (vLLM's own)
+    cpu_lora_kernels: str = "grouped"
 
 
 @dataclass
@@ -269,7 +273,11 @@ def _parse_engine(d: Any, where: str) -> EngineSpec:
         seed=_int(d, "seed", where, minimum=0),
         lora_dtype=str(d["lora_dtype"]) if d.get("lora_dtype") else None,
         extra_args=[str(x) for x in extra],
+        cpu_lora_kernels=str(d.get("cpu_lora_kernels", "grouped")),
     )
+    if spec.cpu_lora_kernels not in CPU_LORA_KERNELS:
+        raise _fail(f"{where}.cpu_lora_kernels", f"must be one of {', '.join(CPU_LORA_KERNELS)}, got "
+                                                 f"{spec.cpu_lora_kernels!r}")
     if spec.max_cpu_loras is not None and spec.max_cpu_loras < spec.max_loras:
         raise _fail(f"{where}.max_cpu_loras", f"must be >= max_loras ({spec.max_loras})")
     return spec

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from .config import ServerConfig
+from .cpu_lora import ENV as CPU_LORA_ENV
+from .hardware import engine_dtype, on_gpu
 from .memory import check_memory, weights_bytes
 
 log = logging.getLogger("safegene.server.engine")
@@ -51,7 +53,7 @@ def engine_argv(cfg: ServerConfig, max_lora_rank: int, n_variants: int) -> list[
         "--max-lora-rank", str(max_lora_rank),
         "--max-loras", str(e.max_loras),
         "--max-cpu-loras", str(max_cpu),
-        "--dtype", e.dtype,
+        "--dtype", engine_dtype(e.dtype),
         "--tensor-parallel-size", str(e.tensor_parallel_size),
         "--host", cfg.host,
         "--port", str(cfg.port),
@@ -260,9 +262,15 @@ class DispatchOps:
 # --- HTTP --------------------------------------------------------------------------------------------------------
 
 
+def engine_environment(cfg: ServerConfig) -> None:
+    """Environment every engine this process starts inherits (vLLM's engine core is a child process)."""
+    os.environ.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)  # keep vLLM's unauthenticated LoRA routes off
+    if not on_gpu():  # read by server.cpu_lora.register, which vLLM runs in the engine core as a plugin
+        os.environ[CPU_LORA_ENV] = cfg.engine.cpu_lora_kernels
+
+
 def bind_socket(args: Any) -> Any:
     """Bind the port now (fails fast if it is taken) without listening: clients connect only once all is loaded."""
-    os.environ.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)  # keep vLLM's unauthenticated LoRA routes off
     # lazy: see the module docstring
     from vllm.entrypoints.launchers.launcher import setup_server
 

@@ -15,8 +15,8 @@ from typing import Any
 from .accounting import JudgeQueue
 from .app import SafeGeneMiddleware
 from .config import ServerConfig, load_config
-from .engine import (DispatchOps, LoraOps, MergedEngines, bind_socket, engine_argv, open_engine_app, parse_engine_args,
-                     serve_http, wrap_app)
+from .engine import (DispatchOps, LoraOps, MergedEngines, bind_socket, engine_argv, engine_environment,
+                     open_engine_app, parse_engine_args, serve_http, wrap_app)
 from .memory import check_memory, planned_engines
 from .registry import Registry
 
@@ -50,6 +50,7 @@ def judge_queue_for(cfg: ServerConfig) -> JudgeQueue | None:
 
 async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue | None) -> None:
     """Start the engine, register everything, then listen until SIGINT/SIGTERM."""
+    engine_environment(cfg)
     args = parse_engine_args(engine_argv(cfg, registry.max_lora_rank, registry.variant_count()))
     sock = bind_socket(args)
     merged = MergedEngines(cfg)  # one engine per `mode: merged` variant

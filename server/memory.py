@@ -10,9 +10,8 @@ import os
 import re
 from pathlib import Path
 
-import torch
-
 from .config import ConfigError, ServerConfig
+from .hardware import on_gpu
 from .records import TaskRecord, served_name
 
 GiB = 1 << 30
@@ -57,10 +56,6 @@ def _kv_bytes(cfg: ServerConfig) -> int | None:
     return None
 
 
-def _on_gpu() -> bool:
-    return bool(torch.cuda.is_available())
-
-
 def check_memory(cfg: ServerConfig, engines: list[tuple[str, int]], *, runtime: bool = False) -> None:
     """Refuse (ConfigError naming the engines and numbers) when ``engines`` [(label, weight bytes)] do not fit.
 
@@ -71,7 +66,7 @@ def check_memory(cfg: ServerConfig, engines: list[tuple[str, int]], *, runtime: 
     """
     util = cfg.engine.gpu_memory_utilization or DEFAULT_UTILIZATION
     what = "server" if runtime else str(cfg.path)
-    if _on_gpu() and len(engines) > 1 and util * len(engines) > 1.0 and not cfg.memory_budget_gb:
+    if on_gpu() and len(engines) > 1 and util * len(engines) > 1.0 and not cfg.memory_budget_gb:
         raise ConfigError(
             f"{what}: does not fit in GPU memory: {len(engines)} engines ({', '.join(n for n, _ in engines)}) each "
             f"claim engine.gpu_memory_utilization={util} of the GPU ({util * len(engines):.2f} > 1); set "
@@ -87,7 +82,7 @@ def check_memory(cfg: ServerConfig, engines: list[tuple[str, int]], *, runtime: 
     total = sum(n for _, _, n in needs)
     if cfg.memory_budget_gb is not None:
         budget, source = cfg.memory_budget_gb * GiB, "server.memory_budget_gb"
-    elif _on_gpu() or "MemAvailable" not in mem:
+    elif on_gpu() or "MemAvailable" not in mem:
         return  # GPU weights/KV live on the card (checked above); no /proc/meminfo: nothing to compare against
     else:
         budget, source = mem["MemAvailable"], "MemAvailable in /proc/meminfo"

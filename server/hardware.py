@@ -1,0 +1,45 @@
+"""What the machine can do, for the defaults that depend on it (engine dtype, LoRA kernels, memory checks).
+
+Why the dtype: vLLM's ``--dtype auto`` takes the checkpoint's dtype (bf16 for most instruct models). On a CPU without
+native bf16 arithmetic (AVX512-BF16 or AMX) vLLM's bf16 linear layers fall back to slow reference kernels (its log:
+"Failed to create oneDNN linear, fallback to torch linear"), so there float32 is the faster choice; with them, bf16
+is (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+#: CPU flags (/proc/cpuinfo) that give native bf16 matrix arithmetic
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def on_gpu() -> bool:
+    return bool(torch.cuda.is_available())
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_has_bf16() -> bool:
+    return any(f in cpu_flags() for f in BF16_FLAGS)
+
+
+def engine_dtype(requested: str) -> str:
+    """The dtype an engine runs in: ``requested``, except that ``auto`` on a CPU means bfloat16 only where the CPU
+    computes bf16 natively and float32 elsewhere (on a GPU, ``auto`` stays vLLM's: the checkpoint's dtype)."""
+    if requested != "auto" or on_gpu():
+        return requested
+    return "bfloat16" if cpu_has_bf16() else "float32"
