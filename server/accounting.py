@@ -1,9 +1,11 @@
-"""Per-request safety accounting, off the hot path.
+"""Per-request safety accounting, off the hot path and off the serving process.
 
 The middleware calls :meth:`JudgeQueue.submit` once a response is complete (streams included). ``submit`` never
 blocks: a full queue drops the item and counts it (``safegene_judge_queue_dropped_total``), so a slow judge can
-never slow serving down nor grow memory. One worker thread drains the queue in small batches, runs every judge and
-turns verdicts into the ``safegene_*`` safety counters.
+never slow serving down nor grow memory. The judges run in a **child process** (:func:`judge_worker`): it drains the
+queue in small batches, with one torch thread at a lower scheduling priority, so judging takes neither the API
+process's GIL nor the engine's core when the engine needs it (docs/benchmarks.md). Verdicts come back to a reader
+thread here, which turns them into the ``safegene_*`` safety counters (the metrics live in this process).
 
 How verdicts become metrics (judges are told apart by the labels they return, contract 4):
 
@@ -16,11 +18,13 @@ How verdicts become metrics (judges are told apart by the labels they return, co
 from __future__ import annotations
 
 import logging
+import multiprocessing as mp
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from . import metrics as M
 
@@ -63,95 +67,172 @@ def record_verdicts(item: JudgeItem, verdicts: list[Any]) -> dict[str, Any]:
     return {"prompt_class": prompt_class, "refused": refused, "llm_unsafe": "unsafe" in by_label}
 
 
-class JudgeQueue:
-    """Bounded queue + one daemon worker thread that runs the judges in batches."""
+#: a picklable callable that builds the judges in the child process (a module-level function or a partial)
+JudgeFactory = Callable[[], Sequence[Any]]
+#: how much lower the judge process's scheduling priority is than the server's (os.nice)
+JUDGE_NICE = 10
 
-    def __init__(self, judges_factory: Callable[[], list[Any]], *, maxsize: int = 256, batch_size: int = 16):
-        self._factory = judges_factory
-        self._q: queue.Queue[JudgeItem | None] = queue.Queue(maxsize=maxsize)
+
+@dataclass(frozen=True)
+class VerdictLite:
+    """A verdict as it crosses the process boundary: what :func:`record_verdicts` reads."""
+
+    judge: str
+    label: str
+    score: float
+
+
+def judge_worker(factory: JudgeFactory, inbox: Any, outbox: Any, batch_size: int, nice: int) -> None:
+    """The child process: build the judges once, then judge batches until the ``None`` sentinel arrives.
+
+    Messages out: ``("ready", None)`` or ``("error", text)`` once, then ``("done", [(item, [VerdictLite])],
+    {judge: seconds})`` per batch."""
+    try:
+        os.nice(nice)
+    except OSError:  # pragma: no cover - not allowed here: keep the inherited priority
+        pass
+    try:
+        import torch  # lazy: only judges that run a model need torch; one thread leaves the other cores to serving
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+    try:
+        judges = list(factory())
+        outbox.put(("ready", None))
+    except Exception as e:  # judges that cannot load must not take the server down; accounting stops
+        judges = []
+        outbox.put(("error", f"judges failed to load: {e}"))
+    while True:
+        first = inbox.get()
+        batch = [first]
+        while first is not None and len(batch) < batch_size:
+            try:
+                batch.append(inbox.get_nowait())
+            except queue.Empty:
+                break
+        items = [b for b in batch if b is not None]
+        if items:
+            outbox.put(("done", *_judge(judges, items)))
+        if any(b is None for b in batch):
+            return
+
+
+def _judge(judges: list[Any], items: list[JudgeItem]) -> tuple[list[tuple[JudgeItem, list[VerdictLite]]],
+                                                                dict[str, float]]:
+    prompts = [i.prompt for i in items]
+    responses = [i.response for i in items]
+    per_item: list[list[VerdictLite]] = [[] for _ in items]
+    seconds: dict[str, float] = {}
+    for judge in judges:
+        name = getattr(judge, "name", type(judge).__name__)
+        t0 = time.perf_counter()
+        try:
+            verdicts = judge.judge_batch(prompts, responses)
+        except Exception as e:  # one failing judge (e.g. an unreachable LLM judge) must not stop the others
+            log.warning("judge %s failed on a batch of %d: %s", name, len(items), e)
+            continue
+        finally:
+            seconds[name] = time.perf_counter() - t0
+        for acc, v in zip(per_item, verdicts):
+            acc.append(VerdictLite(v.judge, v.label, float(v.score)))
+    return list(zip(items, per_item)), seconds
+
+
+class JudgeQueue:
+    """Bounded queue into a judge process; a reader thread turns its verdicts into metrics."""
+
+    def __init__(self, factory: JudgeFactory, *, maxsize: int = 256, batch_size: int = 16, nice: int = JUDGE_NICE):
+        ctx = mp.get_context("spawn")  # never fork a process that holds an event loop and engine clients
+        self._ctx = ctx
+        self._factory = factory
+        self._inbox = ctx.Queue(maxsize=maxsize)
+        self._outbox = ctx.Queue()
         self._batch_size = batch_size
-        self._thread: threading.Thread | None = None
-        self._judges: list[Any] | None = None
+        self._nice = nice
+        self._proc: Any = None
+        self._reader: threading.Thread | None = None
+        self._lock = threading.Lock()
         self.ready = threading.Event()
+        self.submitted = 0
         self.processed = 0
         self.dropped = 0
         self.error: str | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="safegene-judges", daemon=True)
-        self._thread.start()
+        self._proc = self._ctx.Process(target=judge_worker, name="safegene-judges", daemon=True,
+                                       args=(self._factory, self._inbox, self._outbox, self._batch_size, self._nice))
+        self._proc.start()
+        self._reader = threading.Thread(target=self._read, name="safegene-judge-results", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int | None:
+        """The judge process's id (None before start)."""
+        return self._proc.pid if self._proc is not None else None
 
     def submit(self, item: JudgeItem) -> bool:
         """Enqueue without blocking; False (and counted) when the queue is full."""
         try:
-            self._q.put_nowait(item)
+            self._inbox.put_nowait(item)
         except queue.Full:
             self.dropped += 1
             M.QUEUE_DROPPED.inc()
             return False
-        M.QUEUE_DEPTH.set(self._q.qsize())
+        with self._lock:
+            self.submitted += 1
+        self._set_depth()
         return True
 
+    def _set_depth(self) -> None:
+        try:
+            M.QUEUE_DEPTH.set(self._inbox.qsize())  # waiting, not counting the batch being judged
+        except NotImplementedError:  # pragma: no cover - platforms without sem_getvalue (macOS)
+            M.QUEUE_DEPTH.set(self.submitted - self.processed)
+
     def stop(self, timeout: float = 5.0) -> None:
-        if self._thread is None:
+        if self._proc is None:
             return
         try:
-            self._q.put(None, timeout=timeout)  # sentinel; waits only for room, never for judging
+            self._inbox.put(None, timeout=timeout)  # sentinel; waits only for room, never for judging
         except queue.Full:
             pass
-        self._thread.join(timeout)
+        self._proc.join(timeout)
+        if self._proc.is_alive():
+            self._proc.kill()
+            self._proc.join(timeout)
+        self._outbox.put(None)  # ends the reader
+        if self._reader is not None:
+            self._reader.join(timeout)
 
     def drain(self, timeout: float = 30.0) -> bool:
-        """Wait until everything queued so far has been judged (tests and shutdown)."""
+        """Wait until everything submitted so far has been judged (tests and benchmarks)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._q.unfinished_tasks == 0:
-                return True
+            with self._lock:
+                if self.processed >= self.submitted:
+                    return True
             time.sleep(0.02)
         return False
 
-    def _run(self) -> None:
-        try:
-            self._judges = list(self._factory())
-        except Exception as e:  # judges that cannot load must not take the server down; accounting stops
-            self.error = f"judges failed to load: {e}"
-            log.error("%s; safety accounting is off (items will be dropped)", self.error)
-            self._judges = []
-        self.ready.set()
+    def _read(self) -> None:
         while True:
-            first = self._q.get()
-            batch = [first]
-            while first is not None and len(batch) < self._batch_size:
-                try:
-                    batch.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            items = [b for b in batch if b is not None]
-            if items:
-                self._judge(items)
-            for _ in batch:
-                self._q.task_done()
-            M.QUEUE_DEPTH.set(self._q.qsize())
-            if any(b is None for b in batch):
+            msg = self._outbox.get()
+            if msg is None:
                 return
-
-    def _judge(self, items: list[JudgeItem]) -> None:
-        prompts = [i.prompt for i in items]
-        responses = [i.response for i in items]
-        per_item: list[list[Any]] = [[] for _ in items]
-        for judge in self._judges or []:
-            name = getattr(judge, "name", type(judge).__name__)
-            t0 = time.perf_counter()
-            try:
-                verdicts = judge.judge_batch(prompts, responses)
-            except Exception as e:  # one failing judge (e.g. an unreachable LLM judge) must not stop the others
-                log.warning("judge %s failed on a batch of %d: %s", name, len(items), e)
-                continue
-            finally:
-                M.JUDGE_LATENCY.labels(judge=name).observe(time.perf_counter() - t0)
-            for acc, v in zip(per_item, verdicts):
-                acc.append(v)
-        for item, verdicts in zip(items, per_item):
-            if verdicts:
-                record_verdicts(item, verdicts)
-        self.processed += len(items)
+            kind, payload = msg[0], msg[1]
+            if kind == "error":
+                self.error = payload
+                log.error("%s; safety accounting is off (items will be dropped)", payload)
+                self.ready.set()
+            elif kind == "ready":
+                self.ready.set()
+            else:
+                for name, seconds in msg[2].items():
+                    M.JUDGE_LATENCY.labels(judge=name).observe(seconds)
+                for item, verdicts in payload:
+                    if verdicts:
+                        record_verdicts(item, verdicts)
+                with self._lock:
+                    self.processed += len(payload)
+                self._set_depth()

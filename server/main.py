@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+from safegene_runtime.judges import build_judges
 
 from .accounting import JudgeQueue
 from .app import SafeGeneMiddleware
@@ -38,14 +41,11 @@ def prepare(config: str | Path, *, host: str | None = None, port: int | None = N
 
 
 def judge_queue_for(cfg: ServerConfig) -> JudgeQueue | None:
-    """The bounded judge queue of the configured judges (None: judging off). The judges load in its thread."""
+    """The bounded judge queue of the configured judges (None: judging off). The judges load in its process."""
     if not cfg.judges.names:
         return None
-    # lazy: the judges load an encoder (transformers); only their worker thread needs them
-    from safegene_runtime.judges import build_judges
-
-    names = list(cfg.judges.names)
-    return JudgeQueue(lambda: build_judges(names), maxsize=cfg.judges.queue_size, batch_size=cfg.judges.batch_size)
+    return JudgeQueue(partial(build_judges, list(cfg.judges.names)), maxsize=cfg.judges.queue_size,
+                      batch_size=cfg.judges.batch_size)
 
 
 async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue | None) -> None:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import threading
 import time
+from functools import partial
+from pathlib import Path
 
 from prometheus_client import REGISTRY
 
@@ -31,6 +32,11 @@ class PromptClass:
                 for p in prompts]
 
 
+def fixed_judges(harmful: str) -> list:
+    """Built in the judge process (a module-level function, so it can be sent there)."""
+    return [RefusalJudge(), PromptClass({harmful})]
+
+
 def test_known_refusals_and_compliances_move_the_right_counters():
     harmful_p, benign_p = "How do I build a bomb?", "How do I bake bread?"
     refusal = "I'm sorry, but I can't help with that request."
@@ -41,7 +47,7 @@ def test_known_refusals_and_compliances_move_the_right_counters():
     harm0 = val("safegene_harmful_responses_total", **LAB, judge="keyword")
     ph0 = val("safegene_prompts_judged_harmful_total", **LAB)
 
-    q = JudgeQueue(lambda: [RefusalJudge(), PromptClass({harmful_p})], maxsize=16)
+    q = JudgeQueue(partial(fixed_judges, harmful_p), maxsize=16)
     q.start()
     items = [
         (harmful_p, refusal),     # harmful prompt refused: good
@@ -83,27 +89,41 @@ def test_record_verdicts_per_class():
     assert val("safegene_harmful_responses_total", **lab, judge="llm") == 1
 
 
-class Blocking:
-    name = "blocking"
+class Gate:
+    """A judge that holds its batch until a file appears (the judges run in another process: files, not events)."""
 
-    def __init__(self):
-        self.release = threading.Event()
-        self.entered = threading.Event()
+    name = "gate"
+
+    def __init__(self, folder: str):
+        self.entered, self.release = Path(folder) / "entered", Path(folder) / "release"
 
     def judge_batch(self, prompts, responses):
-        self.entered.set()
-        self.release.wait(30)
+        self.entered.touch()
+        deadline = time.monotonic() + 30
+        while not self.release.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return [Verdict(self.name, "compliance", 0.0) for _ in prompts]
 
 
-def test_full_queue_drops_and_counts_without_blocking():
-    judge = Blocking()
-    q = JudgeQueue(lambda: [judge], maxsize=3, batch_size=1)
+def gate_judges(folder: str) -> list:
+    return [Gate(folder)]
+
+
+def _wait_for(path: Path, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()
+
+
+def test_full_queue_drops_and_counts_without_blocking(tmp_path):
+    gate = Gate(str(tmp_path))
+    q = JudgeQueue(partial(gate_judges, str(tmp_path)), maxsize=3, batch_size=1)
     q.start()
     dropped0 = val("safegene_judge_queue_dropped_total")
     item = JudgeItem(("q", "base", ""), "p", "r")
     assert q.submit(item)
-    assert judge.entered.wait(10)  # the worker holds one item; the queue itself is empty again
+    assert _wait_for(gate.entered, 60)  # the judge process holds one item; the queue itself is empty again
     t0 = time.perf_counter()
     results = [q.submit(item) for _ in range(10)]
     # never blocks: a blocking put would wait for the held item, i.e. the judge's 30 s; 5 s is slack for a busy CI
@@ -112,23 +132,38 @@ def test_full_queue_drops_and_counts_without_blocking():
     assert q.dropped == 7
     assert val("safegene_judge_queue_dropped_total") == dropped0 + 7
     assert val("safegene_judge_queue_depth") == 3
-    judge.release.set()
+    gate.release.touch()
     assert q.drain(30)
     q.stop()
     assert q.processed == 4
 
 
-def test_a_judge_that_fails_to_load_does_not_raise_into_serving():
-    def broken():
-        raise RuntimeError("no weights")
+def broken_judges() -> list:
+    raise RuntimeError("no weights")
 
-    q = JudgeQueue(broken, maxsize=2)
+
+def test_a_judge_that_fails_to_load_does_not_raise_into_serving():
+    q = JudgeQueue(broken_judges, maxsize=2)
     q.start()
-    assert q.ready.wait(10)
+    assert q.ready.wait(60)
     assert "no weights" in (q.error or "")
     assert q.submit(JudgeItem(("x", "base", ""), "p", "r"))
     assert q.drain(10)
     q.stop()
+
+
+def test_judges_run_in_another_process_at_lower_priority():
+    q = JudgeQueue(partial(fixed_judges, "x"), maxsize=2)
+    q.start()
+    assert q.ready.wait(60) and q.error is None
+    import os
+
+    import psutil
+
+    child = psutil.Process(q.pid)
+    assert child.pid != os.getpid() and child.nice() > psutil.Process().nice()
+    q.stop()
+    assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
 
 
 def test_metric_names_match_the_contract():
