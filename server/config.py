@@ -65,8 +65,11 @@ class TaskSpec:
     coefficients: Path | dict[str, Any] | None = None
     calibrate: CalibrationSpec | None = None
     variants: tuple[str, ...] = VARIANTS
-    #: "lora" | "merged" for every variant, or {variant: mode} (see :meth:`mode_of`; server/merged.py serves "merged")
+    #: "lora" | "merged" for every variant, or {variant: mode} (see :meth:`mode_of`; server/engine.py serves "merged")
     mode: str | dict[str, str] = "lora"
+    #: stack the safe variant within this rank (SVD of each over-budget module): the engine's max_lora_rank can stay
+    #: at the task adapter's rank, at some cost in fidelity (docs/benchmarks.md); None: the exact stack
+    rank_budget: int | None = None
 
     def mode_of(self, variant: str) -> str:
         return self.mode if isinstance(self.mode, str) else self.mode.get(variant, "lora")
@@ -80,6 +83,7 @@ class TaskSpec:
             "calibrate": self.calibrate.to_dict() if self.calibrate else None,
             "variants": list(self.variants),
             "mode": self.mode if isinstance(self.mode, str) else dict(self.mode),
+            **({"rank_budget": self.rank_budget} if self.rank_budget is not None else {}),
         }
 
 
@@ -191,7 +195,8 @@ def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> Ta
     """One task entry (also the body of the admin API's POST /admin/adapters, with ``root`` = adapter root)."""
     if not isinstance(d, dict):
         raise _fail(where, "expected a mapping with at least 'name' and 'path'")
-    _check_unknown(d, {"name", "path", "version", "coefficients", "calibrate", "variants", "mode"}, where)
+    _check_unknown(d, {"name", "path", "version", "coefficients", "calibrate", "variants", "mode", "rank_budget"},
+                   where)
     name = check_name(d.get("name"), where)
     where = f"{where} (task {name!r})"
     if "path" not in d:
@@ -233,8 +238,9 @@ def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> Ta
             limit=int(calib["limit"]) if calib.get("limit") is not None else None,
         )
     mode = _parse_mode(d.get("mode", default_mode), list(variants), f"{where}.mode")
+    budget = _int(d, "rank_budget", where)
     return TaskSpec(name=name, path=path, version=version, coefficients=coefficients, calibrate=cal,
-                    variants=tuple(v for v in VARIANTS if v in variants), mode=mode)
+                    variants=tuple(v for v in VARIANTS if v in variants), mode=mode, rank_budget=budget)
 
 
 def _int(d: dict[str, Any], key: str, where: str, default: Any = None, minimum: int = 1) -> Any:

@@ -8,6 +8,7 @@ is (docs/benchmarks.md).
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import torch
 
 #: CPU flags (/proc/cpuinfo) that give native bf16 matrix arithmetic
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: ONEDNN_MAX_CPU_ISA values that stop oneDNN (vLLM's CPU linear layers) short of its bf16 kernels
+NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
 def on_gpu() -> bool:
@@ -34,6 +37,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def cpu_has_bf16() -> bool:
+    """Native bf16 matrix arithmetic: the CPU has it, and ``ONEDNN_MAX_CPU_ISA`` does not cap oneDNN below it (the cap
+    is also how a bf16-capable host measures what a host without it gets: docs/benchmarks.md)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in NO_BF16_ISAS:
+        return False
     return any(f in cpu_flags() for f in BF16_FLAGS)
 
 
