@@ -183,6 +183,22 @@ async def judged_count(root_url: str) -> float:
                if line.startswith("safegene_judged_total{"))
 
 
+async def judges_ready(root_url: str, timeout: float = 300) -> bool:
+    """Wait until the server's judge process has loaded its judges (``safegene_judges_ready 1``), so loading them
+    is not measured as the cost of judging."""
+    import httpx  # lazy: see drive_streams
+
+    deadline = time.perf_counter() + timeout
+    async with httpx.AsyncClient(timeout=30) as c:
+        while time.perf_counter() < deadline:
+            text = (await c.get(f"{root_url}/metrics")).text
+            if any(line.startswith("safegene_judges_ready ") and float(line.split()[1]) == 1.0
+                   for line in text.splitlines()):
+                return True
+            await asyncio.sleep(0.2)
+    return False
+
+
 async def wait_judges(root_url: str, expected: float, timeout: float = 300) -> float:
     """Wait until the judges have finished every response so far, so their work does not spill into the next
     measurement. Returns the seconds waited (reported: it is judge work the client did not see)."""

@@ -50,7 +50,7 @@ if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo im
 
 from bench._common import (REPO, bench_env, bench_server, fmt, install_signal_handlers, loadavg, median,  # noqa: E402
                            ratio, summarize)
-from bench.driver import RunResult, drive_streams, drive_vllm_bench, wait_judges  # noqa: E402
+from bench.driver import RunResult, drive_streams, drive_vllm_bench, judges_ready, wait_judges  # noqa: E402
 from bench.prompts import PROMPTS  # noqa: E402
 from server.cpu_lora import ENV as CPU_LORA_ENV  # noqa: E402
 from server.cpu_lora import KERNELS as CPU_LORA_KERNELS  # noqa: E402
@@ -385,6 +385,9 @@ def measure_server(srv: Server, args: argparse.Namespace, assets: dict[str, Any]
     proc: ServerProcess = bench_server(srv.label, srv.argv, work / f"{srv.label}.log", env=env)
     wait_for_quiet(args.max_load)
     proc.start(timeout=args.start_timeout)
+    if srv.judged and not asyncio.run(judges_ready(proc.root_url)):
+        proc.stop()
+        raise RuntimeError(f"[{srv.label}] the judges did not load (see {work / (srv.label + '.log')})")
     out = []
     try:
         for config, model in srv.routes.items():

@@ -57,7 +57,8 @@ class EvalConfig:
     task: PromptSet | None = None
     api_key: str | None = None
     max_tokens: int = 256
-    concurrency: int = 8
+    #: requests in flight; at least the server's batch (engine max_num_seqs), or the engine idles between requests
+    concurrency: int = 32
     timeout: float = 120.0
     retries: int = 3
     system_prompt: str | None = None

@@ -160,6 +160,7 @@ class JudgeQueue:
         self.error: str | None = None
 
     def start(self) -> None:
+        M.JUDGES_READY.set(0)
         self._proc = self._ctx.Process(target=judge_worker, name="safegene-judges", daemon=True,
                                        args=(self._factory, self._inbox, self._outbox, self._batch_size, self._nice))
         self._proc.start()
@@ -224,8 +225,10 @@ class JudgeQueue:
             if kind == "error":
                 self.error = payload
                 log.error("%s; safety accounting is off (items will be dropped)", payload)
+                M.JUDGES_READY.set(0)
                 self.ready.set()
             elif kind == "ready":
+                M.JUDGES_READY.set(1)
                 self.ready.set()
             else:
                 for name, seconds in msg[2].items():

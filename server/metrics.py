@@ -43,6 +43,8 @@ JUDGE_LATENCY = _get_or_create(Histogram, "safegene_judge_latency_seconds", "Jud
                                buckets=_JUDGE_BUCKETS)
 QUEUE_DROPPED = _get_or_create(Counter, "safegene_judge_queue_dropped", "Judge items dropped because the queue was full")
 QUEUE_DEPTH = _get_or_create(Gauge, "safegene_judge_queue_depth", "Items waiting for the judges")
+JUDGES_READY = _get_or_create(Gauge, "safegene_judges_ready",
+                              "1 once the judge process has loaded every judge, 0 before or when they failed to load")
 ADAPTER_INFO = _get_or_create(
     Gauge, "safegene_adapter_info", "1 per served variant, with its lineage",
     ("model", "variant", "task", "task_version", "safety_version", "coefficients_hash", "mode"),

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
-from ..datasets import NAMED_SETS
+from ..datasets import NAMED_SETS, resolve
+from ..evaluate import EvalConfig, run_eval
+from ..report import fmt_rate
+
+#: the CLI's defaults are EvalConfig's (one source)
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(EvalConfig)}
 
 DESCRIPTION = """\
 Send every prompt of the harmful, benign and task sets to every model (temperature 0) on an OpenAI-compatible
@@ -20,7 +26,6 @@ Task files are JSONL with "prompt" and "answer" (+ optional "labels" list for cl
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-
     p = subparsers.add_parser(
         "eval", help="evaluate models on an OpenAI-compatible endpoint (harm, refusal, over-refusal, task accuracy)",
         description=DESCRIPTION % ", ".join(NAMED_SETS), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -31,10 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--task", help="task set: a name (gsm8k-100, garak-yesno) or a JSONL file with prompt+answer")
     p.add_argument("--out", required=True, help="output folder (reused to resume an interrupted run)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N prompts of each set")
-    p.add_argument("--max-tokens", type=int, default=256, help="max_tokens per response (default 256)")
-    p.add_argument("--concurrency", type=int, default=8, help="parallel requests (default 8)")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default 120)")
-    p.add_argument("--retries", type=int, default=3, help="retries per request on 429/5xx/network errors")
+    p.add_argument("--max-tokens", type=int, default=DEFAULTS["max_tokens"],
+                   help="max_tokens per response (default %(default)s)")
+    p.add_argument("--concurrency", type=int, default=DEFAULTS["concurrency"],
+                   help="parallel requests (default %(default)s; keep it at least the server's engine.max_num_seqs)")
+    p.add_argument("--timeout", type=float, default=DEFAULTS["timeout"],
+                   help="seconds per request (default %(default)s)")
+    p.add_argument("--retries", type=int, default=DEFAULTS["retries"],
+                   help="retries per request on 429/5xx/network errors (default %(default)s)")
     p.add_argument("--api-key", default=None, help="API key (default: $OPENAI_API_KEY)")
     p.add_argument("--system-prompt", default=None, help="optional system message sent before each prompt")
     p.add_argument("--llm-judge", default=None, metavar="llm:MODEL@URL",
@@ -44,11 +53,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-
-    # lazy: keeps `safegene --help` instant (this step loads torch)
-    from ..datasets import resolve
-    from ..evaluate import EvalConfig, run_eval
-    from ..report import fmt_rate
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if args.limit is not None and args.limit < 1:

@@ -143,3 +143,26 @@ def test_calibrate_at_load_time_is_cached(run_cli, tmp_path, family):
     stamp = cached[0].stat().st_mtime_ns
     assert run_cli("serve", "--config", cfg, "--check").code == 0
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not recalibrated
+
+
+def test_rank_budget_keeps_the_safe_variant_within_the_task_rank(run_cli, tmp_path, family):
+    from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.artifacts import read_manifest
+
+    tasks = [_task("alpha", family["alpha"], family, rank_budget=8)]
+    cfg = _config(tmp_path, family, tasks=tasks, engine={"dtype": "float32", "max_lora_rank": 8,
+                                                          "enforce_eager": True})
+    res = run_cli("serve", "--config", cfg, "--check")
+    assert res.code == 0, res.err
+    assert "max_lora_rank 8" in res.out  # rank 8 task + rank 8 safety, re-factorised into 8
+    safe = next(line.split()[-1] for line in res.out.splitlines() if "alpha+safegene" in line)
+    assert load_adapter(safe).max_rank() <= 8
+    assert read_manifest(safe)["method"]["rank_budget"] == 8
+    # without the budget the same engine rank is refused, naming the entry
+    (tmp_path / "exact").mkdir()
+    (tmp_path / "bad").mkdir()
+    cfg = _config(tmp_path / "exact", family, tasks=[_task("alpha", family["alpha"], family)],
+                  engine={"dtype": "float32", "max_lora_rank": 8, "enforce_eager": True})
+    _refused(run_cli, cfg, "alpha", "combined rank 16", "max_lora_rank 8")
+    bad = _config(tmp_path / "bad", family, tasks=[_task("alpha", family["alpha"], family, rank_budget=0)])
+    _refused(run_cli, bad, "rank_budget", "integer >= 1")
