@@ -150,6 +150,89 @@ def _module_sort_key(module: str) -> tuple[int, str]:
     return (-1 if i is None else i, module)
 
 
+#: a safetensors header larger than this is refused before it is parsed (real adapters: a few hundred KB)
+MAX_HEADER_BYTES = 16 << 20
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+
+
+@dataclass(frozen=True)
+class AdapterHeader:
+    """What a LoRA folder holds, read from its files' headers without loading a tensor."""
+
+    shapes: dict[str, tuple[int, ...]]
+    dtypes: dict[str, str]
+    max_rank: int
+    weights_bytes: int
+
+
+def inspect_adapter(path: str | Path, *, max_rank: int | None = None, max_bytes: int | None = None) -> AdapterHeader:
+    """Check a LoRA folder from its safetensors header, before any tensor is read.
+
+    Refuses (AdapterError naming the file): a missing folder or file, a symbolic link inside the folder, ``.bin``
+    weights without safetensors, a header that is oversized, truncated or not JSON, tensor data that runs past
+    the end of the file, tensor keys that are not LoRA A/B keys, a rank over ``max_rank``, weights over
+    ``max_bytes``. Costs two small reads however large the file claims to be."""
+    path = Path(path)
+    if path.is_symlink() or not path.is_dir():
+        raise AdapterError(f"adapter folder {path} does not exist" if not path.exists() else
+                           f"adapter folder {path} is a symbolic link: give the real folder")
+    links = sorted(p.name for p in path.iterdir() if p.is_symlink())
+    if links:
+        raise AdapterError(f"{path}: {', '.join(links)} is a symbolic link; adapter folders must hold their own files")
+    w_path = path / WEIGHTS_FILE
+    if not (path / CONFIG_FILE).is_file():
+        raise AdapterError(f"{path}: missing {CONFIG_FILE}")
+    if not w_path.is_file():
+        others = [p.name for p in path.glob("adapter_model.*")]
+        hint = f" (found {', '.join(others)}; only safetensors are accepted)" if others else ""
+        raise AdapterError(f"{path}: missing {WEIGHTS_FILE}{hint}")
+    size = w_path.stat().st_size
+    if max_bytes is not None and size > max_bytes:
+        raise AdapterError(f"{w_path}: {size} bytes is over the {max_bytes}-byte limit for an adapter")
+    with open(w_path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise AdapterError(f"{w_path}: truncated (no safetensors header)")
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER_BYTES or n > size - 8:
+            why = "over the limit" if n > MAX_HEADER_BYTES else "past the end of the file"
+            raise AdapterError(f"{w_path}: header claims {n} bytes ({why}); not a valid safetensors file")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise AdapterError(f"{w_path}: the safetensors header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise AdapterError(f"{w_path}: the safetensors header is not a JSON object")
+    shapes: dict[str, tuple[int, ...]] = {}
+    dtypes: dict[str, str] = {}
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        parse_lora_key(key)
+        try:
+            shape = tuple(int(x) for x in info["shape"])
+            begin, stop = (int(x) for x in info["data_offsets"])
+            dtype = str(info["dtype"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise AdapterError(f"{w_path}: tensor {key} has a malformed header entry ({e})") from e
+        if len(shape) != 2 or dtype not in _DTYPE_BYTES:
+            raise AdapterError(f"{w_path}: tensor {key} must be a 2-D float matrix, got {dtype}{list(shape)}")
+        if stop - begin != shape[0] * shape[1] * _DTYPE_BYTES[dtype]:
+            raise AdapterError(f"{w_path}: tensor {key} claims {stop - begin} bytes for {dtype}{list(shape)}")
+        shapes[key], dtypes[key] = shape, dtype
+        end = max(end, stop)
+    if not shapes:
+        raise AdapterError(f"{w_path}: holds no LoRA tensors")
+    if 8 + n + end > size:
+        raise AdapterError(f"{w_path}: truncated: its tensors need {8 + n + end} bytes, the file has {size}")
+    ranks = [s[0] for k, s in shapes.items() if parse_lora_key(k)[1] == "A"]
+    rank = max(ranks) if ranks else 0
+    if max_rank is not None and rank > max_rank:
+        raise AdapterError(f"{path}: rank {rank} is over the limit of {max_rank}")
+    return AdapterHeader(shapes=shapes, dtypes=dtypes, max_rank=rank, weights_bytes=size)
+
+
 def load_adapter(path: str | Path, *, dtype: torch.dtype | None = None) -> LoraAdapter:
     """Read and validate a PEFT LoRA folder.
 

@@ -36,6 +36,7 @@ class JudgeItem:
     labels: tuple[str, str, str]  # (model, variant, task)
     prompt: str
     response: str
+    prompt_ids: tuple[int, ...] | None = None  # a token-id prompt: decoded in the judge process (``prompt`` is "")
 
 
 def record_verdicts(item: JudgeItem, verdicts: list[Any]) -> dict[str, Any]:
@@ -82,11 +83,13 @@ class VerdictLite:
     score: float
 
 
-def judge_worker(factory: JudgeFactory, inbox: Any, outbox: Any, batch_size: int, nice: int) -> None:
+def judge_worker(factory: JudgeFactory, inbox: Any, outbox: Any, batch_size: int, nice: int,
+                 tokenizer: str | None = None) -> None:
     """The child process: build the judges once, then judge batches until the ``None`` sentinel arrives.
 
     Messages out: ``("ready", None)`` or ``("error", text)`` once, then ``("done", [(item, [VerdictLite])],
-    {judge: seconds})`` per batch."""
+    {judge: seconds}, [failed judge names])`` per batch. ``tokenizer``: the served model's folder, to decode
+    token-id prompts (loaded on the first one)."""
     try:
         os.nice(nice)
     except OSError:  # pragma: no cover - not allowed here: keep the inherited priority
@@ -113,17 +116,33 @@ def judge_worker(factory: JudgeFactory, inbox: Any, outbox: Any, batch_size: int
                 break
         items = [b for b in batch if b is not None]
         if items:
-            outbox.put(("done", *_judge(judges, items)))
+            outbox.put(("done", *_judge(judges, [_with_text(i, tokenizer) for i in items])))
         if any(b is None for b in batch):
             return
 
 
+_TOKENIZERS: dict[str, Any] = {}
+
+
+def _with_text(item: JudgeItem, tokenizer: str | None) -> JudgeItem:
+    """A token-id prompt decoded to text (the judges read text); left as it is without a tokenizer."""
+    if item.prompt_ids is None or tokenizer is None:
+        return item
+    if tokenizer not in _TOKENIZERS:
+        from transformers import AutoTokenizer  # lazy: only token-id prompts need the tokenizer
+
+        _TOKENIZERS[tokenizer] = AutoTokenizer.from_pretrained(tokenizer)
+    text = _TOKENIZERS[tokenizer].decode(list(item.prompt_ids), skip_special_tokens=True)
+    return JudgeItem(item.labels, text, item.response, item.prompt_ids)
+
+
 def _judge(judges: list[Any], items: list[JudgeItem]) -> tuple[list[tuple[JudgeItem, list[VerdictLite]]],
-                                                                dict[str, float]]:
+                                                                dict[str, float], list[str]]:
     prompts = [i.prompt for i in items]
     responses = [i.response for i in items]
     per_item: list[list[VerdictLite]] = [[] for _ in items]
     seconds: dict[str, float] = {}
+    failed: list[str] = []
     for judge in judges:
         name = getattr(judge, "name", type(judge).__name__)
         t0 = time.perf_counter()
@@ -131,18 +150,20 @@ def _judge(judges: list[Any], items: list[JudgeItem]) -> tuple[list[tuple[JudgeI
             verdicts = judge.judge_batch(prompts, responses)
         except Exception as e:  # one failing judge (e.g. an unreachable LLM judge) must not stop the others
             log.warning("judge %s failed on a batch of %d: %s", name, len(items), e)
+            failed.append(name)
             continue
         finally:
             seconds[name] = time.perf_counter() - t0
         for acc, v in zip(per_item, verdicts):
             acc.append(VerdictLite(v.judge, v.label, float(v.score)))
-    return list(zip(items, per_item)), seconds
+    return list(zip(items, per_item)), seconds, failed
 
 
 class JudgeQueue:
     """Bounded queue into a judge process; a reader thread turns its verdicts into metrics."""
 
-    def __init__(self, factory: JudgeFactory, *, maxsize: int = 256, batch_size: int = 16, nice: int = JUDGE_NICE):
+    def __init__(self, factory: JudgeFactory, *, maxsize: int = 256, batch_size: int = 16, nice: int = JUDGE_NICE,
+                 tokenizer: str | None = None):
         ctx = mp.get_context("spawn")  # never fork a process that holds an event loop and engine clients
         self._ctx = ctx
         self._factory = factory
@@ -150,6 +171,7 @@ class JudgeQueue:
         self._outbox = ctx.Queue()
         self._batch_size = batch_size
         self._nice = nice
+        self._tokenizer = tokenizer
         self._proc: Any = None
         self._reader: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -162,7 +184,8 @@ class JudgeQueue:
     def start(self) -> None:
         M.JUDGES_READY.set(0)
         self._proc = self._ctx.Process(target=judge_worker, name="safegene-judges", daemon=True,
-                                       args=(self._factory, self._inbox, self._outbox, self._batch_size, self._nice))
+                                       args=(self._factory, self._inbox, self._outbox, self._batch_size, self._nice,
+                                             self._tokenizer))
         self._proc.start()
         self._reader = threading.Thread(target=self._read, name="safegene-judge-results", daemon=True)
         self._reader.start()
@@ -233,6 +256,8 @@ class JudgeQueue:
             else:
                 for name, seconds in msg[2].items():
                     M.JUDGE_LATENCY.labels(judge=name).observe(seconds)
+                for name in msg[3]:
+                    M.JUDGE_ERRORS.labels(judge=name).inc()
                 for item, verdicts in payload:
                     if verdicts:
                         record_verdicts(item, verdicts)

@@ -18,10 +18,11 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from safegene_runtime.adapters import LoraAdapter, load_adapter
+from safegene_runtime.adapters import LoraAdapter, inspect_adapter, load_adapter
 from safegene_runtime.artifacts import ArtifactError, ArtifactWriter, read_manifest, sha256_file
 from safegene_runtime.checkpoints import Checkpoint, check_adapter_fits
 from safegene_runtime.coefficients import load_coefficients
@@ -36,6 +37,8 @@ from .records import TaskRecord, VariantRecord, served_name
 log = logging.getLogger("safegene.server.build")
 #: the rank limit a safe variant is checked against before the engine's max_lora_rank is known ("auto")
 UNBOUNDED_RANK = 512
+#: the largest adapter weights file a registration may name (a rank-64 LoRA of a 70B model is ~1.6 GB)
+MAX_ADAPTER_BYTES = 4 << 30
 
 
 def under_root(path: Path, root: Path) -> bool:
@@ -173,10 +176,29 @@ def _check_paths(spec: TaskSpec, root: Path, source: str) -> None:
 def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
     """Validate one task entry and build its variant folders. Raises ArtifactError/ValueError with a clear message.
 
-    Touches nothing but new content-addressed folders in the state dir."""
+    Touches nothing but new content-addressed folders in the state dir; a build that fails removes the folders it
+    created (folders it found already built, which another record may use, stay)."""
     _check_paths(spec, ctx.cfg.adapter_root, source)
+    # from the file headers, before any tensor is read: symlinks, .bin, truncation, oversized header, rank, size
+    inspect_adapter(spec.path, max_rank=ctx.rank_limit or UNBOUNDED_RANK, max_bytes=MAX_ADAPTER_BYTES)
     task_ad = load_adapter(spec.path)  # shapes, NaN/Inf, config/rank consistency
     check_adapter_fits(ctx.base, task_ad, "task adapter")
+    created: list[Path] = []
+    try:
+        return _build(spec, ctx, source, task_ad, created)
+    except BaseException:
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _new(path: Path, before: bool, created: list[Path]) -> Path:
+    if not before:
+        created.append(path)
+    return path
+
+
+def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter, created: list[Path]) -> TaskRecord:
     digest = adapter_digest(spec.path)
     version = spec.version or digest[:12]
     coefficients = coefficients_hash = None
@@ -198,23 +220,31 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
         for f in ADAPTER_FILES:
             shutil.copy2(spec.path / f, w.tmp / f)
         w.manifest.update(task={"name": spec.name, "version": version})
-    plain_dir = w.path
-    assert plain_dir is not None
+    assert w.path is not None
+    plain_dir = _new(w.path, w.reused, created)
     variants: dict[str, VariantRecord] = {}
     for variant in spec.variants:
         if spec.mode_of(variant) == "merged":
-            variants[variant] = build_merged_variant(ctx, spec.name, version, variant, plain_dir,
-                                                     coefficients if variant == "safe" else None)
+            existing = _existing(ctx.cfg.state_dir / "merged")
+            v = build_merged_variant(ctx, spec.name, version, variant, plain_dir,
+                                     coefficients if variant == "safe" else None)
+            _new(Path(v.path), Path(v.path) in existing, created)
         elif variant == "plain":
-            variants[variant] = VariantRecord(served_name(spec.name, "plain"), str(plain_dir), task_ad.max_rank())
+            v = VariantRecord(served_name(spec.name, "plain"), str(plain_dir), task_ad.max_rank())
         else:
+            existing = _existing(ctx.store)
             safe_dir = stack_adapters(plain_dir, ctx.safety_path, coefficients,  # type: ignore[arg-type]
                                       store=ctx.store, name=f"{spec.name}-{version}{SAFE_SUFFIX}",
                                       max_lora_rank=ctx.rank_limit, rank_budget=spec.rank_budget)
-            variants[variant] = VariantRecord(served_name(spec.name, "safe"), str(safe_dir),
-                                              load_adapter(safe_dir).max_rank())
+            _new(safe_dir, safe_dir in existing, created)
+            v = VariantRecord(served_name(spec.name, "safe"), str(safe_dir), load_adapter(safe_dir).max_rank())
+        variants[variant] = replace(v, digest=read_manifest(v.path).get("id"))
     return TaskRecord(
         name=spec.name, version=version, source=source, spec=spec.to_dict(), mode=spec.mode,
         safety_version=ctx.safety_version if "safe" in spec.variants else None,
         coefficients_hash=coefficients_hash, coefficients=coefficients,
     ).with_variants(variants)
+
+
+def _existing(store: Path) -> set[Path]:
+    return set(store.iterdir()) if store.is_dir() else set()

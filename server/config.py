@@ -17,7 +17,9 @@ import yaml
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
 
+from .auth import AuthConfig, AuthConfigError, check_exposure, parse_auth
 from .cpu_lora import KERNELS as CPU_LORA_KERNELS
+from .validation import DEFAULT_MAX_CHOICES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 VARIANTS = ("plain", "safe")
@@ -124,14 +126,14 @@ class ServerConfig:
     tasks: list[TaskSpec]
     engine: EngineSpec
     judges: JudgeSpec
-    api_keys: list[str]
-    admin_keys: list[str]
+    auth: AuthConfig
     host: str = "127.0.0.1"
     port: int = 8000
     drain_timeout_s: float = 120.0
     max_body_bytes: int = 4 << 20
     default_mode: str = "lora"  # top-level ``mode``: the deployment default for task entries
-    memory_budget_gb: float | None = None  # server.memory_budget_gb: overrides the detected memory (server/merged.py)
+    memory_budget_gb: float | None = None  # server.memory_budget_gb: overrides the detected memory (server/memory.py)
+    max_choices: int = DEFAULT_MAX_CHOICES  # server.max_choices: completions per request (prompts x n)
 
 
 def _fail(where: str, msg: str) -> ConfigError:
@@ -146,19 +148,6 @@ def _as_path(value: Any, root: Path, where: str) -> Path:
         text = text.replace("${SAFEGENE_HOME}", str(safegene_home())).replace("$SAFEGENE_HOME", str(safegene_home()))
     p = Path(os.path.expandvars(os.path.expanduser(text)))
     return (p if p.is_absolute() else root / p).resolve()
-
-
-def _keys(section: dict[str, Any], name: str, where: str) -> list[str]:
-    """Keys from a list, plus a comma-separated env var named by ``<name>_env`` (keeps secrets out of YAML)."""
-    keys = section.get(name) or []
-    if isinstance(keys, str):
-        keys = [keys]
-    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
-        raise _fail(f"{where}.{name}", "expected a list of non-empty strings")
-    env = section.get(f"{name}_env")
-    if env:
-        keys = keys + [k.strip() for k in os.environ.get(str(env), "").split(",") if k.strip()]
-    return list(keys)
 
 
 def _check_unknown(d: dict[str, Any], allowed: set[str], where: str) -> None:
@@ -263,8 +252,8 @@ def _parse_engine(d: Any, where: str) -> EngineSpec:
     extra = d.get("extra_args") or []
     if not isinstance(extra, list) or not all(isinstance(x, (str, int, float)) for x in extra):
         raise _fail(f"{where}.extra_args", "expected a list of command-line strings, e.g. ['--max-num-batched-tokens', '4096']")
-    blocked = [x for x in map(str, extra) if x.split("=")[0] in _BLOCKED_FLAGS]
-    if blocked:
+    blocked = [x.split("=")[0] for x in map(str, extra) if x.split("=")[0] in _BLOCKED_FLAGS]
+    if blocked:  # the flag's name only: its value may be a secret (--api-key=...)
         raise _fail(f"{where}.extra_args", f"{', '.join(blocked)} is managed by safegene serve and cannot be passed")
     spec = EngineSpec(
         dtype=str(d.get("dtype", "auto")),
@@ -373,30 +362,32 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
         batch_size=_int(jr, "batch_size", f"{where}: judges", 16),
     )
 
-    auth = raw.get("auth") or {}
-    if not isinstance(auth, dict):
-        raise _fail(f"{where}: auth", "expected a mapping with 'api_keys' and 'admin_keys'")
-    _check_unknown(auth, {"api_keys", "api_keys_env", "admin_keys", "admin_keys_env"}, f"{where}: auth")
-    api_keys = _keys(auth, "api_keys", f"{where}: auth")
-    admin_keys = _keys(auth, "admin_keys", f"{where}: auth")
-    if set(api_keys) & set(admin_keys):
-        raise _fail(f"{where}: auth", "an admin key must not also be a user API key")
+    try:
+        auth = parse_auth(raw.get("auth"), f"{where}: auth")
+    except AuthConfigError as e:
+        raise ConfigError(str(e)) from e
 
     srv = raw.get("server") or {}
     if not isinstance(srv, dict):
         raise _fail(f"{where}: server", "expected a mapping")
-    _check_unknown(srv, {"host", "port", "drain_timeout_s", "max_body_bytes", "memory_budget_gb"}, f"{where}: server")
+    _check_unknown(srv, {"host", "port", "drain_timeout_s", "max_body_bytes", "memory_budget_gb", "max_choices"},
+                   f"{where}: server")
     budget = srv.get("memory_budget_gb")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise _fail(f"{where}: server.memory_budget_gb", f"expected a positive number of GiB, got {budget!r}")
     cfg = ServerConfig(
         path=path, base_model=base_model, served_name=served_name, safety=safety, safety_version=safety_version,
         adapter_root=adapter_root, state_dir=state_dir, tasks=tasks, engine=engine, judges=judges,
-        api_keys=api_keys, admin_keys=admin_keys,
+        auth=auth,
         host=host or str(srv.get("host", "127.0.0.1")),
         port=int(port if port is not None else srv.get("port", 8000)),
         drain_timeout_s=float(srv.get("drain_timeout_s", 120.0)),
         max_body_bytes=int(srv.get("max_body_bytes", 4 << 20)),
         default_mode=default_mode, memory_budget_gb=float(budget) if budget is not None else None,
+        max_choices=_int(srv, "max_choices", f"{where}: server", DEFAULT_MAX_CHOICES),
     )
+    try:  # after --host: the address actually listened on decides
+        check_exposure(cfg.auth, cfg.host, f"{where}: auth")
+    except AuthConfigError as e:
+        raise ConfigError(str(e)) from e
     return cfg

@@ -45,7 +45,7 @@ def judge_queue_for(cfg: ServerConfig) -> JudgeQueue | None:
     if not cfg.judges.names:
         return None
     return JudgeQueue(partial(build_judges, list(cfg.judges.names)), maxsize=cfg.judges.queue_size,
-                      batch_size=cfg.judges.batch_size)
+                      batch_size=cfg.judges.batch_size, tokenizer=str(cfg.base_model))
 
 
 async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue | None) -> None:

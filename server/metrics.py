@@ -41,6 +41,8 @@ OVER_REFUSALS = _get_or_create(Counter, "safegene_over_refusals", "Benign prompt
 PROMPTS_HARMFUL = _get_or_create(Counter, "safegene_prompts_judged_harmful", "Prompts judged harmful", LABELS)
 JUDGE_LATENCY = _get_or_create(Histogram, "safegene_judge_latency_seconds", "Judge latency per batch", ("judge",),
                                buckets=_JUDGE_BUCKETS)
+JUDGE_ERRORS = _get_or_create(Counter, "safegene_judge_errors", "Judge batches that failed, per judge (their items "
+                              "get no verdict from that judge)", ("judge",))
 QUEUE_DROPPED = _get_or_create(Counter, "safegene_judge_queue_dropped", "Judge items dropped because the queue was full")
 QUEUE_DEPTH = _get_or_create(Gauge, "safegene_judge_queue_depth", "Items waiting for the judges")
 JUDGES_READY = _get_or_create(Gauge, "safegene_judges_ready",
@@ -49,6 +51,22 @@ ADAPTER_INFO = _get_or_create(
     Gauge, "safegene_adapter_info", "1 per served variant, with its lineage",
     ("model", "variant", "task", "task_version", "safety_version", "coefficients_hash", "mode"),
 )
+
+
+REGISTRY_UNAVAILABLE = _get_or_create(
+    Gauge, "safegene_registry_unavailable",
+    "1 per restored task that is not served because its snapshot is missing or changed (see /admin/variants)",
+    ("task",))
+
+
+def set_unavailable(task: str, flag: bool) -> None:
+    if flag:
+        REGISTRY_UNAVAILABLE.labels(task=task).set(1)
+    else:
+        try:
+            REGISTRY_UNAVAILABLE.remove(task)
+        except KeyError:
+            pass
 
 
 def set_adapter_info(labels: dict[str, str]) -> None:

@@ -39,17 +39,20 @@ class VariantRecord:
     rank: int
     mode: str = "lora"
     adapter_path: str | None = None
+    digest: str | None = None  # the folder's content id when it was built: checked before it is served again
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"served_name": self.served_name, "path": self.path, "rank": self.rank, "mode": self.mode}
         if self.adapter_path is not None:
             d["adapter_path"] = self.adapter_path
+        if self.digest is not None:
+            d["digest"] = self.digest
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "VariantRecord":
         return cls(served_name=str(d["served_name"]), path=str(d["path"]), rank=int(d.get("rank", 0)),
-                   mode=str(d.get("mode") or "lora"), adapter_path=d.get("adapter_path"))
+                   mode=str(d.get("mode") or "lora"), adapter_path=d.get("adapter_path"), digest=d.get("digest"))
 
 
 @dataclass(frozen=True)

@@ -30,11 +30,10 @@ from . import metrics as M
 from .build import BuildContext, build_task
 from .config import ConfigError, ServerConfig, TaskSpec, check_name, parse_task
 from .records import TaskRecord, now_iso
+from .snapshots import SnapshotError, collect_garbage, referenced, verify_record
 from .store import REGISTRY_FILE, FileStore, RegistryStore
 
 log = logging.getLogger("safegene.server.registry")
-#: how long a request for a name that is being swapped waits for the new version before it gives up
-ADMIT_TIMEOUT_S = 60.0
 
 
 class RegistryError(ValueError):
@@ -44,6 +43,14 @@ class RegistryError(ValueError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class Unavailable(Exception):
+    """A served name is being swapped to a new version and did not reopen in time: retry (HTTP 503, Retry-After)."""
+
+    def __init__(self, message: str, retry_after: float):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class EngineOps(Protocol):
@@ -105,6 +112,14 @@ class Served:
         return out
 
 
+def _parses(rec: dict[str, Any]) -> bool:
+    try:
+        TaskRecord.from_dict(rec)
+        return True
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
 def _served_of(rec: TaskRecord) -> list[Served]:
     return [Served(v.served_name, variant, rec.name, v.path, rec) for variant, v in rec.variants.items()]
 
@@ -118,6 +133,8 @@ class Registry:
         self.store = store or FileStore(cfg.state_dir / REGISTRY_FILE)
         self.records: dict[str, TaskRecord] = {}
         self.retired: dict[str, dict[str, Any]] = {}
+        #: restored entries that cannot be served (snapshot missing or changed): kept in the state, not served
+        self.unavailable: dict[str, dict[str, Any]] = {}
         self.generation = 0
         self.served: dict[str, Served] = {}
         self.engine: EngineOps | None = None
@@ -143,28 +160,27 @@ class Registry:
                 continue
             self.retired.pop(spec.name, None)
             plan.append((where, spec, "config"))
-        for name, rec in saved.items():
-            if rec.get("source") != "admin":
-                continue
-            where = f"{self.store.where}: restored entry {name!r}"
-            try:
-                spec = self._spec_from_saved(rec)
-            except (ConfigError, ValueError) as e:
-                raise ConfigError(f"{where}: {e}") from e
-            plan.append((where, spec, "admin"))
         for where, spec, source in plan:
             try:
                 self.records[spec.name] = build_task(spec, self.ctx, source=source)
             except (ArtifactError, ValueError, OSError) as e:
                 raise ConfigError(f"{where}: {e}") from e
-        self.ctx.settle_rank_limit(self.records)
-
-    def _spec_from_saved(self, rec: dict[str, Any]) -> TaskSpec:
-        d = dict(rec["spec"])
-        if rec.get("coefficients") is not None:  # restore the exact λ used, never re-calibrate
-            d["coefficients"], d["calibrate"] = rec["coefficients"], None
-        d = {k: v for k, v in d.items() if v is not None}
-        return parse_task(d, self.cfg.adapter_root, f"registry entry {rec.get('name')!r}")
+        restored = {name: rec for name, rec in saved.items() if rec.get("source") == "admin"}
+        self.ctx.settle_rank_limit(self.records)  # config entries fix the engine rank; restored ones must fit it
+        for name, rec in restored.items():  # from their snapshots, checked; a bad one is refused alone
+            try:
+                record = TaskRecord.from_dict(rec)
+                verify_record(record, safety_version=self.ctx.safety_version, rank_limit=self.ctx.rank_limit)
+            except (SnapshotError, KeyError, TypeError, ValueError) as e:
+                self.unavailable[name] = {"record": rec, "reason": str(e)}
+                M.set_unavailable(name, True)
+                log.error("%s: restored entry %r is not served: %s", self.store.where, name, e)
+                continue
+            self.records[name] = record
+        keep = referenced(list(self.records.values()) + [TaskRecord.from_dict(u["record"])
+                                                         for u in self.unavailable.values() if _parses(u["record"])])
+        for folder in collect_garbage(self.cfg.state_dir, keep):
+            log.info("removed %s: no record refers to it", folder)
 
     @property
     def max_lora_rank(self) -> int:
@@ -203,21 +219,28 @@ class Registry:
             "base": {"model": str(self.cfg.base_model), "served_name": self.cfg.served_name},
             "safety": {"path": str(self.cfg.safety) if self.cfg.safety else None, "version": self.ctx.safety_version},
             "max_lora_rank": self.ctx.rank_limit,
-            "tasks": {n: r.to_dict() for n, r in self.records.items()}, "retired": self.retired,
+            "tasks": {**{n: u["record"] for n, u in self.unavailable.items()},
+                      **{n: r.to_dict() for n, r in self.records.items()}},
+            "retired": self.retired,
         })
 
     # -- request admission (called by the middleware for every request) --
 
-    async def admit(self, name: str, timeout: float = ADMIT_TIMEOUT_S) -> Served | None:
-        """The served entry for ``name`` with its in-flight count taken, or None (unknown or retiring)."""
+    async def admit(self, name: str, timeout: float | None = None) -> Served | None:
+        """The served entry for ``name`` with its in-flight count taken, or None (unknown or retiring).
+
+        While a new version of the name is being swapped in, the request waits for it (at most ``timeout``, default
+        the drain timeout) and then runs on the new version; if the swap takes longer, :class:`Unavailable`."""
         s = self.served.get(name)
         if s is None or s.state == "retiring":
             return None
         if not s.open.is_set():  # a version swap is under way: hold the request instead of failing it
+            wait = self.cfg.drain_timeout_s if timeout is None else timeout
             try:
-                await asyncio.wait_for(s.open.wait(), timeout)
+                await asyncio.wait_for(s.open.wait(), wait)
             except asyncio.TimeoutError:
-                return None
+                raise Unavailable(f"`{name}` is switching to a new version; retry in a few seconds",
+                                  retry_after=min(30.0, max(1.0, wait / 4))) from None
             s = self.served.get(name)
             if s is None or s.state == "retiring":
                 return None
@@ -256,7 +279,9 @@ class Registry:
         return {"generation": self.generation, "base": self.cfg.served_name, "max_lora_rank": self.ctx.rank_limit,
                 "safety": {"path": str(self.cfg.safety) if self.cfg.safety else None,
                            "version": self.ctx.safety_version},
-                "variants": variants, "retired": self.retired}
+                "variants": variants, "retired": self.retired,
+                "unavailable": {n: {"version": u["record"].get("version"), "reason": u["reason"]}
+                                for n, u in self.unavailable.items()}}
 
     def tasks(self) -> dict[str, Any]:
         return {n: r.to_dict() for n, r in self.records.items()}
@@ -295,6 +320,8 @@ class Registry:
                 await self._load_new(rec)
             self.records[spec.name] = rec
             self.retired.pop(spec.name, None)
+            if self.unavailable.pop(spec.name, None) is not None:  # a fresh build replaces the refused snapshot
+                M.set_unavailable(spec.name, False)
             self.persist()
             return {"status": "replaced" if old else "added", "task": rec.to_dict()}
 
@@ -316,8 +343,12 @@ class Registry:
             self._publish(s)
 
     async def _swap(self, old: TaskRecord, new: TaskRecord) -> None:
-        """Replace a task's version: check the new folders load (staging names), then per variant hold new
-        requests, let in-flight ones finish on the old weights, unload old, load new, reopen."""
+        """Replace a task's version, its variants together or not at all.
+
+        The new folders are first loaded under staging names (proof that they load); then every variant of the task
+        is held at once (new requests wait), in-flight requests finish on the old weights, the old folders are
+        unloaded and the new ones loaded; the new entries are published together, and the held requests run on
+        them. If a new folder fails to load, the old ones are loaded back and nothing changes."""
         assert self.engine is not None
         staged: list[str] = []
         try:
@@ -330,36 +361,46 @@ class Registry:
         finally:
             for tmp in staged:
                 await self.engine.unload(tmp)
-        # variants the old version had but the new one drops are retired like DELETE does
-        for variant, v in old.variants.items():
-            s = self.served.get(v.served_name)
-            if s is None:
-                continue
-            if variant not in new.variants:
-                await self._retire_served(s)
-                continue
+        held = {variant: self.served[v.served_name] for variant, v in old.variants.items()
+                if v.served_name in self.served}
+        kept = {variant: s for variant, s in held.items() if variant in new.variants}
+        dropped = [s for variant, s in held.items() if variant not in new.variants]
+        for s in kept.values():
             s.open.clear()
             s.state = "swapping"
-            try:
-                await asyncio.wait_for(s.idle.wait(), self.cfg.drain_timeout_s)
-            except asyncio.TimeoutError:
-                log.warning("swap of %s: in-flight requests did not drain in %.0fs", s.name, self.cfg.drain_timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.idle.wait() for s in kept.values())), self.cfg.drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.warning("swap of %s: in-flight requests did not drain in %.0fs", new.name, self.cfg.drain_timeout_s)
+        for s in kept.values():
             await self.engine.unload(s.name)
-            nv = new.variants[variant]
-            try:
-                await self.engine.load(s.name, Path(nv.path))
-            except Exception:
-                await self.engine.load(s.name, Path(s.path))  # put the old one back: nothing changes
+        loaded: list[str] = []
+        try:
+            for variant in kept:
+                nv = new.variants[variant]
+                await self.engine.load(nv.served_name, Path(nv.path))
+                loaded.append(nv.served_name)
+            for variant, v in new.variants.items():
+                if variant not in old.variants:
+                    await self.engine.load(v.served_name, Path(v.path))
+                    loaded.append(v.served_name)
+        except Exception as e:
+            for name in loaded:  # back to the old version, every variant
+                await self.engine.unload(name)
+            for s in kept.values():
+                await self.engine.load(s.name, Path(s.path))
                 s.state = "active"
                 s.open.set()
-                raise
+            raise RegistryError(f"the engine refused version {new.version!r} of {new.name!r}: {e}; the old "
+                                "version keeps serving", 500, "engine_refused") from e
+        for s in kept.values():  # publish the new pair in one step (no await in between), then release the waiters
             self._unpublish(s)
-            self._publish(Served(s.name, variant, new.name, nv.path, new))
+        for served in _served_of(new):
+            self._publish(served)
+        for s in kept.values():
             s.open.set()  # waiters re-resolve the name and get the new entry
-        for variant, v in new.variants.items():
-            if variant not in old.variants:
-                await self.engine.load(v.served_name, Path(v.path))
-                self._publish(Served(v.served_name, variant, new.name, v.path, new))
+        for s in dropped:  # variants the new version drops are retired like DELETE does
+            await self._retire_served(s)
 
     async def _retire_served(self, s: Served) -> None:
         assert self.engine is not None
@@ -381,6 +422,13 @@ class Registry:
             raise RegistryError(str(e), 404, "not_found") from e
         async with self._lock:
             rec = self.records.get(name)
+            if rec is None and name in self.unavailable:  # never served since the restart: just forget it
+                gone = self.unavailable.pop(name)
+                M.set_unavailable(name, False)
+                self.retired[name] = {"version": gone["record"].get("version"), "at": now_iso(),
+                                      "spec": gone["record"].get("spec")}
+                self.persist()
+                return {"status": "retired", "task": name, "version": gone["record"].get("version"), "drained": 0}
             if rec is None:
                 raise RegistryError(f"task {name!r} is not served", 404, "not_found")
             drained = 0

@@ -28,6 +28,7 @@ from server.process import ServerProcess, free_port, safegene_serve_argv, server
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "sk-test-user"
 ADMIN_KEY = "sk-test-admin"
+SAFE_ONLY_KEY = "sk-test-safe-only"  # a scoped key: reaches only the '+safegene' variants
 BASE_NAME = "tiny"
 TASKS = ["alpha", "beta"]
 
@@ -76,7 +77,8 @@ def tiny_config(workdir: Path, family: dict[str, Path], *, port: int, tasks: lis
         "engine": {"dtype": "float32", "max_model_len": 256, "max_loras": 2, "max_cpu_loras": 8,
                    "enforce_eager": True, "max_num_seqs": 8},
         "judges": {"names": judges if judges is not None else ["refusal", "prompt_harm"], "queue_size": 64},
-        "auth": {"api_keys": [API_KEY], "admin_keys": [ADMIN_KEY]},
+        "auth": {"api_keys": [API_KEY], "admin_keys": [ADMIN_KEY],
+                 "scoped_keys": [{"keys": [SAFE_ONLY_KEY], "models": ["*+safegene"]}]},
         "server": {"host": "127.0.0.1", "port": port, "drain_timeout_s": 60},
     }
     if extra:

@@ -171,13 +171,15 @@ def test_judges_run_in_another_process_at_lower_priority():
 def test_metric_names_match_the_contract():
     names = {c._name for c in (M.REQUESTS, M.PROMPT_TOKENS, M.COMPLETION_TOKENS, M.LATENCY, M.TTFT, M.JUDGED,
                                M.REFUSALS, M.HARMFUL, M.OVER_REFUSALS, M.PROMPTS_HARMFUL, M.JUDGE_LATENCY,
-                               M.QUEUE_DROPPED, M.QUEUE_DEPTH, M.JUDGES_READY, M.ADAPTER_INFO)}
+                               M.QUEUE_DROPPED, M.QUEUE_DEPTH, M.JUDGES_READY, M.JUDGE_ERRORS, M.REGISTRY_UNAVAILABLE,
+                               M.ADAPTER_INFO)}
     assert names == {
         "safegene_requests", "safegene_prompt_tokens", "safegene_completion_tokens",
         "safegene_request_latency_seconds", "safegene_time_to_first_token_seconds", "safegene_judged",
         "safegene_refusals", "safegene_harmful_responses", "safegene_over_refusals",
         "safegene_prompts_judged_harmful", "safegene_judge_latency_seconds", "safegene_judge_queue_dropped",
-        "safegene_judge_queue_depth", "safegene_judges_ready", "safegene_adapter_info",
+        "safegene_judge_queue_depth", "safegene_judges_ready", "safegene_judge_errors",
+        "safegene_registry_unavailable", "safegene_adapter_info",
     }
     assert M.REQUESTS._labelnames == ("model", "variant", "task", "status")
     assert M.HARMFUL._labelnames == ("model", "variant", "task", "judge")

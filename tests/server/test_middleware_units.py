@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from server.app import Capture, HTTPError, prompt_text, validate_generate
+from server.capture import Capture
+from server.errors import HTTPError
+from server.validation import prompt_text, validate_generate
 from server.auth import bearer_token, key_matches
 
 
