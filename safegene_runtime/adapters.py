@@ -164,6 +164,23 @@ class AdapterHeader:
     max_rank: int
     weights_bytes: int
 
+    def delta_shapes(self) -> dict[str, tuple[int, int]]:
+        """``{module: (out, in)}`` of each module's delta B @ A; AdapterError for a module without both A and B or
+        with A and B that do not chain."""
+        parts: dict[str, dict[str, tuple[int, ...]]] = {}
+        for key, shape in self.shapes.items():
+            module, which = parse_lora_key(key)
+            parts.setdefault(module, {})[which] = shape
+        out = {}
+        for module, ab in parts.items():
+            if set(ab) != {"A", "B"}:
+                raise AdapterError(f"module {module} has lora_{''.join(ab)} but not both A and B")
+            (r, n_in), (n_out, r_b) = ab["A"], ab["B"]
+            if r != r_b:
+                raise AdapterError(f"module {module} has inconsistent shapes A{list(ab['A'])} B{list(ab['B'])}")
+            out[module] = (n_out, n_in)
+        return out
+
 
 def inspect_adapter(path: str | Path, *, max_rank: int | None = None, max_bytes: int | None = None) -> AdapterHeader:
     """Check a LoRA folder from its safetensors header, before any tensor is read.

@@ -252,17 +252,22 @@ class Checkpoint:
 def check_adapter_fits(base: Checkpoint, adapter: Any, who: str) -> None:
     """Refuse an adapter made for another base model: each of its modules must be a weight of ``base`` whose shape
     equals the module's delta ``(out, in)``. The error names the first module that does not fit."""
-    for m, (a, b) in adapter.weights.items():
+    check_delta_shapes(base, {m: (b.shape[0], a.shape[1]) for m, (a, b) in adapter.weights.items()}, who,
+                       adapter.path)
+
+
+def check_delta_shapes(base: Checkpoint, deltas: dict[str, tuple[int, int]], who: str, path: Any) -> None:
+    """:func:`check_adapter_fits` from ``{module: (out, in)}`` (e.g. read from a safetensors header)."""
+    for m, got in deltas.items():
         key = f"{m}.weight"
         if key not in base:
             raise AdapterError(
-                f"{who} {adapter.path}: module {m} is not a weight of base model {base.path} "
+                f"{who} {path}: module {m} is not a weight of base model {base.path} "
                 "(made for another base model?)"
             )
-        got = (b.shape[0], a.shape[1])
-        if base.shape(key) != got:
+        if base.shape(key) != tuple(got):
             raise AdapterError(
-                f"{who} {adapter.path}: module {m} has delta shape {got} but base model {base.path} has "
+                f"{who} {path}: module {m} has delta shape {tuple(got)} but base model {base.path} has "
                 f"{base.shape(key)} (made for another base model?)"
             )
 

@@ -1,8 +1,12 @@
 """Admin API (``/admin/...``, admin bearer key; auth is checked by the middleware before this runs).
 
 * ``GET    /admin/variants``          everything served, each variant with its lineage and manifest
-* ``POST   /admin/adapters``          add a task adapter (or a new version of one) at run time
+* ``POST   /admin/adapters``          add a task adapter (or a new version of one) at run time; the build runs as
+  a job in a worker process (``server/jobs.py``); by default the call waits for it
 * ``DELETE /admin/adapters/{name}``   retire a task: stop admitting, drain in-flight requests, unload
+* ``GET    /admin/jobs``              build jobs (``POST /admin/adapters?wait=false`` answers 202 with one)
+* ``GET    /admin/jobs/{id}``         one job: state, stage, error, result
+* ``DELETE /admin/jobs/{id}``         cancel a queued or running build
 
 Errors raise :class:`~server.registry.RegistryError` (status + message); the middleware turns them into
 OpenAI-style error bodies. Nothing served changes when a call fails.
@@ -12,12 +16,14 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import parse_qsl
 
 from .registry import Registry, RegistryError
 
 
-async def handle_admin(registry: Registry, method: str, path: str, raw: bytes) -> tuple[int, Any]:
+async def handle_admin(registry: Registry, method: str, path: str, raw: bytes, query: str = "") -> tuple[int, Any]:
     parts = [p for p in path.split("/") if p][1:]  # drop "admin"
+    params = dict(parse_qsl(query))
     if parts == ["variants"] and method == "GET":
         return 200, registry.describe()
     if parts == ["adapters"] and method == "GET":
@@ -27,10 +33,19 @@ async def handle_admin(registry: Registry, method: str, path: str, raw: bytes) -
             body = json.loads(raw or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise RegistryError(f"could not parse the JSON body: {e}", 400, "invalid_json") from e
-        result = await registry.add(body)
-        return (201 if result["status"] == "added" else 200), result
+        wait = params.get("wait", "true").lower() not in ("false", "0", "no")
+        result = await registry.add(body, wait=wait)
+        return {"added": 201, "accepted": 202}.get(result["status"], 200), result
+    if parts == ["jobs"] and method == "GET":
+        return 200, {"jobs": registry.jobs.list()}
+    if len(parts) == 2 and parts[0] == "jobs" and method in ("GET", "DELETE"):
+        job = registry.jobs.get(parts[1]) if method == "GET" else registry.jobs.cancel(parts[1])
+        if job is None:
+            raise RegistryError(f"no job {parts[1]!r} (finished jobs are kept for a while, then forgotten)", 404,
+                                "not_found")
+        return 200, job.to_dict()
     if len(parts) == 2 and parts[0] == "adapters" and method == "DELETE":
         return 200, await registry.retire(parts[1])
-    if parts and parts[0] in ("variants", "adapters"):
+    if parts and parts[0] in ("variants", "adapters", "jobs"):
         raise RegistryError(f"method {method} is not allowed on {path}", 405, "method_not_allowed")
     raise RegistryError(f"no admin route {path}", 404, "not_found")

@@ -275,9 +275,14 @@ class SafeGeneMiddleware:
         self._auth_admin(scope)
         raw = await read_body(receive, self.cfg.max_body_bytes)
         try:
-            status, payload = await handle_admin(self.registry, scope["method"], scope["path"], raw)
+            status, payload = await handle_admin(self.registry, scope["method"], scope["path"], raw,
+                                                 scope.get("query_string", b"").decode("latin-1"))
         except RegistryError as e:
             raise HTTPError(e.status, str(e), e.code) from e
+        except Exception as e:  # an admin call never answers in plain text; what is served did not change
+            log.exception("admin %s %s failed", scope["method"], scope["path"])
+            raise HTTPError(500, f"the admin call failed ({type(e).__name__}); nothing served changed",
+                            "internal_error", type_="server_error") from e
         await send_json(send, status, payload)
 
 

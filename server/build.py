@@ -22,7 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from safegene_runtime.adapters import LoraAdapter, inspect_adapter, load_adapter
+from safegene_runtime.adapters import AdapterHeader, LoraAdapter, inspect_adapter, load_adapter, parse_lora_key
 from safegene_runtime.artifacts import ArtifactError, ArtifactWriter, read_manifest, sha256_file
 from safegene_runtime.checkpoints import Checkpoint, check_adapter_fits
 from safegene_runtime.coefficients import load_coefficients
@@ -82,6 +82,12 @@ class BuildContext:
                  for m in task_ad.weights]
         ranks += [safety[m][0].shape[0] for m in safety if m not in task_ad.weights]
         return max(ranks)
+
+    def combined_header_rank(self, header: AdapterHeader) -> int:
+        """:meth:`combined_rank` from a task adapter's file header (no tensor read)."""
+        task = {parse_lora_key(k)[0]: s[0] for k, s in header.shapes.items() if parse_lora_key(k)[1] == "A"}
+        safety = {m: a.shape[0] for m, (a, _) in self.safety.weights.items()} if self.safety is not None else {}
+        return max([r + safety.get(m, 0) for m, r in task.items()] + [r for m, r in safety.items() if m not in task])
 
     def settle_rank_limit(self, records: dict[str, TaskRecord]) -> int:
         """Fix ``max_lora_rank`` once everything configured is built ("auto": the smallest allowed value that fits
@@ -161,7 +167,8 @@ def build_merged_variant(ctx: BuildContext, task: str, version: str, variant: st
     return VariantRecord(served_name=name, path=str(path), rank=0, mode="merged", adapter_path=str(plain_dir))
 
 
-def _check_paths(spec: TaskSpec, root: Path, source: str) -> None:
+def check_paths(spec: TaskSpec, root: Path, source: str) -> None:
+    """Every file the entry names lies under the adapter root (admin requests: coefficient and shot files too)."""
     if not under_root(spec.path, root):
         raise ArtifactError(f"adapter path {spec.path} is outside the allowed adapter root {root}")
     if source == "admin":  # files named by an API caller must stay under the root too
@@ -178,7 +185,7 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
 
     Touches nothing but new content-addressed folders in the state dir; a build that fails removes the folders it
     created (folders it found already built, which another record may use, stay)."""
-    _check_paths(spec, ctx.cfg.adapter_root, source)
+    check_paths(spec, ctx.cfg.adapter_root, source)
     # from the file headers, before any tensor is read: symlinks, .bin, truncation, oversized header, rank, size
     inspect_adapter(spec.path, max_rank=ctx.rank_limit or UNBOUNDED_RANK, max_bytes=MAX_ADAPTER_BYTES)
     task_ad = load_adapter(spec.path)  # shapes, NaN/Inf, config/rank consistency

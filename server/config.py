@@ -72,6 +72,9 @@ class TaskSpec:
     #: stack the safe variant within this rank (SVD of each over-budget module): the engine's max_lora_rank can stay
     #: at the task adapter's rank, at some cost in fidelity (docs/benchmarks.md); None: the exact stack
     rank_budget: int | None = None
+    #: the adapter files' expected sha256 (``digest``, as ``safegene_runtime.digests.adapter_digest`` computes it):
+    #: a registration whose files hash otherwise is refused
+    digest: str | None = None
 
     def mode_of(self, variant: str) -> str:
         return self.mode if isinstance(self.mode, str) else self.mode.get(variant, "lora")
@@ -86,6 +89,7 @@ class TaskSpec:
             "variants": list(self.variants),
             "mode": self.mode if isinstance(self.mode, str) else dict(self.mode),
             **({"rank_budget": self.rank_budget} if self.rank_budget is not None else {}),
+            **({"digest": self.digest} if self.digest is not None else {}),
         }
 
 
@@ -184,8 +188,8 @@ def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> Ta
     """One task entry (also the body of the admin API's POST /admin/adapters, with ``root`` = adapter root)."""
     if not isinstance(d, dict):
         raise _fail(where, "expected a mapping with at least 'name' and 'path'")
-    _check_unknown(d, {"name", "path", "version", "coefficients", "calibrate", "variants", "mode", "rank_budget"},
-                   where)
+    _check_unknown(d, {"name", "path", "version", "coefficients", "calibrate", "variants", "mode", "rank_budget",
+                       "digest"}, where)
     name = check_name(d.get("name"), where)
     where = f"{where} (task {name!r})"
     if "path" not in d:
@@ -228,8 +232,12 @@ def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> Ta
         )
     mode = _parse_mode(d.get("mode", default_mode), list(variants), f"{where}.mode")
     budget = _int(d, "rank_budget", where)
+    digest = d.get("digest")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise _fail(f"{where}.digest", "expected the adapter files' sha256 as 64 lowercase hex digits")
     return TaskSpec(name=name, path=path, version=version, coefficients=coefficients, calibrate=cal,
-                    variants=tuple(v for v in VARIANTS if v in variants), mode=mode, rank_budget=budget)
+                    variants=tuple(v for v in VARIANTS if v in variants), mode=mode, rank_budget=budget,
+                    digest=digest)
 
 
 def _int(d: dict[str, Any], key: str, where: str, default: Any = None, minimum: int = 1) -> Any:

@@ -73,6 +73,7 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
         await shutdown_task
     finally:
         await merged.close()
+        registry.jobs.shutdown()
         sock.close()
         if judge_queue is not None:
             judge_queue.stop()

@@ -24,11 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from safegene_runtime.adapters import inspect_adapter
 from safegene_runtime.artifacts import ArtifactError, read_manifest
+from safegene_runtime.checkpoints import check_delta_shapes
+from safegene_runtime.digests import adapter_digest
 
 from . import metrics as M
-from .build import BuildContext, build_task
+from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, check_paths
 from .config import ConfigError, ServerConfig, TaskSpec, check_name, parse_task
+from .jobs import BuildFailed, Job, JobCancelled, Jobs
 from .records import TaskRecord, now_iso
 from .snapshots import SnapshotError, collect_garbage, referenced, verify_record
 from .store import REGISTRY_FILE, FileStore, RegistryStore
@@ -127,8 +131,10 @@ def _served_of(rec: TaskRecord) -> list[Served]:
 class Registry:
     """The served set. Admin operations are serialised by one lock; request admission is lock-free."""
 
-    def __init__(self, cfg: ServerConfig, ctx: BuildContext | None = None, store: RegistryStore | None = None):
+    def __init__(self, cfg: ServerConfig, ctx: BuildContext | None = None, store: RegistryStore | None = None,
+                 jobs: Jobs | None = None):
         self.cfg = cfg
+        self.jobs = jobs or Jobs()
         self.ctx = ctx or BuildContext(cfg)
         self.store = store or FileStore(cfg.state_dir / REGISTRY_FILE)
         self.records: dict[str, TaskRecord] = {}
@@ -286,8 +292,29 @@ class Registry:
     def tasks(self) -> dict[str, Any]:
         return {n: r.to_dict() for n, r in self.records.items()}
 
-    async def add(self, body: Any) -> dict[str, Any]:
-        """Validate + build (in a thread), then load into the engine; on any failure nothing served changes."""
+    def precheck(self, spec: TaskSpec) -> None:
+        """What costs milliseconds, in the serving process, before a build job starts: the paths, the adapter's
+        file headers against the base model's shapes and the rank limit, and the expected digest."""
+        check_paths(spec, self.cfg.adapter_root, "admin")
+        header = inspect_adapter(spec.path, max_rank=self.ctx.rank_limit or UNBOUNDED_RANK, max_bytes=MAX_ADAPTER_BYTES)
+        check_delta_shapes(self.ctx.base, header.delta_shapes(), "task adapter", spec.path)
+        if "safe" in spec.variants and spec.mode_of("safe") == "lora" and self.ctx.rank_limit is not None:
+            combined = self.ctx.combined_header_rank(header)
+            if spec.rank_budget is not None:
+                combined = min(combined, max(spec.rank_budget, header.max_rank))
+            if combined > self.ctx.rank_limit:
+                raise ArtifactError(f"combined rank {combined} (task {header.max_rank} + safety "
+                                    f"{self.ctx.safety.max_rank() if self.ctx.safety else 0}) is over the server's "
+                                    f"max_lora_rank {self.ctx.rank_limit}")
+        if spec.digest is not None:
+            got = adapter_digest(spec.path)
+            if got != spec.digest:
+                raise ArtifactError(f"adapter {spec.path} does not have the expected digest (expected "
+                                    f"{spec.digest[:12]}..., the files hash to {got[:12]}...)")
+
+    async def add(self, body: Any, *, wait: bool = True) -> dict[str, Any]:
+        """Check (here, fast), build (a job in a worker process), then load into the engine; on any failure nothing
+        served changes. ``wait=False``: return the accepted job at once (``GET /admin/jobs/<id>`` follows it)."""
         assert self._lock is not None and self.engine is not None
         if not isinstance(body, dict):
             raise RegistryError("expected a JSON object {name, path, version?, coefficients|calibrate, variants?}")
@@ -299,31 +326,64 @@ class Registry:
             raise RegistryError(f"name {spec.name!r} is the base model's served name", 409, "name_conflict")
         if "safe" in spec.variants and self.ctx.safety is None:
             raise RegistryError("this server has no safety adapter: only the 'plain' variant can be served")
-        async with self._lock:
-            try:
-                rec = await asyncio.to_thread(build_task, spec, self.ctx, source="admin")
-            except (ArtifactError, ValueError, OSError) as e:
-                raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
-            old = self.records.get(spec.name)
-            if old is not None:
-                if old.same_build(rec):
-                    return {"status": "unchanged", "task": old.to_dict()}
-                if old.version == rec.version:
-                    raise RegistryError(f"task {spec.name!r} version {rec.version!r} is already served with "
-                                        "different content: give the new adapter a new version", 409,
-                                        "version_conflict")
-                await self._swap(old, rec)
-            else:
-                clash = [n for n in rec.served_names() if n in self.served]
-                if clash:
-                    raise RegistryError(f"served name {clash[0]!r} is already in use", 409, "name_conflict")
-                await self._load_new(rec)
-            self.records[spec.name] = rec
-            self.retired.pop(spec.name, None)
-            if self.unavailable.pop(spec.name, None) is not None:  # a fresh build replaces the refused snapshot
-                M.set_unavailable(spec.name, False)
-            self.persist()
-            return {"status": "replaced" if old else "added", "task": rec.to_dict()}
+        try:
+            await asyncio.to_thread(self.precheck, spec)
+        except (ArtifactError, ValueError, OSError) as e:
+            raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
+        job = self.jobs.create(spec.name, spec.version)
+        run = asyncio.create_task(self._run_job(job, spec))
+        if wait:
+            return await run
+        run.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures live in the job record
+        return {"status": "accepted", "job": job.to_dict()}
+
+    async def _run_job(self, job: Job, spec: TaskSpec) -> dict[str, Any]:
+        assert self._lock is not None
+        try:
+            async with self._lock:
+                try:
+                    rec = await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit)
+                except JobCancelled as e:
+                    raise RegistryError(str(e), 409, "job_cancelled") from e
+                except BuildFailed as e:
+                    raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
+                job.update(stage="loading into the engine")
+                result = await self._apply(spec, rec)
+        except RegistryError as e:
+            job.error = str(e)
+            job.update("cancelled" if e.code == "job_cancelled" else "failed")
+            raise
+        except Exception as e:  # an unexpected failure still ends the job and the request with a JSON error
+            log.exception("job %s failed", job.id)
+            job.error = f"internal error: {type(e).__name__}"
+            job.update("failed")
+            raise RegistryError(f"registering {spec.name!r} failed: {type(e).__name__}", 500, "internal_error") from e
+        job.result = {"status": result["status"], "version": rec.version}
+        job.update("done", "served")
+        return {**result, "job": job.id}
+
+    async def _apply(self, spec: TaskSpec, rec: TaskRecord) -> dict[str, Any]:
+        """Serve a built record: add it, or swap it in for the task's current version (under the admin lock)."""
+        old = self.records.get(spec.name)
+        if old is not None:
+            if old.same_build(rec):
+                return {"status": "unchanged", "task": old.to_dict()}
+            if old.version == rec.version:
+                raise RegistryError(f"task {spec.name!r} version {rec.version!r} is already served with "
+                                    "different content: give the new adapter a new version", 409,
+                                    "version_conflict")
+            await self._swap(old, rec)
+        else:
+            clash = [n for n in rec.served_names() if n in self.served]
+            if clash:
+                raise RegistryError(f"served name {clash[0]!r} is already in use", 409, "name_conflict")
+            await self._load_new(rec)
+        self.records[spec.name] = rec
+        self.retired.pop(spec.name, None)
+        if self.unavailable.pop(spec.name, None) is not None:  # a fresh build replaces the refused snapshot
+            M.set_unavailable(spec.name, False)
+        self.persist()
+        return {"status": "replaced" if old else "added", "task": rec.to_dict()}
 
     async def _load_new(self, rec: TaskRecord) -> None:
         assert self.engine is not None

@@ -97,3 +97,32 @@ def test_a_client_that_leaves_is_a_499():
     before = _count("499")
     _call(_client_gone, {"model": "err-task", "prompt": "hi", "max_tokens": 2, "stream": True}, disconnect=True)
     assert _count("499") == before + 1
+
+
+def _health(queue_error: str | None, engine_status: int = 200) -> tuple[int, dict]:
+    async def engine_health(scope, receive, send):
+        await send({"type": "http.response.start", "status": engine_status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    cfg = SimpleNamespace(auth=AuthConfig(), max_body_bytes=1 << 20, max_choices=16, served_name="base")
+    queue = SimpleNamespace(error=queue_error)
+    mw = SafeGeneMiddleware(engine_health, cfg=cfg, registry=StubRegistry(), judge_queue=queue, models_handler=None,
+                            max_model_len=128)
+    sent: list[dict] = []
+
+    async def send(m):
+        sent.append(m)
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    asyncio.run(mw({"type": "http", "method": "GET", "path": "/health", "headers": []}, receive, send))
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    return start["status"], json.loads(b"".join(m.get("body", b"") for m in sent if "body" in m))
+
+
+def test_health_reports_judges_that_failed_as_degraded():
+    assert _health(None) == (200, {"status": "ok", "reasons": []})
+    status, body = _health("judges failed to load: no weights")
+    assert status == 200 and body["status"] == "degraded" and "no weights" in body["reasons"][0]
+    assert _health(None, engine_status=503) == (503, {"status": "unhealthy", "engine": 503})
