@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,6 +39,9 @@ from .snapshots import SnapshotError, collect_garbage, referenced, verify_record
 from .store import REGISTRY_FILE, FileStore, RegistryStore
 
 log = logging.getLogger("safegene.server.registry")
+#: seconds a swap holds its variants before draining: a test hook (tests/server/test_kill_mid_swap.py kills the server
+#: there); unset, zero
+SWAP_HOLD_S = float(os.environ.get("SAFEGENE_TEST_SWAP_HOLD_S", "0") or 0)
 
 
 class RegistryError(ValueError):
@@ -428,6 +432,8 @@ class Registry:
         for s in kept.values():
             s.open.clear()
             s.state = "swapping"
+        if SWAP_HOLD_S:  # fault injection for the crash tests: keep the pair held (never set in production)
+            await asyncio.sleep(SWAP_HOLD_S)
         try:
             await asyncio.wait_for(asyncio.gather(*(s.idle.wait() for s in kept.values())), self.cfg.drain_timeout_s)
         except asyncio.TimeoutError:

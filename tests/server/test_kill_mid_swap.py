@@ -10,8 +10,8 @@ import time
 import httpx
 import pytest
 
-from tests.plugins.live_server import (ADMIN_KEY, API_KEY, build_tiny_family, free_port, start_server, tiny_config,
-                                       write_config)
+from tests.plugins.live_server import (ADMIN_KEY, API_KEY, build_tiny_family, free_port, serve_config, start_server,
+                                       tiny_config, write_config)
 
 pytestmark = pytest.mark.engine
 
@@ -35,16 +35,12 @@ def test_kill_9_mid_swap_then_restart_serves_one_version(tmp_path, tiny_model):
     port = free_port()
     cfg = write_config(tmp_path / "server.yaml", tiny_config(tmp_path, family, port=port, tasks=[], judges=[]))
     body = {"name": "k9", "coefficients": {"layers": {"1": 1.0}, "default": 0.5}}
-    sp = start_server(cfg, tmp_path / "server.log", port)
+    sp = serve_config(cfg, tmp_path / "server.log", port)
+    sp.env["SAFEGENE_TEST_SWAP_HOLD_S"] = "30"  # the swap holds the pair long enough to be killed there
+    sp.start()
     try:
         with _admin(port) as a:
             assert a.post("/admin/adapters", json={**body, "version": "v1", "path": "k-a"}).status_code == 201
-        # a long stream holds the swap in its drain, so the kill lands while the pair is half-way
-        streaming = threading.Thread(target=lambda: httpx.post(
-            f"http://127.0.0.1:{port}/v1/completions", timeout=300, headers={"Authorization": f"Bearer {API_KEY}"},
-            json={"model": "k9", "prompt": "Once upon a time", "max_tokens": 200, "ignore_eos": True}))
-        streaming.start()
-        time.sleep(0.5)
         swap = threading.Thread(target=lambda: _admin(port).post(
             "/admin/adapters", json={**body, "version": "v2", "path": "k-b"}))
         swap.start()
@@ -55,7 +51,6 @@ def test_kill_9_mid_swap_then_restart_serves_one_version(tmp_path, tiny_model):
         os.killpg(sp.proc.pid, signal.SIGKILL)
         sp.proc.wait(30)
         swap.join(60)
-        streaming.join(60)
     finally:
         sp.stop()
     restarted = start_server(cfg, tmp_path / "server2.log", port)
