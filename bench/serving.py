@@ -132,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lora-kernels", choices=CPU_LORA_KERNELS, default="grouped",
                    help="CPU LoRA ops for every engine: 'grouped' (server/cpu_lora.py, the server's default) or "
                         "'stock' (vLLM's own)")
+    p.add_argument("--cpu-threads", choices=("auto", "all", "vllm"), default="auto",
+                   help="which CPUs every engine computes on, by the server's rule (engine.cpu_threads; default auto: "
+                        "every core on a host of 2 or fewer). --env VLLM_CPU_OMP_THREADS_BIND=... overrides")
     p.add_argument("--compile", action="store_true",
                    help="drop --enforce-eager from every engine (torch.compile / CUDA graphs where vLLM uses them). "
                         "Default: every engine eager, so all compare")
@@ -355,8 +358,13 @@ def round_order(configs: list[str], rnd: int) -> list[str]:
 def engine_env(args: argparse.Namespace) -> dict[str, str]:
     """One environment for every engine: the LoRA kernels and --env settings apply to ours, vLLM and the anchors."""
     # with --kv-cache the legacy CPU env var must be absent: it would override --kv-cache-memory-bytes
+    from server.hardware import threads_bind  # lazy: imports torch
+
     env = bench_env(None if args.kv_cache != "auto" else "1")
     env[CPU_LORA_ENV] = args.lora_kernels
+    bind = threads_bind(args.cpu_threads)
+    if bind is not None:
+        env["VLLM_CPU_OMP_THREADS_BIND"] = bind
     env.update(dict(e.split("=", 1) for e in args.env))
     return env
 
@@ -557,7 +565,8 @@ def markdown_report(result: dict[str, Any]) -> str:
     lines = [f"`{result['command']}` — {result['created']}, driver {w['driver']}, {w['clients']} concurrent requests, "
              f"{w['requests']} requests per configuration per round, {w['max_tokens']} tokens each, {w['rounds']} "
              f"rounds ({w['warmups']} warm-up requests before each), {e['dtype']}, LoRA kernels "
-             f"{e['cpu_lora_kernels']}, engine rank {e['max_lora_rank_equal']} (task alone: "
+             f"{e['cpu_lora_kernels']}, engine threads on CPUs {e.get('threads_bind', 'vLLM default')}, engine rank "
+             f"{e['max_lora_rank_equal']} (task alone: "
              f"{e['max_lora_rank_task']}){', env ' + ' '.join(e['env']) if e.get('env') else ''}; load average "
              f"(1 min) at the measurements: median {f(result['load_average']['median'], '.1f')}, max "
              f"{f(result['load_average']['max'], '.1f')}.", "",
@@ -624,7 +633,9 @@ def main(argv: list[str] | None = None) -> int:
                    "max_num_seqs": args.max_num_seqs, "max_lora_rank_equal": assets["rank_equal"],
                    "max_lora_rank_task": assets["rank_task"], "kv_cache": args.kv_cache,
                    "enforce_eager": not args.compile, "gpu_memory_utilization": args.gpu_memory_utilization,
-                   "cpu_lora_kernels": args.lora_kernels, "env": list(args.env), "extra": list(args.extra_engine_arg)},
+                   "cpu_lora_kernels": args.lora_kernels, "cpu_threads": args.cpu_threads,
+                   "threads_bind": engine_env(args).get("VLLM_CPU_OMP_THREADS_BIND", "vLLM default"),
+                   "env": list(args.env), "extra": list(args.extra_engine_arg)},
         "adapters": {"task_rank": args.task_rank, "safety_rank": args.safety_rank, "lambda": args.lam,
                      "kind": "random (make_random_lora)"},
         "configs": configs,

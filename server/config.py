@@ -19,6 +19,7 @@ from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --ma
 
 from .auth import AuthConfig, AuthConfigError, check_exposure, parse_auth
 from .cpu_lora import KERNELS as CPU_LORA_KERNELS
+from .hardware import CPU_THREADS
 from .validation import DEFAULT_MAX_CHOICES
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
@@ -31,6 +32,7 @@ SAFE_SUFFIX = "+safegene"
 ENGINE_KEYS = {
     "dtype", "max_model_len", "max_loras", "max_cpu_loras", "max_lora_rank", "tensor_parallel_size",
     "enforce_eager", "gpu_memory_utilization", "max_num_seqs", "seed", "lora_dtype", "extra_args", "cpu_lora_kernels",
+    "cpu_threads",
 }
 
 
@@ -109,6 +111,9 @@ class EngineSpec:
     extra_args: list[str] = field(default_factory=list)
     #: LoRA ops of a CPU engine: "grouped" (one GEMM per adapter, server/cpu_lora.py) or "stock" (vLLM's own)
     cpu_lora_kernels: str = "grouped"
+    #: which CPUs a CPU engine computes on: "auto" (every core on a host of CPU_ALL_CORES_UP_TO cores or fewer,
+    #: else vLLM's binding, which keeps a core for the API front end), "all", or "vllm" (server/hardware.py)
+    cpu_threads: str = "auto"
 
 
 @dataclass
@@ -277,7 +282,10 @@ def _parse_engine(d: Any, where: str) -> EngineSpec:
         lora_dtype=str(d["lora_dtype"]) if d.get("lora_dtype") else None,
         extra_args=[str(x) for x in extra],
         cpu_lora_kernels=str(d.get("cpu_lora_kernels", "grouped")),
+        cpu_threads=str(d.get("cpu_threads", "auto")),
     )
+    if spec.cpu_threads not in CPU_THREADS:
+        raise _fail(f"{where}.cpu_threads", f"must be one of {', '.join(CPU_THREADS)}, got {spec.cpu_threads!r}")
     if spec.cpu_lora_kernels not in CPU_LORA_KERNELS:
         raise _fail(f"{where}.cpu_lora_kernels", f"must be one of {', '.join(CPU_LORA_KERNELS)}, got "
                                                  f"{spec.cpu_lora_kernels!r}")

@@ -29,7 +29,7 @@ from typing import Any, AsyncIterator, Callable
 
 from .config import ServerConfig
 from .cpu_lora import ENV as CPU_LORA_ENV
-from .hardware import engine_dtype, on_gpu
+from .hardware import engine_dtype, on_gpu, threads_bind
 from .memory import check_memory, weights_bytes
 
 log = logging.getLogger("safegene.server.engine")
@@ -267,6 +267,10 @@ def engine_environment(cfg: ServerConfig) -> None:
     os.environ.pop("VLLM_ALLOW_RUNTIME_LORA_UPDATING", None)  # keep vLLM's unauthenticated LoRA routes off
     if not on_gpu():  # read by server.cpu_lora.register, which vLLM runs in the engine core as a plugin
         os.environ[CPU_LORA_ENV] = cfg.engine.cpu_lora_kernels
+        bind = threads_bind(cfg.engine.cpu_threads)
+        if bind is not None and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:  # an operator's own setting wins
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = bind
+            log.info("CPU engine threads on CPUs %s (engine.cpu_threads: %s)", bind, cfg.engine.cpu_threads)
 
 
 def bind_socket(args: Any) -> Any:

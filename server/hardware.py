@@ -20,6 +20,14 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 NO_BF16_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 
+#: engine.cpu_threads values (config.py): where a CPU engine computes
+CPU_THREADS = ("auto", "all", "vllm")
+#: hosts with this many usable CPUs or fewer give the engine every core under "auto": with 2 cores, vLLM's binding
+#: (one core kept for the API front end) left the engine half the machine; measured 1.26-1.42x faster with both
+#: cores (docs/benchmarks.md). Larger hosts keep vLLM's binding (not measured here).
+CPU_ALL_CORES_UP_TO = 2
+
+
 def on_gpu() -> bool:
     return bool(torch.cuda.is_available())
 
@@ -50,3 +58,19 @@ def engine_dtype(requested: str) -> str:
     if requested != "auto" or on_gpu():
         return requested
     return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+def usable_cpus() -> list[int]:
+    """The CPUs this process may run on (a container's or cgroup's share, not the machine's)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return list(range(os.cpu_count() or 1))
+
+
+def threads_bind(setting: str) -> str | None:
+    """The ``VLLM_CPU_OMP_THREADS_BIND`` value for ``engine.cpu_threads`` (None: leave vLLM's default)."""
+    cpus = usable_cpus()
+    if setting == "all" or (setting == "auto" and len(cpus) <= CPU_ALL_CORES_UP_TO):
+        return ",".join(map(str, cpus))
+    return None

@@ -1,12 +1,14 @@
 """Greedy outputs of the demo family through the server, pinned (issue 19: refactors must not change behaviour).
 
-The server is started exactly as ``safegene demo`` starts it (the demo's own runtime config: aligned base A, every
-committed task adapter, plain and ``+safegene`` variants, bf16 stacked LoRA), with the judges off. Each served model
-answers two prompts greedily, one request at a time (a batch of one, so batching cannot change the numerics), and
-the token ids must equal ``tests/data/demo_pinned.json``.
+The server is started as ``safegene demo`` starts it (the demo's own runtime config: aligned base A, every
+committed task adapter, plain and ``+safegene`` variants, stacked LoRA), with the judges off and the engine in
+float32 (the demo's ``dtype: auto`` picks bf16 or float32 by CPU; float32 greedy decoding does not depend on which
+CPU kernels round bf16 how). Each served model answers two prompts greedily, one request at a time (a batch of one,
+so batching cannot change the numerics), and the tokens must equal ``tests/data/demo_pinned.json``.
 
-The pins were recorded before the server was split into build / registry / engine modules. They change only when
-the demo family or the serving path changes *on purpose*; then re-record them with
+The first pins (bf16) were recorded before the server was split into build / registry / engine modules and held
+after it; they were re-recorded in float32 when the demo config moved to ``dtype: auto``. They change only when the
+demo family or the serving path changes *on purpose*; then re-record them with
 ``SAFEGENE_REPIN=1 pytest tests/server/test_demo_pinned.py`` and say why in the commit.
 """
 
@@ -39,6 +41,7 @@ def demo_server(tmp_path_factory):
     port = free_port()
     cfg, _notes = demo_server_config(state_dir=work / "state", port=port)
     cfg["judges"] = {"names": []}
+    cfg["engine"]["dtype"] = "float32"
     sp = start_server(write_config(work / "server.yaml", cfg), work / "server.log", port)
     yield sp, cfg
     sp.stop()

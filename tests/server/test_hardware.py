@@ -47,3 +47,12 @@ def test_cpu_flags_reads_this_machine():
     assert isinstance(flags, frozenset)
     if flags:  # Linux: /proc/cpuinfo lists at least the baseline x86-64 or Arm features
         assert any(f in flags for f in ("sse2", "fp", "asimd", "avx2"))
+
+
+def test_threads_bind_gives_small_hosts_every_core(monkeypatch):
+    monkeypatch.setattr(hardware, "usable_cpus", lambda: [0, 1])
+    assert hardware.threads_bind("auto") == "0,1" and hardware.threads_bind("all") == "0,1"
+    assert hardware.threads_bind("vllm") is None
+    monkeypatch.setattr(hardware, "usable_cpus", lambda: list(range(16)))
+    assert hardware.threads_bind("auto") is None  # big hosts keep vLLM's binding (a core for the front end)
+    assert hardware.threads_bind("all") == ",".join(map(str, range(16)))
