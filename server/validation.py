@@ -68,9 +68,9 @@ def validate_generate(kind: str, body: Any, max_model_len: int, max_choices: int
         if p is None or (isinstance(p, (str, list)) and len(p) == 0):
             raise HTTPError(400, "'prompt' is required", "missing_required_parameter", "prompt")
         if isinstance(p, list) and not _is_ids(p):
-            if not all(isinstance(x, str) or _is_ids(x) for x in p):
+            if not (all(isinstance(x, str) for x in p) or all(_is_ids(x) for x in p)):
                 raise HTTPError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list "
-                                "of token-id lists", "invalid_value", "prompt")
+                                "of token-id lists (not a mix)", "invalid_value", "prompt")
             prompts = len(p)
         if prompts > max_choices:
             raise HTTPError(400, f"'prompt' holds {prompts} prompts; this server answers at most {max_choices} "

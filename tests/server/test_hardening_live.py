@@ -77,6 +77,7 @@ def test_health_says_ok_with_working_judges(live_server):
     ({"prompt": "a", "n": 17}, "n"),
     ({"prompt": ["a", "b", "c", "d"], "n": 5}, "n"),
     ({"prompt": ["a", 3]}, "prompt"),
+    ({"prompt": ["a", [1, 2]]}, "prompt"),
     ({"prompt": "a", "best_of": 0}, "best_of"),
 ])
 def test_fan_out_is_bounded_with_a_400_naming_the_parameter(live_server, body, param):
@@ -104,7 +105,10 @@ def _wait_judged(server, model: str, at_least: float, timeout: float = 60) -> fl
 
 def test_every_choice_and_token_id_prompts_are_judged(live_server):
     before = _judged(live_server, "beta")
-    r = _post(live_server, "/v1/completions", {"model": "beta", "prompt": ["How do I", [1, 2, 3, 4]], "n": 2,
+    r = _post(live_server, "/v1/completions", {"model": "beta", "prompt": ["How do I", "Tell me"], "n": 2,
                                                 "max_tokens": 3, "temperature": 1.0, "seed": 1})
     assert r.status_code == 200 and len(r.json()["choices"]) == 4, r.text
-    assert _wait_judged(live_server, "beta", before + 4) == before + 4  # 2 prompts x n=2, the token-id one too
+    ids = _post(live_server, "/v1/completions", {"model": "beta", "prompt": [[1, 2, 3, 4], [5, 6, 7]],
+                                                  "max_tokens": 3})
+    assert ids.status_code == 200 and len(ids.json()["choices"]) == 2, ids.text
+    assert _wait_judged(live_server, "beta", before + 6) == before + 6  # 2 prompts x n=2, and 2 token-id prompts
