@@ -193,9 +193,11 @@ def test_merged_variant_listed_with_lineage(merged_server):
     assert merged["variant"] == "safe" and merged["task"] == "alpha-fast"
     for k in ("safety_version", "coefficients_hash", "task_version"):
         assert merged[k] == stacked[k], k
-    man = json.loads(Path(merged["manifest"]).read_text())
-    assert man["kind"] == "merged_model" and {e["role"] for e in man["lineage"]} >= {"base", "task", "safety"}
+    assert "manifest" not in merged and "path" not in merged, "a user key sees no server paths"
     variants = {v["id"]: v for v in _admin(merged_server).get("/admin/variants").json()["variants"]}
+    man = json.loads(Path(variants["alpha-fast+safegene"]["manifest"]).read_text())
+    assert man == variants["alpha-fast+safegene"]["manifest_data"]
+    assert man["kind"] == "merged_model" and {e["role"] for e in man["lineage"]} >= {"base", "task", "safety"}
     assert variants["alpha-fast+safegene"]["mode"] == "merged"
     assert variants["alpha-fast+safegene"]["coefficients"] == variants["alpha+safegene"]["coefficients"]
 
