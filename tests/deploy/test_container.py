@@ -46,17 +46,20 @@ def docker():
 def images(docker):
     """The CPU server image and the Debian-package Prometheus image, built once."""
     base = docker.base_image()
+    copied: list[Path] = []
     wheel = torch_cpu_wheel()
-    copied = None
     if wheel is not None and not any((REPO / "deploy" / "wheels").glob("torch-*.whl")):
-        copied = REPO / "deploy" / "wheels" / wheel.name
-        shutil.copy2(wheel, copied)
+        copied.append(REPO / "deploy" / "wheels" / wheel.name)
+        shutil.copy2(wheel, copied[-1])
+    for ca in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):  # this host's TLS proxy, if any
+        copied.append(REPO / "deploy" / "certs" / ca.name)
+        shutil.copy2(ca, copied[-1])
     try:
         docker.docker("build", "--network", "host", "-f", "deploy/Dockerfile.cpu", "--build-arg", f"BASE={base}",
                       "-t", CPU_IMAGE, str(REPO), timeout=3600)
     finally:
-        if copied is not None:
-            copied.unlink()
+        for p in copied:
+            p.unlink(missing_ok=True)
     docker.docker("build", "--network", "host", "-f", str(DEPLOY / "prometheus" / "Dockerfile"), "--build-arg",
                   f"BASE={base}", "-t", PROM_IMAGE, str(DEPLOY / "prometheus"), timeout=1800)
     return {"cpu": CPU_IMAGE, "prometheus": PROM_IMAGE}
