@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -34,8 +35,25 @@ def _worker(op: str, args: list[str]) -> None:
     from safegene_runtime.stack import stack_adapters
 
     t0 = time.perf_counter()
+    phases: dict[str, float] = {}
     if op == "extract":
+        import safegene_runtime.extract as ex
+
         aligned, degraded, out = args
+        phases["after imports"] = _rss_mb()
+        factorize, save = ex.factorize, ex.save_adapter
+
+        def traced_factorize(delta, **kw):  # the peak is inside the SVD; after it, what stays
+            result = factorize(delta, **kw)
+            phases["largest after a module"] = max(phases.get("largest after a module", 0.0), _rss_mb())
+            return result
+
+        def traced_save(*a, **k):
+            phases["before writing the adapter"] = _rss_mb()
+            phases["peak before writing"] = _peak_rss_mb()
+            return save(*a, **k)
+
+        ex.factorize, ex.save_adapter = traced_factorize, traced_save
         extract_safety_adapter(aligned, degraded, rank=16, out=out, progress=False)
     elif op == "stack":
         task, safety, out = args
@@ -47,7 +65,14 @@ def _worker(op: str, args: list[str]) -> None:
     elif op != "noop":
         raise SystemExit(f"unknown op {op}")
     seconds = time.perf_counter() - t0
-    print("RESULT " + json.dumps({"seconds": seconds, "maxrss_mb": _peak_rss_mb()}))
+    print("RESULT " + json.dumps({"seconds": seconds, "maxrss_mb": _peak_rss_mb(), "phases": phases}))
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def _peak_rss_mb() -> float:
@@ -62,9 +87,9 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _run(op: str, *args: Path | str) -> dict:
+def _run(op: str, *args: Path | str, env: dict[str, str] | None = None) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--_worker", op, *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO)
+                          cwd=REPO, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"{op} failed:\n{proc.stderr[-3000:]}")
@@ -90,16 +115,25 @@ def bench(label: str, base: Path, work: Path) -> None:
     sz = _sizes(base)
     noop = _run("noop")
     ext = _run("extract", base, degraded, work / "safety")
+    # glibc raises its mmap threshold after every large free, so freed SVD workspaces stay on the heap as RSS;
+    # a fixed threshold shows how much of the extra is that (same computation, same output)
+    fixed = _run("extract", base, degraded, work / "safety-fixed-mmap",
+                 env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"})
     stk = _run("stack", task, work / "safety", work / "stacked")
     mrg = _run("merge", base, task, work / "safety", work / "merged")
     print(f"\n== {label}: {base}")
     print(f"model {sz['model_mb']:.1f} MB ({sz['dtype']}); largest linear weight {sz['largest']} {sz['largest_shape']}: "
           f"fp32 A/D pair {sz['pair_fp32_mb']:.1f} MB; baseline process RSS {noop['maxrss_mb']:.0f} MB")
     print(f"{'step':<10}{'seconds':>10}{'peak RSS MB':>14}{'extra MB':>11}{'extra/model':>13}{'extra/pair':>12}")
-    for name, r in (("extract", ext), ("stack", stk), ("merge", mrg)):
+    for name, r in (("extract", ext), ("extract*", fixed), ("stack", stk), ("merge", mrg)):
         extra = max(r["maxrss_mb"] - noop["maxrss_mb"], 0.0)
         print(f"{name:<10}{r['seconds']:>10.2f}{r['maxrss_mb']:>14.0f}{extra:>11.0f}"
               f"{extra / sz['model_mb']:>13.2f}{extra / sz['pair_fp32_mb']:>12.1f}")
+    factors_mb = (work / "safety" / "adapter_model.safetensors").stat().st_size / 2**20
+    print(f"(extract*: MALLOC_MMAP_THRESHOLD_=65536.) The safety adapter's factors, held until they are written: "
+          f"{factors_mb:.1f} MB")
+    for label, r in (("extract", ext), ("extract*", fixed)):
+        print(f"{label} RSS by phase, MB: " + ", ".join(f"{k} {v:.0f}" for k, v in r["phases"].items()))
 
 
 def main() -> None:
