@@ -316,6 +316,16 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     root = path.parent
     _check_unknown(raw, {"base", "safety", "adapter_root", "state_dir", "tasks", "engine", "judges", "auth",
                          "server", "mode"}, where)
+    # keys and exposure first: an open listener is refused before anything else is looked at (model folders may
+    # not be prepared yet), and after --host, since the address actually listened on decides
+    srv = raw.get("server") or {}
+    if not isinstance(srv, dict):
+        raise _fail(f"{where}: server", "expected a mapping")
+    try:
+        auth = parse_auth(raw.get("auth"), f"{where}: auth")
+        check_exposure(auth, host or str(srv.get("host", "127.0.0.1")), f"{where}: auth")
+    except AuthConfigError as e:
+        raise ConfigError(str(e)) from e
     default_mode = _parse_mode(raw.get("mode", "lora"), list(VARIANTS), f"{where}: mode")
     if not isinstance(default_mode, str):
         raise _fail(f"{where}: mode", "the deployment default must be 'stacked' or 'merged' (per-variant modes "
@@ -378,14 +388,6 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
         batch_size=_int(jr, "batch_size", f"{where}: judges", 16),
     )
 
-    try:
-        auth = parse_auth(raw.get("auth"), f"{where}: auth")
-    except AuthConfigError as e:
-        raise ConfigError(str(e)) from e
-
-    srv = raw.get("server") or {}
-    if not isinstance(srv, dict):
-        raise _fail(f"{where}: server", "expected a mapping")
     _check_unknown(srv, {"host", "port", "drain_timeout_s", "max_body_bytes", "memory_budget_gb", "max_choices"},
                    f"{where}: server")
     budget = srv.get("memory_budget_gb")
@@ -402,8 +404,4 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
         default_mode=default_mode, memory_budget_gb=float(budget) if budget is not None else None,
         max_choices=_int(srv, "max_choices", f"{where}: server", DEFAULT_MAX_CHOICES),
     )
-    try:  # after --host: the address actually listened on decides
-        check_exposure(cfg.auth, cfg.host, f"{where}: auth")
-    except AuthConfigError as e:
-        raise ConfigError(str(e)) from e
     return cfg

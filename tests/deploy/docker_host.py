@@ -52,6 +52,9 @@ class DockerHost:
         self.env = dict(os.environ)
         self.proc: subprocess.Popen | None = None
         self.workdir = Path(tempfile.mkdtemp(prefix="safegene-docker-"))
+        # SAFEGENE_TEST_DOCKER_ROOT keeps the daemon's images between runs (a developer's cache; CI starts bare)
+        kept = os.environ.get("SAFEGENE_TEST_DOCKER_ROOT")
+        self.data_root = Path(kept) if kept else self.workdir / "data"
         if not shutil.which("docker"):
             _apt_install("docker.io")
         if _run(["docker", "info"], timeout=60, check=False).returncode != 0:
@@ -66,7 +69,7 @@ class DockerHost:
             raise DockerUnavailable("dockerd needs root")
         log = open(self.workdir / "dockerd.log", "wb")
         self.proc = subprocess.Popen(
-            ["dockerd", f"--host=unix://{SOCKET}", f"--data-root={self.workdir / 'data'}",
+            ["dockerd", f"--host=unix://{SOCKET}", f"--data-root={self.data_root}",
              f"--exec-root={self.workdir / 'exec'}", f"--pidfile={self.workdir / 'dockerd.pid'}",
              "--iptables=false", "--ip6tables=false", "--bridge=none"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
