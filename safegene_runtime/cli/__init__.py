@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "baseline",   # Safe LoRA, uniform safety arithmetic
     "serve",      # the OpenAI-compatible server (server package; imports vLLM)
     "eval",       # evaluation harness against any OpenAI-compatible endpoint
+    "gate",       # the safety gate: may a new task-adapter version serve (plain, safe only, or not at all)
     "judge",      # judges: train the prompt-harm head, judge a file
     "demo",       # the README's demo (server package)
 )
