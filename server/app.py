@@ -165,7 +165,7 @@ class SafeGeneMiddleware:
         ok, body = self.registry.readiness()
         if self.queue is not None:
             if self.queue.error:
-                body["reasons"].append(f"judges: {self.queue.error}")
+                body["reasons"].append("judges: failed to load (see the server log)")
             elif not self.queue.ready.is_set():
                 body["reasons"].append("judges: loading")
         ok = not body["reasons"]

@@ -268,17 +268,18 @@ class Registry:
             M.REGISTRY_TARGET_GENERATION.set(generation)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready (take traffic) once attached and every alias of the target generation is loaded; the body says
-        what is served and, when not ready, why."""
+        """Ready (take traffic) once attached and every alias of the target generation is loaded. The body is
+        for an unauthenticated probe: generations and task names, never a path (``/admin/variants`` has the
+        reasons in full)."""
         reasons = []
         if self.engine is None:
             reasons.append("starting: the engine is not up yet")
         if self.generation < self.target_generation:
             reasons.append(f"loading generation {self.target_generation} (serving {self.generation})")
-        for name, u in sorted(self.unavailable.items()):
-            reasons.append(f"task {name!r} version {u['record'].get('version')!r} is not loaded: {u['reason']}")
+        if self.unavailable:
+            reasons.append(f"not loaded: {', '.join(sorted(self.unavailable))} (the reasons are in /admin/variants)")
         return not reasons, {"generation": self.generation, "target_generation": self.target_generation,
-                             "aliases": {n: r.version for n, r in sorted(self.records.items())}, "reasons": reasons}
+                             "reasons": reasons}
 
     # -- request admission (called by the middleware for every request) --
 

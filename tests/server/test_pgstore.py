@@ -260,7 +260,8 @@ def test_a_changed_folder_is_refused_and_the_replica_is_not_ready(replicas):
         safe.write_bytes(bytes(data))
         await b.reconcile()
         ok, body = b.readiness()
-        assert not ok and "changed since it was built" in " ".join(body["reasons"])
+        assert not ok and body["reasons"] == ["not loaded: gamma (the reasons are in /admin/variants)"]
+        assert "changed since it was built" in b.describe()["unavailable"]["gamma"]["reason"]
         assert b.records["gamma"].version == "v1" and "gamma-v1" in eb.loaded["gamma"].name  # keeps serving v1
         # retiring the task clears it: b is ready again
         await a.retire("gamma")
