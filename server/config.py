@@ -144,6 +144,8 @@ class RegistrySpec:
     #: the shared content-addressed directory of built variants (postgres backend; default: ``<state_dir>``)
     artifact_store: Path | None = None
     poll_s: float = 5.0
+    #: seconds between two attempts at a version this replica could not load (each attempt re-hashes its folders)
+    retry_s: float = 60.0
     #: seconds a connection attempt may take before the database counts as unreachable
     connect_timeout_s: int = 3
     #: the LISTEN/NOTIFY channel (one per deployment sharing a database)
@@ -341,15 +343,17 @@ def _parse_registry(d: Any, root: Path, where: str) -> RegistrySpec:
         return RegistrySpec()
     if not isinstance(d, dict):
         raise _fail(where, "expected a mapping {backend: file|postgres, dsn | dsn_env, artifact_store, poll_s}")
-    _check_unknown(d, {"backend", "dsn", "dsn_env", "artifact_store", "poll_s", "connect_timeout_s", "channel"},
-                   where)
+    _check_unknown(d, {"backend", "dsn", "dsn_env", "artifact_store", "poll_s", "retry_s", "connect_timeout_s",
+                       "channel"}, where)
     default = RegistrySpec()
     backend = d.get("backend", default.backend)
     if backend not in REGISTRY_BACKENDS:
         raise _fail(f"{where}.backend", f"must be one of {', '.join(REGISTRY_BACKENDS)}, got {backend!r}")
     poll = d.get("poll_s", default.poll_s)
-    if isinstance(poll, bool) or not isinstance(poll, (int, float)) or not 0.1 <= poll <= 3600:
-        raise _fail(f"{where}.poll_s", f"expected seconds between 0.1 and 3600, got {poll!r}")
+    retry = d.get("retry_s", default.retry_s)
+    for key, value in (("poll_s", poll), ("retry_s", retry)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= 3600:
+            raise _fail(f"{where}.{key}", f"expected seconds between 0.1 and 3600, got {value!r}")
     channel = d.get("channel", default.channel)
     if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
         raise _fail(f"{where}.channel", f"expected a lowercase SQL identifier, got {channel!r}")
@@ -358,7 +362,7 @@ def _parse_registry(d: Any, root: Path, where: str) -> RegistrySpec:
         dsn_env=str(d["dsn_env"]) if d.get("dsn_env") else None,
         artifact_store=_as_path(d["artifact_store"], root, f"{where}.artifact_store") if d.get("artifact_store")
         else None,
-        poll_s=float(poll), connect_timeout_s=_int(d, "connect_timeout_s", where, default.connect_timeout_s),
+        poll_s=float(poll), retry_s=float(retry), connect_timeout_s=_int(d, "connect_timeout_s", where, default.connect_timeout_s),
         channel=channel,
     )
     if backend == "postgres":

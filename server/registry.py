@@ -27,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -158,6 +159,7 @@ class Registry:
         self.served: dict[str, Served] = {}
         self.engine: EngineOps | None = None
         self._lock: asyncio.Lock | None = None
+        self._retry_at = 0.0  # shared store: when to try unavailable versions again
 
     # -- start-up (synchronous, before the engine exists) --
 
@@ -739,8 +741,11 @@ class Registry:
             await self._reconcile_locked(None)
 
     def behind(self) -> bool:
-        """True when a reconcile has work: a newer generation, or tasks that did not load last time."""
-        return self.generation != self.target_generation or bool(self.unavailable)
+        """True when a reconcile has work: a newer generation, or (every ``registry.retry_s``) tasks that did not
+        load last time."""
+        if self.generation != self.target_generation:
+            return True
+        return bool(self.unavailable) and time.monotonic() >= self._retry_at
 
     async def _reconcile_locked(self, data: dict[str, Any] | None) -> None:
         if data is None:
@@ -777,6 +782,7 @@ class Registry:
             if name not in self.unavailable or self.unavailable[name]["reason"] != u["reason"]:
                 self._mark_unavailable(name, u["record"], u["reason"])
         self.unavailable = unavailable
+        self._retry_at = time.monotonic() + self.cfg.registry.retry_s
         self._export()
         if changes:
             log.info("generation %d: %s", gen, ", ".join(
