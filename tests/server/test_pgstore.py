@@ -293,6 +293,77 @@ def test_admin_writes_fail_with_503_while_the_database_is_down(replicas, postgre
     asyncio.run(scenario())
 
 
+class SlowEngine(RecordingEngine):
+    """Loads and unloads take a while, as on a real engine: requests arrive in the middle of every change."""
+
+    async def load(self, name: str, path: Path) -> None:
+        await asyncio.sleep(0.03)
+        await super().load(name, path)
+
+    async def unload(self, name: str) -> None:
+        await asyncio.sleep(0.03)
+        await super().unload(name)
+
+
+def test_every_request_sees_the_version_of_the_generation_it_reports(replicas):
+    """Clients on replica b, changes made on replica a: each admitted request's version is the one its alias has
+    in the generation b reported at admission; none is refused."""
+    family, (a, b) = replicas
+
+    async def scenario() -> None:
+        a.build_startup()
+        b.build_startup()
+        await a.attach(SlowEngine())
+        await b.attach(SlowEngine())
+        history = {}
+        r = await _add(a, _spec(family, "gamma", "gamma-1", "v1"))
+        history[r["generation"]] = "v1"
+        await b.reconcile()
+        follower = Follower(b, poll_s=0.5)
+        follower.start()
+        seen: list[tuple[int, str]] = []
+        refused: list[str] = []
+        stop = asyncio.Event()
+
+        async def client(i: int) -> None:
+            name = "gamma" if i % 2 else "gamma+safegene"
+            for _ in range(5000):
+                if stop.is_set():
+                    return
+                s = await b.admit(name)
+                if s is None:
+                    refused.append(name)
+                    await asyncio.sleep(0.01)
+                    continue
+                gen = b.generation
+                await asyncio.sleep(0.01)  # the request runs
+                seen.append((gen, s.record.version))
+                b.release(s)
+
+        clients = [asyncio.create_task(client(i)) for i in range(8)]
+        try:
+            await asyncio.sleep(0.2)
+            r = await _add(a, _spec(family, "gamma", "gamma-2", "v2"))
+            history[r["generation"]] = "v2"
+            await _until(lambda: b.generation == r["generation"])
+            await asyncio.sleep(0.2)
+            for version in ("v1", "v2", "v1"):
+                r = await a.set_alias("gamma", {"version": version})
+                history[r["generation"]] = version
+                await _until(lambda: b.generation == r["generation"])
+                await asyncio.sleep(0.2)
+        finally:
+            stop.set()
+            await asyncio.gather(*clients)
+            await follower.stop()
+        assert not refused
+        wrong = [(g, v) for g, v in seen if history.get(g) != v]
+        assert not wrong, (wrong[:5], history)
+        assert {v for _, v in seen} == {"v1", "v2"} and len({g for g, _ in seen}) == 5
+
+    asyncio.run(scenario())
+
+
 async def _until(cond, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
