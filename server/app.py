@@ -38,6 +38,8 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 GENERATE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 OPEN_PATHS = {"/metrics", "/metrics/", "/version"}
+#: seconds an admin caller is told to wait (Retry-After) when the registry database is unreachable
+ADMIN_RETRY_AFTER_S = 5.0
 #: which registry generation the answering replica served when it admitted the request
 GENERATION_HEADER = b"x-safegene-registry-generation"
 #: lineage fields a user key may see in /v1/models (admins see paths and manifests too)
@@ -300,7 +302,7 @@ class SafeGeneMiddleware:
                                                  scope.get("query_string", b"").decode("latin-1"))
         except RegistryError as e:
             raise HTTPError(e.status, str(e), e.code, type_="server_error" if e.status >= 500 else
-                            "invalid_request_error", retry_after=5 if e.status == 503 else None) from e
+                            "invalid_request_error", retry_after=ADMIN_RETRY_AFTER_S if e.status == 503 else None) from e
         except Exception as e:  # an admin call never answers in plain text; what is served did not change
             log.exception("admin %s %s failed", scope["method"], scope["path"])
             raise HTTPError(500, f"the admin call failed ({type(e).__name__}); nothing served changed",
