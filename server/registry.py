@@ -159,6 +159,7 @@ class Registry:
         self.served: dict[str, Served] = {}
         self.engine: EngineOps | None = None
         self._lock: asyncio.Lock | None = None
+        self._build_lock: asyncio.Lock | None = None
         self._retry_at = 0.0  # shared store: when to try unavailable versions again
 
     # -- start-up (synchronous, before the engine exists) --
@@ -223,6 +224,7 @@ class Registry:
         """Register the base and every built variant with the engine (before the port opens)."""
         self.engine = engine
         self._lock = asyncio.Lock()
+        self._build_lock = asyncio.Lock()  # shared store: one build at a time, apart from the registry lock
         self._publish(Served(self.cfg.served_name, "base", "", str(self.cfg.base_model)))
         for name, rec in self.records.items():
             for s in _served_of(rec):
@@ -396,15 +398,18 @@ class Registry:
     async def _run_job(self, job: Job, spec: TaskSpec) -> dict[str, Any]:
         assert self._lock is not None
         try:
-            async with self._lock:
-                try:
-                    rec = await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit)
-                except JobCancelled as e:
-                    raise RegistryError(str(e), 409, "job_cancelled") from e
-                except BuildFailed as e:
-                    raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
-                job.update(stage="loading into the engine")
-                result = await (self._apply_shared if self.shared else self._apply)(spec, rec)
+            if self.shared:  # build outside the registry lock: the replica keeps following the registry meanwhile
+                assert self._build_lock is not None
+                async with self._build_lock:
+                    rec = await self._build(job, spec)
+                async with self._lock:
+                    job.update(stage="committing and loading into the engine")
+                    result = await self._apply_shared(spec, rec)
+            else:
+                async with self._lock:
+                    rec = await self._build(job, spec)
+                    job.update(stage="loading into the engine")
+                    result = await self._apply(spec, rec)
         except RegistryError as e:
             job.error = str(e)
             job.update("cancelled" if e.code == "job_cancelled" else "failed")
@@ -417,6 +422,14 @@ class Registry:
         job.result = {"status": result["status"], "version": rec.version}
         job.update("done", "served")
         return {**result, "job": job.id}
+
+    async def _build(self, job: Job, spec: TaskSpec) -> TaskRecord:
+        try:
+            return await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit)
+        except JobCancelled as e:
+            raise RegistryError(str(e), 409, "job_cancelled") from e
+        except BuildFailed as e:
+            raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
 
     async def _apply(self, spec: TaskSpec, rec: TaskRecord) -> dict[str, Any]:
         """Serve a built record: add it, or swap it in for the task's current version (under the admin lock)."""

@@ -57,8 +57,9 @@ class Replica:
     def admin(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300)
 
-    def ready(self, timeout: float = 2.0) -> tuple[int, dict]:
-        """(status, body) of /ready; (0, {}) when nothing answers."""
+    def ready(self, timeout: float = 10.0) -> tuple[int, dict]:
+        """(status, body) of /ready; (0, {}) when nothing answers (in ``timeout`` seconds: 2 cores run three engines
+        and 16 clients here, so a generous one where the answer is checked; the load balancer's probe uses 1 s)."""
         try:
             r = httpx.get(f"{self.url}/ready", timeout=timeout)
             return r.status_code, r.json()
@@ -420,19 +421,18 @@ def test_postgres_outage_under_load(cluster):
             served_down = sum(1 for x in load.results if x.t0 > t_down and x.error is None)
         finally:
             pg.start()
-        t_up = time.monotonic()
-        for r in cluster.replicas:  # they find it again within a poll period
-            _until(lambda r=r: "safegene_registry_reachable 1.0" in httpx.get(f"{r.url}/metrics", timeout=30).text,
-                   POLL_S + 3, f"replica {r.index} reaching the registry again")
-        t_reach = time.monotonic() - t_up
+        # a change at once, before the replicas' change feeds have reconnected (they back off while the database is
+        # away): the poll brings it to every replica within the poll period (plus the swap itself)
         with cluster.replicas[2].admin() as a:
             r = a.put("/admin/aliases/gamma", json={"version": "v1"})
         g = cluster.record(r, {**cluster.aliases(), "gamma": "v1"})
         converge = cluster.wait_all_at(g, POLL_S + SWAP_SLACK_S)
+        for r in cluster.replicas:
+            assert "safegene_registry_reachable 1.0" in httpx.get(f"{r.url}/metrics", timeout=30).text
         _until(lambda: any(x.generation == g for x in load.results), 30, "responses at the new generation")
     errors = [x for x in load.results if x.error]
     assert not errors, [(x.replica, x.error) for x in errors[:5]]
     assert served_down >= CLIENTS, served_down
     load.check_versions(cluster.history)
-    print(f"\n[replicas] PostgreSQL outage: {served_down} responses while it was down, 0 failed; reachable again "
-          f"{t_reach:.1f}s after it returned; a change reached all replicas in {converge:.1f}s")
+    print(f"\n[replicas] PostgreSQL outage: {served_down} responses while it was down, 0 failed; a change made as "
+          f"soon as it returned reached all replicas in {converge:.1f}s (poll period {POLL_S:.0f}s)")
