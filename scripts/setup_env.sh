@@ -62,7 +62,9 @@ fi
 import importlib.metadata as md
 import transformers, torch, safetensors  # noqa: F401  (fails loudly if the torch/vision mismatch is back)
 import vllm  # noqa: F401
-print(f"[setup] ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}")
+import psycopg, kubernetes_validate  # noqa: F401  (the postgres registry backend; the k8s manifest tests)
+print(f"[setup] ok: torch {torch.__version__}, transformers {transformers.__version__}, vllm {vllm.__version__}, "
+      f"psycopg {psycopg.__version__} ({psycopg.pq.__impl__})")
 PY
 echo "$want" > "$STAMP"
 echo "[setup] done in $(( $(date +%s) - start )) s"

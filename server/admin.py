@@ -7,6 +7,8 @@
 * ``GET    /admin/jobs``              build jobs (``POST /admin/adapters?wait=false`` answers 202 with one)
 * ``GET    /admin/jobs/{id}``         one job: state, stage, error, result
 * ``DELETE /admin/jobs/{id}``         cancel a queued or running build
+* ``PUT    /admin/aliases/{name}``    point a task at a version the registry already holds (``{"version": ...}``;
+  postgres backend, which keeps every version)
 
 Errors raise :class:`~server.registry.RegistryError` (status + message); the middleware turns them into
 OpenAI-style error bodies. Nothing served changes when a call fails.
@@ -46,6 +48,12 @@ async def handle_admin(registry: Registry, method: str, path: str, raw: bytes, q
         return 200, job.to_dict()
     if len(parts) == 2 and parts[0] == "adapters" and method == "DELETE":
         return 200, await registry.retire(parts[1])
-    if parts and parts[0] in ("variants", "adapters", "jobs"):
+    if len(parts) == 2 and parts[0] == "aliases" and method == "PUT":
+        try:
+            body = json.loads(raw or b"null")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise RegistryError(f"could not parse the JSON body: {e}", 400, "invalid_json") from e
+        return 200, await registry.set_alias(parts[1], body)
+    if parts and parts[0] in ("variants", "adapters", "jobs", "aliases"):
         raise RegistryError(f"method {method} is not allowed on {path}", 405, "method_not_allowed")
     raise RegistryError(f"no admin route {path}", 404, "not_found")

@@ -2,8 +2,8 @@
 
 It is pure ASGI (not BaseHTTPMiddleware), so streamed responses pass through chunk by chunk. Per request it:
 
-1. allow-lists paths (``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``, ``/health``, ``/metrics``,
-   ``/version``, ``/admin/...``); everything else vLLM would expose (runtime LoRA routes, ``/tokenize``,
+1. allow-lists paths (``/v1/models``, ``/v1/chat/completions``, ``/v1/completions``, ``/health``, ``/ready``,
+   ``/metrics``, ``/version``, ``/admin/...``); everything else vLLM would expose (runtime LoRA routes, ``/tokenize``,
    ``/invocations``, ``/pause``, docs, ...) answers 404, and WebSocket connections are closed;
 2. checks the bearer key (``auth.py``: user keys, scoped to models or not, for ``/v1/*``; admin keys for ``/admin/*``);
 3. parses the JSON body, rejects bad input with OpenAI-style 4xx bodies (``validation.py``: malformed JSON, missing
@@ -38,6 +38,10 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 GENERATE_PATHS = {"/v1/chat/completions": "chat", "/v1/completions": "completion"}
 OPEN_PATHS = {"/metrics", "/metrics/", "/version"}
+#: seconds an admin caller is told to wait (Retry-After) when the registry database is unreachable
+ADMIN_RETRY_AFTER_S = 5.0
+#: which registry generation the answering replica served when it admitted the request
+GENERATION_HEADER = b"x-safegene-registry-generation"
 #: lineage fields a user key may see in /v1/models (admins see paths and manifests too)
 USER_LINEAGE = ("variant", "task", "mode", "task_version", "safety_version", "coefficients_hash", "source")
 
@@ -94,6 +98,8 @@ class SafeGeneMiddleware:
                 await self.app(scope, receive, send)
             elif path == "/health":
                 await self._health(scope, receive, send)
+            elif path == "/ready":
+                await self._ready(send)
             elif path.startswith("/admin/") or path == "/admin":
                 await self._admin(scope, receive, send)
             elif path == "/v1/models" or path.startswith("/v1/models/"):
@@ -152,6 +158,21 @@ class SafeGeneMiddleware:
             reasons.append(self.queue.error)
         await send_json(send, 200, {"status": "degraded" if reasons else "ok", "reasons": reasons})
 
+    # -- /ready: take traffic? --
+
+    async def _ready(self, send: Send) -> None:
+        """200 once every alias of the replica's target generation is loaded and the judges run (readiness:
+        a load balancer or Kubernetes sends traffic only then); 503 with the reasons before. ``/health`` is
+        liveness and says nothing about adapters."""
+        ok, body = self.registry.readiness()
+        if self.queue is not None:
+            if self.queue.error:
+                body["reasons"].append("judges: failed to load (see the server log)")
+            elif not self.queue.ready.is_set():
+                body["reasons"].append("judges: loading")
+        ok = not body["reasons"]
+        await send_json(send, 200 if ok else 503, {"status": "ready" if ok else "not_ready", **body})
+
     # -- /v1/models with lineage --
 
     async def _models(self, scope: Scope, send: Send, key: KeyScope | None) -> None:
@@ -202,6 +223,7 @@ class SafeGeneMiddleware:
                                 retry_after=e.retry_after) from e
             if served is None:
                 raise HTTPError(404, f"The model `{body['model']}` does not exist.", "model_not_found", "model")
+            generation = self.registry.generation  # read with the admission, no await in between
         except HTTPError as e:
             M.REQUESTS.labels(**labels, status=str(e.status)).inc()
             raise
@@ -228,7 +250,8 @@ class SafeGeneMiddleware:
                 disconnected = True
             return msg
 
-        cap = Capture(send, t0, strip_usage, version_headers(served))
+        cap = Capture(send, t0, strip_usage,
+                      version_headers(served) + [(GENERATION_HEADER, str(generation).encode())])
         failed: BaseException | None = None
         try:
             target = (self.router(served.name) if self.router is not None else None) or self.app
@@ -278,7 +301,8 @@ class SafeGeneMiddleware:
             status, payload = await handle_admin(self.registry, scope["method"], scope["path"], raw,
                                                  scope.get("query_string", b"").decode("latin-1"))
         except RegistryError as e:
-            raise HTTPError(e.status, str(e), e.code) from e
+            raise HTTPError(e.status, str(e), e.code, type_="server_error" if e.status >= 500 else
+                            "invalid_request_error", retry_after=ADMIN_RETRY_AFTER_S if e.status == 503 else None) from e
         except Exception as e:  # an admin call never answers in plain text; what is served did not change
             log.exception("admin %s %s failed", scope["method"], scope["path"])
             raise HTTPError(500, f"the admin call failed ({type(e).__name__}); nothing served changed",

@@ -8,7 +8,8 @@ A task (name + version) exposes up to two variants:
   (:func:`safegene_runtime.stack.stack_adapters`), or, in ``mode: merged``, base + ΔT + λ·ΔS folded into a full
   checkpoint (:func:`safegene_runtime.merge.merge_checkpoint`) that gets its own engine.
 
-Everything here runs before any engine is touched and writes nothing but new folders under the state dir; a
+Everything here runs before any engine is touched and writes nothing but new folders under the artifact store (the
+state dir, or the shared store of a postgres registry); a
 failure raises :class:`~safegene_runtime.artifacts.ArtifactError` / ``ValueError`` with a message naming the problem,
 and leaves what is served alone. The result is a :class:`~server.records.TaskRecord`.
 """
@@ -71,7 +72,8 @@ class BuildContext:
             man = read_manifest(cfg.safety)
             self.safety_version = cfg.safety_version or (man.get("id") or adapter_digest(cfg.safety))[:12]
         self.rank_limit: int | None = cfg.engine.max_lora_rank if cfg.engine.max_lora_rank != "auto" else None
-        self.store = cfg.state_dir / "adapters"
+        self.store = cfg.artifact_store / "adapters"
+        self.merged_store = cfg.artifact_store / "merged"
 
     def combined_rank(self, task_ad: LoraAdapter) -> int:
         """The largest per-module rank of the task adapter stacked with the safety adapter."""
@@ -157,7 +159,7 @@ def build_merged_variant(ctx: BuildContext, task: str, version: str, variant: st
     # a small safety delta that the fp32 engine could have applied exactly. Other engine dtypes keep the base's.
     if engine_dtype(ctx.cfg.engine.dtype).lower() in ("float32", "float"):
         kw["dtype"] = "float32"
-    path = merge_checkpoint(ctx.cfg.base_model, store=ctx.cfg.state_dir / "merged",
+    path = merge_checkpoint(ctx.cfg.base_model, store=ctx.merged_store,
                             name=f"{name.replace('+', '-')}-{version}", progress=False, **kw)
     kept = read_manifest(path).get("delta_retention", 1.0)
     if kept < 0.9:
@@ -232,7 +234,7 @@ def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter,
     variants: dict[str, VariantRecord] = {}
     for variant in spec.variants:
         if spec.mode_of(variant) == "merged":
-            existing = _existing(ctx.cfg.state_dir / "merged")
+            existing = _existing(ctx.merged_store)
             v = build_merged_variant(ctx, spec.name, version, variant, plain_dir,
                                      coefficients if variant == "safe" else None)
             _new(Path(v.path), Path(v.path) in existing, created)

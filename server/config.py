@@ -123,6 +123,40 @@ class JudgeSpec:
     batch_size: int = 16
 
 
+#: registry backends: "file" (one process, ``<state_dir>/registry.json``) or "postgres" (N replicas, one database)
+REGISTRY_BACKENDS = ("file", "postgres")
+
+
+@dataclass
+class RegistrySpec:
+    """Where the registry lives (``registry:`` in the YAML). The defaults are the embedded single-process backend.
+
+    With ``backend: postgres`` the database holds adapter versions, aliases and the generation, and built folders go
+    to ``artifact_store`` (a directory every replica mounts at the same path), so every replica serves the same
+    bytes; each replica follows the database's generation (LISTEN/NOTIFY, and a poll every ``poll_s`` seconds in
+    case a notification is missed or the database was away)."""
+
+    backend: str = "file"
+    #: a libpq connection string; the password is best left out and given as $PGPASSWORD (a Secret)
+    dsn: str | None = None
+    #: the environment variable that holds the DSN instead (wins over ``dsn`` when set)
+    dsn_env: str | None = None
+    #: the shared content-addressed directory of built variants (postgres backend; default: ``<state_dir>``)
+    artifact_store: Path | None = None
+    poll_s: float = 5.0
+    #: seconds between two attempts at a version this replica could not load (each attempt re-hashes its folders)
+    retry_s: float = 60.0
+    #: seconds a connection attempt may take before the database counts as unreachable
+    connect_timeout_s: int = 3
+    #: the LISTEN/NOTIFY channel (one per deployment sharing a database)
+    channel: str = "safegene_registry"
+
+    def resolved_dsn(self) -> str | None:
+        if self.dsn_env and os.environ.get(self.dsn_env):
+            return os.environ[self.dsn_env]
+        return self.dsn
+
+
 @dataclass
 class ServerConfig:
     path: Path  # the config file itself (for messages)
@@ -143,6 +177,12 @@ class ServerConfig:
     default_mode: str = "lora"  # top-level ``mode``: the deployment default for task entries
     memory_budget_gb: float | None = None  # server.memory_budget_gb: overrides the detected memory (server/memory.py)
     max_choices: int = DEFAULT_MAX_CHOICES  # server.max_choices: completions per request (prompts x n)
+    registry: RegistrySpec = field(default_factory=RegistrySpec)
+
+    @property
+    def artifact_store(self) -> Path:
+        """Where built variants go: the shared store of a postgres registry, else the state dir."""
+        return self.registry.artifact_store or self.state_dir
 
 
 def _fail(where: str, msg: str) -> ConfigError:
@@ -294,6 +334,48 @@ def _parse_engine(d: Any, where: str) -> EngineSpec:
     return spec
 
 
+_CHANNEL_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def _parse_registry(d: Any, root: Path, where: str) -> RegistrySpec:
+    """The ``registry:`` section; absent: the file backend."""
+    if d is None:
+        return RegistrySpec()
+    if not isinstance(d, dict):
+        raise _fail(where, "expected a mapping {backend: file|postgres, dsn | dsn_env, artifact_store, poll_s}")
+    _check_unknown(d, {"backend", "dsn", "dsn_env", "artifact_store", "poll_s", "retry_s", "connect_timeout_s",
+                       "channel"}, where)
+    default = RegistrySpec()
+    backend = d.get("backend", default.backend)
+    if backend not in REGISTRY_BACKENDS:
+        raise _fail(f"{where}.backend", f"must be one of {', '.join(REGISTRY_BACKENDS)}, got {backend!r}")
+    poll = d.get("poll_s", default.poll_s)
+    retry = d.get("retry_s", default.retry_s)
+    for key, value in (("poll_s", poll), ("retry_s", retry)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.1 <= value <= 3600:
+            raise _fail(f"{where}.{key}", f"expected seconds between 0.1 and 3600, got {value!r}")
+    channel = d.get("channel", default.channel)
+    if not isinstance(channel, str) or not _CHANNEL_RE.match(channel):
+        raise _fail(f"{where}.channel", f"expected a lowercase SQL identifier, got {channel!r}")
+    spec = RegistrySpec(
+        backend=backend, dsn=str(d["dsn"]) if d.get("dsn") else None,
+        dsn_env=str(d["dsn_env"]) if d.get("dsn_env") else None,
+        artifact_store=_as_path(d["artifact_store"], root, f"{where}.artifact_store") if d.get("artifact_store")
+        else None,
+        poll_s=float(poll), retry_s=float(retry), connect_timeout_s=_int(d, "connect_timeout_s", where, default.connect_timeout_s),
+        channel=channel,
+    )
+    if backend == "postgres":
+        if not spec.dsn and not spec.dsn_env:
+            raise _fail(where, "the postgres backend needs 'dsn' (a libpq connection string) or 'dsn_env'")
+        if spec.artifact_store is None:
+            raise _fail(where, "the postgres backend needs 'artifact_store': a directory every replica mounts at "
+                               "the same path (built variants are shared through it)")
+    elif spec.artifact_store is not None or spec.dsn or spec.dsn_env:
+        raise _fail(where, "dsn, dsn_env and artifact_store belong to the postgres backend (backend: postgres)")
+    return spec
+
+
 #: flags that safegene serve sets itself: passing them through would break auth, naming or LoRA registration
 _BLOCKED_FLAGS = {
     "--model", "--served-model-name", "--api-key", "--enable-lora", "--lora-modules", "--max-lora-rank",
@@ -315,7 +397,7 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     where = str(path)
     root = path.parent
     _check_unknown(raw, {"base", "safety", "adapter_root", "state_dir", "tasks", "engine", "judges", "auth",
-                         "server", "mode"}, where)
+                         "server", "mode", "registry"}, where)
     # keys and exposure first: an open listener is refused before anything else is looked at (model folders may
     # not be prepared yet), and after --host, since the address actually listened on decides
     srv = raw.get("server") or {}
@@ -393,6 +475,7 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     budget = srv.get("memory_budget_gb")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise _fail(f"{where}: server.memory_budget_gb", f"expected a positive number of GiB, got {budget!r}")
+    registry = _parse_registry(raw.get("registry"), root, f"{where}: registry")
     cfg = ServerConfig(
         path=path, base_model=base_model, served_name=served_name, safety=safety, safety_version=safety_version,
         adapter_root=adapter_root, state_dir=state_dir, tasks=tasks, engine=engine, judges=judges,
@@ -403,5 +486,6 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
         max_body_bytes=int(srv.get("max_body_bytes", 4 << 20)),
         default_mode=default_mode, memory_budget_gb=float(budget) if budget is not None else None,
         max_choices=_int(srv, "max_choices", f"{where}: server", DEFAULT_MAX_CHOICES),
+        registry=registry,
     )
     return cfg

@@ -2,7 +2,9 @@
 
 Order: load the config → check memory → build every variant (``build.py``) → parse the engine flags → bind the socket
 (not listening yet) → start the engine and its app (``engine.py``) → register every variant (``registry.py``) →
-put our middleware around the app (``app.py``) → listen. Clients can only connect once everything is registered.
+start the judges and, with a shared registry, the follower (``reconcile.py``) → put our middleware around the app
+(``app.py``) → listen. Clients can only connect once everything is registered; ``/ready`` answers 200 once the
+judges run and the replica serves its registry's newest generation.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from .config import ServerConfig, load_config
 from .engine import (DispatchOps, LoraOps, MergedEngines, bind_socket, engine_argv, engine_environment,
                      open_engine_app, parse_engine_args, serve_http, wrap_app)
 from .memory import check_memory, planned_engines
+from .reconcile import Follower
 from .registry import Registry
 
 
@@ -54,12 +57,15 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
     args = parse_engine_args(engine_argv(cfg, registry.max_lora_rank, registry.variant_count()))
     sock = bind_socket(args)
     merged = MergedEngines(cfg)  # one engine per `mode: merged` variant
+    follower = Follower(registry, cfg.registry.poll_s) if registry.shared else None
     try:
         async with open_engine_app(args) as (client, app):
             ops = DispatchOps(LoraOps(client, app, cfg.served_name), merged)
             await registry.attach(ops)
             if judge_queue is not None:
                 judge_queue.start()
+            if follower is not None:  # catch up with changes committed while this replica was loading
+                follower.start()
 
             async def models_handler() -> dict[str, Any]:
                 return await ops.list_models(registry.lineage_of)
@@ -72,6 +78,8 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
             shutdown_task = await serve_http(app, sock, args)
         await shutdown_task
     finally:
+        if follower is not None:
+            await follower.stop()
         await merged.close()
         registry.jobs.shutdown()
         sock.close()

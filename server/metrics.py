@@ -59,6 +59,28 @@ REGISTRY_UNAVAILABLE = _get_or_create(
     ("task",))
 
 
+REGISTRY_GENERATION = _get_or_create(
+    Gauge, "safegene_registry_generation",
+    "The registry generation this replica serves (every alias of it loaded); replicas that agree serve the same "
+    "versions")
+REGISTRY_TARGET_GENERATION = _get_or_create(
+    Gauge, "safegene_registry_target_generation",
+    "The newest registry generation this replica has seen; above safegene_registry_generation while it loads")
+REGISTRY_REACHABLE = _get_or_create(
+    Gauge, "safegene_registry_reachable",
+    "1 when the last poll of the shared registry (postgres backend) succeeded, 0 while it cannot be reached")
+ALIAS_VERSION = _get_or_create(
+    Gauge, "safegene_registry_alias_version", "1 per task alias, labelled with the version this replica has loaded",
+    ("alias", "version"))
+
+
+def set_alias_versions(versions: dict[str, str]) -> None:
+    """Replace the per-alias series with ``{alias: version}`` (a retired alias's series disappears)."""
+    ALIAS_VERSION.clear()
+    for alias, version in versions.items():
+        ALIAS_VERSION.labels(alias=alias, version=version).set(1)
+
+
 def set_unavailable(task: str, flag: bool) -> None:
     if flag:
         REGISTRY_UNAVAILABLE.labels(task=task).set(1)

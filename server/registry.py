@@ -12,6 +12,12 @@ The state (what is served, where each entry came from â€” config or admin API â€
 :class:`~server.store.RegistryStore` after every change (by default ``<state_dir>/registry.json``, written
 atomically) and restored on restart (admin entries rebuilt, config entries re-read).
 
+With a shared store (PostgreSQL, N replicas) the store is the source of truth instead: an admin change is first
+checked here (built, verified, loaded once under staging names), then committed as one transaction that bumps the
+generation, and every replica, this one included, reconciles to it (:meth:`Registry.reconcile`, driven by
+``server/reconcile.py``): it loads what is missing, drains and unloads what was retired, and publishes the new set
+and its generation in one step, so each response's version belongs to the generation it reports.
+
 The registry drives an :class:`EngineOps` (``server/engine.py`` implements it over vLLM) and never imports vLLM.
 """
 
@@ -21,6 +27,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,8 +42,9 @@ from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, 
 from .config import ConfigError, ServerConfig, TaskSpec, check_name, parse_task
 from .jobs import BuildFailed, Job, JobCancelled, Jobs
 from .records import TaskRecord, now_iso
+from .backends import open_store
 from .snapshots import SnapshotError, collect_garbage, referenced, verify_record
-from .store import REGISTRY_FILE, FileStore, RegistryStore
+from .store import RegistryStore, StoreUnavailable, VersionConflict
 
 log = logging.getLogger("safegene.server.registry")
 #: seconds a swap holds its variants before draining: a test hook (tests/server/test_kill_mid_swap.py kills the server
@@ -140,20 +148,32 @@ class Registry:
         self.cfg = cfg
         self.jobs = jobs or Jobs()
         self.ctx = ctx or BuildContext(cfg)
-        self.store = store or FileStore(cfg.state_dir / REGISTRY_FILE)
+        self.store = store or open_store(cfg)
         self.records: dict[str, TaskRecord] = {}
         self.retired: dict[str, dict[str, Any]] = {}
         #: restored entries that cannot be served (snapshot missing or changed): kept in the state, not served
         self.unavailable: dict[str, dict[str, Any]] = {}
         self.generation = 0
+        #: the newest generation this replica knows of (shared store); ready once ``generation`` reaches it
+        self.target_generation = 0
         self.served: dict[str, Served] = {}
         self.engine: EngineOps | None = None
         self._lock: asyncio.Lock | None = None
+        self._build_lock: asyncio.Lock | None = None
+        self._retry_at = 0.0  # shared store: when to try unavailable versions again
 
     # -- start-up (synchronous, before the engine exists) --
 
+    @property
+    def shared(self) -> bool:
+        """True when the registry lives in a store other replicas share (the store decides; reconcile follows it)."""
+        return bool(getattr(self.store, "shared", False))
+
     def build_startup(self) -> None:
         """Config entries + restored admin entries, all validated and built. Raises ConfigError naming the entry."""
+        if self.shared:
+            self._startup_shared()
+            return
         data = self.store.load()
         self.generation = int(data.get("generation", 0))
         self.retired = dict(data.get("retired", {}))
@@ -204,6 +224,7 @@ class Registry:
         """Register the base and every built variant with the engine (before the port opens)."""
         self.engine = engine
         self._lock = asyncio.Lock()
+        self._build_lock = asyncio.Lock()  # shared store: one build at a time, apart from the registry lock
         self._publish(Served(self.cfg.served_name, "base", "", str(self.cfg.base_model)))
         for name, rec in self.records.items():
             for s in _served_of(rec):
@@ -212,7 +233,10 @@ class Registry:
                 except Exception as e:
                     raise ConfigError(f"task {name!r}: the engine refused variant {s.name!r}: {e}") from e
                 self._publish(s)
-        self.persist()
+        if self.shared:  # the store is the source of truth: nothing to write back
+            self._export()
+        else:
+            self.persist()
 
     def _publish(self, s: Served) -> None:
         self.served[s.name] = s
@@ -233,6 +257,33 @@ class Registry:
                       **{n: r.to_dict() for n, r in self.records.items()}},
             "retired": self.retired,
         })
+        self.target_generation = self.generation
+        self._export()
+
+    def _export(self) -> None:
+        M.REGISTRY_GENERATION.set(self.generation)
+        M.REGISTRY_TARGET_GENERATION.set(self.target_generation)
+        M.set_alias_versions({name: rec.version for name, rec in self.records.items()})
+
+    def observe(self, generation: int) -> None:
+        """The shared store is at ``generation`` (a poll or a notification): the replica's target."""
+        if generation > self.target_generation:
+            self.target_generation = generation
+            M.REGISTRY_TARGET_GENERATION.set(generation)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready (take traffic) once attached and every alias of the target generation is loaded. The body is
+        for an unauthenticated probe: generations and task names, never a path (``/admin/variants`` has the
+        reasons in full)."""
+        reasons = []
+        if self.engine is None:
+            reasons.append("starting: the engine is not up yet")
+        if self.generation < self.target_generation:
+            reasons.append(f"loading generation {self.target_generation} (serving {self.generation})")
+        if self.unavailable:
+            reasons.append(f"not loaded: {', '.join(sorted(self.unavailable))} (the reasons are in /admin/variants)")
+        return not reasons, {"generation": self.generation, "target_generation": self.target_generation,
+                             "reasons": reasons}
 
     # -- request admission (called by the middleware for every request) --
 
@@ -286,7 +337,8 @@ class Registry:
                 if s.variant == "safe":
                     d["coefficients"] = s.record.coefficients
             variants.append(d)
-        return {"generation": self.generation, "base": self.cfg.served_name, "max_lora_rank": self.ctx.rank_limit,
+        return {"generation": self.generation, "target_generation": self.target_generation,
+                "backend": self.cfg.registry.backend, "base": self.cfg.served_name, "max_lora_rank": self.ctx.rank_limit,
                 "safety": {"path": str(self.cfg.safety) if self.cfg.safety else None,
                            "version": self.ctx.safety_version},
                 "variants": variants, "retired": self.retired,
@@ -334,6 +386,8 @@ class Registry:
             await asyncio.to_thread(self.precheck, spec)
         except (ArtifactError, ValueError, OSError) as e:
             raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
+        if self.shared:  # fail fast: a build whose result cannot be committed is wasted
+            await self._store_call(self.store.generation)  # type: ignore[attr-defined]
         job = self.jobs.create(spec.name, spec.version)
         run = asyncio.create_task(self._run_job(job, spec))
         if wait:
@@ -344,15 +398,18 @@ class Registry:
     async def _run_job(self, job: Job, spec: TaskSpec) -> dict[str, Any]:
         assert self._lock is not None
         try:
-            async with self._lock:
-                try:
-                    rec = await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit)
-                except JobCancelled as e:
-                    raise RegistryError(str(e), 409, "job_cancelled") from e
-                except BuildFailed as e:
-                    raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
-                job.update(stage="loading into the engine")
-                result = await self._apply(spec, rec)
+            if self.shared:  # build outside the registry lock: the replica keeps following the registry meanwhile
+                assert self._build_lock is not None
+                async with self._build_lock:
+                    rec = await self._build(job, spec)
+                async with self._lock:
+                    job.update(stage="committing and loading into the engine")
+                    result = await self._apply_shared(spec, rec)
+            else:
+                async with self._lock:
+                    rec = await self._build(job, spec)
+                    job.update(stage="loading into the engine")
+                    result = await self._apply(spec, rec)
         except RegistryError as e:
             job.error = str(e)
             job.update("cancelled" if e.code == "job_cancelled" else "failed")
@@ -365,6 +422,14 @@ class Registry:
         job.result = {"status": result["status"], "version": rec.version}
         job.update("done", "served")
         return {**result, "job": job.id}
+
+    async def _build(self, job: Job, spec: TaskSpec) -> TaskRecord:
+        try:
+            return await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit)
+        except JobCancelled as e:
+            raise RegistryError(str(e), 409, "job_cancelled") from e
+        except BuildFailed as e:
+            raise RegistryError(f"adapter {spec.name!r} refused: {e}") from e
 
     async def _apply(self, spec: TaskSpec, rec: TaskRecord) -> dict[str, Any]:
         """Serve a built record: add it, or swap it in for the task's current version (under the admin lock)."""
@@ -486,6 +551,8 @@ class Registry:
             check_name(name, "name")
         except ConfigError as e:
             raise RegistryError(str(e), 404, "not_found") from e
+        if self.shared:
+            return await self._retire_shared(name)
         async with self._lock:
             rec = self.records.get(name)
             if rec is None and name in self.unavailable:  # never served since the restart: just forget it
@@ -507,3 +574,308 @@ class Registry:
             self.retired[name] = {"version": rec.version, "at": now_iso(), "spec": rec.spec}
             self.persist()
             return {"status": "retired", "task": name, "version": rec.version, "drained": drained}
+
+    # -- shared store (N replicas): commit, then reconcile --
+
+    def _startup_shared(self) -> None:
+        """Seed the config's tasks the store does not know (nor retired), then adopt the store's generation."""
+        try:
+            data = self.store.load()
+            seeds = [spec for spec in self.cfg.tasks if spec.name not in data["tasks"]
+                     and spec.name not in data["retired"]]
+            built: dict[str, TaskRecord] = {}
+            for spec in seeds:
+                try:
+                    built[spec.name] = build_task(spec, self.ctx, source="config")
+                except (ArtifactError, ValueError, OSError) as e:
+                    raise ConfigError(f"{self.cfg.path}: task {spec.name!r}: {e}") from e
+
+            def seed(doc: dict[str, Any]) -> dict[str, Any] | None:
+                fresh = {n: r for n, r in built.items() if n not in doc["tasks"] and n not in doc["retired"]}
+                if not fresh:  # another replica seeded them first: the store wins
+                    return None
+                doc["tasks"].update({n: r.to_dict() for n, r in fresh.items()})
+                return doc
+
+            if built:
+                data = self.store.transact(seed)  # type: ignore[attr-defined]
+        except StoreUnavailable as e:
+            raise ConfigError(f"{self.store.where}: {e}; a replica cannot start without its registry") from e
+        except VersionConflict as e:
+            raise ConfigError(f"{self.cfg.path}: {e}") from e
+        parsed: dict[str, TaskRecord] = {}
+        for name, rd in data["tasks"].items():
+            try:
+                parsed[name] = TaskRecord.from_dict(rd)
+            except (KeyError, TypeError, ValueError) as e:
+                self._mark_unavailable(name, rd, f"unreadable record ({e})")
+        if self.ctx.rank_limit is None:  # auto: a rank that fits everything the store serves now
+            self.ctx.settle_rank_limit(parsed)
+        for name, rec in parsed.items():
+            try:
+                verify_record(rec, safety_version=self.ctx.safety_version, rank_limit=self.ctx.rank_limit)
+            except SnapshotError as e:
+                self._mark_unavailable(name, rec.to_dict(), str(e))
+                continue
+            self.records[name] = rec
+        self.retired = dict(data["retired"])
+        self.generation = self.target_generation = int(data["generation"])
+
+    def _mark_unavailable(self, name: str, record: dict[str, Any], reason: str) -> None:
+        self.unavailable[name] = {"record": record, "reason": reason}
+        M.set_unavailable(name, True)
+        log.error("%s: task %r is not served on this replica: %s", self.store.where, name, reason)
+
+    async def _store_call(self, fn: Any, *args: Any) -> Any:
+        """A store call in a thread; an unreachable store is a JSON 503, a changed version a 409."""
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except StoreUnavailable as e:
+            raise RegistryError(f"{e}; nothing was changed: retry when the registry database is back (replicas keep "
+                                f"serving generation {self.generation})", 503, "registry_unavailable") from e
+        except VersionConflict as e:
+            raise RegistryError(str(e), 409, "version_conflict") from e
+
+    async def _stage(self, rec: TaskRecord) -> None:
+        """Proof that ``rec`` can be served before it is committed: its folders match their digests and the engine
+        loads each one (under a staging name, unloaded at once)."""
+        assert self.engine is not None
+        try:
+            await asyncio.to_thread(verify_record, rec, safety_version=self.ctx.safety_version,
+                                    rank_limit=self.ctx.rank_limit)
+        except SnapshotError as e:
+            raise RegistryError(f"adapter {rec.name!r} refused: {e}") from e
+        staged: list[str] = []
+        try:
+            for v in rec.variants.values():
+                tmp = f"{v.served_name}.staging-{rec.version}"
+                await self.engine.load(tmp, Path(v.path))
+                staged.append(tmp)
+        except Exception as e:
+            raise RegistryError(f"the engine refused adapter {rec.name!r}: {e}", 400, "engine_refused") from e
+        finally:
+            for tmp in staged:
+                await self.engine.unload(tmp)
+
+    async def _apply_shared(self, spec: TaskSpec, rec: TaskRecord) -> dict[str, Any]:
+        """Commit a built record as the task's version (one transaction), then reconcile to it (under the lock)."""
+        await self._stage(rec)
+        status = {"status": "added"}
+
+        def point(doc: dict[str, Any]) -> dict[str, Any] | None:
+            old = doc["tasks"].get(spec.name)
+            if old is not None and TaskRecord.from_dict(old).same_build(rec):
+                status["status"] = "unchanged"
+                return None
+            status["status"] = "replaced" if old is not None else "added"
+            doc["tasks"][spec.name] = rec.to_dict()
+            doc["retired"].pop(spec.name, None)
+            return doc
+
+        data = await self._store_call(self.store.transact, point)  # type: ignore[attr-defined]
+        await self._reconcile_locked(data)
+        self._check_applied(spec.name)
+        return {"status": status["status"], "task": rec.to_dict(), "generation": data["generation"]}
+
+    def _check_applied(self, name: str) -> None:
+        u = self.unavailable.get(name)
+        if u is not None:  # committed, but this replica could not load it (other replicas may): say so
+            raise RegistryError(f"task {name!r}: the change was committed (generation {self.target_generation}) "
+                                f"but this replica cannot serve it: {u['reason']}", 500, "engine_refused")
+
+    async def _retire_shared(self, name: str) -> dict[str, Any]:
+        assert self._lock is not None
+        async with self._lock:
+            gone: dict[str, Any] = {}
+
+            def retire(doc: dict[str, Any]) -> dict[str, Any]:
+                rd = doc["tasks"].pop(name, None)
+                if rd is None:
+                    raise RegistryError(f"task {name!r} is not served", 404, "not_found")
+                gone.update(rd)
+                doc["retired"][name] = {"version": rd.get("version"), "at": now_iso(), "spec": rd.get("spec")}
+                return doc
+
+            rec = self.records.get(name)
+            drained = sum(self.served[n].inflight for n in (rec.served_names() if rec else []) if n in self.served)
+            data = await self._store_call(self.store.transact, retire)  # type: ignore[attr-defined]
+            await self._reconcile_locked(data)
+            return {"status": "retired", "task": name, "version": gone.get("version"), "drained": drained,
+                    "generation": data["generation"]}
+
+    async def set_alias(self, name: str, body: Any) -> dict[str, Any]:
+        """Point task ``name`` at a version the registry already holds (``{"version": ...}``): a flip back to an
+        earlier version without a rebuild. Needs the shared store's version history."""
+        assert self._lock is not None
+        if not self.shared:
+            raise RegistryError("flipping an alias needs the postgres registry backend (the file backend keeps no "
+                                "version history): register the version again with POST /admin/adapters", 400,
+                                "unsupported")
+        try:
+            check_name(name, "name")
+        except ConfigError as e:
+            raise RegistryError(str(e), 404, "not_found") from e
+        if not isinstance(body, dict) or not isinstance(body.get("version"), str):
+            raise RegistryError('expected a JSON object {"version": "<an existing version of the task>"}')
+        version = body["version"]
+        async with self._lock:
+            found: dict[str, Any] = {}
+
+            def read(doc: dict[str, Any]) -> None:
+                found.update(doc["versions"].get(name, {}).get(version) or {})
+                return None
+
+            await self._store_call(self.store.transact, read)  # type: ignore[attr-defined]
+            if not found:
+                raise RegistryError(f"task {name!r} has no version {version!r} in the registry", 404, "not_found")
+            rec = TaskRecord.from_dict(found)
+            await self._stage(rec)
+            status = {"status": "replaced"}
+
+            def point(doc: dict[str, Any]) -> dict[str, Any] | None:
+                cur = doc["tasks"].get(name)
+                if cur is not None and cur.get("version") == version:
+                    status["status"] = "unchanged"
+                    return None
+                status["status"] = "replaced" if cur is not None else "added"
+                doc["tasks"][name] = found
+                doc["retired"].pop(name, None)
+                return doc
+
+            data = await self._store_call(self.store.transact, point)  # type: ignore[attr-defined]
+            await self._reconcile_locked(data)
+            self._check_applied(name)
+            return {"status": status["status"], "task": name, "version": version, "generation": data["generation"]}
+
+    async def reconcile(self) -> None:
+        """Follow the shared store: load its document and serve exactly that (the follower calls this)."""
+        assert self._lock is not None
+        async with self._lock:
+            await self._reconcile_locked(None)
+
+    def behind(self) -> bool:
+        """True when a reconcile has work: a newer generation, or (every ``registry.retry_s``) tasks that did not
+        load last time."""
+        if self.generation != self.target_generation:
+            return True
+        return bool(self.unavailable) and time.monotonic() >= self._retry_at
+
+    async def _reconcile_locked(self, data: dict[str, Any] | None) -> None:
+        if data is None:
+            data = await asyncio.to_thread(self.store.load)
+        gen = int(data["generation"])
+        self.observe(gen)
+        if gen < self.generation or (gen == self.generation and not self.unavailable):
+            return  # an older read than what is served, or nothing to do
+        want: dict[str, TaskRecord] = {}
+        unavailable: dict[str, dict[str, Any]] = {}
+        for name, rd in data["tasks"].items():
+            try:
+                rec = TaskRecord.from_dict(rd)
+                cur = self.records.get(name)
+                if cur is None or not cur.same_build(rec):  # every new folder is checked against its digest
+                    await asyncio.to_thread(verify_record, rec, safety_version=self.ctx.safety_version,
+                                            rank_limit=self.ctx.rank_limit)
+                want[name] = rec
+            except (SnapshotError, KeyError, TypeError, ValueError) as e:
+                unavailable[name] = {"record": rd, "reason": str(e)}
+        changes: list[tuple[TaskRecord | None, TaskRecord | None]] = []
+        for name in sorted(set(self.records) | set(want)):
+            old, new = self.records.get(name), want.get(name)
+            if new is None and name in unavailable:
+                continue  # keep what is served; the replica stays not ready until the new version loads
+            if old is not None and new is not None and old.same_build(new):
+                continue
+            changes.append((old, new))
+        unavailable.update(await self._transition(changes, gen))
+        self.retired = dict(data["retired"])
+        for name in set(self.unavailable) - set(unavailable):
+            M.set_unavailable(name, False)
+        for name, u in unavailable.items():
+            if name not in self.unavailable or self.unavailable[name]["reason"] != u["reason"]:
+                self._mark_unavailable(name, u["record"], u["reason"])
+        self.unavailable = unavailable
+        self._retry_at = time.monotonic() + self.cfg.registry.retry_s
+        self._export()
+        if changes:
+            log.info("generation %d: %s", gen, ", ".join(
+                f"{(n or o).name} {o.version if o else '-'} -> {n.version if n else 'retired'}"  # type: ignore[union-attr]
+                for o, n in changes))
+
+    async def _transition(self, changes: list[tuple[TaskRecord | None, TaskRecord | None]],
+                          generation: int) -> dict[str, dict[str, Any]]:
+        """Move the served set to ``generation``: hold the names that change version (new requests wait), stop
+        admitting retired ones, drain both, unload, load the new versions, then publish everything and the
+        generation in one step (no await in between) and release the held requests onto the new versions.
+
+        A new version the engine refuses is reported (returned: name -> record, reason) and its old version is
+        loaded back and kept serving."""
+        assert self.engine is not None
+        held: list[Served] = []
+        retiring: list[Served] = []
+        for old, new in changes:
+            for variant, v in (old.variants.items() if old is not None else ()):
+                s = self.served.get(v.served_name)
+                if s is None:
+                    continue
+                if new is not None and variant in new.variants:
+                    s.open.clear()
+                    s.state = "swapping"
+                    held.append(s)
+                else:
+                    s.state = "retiring"
+                    retiring.append(s)
+        draining = held + retiring
+        if draining:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(s.idle.wait() for s in draining)), self.cfg.drain_timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("generation %d: in-flight requests did not drain in %.0fs; unloading anyway", generation,
+                            self.cfg.drain_timeout_s)
+        for s in draining:
+            await self._unload_quietly(s.name)
+        failed: dict[str, dict[str, Any]] = {}
+        kept: set[str] = set()  # old entries loaded back because their new version failed
+        for old, new in changes:
+            if new is None:
+                continue
+            loaded: list[str] = []
+            try:
+                for v in new.variants.values():
+                    await self.engine.load(v.served_name, Path(v.path))
+                    loaded.append(v.served_name)
+            except Exception as e:
+                for n in loaded:
+                    await self._unload_quietly(n)
+                failed[new.name] = {"record": new.to_dict(), "reason": f"the engine refused it: {e}"}
+                for s in draining:
+                    if old is not None and s.task == old.name:
+                        try:
+                            await self.engine.load(s.name, Path(s.path))
+                            kept.add(s.name)
+                        except Exception:  # pragma: no cover - the old folder loaded before
+                            log.exception("loading back %s failed", s.name)
+        # publish: from here to the end, no await
+        for s in draining:
+            if s.name in kept:
+                s.state = "active"
+            else:
+                self._unpublish(s)
+        for old, new in changes:
+            if new is not None and new.name not in failed:
+                for served in _served_of(new):
+                    self._publish(served)
+                self.records[new.name] = new
+            elif new is None and old is not None:
+                self.records.pop(old.name, None)
+        self.generation = generation
+        for s in held:
+            s.open.set()  # waiters re-resolve the name: the new entry (or the old one, kept)
+        return failed
+
+    async def _unload_quietly(self, name: str) -> None:
+        assert self.engine is not None
+        try:
+            await self.engine.unload(name)
+        except Exception:  # the name is going away either way; the engine logs its own reason
+            log.exception("unloading %s failed", name)

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 pytest_plugins = [
     "tests.plugins.live_server",
+    "tests.plugins.postgres",
 ]
 
 

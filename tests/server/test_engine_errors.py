@@ -17,6 +17,8 @@ LABELS = {"model": "err-task", "variant": "plain", "task": "err-task"}
 
 
 class StubRegistry:
+    generation = 7  # the registry generation a response reports
+
     def __init__(self):
         self.released = 0
 
