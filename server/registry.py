@@ -479,17 +479,7 @@ class Registry:
         unloaded and the new ones loaded; the new entries are published together, and the held requests run on
         them. If a new folder fails to load, the old ones are loaded back and nothing changes."""
         assert self.engine is not None
-        staged: list[str] = []
-        try:
-            for v in new.variants.values():
-                tmp = f"{v.served_name}.staging-{new.version}"
-                await self.engine.load(tmp, Path(v.path))
-                staged.append(tmp)
-        except Exception as e:
-            raise RegistryError(f"the engine refused adapter {new.name!r}: {e}", 400, "engine_refused") from e
-        finally:
-            for tmp in staged:
-                await self.engine.unload(tmp)
+        await self._load_staged(new)
         held = {variant: self.served[v.served_name] for variant, v in old.variants.items()
                 if v.served_name in self.served}
         kept = {variant: s for variant, s in held.items() if variant in new.variants}
@@ -645,6 +635,12 @@ class Registry:
                                     rank_limit=self.ctx.rank_limit)
         except SnapshotError as e:
             raise RegistryError(f"adapter {rec.name!r} refused: {e}") from e
+        await self._load_staged(rec)
+
+    async def _load_staged(self, rec: TaskRecord) -> None:
+        """Load each of ``rec``'s folders under a staging name and unload it at once: proof that the engine takes
+        them, without serving anything. A refusal is a 400 naming the adapter."""
+        assert self.engine is not None
         staged: list[str] = []
         try:
             for v in rec.variants.values():

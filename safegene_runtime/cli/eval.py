@@ -7,7 +7,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from ..datasets import NAMED_SETS, resolve
+from ..datasets import NAMED_SETS, PromptSet, resolve
 from ..evaluate import EvalConfig, run_eval
 from ..report import fmt_rate
 
@@ -52,6 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def resolve_sets(harmful: str | None, benign: str | None, task: str | None, *,
+                 limit: int | None = None) -> dict[str, PromptSet | None]:
+    """The role -> prompt set mapping EvalConfig takes, from set names or files (None where a role is not run)."""
+    return {role: resolve(spec, kind=role).head(limit) if spec else None
+            for role, spec in (("harmful", harmful), ("benign", benign), ("task", task))}
+
+
 def run(args: argparse.Namespace) -> int:
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -59,8 +66,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--limit must be >= 1")
     if args.max_tokens < 1 or args.concurrency < 1:
         raise ValueError("--max-tokens and --concurrency must be >= 1")
-    sets = {role: resolve(spec, kind=role).head(args.limit) if spec else None
-            for role, spec in (("harmful", args.harmful), ("benign", args.benign), ("task", args.task))}
+    sets = resolve_sets(args.harmful, args.benign, args.task, limit=args.limit)
     cfg = EvalConfig(
         endpoint=args.endpoint, models=models, out=Path(args.out), **sets,
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), max_tokens=args.max_tokens,

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from pathlib import Path
 
-from ..gate import REFUSE, GateSets, GateThresholds
+from ..evaluate import JUDGED, RESPONSES, EvalConfig, read_responses, run_eval
+from ..gate import REFUSE, GateSets, GateThresholds, decide, failing_samples, write_report
+from ..report import fmt_rate
+from .eval import resolve_sets
 
 #: the CLI's defaults are the gate's dataclasses' (one source)
 SETS = GateSets()
-THRESHOLDS = GateThresholds()
 
 DESCRIPTION = """\
 The safety gate over an OpenAI-compatible endpoint that serves the base model, the new task adapter (plain) and
@@ -52,22 +53,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    # lazy: eval pulls in the judges (torch); `safegene --help` must stay instant
-    from ..datasets import resolve
-    from ..evaluate import JUDGED, RESPONSES, EvalConfig, read_responses, run_eval
-    from ..gate import decide, failing_samples, write_report
-    from ..report import fmt_rate
-
     thresholds = GateThresholds(**{f.name: getattr(args, f.name) for f in dataclasses.fields(GateThresholds)})
-    sets = {role: resolve(spec, kind=role).head(args.limit) if spec else None
-            for role, spec in (("harmful", args.harmful), ("benign", args.benign), ("task", args.task))}
+    sets = resolve_sets(args.harmful, args.benign, args.task, limit=args.limit)
     out = Path(args.out)
     cfg = EvalConfig(endpoint=args.endpoint, models=[args.base, args.plain, args.safe], out=out, **sets,
                      api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), max_tokens=args.max_tokens,
                      progress=not args.no_progress)
     results = run_eval(cfg)
     decision = decide(results["models"], base=args.base, plain=args.plain, safe=args.safe, thresholds=thresholds)
-    judged = [json.loads(ln) for ln in (out / JUDGED).read_text().splitlines() if ln.strip()]
+    judged = read_responses(out / JUDGED)  # the same JSONL row format as responses.jsonl
     samples = failing_samples(judged, read_responses(out / RESPONSES), decision)
     write_report(out, decision, results, samples=samples)
     for c in decision.checks:
