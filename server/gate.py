@@ -119,7 +119,8 @@ class GateRunner:
         eval_results = {
             "sets": {role: {"name": s.name, "n": len(s), "digest": prompt_set_digest(s.prompts), "scorer": s.scorer}
                      for role, s in sets.items()},
-            "config": {"temperature": 0, "max_tokens": self.spec.sets.max_tokens, "harm_judge": self.spec.sets.harm_judge,
+            "config": {"temperature": 0, "max_tokens": self.spec.sets.max_tokens,
+                       "harm_judge": self.spec.sets.harm_judge,
                        "refusal_judge": "refusal (phrase rules)", "concurrency": self.concurrency,
                        "capacity_share": self.spec.capacity_share, "max_prompts": self.spec.max_prompts,
                        "models": labels, "job": job.id, "calibration": calibration},

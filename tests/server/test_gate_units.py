@@ -124,7 +124,8 @@ def test_gate_routes_answer_for_gated_jobs_only_and_cancel_marks_the_job(tmp_pat
 
 
 def _mw(inner):
-    cfg = SimpleNamespace(auth=AuthConfig(user=(KeyScope(("sk-user",)),), admin_keys=("sk-admin",)), max_body_bytes=1 << 20,
+    auth = AuthConfig(user=(KeyScope(("sk-user",)),), admin_keys=("sk-admin",))
+    cfg = SimpleNamespace(auth=auth, max_body_bytes=1 << 20,
                           max_choices=16, served_name="base")
     registry = SimpleNamespace(served={}, labels_for=lambda name: {"model": M.UNKNOWN, "variant": "", "task": ""})
 
