@@ -129,6 +129,8 @@ class Served:
                        manifest=str(Path(self.path) / "manifest.json"))
             if self.variant == "safe":
                 out.update(safety_version=r.safety_version, coefficients_hash=r.coefficients_hash)
+            if r.gate is not None:  # operators only (a server path): USER_LINEAGE leaves it out of /v1/models
+                out["gate"] = {"verdict": r.gate.get("verdict"), "report": r.gate.get("report")}
         return out
 
 

@@ -205,8 +205,13 @@ def test_the_gate_refuses_erosion_promotes_the_harmless_version_and_clients_neve
 
     # afterwards: keep serves v2 in both forms; erode's plain v2 never serves, its previous version stays or goes
     # with the safe-only promotion
-    served = {v["id"]: v.get("task_version") for v in admin.get("/admin/variants").json()["variants"]}
+    variants = admin.get("/admin/variants").json()["variants"]
+    served = {v["id"]: v.get("task_version") for v in variants}
     assert served["keep"] == served["keep+safegene"] == "v2"
+    lineage = next(v for v in variants if v["id"] == "keep+safegene")["gate"]  # the report is in the lineage
+    assert lineage == {"verdict": "promote", "report": keep["report_path"]}
+    cards = httpx.get(f"{root}/v1/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30).json()["data"]
+    assert not any("gate" in c.get("safegene", {}) for c in cards)  # a server path: operators only
     if erode["verdict"] == "refuse":
         assert served["erode"] == served["erode+safegene"] == "v1"
     else:
