@@ -108,7 +108,8 @@ def recount(out: Path, sets: dict[str, PromptSet]) -> dict[str, dict[str, tuple[
 @pytest.mark.engine
 def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run_cli):
     n = 6
-    sets = {"harmful": load_named("harmbench-test-standard").head(n), "benign": load_named("rho-overrefusal").head(n),
+    # validation sets: a test set would need --test-run and a record (tests/test_testruns.py covers that path)
+    sets = {"harmful": load_named("harmful-val").head(n), "benign": load_named("edgy-benign-val").head(n),
             "task": load_named("gsm8k-100").head(n)}
     models = [live_server.base_model, f"{live_server.tasks[0]}+safegene"]
     out = tmp_path / "eval"
@@ -121,7 +122,7 @@ def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run
     (out / "run.json").write_text(json.dumps({"endpoint": live_server.base_url, "max_tokens": 16, "temperature": 0,
                                               "system_prompt": None, "extra_body": {}}))
     args = ["eval", "--endpoint", live_server.base_url, "--models", ",".join(models), "--api-key",
-            live_server.api_key, "--harmful", "harmbench-test-standard", "--benign", "rho-overrefusal",
+            live_server.api_key, "--harmful", "harmful-val", "--benign", "edgy-benign-val",
             "--task", "gsm8k-100", "--limit", str(n), "--max-tokens", "16", "--concurrency", "4", "--out", str(out),
             "--no-progress"]
     r = run_cli(*args)
