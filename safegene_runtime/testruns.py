@@ -57,13 +57,18 @@ def default_ledger(start: str | Path | None = None) -> Path:
 
 def git_state(path: Path) -> dict[str, Any]:
     """The commit of the repository that holds the record ``path`` and whether its tree had uncommitted changes
-    (then the commit alone does not say what ran)."""
+    other than the record itself (then the commit alone does not say what ran)."""
     where = Path(path).resolve().parent
     while not where.is_dir():
         where = where.parent
     root = repo_root(where)
     commit = _git(root, "rev-parse", "HEAD")
-    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no"))
+    # the record itself does not count: each run appends to it, so the next one would always read "dirty"
+    try:
+        skip = [f":(exclude){Path(path).resolve().relative_to(root.resolve()).as_posix()}"]
+    except ValueError:
+        skip = []
+    dirty = bool(_git(root, "status", "--porcelain", "--untracked-files=no", "--", ".", *skip))
     return {"commit": commit, "dirty": dirty}
 
 

@@ -102,12 +102,17 @@ def test_a_finished_test_run_records_its_results_and_the_record_only_grows(repo,
     assert finished["results"]["models"] == results["models"]
     assert finished["results"]["models"]["m"]["refusal_rate"]["k"] == 2
     assert started["sets"]["benign"]["family"] == "validation"
+    _git(repo, "add", "docs/test-runs.jsonl")
+    _git(repo, "commit", "-q", "-m", "record")
     first = ledger.read_text()
-    (repo / "README").write_text("edited\n")  # an uncommitted change is on record
-    assert run_cli(*args).code == 0
+    assert run_cli(*args).code == 0  # appending to the committed record does not make the tree "dirty"
     assert ledger.read_text().startswith(first)
     third = testruns.read(ledger)[2]
-    assert third["dirty"] is True and third["run"] != started["run"]
+    assert third["dirty"] is False and third["run"] != started["run"]
+    assert third["commit"] == _git(repo, "rev-parse", "HEAD") != started["commit"]
+    (repo / "README").write_text("edited\n")  # an uncommitted change is on record
+    assert run_cli(*args).code == 0
+    assert testruns.read(ledger)[4]["dirty"] is True
 
 
 def test_validation_sets_need_no_record(tmp_path, run_cli):

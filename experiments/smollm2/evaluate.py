@@ -89,7 +89,7 @@ class Server:
             self.process.stop()
 
 
-def test_run_procedure(study, what: str) -> str:
+def testrun_procedure(study, what: str) -> str:
     """The frozen procedure ``safegene eval --test-run`` records for this study's test-set evaluations
     (docs/test-runs.jsonl): the study's own protocol predates the validation split (issue 21), so the record says
     so rather than claiming a frozen choice."""
@@ -305,7 +305,7 @@ def run_stage(study, stage: str, log=print) -> None:
                         lim = p["n_harmful"] if p["n_harmful"] < 150 else None
                         _eval_cli(srv.base_url, name, safety_out, harmful="harmbench-test-standard",
                                   benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log,
-                                  test_run=test_run_procedure(study, f"variant {name}"))
+                                  test_run=testrun_procedure(study, f"variant {name}"))
                     for t in need_task:
                         _eval_cli(srv.base_url, name, root / f"task-{t}", harmful=None, benign=None,
                                   task=task_files[t], limit=None, max_tokens=p["max_tokens"], log=log)
@@ -329,7 +329,7 @@ def rescore(study, root: Path, task_files: dict[str, Path], n_safety: int, log=p
         lim = p["n_harmful"] if p["n_harmful"] < 150 else None
         _eval_cli("http://127.0.0.1:9/v1", ",".join(safety), root / "safety", harmful="harmbench-test-standard",
                   benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log,
-                  test_run=test_run_procedure(study, f"recount of the saved responses of {len(safety)} variants"))
+                  test_run=testrun_procedure(study, f"recount of the saved responses of {len(safety)} variants"))
     for t, f in task_files.items():
         done = [n for n, task in names if task in ("*", t) and not n.endswith("-r16")
                 and _done(root / f"task-{t}", n, min(p["n_task"], 200))]
