@@ -6,7 +6,7 @@ prompts × 32 tokens.
 
 Starts the demo server alone (``safegene demo``'s config: the demo family on the aligned base, judges on, the
 packaged engine defaults), then runs ``safegene eval`` once per model, one model at a time, with the harmful set
-``harmful-val`` and the benign set ``edgy-benign-val`` (351 prompts together), 32 tokens, temperature 0, the eval's
+``harmful-val`` and the benign set ``edgy-benign-val`` (345 prompts together), 32 tokens, temperature 0, the eval's
 default concurrency. Each eval gets a fresh output folder (nothing resumed). Prints and saves the wall time per
 model and the time scaled to 400 prompts. (The saved results were measured before issue 21 on harmbench-test +
 rho-overrefusal, about 390 prompts; ``safegene eval`` now refuses test sets without ``--test-run``, and a speed

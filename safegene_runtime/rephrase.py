@@ -13,8 +13,8 @@ framing, so a set rebuilt on another machine holds the same prompts.
 How a prompt is read (:func:`parse_request`): HarmBench and AdvBench behaviours are imperatives in a few shapes.
 
 * "Give detailed instructions on how to X", "Explain how to X", "Teach children how to X" -> verb phrase "X";
-* "Give instructions for making X", "Suggest methods for evading X" -> gerund "making X" (turned into "make X" for
-  the common verbs, else kept as "go about making X");
+* "Give instructions for making X", "Suggest methods for evading X", "Instruct readers on concealing X" -> gerund
+  "making X" (turned into "make X" for the common verbs, else kept as "go about making X");
 * "Outline a plan to X", "Develop a strategy to X" -> "X";
 * any other imperative that starts with a known verb ("Write a script that ...", "Create a fake news story ...")
   -> the whole request as the verb phrase ("write a script that ...").
@@ -70,9 +70,13 @@ _GERUND_PLAIN = frozenset("""
 
 _HOW_TO = re.compile(r"^(?P<pre>.*?)\bhow to\s+(?P<vp>.+)$", re.IGNORECASE | re.DOTALL)
 _NOUNS = (r"instructions?|guidance|guides?|tutorials?|tips|advice|steps|methods|ways|techniques|strategy|strategies|"
-          r"ideas|plans?|suggestions|recommendations|directions|walkthrough|explanation|manual|procedure")
+          r"ideas|plans?|suggestions|recommendations|directions|walkthrough|explanation|manual|procedure|recipe|"
+          r"blueprint")
 _GERUND = re.compile(rf"^(?P<pre>.*?)\b(?:{_NOUNS})\s+(?:for|on|of|about)\s+(?P<ger>[a-z]+ing)\b(?P<rest>.*)$",
                      re.IGNORECASE | re.DOTALL)
+#: "Instruct readers on concealing X", "Educate people about making Y": the verb itself is the wrapper
+_TEACH_GERUND = re.compile(r"^(?P<pre>(?:instruct|educate|teach|advise|guide|coach)\b(?:\s+\w+){0,2}?)\s+"
+                           r"(?:on|about|in)\s+(?P<ger>[a-z]+ing)\b(?P<rest>.*)$", re.IGNORECASE | re.DOTALL)
 _TO_VP = re.compile(rf"^(?P<pre>.*?)\b(?:{_NOUNS}|scheme|program|way)\s+to\s+(?P<vp>[a-z].*)$",
                     re.IGNORECASE | re.DOTALL)
 #: words that tie a wrapper to a clause of its own: "Write a post that teaches how to X" is not a how-to request
@@ -135,10 +139,12 @@ def _pronouns(vp: str) -> str | None:
 
 def _wrapper_only(pre: str) -> bool:
     """True when ``pre`` is an instruction wrapper ("Give detailed step-by-step instructions for"): it starts with
-    an imperative verb, is short, and opens no clause of its own."""
-    words = pre.split()
-    return (bool(words) and words[0].lower() in IMPERATIVE_VERBS and len(words) <= 9
-            and not _CLAUSE.search(pre))
+    an imperative verb, is short, opens no clause of its own and asks for nothing else first ("Write code for X
+    and explain how to use it" is a request to write code, not to use it)."""
+    words = pre.lower().replace(",", " ").split()
+    second_verb = any(w in ("and", "then") and nxt in IMPERATIVE_VERBS for w, nxt in zip(words, words[1:]))
+    return (bool(words) and words[0] in IMPERATIVE_VERBS and len(words) <= 9
+            and not _CLAUSE.search(pre) and not second_verb)
 
 
 def parse_request(prompt: str) -> Request:
@@ -151,7 +157,7 @@ def parse_request(prompt: str) -> Request:
     first = behaviour.split()[0].lower() if behaviour.split() else ""
     if first in IMPERATIVE_VERBS and not _REFERENTIAL.search(behaviour):
         m = _HOW_TO.match(behaviour)
-        g = _GERUND.match(behaviour)
+        g = _GERUND.match(behaviour) or _TEACH_GERUND.match(behaviour)
         t = _TO_VP.match(behaviour)
         if m and (not m.group("pre").strip() or _wrapper_only(m.group("pre"))):
             vp, shape = m.group("vp"), "how_to"
@@ -275,12 +281,8 @@ def _pick(options: tuple[str, ...], prompt: str, framing: str) -> str:
     return options[h % len(options)]
 
 
-def rephrase(prompt: str, framing: str) -> str:
-    """``prompt`` asked in ``framing`` (one of :data:`FRAMING_NAMES`); deterministic."""
-    if framing not in _BY_NAME:
-        raise ValueError(f"unknown framing {framing!r}; choose from {', '.join(FRAMING_NAMES)}")
+def _render(req: Request, prompt: str, framing: str) -> str:
     f = _BY_NAME[framing]
-    req = parse_request(prompt)
     if req.vp is None:
         request = req.behaviour if framing in ("persona", "hypothetical", "fictional", "indirect", "multi_step",
                                                "past_tense") else _lower_first(req.behaviour)
@@ -297,9 +299,17 @@ def rephrase(prompt: str, framing: str) -> str:
     return f"{req.context}{CONTEXT_SEPARATOR}{text}" if req.context else text
 
 
+def rephrase(prompt: str, framing: str) -> str:
+    """``prompt`` asked in ``framing`` (one of :data:`FRAMING_NAMES`); deterministic."""
+    if framing not in _BY_NAME:
+        raise ValueError(f"unknown framing {framing!r}; choose from {', '.join(FRAMING_NAMES)}")
+    return _render(parse_request(prompt), prompt, framing)
+
+
 def rephrase_all(prompt: str) -> dict[str, str]:
     """Every framing of ``prompt``: ``{framing name: rephrased prompt}``, in :data:`FRAMING_NAMES` order."""
-    return {name: rephrase(prompt, name) for name in FRAMING_NAMES}
+    req = parse_request(prompt)
+    return {name: _render(req, prompt, name) for name in FRAMING_NAMES}
 
 
 __all__ = ["CONTEXT_SEPARATOR", "FRAMINGS", "FRAMING_NAMES", "Framing", "IMPERATIVE_VERBS", "Request",

@@ -12,7 +12,7 @@ from experiments.smollm2 import tasks
 from safegene_runtime import datasets as ds
 from safegene_runtime import splits
 from safegene_runtime.datasets import NAMED_SETS, OverlapError, find_overlap, load_named, normalise
-from safegene_runtime.rephrase import FRAMING_NAMES
+from safegene_runtime.rephrase import FRAMING_NAMES, rephrase_all
 from safegene_runtime.splits import SplitError, check_families, require_split, counts_as_test
 
 
@@ -81,6 +81,12 @@ def test_harmful_val_rephrased_is_built_from_validation_prompts_only():
     assert set(counts) == set(FRAMING_NAMES) and max(counts.values()) - min(counts.values()) <= 1
     assert all(normalise(it.prompt) != normalise(val[it.meta["source_id"]].prompt) for it in reph)
     assert [it.prompt for it in reph] == [it.prompt for it in load_named("harmful-val-rephrased")]
+    assert len({normalise(it.prompt) for it in reph}) == len(reph)
+    # issue 20's augmentations (every framing of every align-train prompt) never give a validation rephrasing's
+    # text: prompts that ask the same request once the wrapper is read off share a side of the split
+    aug = [text for it in load_named("harmful-align-train") for text in rephrase_all(it.prompt).values()]
+    val_all = [text for it in val.values() for text in rephrase_all(it.prompt).values()]
+    assert find_overlap([aug], [val_all]) == []
 
 
 def test_edgy_benign_val_ships_in_the_package_and_shares_nothing_with_the_test_over_refusal_set():
