@@ -159,8 +159,8 @@ def check_families(extra: dict[str, tuple[str, Any]] | None = None, *, show: int
 
     Covers every loadable named set of ``align-train``, ``validation`` and ``test`` (``source`` pools overlap the
     families by construction), plus ``extra``: ``{name: (family, prompts)}`` with prompts as
-    :class:`.datasets.PromptSet` or a list of strings/Items (the study's task items, a new file). Returns the number of prompts
-    checked per family; the :class:`.datasets.OverlapError` lists the leaks with both families.
+    :class:`.datasets.PromptSet` or a list of strings/Items (the study's task items, a new file). Returns the
+    number of prompts checked per family; the :class:`.datasets.OverlapError` lists the leaks with both families.
     """
     by_family: dict[str, list[Any]] = {f: [] for f in (ALIGN_TRAIN, VALIDATION, TEST)}
     for name in SET_FAMILY:

@@ -20,8 +20,8 @@ def main(per_framing: int = 10) -> None:
     reph = load_named("harmful-val-rephrased")
     print("# Rephrasing examples (issue 20)\n")
     print(f"The first {per_framing} prompts of each framing in `harmful-val-rephrased`, source → rephrasing (a "
-          "HarmBench context\nis shown as `[context] …`). Written by `scripts/rephrase_examples.py`; the templates are "
-          "`FRAMINGS` in\n`safegene_runtime/rephrase.py`; the set and the split: docs/evaluation.md#splits.\n")
+          "HarmBench context\nis shown as `[context] …`). Written by `scripts/rephrase_examples.py`; the templates "
+          "are `FRAMINGS` in\n`safegene_runtime/rephrase.py`; the set and the split: docs/evaluation.md#splits.\n")
     for f in FRAMING_NAMES:
         rows = [it for it in reph if it.meta["framing"] == f]
         print(f"## `{f}` ({len(rows)} in the set)\n")
