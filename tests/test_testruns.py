@@ -115,14 +115,20 @@ def test_a_finished_test_run_records_its_results_and_the_record_only_grows(repo,
     assert testruns.read(ledger)[4]["dirty"] is True
 
 
-def test_validation_sets_need_no_record(tmp_path, run_cli):
-    out = tmp_path / "eval"
+@needs_git
+def test_validation_sets_need_no_record_and_a_declared_test_set_is_recorded(repo, run_cli):
+    out, ledger = repo / "eval", repo / "docs" / "test-runs.jsonl"
     _seed(out, "m", "harmful", "harmful-val", 2, "No.")
-    r = run_cli(*_eval_args(out, "--harmful", "harmful-val", "--test-run", "not needed here at all",
-                            "--test-log", str(tmp_path / "log.jsonl")))
+    r = run_cli(*_eval_args(out, "--harmful", "harmful-val", "--test-log", str(ledger)))
     assert r.code == 0, r.err
-    assert "no test set in this evaluation; --test-run is ignored" in r.out
-    assert not (tmp_path / "log.jsonl").exists()
+    assert not ledger.exists()
+    # the study's task test items are not named sets: its run declares them, and the record says so
+    r = run_cli(*_eval_args(out, "--harmful", "harmful-val", "--test-run", "task test items of the frozen study",
+                            "--test-log", str(ledger)))
+    assert r.code == 0, r.err
+    started, finished = testruns.read(ledger)
+    assert started["test_sets"] == ["declared with --test-run (no named test set or test prompt recognised)"]
+    assert finished["status"] == "finished"
 
 
 def test_the_record_refuses_a_vague_procedure_a_torn_file_and_a_path_outside_a_repository(repo, tmp_path):

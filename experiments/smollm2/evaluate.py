@@ -308,7 +308,8 @@ def run_stage(study, stage: str, log=print) -> None:
                                   test_run=testrun_procedure(study, f"variant {name}"))
                     for t in need_task:
                         _eval_cli(srv.base_url, name, root / f"task-{t}", harmful=None, benign=None,
-                                  task=task_files[t], limit=None, max_tokens=p["max_tokens"], log=log)
+                                  task=task_files[t], limit=None, max_tokens=p["max_tokens"], log=log,
+                                  test_run=testrun_procedure(study, f"variant {name}, task {t} test items"))
         except Exception as e:  # one failed variant must not stop the others
             log(f"eval {name}: FAILED: {e}")
             continue
@@ -335,5 +336,6 @@ def rescore(study, root: Path, task_files: dict[str, Path], n_safety: int, log=p
                 and _done(root / f"task-{t}", n, min(p["n_task"], 200))]
         if done:
             _eval_cli("http://127.0.0.1:9/v1", ",".join(done), root / f"task-{t}", harmful=None, benign=None,
-                      task=f, limit=None, max_tokens=p["max_tokens"], log=log)
+                      task=f, limit=None, max_tokens=p["max_tokens"], log=log,
+                      test_run=testrun_procedure(study, f"recount of the saved task {t} test responses"))
     log(f"rescored: {len(safety)} models on the safety sets")

@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="also judge harmful-set responses with a guard model (key: $SAFEGENE_JUDGE_API_KEY)")
     p.add_argument("--test-run", default=None, metavar="PROCEDURE",
                    help="evaluate TEST sets: the frozen procedure in words (what was fixed before, why it is measured "
-                        "now); the run is recorded in --test-log")
+                        "now); the run is recorded in --test-log (also when no set is recognised as a test set: "
+                        "declare the study's task test items this way)")
     p.add_argument("--test-log", default=None, metavar="PATH",
                    help="the test-run record (default: docs/test-runs.jsonl of the git checkout around the current "
                         "directory)")
@@ -99,6 +100,9 @@ def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, system_prompt=args.system_prompt,
         llm_judge=args.llm_judge, progress=not args.no_progress,
     )
+    if args.test_run and not reasons:
+        # a test set the runtime cannot recognise (the study's task test items): the caller declares it
+        reasons = ["declared with --test-run (no named test set or test prompt recognised)"]
     if reasons:
         ledger = Path(args.test_log) if args.test_log else testruns.default_ledger()
         config = {"models": models, "limit": args.limit, "max_tokens": cfg.max_tokens, "temperature": 0,
@@ -108,8 +112,6 @@ def run(args: argparse.Namespace) -> int:
                                  sets={r: s for r, s in sets.items() if s is not None})
         print(f"test run {started['run']} recorded in {ledger} (commit {started['commit'][:12]}"
               f"{', uncommitted changes' if started['dirty'] else ''})")
-    elif args.test_run:
-        print("note: no test set in this evaluation; --test-run is ignored and nothing is recorded")
     results = run_eval(cfg)
     if reasons:
         testruns.finish(ledger, started, {"models": results["models"], "sets": results["sets"]})
