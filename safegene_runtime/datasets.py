@@ -446,8 +446,9 @@ def harmful_split() -> dict[str, tuple[Item, ...]]:
     4. a cluster with a near duplicate in :data:`HARMFUL_POOL_ALIGN_SETS` goes to align-train; any other goes to
        validation when the stable fraction of its sorted normalised texts is below :data:`HARMFUL_VAL_FRACTION`.
 
-    Items keep their source ids (``harmbench:<BehaviorID>``, ``advbench:<row>``) and file order; ``meta["split"]``
-    says the side. Deterministic: no seed, nothing depends on file order but the choice of exact-duplicate copy.
+    Items keep their source ids (``harmbench:<BehaviorID>``, ``advbench:<row>``) and file order, HarmBench's
+    contextual behaviours last; ``meta["split"]`` says the side. Deterministic: no seed, nothing depends on file
+    order but the choice of exact-duplicate copy.
     """
     return dict(_harmful_split_cached())
 
@@ -485,7 +486,9 @@ def _harmful_split_cached() -> dict[str, tuple[Item, ...]]:
     side = {r: "align-train" if r in to_align or _stable_fraction("harmful-val\n" + "\n".join(sorted(m)))
             >= HARMFUL_VAL_FRACTION else "validation" for r, m in members.items()}
     out: dict[str, list[Item]] = {"align-train": [], "validation": [], "dropped": []}
-    for it in pool:
+    # HarmBench's contextual behaviours (a document, then the request) last, so that ``--limit N`` quick looks
+    # and small-context models get the short requests first (the study orders HarmBench the same way)
+    for it in sorted(pool, key=lambda it: it.meta.get("functional") == "contextual"):
         if it.id in leaked:
             out["dropped"].append(replace(it, meta={**it.meta, "split": "dropped", "dropped_for": leaked[it.id]}))
         else:
