@@ -478,3 +478,35 @@ def test_baseline_cli_new_methods_and_tune(pair, run_cli, tmp_path, monkeypatch)
     r = run_cli("baseline", "tune", "uniform", "--task", task, "--safety", safety, "--evaluator",
                 "tests.test_baselines:fake_evaluator", "--sets", "harmbench-test", "--out", tmp_path / "bad")
     assert r.code == 1 and "test set" in r.err and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.engine
+def test_tune_through_the_served_eval_harness(live_server, tmp_path):
+    """The tuner on the real server: each candidate registered through the admin API, scored by the eval harness
+    on validation sets, retired; the recorded numbers are the eval folders' results."""
+    from safegene_runtime.baselines.served import ServedEvaluator
+    from safegene_runtime.baselines.tune import tune
+
+    task_file = tmp_path / "val-task.jsonl"
+    task_file.write_text("".join(json.dumps({"prompt": f"Repeat the word {w}.", "answer": w}) + "\n"
+                                 for w in ("apple", "river")))
+    ev = ServedEvaluator(live_server.base_url, base_model=live_server.base_model, harmful="harmbench-val",
+                         benign="rho-benign", task=str(task_file), out=tmp_path / "eval", limit=2,
+                         api_key=live_server.api_key, admin_key=live_server.admin_key, max_tokens=8, concurrency=4)
+    store = live_server.adapter_root / "tune-test"
+    out = tune("uniform", live_server.family["alpha"], ev, sets=[], safety=live_server.family["safety"],
+               grid={"lam": [0.5, 1.0]}, store=store, progress=False)
+    tun = read_manifest(out)["tuning"]
+    assert tun["validation_sets"] == ["harmbench-val", "rho-benign", str(task_file)]
+    for c in tun["candidates"]:
+        res = json.loads((tmp_path / "eval" / f"tune-{c['candidate_id'][:12]}" / "results.json").read_text())
+        (name, r), = res["models"].items()
+        assert res["sets"]["harmful"]["name"] == "harmbench-val" and res["sets"]["harmful"]["n"] == 2
+        assert c["metrics"] == {"harmful_rate": r["harmful_response_rate"]["rate"],
+                                "over_refusal_rate": r["over_refusal_rate"]["rate"],
+                                "task_score": r["task_accuracy"]["rate"]}
+    base = json.loads((tmp_path / "eval" / live_server.base_model / "results.json").read_text())
+    assert tun["reference"]["aligned"]["harmful_rate"] == base["models"][live_server.base_model][
+        "harmful_response_rate"]["rate"]
+    served = {m.id for m in live_server.client().models.list().data}
+    assert not any(m.startswith("tune-") for m in served)  # every candidate was retired

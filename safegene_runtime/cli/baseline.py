@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +93,8 @@ def register(subparsers) -> None:
                        "aligned + 3 points (the slacks are options); ties -> smallest intervention (relative distance "
                        "of the adapter's delta from the task's), then grid order.\n\nThe evaluator is a Python "
                        "callable 'module:function' taking an adapter folder (None: the aligned model without an "
-                       "adapter) and returning {harmful_rate, over_refusal_rate, task_score} as fractions. Test sets "
+                       "adapter) and returning {harmful_rate, over_refusal_rate, task_score} as fractions, or a "
+                       "running SafeGene server (--endpoint) scoring each candidate with the eval harness. Test sets "
                        "(harmbench-test*, rho-overrefusal*, gsm8k-100, files named *test* / *heldout*) are refused.")
     t.add_argument("method", choices=("uniform", "resta_dare", "safe_lora", "safemerge"))
     t.add_argument("--task", required=True, type=Path, help="task LoRA adapter folder")
@@ -101,8 +103,23 @@ def register(subparsers) -> None:
                    help="a knob's values (repeat per knob; default: the method's grid). Knobs: uniform lam; "
                    "resta_dare lam, p, seed; safe_lora threshold or top_fraction; safemerge threshold or "
                    "top_fraction, weight")
-    t.add_argument("--evaluator", required=True, metavar="MODULE:FUNCTION", help="the evaluator callable")
-    t.add_argument("--sets", required=True, help="comma-separated validation set names/files the evaluator reads")
+    ev = t.add_argument_group("evaluator (one of)")
+    ev.add_argument("--evaluator", metavar="MODULE:FUNCTION", help="a Python evaluator callable (with --sets)")
+    ev.add_argument("--sets", help="comma-separated validation set names/files that --evaluator reads")
+    ev.add_argument("--endpoint", help="a running SafeGene server's API URL (http://HOST:PORT/v1): each candidate is "
+                    "registered through the admin API (it is built under --store, which must lie under the "
+                    "server's adapter_root), scored with `safegene eval`'s harness and retired")
+    ev.add_argument("--base-model", help="with --endpoint: the served name of the aligned base model")
+    ev.add_argument("--harmful", help="with --endpoint: harmful validation set (e.g. harmbench-val)")
+    ev.add_argument("--benign", help="with --endpoint: benign/edgy validation set")
+    ev.add_argument("--task-set", help="with --endpoint: task validation file (prompt + answer)")
+    ev.add_argument("--limit", type=int, help="with --endpoint: the first N prompts of each set")
+    ev.add_argument("--max-tokens", type=int, help="with --endpoint: max_tokens per response (eval's default)")
+    ev.add_argument("--api-key", help="with --endpoint: user key (default: $OPENAI_API_KEY)")
+    ev.add_argument("--admin-key", help="with --endpoint: admin key (default: $SAFEGENE_ADMIN_KEY)")
+    ev.add_argument("--eval-out", type=Path, help="with --endpoint: where each candidate's eval folder goes "
+                    "(default: <store>/tune-eval)")
+    t.add_argument("--store", type=Path, help="where candidates and the result are built (default: beside --task)")
     t.add_argument("--task-slack", type=float, default=None, help="task-score slack below plain (default 0.01)")
     t.add_argument("--over-refusal-slack", type=float, default=None,
                    help="over-refusal slack above aligned (default 0.03)")
@@ -191,17 +208,40 @@ def load_evaluator(spec: str):
     return obj
 
 
+def _evaluator(args, store: Path):
+    """The evaluator the arguments name: a Python callable, or a ServedEvaluator on --endpoint."""
+    if (args.evaluator is None) == (args.endpoint is None):
+        raise ValueError("give exactly one evaluator: --evaluator MODULE:FUNCTION (with --sets) or --endpoint URL")
+    if args.evaluator is not None:
+        if not args.sets:
+            raise ValueError("--evaluator needs --sets: the validation sets it reads, so they can be checked")
+        return load_evaluator(args.evaluator), [s.strip() for s in args.sets.split(",") if s.strip()]
+    missing = [f for f in ("base_model", "harmful", "benign", "task_set") if getattr(args, f) is None]
+    if missing:
+        raise ValueError("--endpoint needs " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    from ..baselines.served import ServedEvaluator  # lazy: the eval harness and torch only for this subcommand
+
+    extra = {"max_tokens": args.max_tokens} if args.max_tokens is not None else {}
+    ev = ServedEvaluator(args.endpoint, base_model=args.base_model, harmful=args.harmful, benign=args.benign,
+                         task=args.task_set, out=args.eval_out or store / "tune-eval", limit=args.limit,
+                         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"),
+                         admin_key=args.admin_key or os.environ.get("SAFEGENE_ADMIN_KEY"), **extra)
+    return ev, []
+
+
 def run_tune(args) -> int:
     # lazy: keeps `safegene --help` instant (this step loads torch)
     from ..artifacts import read_manifest
     from ..baselines.tune import Rule, check_validation_sets, tune
 
-    sets = [s.strip() for s in args.sets.split(",") if s.strip()]
-    check_validation_sets(sets)  # before importing the user's evaluator: a test set is refused at once
+    if args.sets:
+        check_validation_sets([s.strip() for s in args.sets.split(",") if s.strip()])  # before any import or build
+    store = args.store or args.task.resolve().parent
+    evaluator, sets = _evaluator(args, store)
     rule_kw = {k: v for k, v in (("task_slack", args.task_slack), ("over_refusal_slack", args.over_refusal_slack))
                if v is not None}
-    path = tune(args.method, args.task, load_evaluator(args.evaluator), sets=sets, safety=args.safety,
-                **_v_kwargs(args), grid=parse_grid(args.grid), rule=Rule(**rule_kw), out=args.out,
+    path = tune(args.method, args.task, evaluator, sets=sets, safety=args.safety, **_v_kwargs(args),
+                grid=parse_grid(args.grid), rule=Rule(**rule_kw), out=args.out, store=store,
                 progress=not args.no_progress)
     tun = read_manifest(path)["tuning"]
     best = tun["candidates"][tun["chosen"]]
