@@ -36,37 +36,27 @@ def flag(name: str) -> str:
 
 
 def _floats(text: str) -> float | tuple[float, ...]:
-    try:
-        xs = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    xs = tuple(float(x) for x in text.split(",") if x.strip())
     return xs[0] if len(xs) == 1 else xs
 
 
 def _layers(text: str) -> tuple[int, ...] | str:
-    if text == "all":
-        return text
-    try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected 'all' or comma-separated integers, got {text!r}") from None
+    return text if text == "all" else tuple(int(x) for x in text.split(",") if x.strip())
 
 
-def _int_or_none(text: str) -> int | None:
-    v = int(text)
-    return None if v == 0 else v
+#: fields whose flag is a comma list, read once the flags are parsed (so a bad one is a one-line error, exit 1)
+_LISTS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "float | tuple[float, ...]": (_floats, "a number or comma-separated numbers"),
+    "tuple[int, ...] | str | None": (_layers, "'all' or comma-separated integers"),
+}
 
 
 def _parser_of(f: Field) -> Callable[[str], Any]:
-    """How a field's value is written on the command line (its type annotation decides)."""
+    """How argparse reads a field's flag (its type annotation decides; comma lists: ``_LISTS``)."""
     kind = str(f.type)
-    if kind.startswith("float | tuple"):
-        return _floats
-    if kind.startswith("tuple[int"):
-        return _layers
-    if kind == "int | None":
-        return _int_or_none  # 0: None (the field's none_means)
-    return {"int": int, "float": float, "str": str}[kind]
+    if kind in _LISTS:
+        return str
+    return {"int": int, "int | None": int, "float": float, "str": str}[kind]
 
 
 def _shown(f: Field) -> str:
@@ -95,8 +85,21 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace) -> CalibrationConfig:
     """The CalibrationConfig the flags describe (an error names the flag)."""
+    values: dict[str, Any] = {}
+    for f in fields(CalibrationConfig):
+        v = getattr(args, f.name)
+        kind = str(f.type)
+        if kind in _LISTS and isinstance(v, str):
+            read, expected = _LISTS[kind]
+            try:
+                v = read(v)
+            except ValueError:
+                raise ValueError(f"{flag(f.name)} {v!r}: expected {expected}") from None
+        elif kind == "int | None" and v == 0:
+            v = None  # 0: the field's None (its none_means)
+        values[f.name] = v
     try:
-        return CalibrationConfig(**{f.name: getattr(args, f.name) for f in fields(CalibrationConfig)})
+        return CalibrationConfig(**values)
     except CalibrationConfigError as e:
         raise ValueError(f"{flag(e.field)}: {e}") from None
 
