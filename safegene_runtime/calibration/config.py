@@ -21,6 +21,8 @@ load-time cache, the study's stage hashes). Its rule, chosen so that adding a kn
 
 The reference values never change (a changed reference would change every key); the defaults may (a new default
 procedure then gets new keys, because its fields differ from the references where they differ from the old one).
+The SmolLM2 study hashes these fields plus the knobs its profiles set, whatever their value (they were in its
+hashes from its first stage): ``experiments/smollm2/run.py``'s ``calibration_config``.
 """
 
 from __future__ import annotations
@@ -182,11 +184,6 @@ class CalibrationConfig:
     def to_dict(self) -> dict[str, Any]:
         """Every field, JSON-able (tuples as lists)."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
-
-    def changed(self) -> dict[str, Any]:
-        """The fields that differ from their defaults (JSON-able): a config written as briefly as it can be."""
-        default = CalibrationConfig().to_dict()
-        return {k: v for k, v in self.to_dict().items() if v != default[k]}
 
     # ---------------------------------------------------------------------------------------------- identity
     def unused_fields(self) -> set[str]:
