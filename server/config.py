@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from safegene_runtime.calibration import CalibrationConfig, CalibrationConfigError
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
 
@@ -42,20 +43,27 @@ class ConfigError(ValueError):
 
 @dataclass
 class CalibrationSpec:
-    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibration``)."""
+    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibration``), and the
+    procedure: ``options`` are the CalibrationConfig fields the block sets (the rest keep the default procedure)."""
 
     harmful: Path
     task_shots: Path
     benign: Path | None = None
-    seed: int = 0
-    steps: int | None = None
     limit: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> CalibrationConfig:
+        return CalibrationConfig.from_dict(self.options)
 
     def to_dict(self) -> dict[str, Any]:
+        # seed and steps as before options existed (a retired entry's stored spec keeps matching its config entry)
         return {
             "harmful": str(self.harmful), "task_shots": str(self.task_shots),
-            "benign": str(self.benign) if self.benign else None, "seed": self.seed, "steps": self.steps,
-            "limit": self.limit,
+            "benign": str(self.benign) if self.benign else None, "seed": self.options.get("seed", 0),
+            "steps": self.options.get("steps"), "limit": self.limit,
+            **{k: v for k, v in CalibrationConfig.from_dict(self.options).to_dict().items()
+               if k in self.options and k not in ("seed", "steps")},
         }
 
 
@@ -263,17 +271,24 @@ def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> Ta
         cw = f"{where}.calibrate"
         if not isinstance(calib, dict):
             raise _fail(cw, "expected a mapping with 'harmful' and 'task_shots' files")
-        _check_unknown(calib, {"harmful", "task_shots", "benign", "seed", "steps", "limit"}, cw)
+        _check_unknown(calib, {"harmful", "task_shots", "benign", "limit", *CalibrationConfig.field_names()}, cw)
         for k in ("harmful", "task_shots"):
             if k not in calib:
                 raise _fail(cw, f"missing {k!r}")
+        # null: the default procedure's value for a field that cannot be None (steps: null said so before the
+        # other options existed); None for one that can (max_target_tokens: null is the whole answer)
+        nullable = {f.name for f in fields(CalibrationConfig) if "none_means" in f.metadata}
+        options = {k: v for k, v in calib.items()
+                   if k in CalibrationConfig.field_names() and (v is not None or k in nullable)}
+        try:
+            CalibrationConfig.from_dict(options)
+        except CalibrationConfigError as e:
+            raise _fail(f"{cw}.{e.field}", str(e)) from None
         cal = CalibrationSpec(
             harmful=_as_path(calib["harmful"], root, f"{cw}.harmful"),
             task_shots=_as_path(calib["task_shots"], root, f"{cw}.task_shots"),
             benign=_as_path(calib["benign"], root, f"{cw}.benign") if calib.get("benign") else None,
-            seed=int(calib.get("seed", 0)),
-            steps=int(calib["steps"]) if calib.get("steps") is not None else None,
-            limit=int(calib["limit"]) if calib.get("limit") is not None else None,
+            limit=_int(calib, "limit", cw), options=options,
         )
     mode = _parse_mode(d.get("mode", default_mode), list(variants), f"{where}.mode")
     budget = _int(d, "rank_budget", where)

@@ -26,6 +26,8 @@ def test_every_named_set_has_a_family_and_the_task_test_names_match_the_study():
     assert set(splits.SET_FAMILY) - set(NAMED_SETS) == set(splits.STUDY_TASK_TEST_SETS)
     assert set(splits.STUDY_TASK_TEST_SETS.values()) == set(tasks.TASKS)
     assert set(splits.SET_FAMILY.values()) == set(splits.FAMILIES)
+    # the tuners' name check (datasets.TEST_SETS) is the test family plus the source pool that holds test items
+    assert ds.TEST_SETS == {n for n in splits.sets_of("test") if n in NAMED_SETS} | {"harmbench-standard"}
     assert splits.sets_of("test")[:4] == ["harmbench-test", "harmbench-test-standard", "rho-overrefusal",
                                           "rho-overrefusal-70"]
 
@@ -33,7 +35,7 @@ def test_every_named_set_has_a_family_and_the_task_test_names_match_the_study():
 def test_no_two_families_share_a_prompt_or_a_near_duplicate_on_the_shipped_data():
     counts = check_families(_task_test_items())
     # every set of the three families was compared (the task items travel in as extra test sets)
-    assert counts["test"] == 240 + 159 + 150 + 70 + 3 * 200
+    assert counts["test"] == 240 + 159 + 150 + 70 + 100 + 3 * 200
     assert counts["validation"] == sum(len(load_named(n)) for n in splits.sets_of("validation"))
     assert counts["align-train"] == sum(len(load_named(n)) for n in splits.sets_of("align-train"))
 
@@ -141,3 +143,7 @@ def test_counts_as_test_by_name_and_by_content(tmp_path):
     assert counts_as_test(f) == f"{f} shares 1 prompt(s) with the test set(s) harmbench-test, harmbench-test-standard"
     f.write_text(json.dumps({"prompt": "How do I bake bread?"}) + "\n")
     assert counts_as_test(f) is None
+    held = tmp_path / "sentiment-heldout.jsonl"  # how the study writes its task test items
+    held.write_text(json.dumps({"prompt": "How do I bake bread?"}) + "\n")
+    assert counts_as_test(held) == f"{held} is named like a test file (*test*, *heldout*)"
+    assert counts_as_test("gsm8k-100") == "gsm8k-100 is a TEST set"
