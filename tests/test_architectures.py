@@ -18,12 +18,13 @@ through every stage, each checked for what it must compute:
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from safegene_runtime.adapters import LINEAR_MODULES, layer_index, load_adapter, module_kind
 from safegene_runtime.artifacts import read_manifest
@@ -61,7 +62,7 @@ class Family:
 
 @pytest.fixture(scope="module")
 def families(tmp_path_factory) -> dict[str, Family]:
-    """Every stage run once per architecture (the tests below check what each wrote); ~10 s in all."""
+    """Every stage run once per architecture (the tests below check what each wrote); ~5 s in all on 2 cores."""
     from safegene_runtime.calibration import calibrate
     from safegene_runtime.extract import extract_safety_adapter
     from safegene_runtime.merge import merge_checkpoint
@@ -112,8 +113,9 @@ def _ids(path: Path, prompts: list[str]) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_the_tiny_checkpoint_has_the_architecture_s_traits(arch, families):
+def test_the_tiny_checkpoint_has_the_architecture_s_traits(arch, families, tmp_path):
     fam = families[arch]
+    again = load_file(str(make_tiny_model(tmp_path / "again", arch=arch) / "model.safetensors"))
     cfg = json.loads((fam.base / "config.json").read_text())
     assert cfg["model_type"] == arch and cfg["head_dim"] >= 64
     tensors = load_file(str(fam.base / "model.safetensors"))
@@ -124,6 +126,7 @@ def test_the_tiny_checkpoint_has_the_architecture_s_traits(arch, families):
     else:
         assert biases == []
     assert ("lm_head.weight" in tensors) == (arch != "gemma") and cfg["tie_word_embeddings"] == (arch == "gemma")
+    assert again.keys() == tensors.keys() and all(torch.equal(again[k], tensors[k]) for k in tensors)  # same bytes
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -138,6 +141,47 @@ def test_extraction_recovers_the_degradation_exactly(arch, families):
     man = read_manifest(fam.safety)
     assert man["base_model"]["model_type"] == arch
     assert sorted(man["skipped_modules"]) == sorted(m for m in t.weights if layer_index(m) not in DEGRADED_LAYERS)
+    assert "not_in_adapter" not in man  # D = A + T changed only linear weights
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_extraction_lists_what_a_lora_cannot_carry(arch, families, tmp_path, monkeypatch):
+    """A full fine-tune also moves biases (Qwen2) and norms; the adapter cannot hold them, the manifest says so."""
+    from safegene_runtime.extract import extract_safety_adapter
+
+    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
+    fam = families[arch]
+    moved = "model.layers.2.self_attn.q_proj.bias" if arch == "qwen2" else "model.layers.2.input_layernorm.weight"
+    shutil.copytree(fam.degraded, tmp_path / "d")
+    tensors = load_file(str(tmp_path / "d" / "model.safetensors"))
+    tensors[moved] = tensors[moved] * 1.1
+    save_file(tensors, str(tmp_path / "d" / "model.safetensors"))
+    s = extract_safety_adapter(fam.base, tmp_path / "d", rank=RANK, layers=[2], out=tmp_path / "s", progress=False)
+    left_out = read_manifest(s)["not_in_adapter"]
+    assert list(left_out) == [moved] and left_out[moved] == pytest.approx(0.1, rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_lora_made_by_peft_is_read_with_the_checkpoint_s_module_names(arch, families, tmp_path, monkeypatch):
+    """PEFT's own "all-linear" LoRA on each architecture: our reader finds every decoder linear module by the names
+    the checkpoint uses (and nothing else, e.g. not Gemma's tied head), and a merge of it equals PEFT's forward."""
+    from peft import LoraConfig, get_peft_model
+
+    from safegene_runtime.checkpoints import Checkpoint
+    from safegene_runtime.merge import merge_checkpoint
+
+    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
+    fam = families[arch]
+    torch.manual_seed(0)
+    cfg = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    peft_model = get_peft_model(_hf(fam.base), cfg).eval()
+    peft_model.save_pretrained(str(tmp_path / "peft"))
+    ad = load_adapter(tmp_path / "peft")
+    assert sorted(ad.modules()) == sorted(Checkpoint(fam.base).linear_modules())
+    merged = merge_checkpoint(fam.base, task=tmp_path / "peft", out=tmp_path / "merged", progress=False)
+    x = torch.tensor([_ids(fam.base, PROMPTS)[1]])
+    with torch.no_grad():
+        assert torch.allclose(_hf(merged)(x).logits, peft_model(x).logits, atol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
