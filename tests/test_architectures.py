@@ -145,10 +145,8 @@ def test_extraction_recovers_the_degradation_exactly(arch, families):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_extraction_lists_what_a_lora_cannot_carry(arch, families, tmp_path, monkeypatch):
+def test_extraction_lists_what_a_lora_cannot_carry(arch, families, tmp_path, monkeypatch, run_cli):
     """A full fine-tune also moves biases (Qwen2) and norms; the adapter cannot hold them, the manifest says so."""
-    from safegene_runtime.extract import extract_safety_adapter
-
     monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path / "home"))
     fam = families[arch]
     moved = "model.layers.2.self_attn.q_proj.bias" if arch == "qwen2" else "model.layers.2.input_layernorm.weight"
@@ -156,9 +154,12 @@ def test_extraction_lists_what_a_lora_cannot_carry(arch, families, tmp_path, mon
     tensors = load_file(str(tmp_path / "d" / "model.safetensors"))
     tensors[moved] = tensors[moved] * 1.1
     save_file(tensors, str(tmp_path / "d" / "model.safetensors"))
-    s = extract_safety_adapter(fam.base, tmp_path / "d", rank=RANK, layers=[2], out=tmp_path / "s", progress=False)
-    left_out = read_manifest(s)["not_in_adapter"]
+    r = run_cli("extract", "--aligned", fam.base, "--degraded", tmp_path / "d", "--rank", RANK, "--layers", "2",
+                "--out", tmp_path / "s", "--no-progress")
+    assert r.code == 0, r.err
+    left_out = read_manifest(tmp_path / "s")["not_in_adapter"]
     assert list(left_out) == [moved] and left_out[moved] == pytest.approx(0.1, rel=1e-4)
+    assert "1 tensor(s) that a LoRA cannot carry" in r.out and moved in r.out
 
 
 @pytest.mark.parametrize("arch", ARCHS)
