@@ -257,13 +257,13 @@ def _peft_greedy(fam: Family) -> dict[str, list[list[int]]]:
     from peft import PeftModel
 
     out = {}
-    for name, model in (("base", _hf(fam.base)), ("stacked", PeftModel.from_pretrained(_hf(fam.base),
-                                                                                       str(fam.stacked)))):
+    stacked = PeftModel.from_pretrained(_hf(fam.base), str(fam.stacked))
+    for name, model in (("base", _hf(fam.base)), ("stacked", stacked)):
         rows = []
         for ids in _ids(fam.base, PROMPTS):
             with torch.no_grad():
-                gen = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=MAX_TOKENS, min_new_tokens=MAX_TOKENS,
-                                     do_sample=False)
+                gen = model.generate(input_ids=torch.tensor([ids]), max_new_tokens=MAX_TOKENS,
+                                     min_new_tokens=MAX_TOKENS, do_sample=False)
             rows.append(gen[0, len(ids):].tolist())
         out[name] = rows
     return out

@@ -1,8 +1,9 @@
 """Deterministic tiny models and adapters for tests and benchmarks (no model hub needed).
 
 * :func:`make_tiny_model` writes a random Llama-, Qwen2-, Mistral- or Gemma-architecture checkpoint
-  (:data:`TINY_ARCHS`) with its own byte-level BPE tokenizer and a ChatML chat template. head_dim is 64 because vLLM's CPU attention kernel rejects smaller heads; everything else
-  is as small as possible so that a vLLM engine starts fast.
+  (:data:`TINY_ARCHS`) with its own byte-level BPE tokenizer and a ChatML chat template. head_dim is 64 because
+  vLLM's CPU attention kernel rejects smaller heads; everything else is as small as possible so that a vLLM engine
+  starts fast.
 * :func:`make_random_lora` writes a random PEFT LoRA folder for such a model (B is random, not zero, so the adapter
   changes the output).
 * :func:`make_perturbed_model` writes a copy of a model with every linear weight perturbed: a stand-in for a
