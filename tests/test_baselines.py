@@ -380,12 +380,12 @@ def test_tune_picks_by_the_rule_and_records_every_candidate(pair, tmp_path, monk
     task, safety = pair
     monkeypatch.setenv("SG_FAKE_EVAL", json.dumps({"task": str(task), "safety": str(safety)}))
     grid = {"lam": [0.5, 1.0, 1.5, 2.0, 3.0]}
-    out = tune("uniform", task, fake_evaluator, sets=["harmbench-val", "advbench"], safety=safety, grid=grid,
+    out = tune("uniform", task, fake_evaluator, sets=["harmful-val", "edgy-benign-val"], safety=safety, grid=grid,
                store=tmp_path / "store", progress=False)
     tun = read_manifest(out)["tuning"]
     cands = tun["candidates"]
     assert [c["knobs"]["lam"] for c in cands] == grid["lam"]
-    assert tun["reference"]["plain"] == fake_evaluator(task) and tun["validation_sets"] == ["harmbench-val", "advbench"]
+    assert tun["reference"]["plain"] == fake_evaluator(task) and tun["validation_sets"] == ["harmful-val", "edgy-benign-val"]
     best = _rule_by_hand(cands, tun["reference"]["plain"], tun["reference"]["aligned"])
     assert tun["chosen"] == best and tun["feasible"] and "lowest validation harmful_rate" in tun["rule"]["text"]
     # the rule bit: the least harmful candidate overall breaks the task bound, so it is not the one chosen
@@ -443,7 +443,11 @@ def test_tune_refuses_test_sets_before_building(pair, tmp_path):
             tune("uniform", task, evaluator, sets=sets, safety=safety, store=store, progress=False)
     evaluator.sets = ["harmbench-test"]  # what the evaluator says it reads counts too
     with pytest.raises(DatasetError, match="harmbench-test"):
-        tune("uniform", task, evaluator, sets=["advbench"], safety=safety, store=store, progress=False)
+        tune("uniform", task, evaluator, sets=["harmful-val"], safety=safety, store=store, progress=False)
+    evaluator.sets = []
+    for sets in (["harmful-align-train"], ["advbench"], ["harmful-val", "rho-benign"]):  # trained on, or a raw pool
+        with pytest.raises(DatasetError, match="VALIDATION"):
+            tune("uniform", task, evaluator, sets=sets, safety=safety, store=store, progress=False)
     assert calls == [] and not store.exists()
     assert not is_test_set("harmbench-val") and not is_test_set("contest.jsonl") and not is_test_set("advbench")
 
@@ -469,7 +473,7 @@ def test_baseline_cli_new_methods_and_tune(pair, run_cli, tmp_path, monkeypatch)
     monkeypatch.setenv("SG_FAKE_EVAL", json.dumps({"task": str(task), "safety": str(safety)}))
     r = run_cli("baseline", "tune", "resta_dare", "--task", task, "--safety", safety, "--grid", "lam=1,2",
                 "--grid", "p=0,0.5", "--evaluator", "tests.test_baselines:fake_evaluator",
-                "--sets", "harmbench-val,advbench", "--no-progress", "--out", tmp_path / "t")
+                "--sets", "harmful-val,edgy-benign-val", "--no-progress", "--out", tmp_path / "t")
     assert r.code == 0, r.err
     tun = read_manifest(tmp_path / "t")["tuning"]
     assert len(tun["candidates"]) == 4 and f"chose {json.dumps(tun['knobs'])}" in r.out
@@ -490,18 +494,18 @@ def test_tune_through_the_served_eval_harness(live_server, tmp_path):
     task_file = tmp_path / "val-task.jsonl"
     task_file.write_text("".join(json.dumps({"prompt": f"Repeat the word {w}.", "answer": w}) + "\n"
                                  for w in ("apple", "river")))
-    ev = ServedEvaluator(live_server.base_url, base_model=live_server.base_model, harmful="harmbench-val",
-                         benign="rho-benign", task=str(task_file), out=tmp_path / "eval", limit=2,
+    ev = ServedEvaluator(live_server.base_url, base_model=live_server.base_model, harmful="harmful-val",
+                         benign="edgy-benign-val", task=str(task_file), out=tmp_path / "eval", limit=2,
                          api_key=live_server.api_key, admin_key=live_server.admin_key, max_tokens=8, concurrency=4)
     store = live_server.adapter_root / "tune-test"
     out = tune("uniform", live_server.family["alpha"], ev, sets=[], safety=live_server.family["safety"],
                grid={"lam": [0.5, 1.0]}, store=store, progress=False)
     tun = read_manifest(out)["tuning"]
-    assert tun["validation_sets"] == ["harmbench-val", "rho-benign", str(task_file)]
+    assert tun["validation_sets"] == ["harmful-val", "edgy-benign-val", str(task_file)]
     for c in tun["candidates"]:
         res = json.loads((tmp_path / "eval" / f"tune-{c['candidate_id'][:12]}" / "results.json").read_text())
         (name, r), = res["models"].items()
-        assert res["sets"]["harmful"]["name"] == "harmbench-val" and res["sets"]["harmful"]["n"] == 2
+        assert res["sets"]["harmful"]["name"] == "harmful-val" and res["sets"]["harmful"]["n"] == 2
         assert c["metrics"] == {"harmful_rate": r["harmful_response_rate"]["rate"],
                                 "over_refusal_rate": r["over_refusal_rate"]["rate"],
                                 "task_score": r["task_accuracy"]["rate"]}

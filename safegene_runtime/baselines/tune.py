@@ -28,7 +28,8 @@ import torch
 
 from ..adapters import CONFIG_FILE, WEIGHTS_FILE, LoraAdapter, load_adapter
 from ..artifacts import ArtifactWriter, read_manifest
-from ..datasets import DatasetError, is_test_set
+from ..datasets import SET_FAMILY, VALIDATION, DatasetError, is_test_set
+from ..splits import counts_as_test, require_split, sets_of
 from .resta import resta_dare
 from .safe_lora import safe_lora
 from .safemerge import safemerge
@@ -124,15 +125,22 @@ def expand_grid(grid: Mapping[str, Iterable[Any]]) -> list[dict[str, Any]]:
 
 
 def check_validation_sets(sets: Iterable[str]) -> list[str]:
-    """The set names/files, refused (DatasetError) when any is a test set: choices are made on validation only."""
+    """The set names/files, refused (DatasetError) unless each may choose: a named set must be in the VALIDATION
+    family (:func:`safegene_runtime.splits.require_split`), a file must not count as a test set
+    (:func:`safegene_runtime.splits.counts_as_test`: named like one, or holding test prompts)."""
     names = [str(s) for s in sets]
+    if not names:
+        raise DatasetError("declare the validation sets the evaluator reads (sets=...), so they can be checked")
     bad = [s for s in names if is_test_set(s)]
     if bad:
         raise DatasetError(f"refusing to tune on test set(s) {bad}: every choice is made on validation data "
-                           "(e.g. harmbench-val, advbench, a validation task file); test sets are evaluated only for "
-                           "procedures frozen beforehand")
-    if not names:
-        raise DatasetError("declare the validation sets the evaluator reads (sets=...), so they can be checked")
+                           f"(validation sets: {', '.join(sets_of(VALIDATION))}, or a validation task file); test "
+                           "sets are evaluated only for procedures frozen beforehand")
+    for s in names:
+        if s in SET_FAMILY:
+            require_split(s, VALIDATION)
+        elif Path(s).is_file() and (why := counts_as_test(s)):
+            raise DatasetError(f"refusing to tune on {s}: {why}")
     return names
 
 

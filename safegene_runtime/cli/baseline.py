@@ -110,7 +110,7 @@ def register(subparsers) -> None:
                     "registered through the admin API (it is built under --store, which must lie under the "
                     "server's adapter_root), scored with `safegene eval`'s harness and retired")
     ev.add_argument("--base-model", help="with --endpoint: the served name of the aligned base model")
-    ev.add_argument("--harmful", help="with --endpoint: harmful validation set (e.g. harmbench-val)")
+    ev.add_argument("--harmful", help="with --endpoint: harmful validation set (e.g. harmful-val)")
     ev.add_argument("--benign", help="with --endpoint: benign/edgy validation set")
     ev.add_argument("--task-set", help="with --endpoint: task validation file (prompt + answer)")
     ev.add_argument("--limit", type=int, help="with --endpoint: the first N prompts of each set")
