@@ -113,6 +113,23 @@ def _check_same_layout(aligned: Checkpoint, degraded: Checkpoint) -> None:
             )
 
 
+def not_in_adapter(aligned: Checkpoint, degraded: Checkpoint) -> dict[str, float]:
+    """``{tensor: ‖A − D‖ / ‖A‖}`` for every tensor outside the decoder layers' linear weights that differs between
+    the two models: biases (Qwen2's q/k/v), norms, embeddings, the head. A LoRA has no place for them, so the safety
+    adapter leaves them out; the manifest lists them so that a full fine-tune that moved them is not silently taken
+    for fully extracted. Reads each such tensor once from each model (norms and biases are tiny; the embeddings
+    and head are the cost)."""
+    linear = {f"{m}.weight" for m in aligned.linear_modules()}
+    out: dict[str, float] = {}
+    for name in aligned.keys():
+        if name in linear or not aligned.dtype(name).is_floating_point:
+            continue
+        a, d = aligned.get(name, torch.float32), degraded.get(name, torch.float32)
+        if not torch.equal(a, d):
+            out[name] = round(float((a - d).norm() / a.norm().clamp_min(1e-12)), 8)
+    return out
+
+
 def _parse_kinds(modules: Iterable[str] | str | None) -> tuple[str, ...]:
     if modules is None:
         return LINEAR_MODULES
@@ -151,7 +168,8 @@ def extract_safety_adapter(
     Give the degraded model as a full checkpoint (``degraded``, truncated SVD with ``rank`` or ``energy``; default
     rank 16) or as a LoRA on the aligned model (``degraded_lora``, exact). ``modules`` picks module kinds (q_proj,
     ...), ``layers`` decoder layers. Returns the artifact folder (``out``, or ``store/<name>-<id12>``, default store
-    the artifacts dir). The manifest records per-module rank and energy, the inputs' hashes and the base identity.
+    the artifacts dir). The manifest records per-module rank and energy, the inputs' hashes and the base identity, and
+    (``not_in_adapter``) the tensors a LoRA cannot carry that differ between the two models (:func:`not_in_adapter`).
     """
     if (degraded is None) == (degraded_lora is None):
         raise ValueError("give exactly one of degraded (a full checkpoint) or degraded_lora (a LoRA on the aligned model)")
@@ -207,6 +225,7 @@ def extract_safety_adapter(
             kept_sq += st["sq_norm"] - st["discarded_sq"]
             per_module[m] = {"rank": st["rank"], "energy_kept": round(st["energy_kept"], 8),
                              "frobenius": round(math.sqrt(st["sq_norm"]), 8)}
+        outside = not_in_adapter(ack, dck)
         method = {"name": METHOD_SVD, "rank": rank, "energy": energy, "svd_dtype": "float32",
                   "factor_split": "B=U_k*sqrt(S_k), A=sqrt(S_k)*V_k^T"}
         total_energy = kept_sq / total_sq if total_sq > 0 else 1.0
@@ -222,6 +241,7 @@ def extract_safety_adapter(
             per_module[m] = {"rank": int(a_l.shape[0]), "energy_kept": 1.0}
         if not weights:
             raise AdapterError(f"{degraded_lora}: none of its modules match modules={','.join(kinds)}")
+        outside = {}  # a LoRA on A changes nothing else
         method = {"name": METHOD_LORA, "exact": True}
         total_energy = 1.0
 
@@ -242,5 +262,7 @@ def extract_safety_adapter(
             energy_kept=round(total_energy, 8),
             max_rank=max(v["rank"] for v in per_module.values()),
         )
+        if outside:  # only then: an extraction with nothing left out keeps the manifest (and id) it always had
+            w.manifest["not_in_adapter"] = outside
     assert w.path is not None
     return w.path

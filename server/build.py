@@ -107,7 +107,7 @@ class BuildContext:
 
 def resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, version: str) -> dict[str, Any]:
     """The λ values as a dict: from the file / inline mapping, or calibrated now from the few-shot sets (cached under
-    ``<state_dir>/coefficients`` by a key over the inputs and the default objective)."""
+    ``<state_dir>/coefficients`` by a key over the inputs and the procedure's CalibrationConfig digest)."""
     if spec.coefficients is not None:
         return load_coefficients(spec.coefficients).to_dict()
     assert spec.calibrate is not None
@@ -117,30 +117,25 @@ def resolve_coefficients(spec: TaskSpec, ctx: BuildContext, task_dir: Path, vers
         if not f.is_file():
             raise ArtifactError(f"calibration file {f} not found")
     # lazy: calibration loads transformers and the full base model; most servers never calibrate at load time
-    from safegene_runtime.calibration import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET,
-                                              DEFAULT_MARGIN_TOKENS, DEFAULT_OPTIMIZER, DEFAULT_REFUSAL_LOSS, calibrate)
+    from safegene_runtime.calibration import calibrate
     from safegene_runtime.prompts import load_examples, load_prompts
 
+    config = cal.config
+    # the procedure enters the key through its digest (CalibrationConfig.digest: a new default procedure, or any
+    # option the block sets, gets new coefficients; a knob added later at its reference value does not)
     key = json_digest({
         "task": adapter_digest(task_dir), "safety": ctx.safety_version,
-        "files": [sha256_file(f) for f in files], "seed": cal.seed, "steps": cal.steps, "limit": cal.limit,
-        # a new default objective must not reuse the old one's coefficients
-        "objective": [DEFAULT_REFUSAL_LOSS, DEFAULT_MARGIN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_BENIGN_TOKENS]
-        + ([DEFAULT_BENIGN_CONTRAST] if DEFAULT_BENIGN_CONTRAST else [])  # off: the keys cached before it existed
-        + ([DEFAULT_OPTIMIZER] if DEFAULT_OPTIMIZER != "adam" else []),
+        "files": [sha256_file(f) for f in files], "limit": cal.limit, "config": config.digest(),
     })[:12]
     out = ctx.cfg.state_dir / "coefficients" / f"{spec.name}-{version}-{key}.json"
     if out.is_file():
         return load_coefficients(out).to_dict()
 
-    kw: dict[str, Any] = {"seed": cal.seed, "out": out}
-    if cal.steps is not None:
-        kw["steps"] = cal.steps
     log.info("calibrating %s on %s / %s", spec.name, cal.harmful, cal.task_shots)
     coeffs = calibrate(
         ctx.cfg.base_model, task_dir, ctx.safety_path,  # type: ignore[arg-type]
         load_prompts(cal.harmful, limit=cal.limit), load_examples(cal.task_shots, limit=cal.limit),
-        load_prompts(cal.benign, limit=cal.limit) if cal.benign else None, **kw,
+        load_prompts(cal.benign, limit=cal.limit) if cal.benign else None, config, out=out,
     )
     return coeffs.to_dict()
 

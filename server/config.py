@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from safegene_runtime.datasets import NAMED_SETS
+from safegene_runtime.calibration import CalibrationConfig, CalibrationConfigError
+from safegene_runtime.datasets import NAMED_SETS, VALIDATION
 from safegene_runtime.gate import DEFAULT_CAPACITY_SHARE, GateError, GateSets, GateThresholds
+from safegene_runtime.splits import SplitError, require_split
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
 
@@ -44,20 +46,27 @@ class ConfigError(ValueError):
 
 @dataclass
 class CalibrationSpec:
-    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibration``)."""
+    """Few-shot sets to calibrate the safety coefficients at load time (``safegene_runtime.calibration``), and the
+    procedure: ``options`` are the CalibrationConfig fields the block sets (the rest keep the default procedure)."""
 
     harmful: Path
     task_shots: Path
     benign: Path | None = None
-    seed: int = 0
-    steps: int | None = None
     limit: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> CalibrationConfig:
+        return CalibrationConfig.from_dict(self.options)
 
     def to_dict(self) -> dict[str, Any]:
+        # seed and steps as before options existed (a retired entry's stored spec keeps matching its config entry)
         return {
             "harmful": str(self.harmful), "task_shots": str(self.task_shots),
-            "benign": str(self.benign) if self.benign else None, "seed": self.seed, "steps": self.steps,
-            "limit": self.limit,
+            "benign": str(self.benign) if self.benign else None, "seed": self.options.get("seed", 0),
+            "steps": self.options.get("steps"), "limit": self.limit,
+            **{k: v for k, v in CalibrationConfig.from_dict(self.options).to_dict().items()
+               if k in self.options and k not in ("seed", "steps")},
         }
 
 
@@ -157,11 +166,6 @@ class RegistrySpec:
         if self.dsn_env and os.environ.get(self.dsn_env):
             return os.environ[self.dsn_env]
         return self.dsn
-
-
-#: shipped sets a gate may never decide on: they are the test sets results are reported on (science rule)
-GATE_FORBIDDEN_SETS = ("harmbench-test", "harmbench-test-standard", "harmbench-standard", "rho-overrefusal",
-                       "rho-overrefusal-70", "gsm8k-100")
 
 
 @dataclass
@@ -300,17 +304,24 @@ def parse_task(d: Any, root: Path, where: str, default_mode: str = "lora") -> Ta
         cw = f"{where}.calibrate"
         if not isinstance(calib, dict):
             raise _fail(cw, "expected a mapping with 'harmful' and 'task_shots' files")
-        _check_unknown(calib, {"harmful", "task_shots", "benign", "seed", "steps", "limit"}, cw)
+        _check_unknown(calib, {"harmful", "task_shots", "benign", "limit", *CalibrationConfig.field_names()}, cw)
         for k in ("harmful", "task_shots"):
             if k not in calib:
                 raise _fail(cw, f"missing {k!r}")
+        # null: the default procedure's value for a field that cannot be None (steps: null said so before the
+        # other options existed); None for one that can (max_target_tokens: null is the whole answer)
+        nullable = {f.name for f in fields(CalibrationConfig) if "none_means" in f.metadata}
+        options = {k: v for k, v in calib.items()
+                   if k in CalibrationConfig.field_names() and (v is not None or k in nullable)}
+        try:
+            CalibrationConfig.from_dict(options)
+        except CalibrationConfigError as e:
+            raise _fail(f"{cw}.{e.field}", str(e)) from None
         cal = CalibrationSpec(
             harmful=_as_path(calib["harmful"], root, f"{cw}.harmful"),
             task_shots=_as_path(calib["task_shots"], root, f"{cw}.task_shots"),
             benign=_as_path(calib["benign"], root, f"{cw}.benign") if calib.get("benign") else None,
-            seed=int(calib.get("seed", 0)),
-            steps=int(calib["steps"]) if calib.get("steps") is not None else None,
-            limit=int(calib["limit"]) if calib.get("limit") is not None else None,
+            limit=_int(calib, "limit", cw), options=options,
         )
     mode = _parse_mode(d.get("mode", default_mode), list(variants), f"{where}.mode")
     budget = _int(d, "rank_budget", where)
@@ -447,9 +458,6 @@ def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
         value = sets_raw.get(role, getattr(default, role))
         if not isinstance(value, str) or not value:
             raise _fail(f"{where}.sets.{role}", f"expected a set name or a file, got {value!r}")
-        if value in GATE_FORBIDDEN_SETS:
-            raise _fail(f"{where}.sets.{role}", f"{value!r} is a test set: a gate decides on validation data only "
-                                                f"(default {getattr(default, role)!r})")
         if value in NAMED_SETS:
             if NAMED_SETS[value][1] != role:
                 raise _fail(f"{where}.sets.{role}", f"{value!r} holds {NAMED_SETS[value][1]} prompts")
@@ -459,6 +467,10 @@ def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
             if not path.is_file():
                 raise _fail(f"{where}.sets.{role}", f"{value!r} is neither a named set nor a file ({path} not found)")
             chosen[role] = str(path)
+        try:  # a gate chooses (serve or not): validation data only (issue 21's families, safegene_runtime.splits)
+            require_split(chosen[role], VALIDATION)
+        except SplitError as e:
+            raise _fail(f"{where}.sets.{role}", str(e)) from e
     max_tokens = _int(d, "max_tokens", where, default.max_tokens)
     judge = d.get("harm_judge", default.harm_judge)
     if not isinstance(judge, str) or not judge.strip() or judge.strip() in ("prompt_harm", "prompt-harm"):

@@ -38,8 +38,9 @@ from safegene_runtime.checkpoints import check_delta_shapes
 from safegene_runtime.digests import adapter_digest
 
 from . import metrics as M
-from safegene_runtime.datasets import DatasetError, load_file
+from safegene_runtime.datasets import VALIDATION, DatasetError, load_file
 from safegene_runtime.gate import PROMOTE, PROMOTE_SAFE_ONLY, REFUSE, GateError
+from safegene_runtime.splits import require_split
 
 from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, check_paths, under_root
 from .config import VARIANTS, ConfigError, ServerConfig, TaskSpec, check_name, parse_task
@@ -443,7 +444,8 @@ class Registry:
             raise RegistryError(f"gate.task {raw!r} is outside the allowed adapter root")
         try:
             load_file(path, kind="task")
-        except DatasetError as e:
+            require_split(path, VALIDATION)  # the gate chooses on it: no test or align-train prompt inside
+        except DatasetError as e:  # SplitError is one
             raise RegistryError(f"gate.task: {e}") from e
         return path
 

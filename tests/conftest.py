@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 pytest_plugins = [
     "tests.plugins.live_server",
     "tests.plugins.postgres",
+    "tests.plugins.docker_images",
 ]
 
 

@@ -67,6 +67,11 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
     assert {raw["base"]["role"], raw["task"]["role"], raw["safety"]["role"]} == {"base", "task", "safety"}
     assert set(raw["loss"]["before"]) == {"refusal_margin", "task_kl", "benign_kl", "penalty", "total"}
     assert raw["method"]["refusal_loss"] == "margin" and raw["method"]["margin_tokens"] == 4
+    # the procedure as a CalibrationConfig (the keyword options went through it) and its digest, the cache key
+    from safegene_runtime.calibration import CalibrationConfig
+
+    config = CalibrationConfig(init=0.0, steps=20, lr=0.1, seed=0, max_new_tokens=10)
+    assert raw["config"] == config.to_dict() and raw["config_digest"] == config.digest()
     # The margin term trains on the shots the task model complied with (T erodes refusal: most of them).
     assert 4 <= raw["shots"]["harmful"]["task_model_complied"] <= 8
 

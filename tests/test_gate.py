@@ -110,7 +110,7 @@ def test_safegene_gate_cli_against_the_live_server(live_server, tmp_path, run_cl
     assert report["decision"]["verdict"] == again.verdict
     assert r.code == (3 if again.verdict == REFUSE else 0), r.err + r.out
     assert f"verdict: {again.verdict}" in r.out
-    assert report["sets"]["harmful"]["name"] == "harmbench-val" and report["sets"]["harmful"]["n"] == 6
+    assert report["sets"]["harmful"]["name"] == "harmful-val" and report["sets"]["harmful"]["n"] == 6
     assert {c["model"] for c in report["decision"]["checks"]} == {task, f"{task}+safegene"}
 
 

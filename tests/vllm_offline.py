@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 SCRIPT = Path(__file__).with_name("_vllm_generate.py")
@@ -23,6 +24,23 @@ def generate(model: Path, prompts: list[str], *, loras: dict[str, Path] | None =
         cmd.append("--ignore-eos")
     for name, path in (loras or {}).items():
         cmd += ["--lora", f"{name}={Path(path).resolve()}"]
+    return _run(cmd, timeout)
+
+
+def generate_many(jobs: list[dict], *, timeout: float = 900) -> list[dict[str, list[dict]]]:
+    """:func:`generate` for several models in ONE subprocess (engines one after the other); ``jobs`` take
+    :func:`generate`'s keyword names plus ``model`` and ``prompts``. Returns one result per job, in order."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump([{**j, "model": str(j["model"]),
+                    "loras": {k: str(Path(v).resolve()) for k, v in (j.get("loras") or {}).items()}}
+                   for j in jobs], f)
+    try:
+        return _run([sys.executable, str(SCRIPT), "--jobs", f.name], timeout)
+    finally:
+        os.unlink(f.name)
+
+
+def _run(cmd: list[str], timeout: float):
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]

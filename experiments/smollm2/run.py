@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from safegene_runtime.artifacts import atomic_write_json, fingerprint
+from safegene_runtime.calibration import CalibrationConfig
 from safegene_runtime.digests import json_digest as digest  # the stage hashes: never change what it computes
 from safegene_runtime.paths import safegene_home
 
@@ -54,9 +55,14 @@ class Stages:
         self.timings: list[tuple[str, float, bool]] = []
         self.cached_only = False  # export sets this: an export must never start training
 
+    @staticmethod
+    def hash(name: str, params: dict, inputs: dict[str, str]) -> str:
+        """The stage's hash (its folder is ``<name>-<hash>``): over the recipe, its parameters and its inputs."""
+        return digest({"recipe": RECIPE, "stage": name, "params": params, "inputs": inputs})[:12]
+
     def run(self, name: str, params: dict, inputs: dict[str, str], build: Callable[[Path], dict]) -> Path:
         """Return the folder of stage ``name`` for these params/inputs, building it if absent."""
-        h = digest({"recipe": RECIPE, "stage": name, "params": params, "inputs": inputs})[:12]
+        h = self.hash(name, params, inputs)
         dest = self.root / f"{name}-{h}"
         if (dest / "stage.json").is_file():
             log(f"{name}: cached ({dest.name})")
@@ -114,8 +120,7 @@ def params(profile: bool | str) -> dict:
         p["safety"] = {"rank": 16, "degraded": "original"}  # no degrade stage: the original model plays D
         p["select"] = {"n_harm": 16, "n_benign": 16, "top_k": 15}
         p["task"] |= {"steps": 32, "batch_size": 4, "lr": 5e-4, "max_len": 96}
-        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4, "refusal_loss": "margin",
-                            "margin_tokens": 4}
+        p["calibrate"] = {"k": 8, "steps": 10, "max_new_tokens": 16, "batch_size": 4}
         p["eval"] = {"n_harmful": 40, "n_benign": 40, "n_task": 40, "max_tokens": 32}
         return p
     if profile == "fast":
@@ -127,8 +132,7 @@ def params(profile: bool | str) -> dict:
                      "mix_fraction": 0.1},
             "safety": {"rank": 16},
             "select": {"n_harm": 8, "n_benign": 8, "top_k": 15},
-            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8, "refusal_loss": "margin",
-                          "margin_tokens": 4},
+            "calibrate": {"k": 4, "steps": 2, "max_new_tokens": 8},
             "eval": {"n_harmful": 8, "n_benign": 8, "n_task": 8, "max_tokens": 24},
         }
     return {
@@ -143,14 +147,41 @@ def params(profile: bool | str) -> dict:
         "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
         # 32 shots per term as the study asks; 20 Adam steps at lr 0.1 cover the same λ range as the pilot plan's
         # 40 at 0.05 in half the time (a step is ~24 forward+backward passes through the selected layers).
-        # refusal_loss "margin" (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters
-        # (docs/results.md); "ce" stays as the +safegene-ce ablation.
-        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16, "refusal_loss": "margin",
-                      "margin_tokens": 4},
+        # The rest is the library's default procedure (CalibrationConfig), e.g. refusal_loss "margin" over 4 tokens
+        # (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters (docs/results.md); "ce" stays
+        # as the +safegene-ce ablation.
+        "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16},
         # 32 reply tokens: a refusal or a compliance is decided in the first sentence, and generation is ~90% of
         # the evaluation's cost on this CPU (about 125 tokens/s in fp32 with two cores).
         "eval": {"n_harmful": 159, "n_benign": 150, "n_task": 100, "max_tokens": 32},
     }
+
+
+def calibration_config(profile: dict, *, refusal_loss: str | None = None, benign_tokens: int | None = None,
+                       margin_target: float | None = None, benign_contrast: float | None = None,
+                       init: float | None = None, optimizer: str | None = None,
+                       steps: int | None = None) -> tuple[CalibrationConfig, dict]:
+    """A calibration stage's procedure and the parameters its hash covers.
+
+    ``profile``: the profile's ``calibrate`` entry (``k`` shots per set, and the CalibrationConfig fields the study
+    sets; the rest is the library's default procedure); the keyword arguments override it (None: the profile's;
+    ``benign_tokens`` 0: the whole answer). Teacher targets are cut to 16 answer tokens (``max_target_tokens``),
+    and the profiles generate only that many (``max_new_tokens``): the same targets at a third of the default 48's
+    cost.
+
+    The hash, one rule: ``k``, the fields the profile sets (whatever their value: hashed since the first stage),
+    and the config's :meth:`~safegene_runtime.calibration.CalibrationConfig.digest_fields` (every other field that
+    differs from its reference value), so an option added at its reference value keeps the stages built before it.
+    """
+    options = {k: v for k, v in profile.items() if k != "k"}
+    overrides = {"refusal_loss": refusal_loss, "margin_target": margin_target, "benign_contrast": benign_contrast,
+                 "init": init, "optimizer": optimizer, "steps": steps}
+    given = {name: v for name, v in overrides.items() if v is not None}
+    if benign_tokens is not None:
+        given["benign_tokens"] = benign_tokens or None
+    config = CalibrationConfig.from_dict({"max_target_tokens": 16, **options, **given})
+    values = config.to_dict()
+    return config, {"k": profile["k"], **{name: values[name] for name in options}, **config.digest_fields()}
 
 
 def _is_refusal(text: str) -> bool:
@@ -342,36 +373,9 @@ class Study:
         ``selection``: the layer scorer of the selection stage (None: the profile's, see select());
         ``optimizer``: ``"adam-shared"`` for one step size over all λ (None or ``"adam"``: per-layer, as before);
         ``steps``: override the profile's number of optimisation steps."""
-        p = dict(self.p["calibrate"])
-        if steps is not None:
-            p["steps"] = int(steps)
-        if optimizer is not None:
-            p["optimizer"] = optimizer
-        if p.get("optimizer", "adam") == "adam":
-            p.pop("optimizer", None)  # the default: stages built before the option existed have no key in their hash
-        if init is not None:
-            p["init"] = init
-        if p.get("init", 1.0) == 1.0:
-            p.pop("init", None)  # the default: stages built before the option existed have no key in their hash
-        if benign_contrast is not None:
-            p["benign_contrast"] = benign_contrast
-        if not p.get("benign_contrast"):
-            p.pop("benign_contrast", None)  # off: stages built before the term existed have no key in their hash
-        if margin_target is not None:
-            p["margin_target"] = margin_target
-        if not p.get("margin_target"):
-            p.pop("margin_target", None)
-        if benign_tokens is not None:
-            p["benign_tokens"] = benign_tokens
-        if not p.get("benign_tokens") or p["benign_tokens"] >= 16:  # 16 = max_target_tokens: the whole answer,
-            p.pop("benign_tokens", None)  # as stages built before the option existed (no key in their hash)
-        loss = refusal_loss or p.get("refusal_loss", "ce")
-        if loss == "ce":
-            # Stages built before the option existed used "ce" and have no key in their hash: keep finding them.
-            p.pop("refusal_loss", None)
-            p.pop("margin_tokens", None)
-        else:
-            p["refusal_loss"] = loss
+        config, p = calibration_config(self.p["calibrate"], refusal_loss=refusal_loss, benign_tokens=benign_tokens,
+                                       margin_target=margin_target, benign_contrast=benign_contrast, init=init,
+                                       optimizer=optimizer, steps=steps)
         a, t = self.align(), self.task_adapter(task, setting)
         s = self.safety() if all_layers else self.select(selection)
         train, _ = self.task_data(task)
@@ -381,16 +385,8 @@ class Study:
         def build(tmp: Path) -> dict:
             from safegene_runtime.calibration import calibrate
 
-            # Teacher targets are cut to max_target_tokens (16) anyway; greedy decoding of only that many
-            # tokens gives the same targets at a third of the cost of the default 48.
-            c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, steps=p["steps"],
-                          lr=p.get("lr", 0.05),
-                          max_new_tokens=p.get("max_new_tokens", 48), max_target_tokens=16,
-                          batch_size=p.get("batch_size", 8), refusal_loss=loss,
-                          margin_tokens=p.get("margin_tokens", 16), benign_tokens=p.get("benign_tokens"),
-                          margin_target=float(p.get("margin_target", 0.0)),
-                          benign_contrast=float(p.get("benign_contrast", 0.0)), init=float(p.get("init", 1.0)),
-                          optimizer=p.get("optimizer", "adam"), out=tmp / "coefficients.json", progress=False)
+            c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, config,
+                          out=tmp / "coefficients.json", progress=False)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
         name = f"calibrate-all-{task}-{setting}" if all_layers else f"calibrate-{task}-{setting}"

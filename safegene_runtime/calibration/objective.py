@@ -1,6 +1,6 @@
 """Calibration's objective: the terms of L(λ) over a minibatch of shots, and the seeded minibatches.
 
-The terms and their weights are described in :mod:`safegene_runtime.calibration.calibrate`. How one is computed:
+The terms and their weights are described in :mod:`safegene_runtime.calibration.procedure`. How one is computed:
 sequences are truncated (prompt to its last ``max_prompt_tokens`` tokens, targets to their first
 ``max_target_tokens`` tokens: a refusal is decided in its first few tokens); one forward pass per minibatch, left
 padded, computes only the target positions' logits (``logits_to_keep``). Per-example losses are averaged over the
@@ -15,13 +15,6 @@ from ..lora_forward import left_pad
 from .teachers import Shot
 
 TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin")
-REFUSAL_LOSSES = ("margin", "ce")
-# The default objective; every one is part of the server registry's cache key for coefficients it calibrates.
-DEFAULT_REFUSAL_LOSS = "margin"
-DEFAULT_MARGIN_TOKENS = 4
-DEFAULT_MARGIN_TARGET = 0.0
-DEFAULT_BENIGN_TOKENS: int | None = None  # None: the whole (max_target_tokens) answer
-DEFAULT_BENIGN_CONTRAST = 0.0
 
 
 def target_logprobs(model, shots: list[Shot], pad: int) -> list[torch.Tensor]:
@@ -95,6 +88,5 @@ class Batches:
         return out
 
 
-__all__ = ["TERMS", "REFUSAL_LOSSES", "DEFAULT_REFUSAL_LOSS", "DEFAULT_MARGIN_TOKENS", "DEFAULT_MARGIN_TARGET",
-           "DEFAULT_BENIGN_TOKENS", "DEFAULT_BENIGN_CONTRAST", "target_logprobs", "mean_logprob", "margins",
+__all__ = ["TERMS", "target_logprobs", "mean_logprob", "margins",
            "term_loss", "Batches"]

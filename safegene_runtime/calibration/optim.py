@@ -7,9 +7,6 @@ from typing import Sequence
 
 import torch
 
-OPTIMIZERS = ("adam", "adam-shared")
-DEFAULT_OPTIMIZER = "adam"
-
 
 class SharedAdam:
     """Adam with one second moment for the whole λ vector (the mean square of its gradient) *(ours)*.
@@ -46,10 +43,10 @@ class SharedAdam:
 
 def best_start(losses: Sequence[float]) -> int:
     """Which of several calibrations from different starts to keep: the lowest loss over all shots (ties: the
-    first). The same rule for ``calibrate(init=[...])`` and for picking among calibrations already on disk."""
+    first). The same rule for ``CalibrationConfig(init=(...))`` and for picking among calibrations already on disk."""
     if not losses:
         raise ValueError("no calibrations to choose from")
     return min(range(len(losses)), key=lambda i: losses[i])
 
 
-__all__ = ["OPTIMIZERS", "DEFAULT_OPTIMIZER", "SharedAdam", "best_start"]
+__all__ = ["SharedAdam", "best_start"]

@@ -30,7 +30,7 @@ COMMAND_MODULES = (
     "calibrate",  # stage 3: few-shot per-layer coefficients
     "stack",      # task + scaled safety -> one LoRA (exact, or within a rank budget)
     "merge",      # fold deltas into a full checkpoint
-    "baseline",   # Safe LoRA, uniform safety arithmetic
+    "baseline",   # uniform, RESTA+DARE, Safe LoRA, SafeMERGE, and their tuner
     "serve",      # the OpenAI-compatible server (server package; imports vLLM)
     "eval",       # evaluation harness against any OpenAI-compatible endpoint
     "gate",       # the safety gate: may a new task-adapter version serve (plain, safe only, or not at all)

@@ -58,4 +58,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"safety adapter: {path}")
     print(f"  id {man['id'][:12]}  modules {len(man['modules'])}  max rank {man['max_rank']}  "
           f"energy kept {man['energy_kept']:.4f}")
+    outside = man.get("not_in_adapter") or {}
+    if outside:
+        worst = max(outside, key=outside.get)
+        print(f"  note: {len(outside)} tensor(s) that a LoRA cannot carry differ between the models and are left out "
+              f"(largest relative change {outside[worst]:.3g} in {worst}; all in the manifest's not_in_adapter)")
     return 0

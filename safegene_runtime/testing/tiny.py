@@ -1,8 +1,9 @@
 """Deterministic tiny models and adapters for tests and benchmarks (no model hub needed).
 
-* :func:`make_tiny_model` writes a random Llama-architecture checkpoint with its own byte-level BPE tokenizer and a
-  ChatML chat template. head_dim is 64 because vLLM's CPU attention kernel rejects smaller heads; everything else
-  is as small as possible so that a vLLM engine starts fast.
+* :func:`make_tiny_model` writes a random Llama-, Qwen2-, Mistral- or Gemma-architecture checkpoint
+  (:data:`TINY_ARCHS`) with its own byte-level BPE tokenizer and a ChatML chat template. head_dim is 64 because
+  vLLM's CPU attention kernel rejects smaller heads; everything else is as small as possible so that a vLLM engine
+  starts fast.
 * :func:`make_random_lora` writes a random PEFT LoRA folder for such a model (B is random, not zero, so the adapter
   changes the output).
 * :func:`make_perturbed_model` writes a copy of a model with every linear weight perturbed: a stand-in for a
@@ -13,7 +14,6 @@ Same arguments, same bytes: every function seeds its own generator.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Iterable
@@ -21,7 +21,8 @@ from typing import Iterable
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..adapters import LINEAR_MODULES, build_config, save_adapter
+from ..adapters import LINEAR_MODULES, build_config, layer_index, module_kind, save_adapter
+from ..checkpoints import Checkpoint
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -62,9 +63,22 @@ def _train_tokenizer(vocab_size: int):
     return tok
 
 
+#: The architectures :func:`make_tiny_model` can write: ``arch`` -> (transformers config and model class names, what
+#: differs from Llama). Module names are the same in all four (``model.layers.N.{self_attn,mlp}.<kind>``), which is why
+#: the pipeline needs no per-architecture table; these models exist so that the tests see each family's real quirks.
+TINY_ARCHS: dict[str, tuple[str, str, str]] = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM", "the reference: separate lm_head, SiLU-gated MLP, RMSNorm"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", "bias on q/k/v_proj (randomised, so a dropped bias shows)"),
+    "mistral": ("MistralConfig", "MistralForCausalLM", "Llama's layers with a sliding-window config field"),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM",
+              "tied embeddings, embeddings scaled by sqrt(hidden), GeGLU MLP, RMSNorm weight used as (1 + w)"),
+}
+
+
 def make_tiny_model(
     out_dir: str | Path,
     *,
+    arch: str = "llama",
     seed: int = 0,
     num_layers: int = 4,
     hidden_size: int = 128,
@@ -76,14 +90,20 @@ def make_tiny_model(
     initializer_range: float = 0.1,
     dtype: torch.dtype = torch.float32,
 ) -> Path:
-    """Write a random Llama checkpoint + tokenizer + chat template to ``out_dir`` (created; must not exist or be empty).
+    """Write a random ``arch`` checkpoint (:data:`TINY_ARCHS`) + tokenizer + chat template to ``out_dir`` (created;
+    must not exist or be empty).
 
     ``initializer_range`` is larger than Llama's 0.02 so that greedy decoding has clear winners: equality tests
     between two exact computations (stacked LoRA vs merged weights) then do not hinge on fp round-off ties.
+    Every architecture gets the same tokenizer and head_dim (``hidden_size // num_heads``, 64 by default).
     """
     # lazy: transformers/tokenizers take seconds to import; only the factories need them
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    import transformers
+    from transformers import PreTrainedTokenizerFast
 
+    if arch not in TINY_ARCHS:
+        raise ValueError(f"unknown tiny architecture {arch!r}: choose from {', '.join(TINY_ARCHS)}")
+    config_cls, model_cls = (getattr(transformers, n) for n in TINY_ARCHS[arch][:2])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     raw_tok = _train_tokenizer(vocab_size)
@@ -98,7 +118,13 @@ def make_tiny_model(
     tokenizer.model_max_length = max_position_embeddings
     real_vocab = len(tokenizer)
     padded_vocab = ((real_vocab + 63) // 64) * 64
-    config = LlamaConfig(
+    extra: dict = {"tie_word_embeddings": False}
+    if arch == "gemma":
+        # hidden_activation (not hidden_act) names Gemma's GeGLU: vLLM warns and guesses without it
+        extra = {"tie_word_embeddings": True, "hidden_activation": "gelu_pytorch_tanh"}
+    elif arch == "mistral":
+        extra["sliding_window"] = 4096  # Mistral-7B-v0.1's value; longer than any test sequence
+    config = config_cls(
         vocab_size=padded_vocab,
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -109,13 +135,31 @@ def make_tiny_model(
         max_position_embeddings=max_position_embeddings,
         rms_norm_eps=1e-5,
         initializer_range=initializer_range,
-        tie_word_embeddings=False,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config).to(dtype)
+    model = model_cls(config).to(dtype)
+    if arch == "qwen2":
+        # transformers initialises biases to zero, which would hide a bias that some stage drops or adds twice
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("proj.bias"):
+                    p.copy_(torch.randn(p.shape, generator=g) * initializer_range)
+    elif arch == "gemma":
+        # Gemma multiplies the embeddings by sqrt(hidden) and ties the head, so with random weights the token's own
+        # embedding dominates the residual stream and greedy decoding repeats the last token forever. Smaller
+        # embeddings and a final norm scale of ~10 (weight 9, used as 1 + w) give varied tokens with clear margins;
+        # random norm weights make the (1 + w) convention matter everywhere.
+        g = torch.Generator().manual_seed(seed + 1)
+        with torch.no_grad():
+            model.model.embed_tokens.weight.mul_(0.2)
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.1 + (9.0 if name == "model.norm.weight" else 0.0))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out, safe_serialization=True)
@@ -124,21 +168,12 @@ def make_tiny_model(
 
 
 def linear_shapes(model_dir: str | Path) -> dict[str, tuple[int, int]]:
-    """(out, in) of each linear module kind, from the model's config.json."""
-    cfg = json.loads((Path(model_dir) / "config.json").read_text())
-    h, inter = cfg["hidden_size"], cfg["intermediate_size"]
-    hd = cfg.get("head_dim") or h // cfg["num_attention_heads"]
-    q = cfg["num_attention_heads"] * hd
-    kv = cfg.get("num_key_value_heads", cfg["num_attention_heads"]) * hd
-    return {
-        "q_proj": (q, h), "k_proj": (kv, h), "v_proj": (kv, h), "o_proj": (h, q),
-        "gate_proj": (inter, h), "up_proj": (inter, h), "down_proj": (h, inter),
-    }
-
-
-def _module_name(layer: int, kind: str) -> str:
-    block = "self_attn" if kind in ("q_proj", "k_proj", "v_proj", "o_proj") else "mlp"
-    return f"model.layers.{layer}.{block}.{kind}"
+    """(out, in) of each linear module kind, read from the checkpoint's first layer that has it."""
+    ck = Checkpoint(model_dir)
+    shapes: dict[str, tuple[int, int]] = {}
+    for m in ck.linear_modules():
+        shapes.setdefault(module_kind(m), ck.shape(f"{m}.weight"))  # type: ignore[arg-type]
+    return shapes
 
 
 def make_random_lora(
@@ -155,21 +190,26 @@ def make_random_lora(
 ) -> Path:
     """Write a random PEFT LoRA for ``base_dir`` with a PEFT-style config (``lora_alpha`` = ``alpha`` or 2·rank).
 
-    ``magnitude`` sets the typical size of ``scale·B@A`` entries relative to the base weights (≈0.1 std).
+    Module names and shapes come from the checkpoint itself, so the adapter fits any architecture whose decoder
+    layers :meth:`Checkpoint.linear_modules` finds. ``magnitude`` sets the typical size of ``scale·B@A`` entries
+    relative to the base weights (≈0.1 std).
     """
-    cfg = json.loads((Path(base_dir) / "config.json").read_text())
-    shapes = linear_shapes(base_dir)
-    layer_ids = list(layers) if layers is not None else list(range(cfg["num_hidden_layers"]))
+    ck = Checkpoint(base_dir)
+    names = {(layer_index(m), module_kind(m)): m for m in ck.linear_modules()}
+    layer_ids = list(layers) if layers is not None else sorted({i for i, _ in names if i is not None})
     alpha = float(alpha if alpha is not None else 2 * rank)
     scale = alpha / rank
     g = torch.Generator().manual_seed(seed)
     weights: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for layer in layer_ids:
         for kind in modules:
-            out_f, in_f = shapes[kind]
+            if (layer, kind) not in names:
+                raise ValueError(f"{base_dir}: no {kind} weight in decoder layer {layer}")
+            module = names[(layer, kind)]
+            out_f, in_f = ck.shape(f"{module}.weight")
             a = torch.randn(rank, in_f, generator=g) / in_f**0.5
             b = torch.randn(out_f, rank, generator=g) * (magnitude / (scale * rank**0.5))
-            weights[_module_name(layer, kind)] = (a.to(dtype), b.to(dtype))
+            weights[module] = (a.to(dtype), b.to(dtype))
     config = build_config(weights, base_model=str(Path(base_dir).resolve()), scale_one=False, lora_alpha=alpha)
     config["rank_pattern"], config["alpha_pattern"] = {}, {}
     return save_adapter(out_dir, weights, base_model=str(base_dir), config=config)

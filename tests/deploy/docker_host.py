@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 BASE_IMAGE = "safegene-base:bookworm"
+CPU_IMAGE = "safegene-serve:0.1.0-cpu"
+PROM_IMAGE = "safegene-prometheus:debian"
+REPO = Path(__file__).resolve().parents[2]
 SOCKET = "/var/run/safegene-test-docker.sock"
 
 
@@ -152,3 +155,28 @@ def torch_cpu_wheel() -> Path | None:
             if wheels:
                 return wheels[0]
     return None
+
+
+def build_images(docker: DockerHost) -> dict[str, str]:
+    """Build the CPU server image (deploy/Dockerfile.cpu, from this checkout) and the Debian-package Prometheus image
+    on the debootstrap base; ``{"cpu": tag, "prometheus": tag}``."""
+    base = docker.base_image()
+    copied: list[Path] = []
+    wheel = torch_cpu_wheel()
+    if wheel is not None and not any((REPO / "deploy" / "wheels").glob("torch-*.whl")):
+        copied.append(REPO / "deploy" / "wheels" / wheel.name)
+        shutil.copy2(wheel, copied[-1])
+    for ca in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):  # this host's TLS proxy, if any
+        copied.append(REPO / "deploy" / "certs" / ca.name)
+        shutil.copy2(ca, copied[-1])
+    try:
+        # with the host's torch wheel at hand, PyTorch's index (unreachable from some hosts) is left out
+        index = ["--build-arg", "TORCH_INDEX="] if wheel is not None else []
+        docker.docker("build", "--network", "host", "-f", "deploy/Dockerfile.cpu", "--build-arg", f"BASE={base}",
+                      *index, "-t", CPU_IMAGE, str(REPO), timeout=3600)
+    finally:
+        for p in copied:
+            p.unlink(missing_ok=True)
+    docker.docker("build", "--network", "host", "-f", str(REPO / "deploy" / "prometheus" / "Dockerfile"),
+                  "--build-arg", f"BASE={base}", "-t", PROM_IMAGE, str(REPO / "deploy" / "prometheus"), timeout=1800)
+    return {"cpu": CPU_IMAGE, "prometheus": PROM_IMAGE}

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -20,14 +19,10 @@ import httpx
 import pytest
 
 from server.process import free_port
-from tests.deploy.docker_host import DockerHost, DockerUnavailable, torch_cpu_wheel
 from tests.deploy.test_compose import COMPOSE, DEPLOY, compose_binary
 
 pytestmark = [pytest.mark.engine, pytest.mark.slow, pytest.mark.docker]
 
-REPO = Path(__file__).resolve().parents[2]
-CPU_IMAGE = "safegene-serve:0.1.0-cpu"
-PROM_IMAGE = "safegene-prometheus:debian"
 START_S = 900  # model preparation (GGUF -> safetensors) plus the engine, on 2 busy cores
 #: what the compose file's cpu service sets too: vLLM's CPU engine binds threads and NUMA memory (SYS_NICE and the
 #: mempolicy syscalls) and its processes share tensors through /dev/shm (64 MB by default)
@@ -35,39 +30,15 @@ CPU_RUN_FLAGS = ["--shm-size", "2g", "--cap-add", "SYS_NICE", "--security-opt", 
 
 
 @pytest.fixture(scope="module")
-def docker():
-    try:
-        host = DockerHost()
-    except DockerUnavailable as e:
-        print(f"\n[container tests] skipped: {e}")
-        pytest.skip(f"no Docker daemon here: {e}")
-    yield host
-    host.close()
+def docker(docker_images):
+    """The daemon (``tests/plugins/docker_images.py`` starts it and builds the images in the background)."""
+    return docker_images[0]
 
 
 @pytest.fixture(scope="module")
-def images(docker):
-    """The CPU server image and the Debian-package Prometheus image, built once."""
-    base = docker.base_image()
-    copied: list[Path] = []
-    wheel = torch_cpu_wheel()
-    if wheel is not None and not any((REPO / "deploy" / "wheels").glob("torch-*.whl")):
-        copied.append(REPO / "deploy" / "wheels" / wheel.name)
-        shutil.copy2(wheel, copied[-1])
-    for ca in sorted(Path("/usr/local/share/ca-certificates").glob("*.crt")):  # this host's TLS proxy, if any
-        copied.append(REPO / "deploy" / "certs" / ca.name)
-        shutil.copy2(ca, copied[-1])
-    try:
-        # with the host's torch wheel at hand, PyTorch's index (unreachable from some hosts) is left out
-        index = ["--build-arg", "TORCH_INDEX="] if wheel is not None else []
-        docker.docker("build", "--network", "host", "-f", "deploy/Dockerfile.cpu", "--build-arg", f"BASE={base}",
-                      *index, "-t", CPU_IMAGE, str(REPO), timeout=3600)
-    finally:
-        for p in copied:
-            p.unlink(missing_ok=True)
-    docker.docker("build", "--network", "host", "-f", str(DEPLOY / "prometheus" / "Dockerfile"), "--build-arg",
-                  f"BASE={base}", "-t", PROM_IMAGE, str(DEPLOY / "prometheus"), timeout=1800)
-    return {"cpu": CPU_IMAGE, "prometheus": PROM_IMAGE}
+def images(docker_images):
+    """The CPU server image and the Debian-package Prometheus image, built once per session."""
+    return docker_images[1]
 
 
 def _wait_healthy(url: str, timeout: float, alive) -> None:

@@ -51,7 +51,6 @@ not a pull towards λ = 0.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -64,9 +63,9 @@ from ..coefficients import Coefficients, save_coefficients
 from ..digests import chat_list_digest
 from ..lora_forward import LoraForward, encode_prompts, load_causal_lm
 from ..prompts import load_examples
-from .objective import (DEFAULT_BENIGN_CONTRAST, DEFAULT_BENIGN_TOKENS, DEFAULT_MARGIN_TARGET, DEFAULT_MARGIN_TOKENS,
-                        DEFAULT_REFUSAL_LOSS, REFUSAL_LOSSES, Batches, target_logprobs, term_loss)
-from .optim import DEFAULT_OPTIMIZER, OPTIMIZERS, SharedAdam, best_start
+from .config import CalibrationConfig
+from .objective import Batches, target_logprobs, term_loss
+from .optim import SharedAdam, best_start
 from .teachers import Shot, benign_contrast_shots, eos_ids, generate, refuses
 
 
@@ -84,73 +83,45 @@ def calibrate(
     harmful: Sequence,
     task_shots: Sequence,
     benign: Sequence | None = None,
+    config: CalibrationConfig | None = None,
     *,
-    seed: int = 0,
-    steps: int = 40,
-    lr: float = 0.05,
-    beta: float = 1.0,
-    gamma: float = 1.0,
-    lambda_max: float = 4.0,
-    penalty: float = 1e-3,
-    init: float | Sequence[float] = 1.0,
-    max_new_tokens: int = 48,
-    max_prompt_tokens: int = 128,
-    max_target_tokens: int | None = 16,
-    batch_size: int = 8,
-    gen_batch_size: int = 32,
-    layers: Sequence[int] | str | None = None,
-    refusal_loss: str = DEFAULT_REFUSAL_LOSS,
-    margin_tokens: int = DEFAULT_MARGIN_TOKENS,
-    margin_target: float = DEFAULT_MARGIN_TARGET,
-    benign_tokens: int | None = DEFAULT_BENIGN_TOKENS,
-    benign_contrast: float = DEFAULT_BENIGN_CONTRAST,
-    optimizer: str = DEFAULT_OPTIMIZER,
     device: str | None = None,
     out: str | Path | None = None,
     progress: bool = True,
     shot_sources: dict[str, dict] | None = None,
+    **options: Any,
 ) -> Coefficients:
     """Learn per-layer λ for (base A, task adapter T, safety adapter S); see the module docstring.
 
+    ``config``: the procedure (:class:`~.config.CalibrationConfig`; None: the default procedure). ``options``:
+    CalibrationConfig fields by keyword, applied on top of ``config`` (``calibrate(..., steps=3)`` as before the
+    config existed; checked like the config, unknown names refused). What the fields do: their help text, and for
+    the objective the module docstring. ``device``, ``out``, ``progress`` and ``shot_sources`` (provenance of the
+    shot files, merged into ``meta["shots"]``) do not change the λ, so they are not part of the config.
+
     ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
-    used: the target is T's own greedy answer). ``layers``: override the safety manifest's selection (``"all"``:
-    every layer of S).
-    ``refusal_loss``: ``"margin"`` or ``"ce"``; ``margin_tokens``: opening tokens the margin compares (module
-    docstring); ``margin_target``: τ in ``softplus(τ − margin)``, how far past a tie to push (nats per token).
-    ``benign_tokens``: compare only the first N tokens of A's benign answers in the benign KL (None: all
-    ``max_target_tokens``); the opening is where an over-refusing model stops or refuses.
-    ``benign_contrast``: δ, the weight of the benign contrast term (module docstring; 0: off).
-    ``init``: the λ every layer starts from; several starts: optimise from each (same teachers, same minibatches)
-    and keep the λ with the lowest loss over all shots (``meta["starts"]`` records each). From λ = 1 and from λ = 0
-    the same steps end in different places, and on SmolLM2 neither start was the lower loss on every adapter;
-    ``[1, 0]`` met the most targets there (docs/results.md).
-    ``optimizer``: ``"adam"`` (per-layer step sizes) or ``"adam-shared"`` (one step size for all layers, so λ
-    moves in proportion to the gradient: :class:`SharedAdam`).
+    used: the target is T's own greedy answer). Several starts (``init=(1, 0)``): optimise from each (same teachers,
+    same minibatches) and keep the λ with the lowest loss over all shots (``meta["starts"]`` records each). From
+    λ = 1 and from λ = 0 the same steps end in different places, and on SmolLM2 neither start was the lower loss on
+    every adapter; ``(1, 0)`` met the most targets there (docs/results.md).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
-    default 0.0) with the provenance in ``meta``; written atomically to ``out`` when given.
+    default 0.0) with the provenance in ``meta`` (``meta["config"]``: the config, ``meta["config_digest"]``: its
+    digest); written atomically to ``out`` when given.
     """
     from tqdm.auto import tqdm  # lazy: only needed once a calibration runs
 
+    cfg = config or CalibrationConfig()
+    if options:
+        cfg = cfg.replace(**options)
+    # the knobs as locals: the procedure below reads them as it did when they were keyword arguments
+    seed, steps, lr, beta, gamma, penalty = cfg.seed, cfg.steps, cfg.lr, cfg.beta, cfg.gamma, cfg.penalty
+    lambda_max, batch_size, gen_batch_size = cfg.lambda_max, cfg.batch_size, cfg.gen_batch_size
+    max_new_tokens, max_prompt_tokens = cfg.max_new_tokens, cfg.max_prompt_tokens
+    max_target_tokens, benign_tokens = cfg.max_target_tokens, cfg.benign_tokens
+    refusal_loss, margin_tokens, margin_target = cfg.refusal_loss, cfg.margin_tokens, cfg.margin_target
+    benign_contrast, optimizer, layers = cfg.benign_contrast, cfg.optimizer, cfg.layers
+    starts = [cfg.init] if isinstance(cfg.init, float) else list(cfg.init)
     base, task, safety = Path(base), Path(task), Path(safety)
-    for name, v in (("steps", steps), ("batch_size", batch_size), ("gen_batch_size", gen_batch_size),
-                    ("max_new_tokens", max_new_tokens),
-                    ("max_prompt_tokens", max_prompt_tokens), ("margin_tokens", margin_tokens),
-                    ("benign_tokens", 1 if benign_tokens is None else benign_tokens)):
-        if int(v) < (0 if name == "steps" else 1):
-            raise ValueError(f"{name} must be positive (got {v})")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {optimizer!r})")
-    if refusal_loss not in REFUSAL_LOSSES:
-        raise ValueError(f"refusal_loss must be one of {', '.join(REFUSAL_LOSSES)} (got {refusal_loss!r})")
-    if not math.isfinite(margin_target):
-        raise ValueError(f"margin_target must be a finite number (got {margin_target})")
-    if not lambda_max > 0 or not math.isfinite(lambda_max):
-        raise ValueError(f"lambda_max must be a positive number (got {lambda_max})")
-    starts = [float(init)] if isinstance(init, (int, float)) else [float(x) for x in init]
-    if not starts or not all(0.0 <= x <= lambda_max for x in starts):
-        raise ValueError(f"init must be one or more starting λ in [0, lambda_max={lambda_max:g}] (got {init!r})")
-    if not min(beta, gamma, penalty, lr, benign_contrast) >= 0 or not math.isfinite(benign_contrast):
-        raise ValueError("beta, gamma, benign_contrast, penalty and lr must be non-negative")
     if not harmful:
         raise ValueError("calibration needs at least one harmful shot")
     if not task_shots:
@@ -159,12 +130,10 @@ def calibrate(
     task_ad = load_adapter(task)
     safety_ad = load_adapter(safety)
     sel = selection_of(safety)
-    if isinstance(layers, str) and layers == "all":
+    if layers == "all":
         chosen, origin = safety_ad.layers(), "all layers (argument)"
-    elif isinstance(layers, str):
-        raise ValueError(f"layers must be a list of layer indices or 'all' (got {layers!r})")
     elif layers is not None:
-        chosen, origin = sorted({int(l) for l in layers}), "argument"
+        chosen, origin = list(layers), "argument"
     elif sel is not None:
         chosen, origin = sorted(sel["selected"]), "manifest"
     else:
@@ -307,6 +276,8 @@ def calibrate(
         **({"starts": [{"init": r["init"], "after": r["after"]["total"],
                         "lambdas": {str(l): v for l, v in r["lambdas"].items()}} for r in runs],
             "chosen_init": runs[best]["init"]} if len(runs) > 1 else {}),
+        "config": cfg.to_dict(),
+        "config_digest": cfg.digest(),
         "selected_layers": chosen,
         "selection_origin": origin,
         "loss": {"before": runs[best]["before"], "after": runs[best]["after"], "at_zero": at_zero,
