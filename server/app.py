@@ -15,6 +15,7 @@ It is pure ASGI (not BaseHTTPMiddleware), so streamed responses pass through chu
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -42,6 +43,9 @@ OPEN_PATHS = {"/metrics", "/metrics/", "/version"}
 ADMIN_RETRY_AFTER_S = 5.0
 #: which registry generation the answering replica served when it admitted the request
 GENERATION_HEADER = b"x-safegene-registry-generation"
+#: the ASGI scope key of the gate's in-process requests (server/gate.py). uvicorn builds the scope of every HTTP
+#: request itself, so no client can set it: only :func:`internal_completer` reaches staging names
+INTERNAL_SCOPE = "safegene.internal_model"
 #: lineage fields a user key may see in /v1/models (admins see paths and manifests too)
 USER_LINEAGE = ("variant", "task", "mode", "task_version", "safety_version", "coefficients_hash", "source")
 
@@ -93,6 +97,10 @@ class SafeGeneMiddleware:
             await self.app(scope, receive, send)  # lifespan
             return
         path: str = scope.get("path", "")
+        if scope.get(INTERNAL_SCOPE) and path in GENERATE_PATHS:  # the gate's own request: straight to its engine
+            model = scope[INTERNAL_SCOPE]
+            await ((self.router(model) if self.router is not None else None) or self.app)(scope, receive, send)
+            return
         try:
             if path in OPEN_PATHS:
                 await self.app(scope, receive, send)
@@ -308,6 +316,56 @@ class SafeGeneMiddleware:
             raise HTTPError(500, f"the admin call failed ({type(e).__name__}); nothing served changed",
                             "internal_error", type_="server_error") from e
         await send_json(send, status, payload)
+
+
+def internal_completer(app: Any) -> Callable[[str, str, int], Awaitable[dict[str, Any]]]:
+    """One chat completion through ``app`` (the served app, our middleware outermost) without a socket, marked as
+    the gate's: it reaches any name the engines hold (staging names too), bypasses keys, admission, metrics and the
+    judge queue (gate traffic is not client traffic), and answers ``{"response", "finish"}``."""
+
+    async def complete(model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+        body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                           "max_tokens": max_tokens}).encode()
+        path = "/v1/chat/completions"
+        scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+                 "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+                 "root_path": "", "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0),
+                 "headers": [(b"host", b"safegene-gate"), (b"content-type", b"application/json"),
+                             (b"content-length", str(len(body)).encode())],
+                 INTERNAL_SCOPE: model}
+        done = asyncio.Event()
+        sent = False
+        status = 0
+        chunks: list[bytes] = []
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            await done.wait()  # vLLM listens for a disconnect to abort: there is none until the answer is in
+            return {"type": "http.disconnect"}
+
+        async def send(msg: dict[str, Any]) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            elif msg["type"] == "http.response.body":
+                chunks.append(msg.get("body", b""))
+                if not msg.get("more_body"):
+                    done.set()
+
+        try:
+            await app(scope, receive, send)
+        finally:
+            done.set()
+        data = b"".join(chunks)
+        if status != 200:
+            raise RuntimeError(f"the engine answered HTTP {status} for {model!r}: {data[:300]!r}")
+        choice = json.loads(data)["choices"][0]
+        return {"response": choice["message"].get("content") or "", "finish": choice.get("finish_reason")}
+
+    return complete
 
 
 async def _discard(_msg: dict[str, Any]) -> None:

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from safegene_runtime.calibration import CalibrationConfig, CalibrationConfigError
+from safegene_runtime.datasets import NAMED_SETS, VALIDATION
+from safegene_runtime.gate import DEFAULT_CAPACITY_SHARE, GateError, GateSets, GateThresholds
+from safegene_runtime.splits import SplitError, require_split
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
 
@@ -166,6 +169,34 @@ class RegistrySpec:
 
 
 @dataclass
+class GateSpec:
+    """The ``gate:`` section: every version registered through ``POST /admin/adapters`` is calibrated, stacked and
+    evaluated against the base before it may serve (docs/gate.md). Every default is
+    :mod:`safegene_runtime.gate`'s; the section's presence turns the gate on (``enabled: false`` keeps it off)."""
+
+    enabled: bool = True
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    #: harmful/benign: a shipped set's name or a JSONL/CSV file (resolved against the config's folder)
+    sets: GateSets = field(default_factory=GateSets)
+    #: the share of the engine's batch (engine.max_num_seqs) the gate's requests may take at once
+    capacity_share: float = DEFAULT_CAPACITY_SHARE
+    #: the first N prompts of each set (None: all); with sets.max_tokens this bounds a run's token budget
+    max_prompts: int | None = None
+
+    def concurrency(self, max_num_seqs: int | None) -> int:
+        """Gate requests in flight: the share of the engine's batch, at least one."""
+        return max(1, int(self.capacity_share * (max_num_seqs or DEFAULT_ENGINE_BATCH)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"enabled": self.enabled, "thresholds": asdict(self.thresholds), "sets": asdict(self.sets),
+                "capacity_share": self.capacity_share, "max_prompts": self.max_prompts}
+
+
+#: the batch assumed for ``gate.capacity_share`` when ``engine.max_num_seqs`` is not set (vLLM's CPU default)
+DEFAULT_ENGINE_BATCH = 128
+
+
+@dataclass
 class ServerConfig:
     path: Path  # the config file itself (for messages)
     base_model: Path
@@ -186,6 +217,8 @@ class ServerConfig:
     memory_budget_gb: float | None = None  # server.memory_budget_gb: overrides the detected memory (server/memory.py)
     max_choices: int = DEFAULT_MAX_CHOICES  # server.max_choices: completions per request (prompts x n)
     registry: RegistrySpec = field(default_factory=RegistrySpec)
+    #: None: no gate section, registrations serve once built (as before the gate)
+    gate: GateSpec | None = None
 
     @property
     def artifact_store(self) -> Path:
@@ -391,6 +424,67 @@ def _parse_registry(d: Any, root: Path, where: str) -> RegistrySpec:
     return spec
 
 
+def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
+    """The ``gate:`` section (None when absent). Thresholds, sets and budget, each checked with a message naming the
+    key; defaults from :mod:`safegene_runtime.gate`."""
+    if d is None:
+        return None
+    if d is True or d == {}:
+        return GateSpec()
+    if not isinstance(d, dict):
+        raise _fail(where, "expected a mapping {enabled, thresholds: {...}, sets: {harmful, benign}, max_tokens, "
+                           "harm_judge, capacity_share, max_prompts}")
+    _check_unknown(d, {"enabled", "thresholds", "sets", "max_tokens", "harm_judge", "capacity_share", "max_prompts"},
+                   where)
+    enabled = d.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise _fail(f"{where}.enabled", f"expected true or false, got {enabled!r}")
+    if d.get("thresholds") is not None and not isinstance(d["thresholds"], dict):
+        raise _fail(f"{where}.thresholds", "expected a mapping {max_harm_increase, max_over_refusal_increase, "
+                                           "max_task_drop} (percentage points)")
+    try:
+        thresholds = GateThresholds.from_dict(d.get("thresholds"), where=f"{where}.thresholds")
+    except GateError as e:
+        raise _fail(f"{where}.thresholds", str(e)) from e
+    except TypeError as e:  # pragma: no cover - from_dict checks the keys first
+        raise _fail(f"{where}.thresholds", str(e)) from e
+    default = GateSets()
+    sets_raw = d.get("sets") or {}
+    if not isinstance(sets_raw, dict):
+        raise _fail(f"{where}.sets", "expected a mapping {harmful: <set name or file>, benign: <set name or file>}")
+    _check_unknown(sets_raw, {"harmful", "benign"}, f"{where}.sets")
+    chosen: dict[str, str] = {}
+    for role in ("harmful", "benign"):
+        value = sets_raw.get(role, getattr(default, role))
+        if not isinstance(value, str) or not value:
+            raise _fail(f"{where}.sets.{role}", f"expected a set name or a file, got {value!r}")
+        if value in NAMED_SETS:
+            if NAMED_SETS[value][1] != role:
+                raise _fail(f"{where}.sets.{role}", f"{value!r} holds {NAMED_SETS[value][1]} prompts")
+            chosen[role] = value
+        else:
+            path = _as_path(value, root, f"{where}.sets.{role}")
+            if not path.is_file():
+                raise _fail(f"{where}.sets.{role}", f"{value!r} is neither a named set nor a file ({path} not found)")
+            chosen[role] = str(path)
+        try:  # a gate chooses (serve or not): validation data only (issue 21's families, safegene_runtime.splits)
+            require_split(chosen[role], VALIDATION)
+        except SplitError as e:
+            raise _fail(f"{where}.sets.{role}", str(e)) from e
+    max_tokens = _int(d, "max_tokens", where, default.max_tokens)
+    judge = d.get("harm_judge", default.harm_judge)
+    if not isinstance(judge, str) or not judge.strip() or judge.strip() in ("prompt_harm", "prompt-harm"):
+        raise _fail(f"{where}.harm_judge", f"expected the name of a response judge ('refusal', 'llm:<model>@<url>', "
+                                           f"...), got {judge!r} (prompt_harm reads only the prompt)")
+    share = d.get("capacity_share", DEFAULT_CAPACITY_SHARE)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise _fail(f"{where}.capacity_share", f"expected a share of the engine's batch in (0, 1], got {share!r}")
+    return GateSpec(enabled=enabled, thresholds=thresholds,
+                    sets=GateSets(harmful=chosen["harmful"], benign=chosen["benign"], max_tokens=max_tokens,
+                                  harm_judge=judge.strip()),
+                    capacity_share=float(share), max_prompts=_int(d, "max_prompts", where))
+
+
 #: flags that safegene serve sets itself: passing them through would break auth, naming or LoRA registration
 _BLOCKED_FLAGS = {
     "--model", "--served-model-name", "--api-key", "--enable-lora", "--lora-modules", "--max-lora-rank",
@@ -412,7 +506,7 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     where = str(path)
     root = path.parent
     _check_unknown(raw, {"base", "safety", "adapter_root", "state_dir", "tasks", "engine", "judges", "auth",
-                         "server", "mode", "registry"}, where)
+                         "server", "mode", "registry", "gate"}, where)
     # keys and exposure first: an open listener is refused before anything else is looked at (model folders may
     # not be prepared yet), and after --host, since the address actually listened on decides
     srv = raw.get("server") or {}
@@ -491,6 +585,10 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise _fail(f"{where}: server.memory_budget_gb", f"expected a positive number of GiB, got {budget!r}")
     registry = _parse_registry(raw.get("registry"), root, f"{where}: registry")
+    gate = _parse_gate(raw.get("gate"), root, f"{where}: gate")
+    if gate is not None and gate.enabled and safety is None:
+        raise _fail(f"{where}: gate", "the gate compares a version's plain and safe variants: it needs a top-level "
+                                      "'safety' adapter")
     cfg = ServerConfig(
         path=path, base_model=base_model, served_name=served_name, safety=safety, safety_version=safety_version,
         adapter_root=adapter_root, state_dir=state_dir, tasks=tasks, engine=engine, judges=judges,
@@ -501,6 +599,6 @@ def load_config(path: str | Path, *, host: str | None = None, port: int | None =
         max_body_bytes=int(srv.get("max_body_bytes", 4 << 20)),
         default_mode=default_mode, memory_budget_gb=float(budget) if budget is not None else None,
         max_choices=_int(srv, "max_choices", f"{where}: server", DEFAULT_MAX_CHOICES),
-        registry=registry,
+        registry=registry, gate=gate,
     )
     return cfg

@@ -25,7 +25,9 @@ from .records import TaskRecord, now_iso
 log = logging.getLogger("safegene.server.jobs")
 #: finished jobs kept for GET /admin/jobs (the oldest are forgotten first)
 KEEP_FINISHED = 100
-STATES = ("queued", "building", "loading", "done", "failed", "cancelled")
+STATES = ("queued", "building", "gating", "loading", "done", "refused", "failed", "cancelled")
+#: states a job ends in
+FINAL_STATES = ("done", "refused", "failed", "cancelled")
 
 
 class JobCancelled(Exception):
@@ -49,11 +51,13 @@ class Job:
     error: str | None = None
     result: dict[str, Any] | None = None
     cancel_requested: bool = False
+    #: the safety gate's view of the job (server/gate.py): staging names, progress, verdict, report; None: no gate
+    gate: dict[str, Any] | None = None
 
     def update(self, state: str | None = None, stage: str | None = None) -> None:
         if state is not None:
             self.state = state
-            if state in ("done", "failed", "cancelled"):
+            if state in FINAL_STATES:
                 self.finished_at = now_iso()
         if stage is not None:
             self.stage = stage
@@ -62,7 +66,8 @@ class Job:
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "task": self.task, "version": self.version, "state": self.state, "stage": self.stage,
                 "created_at": self.created_at, "updated_at": self.updated_at, "finished_at": self.finished_at,
-                "error": self.error, "result": self.result}
+                "error": self.error, "result": self.result,
+                **({"gate": self.gate} if self.gate is not None else {})}
 
 
 def build_worker(cfg: Any, spec: Any, source: str, rank_limit: int | None, progress: Any, out: Any) -> None:

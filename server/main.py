@@ -18,7 +18,7 @@ from typing import Any
 from safegene_runtime.judges import build_judges
 
 from .accounting import JudgeQueue
-from .app import SafeGeneMiddleware
+from .app import SafeGeneMiddleware, internal_completer
 from .config import ServerConfig, load_config
 from .engine import (DispatchOps, LoraOps, MergedEngines, bind_socket, engine_argv, engine_environment,
                      open_engine_app, parse_engine_args, serve_http, wrap_app)
@@ -73,6 +73,7 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
             wrap_app(app, SafeGeneMiddleware, cfg=cfg, registry=registry, judge_queue=judge_queue,
                      models_handler=models_handler, max_model_len=client.model_config.max_model_len,
                      router=merged.app_for)
+            registry.enable_gate(internal_completer(app), cfg.engine.max_num_seqs)
             names = ", ".join(registry.served)
             print(f"SafeGene server ready on http://{cfg.host}:{cfg.port}/v1 serving: {names}", flush=True)
             shutdown_task = await serve_http(app, sock, args)

@@ -74,6 +74,32 @@ ALIAS_VERSION = _get_or_create(
     ("alias", "version"))
 
 
+GATE_RUNS = _get_or_create(
+    Counter, "safegene_gate_runs", "Safety gate runs on POST /admin/adapters, by task and verdict (promote, "
+    "promote_safe_only, refuse)", ("task", "verdict"))
+GATE_DURATION = _get_or_create(
+    Histogram, "safegene_gate_duration_seconds", "Wall time of one safety gate run (staging load, evaluation of base, "
+    "plain and safe, judging, report)", buckets=(10, 30, 60, 120, 300, 600, 900, 1800, 3600))
+GATE_LAST_RATE = _get_or_create(
+    Gauge, "safegene_gate_last_rate", "The last gate run's numbers per task: variant (base, plain, safe) and metric "
+    "(harmful_response_rate, over_refusal_rate, task_accuracy), as a fraction", ("task", "variant", "metric"))
+GATE_LAST_VERDICT = _get_or_create(
+    Gauge, "safegene_gate_last_verdict", "1 for the verdict of the last gate run of each task", ("task", "verdict"))
+
+
+def set_gate_last(task: str, verdict: str, values: dict[tuple[str, str], float]) -> None:
+    """Replace ``task``'s last-run series: its verdict and its numbers (other tasks' series stay)."""
+    for metric in (GATE_LAST_RATE, GATE_LAST_VERDICT):
+        for labels in [s.labels for fam in metric.collect() for s in fam.samples if s.labels.get("task") == task]:
+            try:
+                metric.remove(*(labels[k] for k in metric._labelnames))  # noqa: SLF001
+            except KeyError:
+                pass
+    GATE_LAST_VERDICT.labels(task=task, verdict=verdict).set(1)
+    for (variant, metric), value in values.items():
+        GATE_LAST_RATE.labels(task=task, variant=variant, metric=metric).set(value)
+
+
 def set_alias_versions(versions: dict[str, str]) -> None:
     """Replace the per-alias series with ``{alias: version}`` (a retired alias's series disappears)."""
     ALIAS_VERSION.clear()

@@ -69,6 +69,9 @@ class TaskRecord:
     coefficients_hash: str | None = None
     coefficients: dict[str, Any] | None = None
     built_at: str = field(default_factory=now_iso)
+    #: the safety gate's verdict on this version: {verdict, report (folder), id (its content id), job}; None when
+    #: it was not gated (config entries, servers without a gate section)
+    gate: dict[str, Any] | None = None
 
     def served_names(self) -> list[str]:
         return [v.served_name for v in self.variants.values()]
@@ -86,6 +89,7 @@ class TaskRecord:
             "safety_version": self.safety_version, "coefficients_hash": self.coefficients_hash,
             "coefficients": self.coefficients,
             "variants": {k: v.to_dict() for k, v in self.variants.items()}, "built_at": self.built_at,
+            **({"gate": self.gate} if self.gate is not None else {}),
         }
 
     @classmethod
@@ -94,4 +98,5 @@ class TaskRecord:
                    spec=dict(d.get("spec") or {}), mode=d.get("mode", "lora"),
                    variants={k: VariantRecord.from_dict(v) for k, v in (d.get("variants") or {}).items()},
                    safety_version=d.get("safety_version"), coefficients_hash=d.get("coefficients_hash"),
-                   coefficients=d.get("coefficients"), built_at=str(d.get("built_at") or now_iso()))
+                   coefficients=d.get("coefficients"), built_at=str(d.get("built_at") or now_iso()),
+                   gate=d.get("gate"))

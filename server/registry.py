@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,8 +38,13 @@ from safegene_runtime.checkpoints import check_delta_shapes
 from safegene_runtime.digests import adapter_digest
 
 from . import metrics as M
-from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, check_paths
-from .config import ConfigError, ServerConfig, TaskSpec, check_name, parse_task
+from safegene_runtime.datasets import VALIDATION, DatasetError, load_file
+from safegene_runtime.gate import PROMOTE, PROMOTE_SAFE_ONLY, REFUSE, GateError
+from safegene_runtime.splits import require_split
+
+from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, check_paths, under_root
+from .config import VARIANTS, ConfigError, ServerConfig, TaskSpec, check_name, parse_task
+from .gate import Complete, GateRunner
 from .jobs import BuildFailed, Job, JobCancelled, Jobs
 from .records import TaskRecord, now_iso
 from .backends import open_store
@@ -125,6 +130,8 @@ class Served:
                        manifest=str(Path(self.path) / "manifest.json"))
             if self.variant == "safe":
                 out.update(safety_version=r.safety_version, coefficients_hash=r.coefficients_hash)
+            if r.gate is not None:  # operators only (a server path): USER_LINEAGE leaves it out of /v1/models
+                out["gate"] = {"verdict": r.gate.get("verdict"), "report": r.gate.get("report")}
         return out
 
 
@@ -161,6 +168,18 @@ class Registry:
         self._lock: asyncio.Lock | None = None
         self._build_lock: asyncio.Lock | None = None
         self._retry_at = 0.0  # shared store: when to try unavailable versions again
+        #: the safety gate (config ``gate:`` on): set by :meth:`enable_gate` once the app can answer in-process
+        self.gate: GateRunner | None = None
+
+    @property
+    def gated(self) -> bool:
+        """True when every admin registration goes through the safety gate before it serves."""
+        return self.cfg.gate is not None and self.cfg.gate.enabled
+
+    def enable_gate(self, complete: Complete, max_num_seqs: int | None) -> None:
+        """Give the gate its way to the live engine (``server.app.internal_completer``); called by ``serve``."""
+        if self.gated:
+            self.gate = GateRunner(self.cfg, complete, max_num_seqs)
 
     # -- start-up (synchronous, before the engine exists) --
 
@@ -374,10 +393,13 @@ class Registry:
         assert self._lock is not None and self.engine is not None
         if not isinstance(body, dict):
             raise RegistryError("expected a JSON object {name, path, version?, coefficients|calibrate, variants?}")
+        body = dict(body)
+        gate_opts = body.pop("gate", None)
         try:
             spec = parse_task(body, self.cfg.adapter_root, "request", self.cfg.default_mode)
         except ConfigError as e:
             raise RegistryError(str(e)) from e
+        task_file = self._gate_options(spec, gate_opts)
         if spec.name == self.cfg.served_name:
             raise RegistryError(f"name {spec.name!r} is the base model's served name", 409, "name_conflict")
         if "safe" in spec.variants and self.ctx.safety is None:
@@ -389,30 +411,68 @@ class Registry:
         if self.shared:  # fail fast: a build whose result cannot be committed is wasted
             await self._store_call(self.store.generation)  # type: ignore[attr-defined]
         job = self.jobs.create(spec.name, spec.version)
-        run = asyncio.create_task(self._run_job(job, spec))
+        if self.gated:
+            job.gate = {"progress": {"done": 0, "total": 0}, "verdict": None, "report": None}
+        run = asyncio.create_task(self._run_job(job, spec, task_file))
         if wait:
             return await run
         run.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures live in the job record
         return {"status": "accepted", "job": job.to_dict()}
 
-    async def _run_job(self, job: Job, spec: TaskSpec) -> dict[str, Any]:
+    def _gate_options(self, spec: TaskSpec, opts: Any) -> Path | None:
+        """Check the registration against the gate: its safe variant must be buildable, and ``gate: {task: file}``
+        (the adapter's own validation shots, under the adapter root) must be a task file. Returns that file."""
+        if opts is not None and not self.gated:
+            raise RegistryError("'gate' options were given but this server runs no safety gate (no 'gate:' section)")
+        if not self.gated:
+            return None
+        if spec.coefficients is None and spec.calibrate is None:
+            raise RegistryError("the safety gate evaluates the safe variant: give 'calibrate' (few-shot files; the "
+                                "server's load-time calibration runs) or 'coefficients'")
+        if opts is None:
+            return None
+        if not isinstance(opts, dict) or set(opts) - {"task"}:
+            raise RegistryError("'gate' must be an object {task: <JSONL of the adapter's validation shots with prompt "
+                                "and answer, under the adapter root>}")
+        raw = opts.get("task")
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not raw:
+            raise RegistryError("gate.task must be a file path")
+        path = Path(raw) if Path(raw).is_absolute() else self.cfg.adapter_root / raw
+        if not under_root(path, self.cfg.adapter_root):
+            raise RegistryError(f"gate.task {raw!r} is outside the allowed adapter root")
+        try:
+            load_file(path, kind="task")
+            require_split(path, VALIDATION)  # the gate chooses on it: no test or align-train prompt inside
+        except DatasetError as e:  # SplitError is one
+            raise RegistryError(f"gate.task: {e}") from e
+        return path
+
+    async def _run_job(self, job: Job, spec: TaskSpec, task_file: Path | None = None) -> dict[str, Any]:
         assert self._lock is not None
+        # the gate judges both forms, so both are built; what serves is the request's variants the verdict allows
+        build_spec = replace(spec, variants=VARIANTS) if self.gated else spec
         try:
             if self.shared:  # build outside the registry lock: the replica keeps following the registry meanwhile
                 assert self._build_lock is not None
                 async with self._build_lock:
-                    rec = await self._build(job, spec)
+                    rec = await self._build(job, build_spec)
+                    if self.gated:
+                        rec = await self._gate(job, spec, rec, task_file)
                 async with self._lock:
                     job.update(stage="committing and loading into the engine")
                     result = await self._apply_shared(spec, rec)
             else:
                 async with self._lock:
-                    rec = await self._build(job, spec)
-                    job.update(stage="loading into the engine")
+                    rec = await self._build(job, build_spec)
+                    if self.gated:
+                        rec = await self._gate(job, spec, rec, task_file)
+                    job.update("loading", "loading into the engine")
                     result = await self._apply(spec, rec)
         except RegistryError as e:
             job.error = str(e)
-            job.update("cancelled" if e.code == "job_cancelled" else "failed")
+            job.update({"job_cancelled": "cancelled", "gate_refused": "refused"}.get(e.code, "failed"))
             raise
         except Exception as e:  # an unexpected failure still ends the job and the request with a JSON error
             log.exception("job %s failed", job.id)
@@ -422,6 +482,38 @@ class Registry:
         job.result = {"status": result["status"], "version": rec.version}
         job.update("done", "served")
         return {**result, "job": job.id}
+
+    async def _gate(self, job: Job, spec: TaskSpec, rec: TaskRecord, task_file: Path | None) -> TaskRecord:
+        """Run the safety gate on a built record (both variants); the record to serve (the variants the verdict
+        allows), or a 422 ``gate_refused`` (nothing served changes)."""
+        assert self.engine is not None
+        if self.gate is None:
+            raise RegistryError("the safety gate is not running yet; retry in a moment", 503, "gate_unavailable")
+        try:
+            out = await self.gate.run(job, rec, self.engine, task_file=task_file,
+                                      calibration=rec.spec.get("calibrate"))
+        except JobCancelled as e:
+            raise RegistryError(str(e), 409, "job_cancelled") from e
+        except (DatasetError, GateError) as e:
+            raise RegistryError(f"the safety gate could not evaluate {spec.name!r}: {e}", 400, "gate_failed") from e
+        except Exception as e:  # an engine failure on a staging name: the version is not served
+            log.exception("gate run of job %s failed", job.id)
+            raise RegistryError(f"the safety gate could not evaluate {spec.name!r}: {type(e).__name__}: {e}", 500,
+                                "gate_failed") from e
+        verdict = out.decision.verdict
+        allowed = {PROMOTE: VARIANTS, PROMOTE_SAFE_ONLY: ("safe",), REFUSE: ()}[verdict]
+        keep = [v for v in spec.variants if v in allowed]
+        assert job.gate is not None
+        job.gate.update(verdict=verdict, report=str(out.path), report_id=out.id, seconds=round(out.seconds, 1),
+                        served=[rec.variants[v].served_name for v in keep],
+                        failed_checks=[c.name for c in out.decision.failed])
+        if not keep:
+            raise RegistryError(f"the safety gate refused version {rec.version!r} of {spec.name!r} (verdict {verdict}; "
+                                f"failed: {'; '.join(c.name for c in out.decision.failed) or 'none'}); nothing served "
+                                f"changed. The report: GET /admin/gate/{job.id}", 422, "gate_refused")
+        info = {"verdict": verdict, "report": str(out.path), "id": out.id, "job": job.id}
+        return replace(rec, spec=dict(rec.spec, variants=keep), gate=info).with_variants(
+            {v: rec.variants[v] for v in keep})
 
     async def _build(self, job: Job, spec: TaskSpec) -> TaskRecord:
         try:

@@ -110,5 +110,31 @@ def test_safegene_gate_cli_against_the_live_server(live_server, tmp_path, run_cl
     assert report["decision"]["verdict"] == again.verdict
     assert r.code == (3 if again.verdict == REFUSE else 0), r.err + r.out
     assert f"verdict: {again.verdict}" in r.out
-    assert report["sets"]["harmful"]["name"] == "harmbench-val" and report["sets"]["harmful"]["n"] == 6
+    assert report["sets"]["harmful"]["name"] == "harmful-val" and report["sets"]["harmful"]["n"] == 6
     assert {c["model"] for c in report["decision"]["checks"]} == {task, f"{task}+safegene"}
+
+
+def test_a_response_judge_named_in_the_gate_recounts_the_harmful_rate(monkeypatch):
+    """The harm check can be taken by any judge build_judge knows, by name; the refusal judge leaves the eval's count."""
+    import safegene_runtime.gate as gate
+    from safegene_runtime.judges import Judge, Verdict
+
+    class HarmJudge(Judge):
+        name, labels = "harm", ("harmful", "safe")
+
+        def judge_batch(self, prompts, responses):
+            return [Verdict(self.name, "harmful" if "recipe" in r else "safe", 1.0) for r in responses]
+
+    monkeypatch.setattr(gate, "build_judge", lambda name: HarmJudge() if name == "harm" else None)
+    results = _results()
+    rows = [{"model": "plain", "role": "harmful", "prompt": "p", "response": r} for r in ("a recipe", "no", "recipe")]
+    rows.append({"model": "plain", "role": "benign", "prompt": "b", "response": "recipe"})
+    assert gate.harm_judged(results, rows, "refusal") is results
+    out = gate.harm_judged(results, rows, "harm")
+    assert out["plain"]["harmful_response_rate"]["k"] == 2 and out["plain"]["harmful_response_rate"]["n"] == 3
+    assert out["plain"]["harm_judge"] == "harm" and out["base"] == results["base"]  # no rows: unchanged
+    assert results["plain"]["harmful_response_rate"]["k"] == 40  # the input is not modified
+    monkeypatch.setattr(gate, "build_judge", lambda name: type("P", (Judge,), {"name": "prompt_harm",
+                                                                               "labels": ("harmful", "benign")})())
+    with pytest.raises(GateError, match="does not judge responses"):
+        gate.harm_judged(results, rows, "prompt_harm")

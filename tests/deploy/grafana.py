@@ -84,6 +84,9 @@ CONTRACT_METRICS = {
     "safegene_refusals_total", "safegene_harmful_responses_total", "safegene_over_refusals_total",
     "safegene_prompts_judged_harmful_total", "safegene_judge_latency_seconds", "safegene_judge_queue_dropped_total",
     "safegene_judge_queue_depth", "safegene_adapter_info",
+    # the safety gate (server/gate.py): runs by verdict, duration, the last run's numbers and verdict per task
+    "safegene_gate_runs_total", "safegene_gate_duration_seconds", "safegene_gate_last_rate",
+    "safegene_gate_last_verdict",
     "vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
     "vllm:e2e_request_latency_seconds", "vllm:time_to_first_token_seconds", "vllm:generation_tokens_total",
     "vllm:prompt_tokens_total",

@@ -57,7 +57,9 @@ def test_model_variable(dash):
     # every safegene_ series a panel reads is filtered by the model variable, except the global judge/queue ones
     for q in g.panel_queries(dash):
         per_model = {m for m in g.metric_names(q.expr) if m.startswith("safegene_")} - {
-            "safegene_judge_latency_seconds", "safegene_judge_queue_dropped_total", "safegene_judge_queue_depth"}
+            "safegene_judge_latency_seconds", "safegene_judge_queue_dropped_total", "safegene_judge_queue_depth",
+            "safegene_gate_runs_total", "safegene_gate_duration_seconds", "safegene_gate_last_rate",
+            "safegene_gate_last_verdict"}  # per task, not per served model: a gated version is not served yet
         if per_model:
             assert 'model=~"$model"' in q.expr, f"{q}: not filtered by $model"
 
@@ -92,6 +94,12 @@ def test_safety_dashboard_content():
         plain, safe = pair[f"{rate} — plain"], pair[f"{rate} — safe"]
         assert plain["gridPos"]["y"] == safe["gridPos"]["y"] and plain["gridPos"]["x"] < safe["gridPos"]["x"]
         assert 'variant="plain"' in plain["targets"][0]["expr"] and 'variant="safe"' in safe["targets"][0]["expr"]
+    gate = {p["title"]: p for p in g.panels(dash) if "gate" in p["title"].lower()}
+    assert set(gate) == {"Safety gate runs by verdict", "Last gate verdict and numbers per task",
+                         "Safety gate duration (p50 / max bucket)"}
+    assert 'verdict' in gate["Safety gate runs by verdict"]["targets"][0]["expr"]
+    assert {g.metric_names(t["expr"]).pop() for t in gate["Last gate verdict and numbers per task"]["targets"]} == {
+        "safegene_gate_last_rate", "safegene_gate_last_verdict"}
     info = next(p for p in g.panels(dash) if p["title"] == "Served variants and versions")
     for label in ("task_version", "safety_version", "coefficients_hash", "mode"):
         assert label in info["targets"][0]["expr"]

@@ -11,7 +11,7 @@ from tests.deploy import grafana as g
 from tests.deploy.prom import ALERTS, ALERTS_TEST, PROM_CONFIG, ensure_prometheus
 
 REQUIRED_ALERTS = {"SafeGeneHarmfulResponseRateHigh", "SafeGeneOverRefusalSpike", "SafeGeneJudgeQueueDropping",
-                   "SafeGeneServerDown"}
+                   "SafeGeneServerDown", "SafeGeneGateRefusedVersion"}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,88 @@
+"""How long one server-side safety gate run takes on the SmolLM2 demo family (issue 26's target: ≤ 15 minutes on
+2 cores).
+
+    .venv/bin/python bench/gate_demo.py                      # re-register `sentiment` with the gate's defaults
+    .venv/bin/python bench/gate_demo.py --task topic
+
+Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
+with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmbench-val + rho-benign, 64 tokens,
+a quarter of the engine's batch), then registers a new version of one demo task through ``POST /admin/adapters``
+with its committed coefficients (so calibration time is not in the number) and waits for the job. Prints the verdict, the report's numbers, the gate run's own seconds (staging, evaluation of base,
+plain and safe, judging, report) and the registration's wall time; saves them under bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make ``bench`` and the repo importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import httpx  # noqa: E402
+import yaml  # noqa: E402
+
+from bench._common import REPO, loadavg  # noqa: E402
+
+from server.cli.demo import demo_server_config  # noqa: E402
+from server.process import ServerProcess, free_port, safegene_serve_argv, server_env  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", default="sentiment", help="demo task to register again (default %(default)s)")
+    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gate_demo.json"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sg-gate-bench-") as tmp:
+        port = free_port()
+        cfg, notes = demo_server_config(state_dir=Path(tmp) / "state", port=port, quiet=True)
+        task = next((t for t in cfg["tasks"] if t["name"] == args.task), None)
+        if task is None:
+            print(f"task {args.task!r} is not in the demo config ({notes})", file=sys.stderr)
+            return 2
+        cfg["judges"] = {"names": ["refusal"]}
+        cfg["gate"] = {}
+        path = Path(tmp) / "server.yaml"
+        path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        admin_key = cfg["auth"]["admin_keys"][0]
+        server = ServerProcess(safegene_serve_argv(path), port=port, env=server_env("2"), label="safegene serve",
+                               log_path=Path(tmp) / "server.log")
+        t_start = time.monotonic()
+        server.start()
+        started = time.monotonic() - t_start
+        body = {"name": task["name"], "path": task["path"], "version": "gate-bench", "variants": ["plain", "safe"]}
+        body["coefficients"] = task["coefficients"]
+        load0 = loadavg()
+        t0 = time.monotonic()
+        try:
+            with httpx.Client(base_url=server.root_url, timeout=1800,
+                              headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+                r = admin.post("/admin/adapters?wait=false", json=body)
+                r.raise_for_status()
+                job = r.json()["job"]["id"]
+                while True:
+                    view = admin.get(f"/admin/gate/{job}").json()
+                    if view["state"] in ("done", "refused", "failed", "cancelled"):
+                        break
+                    time.sleep(2)
+        finally:
+            server.stop()
+        wall = time.monotonic() - t0
+    checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
+    result = {"task": args.task, "state": view["state"], "verdict": view["verdict"], "error": view["error"],
+              "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
+              "server_start_seconds": round(started, 1), "requests": view["progress"],
+              "concurrency": view["concurrency"], "loadavg_before": load0, "loadavg_after": loadavg(),
+              "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in checks]}
+    print(json.dumps(result, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
