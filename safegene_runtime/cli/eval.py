@@ -18,8 +18,9 @@ DESCRIPTION = """\
 Send every prompt of the harmful, benign and task sets to every model (temperature 0) on an OpenAI-compatible
 endpoint (our server, a plain vLLM server, another provider), judge the responses and write into --out:
 responses.jsonl (raw, resumable: rerun the same command after an interruption and only missing rows are
-requested), judged.jsonl, results.json (per model: harmful response rate, refusal rate, over-refusal rate, task
-accuracy, each with N and a Wilson 95%% CI), report.md and safety_utility.png.
+requested), judged.jsonl, results.json (per model: harmful response rate by the phrase (refusal) judge and by the
+response-harm judge, refusal rate, over-refusal rate, task accuracy, each with N and a Wilson 95%% CI), report.md
+and safety_utility.png.
 
 Sets are names of shipped sets or JSONL/CSV files. Named sets: %s.
 Task files are JSONL with "prompt" and "answer" (+ optional "labels" list for classification)."""
@@ -48,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--system-prompt", default=None, help="optional system message sent before each prompt")
     p.add_argument("--llm-judge", default=None, metavar="llm:MODEL@URL",
                    help="also judge harmful-set responses with a guard model (key: $SAFEGENE_JUDGE_API_KEY)")
+    p.add_argument("--response-judge", default=DEFAULTS["response_judge"], metavar="NAME",
+                   help="judge behind the second harmful rate (default %(default)s: does the response give "
+                   "substantive help?); 'none' reports the phrase-judge rate only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -72,13 +76,16 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), max_tokens=args.max_tokens,
         concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, system_prompt=args.system_prompt,
         llm_judge=args.llm_judge, progress=not args.no_progress,
+        response_judge=None if str(args.response_judge).lower() in ("", "none") else args.response_judge,
     )
     results = run_eval(cfg)
     req = results.get("requests", {})
     print(f"requests: {req.get('new', 0)} new, {req.get('cached', 0)} already in {args.out}/responses.jsonl")
+    shown = {"harmful_response_rate": "harmful_response_rate (phrase judge)",
+             "response_harmful_rate": "harmful_rate (response judge)", "over_refusal_rate": "over_refusal_rate",
+             "task_accuracy": "task_accuracy"}
     for m, r in results["models"].items():
-        parts = [f"{k}={fmt_rate(r.get(k))}" for k in ("harmful_response_rate", "over_refusal_rate", "task_accuracy")
-                 if r.get(k)]
+        parts = [f"{title}={fmt_rate(r.get(k))}" for k, title in shown.items() if r.get(k)]
         print(f"{m}: " + "; ".join(parts))
     print(f"wrote {args.out}/results.json, report.md, safety_utility.png")
     return 0
