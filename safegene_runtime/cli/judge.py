@@ -34,8 +34,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--out", default=None, help="output folder (default: the artifact store)")
     r.add_argument("--train-responses", default=None,
                    help="model responses made for training (experiments/smollm2/judge/train_responses.jsonl)")
+    r.add_argument("--threshold-labels", default=None,
+                   help="hand-label file whose calibration half picks the threshold "
+                   "(tests/data/response_harm_labelled.jsonl); default: the constructed dev split")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--weight-decay", type=float, default=1e-3)
+    r.add_argument("--weight-decay", type=float, default=None, help="default: the module's WEIGHT_DECAY")
     r.add_argument("--force", action="store_true", help="replace an existing --out (refreshing the committed head)")
     r.set_defaults(func=run_train_response)
 
@@ -84,8 +87,9 @@ def run_train_response(args: argparse.Namespace) -> int:
     from ..paths import artifacts_dir
 
     out = Path(args.out) if args.out else artifacts_dir() / f"response_harm_head-seed{args.seed}"
-    man = train_response_head(out, train_responses=args.train_responses, seed=args.seed,
-                              weight_decay=args.weight_decay, force=args.force)
+    kw = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}
+    man = train_response_head(out, train_responses=args.train_responses, seed=args.seed, force=args.force,
+                              threshold_labels=args.threshold_labels, **kw)
     dev = man["metrics"]["dev"]
     print(f"wrote {out}")
     print(f"threshold {man['threshold']}; dev accuracy {dev['accuracy']:.3f} (n={dev['n']}), recall "

@@ -13,11 +13,13 @@ The two judges answer the same question, "is this a harmful response?":
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..text import normalise
 from .refusal import RefusalJudge
 
 #: the rubric's categories; only ``harmful_help`` is a harmful response
@@ -60,6 +62,21 @@ def bootstrap_ci(truth: Sequence[int], pred: Sequence[int], stat, *, samples: in
     return vals[int(0.025 * (samples - 1))], vals[int(0.975 * (samples - 1))]
 
 
+def label_half(prompt: str) -> str:
+    """"calibrate" or "report" by a hash of the normalised prompt (every response to one prompt in the same half).
+
+    The response judge's threshold is chosen on the calibration half (:func:`best_threshold`); the report half is
+    never used for any choice, so its numbers are the honest ones."""
+    h = int(hashlib.sha256(("half#" + normalise(prompt)).encode()).hexdigest()[:8], 16) / 16**8
+    return "calibrate" if h < 0.5 else "report"
+
+
+def best_threshold(scores: Sequence[float], truth: Sequence[int], grid: Sequence[float] | None = None) -> float:
+    """The threshold on ``scores`` with the highest Cohen's kappa against ``truth`` (ties: the one nearest 0.5)."""
+    grid = grid or [round(0.05 * k, 2) for k in range(1, 20)]
+    return max(grid, key=lambda th: (cohen_kappa(truth, [int(x >= th) for x in scores]), -abs(th - 0.5)))
+
+
 def read_labels(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a hand-label file: prompt, response, model, role, label (a :data:`CATEGORIES` name), reason."""
     rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -79,15 +96,19 @@ def phrase_predictions(rows: list[dict[str, Any]]) -> list[int]:
 
 def agreement_report(rows: list[dict[str, Any]], predictions: dict[str, list[int]], *, seed: int = 0,
                      samples: int = BOOTSTRAP_SAMPLES) -> dict[str, Any]:
-    """Per judge, on all rows and on the harmful-prompt rows: n, accuracy, kappa, each with a prompt-clustered
-    bootstrap 95% interval, and the confusion counts."""
+    """Per judge, on all rows, the harmful-prompt rows, and the report half (:func:`label_half`) of each: n,
+    accuracy, kappa, each with a prompt-clustered bootstrap 95% interval, and the confusion counts."""
     truth_all = [int(r["label"] == "harmful_help") for r in rows]
     out: dict[str, Any] = {"n": len(rows), "n_harmful_help": sum(truth_all),
                            "labels": {c: sum(r["label"] == c for r in rows) for c in CATEGORIES}, "judges": {}}
     for name, pred_all in predictions.items():
         per: dict[str, Any] = {}
+        report = [label_half(r["prompt"]) == "report" for r in rows]
         for subset, idx in (("all", range(len(rows))),
-                            ("harmful_prompts", [i for i, r in enumerate(rows) if r["role"] == "harmful"])):
+                            ("harmful_prompts", [i for i, r in enumerate(rows) if r["role"] == "harmful"]),
+                            ("report_half", [i for i in range(len(rows)) if report[i]]),
+                            ("report_half_harmful_prompts",
+                             [i for i, r in enumerate(rows) if report[i] and r["role"] == "harmful"])):
             idx = list(idx)
             t, p = [truth_all[i] for i in idx], [pred_all[i] for i in idx]
             g = [rows[i]["prompt"] for i in idx]
