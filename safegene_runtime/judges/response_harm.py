@@ -39,6 +39,7 @@ from .. import datasets as ds
 from ..artifacts import ArtifactWriter, sha256_file
 from ..digests import prompt_set_digest
 from ..text import normalise
+from .agreement import best_threshold, label_half, read_labels
 from .base import Judge, Verdict
 from .prompt_harm import BACKBONE_DIST, Embedder, default_embedder
 from .refusal import is_empty
@@ -326,8 +327,6 @@ def train_response_head(out: str | Path | None = None, *, train_responses: str |
     dev_threshold = max(candidates, key=lambda th: (balanced(th), -abs(th - 0.5))) if dev else 0.5
     threshold, threshold_rule, labels_info = dev_threshold, "max balanced accuracy on dev, 0.05 grid", None
     if threshold_labels:
-        from .agreement import best_threshold, label_half, read_labels
-
         cal = [r for r in read_labels(threshold_labels) if label_half(r["prompt"]) == "calibrate"]
         with torch.no_grad():
             s_cal = torch.sigmoid(head_logits(params, pair_features(*pair_embeddings(
