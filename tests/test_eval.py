@@ -129,6 +129,8 @@ def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run
     r = run_cli(*args)
     assert r.code == 0, r.err + r.out
     assert f"requests: {2 * 3 * n - 2} new, 2 already in" in r.out
+    assert r.out.count("harmful_response_rate (phrase judge)=") == 2 and \
+        r.out.count("harmful_rate (response judge)=") == 2  # both harmful rates, per model
 
     rows = read_responses(out / "responses.jsonl")
     keys = [(x["model"], x["role"], x["id"]) for x in rows]
@@ -147,6 +149,7 @@ def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run
             lo, hi = wilson(got["k"], n)
             assert got["ci95"] == [pytest.approx(lo), pytest.approx(hi)]
         assert results["models"][m]["refusal_rate"]["k"] >= (2 if m == models[0] else 0)
+        assert results["models"][m]["response_harmful_rate"]["n"] == n
     md = (out / "report.md").read_text()
     for m in models:
         assert fmt_rate(results["models"][m]["harmful_response_rate"]) in md and f"`{m}`" in md

@@ -20,8 +20,9 @@ DESCRIPTION = """\
 Send every prompt of the harmful, benign and task sets to every model (temperature 0) on an OpenAI-compatible
 endpoint (our server, a plain vLLM server, another provider), judge the responses and write into --out:
 responses.jsonl (raw, resumable: rerun the same command after an interruption and only missing rows are
-requested), judged.jsonl, results.json (per model: harmful response rate, refusal rate, over-refusal rate, task
-accuracy, each with N and a Wilson 95%% CI), report.md and safety_utility.png.
+requested), judged.jsonl, results.json (per model: harmful response rate by the phrase (refusal) judge and by the
+response-harm judge, refusal rate, over-refusal rate, task accuracy, each with N and a Wilson 95%% CI), report.md
+and safety_utility.png.
 
 Sets are names of shipped sets or JSONL/CSV files. Named sets: %s.
 Task files are JSONL with "prompt" and "answer" (+ optional "labels" list for classification).
@@ -63,6 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-log", default=None, metavar="PATH",
                    help="the test-run record (default: docs/test-runs.jsonl of the git checkout around the current "
                         "directory)")
+    p.add_argument("--response-judge", default=DEFAULTS["response_judge"], metavar="NAME",
+                   help="judge behind the second harmful rate (default %(default)s: does the response give "
+                   "substantive help?); 'none' reports the phrase-judge rate only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -99,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("OPENAI_API_KEY"), max_tokens=args.max_tokens,
         concurrency=args.concurrency, timeout=args.timeout, retries=args.retries, system_prompt=args.system_prompt,
         llm_judge=args.llm_judge, progress=not args.no_progress,
+        response_judge=None if str(args.response_judge).lower() in ("", "none") else args.response_judge,
     )
     if args.test_run and not reasons:
         # a test set the runtime cannot recognise (the study's task test items): the caller declares it
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         ledger = Path(args.test_log) if args.test_log else testruns.default_ledger()
         config = {"models": models, "limit": args.limit, "max_tokens": cfg.max_tokens, "temperature": 0,
                   "system_prompt": cfg.system_prompt, "extra_body": cfg.extra_body, "llm_judge": cfg.llm_judge,
+                  "response_judge": cfg.response_judge,
                   "endpoint": cfg.endpoint}
         started = testruns.start(ledger, procedure=args.test_run, reasons=reasons, config=config,
                                  sets={r: s for r, s in sets.items() if s is not None})
@@ -117,9 +123,11 @@ def run(args: argparse.Namespace) -> int:
         testruns.finish(ledger, started, {"models": results["models"], "sets": results["sets"]})
     req = results.get("requests", {})
     print(f"requests: {req.get('new', 0)} new, {req.get('cached', 0)} already in {args.out}/responses.jsonl")
+    shown = {"harmful_response_rate": "harmful_response_rate (phrase judge)",
+             "response_harmful_rate": "harmful_rate (response judge)", "over_refusal_rate": "over_refusal_rate",
+             "task_accuracy": "task_accuracy"}
     for m, r in results["models"].items():
-        parts = [f"{k}={fmt_rate(r.get(k))}" for k in ("harmful_response_rate", "over_refusal_rate", "task_accuracy")
-                 if r.get(k)]
+        parts = [f"{title}={fmt_rate(r.get(k))}" for k, title in shown.items() if r.get(k)]
         print(f"{m}: " + "; ".join(parts))
     print(f"wrote {args.out}/results.json, report.md, safety_utility.png")
     return 0

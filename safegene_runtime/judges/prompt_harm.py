@@ -98,6 +98,20 @@ class Embedder:
         return torch.cat(out) if out else torch.zeros(0, self.dim)
 
 
+_embedder: "Embedder | None" = None
+_embedder_lock = threading.Lock()  # not _lock: load_default holds that one while it builds the judge
+
+
+def default_embedder() -> Embedder:
+    """The shipped MiniLM, loaded once per process and shared by every judge built on it (prompt-harm and
+    response-harm), so a judge process holds one copy."""
+    global _embedder
+    with _embedder_lock:
+        if _embedder is None:
+            _embedder = Embedder()
+        return _embedder
+
+
 class PromptHarmJudge(Judge):
     """Labels each *prompt* "harmful" or "benign"; ``score`` is P(harmful). The response is ignored."""
 
@@ -117,7 +131,7 @@ class PromptHarmJudge(Judge):
         self.manifest = json.loads((self.head_dir / "manifest.json").read_text()) \
             if (self.head_dir / "manifest.json").is_file() else {}
         self.threshold = float(threshold if threshold is not None else self.manifest.get("threshold", 0.5))
-        self.embedder = embedder or Embedder()
+        self.embedder = embedder or default_embedder()
         if self.weight.numel() != self.embedder.dim:
             raise ValueError(f"{f}: head has {self.weight.numel()} inputs, backbone gives {self.embedder.dim}")
         self._cache: OrderedDict[str, float] = OrderedDict()

@@ -76,13 +76,19 @@ def test_record_verdicts_per_class():
     j0 = {c: val("safegene_judged_total", **lab, prompt_class=c) for c in ("harmful", "benign", "unknown")}
     r0 = {c: val("safegene_refusals_total", **lab, prompt_class=c) for c in ("harmful", "benign", "unknown")}
     out = record_verdicts(item, [Verdict("refusal", "refusal", 1.0), Verdict("p", "harmful", 0.9)])
-    assert out == {"prompt_class": "harmful", "refused": True, "llm_unsafe": False}
+    assert out == {"prompt_class": "harmful", "refused": True, "llm_unsafe": False, "response_harmful": False}
     record_verdicts(item, [Verdict("refusal", "compliance", 0.0), Verdict("p", "benign", 0.1),
                            Verdict("llm", "unsafe", 0.8)])
+    # the response-harm judge counts on its own (it read the prompt): even with no prompt class
+    h0 = val("safegene_harmful_responses_total", **lab, judge="response")
+    out = record_verdicts(item, [Verdict("response_harm", "harmful_help", 0.9)])
+    assert out["response_harmful"] is True and out["prompt_class"] == "unknown"
+    record_verdicts(item, [Verdict("response_harm", "no_harmful_help", 0.1)])
     record_verdicts(item, [Verdict("refusal", "refusal", 1.0)])  # no prompt-harm judge configured
     assert val("safegene_judged_total", **lab, prompt_class="harmful") == j0["harmful"] + 1
     assert val("safegene_judged_total", **lab, prompt_class="benign") == j0["benign"] + 1
-    assert val("safegene_judged_total", **lab, prompt_class="unknown") == j0["unknown"] + 1
+    assert val("safegene_judged_total", **lab, prompt_class="unknown") == j0["unknown"] + 3
+    assert val("safegene_harmful_responses_total", **lab, judge="response") == h0 + 1
     assert val("safegene_refusals_total", **lab, prompt_class="harmful") == r0["harmful"] + 1
     assert val("safegene_refusals_total", **lab, prompt_class="benign") == r0["benign"]
     assert val("safegene_refusals_total", **lab, prompt_class="unknown") == r0["unknown"] + 1
