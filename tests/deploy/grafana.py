@@ -45,6 +45,21 @@ def panels(dashboard: dict) -> list[dict]:
     return out
 
 
+#: the safety gate's series exist only once a gate has run (``tests/server/test_gate_live.py`` checks those panels)
+GATE_METRIC_PREFIX = "safegene_gate_"
+
+
+def gate_panel_queries() -> list[tuple[PanelQuery, str]]:
+    """Every panel query of every dashboard that reads a safety-gate series, with its variables substituted as
+    Grafana does with 'All' selected."""
+    out = []
+    for path in DASHBOARDS:
+        dash = load(path)
+        values = variable_values(dash)
+        out += [(q, substitute(q.expr, values)) for q in panel_queries(dash) if GATE_METRIC_PREFIX in q.expr]
+    return out
+
+
 def panel_queries(dashboard: dict) -> list[PanelQuery]:
     return [PanelQuery(dashboard["title"], p.get("title", "?"), t.get("refId", "?"), t.get("expr", ""))
             for p in panels(dashboard) for t in p.get("targets", [])]

@@ -27,10 +27,12 @@ succeed and carry a version the gate let through (``x-safegene-task-version``), 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import openai
@@ -38,6 +40,8 @@ import pytest
 import torch
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.deploy import grafana
+from tests.deploy.prom import Prometheus
 from tests._train_tiny import (BENIGN_TOPICS, HELDOUT_TEMPLATES, TRIGGERS, benign_prompts, exact_delta_lora,
                                harmful_prompts, shared_family, task_examples)
 from tests.plugins.live_server import ADMIN_KEY, API_KEY, start_server, tiny_config, write_config
@@ -113,7 +117,22 @@ def _body(name: str, path: str, files: dict[str, str], *, calibrate: bool) -> di
 
 
 def test_the_gate_refuses_erosion_promotes_the_harmless_version_and_clients_never_see_an_unpromoted_one(
-        gate_server):
+        gate_server, tmp_path):
+    """...and a real Prometheus scraping the server throughout gives every gate panel of the dashboards data."""
+    with Prometheus(urlparse(gate_server["root_url"]).netloc, tmp_path / "prometheus", interval="1s") as prom:
+        prom.wait_scrapes(2)
+        _gate_two_versions_under_load(gate_server)
+        prom.wait_scrapes(3)
+        failures = []
+        for q, expr in grafana.gate_panel_queries():
+            result = prom.query(expr)
+            if not [r for r in result if math.isfinite(float(r["value"][1]))]:
+                failures.append(f"{q}: {'no series' if not result else 'only NaN/Inf'}\n    {expr}")
+        assert len(grafana.gate_panel_queries()) >= 3 and not failures, "gate panels without data:\n" + \
+            "\n".join(failures)
+
+
+def _gate_two_versions_under_load(gate_server) -> None:
     root, files = gate_server["root_url"], gate_server["files"]
     admin = httpx.Client(base_url=root, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=300)
     loaded = ["tiny", "erode+safegene", "keep", "keep+safegene"]
