@@ -6,9 +6,11 @@ prompts × 32 tokens.
 
 Starts the demo server alone (``safegene demo``'s config: the demo family on the aligned base, judges on, the
 packaged engine defaults), then runs ``safegene eval`` once per model, one model at a time, with the harmful set
-``harmbench-test`` and the benign set ``rho-overrefusal`` (about 390 prompts together), 32 tokens, temperature 0,
-the eval's default concurrency. Each eval gets a fresh output folder (nothing resumed). Prints and saves the wall
-time per model and the time scaled to 400 prompts.
+``harmful-val`` and the benign set ``edgy-benign-val`` (345 prompts together), 32 tokens, temperature 0, the eval's
+default concurrency. Each eval gets a fresh output folder (nothing resumed). Prints and saves the wall time per
+model and the time scaled to 400 prompts. (The saved results were measured before issue 21 on harmbench-test +
+rho-overrefusal, about 390 prompts; ``safegene eval`` now refuses test sets without ``--test-run``, and a speed
+measurement has no frozen procedure to record, so the defaults are validation sets.)
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ TARGET_PROMPTS = 400
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="smollm2,sentiment,sentiment+safegene", help="comma-separated served names")
-    ap.add_argument("--harmful", default="harmbench-test")
-    ap.add_argument("--benign", default="rho-overrefusal")
+    ap.add_argument("--harmful", default="harmful-val")
+    ap.add_argument("--benign", default="edgy-benign-val")
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--limit", type=int, default=None, help="first N prompts of each set (default: all)")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "eval-demo.json"))

