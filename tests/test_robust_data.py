@@ -81,3 +81,17 @@ def test_training_resumes_from_a_checkpoint_where_it_stopped(tiny_model, tmp_pat
     a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
     b = load_file(tmp_path / "cut" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_robust_profile_changes_only_the_alignment_and_keeps_todays_profiles():
+    from experiments.smollm2 import run
+
+    # digests of the profiles' parameters before the robust profile existed (main at c156927): every stage hash
+    # of today's profiles covers these, so equal digests keep their stage caches
+    before = {"full": "ec8a7f8369e987bdb96d2430a6b399924937bbeadeff8feaec4afec93d53f524",
+              "demo": "e06a437e74945295c25b767bce18430d78f5ecf88439586059c5256fe0d5a6d8",
+              "fast": "456fb4b046e7d071ab83a9c855e4c4c75d5181390e4cd0504fa931b2001eacb5"}
+    assert {name: run.digest(run.params(name)) for name in before} == before
+    full, rob = run.params("full"), run.params("robust")
+    assert {k for k in rob if rob.get(k) != full.get(k)} == {"align", "self_answers"}
+    assert rob["align"]["recipe"] == "robust-v1"
