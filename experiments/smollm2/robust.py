@@ -243,15 +243,15 @@ def _summary_from(out: Path, model: str) -> dict:
 
 def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, log=print) -> dict:
     """Serve ``model_dir`` (vLLM behind our server) and run ``safegene eval`` on the validation sets."""
-    from .evaluate import Server, _eval_cli
+    from .evaluate import Server, eval_cli
 
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     with Server(model_dir, name, out / f"server-{name}.log") as srv:
         log(f"{name}: server up in {time.time() - t0:.0f}s")
-        _eval_cli(srv.base_url, name, out / "plain", harmful="harmful-val", benign=VAL_BENIGN, task=None,
+        eval_cli(srv.base_url, name, out / "plain", harmful="harmful-val", benign=VAL_BENIGN, task=None,
                   limit=None, max_tokens=max_tokens, log=log)
-        _eval_cli(srv.base_url, name, out / "rephrased", harmful="harmful-val-rephrased", benign=None, task=None,
+        eval_cli(srv.base_url, name, out / "rephrased", harmful="harmful-val-rephrased", benign=None, task=None,
                   limit=None, max_tokens=max_tokens, log=log)
     plain, reph = _summary_from(out / "plain", name), _summary_from(out / "rephrased", name)
     return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
