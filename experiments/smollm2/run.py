@@ -544,7 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=",".join(SETTINGS), help="clean (task data only), mix10 (10%% harmful)")
     ap.add_argument("--fast", action="store_true", help="tiny smoke run of the whole chain (= --profile fast)")
     ap.add_argument("--profile", choices=PROFILES, default=None,
-                    help="full (pilot recipe, default), demo (fewer steps, for the demo family), fast (smoke)")
+                    help="full (pilot recipe, default), demo (fewer steps, for the demo family), fast (smoke), "
+                         "robust (issue 20's alignment recipe, a pilot: docs/results.md)")
     ap.add_argument("--method", default="safegene",
                     help="the calibration the calibrate stage builds: safegene (selected layers, the profile's "
                          "objective), safegene-all (every layer), safegene-all-c<delta> (every layer, benign contrast "
