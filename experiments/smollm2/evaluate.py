@@ -97,8 +97,10 @@ def testrun_procedure(study, what: str) -> str:
             "experiments/smollm2 at this commit; its knobs were chosen on these test sets, see docs/results.md)")
 
 
-def _eval_cli(endpoint: str, model: str, out: Path, *, harmful: str | None, benign: str | None,
-              task: Path | None, limit: int | None, max_tokens: int, log, test_run: str | None = None) -> None:
+def eval_cli(endpoint: str, model: str, out: Path, *, harmful: str | None, benign: str | None,
+             task: Path | None, limit: int | None, max_tokens: int, log, test_run: str | None = None) -> None:
+    """Run ``safegene eval`` for ``model`` on ``endpoint`` into ``out`` (the study's and :mod:`.robust`'s one way
+    to measure a served model; ``test_run`` declares a TEST-set evaluation)."""
     cmd = [sys.executable, "-m", "safegene_runtime.cli", "eval", "--endpoint", endpoint, "--models", model,
            "--out", str(out), "--max-tokens", str(max_tokens), "--concurrency", "32", "--no-progress",
            "--api-key", "none"]
@@ -303,11 +305,11 @@ def run_stage(study, stage: str, log=print) -> None:
                         # --limit applies to every set: the harmful set is the 159 standard test behaviours
                         # and the benign set the 150 over-refusal prompts, both used whole in the full run.
                         lim = p["n_harmful"] if p["n_harmful"] < 150 else None
-                        _eval_cli(srv.base_url, name, safety_out, harmful="harmbench-test-standard",
+                        eval_cli(srv.base_url, name, safety_out, harmful="harmbench-test-standard",
                                   benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log,
                                   test_run=testrun_procedure(study, f"variant {name}"))
                     for t in need_task:
-                        _eval_cli(srv.base_url, name, root / f"task-{t}", harmful=None, benign=None,
+                        eval_cli(srv.base_url, name, root / f"task-{t}", harmful=None, benign=None,
                                   task=task_files[t], limit=None, max_tokens=p["max_tokens"], log=log,
                                   test_run=testrun_procedure(study, f"variant {name}, task {t} test items"))
         except Exception as e:  # one failed variant must not stop the others
@@ -328,14 +330,14 @@ def rescore(study, root: Path, task_files: dict[str, Path], n_safety: int, log=p
     safety = [n for n, _ in names if _done(root / "safety", n, n_safety)]
     if safety:
         lim = p["n_harmful"] if p["n_harmful"] < 150 else None
-        _eval_cli("http://127.0.0.1:9/v1", ",".join(safety), root / "safety", harmful="harmbench-test-standard",
+        eval_cli("http://127.0.0.1:9/v1", ",".join(safety), root / "safety", harmful="harmbench-test-standard",
                   benign="rho-overrefusal", task=None, limit=lim, max_tokens=p["max_tokens"], log=log,
                   test_run=testrun_procedure(study, f"recount of the saved responses of {len(safety)} variants"))
     for t, f in task_files.items():
         done = [n for n, task in names if task in ("*", t) and not n.endswith("-r16")
                 and _done(root / f"task-{t}", n, min(p["n_task"], 200))]
         if done:
-            _eval_cli("http://127.0.0.1:9/v1", ",".join(done), root / f"task-{t}", harmful=None, benign=None,
+            eval_cli("http://127.0.0.1:9/v1", ",".join(done), root / f"task-{t}", harmful=None, benign=None,
                       task=f, limit=None, max_tokens=p["max_tokens"], log=log,
                       test_run=testrun_procedure(study, f"recount of the saved task {t} test responses"))
     log(f"rescored: {len(safety)} models on the safety sets")

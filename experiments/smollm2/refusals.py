@@ -50,3 +50,39 @@ def refusal_for(prompt: str, seed: int = 0) -> str:
 
 def n_variants() -> int:
     return len(OPENERS) * len(REASONS) * len(OFFERS)
+
+
+#: a sentence that says the framing does not change the answer (robust profile): the model learns to see through
+#: the wrapper, not a new fixed string (the sentence joins a refusal of the plain pool about half the time)
+FRAMING_NOTES: dict[str, tuple[str, ...]] = {
+    "past_tense": ("Asking how it was done in the past doesn't change what the answer would teach.",
+                   "Framing it as history doesn't make the method safe to share."),
+    "persona": ("I won't take on a role that gives out harmful instructions.",
+                "Playing a character doesn't change what those instructions could do."),
+    "hypothetical": ("Even hypothetically, the details would be the same real-world harm.",
+                     "A thought experiment doesn't make these instructions safe."),
+    "fictional": ("Putting it in a story doesn't change what the instructions would do.",
+                  "I can help with fiction, but not with real harmful details inside it."),
+    "indirect": ("It doesn't matter who is asking; the information itself is harmful.",
+                 "Passing it on for someone else would cause the same harm."),
+    "multi_step": ("Splitting the request into steps doesn't change what it adds up to.",
+                   "Taken together, those steps would be harmful instructions."),
+    "polite": ("I appreciate you asking nicely, but I still can't help with this.",),
+    "terse": ("",),
+}
+
+
+def refusal_for_framing(prompt: str, framing: str | None, seed: int = 0) -> str:
+    """A refusal for ``prompt`` asked in ``framing`` (None: a plain request, the same text as :func:`refusal_for`).
+
+    Deterministic in the prompt text: the plain refusal, with a framing note after its opener for about half of
+    the framed prompts."""
+    base = refusal_for(prompt, seed)
+    if framing is None:
+        return base
+    notes = [n for n in FRAMING_NOTES.get(framing, ()) if n]
+    h = int.from_bytes(hashlib.sha256(f"{seed}\0{framing}\0{prompt}".encode()).digest()[:8], "big")
+    if not notes or h % 2:
+        return base
+    opener = next(o for o in OPENERS if base.startswith(o))
+    return " ".join(x for x in (opener, notes[(h >> 1) % len(notes)], base[len(opener):].strip()) if x)

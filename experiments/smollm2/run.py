@@ -90,7 +90,7 @@ class Stages:
 
 
 # --------------------------------------------------------------------------------------------- parameters
-PROFILES = ("full", "demo", "fast")
+PROFILES = ("full", "demo", "fast", "robust")
 
 
 def profile_name(profile: bool | str) -> str:
@@ -111,8 +111,18 @@ def params(profile: bool | str) -> dict:
     which complies with ~98% of HarmBench in the pilot, plays D, so the safety vector is the rank-16 SVD of A -
     original); 16+16 selection probes; task LoRAs with 32 steps of batch 4; calibration on 8+8+8 shots, 10 steps.
     Stages live in ``<home>/experiments/smollm2/demo``.
-    ``fast``: tiny smoke run, meaningless numbers."""
+    ``fast``: tiny smoke run, meaningless numbers.
+    ``robust``: ``full`` with issue 20's alignment recipe (:mod:`.robust`): every harmful-align-train prompt plain
+    and in ``framings_per_prompt`` rephrasings with refusals, the original model's answers to the benign alignment
+    prompts and to our edgy-benign training prompts (stage ``self-answers``; ``edgy_repeat`` copies of each).
+    Its knobs are chosen on the validation sets (docs/results.md, "Robust aligned base (issue 20)")."""
     profile = profile_name(profile)
+    if profile == "robust":
+        p = params("full")
+        p["self_answers"] = {"n_benign": 218, "max_tokens": 64, "dtype": "float32"}
+        p["align"] = {"recipe": "robust-v1", "framings_per_prompt": 2, "edgy_repeat": 2, "steps": 200, "lr": 2e-4,
+                      "batch_size": 8, "max_len": 160}
+        return p
     if profile == "demo":
         p = params("full")
         p["answers"] = {"n_benign": 64, "n_harm": 0, "n_mix": 0, "max_tokens": 48, "dtype": "float32"}
@@ -202,6 +212,7 @@ class Study:
         self.st = Stages(self.root)
         self.sp = data.splits()
         self._cache: dict[str, Path] = {}
+        self.train_budget: float | None = None  # seconds per run of a resumable training stage (None: no limit)
 
     # -- base
     def base(self) -> Path:
@@ -241,6 +252,8 @@ class Study:
 
     # -- 2. aligned base A = base + alignment LoRA (merged)
     def align(self) -> Path:
+        if self.p["align"].get("recipe") == "robust-v1":
+            return self.align_robust()
         p = self.p["align"]
         ans = self.answers()
         harm = self.sp["harmful_align"][: p["n_harm"]]
@@ -260,6 +273,62 @@ class Study:
 
         return self.st.run("align", {**p, "harm": digest(harm)}, {"base": self.base_id(), "answers": ans.name},
                            build)
+
+    # -- 1b. robust profile: the original model's answers to the benign alignment prompts and our edgy-benign ones
+    def self_answers(self) -> Path:
+        from . import robust
+
+        p = self.p["self_answers"]
+        sets = {"benign": self.sp["benign_align"][: p["n_benign"]],
+                "edgy": [q for _, q in robust.edgy_train_prompts()]}
+
+        def build(tmp: Path) -> dict:
+            from .generate import generate
+
+            prompts = sets["benign"] + sets["edgy"]
+            outs = generate(self.base(), prompts, max_tokens=p["max_tokens"], dtype=p["dtype"], log=log)
+            res, i = {}, 0
+            for k, v in sets.items():
+                res[k] = [{"prompt": q, "response": r, "refused": _is_refusal(r)}
+                          for q, r in zip(v, outs[i:i + len(v)])]
+                i += len(v)
+            atomic_write_json(tmp / "answers.json", res)
+            return {k: len(v) for k, v in res.items()} | {
+                f"{k}_refused": sum(r["refused"] for r in v) for k, v in res.items()}
+
+        return self.st.run("self-answers", {**p, "data": digest(sets)}, {"base": self.base_id()}, build)
+
+    def align_robust(self) -> Path:
+        """A by issue 20's recipe (:mod:`.robust`); resumable: training saves a checkpoint beside the stage folder
+        and stops at ``self.train_budget`` seconds (rerun to continue)."""
+        from . import robust
+
+        p = self.p["align"]
+        ans = self.self_answers()
+        harm = robust.harmful_augmented(robust.harmful_align_prompts(), p["framings_per_prompt"])
+        params_ = {**p, "harm": digest(harm)}
+        inputs = {"base": self.base_id(), "self_answers": ans.name}
+        ckpt = self.root / f".ckpt-align-{Stages.hash('align', params_, inputs)}"
+
+        def build(tmp: Path) -> dict:
+            from safegene_runtime.merge import merge_checkpoint
+
+            from .train import train_lora
+
+            got = json.loads((ans / "answers.json").read_text())
+            keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
+            edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
+            pairs = robust.training_pairs(harm, keep, edgy * p["edgy_repeat"])
+            cfg = SFTConfig(steps=p["steps"], lr=p["lr"], batch_size=p["batch_size"], max_len=p["max_len"])
+            info = train_lora(self.base(), pairs, tmp / "lora", cfg, log=log, ckpt=ckpt,
+                              max_seconds=self.train_budget)
+            merge_checkpoint(self.base(), task=tmp / "lora", out=tmp / "model", progress=False)
+            shutil.rmtree(ckpt, ignore_errors=True)
+            return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
+                    "n_refusal_pairs": len(harm), "n_benign_pairs": len(keep), "n_edgy_pairs": len(edgy),
+                    "losses": info["losses"]}
+
+        return self.st.run("align", params_, inputs, build)
 
     def A(self) -> Path:
         return self.align() / "model"
@@ -438,6 +507,8 @@ class Study:
                 self.answers()
             elif stage == "align":
                 self.align()
+            elif stage == "self-answers":  # robust profile only (built by its align stage anyway)
+                self.self_answers()
             elif stage == "degrade":
                 self.degrade()
             elif stage == "tasks":
@@ -473,11 +544,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=",".join(SETTINGS), help="clean (task data only), mix10 (10%% harmful)")
     ap.add_argument("--fast", action="store_true", help="tiny smoke run of the whole chain (= --profile fast)")
     ap.add_argument("--profile", choices=PROFILES, default=None,
-                    help="full (pilot recipe, default), demo (fewer steps, for the demo family), fast (smoke)")
+                    help="full (pilot recipe, default), demo (fewer steps, for the demo family), fast (smoke), "
+                         "robust (issue 20's alignment recipe, a pilot: docs/results.md)")
     ap.add_argument("--method", default="safegene",
                     help="the calibration the calibrate stage builds: safegene (selected layers, the profile's "
                          "objective), safegene-all (every layer), safegene-all-c<delta> (every layer, benign contrast "
                          "delta), safegene-b<N>[t<tau>], safegene-ce")
+    ap.add_argument("--train-budget", type=float, default=None,
+                    help="seconds of training per run for resumable stages (robust align): save and stop, rerun to "
+                         "continue (exit code 3 when paused)")
     a = ap.parse_args(argv)
     import torch
 
@@ -490,7 +565,14 @@ def main(argv: list[str] | None = None) -> int:
     # merged checkpoints are removed on the way out instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
-    study.run([s for s in a.stages.split(",") if s], method=a.method)
+    study.train_budget = a.train_budget
+    from .train import TrainingPaused
+
+    try:
+        study.run([s for s in a.stages.split(",") if s], method=a.method)
+    except TrainingPaused as e:
+        log(str(e))
+        return 3
     return 0
 
 

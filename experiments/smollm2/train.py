@@ -36,6 +36,8 @@ class SFTConfig:
     alpha: int = 32
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(LINEAR))
+    # resumable runs only (``train_lora(ckpt=...)``): save the state every this many steps
+    ckpt_every: int = 25
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -103,7 +105,43 @@ def _assistant_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tens
     return torch.nn.functional.cross_entropy(logits, tgt[keep])
 
 
-def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log) -> list[float]:
+class TrainingPaused(RuntimeError):
+    """Training stopped at its time budget after saving a checkpoint; rerun the same command to resume."""
+
+
+def _save_ckpt(ckpt: Path, model, opt, sched, step: int, losses: list[float]) -> None:
+    """Trainable weights, optimiser and schedule after ``step`` steps, written to a temp file and renamed (a
+    checkpoint is never half-written)."""
+    ckpt.mkdir(parents=True, exist_ok=True)
+    state = {"step": step, "losses": losses, "opt": opt.state_dict(), "sched": sched.state_dict(),
+             "params": {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad},
+             "torch_rng": torch.get_rng_state()}
+    tmp = ckpt / "state.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(ckpt / "state.pt")
+
+
+def _load_ckpt(ckpt: Path, model, opt, sched) -> tuple[int, list[float]]:
+    path = ckpt / "state.pt"
+    if not path.is_file():
+        return 0, []
+    state = torch.load(path, weights_only=False)
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, v in state["params"].items():
+            named[n].copy_(v)
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    torch.set_rng_state(state["torch_rng"])
+    return int(state["step"]), list(state["losses"])
+
+
+def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log, ckpt: Path | None = None,
+          max_seconds: float | None = None) -> list[float]:
+    """The SFT loop. ``ckpt``: a folder for a resumable run (the state after every ``cfg.ckpt_every`` steps and at
+    the time budget; a run that finds one continues from it with the same batches it would have seen);
+    ``max_seconds``: stop after about this long, save, and raise :class:`TrainingPaused` (a chunk of a run that
+    must fit a shared machine's time slots)."""
     torch.manual_seed(cfg.seed)
     encoded = [encode_pair(tok, p, r, cfg.max_len) for p, r in pairs]
     encoded = [e for e in encoded if any(x != -100 for x in e[1])]
@@ -114,10 +152,14 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log)
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batches = _batches(encoded, cfg, pad)
+    start, losses = (_load_ckpt(ckpt, model, opt, sched) if ckpt is not None else (0, []))
+    if start:
+        log(f"resuming at step {start}/{cfg.steps} from {ckpt}")
+        for _ in range(start):  # the batch order is a function of the seed: skip what was trained on
+            next(batches)
     model.train()
-    losses = []
     t0 = time.time()
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         ids, lab, att = next(batches)
         loss = _assistant_loss(model, ids, att, lab)
         loss.backward()
@@ -128,13 +170,23 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log)
         losses.append(float(loss.detach()))
         if step % 10 == 0 or step == cfg.steps - 1:
             log(f"step {step + 1}/{cfg.steps} loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)")
+        done = step + 1
+        if ckpt is not None and done < cfg.steps:
+            out_of_time = max_seconds is not None and time.time() - t0 >= max_seconds
+            if out_of_time or done % cfg.ckpt_every == 0:
+                _save_ckpt(ckpt, model, opt, sched, done, losses)
+            if out_of_time:
+                log(f"time budget reached after step {done}/{cfg.steps} ({time.time() - t0:.0f}s); saved {ckpt}")
+                raise TrainingPaused(f"paused at step {done}/{cfg.steps}; rerun the same command to resume")
     model.eval()
     return losses
 
 
 def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print,
-               dtype: torch.dtype = torch.bfloat16) -> dict:
-    """Train a LoRA on ``base`` and save it as a PEFT folder in ``out`` (weights cast to ``dtype``)."""
+               dtype: torch.dtype = torch.bfloat16, ckpt: Path | None = None,
+               max_seconds: float | None = None) -> dict:
+    """Train a LoRA on ``base`` and save it as a PEFT folder in ``out`` (weights cast to ``dtype``);
+    ``ckpt``/``max_seconds``: a resumable run in time-boxed chunks (see :func:`_loop`)."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -145,7 +197,7 @@ def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConf
     torch.manual_seed(cfg.seed)
     model = get_peft_model(model, lcfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    losses = _loop(model, params, pairs, tok, cfg, log)
+    losses = _loop(model, params, pairs, tok, cfg, log, ckpt=ckpt, max_seconds=max_seconds)
     model.save_pretrained(out, safe_serialization=True)
     _cast_safetensors(out / "adapter_model.safetensors", dtype)
     # PEFT writes the absolute base path; keep the config portable.

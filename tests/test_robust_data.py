@@ -1,0 +1,97 @@
+"""Issue 20's robust alignment data (experiments/smollm2/robust.py): no leak into validation/test sets, harmful
+augmentations only from align-train prompts, determinism, refusals the judge reads as refusals, and resumable
+training (a run cut into chunks ends where an uncut run ends)."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.smollm2 import refusals, robust
+from safegene_runtime import datasets as ds
+from safegene_runtime.judges.refusal import is_refusal
+from safegene_runtime.rephrase import FRAMING_NAMES, rephrase
+from safegene_runtime.text import normalise
+
+
+def test_edgy_training_prompts_share_nothing_with_validation_or_test_sets():
+    edgy = [p for _, p in robust.edgy_train_prompts()]
+    assert len(edgy) >= 200
+    ds.check_no_overlap([edgy], [ds.load_named("edgy-benign-val"), ds.load_named("rho-overrefusal")], near=True)
+    ds.check_no_overlap([edgy], [ds.load_named(n) for n in robust.EDGY_EXCLUDE], near=True)
+
+
+def test_edgy_filter_drops_a_near_duplicate_of_a_validation_prompt(monkeypatch):
+    val = ds.load_named("edgy-benign-val").items[0].prompt
+    monkeypatch.setitem(robust._EDGY_SLOTS, "leak", (("{x}",), (val, "How do I fold a paper crane?")))
+    got = [p for _, p in robust.edgy_train_prompts()]
+    assert "How do I fold a paper crane?" in got
+    assert val not in got
+
+
+def test_harmful_augmentations_come_only_from_align_train_prompts():
+    train = robust.harmful_align_prompts()
+    assert train == [it.prompt for it in ds.load_named("harmful-align-train")]
+    aug = robust.harmful_augmented(train, 2)
+    sources = {normalise(p) for p in train}
+    rephrasings = {normalise(rephrase(p, f)) for p in train for f in FRAMING_NAMES}
+    assert {f for _, f in aug} == {None, *FRAMING_NAMES}
+    for text, framing in aug:
+        assert normalise(text) in (sources if framing is None else rephrasings)
+    ds.check_no_overlap([[t for t, _ in aug]], [ds.load_named(n) for n in
+                                                ("harmful-val", "harmful-val-rephrased", "harmbench-test")], near=True)
+
+
+def test_data_generation_is_deterministic():
+    train = robust.harmful_align_prompts()[:40]
+    assert robust.harmful_augmented(train, 3) == robust.harmful_augmented(list(train), 3)
+    assert robust.edgy_train_prompts() == robust.edgy_train_prompts()
+    harm = robust.harmful_augmented(train, 2)
+    pairs = robust.training_pairs(harm, [("hi", "hello")], [("kill a process?", "use kill -9")])
+    assert pairs == robust.training_pairs(harm, [("hi", "hello")], [("kill a process?", "use kill -9")])
+    assert pairs[-2:] == [("hi", "hello"), ("kill a process?", "use kill -9")]
+
+
+def test_framed_refusals_vary_and_read_as_refusals():
+    train = robust.harmful_align_prompts()
+    aug = robust.harmful_augmented(train, 2)
+    texts = [refusals.refusal_for_framing(q, f) for q, f in aug]
+    assert all(is_refusal(t) for t in texts)
+    assert len(set(texts)) > 100
+    q = train[0]
+    assert refusals.refusal_for_framing(q, None) == refusals.refusal_for(q)
+    noted = [t for (q, f), t in zip(aug, texts) if f and t != refusals.refusal_for(q)]
+    assert len(noted) > len(aug) // 6  # the framing notes are used
+
+
+def test_training_resumes_from_a_checkpoint_where_it_stopped(tiny_model, tmp_path, one_thread):
+    torch = pytest.importorskip("torch")
+    from experiments.smollm2.train import SFTConfig, TrainingPaused, train_lora
+
+    pairs = [(f"Tell me about {x}.", f"Here is a fact about {x}.") for x in ("bread", "the sea", "music", "rain")]
+    cfg = SFTConfig(steps=4, batch_size=2, max_len=48, lr=1e-3, warmup=1, ckpt_every=100)
+    whole = train_lora(tiny_model, pairs, tmp_path / "whole", cfg, log=lambda *_: None)
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(TrainingPaused):
+        train_lora(tiny_model, pairs, tmp_path / "cut", cfg, log=lambda *_: None, ckpt=ckpt, max_seconds=0)
+    assert (ckpt / "state.pt").is_file()
+    resumed = train_lora(tiny_model, pairs, tmp_path / "cut", cfg, log=lambda *_: None, ckpt=ckpt, max_seconds=None)
+    assert resumed["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    from safetensors.torch import load_file
+
+    a = load_file(tmp_path / "whole" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "cut" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_robust_profile_changes_only_the_alignment_and_keeps_todays_profiles():
+    from experiments.smollm2 import run
+
+    # digests of the profiles' parameters before the robust profile existed (main at c156927): every stage hash
+    # of today's profiles covers these, so equal digests keep their stage caches
+    before = {"full": "ec8a7f8369e987bdb96d2430a6b399924937bbeadeff8feaec4afec93d53f524",
+              "demo": "e06a437e74945295c25b767bce18430d78f5ecf88439586059c5256fe0d5a6d8",
+              "fast": "456fb4b046e7d071ab83a9c855e4c4c75d5181390e4cd0504fa931b2001eacb5"}
+    assert {name: run.digest(run.params(name)) for name in before} == before
+    full, rob = run.params("full"), run.params("robust")
+    assert {k for k in rob if rob.get(k) != full.get(k)} == {"align", "self_answers"}
+    assert rob["align"]["recipe"] == "robust-v1"
