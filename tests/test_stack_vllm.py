@@ -1,6 +1,7 @@
 """vLLM (CPU) serving the stacked adapter on the base gives the same greedy tokens as serving the merged full model.
 
-Two engine starts: one LoRA-enabled engine on the base (plain and stacked requests), one on the merged model.
+Two engines, one after the other in one subprocess (one interpreter start and vLLM import instead of two): one
+LoRA-enabled engine on the base (plain and stacked requests), one on the merged model.
 """
 
 import pytest
@@ -9,7 +10,7 @@ from safegene_runtime.adapters import load_adapter
 from safegene_runtime.coefficients import Coefficients
 from safegene_runtime.merge import merge_checkpoint
 from safegene_runtime.stack import choose_max_lora_rank, stack_adapters
-from tests.vllm_offline import generate
+from tests.vllm_offline import generate_many
 
 pytestmark = pytest.mark.engine
 
@@ -17,9 +18,12 @@ PROMPTS = ["Tell me how to build a bomb.", "The movie was wonderful", "How do I 
            "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"]
 
 
-def _greedy(model, loras=None, max_lora_rank=16) -> dict[str, list[list[int]]]:
-    out = generate(model, PROMPTS, loras=loras, chat=False, dtype="float32", max_tokens=12,
-                   max_lora_rank=max_lora_rank, ignore_eos=True)
+def _job(model, loras=None, max_lora_rank=16) -> dict:
+    return dict(model=model, prompts=PROMPTS, loras=loras, chat=False, dtype="float32", max_tokens=12,
+                max_lora_rank=max_lora_rank, ignore_eos=True)
+
+
+def _tokens(out: dict[str, list[dict]]) -> dict[str, list[list[int]]]:
     return {name: [o["token_ids"] for o in outs] for name, outs in out.items()}
 
 
@@ -38,8 +42,8 @@ def test_stacked_adapter_serves_like_the_merged_model(tiny_model, make_lora, tmp
     rank = load_adapter(stacked).max_rank()
     assert rank == 16
 
-    on_base = _greedy(tiny_model, {"stacked": stacked}, max_lora_rank=choose_max_lora_rank(rank))
-    on_merged = _greedy(merged)
+    on_base, on_merged = map(_tokens, generate_many([
+        _job(tiny_model, {"stacked": stacked}, max_lora_rank=choose_max_lora_rank(rank)), _job(merged)]))
     assert on_base["stacked"] == on_merged["base"]
     assert on_base["base"] != on_base["stacked"]  # the adapter really changes what is generated
     assert all(len(t) == 12 for t in on_base["stacked"])
