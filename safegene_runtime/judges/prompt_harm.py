@@ -112,6 +112,19 @@ def default_embedder() -> Embedder:
         return _embedder
 
 
+def read_head(head_dir: Path, what: str, train_command: str, threshold: float | None
+              ) -> tuple[dict[str, Any], dict[str, Any], float]:
+    """A committed judge head folder: ``(tensors of head.safetensors, manifest or {}, threshold)``; the threshold is
+    ``threshold`` when given, else the manifest's, else 0.5. Shared by the prompt- and response-harm judges."""
+    from safetensors.torch import load_file  # lazy: safetensors.torch imports torch
+
+    f = head_dir / HEAD_FILE
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: no {what} head here; run 'safegene judge {train_command}'")
+    manifest = json.loads((head_dir / "manifest.json").read_text()) if (head_dir / "manifest.json").is_file() else {}
+    return load_file(str(f)), manifest, float(threshold if threshold is not None else manifest.get("threshold", 0.5))
+
+
 class PromptHarmJudge(Judge):
     """Labels each *prompt* "harmful" or "benign"; ``score`` is P(harmful). The response is ignored."""
 
@@ -120,17 +133,10 @@ class PromptHarmJudge(Judge):
 
     def __init__(self, head_dir: str | Path = DEFAULT_HEAD, *, embedder: Embedder | None = None,
                  threshold: float | None = None, cache_size: int = 4096) -> None:
-        from safetensors.torch import load_file  # lazy: safetensors.torch imports torch
-
         self.head_dir = Path(head_dir)
         f = self.head_dir / HEAD_FILE
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: no prompt-harm head here; run 'safegene judge train-head'")
-        t = load_file(str(f))
+        t, self.manifest, self.threshold = read_head(self.head_dir, "prompt-harm", "train-head", threshold)
         self.weight, self.bias = t["weight"].reshape(-1).float(), t["bias"].reshape(-1).float()
-        self.manifest = json.loads((self.head_dir / "manifest.json").read_text()) \
-            if (self.head_dir / "manifest.json").is_file() else {}
-        self.threshold = float(threshold if threshold is not None else self.manifest.get("threshold", 0.5))
         self.embedder = embedder or default_embedder()
         if self.weight.numel() != self.embedder.dim:
             raise ValueError(f"{f}: head has {self.weight.numel()} inputs, backbone gives {self.embedder.dim}")

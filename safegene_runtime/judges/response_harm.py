@@ -41,7 +41,7 @@ from ..digests import prompt_set_digest
 from ..text import normalise
 from .agreement import best_threshold, label_half, read_labels
 from .base import Judge, Verdict
-from .prompt_harm import BACKBONE_DIST, Embedder, default_embedder
+from .prompt_harm import BACKBONE_DIST, Embedder, default_embedder, read_head
 from .refusal import is_empty
 
 DEFAULT_HEAD = Path(__file__).resolve().parent.parent / "assets" / "response_harm_head"
@@ -114,16 +114,10 @@ class ResponseHarmJudge(Judge):
 
     def __init__(self, head_dir: str | Path = DEFAULT_HEAD, *, embedder: Embedder | None = None,
                  threshold: float | None = None) -> None:
-        from safetensors.torch import load_file  # lazy: safetensors.torch imports torch
-
         self.head_dir = Path(head_dir)
         f = self.head_dir / HEAD_FILE
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: no response-harm head here; run 'safegene judge train-response-head'")
-        self.params = {k: v.float() for k, v in load_file(str(f)).items()}
-        self.manifest = json.loads((self.head_dir / "manifest.json").read_text()) \
-            if (self.head_dir / "manifest.json").is_file() else {}
-        self.threshold = float(threshold if threshold is not None else self.manifest.get("threshold", 0.5))
+        t, self.manifest, self.threshold = read_head(self.head_dir, "response-harm", "train-response-head", threshold)
+        self.params = {k: v.float() for k, v in t.items()}
         self.embedder = embedder or default_embedder()
         if set(self.params) != {"w1", "b1", "w2", "b2"} or \
                 self.params["w1"].shape[0] != len(FEATURES) * self.embedder.dim:
