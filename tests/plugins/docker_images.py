@@ -1,7 +1,8 @@
 """The container tests' Docker daemon and images, started in the background as the session begins.
 
-Building the CPU image is ~4 min of mostly single-threaded pip work (bench: 245 s from scratch on 2 cores), while the
-rest of the suite leaves about two thirds of the CPU idle (one engine at a time on core 0). So when any test marked
+Building the images from scratch took 273 s of fixture setup in the last foreground run of ``bash .ci/run`` (mostly
+single-threaded pip work), while the rest of the suite leaves about two thirds of the CPU idle (``time bash .ci/run``:
+13 min of user + sys CPU in 20.5 min on 2 cores; one engine at a time on core 0). So when any test marked
 ``docker`` is selected, this plugin starts the daemon and both builds in a thread at collection time and moves the
 ``docker`` tests to the end of the run; their fixtures ``docker`` and ``images`` wait for that thread. Nothing else
 changes: the same daemon (``docker_host.DockerHost``), the same builds, the same skip with a reason when no daemon can
