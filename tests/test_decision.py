@@ -283,3 +283,7 @@ def test_decide_cli_round_trip(tmp_path, capsys):
     assert code == 0 and "| ad | SafeGene wins | – |" in capsys.readouterr().out
     assert main(["decide", str(tmp_path / "nowhere")]) == 1
     assert "no per-prompt verdicts" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["decide", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert "better on all three numbers" in helptext and "McNemar" in helptext and "default 0,1,2" in helptext
