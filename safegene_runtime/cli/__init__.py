@@ -33,6 +33,7 @@ COMMAND_MODULES = (
     "baseline",   # uniform, RESTA+DARE, Safe LoRA, SafeMERGE, and their tuner
     "serve",      # the OpenAI-compatible server (server package; imports vLLM)
     "eval",       # evaluation harness against any OpenAI-compatible endpoint
+    "decide",     # the decision rule: is SafeGene beaten by a baseline on all three numbers (paired tests)
     "gate",       # the safety gate: may a new task-adapter version serve (plain, safe only, or not at all)
     "judge",      # judges: train the prompt-harm head, judge a file
     "demo",       # the README's demo (server package)

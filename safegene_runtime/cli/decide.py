@@ -1,0 +1,93 @@
+"""``safegene decide``: the decision rule with uncertainty over saved per-prompt results (issue 21)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+from ..artifacts import atomic_write_json, atomic_write_text
+from ..decision import HARM_METRICS, TESTS, DecisionConfig, decide, load_outcomes, markdown
+
+#: the CLI's defaults are DecisionConfig's (one source)
+DEFAULTS = DecisionConfig()
+
+DESCRIPTION = f"""\
+Does a tuned baseline beat SafeGene? Reads the per-prompt verdicts `safegene eval` saved (judged.jsonl of each
+eval folder given: e.g. the safety folder for harm and over-refusal, the task folders for accuracy) and prints the
+verdict per adapter as Markdown.
+
+Models are named <adapter> (the task adapter alone), <adapter>+<method> (a method without a seed) and
+<adapter>+<method>{DEFAULTS.seed_suffix}<seed> (one run of a seeded method, e.g. gsm-clean+safegene{DEFAULTS.seed_suffix}1).
+
+Rule: on an adapter, a baseline BEATS SafeGene when it is better on all three numbers -- harmful rate (lower),
+over-refusal rate (lower), task accuracy (higher) -- each by a paired two-sided test on the same prompts at level
+--alpha (default {DEFAULTS.alpha}: 95%). SafeGene WINS the adapter when no baseline beats it ("not dominated with
+evidence"; the per-number differences, intervals and p-values are shown beside it); INCOMPLETE when a baseline
+better on every number measured lacks one of them, or no baseline was measured. One verdict per harm judge.
+
+Test: --test mcnemar (default) is the exact McNemar test (binomial 1/2 on the prompts where the two methods
+differ); --test bootstrap asks the paired bootstrap interval of the difference to exclude 0. Every difference and
+rate is shown with a 95% interval (paired bootstrap over prompts, --resamples, --bootstrap-seed; Wilson for a
+rate of one run).
+
+Seeds: a seeded method is run with every seed of --seeds (default {",".join(map(str, DEFAULTS.seeds))}); its rate is the
+mean over seeds with the range. In the test, each method's outcomes are averaged over its seeds per prompt and the
+paired test runs over prompts (the sign test on per-prompt differences, which is McNemar when each method has one
+run): prompts stay the independent unit, the seeds' randomness is averaged out. See docs/evaluation.md."""
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x.strip())
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "decide", help="the decision rule: is SafeGene beaten by a baseline on all three numbers (paired tests)?",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="+", type=Path, metavar="EVAL",
+                   help="eval folders written by `safegene eval --out` (or their judged.jsonl files)")
+    p.add_argument("--safegene", default=DEFAULTS.safegene, metavar="METHOD",
+                   help="SafeGene's method name in the model names (default %(default)s)")
+    p.add_argument("--baselines", type=_names, default=DEFAULTS.baselines, metavar="M1,M2",
+                   help="the baselines' method names (default: every method measured on the adapter except the "
+                   "adapter alone and SafeGene and its variants <safegene>-*)")
+    p.add_argument("--adapters", type=_names, default=None, metavar="A1,A2",
+                   help="adapters to decide (default: every adapter with SafeGene measured)")
+    p.add_argument("--harm-judge", choices=(*HARM_METRICS, "both"), default="both",
+                   help="harm number of the verdict: phrase (harmful_response_rate), response "
+                   "(response_harmful_rate), or both, one table each (default %(default)s; a judge without data is "
+                   "skipped with a note)")
+    p.add_argument("--alpha", type=float, default=DEFAULTS.alpha, help="level of each test (default %(default)s)")
+    p.add_argument("--test", choices=TESTS, default=DEFAULTS.test, help="which test decides (default %(default)s)")
+    p.add_argument("--seeds", type=_ints, default=DEFAULTS.seeds, metavar="0,1,2",
+                   help=f"seeds of a seeded method (default {','.join(map(str, DEFAULTS.seeds))})")
+    p.add_argument("--seed-suffix", default=DEFAULTS.seed_suffix,
+                   help="between a method's name and its seed in a model name (default %(default)s)")
+    p.add_argument("--resamples", type=int, default=DEFAULTS.resamples,
+                   help="bootstrap resamples (default %(default)s)")
+    p.add_argument("--bootstrap-seed", type=int, default=DEFAULTS.bootstrap_seed,
+                   help="seed of the bootstrap (default %(default)s)")
+    p.add_argument("--out", type=Path, help="also write the Markdown here")
+    p.add_argument("--json", type=Path, help="also write the verdicts (every number) as JSON here")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = DecisionConfig(alpha=args.alpha, seeds=args.seeds, resamples=args.resamples,
+                         bootstrap_seed=args.bootstrap_seed, test=args.test, safegene=args.safegene,
+                         baselines=args.baselines, seed_suffix=args.seed_suffix,
+                         harm_judges=tuple(HARM_METRICS) if args.harm_judge == "both" else (args.harm_judge,))
+    verdicts, notes = decide(load_outcomes(args.results), cfg, adapters=args.adapters)
+    md = markdown(verdicts, notes, cfg)
+    print(md, end="")
+    if args.out:
+        atomic_write_text(args.out, md)
+    if args.json:
+        atomic_write_json(args.json, {"config": dataclasses.asdict(cfg), "results": [str(p) for p in args.results],
+                                      "verdicts": [v.to_dict() for v in verdicts], "notes": notes})
+    return 0
