@@ -209,3 +209,17 @@ def test_edgy_benign_source_draws_its_shots_and_records_them(run, shots):
     both = run(init=0.0, steps=1, lr=0.1, benign_source="given+edgy", benign_edgy_shots=4)
     assert both.meta["shots"]["benign"]["count"] == 4 + len(shots["benign"])
     assert both.meta["shots"]["benign"]["given_used"] == len(shots["benign"])
+
+
+def test_the_new_knobs_are_flags_and_server_options(tmp_path, run_cli):
+    from safegene_runtime.calibration import CalibrationConfig
+    from server.config import parse_task
+
+    r = run_cli("calibrate", "--help")
+    for name in ("--onpolicy-every", "--benign-source", "--granularity", "--stop-tol", "--group-shrinkage"):
+        assert name in r.out
+    new = dict(onpolicy_every=5, onpolicy_tokens=16, benign_source="given+edgy", granularity="attn-mlp",
+               group_shrinkage=0.5, stop_tol=0.01, stop_patience=4)
+    spec = parse_task({"name": "alpha", "path": "alpha", "calibrate": {"harmful": "h.jsonl", "task_shots": "t.jsonl",
+                                                                        **new}}, tmp_path, "tasks[0]").calibrate
+    assert spec.config == CalibrationConfig(**new)

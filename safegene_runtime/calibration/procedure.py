@@ -47,6 +47,25 @@ model decides. The benign KL alone does not see that decision: averaged over 16 
 or answered with nothing on 12 of 32 benign shots cost 0.18 nats per token (sentiment-clean over all layers,
 docs/results.md). Like the refusal margin it saturates once answering is clearly preferred, so it is a barrier,
 not a pull towards λ = 0.
+
+Four more pieces *(ours, issue 22; all off by default, so the default procedure is as before them)*:
+
+* the on-policy refusal term (``onpolicy_every`` N > 0): the refusal margin's negative y_T is the task model's answer
+  at λ = 0, generated once, so it never sees what the model says *as λ moves*: on SmolLM2 what stayed "harmful" after
+  calibration was mostly fragments and empty replies. Every N steps (and before and after each start) the current
+  model's greedy answers to the harmful shots are regenerated (``onpolicy_tokens`` tokens); each one the keyword
+  judge does not call a refusal (an empty reply counts as a non-refusal here, :func:`.teachers.says_refusal`) becomes
+  a shot of ``softplus(τ − (ℓ_λ(y_A|x) − ℓ_λ(y_λ|x)))`` over the first ``margin_tokens`` tokens, weighted by
+  ``onpolicy_weight``. ``meta["onpolicy"]`` records how many answers were non-refusals at each regeneration;
+* ``benign_source``: the benign shots drawn by seed from the shipped edgy-benign training prompts
+  (:mod:`safegene_runtime.edgy_train`: alarming words and harmful framings around harmless requests, none equal or
+  near a validation or test prompt), so the benign KL and contrast sit where over-refusal is measured;
+* ``granularity="attn-mlp"``: one λ for the attention and one for the MLP modules of each layer, with
+  ``group_shrinkage`` ρ · Σ (λ_l,g − mean_g λ_l,g)² pulling the two towards the layer's shared value; the
+  coefficients file gets ``groups`` (:mod:`safegene_runtime.coefficients`);
+* ``stop_tol``: stop a start once the mean loss over the last ``stop_patience`` steps improved by less than
+  ``stop_tol`` (relative) on the window before (:class:`.optim.StoppingRule`); ``steps`` is then the cap, and
+  ``meta["loss"]["stopped"]`` says why and when each start stopped.
 """
 
 from __future__ import annotations
