@@ -46,6 +46,23 @@ def layer_index(module: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+#: the module groups a layer's λ can be split into (``CalibrationConfig(granularity="attn-mlp")``)
+MODULE_GROUPS = ("attn", "mlp")
+_ATTN_PARTS = ("self_attn", "attn", "attention", "self_attention")
+_MLP_PARTS = ("mlp", "feed_forward", "ffn")
+
+
+def module_group(module: str) -> str | None:
+    """``"attn"`` or ``"mlp"`` from a module name's path (``model.layers.7.self_attn.q_proj`` → attn,
+    ``model.layers.7.mlp.up_proj`` → mlp), or None when its path names neither."""
+    parts = module.split(".")
+    if any(p in _ATTN_PARTS for p in parts):
+        return "attn"
+    if any(p in _MLP_PARTS for p in parts):
+        return "mlp"
+    return None
+
+
 def module_kind(module: str) -> str:
     """Last path component: ``q_proj``, ``down_proj``, ..."""
     return module.rsplit(".", 1)[-1]

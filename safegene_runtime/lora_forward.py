@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .adapters import AdapterError, LoraAdapter, layer_index
+from .adapters import AdapterError, LoraAdapter, layer_index, module_group
 from .artifacts import ArtifactError
 
 
@@ -53,6 +53,10 @@ class LoraForward:
     multiplied by ``lambdas[layers.index(l)]`` (the safety adapter S); modules of S outside ``layers`` are left out
     (λ = 0 there). ``lambdas`` is a ``torch.nn.Parameter``: the only thing with a gradient.
 
+    ``groups`` (e.g. ``("attn", "mlp")``): one λ per layer *and* module group
+    (:func:`~safegene_runtime.adapters.module_group`), laid out layer-major: ``lambdas[i * len(groups) + j]`` scales
+    the modules of group j in the i-th layer. A group with no module of S in a layer keeps a λ that scales nothing.
+
     Use as a context manager (or call :meth:`remove`) so the hooks never outlive the calibration.
     """
 
@@ -64,6 +68,7 @@ class LoraForward:
         scaled: LoraAdapter | None = None,
         layers: Iterable[int] | None = None,
         init: float = 1.0,
+        groups: Sequence[str] | None = None,
     ) -> None:
         self.model = model
         p = next(model.parameters())
@@ -79,8 +84,15 @@ class LoraForward:
             self.scaled = _folded(scaled, mods, device, dtype)
         else:
             self.layers, self.scaled = sorted(set(layers or [])), {}
-        self._slot = {l: i for i, l in enumerate(self.layers)}
-        self.lambdas = torch.nn.Parameter(torch.full((len(self.layers),), float(init), device=device, dtype=dtype))
+        self.groups = tuple(groups) if groups else None
+        self._slot: dict = ({l: i for i, l in enumerate(self.layers)} if self.groups is None else
+                            {(l, g): i * len(self.groups) + j for i, l in enumerate(self.layers)
+                             for j, g in enumerate(self.groups)})
+        if self.groups is not None:
+            odd = sorted(m for m in self.scaled if module_group(m) not in self.groups)
+            if odd:
+                raise AdapterError(f"safety adapter module(s) {odd[:3]} belong to none of the groups {self.groups}")
+        self.lambdas = torch.nn.Parameter(torch.full((len(self._slot),), float(init), device=device, dtype=dtype))
         self.use_fixed = True
         self.use_scaled = True
         self._handles = []
@@ -103,7 +115,8 @@ class LoraForward:
     def _make_hook(self, module: str):
         fixed = self.fixed.get(module)
         scaled = self.scaled.get(module)
-        slot = self._slot.get(layer_index(module)) if scaled is not None else None
+        key = layer_index(module) if self.groups is None else (layer_index(module), module_group(module))
+        slot = self._slot.get(key) if scaled is not None else None
 
         def hook(_mod, inputs, output):
             x = inputs[0]
@@ -130,15 +143,26 @@ class LoraForward:
             self.use_fixed, self.use_scaled = old
 
     def set_lambdas(self, values: dict[int, float] | float) -> None:
+        """Every λ to one value, or per layer (with ``groups``: every group of the layer)."""
         with torch.no_grad():
             if isinstance(values, dict):
                 for l, v in values.items():
-                    self.lambdas[self._slot[l]] = float(v)
+                    for g in self.groups or (None,):
+                        self.lambdas[self._slot[l if g is None else (l, g)]] = float(v)
             else:
                 self.lambdas.fill_(float(values))
 
     def lambda_dict(self) -> dict[int, float]:
-        return {l: float(self.lambdas[i].detach()) for l, i in self._slot.items()}
+        """λ per layer (with ``groups``: the mean over the layer's groups, its shared value)."""
+        if self.groups is None:
+            return {l: float(self.lambdas[i].detach()) for l, i in self._slot.items()}
+        return {l: sum(gs.values()) / len(gs) for l, gs in self.group_dict().items()}
+
+    def group_dict(self) -> dict[int, dict[str, float]]:
+        """λ per layer and group (empty without ``groups``)."""
+        if self.groups is None:
+            return {}
+        return {l: {g: float(self.lambdas[self._slot[(l, g)]].detach()) for g in self.groups} for l in self.layers}
 
     def remove(self) -> None:
         for h in self._handles:

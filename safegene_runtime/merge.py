@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from .adapters import AdapterError, layer_index, load_adapter
+from .adapters import AdapterError, layer_index, load_adapter, module_group
 from .artifacts import MANIFEST, ArtifactWriter, describe_input
 from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, check_same_base, resolve_dtype, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
@@ -84,7 +84,7 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
         if t_ad is not None and module in t_ad.weights:
             d = t_ad.delta(module)
         if s_ad is not None and module in s_ad.weights:
-            lam = coeffs.of(layer_index(module))  # type: ignore[union-attr]
+            lam = coeffs.of(layer_index(module), module_group(module))  # type: ignore[union-attr]
             if lam != 0.0:
                 sd = s_ad.delta(module) * lam
                 d = sd if d is None else d + sd
@@ -158,7 +158,8 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
                                 "delta_retention": round(kept / total, 4) if total > 0 else 1.0}
         if coeffs is not None:
             info["coefficients"] = {"digest": coeffs.digest(), "layers": coeffs.to_dict()["layers"],
-                                    "default": coeffs.default}
+                                    "default": coeffs.default,
+                                    **({"groups": coeffs.to_dict()["groups"]} if coeffs.groups else {})}
         w.manifest.update(method={"name": "merge", "formula": "W + s_T*B_T@A_T + lambda_l*B_S@A_S"},
                           base_model={"path": str(ck.path.resolve()), "weights_fingerprint": base_fp,
                                       **{k: ck.config[k] for k in ("model_type", "hidden_size", "num_hidden_layers")

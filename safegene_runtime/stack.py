@@ -24,7 +24,8 @@ from typing import Any
 
 import torch
 
-from .adapters import AdapterError, LoraAdapter, build_config, layer_index, load_adapter, save_adapter
+from .adapters import (AdapterError, LoraAdapter, build_config, layer_index, load_adapter, module_group,
+                       save_adapter)
 from .artifacts import ArtifactWriter, describe_input, read_manifest
 from .checkpoints import Checkpoint, check_adapter_fits, check_same_base, local_model
 from .coefficients import Coefficients, load_coefficients
@@ -100,7 +101,8 @@ def check_compatible(task: LoraAdapter, safety: LoraAdapter, safety_manifest: di
 
 
 def check_coefficients(c: Coefficients, source: str = "coefficients") -> None:
-    for layer, lam in [*c.layers.items(), (None, c.default)]:
+    grouped = [(f"{layer}.{g}", lam) for layer, gs in c.groups.items() for g, lam in gs.items()]
+    for layer, lam in [*c.layers.items(), *grouped, (None, c.default)]:
         if not isinstance(lam, (int, float)) or not math.isfinite(lam):
             where = f"layer {layer}" if layer is not None else "default"
             raise AdapterError(f"{source}: λ for {where} is {lam!r}; every λ must be a finite number")
@@ -144,7 +146,7 @@ def stacked_weights(
             b_parts.append(b.to(torch.float32) * s_t)
             facts.update(task_rank=int(a.shape[0]), task_scale=s_t)
         if m in safety.weights:
-            lam = float(coeffs.of(layer_index(m)))
+            lam = float(coeffs.of(layer_index(m), module_group(m)))
             facts["lambda"] = lam
             if lam != 0.0:
                 a, b = safety.weights[m]
@@ -237,7 +239,8 @@ def _stack(task, safety, coefficients, *, out, store, name, max_lora_rank, rank_
                      config=build_config(weights, base_model=base_model))
         w.manifest.update(
             method=method,
-            coefficients={"digest": coeffs.digest(), **{k: coeffs.to_dict()[k] for k in ("layers", "default")}},
+            coefficients={"digest": coeffs.digest(),
+                          **{k: v for k, v in coeffs.to_dict().items() if k in ("layers", "default", "groups")}},
             base_model=s_man.get("base_model") or {"path": base_model},
             task_base_model=base_model,
             dtype=str(dtype).removeprefix("torch."),

@@ -38,6 +38,15 @@ REPO = Path(__file__).resolve().parents[1]
     (dict(refusal_loss="kl"), "refusal_loss", "refusal_loss must be one of margin, ce"),
     (dict(optimizer="sgd"), "optimizer", "optimizer must be one of adam, adam-shared"),
     (dict(stepz=3), "stepz", "unknown option(s) stepz"),
+    (dict(onpolicy_every=-1), "onpolicy_every", "onpolicy_every must be 0 or more"),
+    (dict(onpolicy_tokens=0), "onpolicy_tokens", "onpolicy_tokens must be positive"),
+    (dict(onpolicy_weight=-1.0), "onpolicy_weight", "onpolicy_weight must be non-negative"),
+    (dict(benign_source="test"), "benign_source", "benign_source must be one of given, edgy"),
+    (dict(benign_edgy_shots=0), "benign_edgy_shots", "benign_edgy_shots must be positive"),
+    (dict(granularity="module"), "granularity", "granularity must be one of layer, attn-mlp"),
+    (dict(group_shrinkage=-0.1), "group_shrinkage", "group_shrinkage must be non-negative"),
+    (dict(stop_tol=float("inf")), "stop_tol", "stop_tol must be a finite number"),
+    (dict(stop_patience=0), "stop_patience", "stop_patience must be positive"),
 ])
 def test_a_bad_option_is_refused_with_its_name(bad, name, needle):
     with pytest.raises(CalibrationConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")) as e:
@@ -73,16 +82,51 @@ def test_digest_covers_what_differs_from_the_reference_and_only_what_is_used():
     changes = dict(seed=1, steps=3, lr=0.2, beta=0.5, gamma=0.5, lambda_max=2.0, penalty=0.0, init=(1.0, 0.0),
                    max_new_tokens=16, max_prompt_tokens=64, max_target_tokens=8, batch_size=4, gen_batch_size=8,
                    layers="all", refusal_loss="ce", margin_tokens=2, margin_target=1.0, benign_tokens=4,
-                   benign_contrast=0.3, optimizer="adam-shared")
+                   benign_contrast=0.3, optimizer="adam-shared", onpolicy_every=5, onpolicy_tokens=12,
+                   onpolicy_weight=2.0, benign_source="edgy", benign_edgy_shots=16, granularity="attn-mlp",
+                   group_shrinkage=1.0, stop_tol=0.01, stop_patience=5)
     assert set(changes) == set(refs)  # every field is exercised
-    digests = {k: default.replace(**{k: v}).digest() for k, v in changes.items()}
+    # a knob read only when another is on is exercised with that one on (alone it is unused: rule 2)
+    needs = dict(onpolicy_tokens=dict(onpolicy_every=5), onpolicy_weight=dict(onpolicy_every=5),
+                 benign_edgy_shots=dict(benign_source="edgy"), group_shrinkage=dict(granularity="attn-mlp"),
+                 stop_patience=dict(stop_tol=0.01))
+    digests = {k: default.replace(**{**needs.get(k, {}), k: v}).digest() for k, v in changes.items()}
     assert default.digest() not in digests.values() and len(set(digests.values())) == len(digests)
+    for k, enabler in needs.items():
+        assert default.replace(**{k: changes[k]}).digest() == default.digest(), k
     # a knob the procedure does not read under this config, or an equivalent spelling, hashes alike
     ce = CalibrationConfig(refusal_loss="ce")
     assert ce.replace(margin_tokens=9, margin_target=2.0).digest() == ce.digest()
     assert ce.replace(benign_contrast=0.3, margin_tokens=9).digest() != ce.replace(benign_contrast=0.3).digest()
     assert default.replace(gamma=0.0, benign_tokens=4).digest() == default.replace(gamma=0.0).digest()
     assert default.replace(benign_tokens=16).digest() == default.digest()  # = max_target_tokens: the whole answer
+    # the on-policy term is a margin: under refusal_loss="ce" it still reads margin_tokens and margin_target
+    assert ce.replace(onpolicy_every=5, margin_tokens=9).digest() != ce.replace(onpolicy_every=5).digest()
+    assert ce.replace(onpolicy_every=5, margin_target=1.0).digest() != ce.replace(onpolicy_every=5).digest()
+
+
+def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
+    """Issue 22's knobs (on-policy term, benign source, granularity, stopping rule) reproduce the procedure before
+    them at their defaults, so they enter no digest there: pinned digests of configs hashed before they existed."""
+    added = {"onpolicy_every", "onpolicy_tokens", "onpolicy_weight", "benign_source", "benign_edgy_shots",
+             "granularity", "group_shrinkage", "stop_tol", "stop_patience"}
+    # the procedure before them, every field spelled out (so a later change of the defaults does not move this)
+    old_default = dict(seed=0, steps=40, lr=0.05, beta=1.0, gamma=1.0, lambda_max=4.0, penalty=0.001, init=1.0,
+                       max_new_tokens=48, max_prompt_tokens=128, max_target_tokens=16, batch_size=8,
+                       gen_batch_size=32, layers=None, refusal_loss="margin", margin_tokens=4, margin_target=0.0,
+                       benign_tokens=None, benign_contrast=0.0, optimizer="adam")
+    off = dict(onpolicy_every=0, benign_source="given", granularity="layer", stop_tol=0.0)
+    assert set(old_default) | added == set(CalibrationConfig.field_names())
+    # digests computed at commit 96974e5, before the knobs existed
+    pinned = {(): "bf1c87addbbd6ac183478f3a968136d6f575170a8fcde8c10f3d6a3939bff4af",
+              (("init", (1, 0)), ("layers", "all"), ("benign_contrast", 0.3)):
+                  "afc2b63390b938ed561e8e95a571972fa95490d8d22d844aaf0069d80dc0c982"}
+    for change, digest in pinned.items():
+        c = CalibrationConfig(**{**old_default, **off, **dict(change)})
+        assert not added & set(c.digest_fields()) and c.digest() == digest, change
+        # the knobs that only matter once one of those four is on do not enter either, whatever their value
+        assert c.replace(onpolicy_tokens=5, onpolicy_weight=3.0, benign_edgy_shots=2, group_shrinkage=9.0,
+                         stop_patience=2).digest() == digest
 
 
 # ------------------------------------------------------------------------------------------ the SmolLM2 study

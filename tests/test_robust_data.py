@@ -22,7 +22,9 @@ def test_edgy_training_prompts_share_nothing_with_validation_or_test_sets():
 
 def test_edgy_filter_drops_a_near_duplicate_of_a_validation_prompt(monkeypatch):
     val = ds.load_named("edgy-benign-val").items[0].prompt
-    monkeypatch.setitem(robust._EDGY_SLOTS, "leak", (("{x}",), (val, "How do I fold a paper crane?")))
+    from safegene_runtime import edgy_train
+
+    monkeypatch.setitem(edgy_train.EDGY_SLOTS, "leak", (("{x}",), (val, "How do I fold a paper crane?")))
     got = [p for _, p in robust.edgy_train_prompts()]
     assert "How do I fold a paper crane?" in got
     assert val not in got

@@ -37,6 +37,10 @@ from ..digests import json_digest
 REFUSAL_LOSSES = ("margin", "ce")
 #: the λ optimisers (``optim``)
 OPTIMIZERS = ("adam", "adam-shared")
+#: where the benign shots come from (``procedure``; ``edgy``: :mod:`safegene_runtime.edgy_train`'s pool)
+BENIGN_SOURCES = ("given", "edgy", "given+edgy")
+#: one λ per layer, or one per layer and module group (:func:`safegene_runtime.adapters.module_group`)
+GRANULARITIES = ("layer", "attn-mlp")
 
 
 class CalibrationConfigError(ValueError):
@@ -62,7 +66,7 @@ class CalibrationConfig:
     """
 
     seed: int = _knob(0, "seed of torch and of the minibatch order")
-    steps: int = _knob(40, "optimisation steps per start (0: keep the start)")
+    steps: int = _knob(40, "optimisation steps per start (0: keep the start); with stop_tol, the most it takes")
     lr: float = _knob(0.05, "step size of the lambda optimiser")
     beta: float = _knob(1.0, "weight of the task KL term (keep the task adapter's own answers to task shots)")
     gamma: float = _knob(1.0, "weight of the benign KL term (keep the base's own answers to benign shots)")
@@ -98,30 +102,57 @@ class CalibrationConfig:
     optimizer: str = _knob(
         "adam", "adam: a step size per layer; adam-shared: one for all layers, so layers the loss barely depends on "
                 "barely move", choices=OPTIMIZERS)
+    # -- added for issue 22 item 2; every default reproduces the procedure before the field existed
+    onpolicy_every: int = _knob(
+        0, "on-policy refusal term: every N steps regenerate the current model's greedy answers to the harmful shots "
+           "and push each one the keyword judge does not call a refusal (fragments, deflections, empty replies) "
+           "below the base's refusal, over the first margin_tokens tokens (0: off)", metavar="N")
+    onpolicy_tokens: int = _knob(24, "length of the regenerated answers the on-policy term's keyword judge reads",
+                                 metavar="N")
+    onpolicy_weight: float = _knob(1.0, "weight of the on-policy refusal term", metavar="W")
+    benign_source: str = _knob(
+        "given", "benign shots: given (the benign shots passed in), edgy (benign_edgy_shots prompts drawn by seed from "
+                 "the shipped edgy-benign training pool: harmless requests with alarming words or in harmful framings, "
+                 "none equal or near any validation or test prompt) or given+edgy (both)", choices=BENIGN_SOURCES)
+    benign_edgy_shots: int = _knob(32, "how many edgy-benign prompts benign_source edgy / given+edgy draws",
+                                   metavar="N")
+    granularity: str = _knob(
+        "layer", "layer: one lambda per layer; attn-mlp: one for the attention and one for the MLP modules of each "
+                 "layer, pulled towards their mean by group_shrinkage", choices=GRANULARITIES)
+    group_shrinkage: float = _knob(
+        0.1, "attn-mlp: weight of sum over layers and groups of (lambda - the layer's mean lambda)^2", metavar="RHO")
+    stop_tol: float = _knob(
+        0.0, "stop a start early once the mean loss of the last stop_patience steps is less than TOL (relative) below "
+             "the mean of the stop_patience steps before (steps stays the cap; 0: always run all steps)",
+        metavar="TOL")
+    stop_patience: int = _knob(10, "window of the stopping rule, in steps", metavar="N")
 
     def __post_init__(self) -> None:
         ints = ("seed", "steps", "max_new_tokens", "max_prompt_tokens", "batch_size", "gen_batch_size",
-                "margin_tokens")
+                "margin_tokens", "onpolicy_every", "onpolicy_tokens", "benign_edgy_shots", "stop_patience")
         for name in ints + ("max_target_tokens", "benign_tokens"):
             v = getattr(self, name)
             if v is None and name not in ints:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise CalibrationConfigError(name, f"{name} must be an integer (got {v!r})")
-            if name == "steps" and v < 0:
-                raise CalibrationConfigError(name, f"steps must be 0 or more (got {v})")
-            if name not in ("seed", "steps") and v < 1:
+            if name in ("steps", "onpolicy_every") and v < 0:
+                raise CalibrationConfigError(name, f"{name} must be 0 or more (got {v})")
+            if name not in ("seed", "steps", "onpolicy_every") and v < 1:
                 raise CalibrationConfigError(name, f"{name} must be positive (got {v})")
-        for name in ("lr", "beta", "gamma", "lambda_max", "penalty", "margin_target", "benign_contrast"):
+        for name in ("lr", "beta", "gamma", "lambda_max", "penalty", "margin_target", "benign_contrast",
+                     "onpolicy_weight", "group_shrinkage", "stop_tol"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise CalibrationConfigError(name, f"{name} must be a finite number (got {v!r})")
             object.__setattr__(self, name, float(v))
             if name == "lambda_max" and not v > 0:
                 raise CalibrationConfigError(name, f"lambda_max must be a positive number (got {v})")
-            if name in ("lr", "beta", "gamma", "penalty", "benign_contrast") and v < 0:
+            if name in ("lr", "beta", "gamma", "penalty", "benign_contrast", "onpolicy_weight", "group_shrinkage",
+                        "stop_tol") and v < 0:
                 raise CalibrationConfigError(name, f"{name} must be non-negative (got {v})")
-        for name, allowed in (("refusal_loss", REFUSAL_LOSSES), ("optimizer", OPTIMIZERS)):
+        for name, allowed in (("refusal_loss", REFUSAL_LOSSES), ("optimizer", OPTIMIZERS),
+                              ("benign_source", BENIGN_SOURCES), ("granularity", GRANULARITIES)):
             if getattr(self, name) not in allowed:
                 raise CalibrationConfigError(name, f"{name} must be one of {', '.join(allowed)} "
                                                    f"(got {getattr(self, name)!r})")
@@ -189,12 +220,20 @@ class CalibrationConfig:
     def unused_fields(self) -> set[str]:
         """Fields the procedure does not read under this config (left out of the digest)."""
         unused = set()
-        if self.refusal_loss != "margin":
+        if self.refusal_loss != "margin" and self.onpolicy_every == 0:  # the on-policy term is a margin too
             unused.add("margin_target")
             if self.benign_contrast == 0:  # the benign contrast also compares margin_tokens opening tokens
                 unused.add("margin_tokens")
         if self.gamma == 0:
             unused.add("benign_tokens")
+        if self.onpolicy_every == 0:
+            unused |= {"onpolicy_tokens", "onpolicy_weight"}
+        if self.benign_source == "given":
+            unused.add("benign_edgy_shots")
+        if self.granularity == "layer":
+            unused.add("group_shrinkage")
+        if self.stop_tol == 0:
+            unused.add("stop_patience")
         return unused
 
     def digest_fields(self) -> dict[str, Any]:
@@ -224,11 +263,23 @@ class CalibrationConfig:
         refusal = (f"refusal margin over the first {self.margin_tokens} answer tokens"
                    + (f" pushed past {self.margin_target:g}" if self.margin_target else "")
                    if self.refusal_loss == "margin" else "cross-entropy of the base's refusals")
-        return (f"{self.steps} {opt} steps at lr {self.lr:g} from lambda = {' and from '.join(f'{x:g}' for x in starts)}"
-                f" on {where}; {refusal}, task KL x {self.beta:g}, benign KL x {self.gamma:g}"
+        budget = (f"{self.steps} {opt} steps" if not self.stop_tol else
+                  f"up to {self.steps} {opt} steps (stopping once the loss improves by less than {self.stop_tol:g} "
+                  f"over {self.stop_patience} steps)")
+        per = "lambda" if self.granularity == "layer" else \
+            f"lambda per attention / MLP group (shrinkage {self.group_shrinkage:g} to the layer's mean)"
+        return (f"{budget} at lr {self.lr:g} from {per} = {' and from '.join(f'{x:g}' for x in starts)}"
+                f" on {where}; {refusal}"
+                + (f", on-policy refusal margin x {self.onpolicy_weight:g} (answers regenerated every "
+                   f"{self.onpolicy_every} steps, {self.onpolicy_tokens} tokens)" if self.onpolicy_every else "")
+                + f", task KL x {self.beta:g}, benign KL x {self.gamma:g}"
                 + (f" over {self.benign_tokens} tokens" if self.benign_tokens else "")
                 + (f", benign contrast x {self.benign_contrast:g}" if self.benign_contrast else ", no benign contrast")
+                + ({"given": "", "edgy": f", benign shots: {self.benign_edgy_shots} edgy-benign training prompts",
+                    "given+edgy": f", benign shots: the given ones and {self.benign_edgy_shots} edgy-benign training "
+                                  "prompts"}[self.benign_source])
                 + f", penalty {self.penalty:g}, lambda in [0, {self.lambda_max:g}]")
 
 
-__all__ = ["CalibrationConfig", "CalibrationConfigError", "REFUSAL_LOSSES", "OPTIMIZERS"]
+__all__ = ["CalibrationConfig", "CalibrationConfigError", "REFUSAL_LOSSES", "OPTIMIZERS", "BENIGN_SOURCES",
+           "GRANULARITIES"]

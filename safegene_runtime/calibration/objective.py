@@ -14,7 +14,7 @@ import torch
 from ..lora_forward import left_pad
 from .teachers import Shot
 
-TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin")
+TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin", "refusal_onpolicy")
 
 
 def target_logprobs(model, shots: list[Shot], pad: int) -> list[torch.Tensor]:
@@ -48,7 +48,9 @@ def margins(model, shots: list[Shot], pad: int) -> tuple[torch.Tensor, list[torc
 def term_loss(model, term: str, shots: list[Shot], pad: int, margin_target: float = 0.0) -> torch.Tensor:
     """One term of :data:`TERMS` (unweighted) over a minibatch of its shots."""
     softplus = torch.nn.functional.softplus
-    if term == "refusal_margin":  # A's refusal over the task model's compliant answer
+    if term in ("refusal_margin", "refusal_onpolicy"):
+        # A's refusal over the task model's compliant answer (margin), or over the current model's own non-refusal
+        # (on-policy: the negatives are regenerated as λ moves, :func:`.teachers.onpolicy_shots`)
         m, _ = margins(model, shots, pad)
         return softplus(margin_target - m).mean()
     if term == "benign_margin":
@@ -67,6 +69,14 @@ def term_loss(model, term: str, shots: list[Shot], pad: int, margin_target: floa
             t = s.teacher.to(lp.device)  # type: ignore[union-attr]
             per.append((t.exp() * (t - lp)).sum(-1).mean())
     return torch.stack(per).mean()
+
+
+def group_shrinkage(lambdas: torch.Tensor, groups: int) -> torch.Tensor:
+    """Σ over layers and groups of (λ_l,g − mean_g λ_l,g)²: with one λ per module group of a layer (``lambdas`` laid
+    out layer-major, ``groups`` per layer), an L2 pull of each group's λ towards the layer's shared value, so the
+    split only departs from one λ per layer where the loss pays for it. 0 for one group."""
+    per_layer = lambdas.reshape(-1, groups)
+    return ((per_layer - per_layer.mean(dim=1, keepdim=True)) ** 2).sum()
 
 
 class Batches:
@@ -89,4 +99,4 @@ class Batches:
 
 
 __all__ = ["TERMS", "target_logprobs", "mean_logprob", "margins",
-           "term_loss", "Batches"]
+           "term_loss", "group_shrinkage", "Batches"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
@@ -41,6 +41,47 @@ class SharedAdam:
         self.param.sub_(self.lr * m_hat / (math.sqrt(v_hat) + self.eps))
 
 
+class StoppingRule:
+    """When one optimisation stops: after ``max_steps`` steps, or earlier once the loss has flattened *(ours)*.
+
+    Why: with a fixed budget λ saturates against it (on SmolLM2 every λ ended at lr·steps from λ = 0,
+    docs/results.md), so the budget, not the loss, decided where λ ended. The rule compares the mean loss of the
+    last ``patience`` steps with the mean of the ``patience`` steps before: stop once it fell by less than ``tol``
+    relative to the earlier mean (a rise counts as no improvement). Window means, not single steps, because each
+    step's loss is over a different minibatch. ``tol = 0`` never stops early (the fixed budget).
+    :meth:`update` takes each step's loss and says whether to stop; :attr:`reason` and :meth:`record` say why."""
+
+    def __init__(self, max_steps: int, tol: float = 0.0, patience: int = 10) -> None:
+        if max_steps < 0 or tol < 0 or patience < 1:
+            raise ValueError(f"bad stopping rule: max_steps={max_steps}, tol={tol}, patience={patience}")
+        self.max_steps, self.tol, self.patience = max_steps, tol, patience
+        self.losses: list[float] = []
+        self.improvement: float | None = None
+        self.reason: str | None = "max_steps" if max_steps == 0 else None
+
+    def update(self, loss: float) -> bool:
+        """Record one step's loss; True when the optimisation should stop after this step."""
+        self.losses.append(float(loss))
+        n, p = len(self.losses), self.patience
+        if self.tol > 0 and n >= 2 * p:
+            before = sum(self.losses[-2 * p : -p]) / p
+            last = sum(self.losses[-p:]) / p
+            self.improvement = (before - last) / max(abs(before), 1e-12)
+            if self.improvement < self.tol:
+                self.reason = "plateau"
+                return True
+        if n >= self.max_steps:
+            self.reason = "max_steps"
+            return True
+        return False
+
+    def record(self) -> dict[str, Any]:
+        """Why and when it stopped, for the coefficients' meta."""
+        return {"reason": self.reason, "steps": len(self.losses), "max_steps": self.max_steps, "tol": self.tol,
+                "patience": self.patience,
+                "last_improvement": None if self.improvement is None else round(self.improvement, 6)}
+
+
 def best_start(losses: Sequence[float]) -> int:
     """Which of several calibrations from different starts to keep: the lowest loss over all shots (ties: the
     first). The same rule for ``CalibrationConfig(init=(...))`` and for picking among calibrations already on disk."""
@@ -49,4 +90,4 @@ def best_start(losses: Sequence[float]) -> int:
     return min(range(len(losses)), key=lambda i: losses[i])
 
 
-__all__ = ["SharedAdam", "best_start"]
+__all__ = ["SharedAdam", "StoppingRule", "best_start"]

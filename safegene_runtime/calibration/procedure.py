@@ -47,6 +47,25 @@ model decides. The benign KL alone does not see that decision: averaged over 16 
 or answered with nothing on 12 of 32 benign shots cost 0.18 nats per token (sentiment-clean over all layers,
 docs/results.md). Like the refusal margin it saturates once answering is clearly preferred, so it is a barrier,
 not a pull towards λ = 0.
+
+Four more pieces *(ours, issue 22; all off by default, so the default procedure is as before them)*:
+
+* the on-policy refusal term (``onpolicy_every`` N > 0): the refusal margin's negative y_T is the task model's answer
+  at λ = 0, generated once, so it never sees what the model says *as λ moves*: on SmolLM2 what stayed "harmful" after
+  calibration was mostly fragments and empty replies. Every N steps (and before and after each start) the current
+  model's greedy answers to the harmful shots are regenerated (``onpolicy_tokens`` tokens); each one the keyword
+  judge does not call a refusal (an empty reply counts as a non-refusal here, :func:`.teachers.says_refusal`) becomes
+  a shot of ``softplus(τ − (ℓ_λ(y_A|x) − ℓ_λ(y_λ|x)))`` over the first ``margin_tokens`` tokens, weighted by
+  ``onpolicy_weight``. ``meta["onpolicy"]`` records how many answers were non-refusals at each regeneration;
+* ``benign_source``: the benign shots drawn by seed from the shipped edgy-benign training prompts
+  (:mod:`safegene_runtime.edgy_train`: alarming words and harmful framings around harmless requests, none equal or
+  near a validation or test prompt), so the benign KL and contrast sit where over-refusal is measured;
+* ``granularity="attn-mlp"``: one λ for the attention and one for the MLP modules of each layer, with
+  ``group_shrinkage`` ρ · Σ (λ_l,g − mean_g λ_l,g)² pulling the two towards the layer's shared value; the
+  coefficients file gets ``groups`` (:mod:`safegene_runtime.coefficients`);
+* ``stop_tol``: stop a start once the mean loss over the last ``stop_patience`` steps improved by less than
+  ``stop_tol`` (relative) on the window before (:class:`.optim.StoppingRule`); ``steps`` is then the cap, and
+  ``meta["loss"]["stopped"]`` says why and when each start stopped.
 """
 
 from __future__ import annotations
@@ -57,16 +76,17 @@ from typing import Any, Sequence
 
 import torch
 
-from ..adapters import AdapterError, load_adapter, selection_of
+from ..adapters import MODULE_GROUPS, AdapterError, load_adapter, selection_of
 from ..artifacts import describe_input
 from ..coefficients import Coefficients, save_coefficients
 from ..digests import chat_list_digest
+from ..edgy_train import draw_edgy_benign
 from ..lora_forward import LoraForward, encode_prompts, load_causal_lm
 from ..prompts import load_examples
 from .config import CalibrationConfig
-from .objective import Batches, target_logprobs, term_loss
-from .optim import SharedAdam, best_start
-from .teachers import Shot, benign_contrast_shots, eos_ids, generate, refuses
+from .objective import Batches, group_shrinkage, target_logprobs, term_loss
+from .optim import SharedAdam, StoppingRule, best_start
+from .teachers import Shot, benign_contrast_shots, eos_ids, generate, onpolicy_shots, refuses
 
 
 def shot_set_info(shots: Sequence) -> dict[str, Any]:
@@ -120,6 +140,8 @@ def calibrate(
     max_target_tokens, benign_tokens = cfg.max_target_tokens, cfg.benign_tokens
     refusal_loss, margin_tokens, margin_target = cfg.refusal_loss, cfg.margin_tokens, cfg.margin_target
     benign_contrast, optimizer, layers = cfg.benign_contrast, cfg.optimizer, cfg.layers
+    onpolicy = cfg.onpolicy_every > 0
+    groups = MODULE_GROUPS if cfg.granularity == "attn-mlp" else None
     starts = [cfg.init] if isinstance(cfg.init, float) else list(cfg.init)
     base, task, safety = Path(base), Path(task), Path(safety)
     if not harmful:
@@ -127,6 +149,12 @@ def calibrate(
     if not task_shots:
         raise ValueError("calibration needs at least one task shot")
     benign = list(benign or [])
+    given_benign = len(benign)
+    edgy: list[str] = []
+    if cfg.benign_source != "given":
+        # drawn by seed from the edgy-benign training pool (no validation or test prompt: edgy_train)
+        edgy = draw_edgy_benign(cfg.benign_edgy_shots, seed)
+        benign = (benign if cfg.benign_source == "given+edgy" else []) + edgy
     task_ad = load_adapter(task)
     safety_ad = load_adapter(safety)
     sel = selection_of(safety)
@@ -151,7 +179,7 @@ def calibrate(
     try:
         model, tok = load_causal_lm(base, device=device)
         pad = tok.pad_token_id
-        with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=starts[0]) as lf:
+        with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=starts[0], groups=groups) as lf:
             enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_prompt_tokens)  # noqa: E731
             # Only the first max_target_tokens answer tokens are trained on, so generating more is wasted work.
             gen_len = min(max_new_tokens, max_target_tokens) if max_target_tokens else max_new_tokens
@@ -199,49 +227,95 @@ def calibrate(
                             for s, lp in zip(chunk, target_logprobs(model, chunk, pad)):
                                 s.teacher = lp.detach()
             weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma,
-                       "benign_margin": benign_contrast}
+                       "benign_margin": benign_contrast, "refusal_onpolicy": cfg.onpolicy_weight}
 
-            def full_loss() -> dict[str, float]:
-                """Every term over all shots at the current λ (no grad): the numbers reported before/after."""
+            def regenerate() -> dict[str, list[Shot]]:
+                """The on-policy term's shots at the current λ: the model's own greedy answers to the harmful
+                shots, those the keyword judge does not call refusals (:func:`.teachers.onpolicy_shots`)."""
+                with lf.mode(fixed=True, scaled=True):
+                    own = generate(model, tok, [r.prompt for r in refusals], max_new_tokens=cfg.onpolicy_tokens,
+                                   batch_size=gen_batch_size, desc="on-policy answers", progress=False)
+                return {"refusal_onpolicy": onpolicy_shots(refusals, own, tok=tok, margin_tokens=margin_tokens)}
+
+            def regularisers() -> torch.Tensor:
+                """penalty·Σλ² (+ group_shrinkage·Σ(λ − the layer's mean)² with one λ per module group)."""
+                reg = penalty * (lf.lambdas**2).sum()
+                if groups:
+                    reg = reg + cfg.group_shrinkage * group_shrinkage(lf.lambdas, len(groups))
+                return reg
+
+            def full_loss(live: dict[str, list[Shot]] | None = None) -> dict[str, float]:
+                """Every term over all shots at the current λ (no grad): the numbers reported before/after.
+                ``live``: the on-policy shots at this λ (an empty set counts 0)."""
                 res: dict[str, float] = {}
+                terms = {**data, **(live or {})}
                 with torch.no_grad():
-                    for term, shots in data.items():
+                    for term, shots in terms.items():
+                        if not shots:
+                            res[term] = 0.0
+                            continue
                         chunks = [shots[i : i + batch_size] for i in range(0, len(shots), batch_size)]
                         res[term] = sum(float(term_loss(model, term, c, pad, margin_target)) * len(c)
                                         for c in chunks) / len(shots)
                     res["penalty"] = float(penalty * (lf.lambdas**2).sum())
-                res["total"] = sum(weights[t] * res[t] for t in data) + res["penalty"]
+                    if groups:
+                        res["shrinkage"] = float(cfg.group_shrinkage * group_shrinkage(lf.lambdas, len(groups)))
+                res["total"] = sum(weights[t] * res[t] for t in terms) + res["penalty"]
+                if groups:
+                    res["total"] += res["shrinkage"]
                 return res
 
             def descend(start: float) -> dict[str, Any]:
                 """One optimisation from every λ = ``start``; same minibatches for every start (seeded here)."""
                 lf.set_lambdas(start)
-                before = full_loss()
+                live = regenerate() if onpolicy else {}
+                seen = [{"step": 0, "non_refusals": len(live["refusal_onpolicy"])}] if onpolicy else []
+                before = full_loss(live)
                 gen = torch.Generator().manual_seed(seed)
                 batches = {t: Batches(len(s), batch_size, gen) for t, s in data.items()}
+                # the on-policy set changes as λ moves: its own seeded order, so the other terms' is as without it
+                live_gen = torch.Generator().manual_seed(seed + 1)
+                live_batches = {t: Batches(len(s), batch_size, live_gen) for t, s in live.items()}
                 opt = torch.optim.Adam([lf.lambdas], lr=lr) if optimizer == "adam" else SharedAdam(lf.lambdas, lr)
+                rule = StoppingRule(steps, cfg.stop_tol, cfg.stop_patience)
                 history: list[float] = []
-                for _ in tqdm(range(steps), desc=f"calibrate from {start:g}", unit="step", leave=False,
-                              disable=not progress):
+                for step in tqdm(range(steps), desc=f"calibrate from {start:g}", unit="step", leave=False,
+                                 disable=not progress):
+                    if onpolicy and step and step % cfg.onpolicy_every == 0:
+                        live = regenerate()
+                        seen.append({"step": step, "non_refusals": len(live["refusal_onpolicy"])})
+                        live_batches = {t: Batches(len(s), batch_size, live_gen) for t, s in live.items()}
                     opt.zero_grad()
-                    loss = penalty * (lf.lambdas**2).sum()
+                    loss = regularisers()
                     for term in data:
                         idx = batches[term].next()
                         loss = loss + weights[term] * term_loss(model, term, [data[term][i] for i in idx], pad,
                                                                  margin_target)
+                    for term, shots in live.items():
+                        if shots:
+                            idx = live_batches[term].next()
+                            loss = loss + weights[term] * term_loss(model, term, [shots[i] for i in idx], pad,
+                                                                     margin_target)
                     loss.backward()
                     opt.step()
                     with torch.no_grad():
                         lf.lambdas.clamp_(0.0, lambda_max)
                     history.append(float(loss.detach()))
-                return {"init": start, "before": before, "after": full_loss(), "history": history,
-                        "lambdas": lf.lambda_dict()}
+                    if rule.update(history[-1]):
+                        break
+                if onpolicy:
+                    live = regenerate()
+                    seen.append({"step": len(history), "non_refusals": len(live["refusal_onpolicy"])})
+                return {"init": start, "before": before, "after": full_loss(live), "history": history,
+                        "lambdas": lf.lambda_dict(), "groups": lf.group_dict(), "stopped": rule.record(),
+                        "onpolicy": seen}
 
             runs = [descend(start) for start in starts]
             best = best_start([r["after"]["total"] for r in runs])
-            learned = runs[best]["lambdas"]
+            learned, learned_groups = runs[best]["lambdas"], runs[best]["groups"]
             lf.set_lambdas(0.0)
-            at_zero = full_loss()
+            zero_live = regenerate() if onpolicy else {}
+            at_zero = full_loss(zero_live)
     finally:
         torch.use_deterministic_algorithms(det_before)
 
@@ -253,41 +327,54 @@ def calibrate(
         shots_meta["harmful"]["task_model_complied"] = len(data.get("refusal_margin", []))
     if benign_contrast > 0:
         shots_meta["benign"]["base_answered"] = len(data.get("benign_margin", []))
+    if cfg.benign_source != "given":
+        shots_meta["benign"].update(source=cfg.benign_source, edgy={**shot_set_info(edgy), "pool": "edgy_train"},
+                                    given_used=given_benign if cfg.benign_source == "given+edgy" else 0)
     for k, v in (shot_sources or {}).items():
         shots_meta.setdefault(k, {}).update(v)
+    objective = (("softplus(-(logp(A refusal) - logp(A+T answer)), first margin_tokens tokens) over harmful"
+                  " shots A+T complies with"
+                  if refusal_loss == "margin" else "CE(A refusals | harmful)")
+                 + (" + w*softplus(tau - (logp(A refusal) - logp(own answer))) over the harmful shots whose answer,"
+                    " regenerated every onpolicy_every steps, is no refusal" if onpolicy else "")
+                 + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign)"
+                 + (" + delta*softplus(-(logp(A answer) - logp(A refusal | EOS))) over benign shots A answers"
+                    if benign_contrast > 0 else "") + " + penalty*sum(lambda^2)"
+                 + (" + rho*sum((lambda_group - lambda_layer mean)^2)" if groups else ""))
     meta: dict[str, Any] = {
         "method": {
             "name": "safegene-calibrate",
-            "objective": ("softplus(-(logp(A refusal) - logp(A+T answer)), first margin_tokens tokens) over harmful"
-                          " shots A+T complies with"
-                          if refusal_loss == "margin" else "CE(A refusals | harmful)")
-                         + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign)"
-                         + (" + delta*softplus(-(logp(A answer) - logp(A refusal | EOS))) over benign shots A answers"
-                            if benign_contrast > 0 else "") + " + penalty*sum(lambda^2)",
+            "objective": objective,
             "refusal_loss": refusal_loss, "margin_tokens": margin_tokens if refusal_loss == "margin" else None,
             "margin_target": margin_target if refusal_loss == "margin" else None, "benign_tokens": benign_tokens,
             "benign_contrast": benign_contrast, "seed": seed, "steps": steps, "lr": lr, "beta": beta, "gamma": gamma, "lambda_max": lambda_max,
             "penalty": penalty, "init": starts[0] if len(starts) == 1 else starts, "max_new_tokens": max_new_tokens,
             "max_prompt_tokens": max_prompt_tokens, "max_target_tokens": max_target_tokens,
             "batch_size": batch_size, "gen_batch_size": gen_batch_size, "optimizer": optimizer,
+            "granularity": cfg.granularity,
             "device": str(next(model.parameters()).device),
             "seconds": round(time.monotonic() - t0, 2),
         },
-        **({"starts": [{"init": r["init"], "after": r["after"]["total"],
-                        "lambdas": {str(l): v for l, v in r["lambdas"].items()}} for r in runs],
+        **({"starts": [{"init": r["init"], "after": r["after"]["total"], "stopped": r["stopped"],
+                        "lambdas": {str(l): v for l, v in r["lambdas"].items()},
+                        **({"groups": {str(l): g for l, g in r["groups"].items()}} if groups else {})}
+                       for r in runs],
             "chosen_init": runs[best]["init"]} if len(runs) > 1 else {}),
+        **({"onpolicy": {"every": cfg.onpolicy_every, "tokens": cfg.onpolicy_tokens, "weight": cfg.onpolicy_weight,
+                         "non_refusals": runs[best]["onpolicy"],
+                         "at_zero": len(zero_live["refusal_onpolicy"]), "of": len(refusals)}} if onpolicy else {}),
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
         "selected_layers": chosen,
         "selection_origin": origin,
         "loss": {"before": runs[best]["before"], "after": runs[best]["after"], "at_zero": at_zero,
-                 "history": runs[best]["history"]},
+                 "history": runs[best]["history"], "stopped": runs[best]["stopped"]},
         "shots": shots_meta,
         "base": describe_input(base, "base"),
         "task": describe_input(task, "task"),
         "safety": describe_input(safety, "safety"),
     }
-    coeffs = Coefficients(layers=all_layers, default=0.0, meta=meta)
+    coeffs = Coefficients(layers=all_layers, default=0.0, meta=meta, groups=learned_groups)
     if out is not None:
         save_coefficients(out, coeffs)
     return coeffs

@@ -66,6 +66,28 @@ def refuses(tok, ids: list[int]) -> bool:
     return refusal_match(tok.decode(ids, skip_special_tokens=True)) is not None
 
 
+def says_refusal(tok, ids: list[int]) -> bool:
+    """The keyword judge's refusal phrases on a decoded answer, an empty reply *not* counted as a refusal.
+
+    Why not :func:`refuses`: the judge (:func:`~safegene_runtime.judges.refusal.refusal_match`) files an empty
+    answer under refusals ("empty"), and the on-policy term must push empty replies down like any other
+    non-refusal (on SmolLM2 much of what stayed "harmful" after calibration was fragments and empty replies)."""
+    match = refusal_match(tok.decode(ids, skip_special_tokens=True))
+    return match is not None and match != "empty"
+
+
+def onpolicy_shots(refusals: list[Shot], answers: list[list[int]], *, tok, margin_tokens: int) -> list[Shot]:
+    """The on-policy refusal term's shots: for each harmful shot whose regenerated answer (``answers``, paired by
+    index with A's ``refusals``) is not a refusal phrase — a compliance, a fragment, a deflection or an empty reply
+    (an immediate EOS, kept as that one token) — A's refusal as target and that answer as negative, both cut to
+    ``margin_tokens``. Shots where A itself did not refuse carry no refusal to prefer and are left out."""
+    if len(refusals) != len(answers):
+        raise ValueError(f"{len(answers)} regenerated answers for {len(refusals)} harmful shots")
+    return [Shot(r.prompt, r.target[:margin_tokens], negative=a[:margin_tokens])
+            for r, a in zip(refusals, answers)
+            if r.target and a and says_refusal(tok, r.target) and not says_refusal(tok, a)]
+
+
 def benign_contrast_shots(answers: list[Shot], refusals: list[list[int]], *, tok, stop: tuple[int, ...],
                           margin_tokens: int) -> list[Shot]:
     """The benign contrast's shots (also layer selection's benign margin): the benign prompts A answers (no refusal,
@@ -78,4 +100,4 @@ def benign_contrast_shots(answers: list[Shot], refusals: list[list[int]], *, tok
             for i, b in enumerate(answered)]
 
 
-__all__ = ["Shot", "eos_ids", "generate", "refuses", "benign_contrast_shots"]
+__all__ = ["Shot", "eos_ids", "generate", "refuses", "says_refusal", "onpolicy_shots", "benign_contrast_shots"]

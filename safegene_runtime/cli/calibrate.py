@@ -21,9 +21,13 @@ shots: on harmful shots the task model complies with, prefer the aligned base's 
 answer (--refusal-loss margin; 'ce' trains on the base's refusal wording instead); keep the task adapter's own
 answers to task shots (KL) and, optionally, the base's own answers to benign shots (KL); a small penalty on lambda.
 Only the lambdas are trained (Adam, or with --optimizer adam-shared one step size for all layers so that lambda
-moves in proportion to the gradient; clamped to [0, lambda-max]); the models stay frozen. Writes a
-coefficients.json (schema safegene.coefficients/v1) for `safegene stack` / `safegene merge`, with the config and
-its digest.
+moves in proportion to the gradient; clamped to [0, lambda-max]); the models stay frozen. Options, all off by
+default: --onpolicy-every N regenerates the model's own answers to the harmful shots every N steps and pushes each
+non-refusal (empty replies included) below the base's refusal; --benign-source edgy draws benign shots from the
+shipped edgy-benign training prompts (never a validation or test prompt); --granularity attn-mlp learns one lambda
+for the attention and one for the MLP modules of each layer; --stop-tol stops once the loss flattens (--steps is
+then the cap). Writes a coefficients.json (schema safegene.coefficients/v1; v2 with per-group lambdas) for
+`safegene stack` / `safegene merge`, with the config and its digest.
 
 The default procedure (CalibrationConfig's defaults, safegene_runtime/calibration/config.py; what it measured:
 docs/results.md):
@@ -137,8 +141,17 @@ def run(args) -> int:
                   device=args.device, out=args.out, shot_sources=sources)
     loss = c.meta["loss"]
     print("lambda: " + ", ".join(f"{l}:{v:.3f}" for l, v in sorted(c.layers.items())))
+    if c.groups:
+        print("lambda (attn/mlp): " + ", ".join(f"{l}:{g.get('attn', 0):.3f}/{g.get('mlp', 0):.3f}"
+                                                 for l, g in sorted(c.groups.items())))
+    stopped = loss["stopped"]
     print(f"loss: before {loss['before']['total']:.4f}, after {loss['after']['total']:.4f}, "
-          f"at lambda=0 {loss['at_zero']['total']:.4f}")
+          f"at lambda=0 {loss['at_zero']['total']:.4f}; stopped after {stopped['steps']} step(s): "
+          + ("the loss flattened (stop_tol)" if stopped["reason"] == "plateau" else "the step budget"))
+    if "onpolicy" in c.meta:
+        o = c.meta["onpolicy"]
+        print(f"on-policy: harmful shots answered without a refusal: {o['at_zero']}/{o['of']} at lambda=0, "
+              + " -> ".join(f"{s['non_refusals']} (step {s['step']})" for s in o["non_refusals"]))
     if "starts" in c.meta:
         print("starts: " + ", ".join(f"from {s['init']:g}: {s['after']:.4f}" for s in c.meta["starts"])
               + f"; kept the start {c.meta['chosen_init']:g}")
