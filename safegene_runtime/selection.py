@@ -32,7 +32,7 @@ averaged over the first ``margin_tokens`` answer tokens, the calibration's refus
 
 i.e. how much refusal preference layer l's safety delta adds on harmful probes, less the over-refusal it adds on
 benign ones. Why: on SmolLM2 the contrast ratio was flat (0.95–1.23) and picked layers 0–10 and 26–29, while
-calibration over all layers put its λ on layers 11–21 (docs/results.md). It needs S (it is passed by
+calibration over all layers put its λ on layers 11–21 (docs/study-log.md). It needs S (it is passed by
 :func:`select_safety_layers`) and one backward pass through D; the greedy answers of A and D are generated first.
 """
 

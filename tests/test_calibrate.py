@@ -125,7 +125,7 @@ def test_benign_contrast_holds_safety_back_where_benign_answers_would_turn(fam, 
     """The benign contrast term is a barrier against over-refusal: pushed hard towards refusing (τ = 3), calibration
     with it puts less safety in (here 7.1 against 7.4 summed over the layers) and refuses no more benign prompts; the
     term, its weight and the count of benign shots A answers are recorded. (The tiny family barely over-refuses at
-    any λ, so the SmolLM2 study is where the term's effect shows: docs/results.md.)"""
+    any λ, so the SmolLM2 study is where the term's effect shows: docs/study-log.md.)"""
     from safegene_runtime.calibration import calibrate
 
     kw = dict(init=0.0, steps=20, lr=0.1, seed=0, margin_target=3.0, **FAST)

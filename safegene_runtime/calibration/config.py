@@ -83,7 +83,7 @@ class CalibrationConfig:
     gen_batch_size: int = _knob(32, "prompts per batch when generating the teachers' answers")
     layers: tuple[int, ...] | str | None = _knob(
         None, "layers to calibrate (comma-separated indices), or 'all' (on SmolLM2 all layers did better than the "
-              "selection, docs/results.md)",
+              "selection, docs/study-log.md)",
         none_means="the safety adapter's selection", metavar="all|L[,L...]")
     refusal_loss: str = _knob(
         "margin", "refusal term: margin (prefer the base's refusal over the task model's answer, on the harmful shots "

@@ -13,7 +13,7 @@ class SharedAdam:
 
     Per-coordinate Adam divides each λ's step by that λ's own gradient size, so from a common start every λ with a
     gradient moves at about ``lr`` per step, however weakly the loss depends on it: on SmolLM2, calibrating from
-    λ = 0 spread λ flat over layers 0–22, and on 15 layers all λ ended at lr·steps (docs/results.md). Sharing the
+    λ = 0 spread λ flat over layers 0–22, and on 15 layers all λ ended at lr·steps (docs/study-log.md). Sharing the
     normaliser keeps the gradient's relative sizes across layers (the first step is ``−lr·g/rms(g)``), so layers the
     loss barely depends on barely move, while the overall step stays scale-free like Adam's."""
 
@@ -45,7 +45,7 @@ class StoppingRule:
     """When one optimisation stops: after ``max_steps`` steps, or earlier once the loss has flattened *(ours)*.
 
     Why: with a fixed budget λ saturates against it (on SmolLM2 every λ ended at lr·steps from λ = 0,
-    docs/results.md), so the budget, not the loss, decided where λ ended. The rule compares the mean loss of the
+    docs/study-log.md), so the budget, not the loss, decided where λ ended. The rule compares the mean loss of the
     last ``patience`` steps with the mean of the ``patience`` steps before: stop once it fell by less than ``tol``
     relative to the earlier mean (a rise counts as no improvement). Window means, not single steps, because each
     step's loss is over a different minibatch. ``tol = 0`` never stops early (the fixed budget).

@@ -20,13 +20,13 @@ Two refusal terms (``refusal_loss``), both over A's own greedy refusal y_A(x) to
   compliance* where that choice is made, in the opening tokens, not for A's exact wording; and it saturates once
   refusal is clearly preferred, so the benign and task terms decide how much safety is enough. Averaged over 16
   tokens instead of 4, the teacher-forced continuations dilute the decision and calibration stopped at a margin
-  near 0: HR 22% on sentiment-clean (docs/results.md). When A+T already refuses every shot, H' is empty, the term
+  near 0: HR 22% on sentiment-clean (docs/study-log.md). When A+T already refuses every shot, H' is empty, the term
   drops out and λ goes towards 0.
 * ``"ce"``: ``CE(y_A(x) | x)`` over all of H, the first formulation. On SmolLM2 it failed on the adapters trained on
-  task data only (docs/results.md): their refusals are worded differently from A's, so adding safety *raised* the
+  task data only (docs/study-log.md): their refusals are worded differently from A's, so adding safety *raised* the
   CE of A's wording (0.70 → 1.21 at λ = 1) while the refusal rate rose, and calibration chose λ ≈ 0.
 
-Two more knobs, both off by default (measured on SmolLM2 with exact float32 merges, docs/results.md):
+Two more knobs, both off by default (measured on SmolLM2 with exact float32 merges, docs/study-log.md):
 ``margin_target`` τ makes the term ``softplus(τ − margin)`` so it keeps pushing past a tie (τ = 2 moved
 reverse-mix10's HR only from 37% to 34%); ``benign_tokens`` restricts the benign KL to the opening N tokens of A's
 answers, where an over-refusing model stops (N = 4 made the benign term dominate: topic-clean HR 52% with no
@@ -45,7 +45,7 @@ with ``r`` one of A's own refusals to a harmful shot (paired by index), both cut
 *prefer A's answer over a refusal and over stopping at once* in the opening tokens, which is where an over-refusing
 model decides. The benign KL alone does not see that decision: averaged over 16 answer tokens, a model that refused
 or answered with nothing on 12 of 32 benign shots cost 0.18 nats per token (sentiment-clean over all layers,
-docs/results.md). Like the refusal margin it saturates once answering is clearly preferred, so it is a barrier,
+docs/study-log.md). Like the refusal margin it saturates once answering is clearly preferred, so it is a barrier,
 not a pull towards λ = 0.
 
 Four more pieces *(ours, issue 22; all off by default, so the default procedure is as before them)*:
@@ -123,7 +123,7 @@ def calibrate(
     used: the target is T's own greedy answer). Several starts (``init=(1, 0)``): optimise from each (same teachers,
     same minibatches) and keep the λ with the lowest loss over all shots (``meta["starts"]`` records each). From
     λ = 1 and from λ = 0 the same steps end in different places, and on SmolLM2 neither start was the lower loss on
-    every adapter; ``(1, 0)`` met the most targets there (docs/results.md).
+    every adapter; ``(1, 0)`` met the most targets there (docs/study-log.md).
     Returns :class:`Coefficients` (λ for every layer of S: calibrated on the selected ones, 0.0 elsewhere,
     default 0.0) with the provenance in ``meta`` (``meta["config"]``: the config, ``meta["config_digest"]``: its
     digest); written atomically to ``out`` when given.

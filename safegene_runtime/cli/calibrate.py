@@ -30,7 +30,7 @@ then the cap). Writes a coefficients.json (schema safegene.coefficients/v1; v2 w
 `safegene stack` / `safegene merge`, with the config and its digest.
 
 The default procedure (CalibrationConfig's defaults, safegene_runtime/calibration/config.py; what it measured:
-docs/results.md):
+docs/study-log.md):
 {default}."""
 
 
