@@ -5,7 +5,7 @@
     .venv/bin/python bench/gate_demo.py --task topic
 
 Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
-with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmbench-val + rho-benign, 64 tokens,
+with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 64 tokens,
 a quarter of the engine's batch), then registers a new version of one demo task through ``POST /admin/adapters``
 with its committed coefficients (so no calibration runs: its time is not in the number) and waits for the job.
 Prints the verdict, each check with its Wilson 95 % interval, every model's counts (base, plain, safe, re-counted
