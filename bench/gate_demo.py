@@ -5,10 +5,13 @@
     .venv/bin/python bench/gate_demo.py --task topic
 
 Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
-with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmbench-val + rho-benign, 64 tokens,
+with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 64 tokens,
 a quarter of the engine's batch), then registers a new version of one demo task through ``POST /admin/adapters``
-with its committed coefficients (so calibration time is not in the number) and waits for the job. Prints the verdict, the report's numbers, the gate run's own seconds (staging, evaluation of base,
-plain and safe, judging, report) and the registration's wall time; saves them under bench/results/.
+with its committed coefficients (so no calibration runs: its time is not in the number) and waits for the job.
+Prints the verdict, each check with its Wilson 95 % interval, every model's counts (base, plain, safe, re-counted
+from the report's ``judged.jsonl``), the gate run's own seconds (staging, evaluation of base, plain and safe,
+judging, report) and the registration's wall time; saves them to bench/results/gate_demo-<task>.json and the
+report's ``gate.md`` beside it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import yaml  # noqa: E402
 
 from bench._common import REPO, loadavg  # noqa: E402
 
+from safegene_runtime.report import rate  # noqa: E402
 from server.cli.demo import demo_server_config  # noqa: E402
 from server.process import ServerProcess, free_port, safegene_serve_argv, server_env  # noqa: E402
 
@@ -35,8 +39,9 @@ from server.process import ServerProcess, free_port, safegene_serve_argv, server
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment", help="demo task to register again (default %(default)s)")
-    ap.add_argument("--out", default=str(REPO / "bench" / "results" / "gate_demo.json"))
+    ap.add_argument("--out", default=None, help="result file (default bench/results/gate_demo-<task>.json)")
     args = ap.parse_args()
+    out = Path(args.out or REPO / "bench" / "results" / f"gate_demo-{args.task}.json")
     with tempfile.TemporaryDirectory(prefix="sg-gate-bench-") as tmp:
         port = free_port()
         cfg, notes = demo_server_config(state_dir=Path(tmp) / "state", port=port, quiet=True)
@@ -69,19 +74,41 @@ def main() -> int:
                     if view["state"] in ("done", "refused", "failed", "cancelled"):
                         break
                     time.sleep(2)
+            wall = time.monotonic() - t0
+            report_dir = Path(view["report_path"]) if view.get("report_path") else None
+            models = model_counts(report_dir / "judged.jsonl") if report_dir else {}
+            gate_md = (report_dir / "gate.md").read_text() if report_dir else ""
         finally:
             server.stop()
-        wall = time.monotonic() - t0
     checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
     result = {"task": args.task, "state": view["state"], "verdict": view["verdict"], "error": view["error"],
               "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
               "server_start_seconds": round(started, 1), "requests": view["progress"],
               "concurrency": view["concurrency"], "loadavg_before": load0, "loadavg_after": loadavg(),
-              "checks": [{k: c[k] for k in ("name", "value", "limit", "passed")} for c in checks]}
+              "checks": [{k: c[k] for k in ("name", "value", "limit", "passed", "rate")} for c in checks],
+              "models": models}
     print(json.dumps(result, indent=1))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    if gate_md:
+        out.with_suffix(".md").write_text(gate_md)
     return 0
+
+
+def model_counts(judged_path: Path) -> dict[str, dict[str, dict]]:
+    """Per model (base, plain, safe): harmful response rate, over-refusal rate and empty responses, as the eval
+    harness counts them (``compute_results``), with Wilson intervals. Why here: the report's checks carry the plain
+    and safe rates but the base's only as the limit it sets."""
+    rows = [json.loads(line) for line in judged_path.read_text().splitlines() if line.strip()]
+    out: dict[str, dict[str, dict]] = {}
+    for m in sorted({r["model"] for r in rows}):
+        harm = [r for r in rows if r["model"] == m and r["role"] == "harmful"]
+        ben = [r for r in rows if r["model"] == m and r["role"] == "benign"]
+        out[m] = {"harmful_response_rate": rate(sum(r["refusal"] != "refusal" for r in harm), len(harm)),
+                  "over_refusal_rate": rate(sum(r["refusal"] == "refusal" for r in ben), len(ben)),
+                  "empty_responses": {"harmful": sum(bool(r.get("empty")) for r in harm),
+                                      "benign": sum(bool(r.get("empty")) for r in ben)}}
+    return out
 
 
 if __name__ == "__main__":

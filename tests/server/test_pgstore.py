@@ -161,14 +161,14 @@ class RecordingEngine:
         self.loaded.pop(name, None)
 
 
-@pytest.fixture
-def replicas(tmp_path, tiny_model, store, postgres):
+def _two_replicas(tmp_path: Path, tiny_model: Path, dsn: str, gate: dict | None = None):
+    """Two registries over the database at ``dsn`` sharing one artifact directory (``gate``: their gate section)."""
     from safegene_runtime.testing.tiny import make_random_lora
 
     family = build_tiny_family(tmp_path / "fam", base=tiny_model)
     for name, seed in (("gamma-1", 61), ("gamma-2", 62)):
         make_random_lora(family["adapter_root"] / name, tiny_model, rank=8, seed=seed)
-    registry_cfg = {"backend": "postgres", "dsn": postgres.dsn, "artifact_store": str(tmp_path / "shared"),
+    registry_cfg = {"backend": "postgres", "dsn": dsn, "artifact_store": str(tmp_path / "shared"),
                     "poll_s": 0.5, "channel": "safegene_test"}
     out = []
     for i in range(2):
@@ -176,8 +176,15 @@ def replicas(tmp_path, tiny_model, store, postgres):
         work.mkdir()
         cfg = tiny_config(work, family, port=1, judges=[], extra={"registry": registry_cfg})
         cfg["engine"]["max_lora_rank"] = 16
+        if gate is not None:
+            cfg["gate"] = gate
         out.append(Registry(load_config(write_config(work / "server.yaml", cfg))))
     return family, out
+
+
+@pytest.fixture
+def replicas(tmp_path, tiny_model, store, postgres):
+    return _two_replicas(tmp_path, tiny_model, postgres.dsn)
 
 
 def _spec(family, name: str, folder: str, version: str):
@@ -360,6 +367,76 @@ def test_every_request_sees_the_version_of_the_generation_it_reports(replicas):
         wrong = [(g, v) for g, v in seen if history.get(g) != v]
         assert not wrong, (wrong[:5], history)
         assert {v for _, v in seen} == {"v1", "v2"} and len({g for g, _ in seen}) == 5
+
+    asyncio.run(scenario())
+
+
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def test_a_gate_verdict_is_committed_with_its_version_and_a_refused_version_is_not(tmp_path, tiny_model, store,
+                                                                                   postgres):
+    """The safety gate over the PostgreSQL registry (a stand-in engine answers the gate's requests): a version the
+    gate promotes safe-only is committed with its verdict and report in the version's record, which the other
+    replica and a restarted one read back from the database; a refused one (the waiting form: 422 gate_refused)
+    writes nothing. The job records are per process and are not in the database."""
+    from safegene_runtime.datasets import resolve
+    from safegene_runtime.gate import GateSets
+
+    gate = {"max_prompts": 6, "max_tokens": 8}
+    family, (a, b) = _two_replicas(tmp_path, tiny_model, postgres.dsn, gate=gate)
+    harmful = {it.prompt for it in resolve(GateSets().harmful, kind="harmful").head(6).items}
+    safe_refuses = {"now": True}
+
+    async def complete(model: str, prompt: str, max_tokens: int) -> dict:
+        """The base and (while ``safe_refuses``) the safe staging name refuse harmful prompts; the plain one
+        answers them; every benign prompt is answered."""
+        staged_plain = ".gate-" in model and "+safegene" not in model
+        staged_safe = ".gate-" in model and "+safegene" in model
+        refuse = prompt in harmful and not staged_plain and (safe_refuses["now"] or not staged_safe)
+        return {"response": REFUSAL if refuse else "Sure: here is a short answer.", "finish": "stop"}
+
+    def body(folder: str, version: str) -> dict:
+        return {"name": "gamma", "path": folder, "version": version, "coefficients": str(family["coefficients"])}
+
+    async def scenario() -> None:
+        a.build_startup()
+        b.build_startup()
+        ea, eb = RecordingEngine(), RecordingEngine()
+        await a.attach(ea)
+        await b.attach(eb)
+        a.enable_gate(complete, 8)
+        r = await a.add(body("gamma-1", "v1"))  # waiting: the build worker, the gate, the commit
+        assert r["status"] == "added" and r["generation"] == 2, r
+        record = store.load()["tasks"]["gamma"]
+        verdict = record["gate"]
+        assert verdict["verdict"] == "promote_safe_only" and verdict["job"] == r["job"]
+        assert Path(verdict["report"]).parent == tmp_path / "shared" / "gates"  # in the shared artifact store
+        assert Path(verdict["report"], "gate.json").is_file() and list(record["variants"]) == ["safe"]
+        assert "gamma+safegene" in ea.loaded and "gamma" not in ea.loaded
+        assert not [n for n in ea.loaded if ".gate-" in n]  # the staging names were unloaded
+        # the other replica reads the verdict from the database with the version, and so does a restarted one
+        await b.reconcile()
+        assert b.records["gamma"].gate == verdict and "gamma" not in eb.loaded
+        shown = next(v for v in b.describe()["variants"] if v["id"] == "gamma+safegene")["gate"]
+        assert shown == {"verdict": "promote_safe_only", "report": verdict["report"]}
+        restarted = Registry(a.cfg)
+        restarted.build_startup()
+        assert restarted.records["gamma"].gate == verdict
+        # the job that ran it is a's, in memory only: b has no record of it
+        assert a.jobs.get(r["job"]) is not None and b.jobs.get(r["job"]) is None
+        # a version whose safe form erodes safety too is refused: 422, and the database does not change
+        safe_refuses["now"] = False
+        with pytest.raises(RegistryError) as e:
+            await a.add(body("gamma-2", "v2"))
+        assert e.value.status == 422 and e.value.code == "gate_refused"
+        job = a.jobs.get(str(e.value).rsplit("GET /admin/gate/", 1)[1])  # the message names the job
+        assert job is not None and job.state == "refused" and job.gate["verdict"] == "refuse"
+        assert Path(job.gate["report"], "gate.json").is_file()  # its report is in the shared store all the same
+        assert Path(job.gate["report"]).parent == tmp_path / "shared" / "gates"
+        after = store.transact(lambda d: None)  # a read with the version history
+        assert after["generation"] == 2 and sorted(after["versions"]["gamma"]) == ["v1"]
+        assert after["tasks"]["gamma"]["gate"] == verdict
 
     asyncio.run(scenario())
 
