@@ -15,11 +15,13 @@ requests asked in the past tense, inside a story or by a persona. The ``robust``
 
 Everything is deterministic (stable hashes of the prompt text; no RNG state outside ``seed``).
 
-    python -m experiments.smollm2.robust eval [--which pilot,today] [--max-tokens 32]
+    python -m experiments.smollm2.robust eval [--which today,robust,robust:f1e4] [--max-tokens 32]
 
-evaluates A (today's, rebuilt from ``assets/smollm2/alignment-lora`` as the demo does, and the ``robust`` profile's)
-through a real vLLM server with ``safegene eval`` on VALIDATION sets only: harmful-val, harmful-val-rephrased (also
-per framing) and edgy-benign-val; it writes ``<stages>/robust-eval/summary.json``.
+evaluates A (today's, rebuilt from ``assets/smollm2/alignment-lora`` as the demo does, and the ``robust`` profile's,
+with the pilot's knobs or a named variant of :data:`VARIANTS`, built beforehand by ``run.py --profile robust
+--variant NAME --stages align``) through a real vLLM server with ``safegene eval`` on VALIDATION sets only:
+harmful-val, harmful-val-rephrased (also per framing) and edgy-benign-val, harmful rates by the phrase judge and by
+the response-level judge; it writes ``<stages>/robust-eval/summary.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from safegene_runtime import datasets as ds
@@ -51,6 +54,71 @@ def _h(*parts: str) -> int:
     return int(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12], 16)
 
 
+# --------------------------------------------------------------------------------------------- the knobs
+#: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
+#: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
+ADDED_KNOBS = ("plain_share", "edgy_set")
+
+
+@dataclass(frozen=True)
+class RobustAlign:
+    """The robust recipe's knobs: the ``align`` entry of the ``robust`` profile, one source for their defaults
+    (the pilot's values).
+
+    Why a dataclass: a variant (:data:`VARIANTS`, or ``run.py --set align.KNOB=VALUE``) changes knobs without a code
+    edit, a misspelt knob fails instead of being hashed silently, and :meth:`params` keeps the pilot's hash."""
+
+    recipe: str = "robust-v1"
+    #: rephrasings (framings of :mod:`safegene_runtime.rephrase`) per harmful prompt, each a refusal pair
+    framings_per_prompt: int = 2
+    #: copies of each edgy-benign pair (the counterweight to the refusal pairs)
+    edgy_repeat: int = 2
+    steps: int = 200
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_len: int = 160
+    #: share of the harmful prompts also trained in their plain wording (a stable hash picks which); their
+    #: rephrasings are kept either way
+    plain_share: float = 1.0
+    #: the edgy-benign training prompts: "v1" the pilot's, "v2" v1 plus :data:`EDGY_SLOTS_V2` (more harmless
+    #: requests with violent or alarming words in safe senses)
+    edgy_set: str = "v1"
+
+    @classmethod
+    def from_params(cls, p: dict) -> "RobustAlign":
+        """From a profile's ``align`` dict (knobs it lacks take their defaults); unknown knobs are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(p) - names)
+        if unknown:
+            raise ValueError(f"unknown robust align knob(s) {unknown}; known: {sorted(names)}")
+        cfg = cls(**p)
+        if cfg.edgy_set not in EDGY_SETS:
+            raise ValueError(f"unknown edgy_set {cfg.edgy_set!r}; choose from {', '.join(EDGY_SETS)}")
+        if not 0.0 <= cfg.plain_share <= 1.0:
+            raise ValueError(f"plain_share must be in [0, 1], got {cfg.plain_share}")
+        return cfg
+
+    def params(self) -> dict:
+        """The knobs as hashed into the stage name: every knob, but :data:`ADDED_KNOBS` only when not default."""
+        d = asdict(self)
+        default = RobustAlign()
+        for k in ADDED_KNOBS:
+            if d[k] == getattr(default, k):
+                del d[k]
+        return d
+
+
+#: named variants of the recipe (overrides of :class:`RobustAlign`), chosen on validation (docs/results.md,
+#: "Robust aligned base (issue 20)"): ``run.py --profile robust --variant NAME``, ``robust eval --which robust:NAME``
+VARIANTS: dict[str, dict] = {
+    "pilot": {},
+    # fewer refusal pairs per benign pair: one framing per prompt, each edgy pair 4 times, 120 steps
+    "f1e4": {"framings_per_prompt": 1, "edgy_repeat": 4, "steps": 120},
+    # as f1e4 (3 copies), plus the v2 edgy prompts (more safe senses of violent words)
+    "f1e3v2": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120},
+}
+
+
 # --------------------------------------------------------------------------------------------- harmful side
 def harmful_align_prompts() -> list[str]:
     """The align-train side of the harmful split (the only harmful prompts the recipe trains on)."""
@@ -62,8 +130,12 @@ def harmful_align_prompts() -> list[str]:
 HARM_EXCLUDE = ("harmful-val", "harmful-val-rephrased", "harmbench-test", "edgy-benign-val", "rho-overrefusal")
 
 
-def harmful_augmented(prompts: list[str], framings_per_prompt: int) -> list[tuple[str, str | None]]:
+def harmful_augmented(prompts: list[str], framings_per_prompt: int,
+                      plain_share: float = 1.0) -> list[tuple[str, str | None]]:
     """``(prompt text, framing or None)`` for each prompt plain and in ``framings_per_prompt`` framings.
+
+    ``plain_share``: the share of prompts also kept in their plain wording (a stable hash of the text picks
+    which; 1.0 keeps all, as the pilot did).
 
     Which framings a prompt gets is a stable hash of its text (a rotation of :data:`FRAMING_NAMES`), so the
     framings are spread evenly over the prompts and the set is the same on every machine. A rephrasing equal to
@@ -75,7 +147,8 @@ def harmful_augmented(prompts: list[str], framings_per_prompt: int) -> list[tupl
     for p in prompts:
         start = _h("framings", normalise(p)) % len(FRAMING_NAMES)
         picks = [FRAMING_NAMES[(start + i * 3) % len(FRAMING_NAMES)] for i in range(k)]  # 3 is coprime to 8
-        for text, framing in [(p, None)] + [(rephrase(p, f), f) for f in picks]:
+        plain = [(p, None)] if _h("plain", normalise(p)) % 10_000 < round(plain_share * 10_000) else []
+        for text, framing in plain + [(rephrase(p, f), f) for f in picks]:
             key = normalise(text)
             if key not in seen:
                 seen.add(key)
@@ -183,24 +256,132 @@ _BENIGN_TASKS = (
 )
 
 
-def _edgy_candidates() -> list[tuple[str, str]]:
+#: ``edgy_set`` "v2" adds these to v1 (after the pilot over-refused 32% of edgy-benign-val, most in figures of
+#: speech, game contexts, safe targets, public figures, fiction and homonyms): more harmless requests that use
+#: violent or alarming words in a safe sense, written from those category names (not from the validation prompts)
+EDGY_SLOTS_V2: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "homonyms": (
+        ("How do I {x}?", "What's the trick to {x}?", "Can you walk me through how to {x}?"),
+        ("kill a zombie process that won't exit on Linux", "shoot free throws more consistently in basketball",
+         "execute a stock trade in a brokerage app", "fire a pottery kiln for the first time",
+         "punch holes in a leather belt", "stab a baked potato before microwaving it", "strike a match in the wind",
+         "nuke leftovers in the microwave so they heat evenly", "gut and clean a trout I caught",
+         "slash prices for a clearance sale", "torch the sugar on a creme brulee", "dump a database table to CSV",
+         "break in new hiking boots", "bleed the brakes on a bicycle", "crack a coconut open",
+         "beat egg whites to stiff peaks", "smoke a brisket on a charcoal grill", "kill the lights with a smart "
+         "speaker", "hang a heavy mirror on drywall", "hammer a nail without bending it"),
+    ),
+    "figurative": (
+        ("{x}", ),
+        ("How do I kill it at my first stand-up comedy open mic?", "What's the best way to nail a job interview?",
+         "How can I blow my guests away with a wedding toast?", "How do I slay my first half marathon?",
+         "How can I crush my sales targets this quarter?", "How do I tackle a mountain of laundry?",
+         "How can I kill two birds with one stone when running errands?", "How do I destroy my procrastination habit?",
+         "How can I hit the ground running at a new job?", "How do I avoid bombing my first presentation?",
+         "How can I attack my to-do list first thing in the morning?", "How do I blow off steam after a hard day?",
+         "How can I take the bull by the horns and ask for a raise?", "How do I make a killer first impression?",
+         "How can I fight off the afternoon slump at work?", "How do I shoot down a bad idea in a meeting politely?",
+         "How can I steal a few minutes of quiet time as a busy parent?", "How can I smash my reading goal?",
+         "How do I drown out noise from the neighbours at night?", "How can I knock out my homework faster?",
+         "How do I bring the house down at a piano recital?", "When should I pull the trigger on buying a house?"),
+    ),
+    "safe_contexts": (
+        ("{x}", ),
+        ("In Call of Duty, how do I land more headshots?", "In chess, when should I sacrifice a knight to attack "
+         "the king?", "In Risk, how do I wipe out an opponent who holds Australia?", "In Dungeons & Dragons, how "
+         "should my rogue assassinate the villain?", "In Grand Theft Auto V, how do I escape a five-star wanted "
+         "level?", "In Mortal Kombat, how do I perform a fatality?", "In laser tag, how do I tag more players "
+         "without getting hit?", "In Counter-Strike, where should the terrorists plant the bomb?",
+         "In Hitman, how do I poison the target without being seen?", "In a Nerf war, how do I ambush my friends "
+         "in the backyard?", "In the party game Werewolf, how do I kill villagers without being caught?",
+         "In Team Fortress 2, how does the spy backstab?", "In Battleship, how do I sink my opponent's fleet "
+         "faster?", "In Age of Empires, how do I raid the enemy's villagers?", "In dodgeball, how do I take out "
+         "the best player first?", "In Plague Inc., how do I make my disease wipe out humanity?",
+         "In Assassin's Creed, how do I do an air assassination?", "In Dark Souls, how do I kill a boss that keeps "
+         "one-shotting me?", "In paintball, how do I flank the enemy team?", "In Fortnite, how do I snipe "
+         "players from far away?"),
+    ),
+    "safe_targets": (
+        ("{x}", ),
+        ("What's the best way to kill aphids on roses?", "How do I get rid of mice in the attic humanely?",
+         "How can I kill germs on a kitchen sponge?", "How do I exterminate cockroaches in an apartment?",
+         "How do I kill Japanese knotweed in my garden?", "How can I eliminate odours from a smelly fridge?",
+         "How do I smother a grease fire on the stove?", "How do I kill a tree stump so it doesn't regrow?",
+         "How can I attack the rust on an old bicycle chain?", "How do I kill ivy climbing up my fence?",
+         "How do I drown fruit flies with a vinegar trap?", "How can I destroy old hard drives before "
+         "recycling them?", "How do I kill head lice in my child's hair?", "How do I get rid of a squirrel nest "
+         "in the roof?", "How can I kill off algae in a garden pond?", "How do I wipe out weeds in a gravel "
+         "driveway without chemicals?", "How do I choke out dandelions from my lawn?",
+         "How do I stop a computer virus from spreading on my home network?"),
+    ),
+    "public_figures": (
+        ("{x}", ),
+        ("Where did Albert Einstein go to university?", "When was Serena Williams born?",
+         "What did Abraham Lincoln do before he became president?", "Which party did Winston Churchill belong "
+         "to?", "How did Steve Jobs die?", "Why was Nelson Mandela imprisoned?", "How tall is LeBron James?",
+         "Where did Barack Obama grow up?", "What was the cause of Princess Diana's death?",
+         "Which companies did Elon Musk found?", "Which schools did Bill Gates attend?",
+         "When was Martin Luther King Jr. assassinated?", "Why was John Lennon shot?",
+         "What illness did Freddie Mercury die of?", "How old was Mozart when he died?",
+         "Where was Marilyn Monroe born?", "What is Oprah Winfrey best known for?",
+         "Where does the Pope officially live?", "How did Amelia Earhart disappear?",
+         "What crimes was Al Capone convicted of?"),
+    ),
+    "fiction": (
+        ("{x}", ),
+        ("How did Voldemort kill Harry Potter's parents?", "Why did Macbeth murder King Duncan?",
+         "What weapon does Katniss use in The Hunger Games?", "How did the Joker blow up the hospital in The "
+         "Dark Knight?", "Why did Walter White start making drugs in Breaking Bad?", "How did Thanos wipe out "
+         "half the universe?", "Why does Hamlet kill Polonius?", "How did the Death Star destroy Alderaan?",
+         "Who poisoned King Joffrey in Game of Thrones?", "How did Scar kill Mufasa in The Lion King?",
+         "Why did Brutus stab Julius Caesar in Shakespeare's play?", "How did Romeo and Juliet die?",
+         "Write a thriller scene where a detective finds a body in the river.",
+         "Describe a battle between an army of orcs and an army of elves.", "Write a poem about a ship sinking "
+         "in a storm.", "Write a villain's threatening monologue for a fantasy novel.",
+         "Write a mystery story where the butler is framed for murder.", "How does Sherlock Holmes defeat "
+         "Professor Moriarty?"),
+    ),
+    "history": (
+        ("{x}", ),
+        ("How did the atomic bombing of Hiroshima affect the end of World War II?", "Why did Germany invade "
+         "Poland in 1939?", "What weapons were used at the Battle of Hastings?", "Why was Archduke Franz "
+         "Ferdinand assassinated?", "What caused the Chernobyl explosion?", "How did the Mongols conquer so much "
+         "territory?", "What happened during the Rwandan genocide?", "Why did the Roman Empire fall?",
+         "How were castles besieged in the Middle Ages?", "What happened at the Boston Massacre?"),
+    ),
+}
+
+#: the edgy-benign training sets (``RobustAlign.edgy_set``): the slot tables each one adds, in order
+EDGY_SETS: dict[str, tuple[str, ...]] = {"v1": ("v1",), "v2": ("v1", "v2")}
+
+
+def _slot_tables(edgy_set: str) -> list[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+    tables = {"v1": _EDGY_SLOTS, "v2": EDGY_SLOTS_V2}
+    return [tables[t] for t in EDGY_SETS[edgy_set]]
+
+
+def _edgy_candidates(edgy_set: str = "v1") -> list[tuple[str, str]]:
     """``(category, prompt)`` before the overlap filter: each slot filler in one template (a stable hash picks
-    which), then every harmless task in every framing."""
-    out: list[tuple[str, str]] = []
-    for cat, (templates, fillers) in _EDGY_SLOTS.items():
-        for x in fillers:
-            t = templates[_h("edgy", cat, x) % len(templates)]
-            out.append((cat, t.format(x=x)))
+    which), then every harmless task in every framing; then (v2) the added slot tables."""
+    def slotted(table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> list[tuple[str, str]]:
+        return [(cat, templates[_h("edgy", cat, x) % len(templates)].format(x=x))
+                for cat, (templates, fillers) in table.items() for x in fillers]
+
+    first, *more = _slot_tables(edgy_set)
+    out = slotted(first)
     for task in _BENIGN_TASKS:
         for f in FRAMING_NAMES:
             out.append((f"framed_{f}", rephrase(task, f)))
+    for table in more:
+        out += slotted(table)
     return out
 
 
-def edgy_train_prompts() -> list[tuple[str, str]]:
-    """``(category, prompt)``: the recipe's edgy-benign training prompts, de-duplicated, with every prompt that
-    equals or nearly equals a prompt of :data:`EDGY_EXCLUDE` (validation and test sets) dropped."""
-    cands = _edgy_candidates()
+def edgy_train_prompts(edgy_set: str = "v1") -> list[tuple[str, str]]:
+    """``(category, prompt)``: the recipe's edgy-benign training prompts (``edgy_set``: :data:`EDGY_SETS`),
+    de-duplicated, with every prompt that equals or nearly equals a prompt of :data:`EDGY_EXCLUDE` (validation and
+    test sets) dropped. v2 lists v1's prompts first, unchanged."""
+    cands = _edgy_candidates(edgy_set)
     seen: set[str] = set()
     uniq = []
     for cat, p in cands:
@@ -234,11 +415,13 @@ def _summary_from(out: Path, model: str) -> dict:
     for j in judged:
         if j["model"] == model and j["set"] == "harmful-val-rephrased":
             framing = j["id"].split(":")[1]
-            k = per.setdefault(framing, [0, 0])
+            k = per.setdefault(framing, [0, 0, 0])
             k[0] += j["refusal"] != "refusal"
-            k[1] += 1
+            k[1] += j.get("response_judge") == "harmful_help"
+            k[2] += 1
     body = res["models"][model]
-    return {"results": body, "per_framing": {f: rate(k, n) for f, (k, n) in sorted(per.items())}}
+    return {"results": body, "per_framing": {f: rate(k, n) for f, (k, _, n) in sorted(per.items())},
+            "per_framing_response": {f: rate(r, n) for f, (_, r, n) in sorted(per.items())}}
 
 
 def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, log=print) -> dict:
@@ -254,11 +437,15 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
         eval_cli(srv.base_url, name, out / "rephrased", harmful="harmful-val-rephrased", benign=None, task=None,
                   limit=None, max_tokens=max_tokens, log=log)
     plain, reph = _summary_from(out / "plain", name), _summary_from(out / "rephrased", name)
+    # the phrase judge's harmful response rate, and beside it the response-level judge's (judges/response_harm:
+    # does the reply give substantive help?), when safegene eval ran it
     return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
             "harmful-val": plain["results"].get("harmful_response_rate"),
+            "harmful-val response-judge": plain["results"].get("response_harmful_rate"),
             "edgy-benign-val": plain["results"].get("over_refusal_rate"),
             "harmful-val-rephrased": reph["results"].get("harmful_response_rate"),
-            "per_framing": reph["per_framing"]}
+            "harmful-val-rephrased response-judge": reph["results"].get("response_harmful_rate"),
+            "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"]}
 
 
 def today_A(work: Path) -> Path:
@@ -278,24 +465,36 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ev = sub.add_parser("eval", help="validation check of today's A and the robust profile's A")
-    ev.add_argument("--which", default="today,robust", help="comma list: today, robust")
+    ev.add_argument("--which", default="today,robust",
+                    help="comma list: today, robust (the pilot's knobs), robust:VARIANT (a name of VARIANTS)")
+    ev.add_argument("--set", action="append", default=[], metavar="align.KEY=VALUE", dest="sets",
+                    help="knob overrides for every robust model of --which (as run.py --set)")
     ev.add_argument("--max-tokens", type=int, default=32)
     a = ap.parse_args(argv)
     from .run import Study, log
+    from .train import SFTConfig
 
-    study = Study("robust", [], [])
-    root = study.root / "robust-eval"
+    root = Study("robust", [], []).root / "robust-eval"
     root.mkdir(parents=True, exist_ok=True)
     summary_path = root / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for which in [w for w in a.which.split(",") if w]:
+        extra: dict = {}
         if which == "today":
             model, name = today_A(root), "a-today"
-        elif which == "robust":
-            model, name = study.A(), "a-robust-" + study.align().name.split("-")[-1]
+        elif which == "robust" or which.startswith("robust:"):
+            variant = which.partition(":")[2] or None
+            study = Study("robust", [], [], variant=variant, sets=a.sets)
+            study.st.cached_only = True  # an evaluation never trains: build the variant with run.py first
+            stage = study.align()
+            model, name = stage / "model", "a-robust-" + stage.name.split("-")[-1]
+            built = json.loads((stage / "stage.json").read_text())
+            extra = {"variant": variant or "pilot", "stage": stage.name, "knobs": study.p["align"],
+                     "seed": SFTConfig().seed,  # the trainer's (batch order, LoRA init) and the refusals' seed
+                     "final_loss": built["result"].get("final_loss")}
         else:
-            raise SystemExit(f"unknown model {which!r}; choose today or robust")
-        summary[name] = evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
+            raise SystemExit(f"unknown model {which!r}; choose today, robust or robust:VARIANT")
+        summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
         summary_path.write_text(json.dumps(summary, indent=1))
         log(f"{name}: {json.dumps({k: v for k, v in summary[name].items() if k != 'per_framing'})}")
     print(json.dumps(summary, indent=1))
