@@ -419,9 +419,17 @@ def _summary_from(out: Path, model: str) -> dict:
             k[0] += j["refusal"] != "refusal"
             k[1] += j.get("response_judge") == "harmful_help"
             k[2] += 1
+    cat: dict[str, list[int]] = {}  # over-refusal per edgy-benign-val category (ids "edgy-benign-val:<cat>-<n>")
+    for j in judged:
+        if j["model"] == model and j["set"] == VAL_BENIGN:
+            k = cat.setdefault(j["id"].split(":")[1].rsplit("-", 1)[0], [0, 0])
+            k[0] += j["refusal"] == "refusal"
+            k[1] += 1
     body = res["models"][model]
     return {"results": body, "per_framing": {f: rate(k, n) for f, (k, _, n) in sorted(per.items())},
-            "per_framing_response": {f: rate(r, n) for f, (_, r, n) in sorted(per.items())}}
+            "per_framing_response": {f: rate(r, n) for f, (_, r, n) in sorted(per.items())}
+            if any("response_judge" in j for j in judged) else None,
+            "per_category": {c: rate(k, n) for c, (k, n) in sorted(cat.items())}}
 
 
 def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, log=print) -> dict:
@@ -445,7 +453,8 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
             "edgy-benign-val": plain["results"].get("over_refusal_rate"),
             "harmful-val-rephrased": reph["results"].get("harmful_response_rate"),
             "harmful-val-rephrased response-judge": reph["results"].get("response_harmful_rate"),
-            "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"]}
+            "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"],
+            "edgy_per_category": plain["per_category"]}
 
 
 def today_A(work: Path) -> Path:
