@@ -116,6 +116,8 @@ VARIANTS: dict[str, dict] = {
     "f1e4": {"framings_per_prompt": 1, "edgy_repeat": 4, "steps": 120},
     # as f1e4 (3 copies), plus the v2 edgy prompts (more safe senses of violent words)
     "f1e3v2": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120},
+    # as f1e3v2 at half the learning rate
+    "f1e3v2-lr1e4": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120, "lr": 1e-4},
 }
 
 
