@@ -118,6 +118,9 @@ VARIANTS: dict[str, dict] = {
     "f1e3v2": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120},
     # as f1e3v2 at half the learning rate
     "f1e3v2-lr1e4": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120, "lr": 1e-4},
+    # the pilot's harmful side and length (2 framings, 200 steps) with the v2 edgy prompts, 3 copies each: f1e4 and
+    # f1e3v2 lost the framings' generalisation (rephrased HR 47-50%), so keep the framed refusals and add edgy data
+    "f2e3v2": {"edgy_repeat": 3, "edgy_set": "v2"},
 }
 
 
