@@ -129,24 +129,134 @@ BENIGN_TASKS = (
 )
 
 
-def edgy_candidates() -> list[tuple[str, str]]:
+#: ``edgy_set`` "v2" adds these to v1 (after the pilot over-refused 32% of edgy-benign-val, most in figures of
+#: speech, game contexts, safe targets, public figures, fiction and homonyms): more harmless requests that use
+#: violent or alarming words in a safe sense, written from those category names (not from the validation prompts)
+EDGY_SLOTS_V2: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "homonyms": (
+        ("How do I {x}?", "What's the trick to {x}?", "Can you walk me through how to {x}?"),
+        ("kill a zombie process that won't exit on Linux", "shoot free throws more consistently in basketball",
+         "execute a stock trade in a brokerage app", "fire a pottery kiln for the first time",
+         "punch holes in a leather belt", "stab a baked potato before microwaving it", "strike a match in the wind",
+         "nuke leftovers in the microwave so they heat evenly", "gut and clean a trout I caught",
+         "slash prices for a clearance sale", "torch the sugar on a creme brulee", "dump a database table to CSV",
+         "break in new hiking boots", "bleed the brakes on a bicycle", "crack a coconut open",
+         "beat egg whites to stiff peaks", "smoke a brisket on a charcoal grill", "kill the lights with a smart "
+         "speaker", "hang a heavy mirror on drywall", "hammer a nail without bending it"),
+    ),
+    "figurative": (
+        ("{x}", ),
+        ("How do I kill it at my first stand-up comedy open mic?", "What's the best way to nail a job interview?",
+         "How can I blow my guests away with a wedding toast?", "How do I slay my first half marathon?",
+         "How can I crush my sales targets this quarter?", "How do I tackle a mountain of laundry?",
+         "How can I kill two birds with one stone when running errands?", "How do I destroy my procrastination habit?",
+         "How can I hit the ground running at a new job?", "How do I avoid bombing my first presentation?",
+         "How can I attack my to-do list first thing in the morning?", "How do I blow off steam after a hard day?",
+         "How can I take the bull by the horns and ask for a raise?", "How do I make a killer first impression?",
+         "How can I fight off the afternoon slump at work?", "How do I shoot down a bad idea in a meeting politely?",
+         "How can I steal a few minutes of quiet time as a busy parent?", "How can I smash my reading goal?",
+         "How do I drown out noise from the neighbours at night?", "How can I knock out my homework faster?",
+         "How do I bring the house down at a piano recital?", "When should I pull the trigger on buying a house?"),
+    ),
+    "safe_contexts": (
+        ("{x}", ),
+        ("In Call of Duty, how do I land more headshots?", "In chess, when should I sacrifice a knight to attack "
+         "the king?", "In Risk, how do I wipe out an opponent who holds Australia?", "In Dungeons & Dragons, how "
+         "should my rogue assassinate the villain?", "In Grand Theft Auto V, how do I escape a five-star wanted "
+         "level?", "In Mortal Kombat, how do I perform a fatality?", "In laser tag, how do I tag more players "
+         "without getting hit?", "In Counter-Strike, where should the terrorists plant the bomb?",
+         "In Hitman, how do I poison the target without being seen?", "In a Nerf war, how do I ambush my friends "
+         "in the backyard?", "In the party game Werewolf, how do I kill villagers without being caught?",
+         "In Team Fortress 2, how does the spy backstab?", "In Battleship, how do I sink my opponent's fleet "
+         "faster?", "In Age of Empires, how do I raid the enemy's villagers?", "In dodgeball, how do I take out "
+         "the best player first?", "In Plague Inc., how do I make my disease wipe out humanity?",
+         "In Assassin's Creed, how do I do an air assassination?", "In Dark Souls, how do I kill a boss that keeps "
+         "one-shotting me?", "In paintball, how do I flank the enemy team?", "In Fortnite, how do I snipe "
+         "players from far away?"),
+    ),
+    "safe_targets": (
+        ("{x}", ),
+        ("What's the best way to kill aphids on roses?", "How do I get rid of mice in the attic humanely?",
+         "How can I kill germs on a kitchen sponge?", "How do I exterminate cockroaches in an apartment?",
+         "How do I kill Japanese knotweed in my garden?", "How can I eliminate odours from a smelly fridge?",
+         "How do I smother a grease fire on the stove?", "How do I kill a tree stump so it doesn't regrow?",
+         "How can I attack the rust on an old bicycle chain?", "How do I kill ivy climbing up my fence?",
+         "How do I drown fruit flies with a vinegar trap?", "How can I destroy old hard drives before "
+         "recycling them?", "How do I kill head lice in my child's hair?", "How do I get rid of a squirrel nest "
+         "in the roof?", "How can I kill off algae in a garden pond?", "How do I wipe out weeds in a gravel "
+         "driveway without chemicals?", "How do I choke out dandelions from my lawn?",
+         "How do I stop a computer virus from spreading on my home network?"),
+    ),
+    "public_figures": (
+        ("{x}", ),
+        ("Where did Albert Einstein go to university?", "When was Serena Williams born?",
+         "What did Abraham Lincoln do before he became president?", "Which party did Winston Churchill belong "
+         "to?", "How did Steve Jobs die?", "Why was Nelson Mandela imprisoned?", "How tall is LeBron James?",
+         "Where did Barack Obama grow up?", "What was the cause of Princess Diana's death?",
+         "Which companies did Elon Musk found?", "Which schools did Bill Gates attend?",
+         "When was Martin Luther King Jr. assassinated?", "Why was John Lennon shot?",
+         "What illness did Freddie Mercury die of?", "How old was Mozart when he died?",
+         "Where was Marilyn Monroe born?", "What is Oprah Winfrey best known for?",
+         "Where does the Pope officially live?", "How did Amelia Earhart disappear?",
+         "What crimes was Al Capone convicted of?"),
+    ),
+    "fiction": (
+        ("{x}", ),
+        ("How did Voldemort kill Harry Potter's parents?", "Why did Macbeth murder King Duncan?",
+         "What weapon does Katniss use in The Hunger Games?", "How did the Joker blow up the hospital in The "
+         "Dark Knight?", "Why did Walter White start making drugs in Breaking Bad?", "How did Thanos wipe out "
+         "half the universe?", "Why does Hamlet kill Polonius?", "How did the Death Star destroy Alderaan?",
+         "Who poisoned King Joffrey in Game of Thrones?", "How did Scar kill Mufasa in The Lion King?",
+         "Why did Brutus stab Julius Caesar in Shakespeare's play?", "How did Romeo and Juliet die?",
+         "Write a thriller scene where a detective finds a body in the river.",
+         "Describe a battle between an army of orcs and an army of elves.", "Write a poem about a ship sinking "
+         "in a storm.", "Write a villain's threatening monologue for a fantasy novel.",
+         "Write a mystery story where the butler is framed for murder.", "How does Sherlock Holmes defeat "
+         "Professor Moriarty?"),
+    ),
+    "history": (
+        ("{x}", ),
+        ("How did the atomic bombing of Hiroshima affect the end of World War II?", "Why did Germany invade "
+         "Poland in 1939?", "What weapons were used at the Battle of Hastings?", "Why was Archduke Franz "
+         "Ferdinand assassinated?", "What caused the Chernobyl explosion?", "How did the Mongols conquer so much "
+         "territory?", "What happened during the Rwandan genocide?", "Why did the Roman Empire fall?",
+         "How were castles besieged in the Middle Ages?", "What happened at the Boston Massacre?"),
+    ),
+}
+
+#: the edgy-benign training sets (``RobustAlign.edgy_set``): the slot tables each one adds, in order
+EDGY_SETS: dict[str, tuple[str, ...]] = {"v1": ("v1",), "v2": ("v1", "v2")}
+
+
+def _slot_tables(edgy_set: str) -> list[dict[str, tuple[tuple[str, ...], tuple[str, ...]]]]:
+    if edgy_set not in EDGY_SETS:
+        raise ValueError(f"unknown edgy_set {edgy_set!r}; choose from {', '.join(EDGY_SETS)}")
+    tables = {"v1": EDGY_SLOTS, "v2": EDGY_SLOTS_V2}
+    return [tables[t] for t in EDGY_SETS[edgy_set]]
+
+
+def edgy_candidates(edgy_set: str = "v1") -> list[tuple[str, str]]:
     """``(category, prompt)`` before the overlap filter: each slot filler in one template (a stable hash picks
-    which), then every harmless task in every framing."""
-    out: list[tuple[str, str]] = []
-    for cat, (templates, fillers) in EDGY_SLOTS.items():
-        for x in fillers:
-            t = templates[_h("edgy", cat, x) % len(templates)]
-            out.append((cat, t.format(x=x)))
+    which), then every harmless task in every framing; then (v2) the added slot tables."""
+    def slotted(table: dict[str, tuple[tuple[str, ...], tuple[str, ...]]]) -> list[tuple[str, str]]:
+        return [(cat, templates[_h("edgy", cat, x) % len(templates)].format(x=x))
+                for cat, (templates, fillers) in table.items() for x in fillers]
+
+    first, *more = _slot_tables(edgy_set)
+    out = slotted(first)
     for task in BENIGN_TASKS:
         for f in FRAMING_NAMES:
             out.append((f"framed_{f}", rephrase(task, f)))
+    for table in more:
+        out += slotted(table)
     return out
 
 
-def edgy_train_prompts() -> list[tuple[str, str]]:
-    """``(category, prompt)``: the recipe's edgy-benign training prompts, de-duplicated, with every prompt that
-    equals or nearly equals a prompt of :data:`EDGY_EXCLUDE` (validation and test sets) dropped."""
-    cands = edgy_candidates()
+def edgy_train_prompts(edgy_set: str = "v1") -> list[tuple[str, str]]:
+    """``(category, prompt)``: the recipe's edgy-benign training prompts (``edgy_set``: :data:`EDGY_SETS`),
+    de-duplicated, with every prompt that equals or nearly equals a prompt of :data:`EDGY_EXCLUDE` (validation and
+    test sets) dropped. v2 lists v1's prompts first, unchanged."""
+    cands = edgy_candidates(edgy_set)
     seen: set[str] = set()
     uniq = []
     for cat, p in cands:
@@ -180,5 +290,5 @@ def draw_edgy_benign(n: int, seed: int = 0) -> list[str]:
     return sorted(pool, key=lambda p: _h("edgy-draw", str(seed), normalise(p)))[: max(0, n)]
 
 
-__all__ = ["EDGY_EXCLUDE", "EDGY_SLOTS", "BENIGN_TASKS", "edgy_candidates", "edgy_train_prompts", "edgy_benign_pool",
+__all__ = ["EDGY_EXCLUDE", "EDGY_SLOTS", "EDGY_SLOTS_V2", "EDGY_SETS", "BENIGN_TASKS", "edgy_candidates", "edgy_train_prompts", "edgy_benign_pool",
            "draw_edgy_benign"]

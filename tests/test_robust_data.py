@@ -14,8 +14,11 @@ from safegene_runtime.text import normalise
 
 
 def test_edgy_training_prompts_share_nothing_with_validation_or_test_sets():
-    edgy = [p for _, p in robust.edgy_train_prompts()]
-    assert len(edgy) >= 200
+    v1 = robust.edgy_train_prompts()
+    v2 = robust.edgy_train_prompts("v2")
+    assert len(v1) >= 200 and len(v2) >= len(v1) + 100
+    assert v2[: len(v1)] == v1  # v2 only adds: the v1 prompts (and their self-answers) stay as they were
+    edgy = [p for _, p in v2]
     ds.check_no_overlap([edgy], [ds.load_named("edgy-benign-val"), ds.load_named("rho-overrefusal")], near=True)
     ds.check_no_overlap([edgy], [ds.load_named(n) for n in robust.EDGY_EXCLUDE], near=True)
 
@@ -97,3 +100,34 @@ def test_robust_profile_changes_only_the_alignment_and_keeps_todays_profiles():
     full, rob = run.params("full"), run.params("robust")
     assert {k for k in rob if rob.get(k) != full.get(k)} == {"align", "self_answers"}
     assert rob["align"]["recipe"] == "robust-v1"
+
+
+def test_plain_share_drops_only_plain_wordings_and_is_stable():
+    train = robust.harmful_align_prompts()[:60]
+    whole = robust.harmful_augmented(train, 1)
+    assert robust.harmful_augmented(train, 1, 1.0) == whole
+    half = robust.harmful_augmented(train, 1, 0.5)
+    assert [x for x in whole if x[1] is not None] == [x for x in half if x[1] is not None]
+    plain = [x for x in half if x[1] is None]
+    assert 0.25 * len(train) < len(plain) < 0.75 * len(train) and set(plain) <= set(whole)
+    assert all(f is not None for _, f in robust.harmful_augmented(train, 1, 0.0))
+
+
+def test_recipe_knobs_are_flags_and_the_pilot_keeps_its_hash():
+    from experiments.smollm2 import run
+
+    pilot = {"recipe": "robust-v1", "framings_per_prompt": 2, "edgy_repeat": 2, "steps": 200, "lr": 2e-4,
+             "batch_size": 8, "max_len": 160}  # the pilot's align params (stage align-5165819c9628)
+    assert run.params("robust")["align"] == pilot
+    base = run.params("robust")
+    # knobs added after the pilot enter the hash only away from their default
+    assert run.with_overrides(base, sets=["align.edgy_set=v1", "align.plain_share=1.0"])["align"] == pilot
+    assert run.with_overrides(base, "pilot")["align"] == pilot
+    v = run.with_overrides(base, "f1e3v2", ["align.lr=1e-4"])["align"]
+    assert v == pilot | robust.VARIANTS["f1e3v2"] | {"lr": 1e-4}
+    assert base["align"] == pilot  # not mutated
+    for bad in (["align.framing_per_prompt=1"], ["align.edgy_set=v9"], ["lr=1e-4"]):
+        with pytest.raises(SystemExit):
+            run.with_overrides(base, sets=bad)
+    with pytest.raises(SystemExit):
+        run.with_overrides(run.params("full"), "f1e4")

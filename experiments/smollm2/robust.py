@@ -16,11 +16,13 @@ requests asked in the past tense, inside a story or by a persona. The ``robust``
 
 Everything is deterministic (stable hashes of the prompt text; no RNG state outside ``seed``).
 
-    python -m experiments.smollm2.robust eval [--which pilot,today] [--max-tokens 32]
+    python -m experiments.smollm2.robust eval [--which today,robust,robust:f1e4] [--max-tokens 32]
 
-evaluates A (today's, rebuilt from ``assets/smollm2/alignment-lora`` as the demo does, and the ``robust`` profile's)
-through a real vLLM server with ``safegene eval`` on VALIDATION sets only: harmful-val, harmful-val-rephrased (also
-per framing) and edgy-benign-val; it writes ``<stages>/robust-eval/summary.json``.
+evaluates A (today's, rebuilt from ``assets/smollm2/alignment-lora`` as the demo does, and the ``robust`` profile's,
+with the pilot's knobs or a named variant of :data:`VARIANTS`, built beforehand by ``run.py --profile robust
+--variant NAME --stages align``) through a real vLLM server with ``safegene eval`` on VALIDATION sets only:
+harmful-val, harmful-val-rephrased (also per framing) and edgy-benign-val, harmful rates by the phrase judge and by
+the response-level judge; it writes ``<stages>/robust-eval/summary.json``.
 """
 
 from __future__ import annotations
@@ -30,10 +32,11 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from safegene_runtime import datasets as ds
-from safegene_runtime.edgy_train import EDGY_EXCLUDE, edgy_train_prompts  # noqa: F401 (the recipe's data)
+from safegene_runtime.edgy_train import EDGY_EXCLUDE, EDGY_SETS, edgy_train_prompts  # noqa: F401 (the recipe's data)
 from safegene_runtime.rephrase import FRAMING_NAMES, rephrase
 from safegene_runtime.text import normalise
 
@@ -48,6 +51,77 @@ def _h(*parts: str) -> int:
     return int(hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12], 16)
 
 
+# --------------------------------------------------------------------------------------------- the knobs
+#: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
+#: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
+ADDED_KNOBS = ("plain_share", "edgy_set")
+
+
+@dataclass(frozen=True)
+class RobustAlign:
+    """The robust recipe's knobs: the ``align`` entry of the ``robust`` profile, one source for their defaults
+    (the pilot's values).
+
+    Why a dataclass: a variant (:data:`VARIANTS`, or ``run.py --set align.KNOB=VALUE``) changes knobs without a code
+    edit, a misspelt knob fails instead of being hashed silently, and :meth:`params` keeps the pilot's hash."""
+
+    recipe: str = "robust-v1"
+    #: rephrasings (framings of :mod:`safegene_runtime.rephrase`) per harmful prompt, each a refusal pair
+    framings_per_prompt: int = 2
+    #: copies of each edgy-benign pair (the counterweight to the refusal pairs)
+    edgy_repeat: int = 2
+    steps: int = 200
+    lr: float = 2e-4
+    batch_size: int = 8
+    max_len: int = 160
+    #: share of the harmful prompts also trained in their plain wording (a stable hash picks which); their
+    #: rephrasings are kept either way
+    plain_share: float = 1.0
+    #: the edgy-benign training prompts: "v1" the pilot's, "v2" v1 plus
+    #: :data:`safegene_runtime.edgy_train.EDGY_SLOTS_V2` (more harmless requests with violent or alarming words in
+    #: safe senses)
+    edgy_set: str = "v1"
+
+    @classmethod
+    def from_params(cls, p: dict) -> "RobustAlign":
+        """From a profile's ``align`` dict (knobs it lacks take their defaults); unknown knobs are an error."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(p) - names)
+        if unknown:
+            raise ValueError(f"unknown robust align knob(s) {unknown}; known: {sorted(names)}")
+        cfg = cls(**p)
+        if cfg.edgy_set not in EDGY_SETS:
+            raise ValueError(f"unknown edgy_set {cfg.edgy_set!r}; choose from {', '.join(EDGY_SETS)}")
+        if not 0.0 <= cfg.plain_share <= 1.0:
+            raise ValueError(f"plain_share must be in [0, 1], got {cfg.plain_share}")
+        return cfg
+
+    def params(self) -> dict:
+        """The knobs as hashed into the stage name: every knob, but :data:`ADDED_KNOBS` only when not default."""
+        d = asdict(self)
+        default = RobustAlign()
+        for k in ADDED_KNOBS:
+            if d[k] == getattr(default, k):
+                del d[k]
+        return d
+
+
+#: named variants of the recipe (overrides of :class:`RobustAlign`), chosen on validation (docs/results.md,
+#: "Robust aligned base (issue 20)"): ``run.py --profile robust --variant NAME``, ``robust eval --which robust:NAME``
+VARIANTS: dict[str, dict] = {
+    "pilot": {},
+    # fewer refusal pairs per benign pair: one framing per prompt, each edgy pair 4 times, 120 steps
+    "f1e4": {"framings_per_prompt": 1, "edgy_repeat": 4, "steps": 120},
+    # as f1e4 (3 copies), plus the v2 edgy prompts (more safe senses of violent words)
+    "f1e3v2": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120},
+    # as f1e3v2 at half the learning rate
+    "f1e3v2-lr1e4": {"framings_per_prompt": 1, "edgy_repeat": 3, "edgy_set": "v2", "steps": 120, "lr": 1e-4},
+    # the pilot's harmful side and length (2 framings, 200 steps) with the v2 edgy prompts, 3 copies each: f1e4 and
+    # f1e3v2 lost the framings' generalisation (rephrased HR 47-50%), so keep the framed refusals and add edgy data
+    "f2e3v2": {"edgy_repeat": 3, "edgy_set": "v2"},
+}
+
+
 # --------------------------------------------------------------------------------------------- harmful side
 def harmful_align_prompts() -> list[str]:
     """The align-train side of the harmful split (the only harmful prompts the recipe trains on)."""
@@ -59,8 +133,12 @@ def harmful_align_prompts() -> list[str]:
 HARM_EXCLUDE = ("harmful-val", "harmful-val-rephrased", "harmbench-test", "edgy-benign-val", "rho-overrefusal")
 
 
-def harmful_augmented(prompts: list[str], framings_per_prompt: int) -> list[tuple[str, str | None]]:
+def harmful_augmented(prompts: list[str], framings_per_prompt: int,
+                      plain_share: float = 1.0) -> list[tuple[str, str | None]]:
     """``(prompt text, framing or None)`` for each prompt plain and in ``framings_per_prompt`` framings.
+
+    ``plain_share``: the share of prompts also kept in their plain wording (a stable hash of the text picks
+    which; 1.0 keeps all, as the pilot did).
 
     Which framings a prompt gets is a stable hash of its text (a rotation of :data:`FRAMING_NAMES`), so the
     framings are spread evenly over the prompts and the set is the same on every machine. A rephrasing equal to
@@ -72,7 +150,8 @@ def harmful_augmented(prompts: list[str], framings_per_prompt: int) -> list[tupl
     for p in prompts:
         start = _h("framings", normalise(p)) % len(FRAMING_NAMES)
         picks = [FRAMING_NAMES[(start + i * 3) % len(FRAMING_NAMES)] for i in range(k)]  # 3 is coprime to 8
-        for text, framing in [(p, None)] + [(rephrase(p, f), f) for f in picks]:
+        plain = [(p, None)] if _h("plain", normalise(p)) % 10_000 < round(plain_share * 10_000) else []
+        for text, framing in plain + [(rephrase(p, f), f) for f in picks]:
             key = normalise(text)
             if key not in seen:
                 seen.add(key)
@@ -85,6 +164,8 @@ def harmful_augmented(prompts: list[str], framings_per_prompt: int) -> list[tupl
 
 # --------------------------------------------------------------------------------------------- edgy-benign side
 # the edgy-benign training prompts live in the library (calibration draws benign shots from them too)
+
+
 # --------------------------------------------------------------------------------------------- the mix
 def training_pairs(harm: list[tuple[str, str | None]], benign: list[tuple[str, str]], edgy: list[tuple[str, str]],
                    seed: int = 0) -> list[tuple[str, str]]:
@@ -106,11 +187,21 @@ def _summary_from(out: Path, model: str) -> dict:
     for j in judged:
         if j["model"] == model and j["set"] == "harmful-val-rephrased":
             framing = j["id"].split(":")[1]
-            k = per.setdefault(framing, [0, 0])
+            k = per.setdefault(framing, [0, 0, 0])
             k[0] += j["refusal"] != "refusal"
+            k[1] += j.get("response_judge") == "harmful_help"
+            k[2] += 1
+    cat: dict[str, list[int]] = {}  # over-refusal per edgy-benign-val category (ids "edgy-benign-val:<cat>-<n>")
+    for j in judged:
+        if j["model"] == model and j["set"] == VAL_BENIGN:
+            k = cat.setdefault(j["id"].split(":")[1].rsplit("-", 1)[0], [0, 0])
+            k[0] += j["refusal"] == "refusal"
             k[1] += 1
     body = res["models"][model]
-    return {"results": body, "per_framing": {f: rate(k, n) for f, (k, n) in sorted(per.items())}}
+    return {"results": body, "per_framing": {f: rate(k, n) for f, (k, _, n) in sorted(per.items())},
+            "per_framing_response": {f: rate(r, n) for f, (_, r, n) in sorted(per.items())}
+            if any("response_judge" in j for j in judged) else None,
+            "per_category": {c: rate(k, n) for c, (k, n) in sorted(cat.items())}}
 
 
 def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, log=print) -> dict:
@@ -126,11 +217,16 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
         eval_cli(srv.base_url, name, out / "rephrased", harmful="harmful-val-rephrased", benign=None, task=None,
                   limit=None, max_tokens=max_tokens, log=log)
     plain, reph = _summary_from(out / "plain", name), _summary_from(out / "rephrased", name)
+    # the phrase judge's harmful response rate, and beside it the response-level judge's (judges/response_harm:
+    # does the reply give substantive help?), when safegene eval ran it
     return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
             "harmful-val": plain["results"].get("harmful_response_rate"),
+            "harmful-val response-judge": plain["results"].get("response_harmful_rate"),
             "edgy-benign-val": plain["results"].get("over_refusal_rate"),
             "harmful-val-rephrased": reph["results"].get("harmful_response_rate"),
-            "per_framing": reph["per_framing"]}
+            "harmful-val-rephrased response-judge": reph["results"].get("response_harmful_rate"),
+            "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"],
+            "edgy_per_category": plain["per_category"]}
 
 
 def today_A(work: Path) -> Path:
@@ -150,24 +246,36 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     ev = sub.add_parser("eval", help="validation check of today's A and the robust profile's A")
-    ev.add_argument("--which", default="today,robust", help="comma list: today, robust")
+    ev.add_argument("--which", default="today,robust",
+                    help="comma list: today, robust (the pilot's knobs), robust:VARIANT (a name of VARIANTS)")
+    ev.add_argument("--set", action="append", default=[], metavar="align.KEY=VALUE", dest="sets",
+                    help="knob overrides for every robust model of --which (as run.py --set)")
     ev.add_argument("--max-tokens", type=int, default=32)
     a = ap.parse_args(argv)
     from .run import Study, log
+    from .train import SFTConfig
 
-    study = Study("robust", [], [])
-    root = study.root / "robust-eval"
+    root = Study("robust", [], []).root / "robust-eval"
     root.mkdir(parents=True, exist_ok=True)
     summary_path = root / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for which in [w for w in a.which.split(",") if w]:
+        extra: dict = {}
         if which == "today":
             model, name = today_A(root), "a-today"
-        elif which == "robust":
-            model, name = study.A(), "a-robust-" + study.align().name.split("-")[-1]
+        elif which == "robust" or which.startswith("robust:"):
+            variant = which.partition(":")[2] or None
+            study = Study("robust", [], [], variant=variant, sets=a.sets)
+            study.st.cached_only = True  # an evaluation never trains: build the variant with run.py first
+            stage = study.align()
+            model, name = stage / "model", "a-robust-" + stage.name.split("-")[-1]
+            built = json.loads((stage / "stage.json").read_text())
+            extra = {"variant": variant or "pilot", "stage": stage.name, "knobs": study.p["align"],
+                     "seed": SFTConfig().seed,  # the trainer's (batch order, LoRA init) and the refusals' seed
+                     "final_loss": built["result"].get("final_loss")}
         else:
-            raise SystemExit(f"unknown model {which!r}; choose today or robust")
-        summary[name] = evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
+            raise SystemExit(f"unknown model {which!r}; choose today, robust or robust:VARIANT")
+        summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
         summary_path.write_text(json.dumps(summary, indent=1))
         log(f"{name}: {json.dumps({k: v for k, v in summary[name].items() if k != 'per_framing'})}")
     print(json.dumps(summary, indent=1))

@@ -120,8 +120,9 @@ def params(profile: bool | str) -> dict:
     if profile == "robust":
         p = params("full")
         p["self_answers"] = {"n_benign": 218, "max_tokens": 64, "dtype": "float32"}
-        p["align"] = {"recipe": "robust-v1", "framings_per_prompt": 2, "edgy_repeat": 2, "steps": 200, "lr": 2e-4,
-                      "batch_size": 8, "max_len": 160}
+        from .robust import RobustAlign
+
+        p["align"] = RobustAlign().params()  # the pilot's knobs; variants: with_overrides(--variant, --set)
         return p
     if profile == "demo":
         p = params("full")
@@ -167,6 +168,42 @@ def params(profile: bool | str) -> dict:
     }
 
 
+def with_overrides(p: dict, variant: str | None = None, sets: list[str] | tuple[str, ...] = ()) -> dict:
+    """``p`` with a robust variant's knobs (:data:`.robust.VARIANTS`) and ``SECTION.KEY=VALUE`` overrides applied.
+
+    Why: a recipe variant is a flag, not a code edit. VALUE is read as JSON (``1e-4``, ``3``, ``"v2"``) and else
+    taken as a string. The robust ``align`` entry is checked and normalised by :class:`.robust.RobustAlign` (unknown
+    knobs fail; knobs added after the pilot are hashed only when not at their default), so the pilot's flags-free
+    run keeps its stage hashes."""
+    out = json.loads(json.dumps(p))
+    if variant is not None:
+        from .robust import VARIANTS
+
+        if variant not in VARIANTS:
+            raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
+        if out.get("align", {}).get("recipe") != "robust-v1":
+            raise SystemExit("--variant needs --profile robust")
+        out["align"] |= VARIANTS[variant]
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or section not in out:
+            raise SystemExit(f"--set wants SECTION.KEY=VALUE with SECTION one of {', '.join(out)}; got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out[section][name] = value
+    if out.get("align", {}).get("recipe") == "robust-v1":
+        from .robust import RobustAlign
+
+        try:
+            out["align"] = RobustAlign.from_params(out["align"]).params()
+        except ValueError as e:
+            raise SystemExit(str(e)) from None
+    return out
+
+
 def calibration_config(profile: dict, *, refusal_loss: str | None = None, benign_tokens: int | None = None,
                        margin_target: float | None = None, benign_contrast: float | None = None,
                        init: float | None = None, optimizer: str | None = None,
@@ -202,10 +239,11 @@ def _is_refusal(text: str) -> bool:
 
 # --------------------------------------------------------------------------------------------- the pipeline
 class Study:
-    def __init__(self, fast: bool | str, task_names: list[str], settings: list[str]) -> None:
+    def __init__(self, fast: bool | str, task_names: list[str], settings: list[str], *, variant: str | None = None,
+                 sets: list[str] | tuple[str, ...] = ()) -> None:
         self.profile = profile_name(fast)
         self.fast = self.profile == "fast"
-        self.p = params(self.profile)
+        self.p = with_overrides(params(self.profile), variant, sets)
         self.task_names = task_names
         self.settings = settings
         self.root = safegene_home() / "experiments" / "smollm2" / self.profile
@@ -279,8 +317,9 @@ class Study:
         from . import robust
 
         p = self.p["self_answers"]
+        edgy_set = robust.RobustAlign.from_params(self.p["align"]).edgy_set
         sets = {"benign": self.sp["benign_align"][: p["n_benign"]],
-                "edgy": [q for _, q in robust.edgy_train_prompts()]}
+                "edgy": [q for _, q in robust.edgy_train_prompts(edgy_set)]}
 
         def build(tmp: Path) -> dict:
             from .generate import generate
@@ -303,10 +342,10 @@ class Study:
         and stops at ``self.train_budget`` seconds (rerun to continue)."""
         from . import robust
 
-        p = self.p["align"]
+        p = robust.RobustAlign.from_params(self.p["align"])
         ans = self.self_answers()
-        harm = robust.harmful_augmented(robust.harmful_align_prompts(), p["framings_per_prompt"])
-        params_ = {**p, "harm": digest(harm)}
+        harm = robust.harmful_augmented(robust.harmful_align_prompts(), p.framings_per_prompt, p.plain_share)
+        params_ = {**p.params(), "harm": digest(harm)}
         inputs = {"base": self.base_id(), "self_answers": ans.name}
         ckpt = self.root / f".ckpt-align-{Stages.hash('align', params_, inputs)}"
 
@@ -318,8 +357,8 @@ class Study:
             got = json.loads((ans / "answers.json").read_text())
             keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
-            pairs = robust.training_pairs(harm, keep, edgy * p["edgy_repeat"])
-            cfg = SFTConfig(steps=p["steps"], lr=p["lr"], batch_size=p["batch_size"], max_len=p["max_len"])
+            pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
+            cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len)
             info = train_lora(self.base(), pairs, tmp / "lora", cfg, log=log, ckpt=ckpt,
                               max_seconds=self.train_budget)
             merge_checkpoint(self.base(), task=tmp / "lora", out=tmp / "model", progress=False)
@@ -550,6 +589,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="the calibration the calibrate stage builds: safegene (selected layers, the profile's "
                          "objective), safegene-all (every layer), safegene-all-c<delta> (every layer, benign contrast "
                          "delta), safegene-b<N>[t<tau>], safegene-ce")
+    ap.add_argument("--variant", default=None,
+                    help="robust profile only: a named variant of the recipe (experiments/smollm2/robust.py VARIANTS)")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="sets",
+                    help="override one knob of the profile, e.g. align.lr=1e-4 (repeatable; changes stage hashes)")
     ap.add_argument("--train-budget", type=float, default=None,
                     help="seconds of training per run for resumable stages (robust align): save and stop, rerun to "
                          "continue (exit code 3 when paused)")
@@ -564,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     # `kill` (SIGTERM) unwinds like Ctrl-C, so the evaluation's servers (their own process groups) and temporary
     # merged checkpoints are removed on the way out instead of being orphaned.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t], [s for s in a.settings.split(",") if s])
+    study = Study(a.profile or ("fast" if a.fast else "full"), [t for t in a.tasks.split(",") if t],
+                  [s for s in a.settings.split(",") if s], variant=a.variant, sets=a.sets)
     study.train_budget = a.train_budget
     from .train import TrainingPaused
 
