@@ -94,7 +94,7 @@ def testrun_procedure(study, what: str) -> str:
     (docs/test-runs.jsonl): the study's own protocol predates the validation split (issue 21), so the record says
     so rather than claiming a frozen choice."""
     return (f"SmolLM2 study, profile {study.profile}, {what}: the pre-issue-21 protocol (variants as built by "
-            "experiments/smollm2 at this commit; its knobs were chosen on these test sets, see docs/results.md)")
+            "experiments/smollm2 at this commit; its knobs were chosen on these test sets, see docs/study-log.md)")
 
 
 def eval_cli(endpoint: str, model: str, out: Path, *, harmful: str | None, benign: str | None,
@@ -187,7 +187,7 @@ def variants(study) -> list[tuple[str, str | None, Callable[[Path], Path]]]:
                  ("D", None, lambda tmp: study.d_model()[0])]
 
     # Merge in the engine's dtype: A is bf16 and its safety delta is about one bf16 step of W, so a bf16 merge
-    # keeps only ~half of λ·ΔS (docs/results.md, "bf16 merges lose part of the deltas"); fp32 keeps all of it.
+    # keeps only ~half of λ·ΔS (docs/study-log.md, "bf16 merges lose part of the deltas"); fp32 keeps all of it.
     dt = merge_dtype()
 
     def merged(task, setting, method):

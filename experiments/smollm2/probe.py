@@ -14,7 +14,7 @@ It greedy-decodes 32 tokens with Hugging Face (fp32, the calibration's own forwa
 and N benign prompts of the **probe** split (``data.splits()``: used by layer selection, never by the evaluation)
 and prints one JSON line per spec: refusal rates by the keyword judge, and how many of those were empty replies.
 About a minute per spec on two cores at N = 48. It is the tool used to look for a λ region before changing the
-calibration objective (docs/results.md); the study's numbers come from the evaluation stage, not from here.
+calibration objective (docs/study-log.md); the study's numbers come from the evaluation stage, not from here.
 """
 
 from __future__ import annotations

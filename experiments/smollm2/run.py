@@ -105,7 +105,7 @@ def profile_name(profile: bool | str) -> str:
 def params(profile: bool | str) -> dict:
     """Every knob of the study in one place (these values are hashed into the stage names).
 
-    ``full``: the pilot's recipe (docs/results.md, "Recipe: `full` profile against the pilot"). ``demo``: a much
+    ``full``: the pilot's recipe (docs/study-log.md, "Recipe: `full` profile against the pilot"). ``demo``: a much
     smaller recipe that fits in about 45 minutes on the shared, oversubscribed 2-core machine (we got ~12 GFLOP/s
     there): 64 benign self-answers, 64 refusal pairs and 16 alignment steps; no degrade stage (the original SmolLM2,
     which complies with ~98% of HarmBench in the pilot, plays D, so the safety vector is the rank-16 SVD of A -
@@ -159,7 +159,7 @@ def params(profile: bool | str) -> dict:
         # 32 shots per term as the study asks; 20 Adam steps at lr 0.1 cover the same λ range as the pilot plan's
         # 40 at 0.05 in half the time (a step is ~24 forward+backward passes through the selected layers).
         # The rest is the library's default procedure (CalibrationConfig), e.g. refusal_loss "margin" over 4 tokens
-        # (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters (docs/results.md); "ce" stays
+        # (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters (docs/study-log.md); "ce" stays
         # as the +safegene-ce ablation.
         "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16},
         # 32 reply tokens: a refusal or a compliance is decided in the first sentence, and generation is ~90% of
