@@ -209,6 +209,14 @@ def shared_family(tmp_path_factory) -> TinyFamily:
     return _FAMILY["family"]
 
 
+def calibration_shots(family: TinyFamily, n: int = 8, seed: int = 0) -> dict[str, list]:
+    """``n`` harmful, task and benign shots drawn from the family's training pools (one draw for every calibration
+    test, so their results are comparable)."""
+    r = random.Random(seed)
+    return {"harmful": r.sample(family.harmful_train, n), "task": r.sample(family.task_prompts, n),
+            "benign": r.sample(family.benign, n)}
+
+
 def perturb_layers(base: Path, out: Path, layers, *, seed: int = 1, relative_std: float = 0.2) -> Path:
     """Copy of ``base`` with only the given decoder layers' Linear weights perturbed."""
     from safetensors.torch import load_file, save_file

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import pytest
 
 from safegene_runtime.artifacts import ArtifactWriter
 from safegene_runtime.coefficients import load_coefficients
-from tests._train_tiny import generate, refusal_rate, shared_family
+from tests._train_tiny import calibration_shots, generate, refusal_rate, shared_family
 
 FAST = dict(max_new_tokens=10, progress=False)
 
@@ -26,12 +25,7 @@ def fam(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shots(fam):
-    r = random.Random(0)
-    return {
-        "harmful": r.sample(fam.harmful_train, 8),
-        "task": r.sample(fam.task_prompts, 8),
-        "benign": r.sample(fam.benign, 8),
-    }
+    return calibration_shots(fam)
 
 
 def test_family_sanity(fam):

@@ -5,11 +5,10 @@ group with shrinkage, the stopping rule on the loss. The math on its own (no mod
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
 
-from tests._train_tiny import shared_family
+from tests._train_tiny import calibration_shots, shared_family
 
 FAST = dict(max_new_tokens=10, progress=False)
 
@@ -119,9 +118,7 @@ def fam(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def shots(fam):
-    r = random.Random(0)
-    return {"harmful": r.sample(fam.harmful_train, 8), "task": r.sample(fam.task_prompts, 8),
-            "benign": r.sample(fam.benign, 8)}
+    return calibration_shots(fam)
 
 
 @pytest.fixture

@@ -200,6 +200,16 @@ async def _add(reg: Registry, spec) -> dict:
         return await reg._apply_shared(spec, rec)  # noqa: SLF001
 
 
+async def _start_both(a: Registry, b: Registry) -> tuple[RecordingEngine, RecordingEngine]:
+    """Both replicas built from the shared database and attached to recording engines (a first, then b)."""
+    a.build_startup()
+    b.build_startup()
+    ea, eb = RecordingEngine(), RecordingEngine()
+    await a.attach(ea)
+    await b.attach(eb)
+    return ea, eb
+
+
 def test_two_replicas_follow_one_registry(replicas):
     family, (a, b) = replicas
 
@@ -252,11 +262,7 @@ def test_a_changed_folder_is_refused_and_the_replica_is_not_ready(replicas):
     family, (a, b) = replicas
 
     async def scenario() -> None:
-        a.build_startup()
-        b.build_startup()
-        ea, eb = RecordingEngine(), RecordingEngine()
-        await a.attach(ea)
-        await b.attach(eb)
+        ea, eb = await _start_both(a, b)
         await _add(a, _spec(family, "gamma", "gamma-1", "v1"))
         await b.reconcile()
         # v2 is committed by a; then its safe folder's bytes change on the shared store before b loads it
@@ -400,11 +406,7 @@ def test_a_gate_verdict_is_committed_with_its_version_and_a_refused_version_is_n
         return {"name": "gamma", "path": folder, "version": version, "coefficients": str(family["coefficients"])}
 
     async def scenario() -> None:
-        a.build_startup()
-        b.build_startup()
-        ea, eb = RecordingEngine(), RecordingEngine()
-        await a.attach(ea)
-        await b.attach(eb)
+        ea, eb = await _start_both(a, b)
         a.enable_gate(complete, 8)
         r = await a.add(body("gamma-1", "v1"))  # waiting: the build worker, the gate, the commit
         assert r["status"] == "added" and r["generation"] == 2, r
