@@ -310,7 +310,8 @@ class SafeGeneMiddleware:
                                                  scope.get("query_string", b"").decode("latin-1"))
         except RegistryError as e:
             raise HTTPError(e.status, str(e), e.code, type_="server_error" if e.status >= 500 else
-                            "invalid_request_error", retry_after=ADMIN_RETRY_AFTER_S if e.status == 503 else None) from e
+                            "invalid_request_error", retry_after=ADMIN_RETRY_AFTER_S if e.status == 503 else None,
+                            extra=e.extra) from e
         except Exception as e:  # an admin call never answers in plain text; what is served did not change
             log.exception("admin %s %s failed", scope["method"], scope["path"])
             raise HTTPError(500, f"the admin call failed ({type(e).__name__}); nothing served changed",

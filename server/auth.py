@@ -183,6 +183,8 @@ def key_matches(token: str | None, keys: list[str]) -> bool:
 
 
 def error_body(message: str, type_: str = "invalid_request_error", code: str | None = None,
-               param: str | None = None) -> bytes:
-    """The body OpenAI returns for errors: ``{"error": {"message", "type", "param", "code"}}``."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
+               param: str | None = None, extra: dict | None = None) -> bytes:
+    """The body OpenAI returns for errors: ``{"error": {"message", "type", "param", "code"}}``; ``extra``: fields
+    a client acts on without parsing the message (e.g. a refused gate's job id), added beside those four."""
+    return json.dumps({"error": {**(extra or {}), "message": message, "type": type_, "param": param,
+                                 "code": code}}).encode()

@@ -60,10 +60,11 @@ SWAP_HOLD_S = float(os.environ.get("SAFEGENE_TEST_SWAP_HOLD_S", "0") or 0)
 class RegistryError(ValueError):
     """A register/retire request was refused; nothing served changed. ``status`` is the HTTP status to return."""
 
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_adapter"):
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_adapter", extra: dict | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.extra = extra  # fields for the error body beside the message (a refused gate: job, verdict, report)
 
 
 class Unavailable(Exception):
@@ -510,7 +511,9 @@ class Registry:
         if not keep:
             raise RegistryError(f"the safety gate refused version {rec.version!r} of {spec.name!r} (verdict {verdict}; "
                                 f"failed: {'; '.join(c.name for c in out.decision.failed) or 'none'}); nothing served "
-                                f"changed. The report: GET /admin/gate/{job.id}", 422, "gate_refused")
+                                f"changed. The report: GET /admin/gate/{job.id}", 422, "gate_refused",
+                                extra={"job": job.id, "verdict": verdict, "report": f"/admin/gate/{job.id}",
+                                       "failed_checks": [c.name for c in out.decision.failed]})
         info = {"verdict": verdict, "report": str(out.path), "id": out.id, "job": job.id}
         return replace(rec, spec=dict(rec.spec, variants=keep), gate=info).with_variants(
             {v: rec.variants[v] for v in keep})

@@ -234,11 +234,14 @@ def _gate_two_versions_under_load(gate_server) -> None:
     answer = waited["r"]
     if erode["verdict"] == "refuse":
         error = answer.json()["error"]
-        assert answer.status_code == 422 and set(error) == {"message", "type", "param", "code"}, answer.text
+        assert answer.status_code == 422, answer.text
+        assert set(error) == {"message", "type", "param", "code", "job", "verdict", "report", "failed_checks"}
         assert error["code"] == "gate_refused" and error["type"] == "invalid_request_error"
         assert error["message"].endswith(f"GET /admin/gate/{erode['id']}")
+        assert (error["job"], error["verdict"], error["report"]) == (erode["id"], "refuse", f"/admin/gate/{erode['id']}")
         failed = [c["name"] for c in erode["report"]["decision"]["checks"] if not c["passed"]]
         assert failed and all(name in error["message"] for name in failed), (failed, error["message"])
+        assert error["failed_checks"] == failed
     else:
         assert answer.status_code in (200, 201) and answer.json()["job"] == erode["id"], answer.text
     assert keep["verdict"] == "promote", keep["report"]["decision"]

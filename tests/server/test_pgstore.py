@@ -433,6 +433,8 @@ def test_a_gate_verdict_is_committed_with_its_version_and_a_refused_version_is_n
             await a.add(body("gamma-2", "v2"))
         assert e.value.status == 422 and e.value.code == "gate_refused"
         job = a.jobs.get(str(e.value).rsplit("GET /admin/gate/", 1)[1])  # the message names the job
+        assert e.value.extra == {"job": job.id, "verdict": "refuse", "report": f"/admin/gate/{job.id}",
+                                 "failed_checks": job.gate["failed_checks"]}  # and so do the body's own fields
         assert job is not None and job.state == "refused" and job.gate["verdict"] == "refuse"
         assert Path(job.gate["report"], "gate.json").is_file()  # its report is in the shared store all the same
         assert Path(job.gate["report"]).parent == tmp_path / "shared" / "gates"
