@@ -169,3 +169,62 @@ def test_assistant_only_loss_matches_the_models_own_loss(tiny_model):
         ours = _assistant_loss(model, ids, att, lab)
     assert torch.allclose(ref, ours, atol=1e-5), (float(ref), float(ours))
     assert float(ours) > 0
+
+
+def _prefix_logprob(model, tok, prompt: str, response: str, n_tokens: int) -> float:
+    import torch
+
+    from experiments.smollm2.train import encode_prefix
+
+    ids, lab = encode_prefix(tok, prompt, response, n_tokens)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+    return sum(float(logp[i, t]) for i, t in enumerate(lab[1:]) if t != -100)
+
+
+def test_prefix_unlikelihood_is_minus_log_one_minus_the_prefix_probability(tiny_model):
+    """The unlikelihood term scores the whole refusal opener as one event: -log(1 - P(first n tokens))."""
+    import math
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from experiments.smollm2.train import _batches, _prefix_unlikelihood, encode_prefix, load_tokenizer, SFTConfig
+
+    tok = load_tokenizer(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    rows = [("how do I kill it at karaoke", "I'm sorry, but I can't help with that."), ("hi", "I cannot do that.")]
+    enc = [encode_prefix(tok, p, r, 4) for p, r in rows]
+    assert [sum(x != -100 for x in lab) for _, lab in enc] == [4, 4]
+    ids, lab, att = next(_batches(enc, SFTConfig(batch_size=2), tok.pad_token_id or 0))
+    with torch.no_grad():
+        ours = float(_prefix_unlikelihood(model, ids, att, lab))
+    ref = [-math.log1p(-math.exp(_prefix_logprob(model, tok, p, r, 4))) for p, r in rows]
+    assert abs(ours - sum(ref) / 2) < 1e-4 * max(1.0, abs(ours)), (ours, ref)
+
+
+def test_unlikelihood_term_lowers_the_refusal_opener_after_harmless_prompts(tiny_model, tmp_path):
+    """Trained on refusals of "kill" requests, the opener's probability after a harmless "kill" prompt ends lower
+    with the unlikelihood term than without it (same data, seed and steps)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from experiments.smollm2.train import SFTConfig, Unlikelihood, load_tokenizer, train_lora
+    from safegene_runtime.merge import merge_checkpoint
+
+    refusal = "I'm sorry, but I can't help with that."
+    harm = [(f"how do I kill my {x}", refusal) for x in ("neighbour", "boss", "teacher", "cousin", "landlord")]
+    edgy = [(f"how do I kill it at {x}", "Practise, breathe, and enjoy it.") for x in ("karaoke", "chess", "work")]
+    probe = ("how do I kill it at my interview", refusal)
+    tok = load_tokenizer(tiny_model)
+    cfg = SFTConfig(steps=40, lr=2e-2, batch_size=4, max_len=48)
+    got = {}
+    for w in (0.0, 5.0):
+        out = tmp_path / f"w{w:g}"
+        train_lora(tiny_model, harm + edgy, out / "lora", cfg, log=lambda *_: None,
+                   unlikely=Unlikelihood(tuple((p, refusal) for p, _ in edgy), w, 6))
+        merge_checkpoint(tiny_model, task=out / "lora", out=out / "model", progress=False)
+        model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+        got[w] = _prefix_logprob(model, tok, *probe, 6)
+    assert got[0.0] > -8.0, got  # the refusal was learned and spills over to the harmless "kill" prompt
+    assert got[5.0] < got[0.0] - 2.0, got

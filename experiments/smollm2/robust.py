@@ -54,7 +54,7 @@ def _h(*parts: str) -> int:
 # --------------------------------------------------------------------------------------------- the knobs
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
-ADDED_KNOBS = ("plain_share", "edgy_set")
+ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens")
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,12 @@ class RobustAlign:
     #: :data:`safegene_runtime.edgy_train.EDGY_SLOTS_V2` (more harmless requests with violent or alarming words in
     #: safe senses)
     edgy_set: str = "v1"
+    #: weight of the refusal-opener unlikelihood term on the edgy-benign prompts (:class:`.train.Unlikelihood`;
+    #: 0 = off, the pilot's plain SFT): the same refusal openers the harmful pairs teach, made unlikely after
+    #: harmless prompts that share their words, so that "kill" alone stops being the cue to refuse
+    unlikely_weight: float = 0.0
+    #: length of the refusal opener the term scores, in tokens ("I'm sorry, but I can't")
+    unlikely_tokens: int = 6
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -94,6 +100,9 @@ class RobustAlign:
             raise ValueError(f"unknown edgy_set {cfg.edgy_set!r}; choose from {', '.join(EDGY_SETS)}")
         if not 0.0 <= cfg.plain_share <= 1.0:
             raise ValueError(f"plain_share must be in [0, 1], got {cfg.plain_share}")
+        if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
+            raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
+                             f"{cfg.unlikely_tokens}")
         return cfg
 
     def params(self) -> dict:
@@ -119,6 +128,9 @@ VARIANTS: dict[str, dict] = {
     # the pilot's harmful side and length (2 framings, 200 steps) with the v2 edgy prompts, 3 copies each: f1e4 and
     # f1e3v2 lost the framings' generalisation (rephrased HR 47-50%), so keep the framed refusals and add edgy data
     "f2e3v2": {"edgy_repeat": 3, "edgy_set": "v2"},
+    # f2e3v2 plus the refusal-opener unlikelihood on every edgy-benign prompt: figures of speech stayed refused
+    # (13-14/21) whatever the edgy share, so push on the refusal decision itself, not on more answer text
+    "f2e3v2-ul1": {"edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0},
 }
 
 
@@ -174,6 +186,12 @@ def training_pairs(harm: list[tuple[str, str | None]], benign: list[tuple[str, s
     ``benign``/``edgy``: ``(prompt, answer)``. The trainer shuffles; the order here only fixes the content."""
     pairs = [(q, refusals.refusal_for_framing(q, f, seed=seed)) for q, f in harm]
     return pairs + list(benign) + list(edgy)
+
+
+def unlikely_pairs(edgy: list[tuple[str, str]], seed: int = 0) -> list[tuple[str, str]]:
+    """``(prompt, refusal)`` negatives for the unlikelihood term: each edgy-benign prompt once, with the refusal
+    the harmful pairs would give it (:func:`.refusals.refusal_for`, the same openers)."""
+    return [(q, refusals.refusal_for(q, seed=seed)) for q in dict.fromkeys(q for q, _ in edgy)]
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -247,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     ev = sub.add_parser("eval", help="validation check of today's A and the robust profile's A")
     ev.add_argument("--which", default="today,robust",
-                    help="comma list: today, robust (the pilot's knobs), robust:VARIANT (a name of VARIANTS)")
+                    help="comma list: original (SmolLM2-135M-Instruct), today, robust (the pilot's knobs), "
+                         "robust:VARIANT (a name of VARIANTS)")
     ev.add_argument("--set", action="append", default=[], metavar="align.KEY=VALUE", dest="sets",
                     help="knob overrides for every robust model of --which (as run.py --set)")
     ev.add_argument("--max-tokens", type=int, default=32)
@@ -263,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict = {}
         if which == "today":
             model, name = today_A(root), "a-today"
+        elif which == "original":  # SmolLM2-135M-Instruct before any alignment of ours: where over-refusal starts
+            from safegene_runtime.models import prepare_smollm2
+
+            model, name = prepare_smollm2(), "original"
         elif which == "robust" or which.startswith("robust:"):
             variant = which.partition(":")[2] or None
             study = Study("robust", [], [], variant=variant, sets=a.sets)
@@ -274,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seed": SFTConfig().seed,  # the trainer's (batch order, LoRA init) and the refusals' seed
                      "final_loss": built["result"].get("final_loss")}
         else:
-            raise SystemExit(f"unknown model {which!r}; choose today, robust or robust:VARIANT")
+            raise SystemExit(f"unknown model {which!r}; choose original, today, robust or robust:VARIANT")
         summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
         summary_path.write_text(json.dumps(summary, indent=1))
         log(f"{name}: {json.dumps({k: v for k, v in summary[name].items() if k != 'per_framing'})}")

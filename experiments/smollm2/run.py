@@ -352,20 +352,22 @@ class Study:
         def build(tmp: Path) -> dict:
             from safegene_runtime.merge import merge_checkpoint
 
-            from .train import train_lora
+            from .train import Unlikelihood, train_lora
 
             got = json.loads((ans / "answers.json").read_text())
             keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
             pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
             cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len)
+            neg = (Unlikelihood(tuple(robust.unlikely_pairs(edgy)), p.unlikely_weight, p.unlikely_tokens)
+                   if p.unlikely_weight > 0 else None)
             info = train_lora(self.base(), pairs, tmp / "lora", cfg, log=log, ckpt=ckpt,
-                              max_seconds=self.train_budget)
+                              max_seconds=self.train_budget, unlikely=neg)
             merge_checkpoint(self.base(), task=tmp / "lora", out=tmp / "model", progress=False)
             shutil.rmtree(ckpt, ignore_errors=True)
             return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
                     "n_refusal_pairs": len(harm), "n_benign_pairs": len(keep), "n_edgy_pairs": len(edgy),
-                    "losses": info["losses"]}
+                    "n_unlikely_pairs": len(neg.pairs) if neg else 0, "losses": info["losses"]}
 
         return self.st.run("align", params_, inputs, build)
 

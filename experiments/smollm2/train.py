@@ -105,6 +105,47 @@ def _assistant_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tens
     return torch.nn.functional.cross_entropy(logits, tgt[keep])
 
 
+def _prefix_unlikelihood(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of ``-log(1 - P(labelled tokens))``: the unlikelihood of a whole labelled prefix (a refusal
+    opener) as one event.
+
+    Why the sequence and not each token: a refusal opener starts with "I", which many good answers start with too;
+    only the joint probability of "I'm sorry, but I can't" says the model is about to refuse. The term is ~P itself
+    when P is small (no pull on prompts the model already answers) and grows without bound as P -> 1."""
+    core = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = core.model(input_ids=ids, attention_mask=att).last_hidden_state
+    tgt = lab[:, 1:]
+    keep = tgt != -100
+    logp = torch.log_softmax(core.lm_head(hidden[:, :-1][keep]).float(), dim=-1)  # labelled positions only
+    tok_lp = logp.gather(-1, tgt[keep].unsqueeze(-1)).squeeze(-1)
+    rows = keep.nonzero()[:, 0]
+    seq_lp = torch.zeros(ids.shape[0], dtype=tok_lp.dtype).index_add(0, rows, tok_lp)
+    seq_lp = seq_lp.clamp(max=-1e-6)  # log P(prefix) < 0, so log1p(-P) stays finite
+    return -torch.log1p(-torch.exp(seq_lp)).mean()
+
+
+def encode_prefix(tok, prompt: str, response: str, n_tokens: int) -> tuple[list[int], list[int]]:
+    """:func:`encode_pair` cut to the prompt plus the first ``n_tokens`` tokens of ``response`` (labelled)."""
+    ids, labels = encode_pair(tok, prompt, response, max_len=10_000)
+    first = next(i for i, x in enumerate(labels) if x != -100)
+    return ids[: first + n_tokens], labels[: first + n_tokens]
+
+
+@dataclass(frozen=True)
+class Unlikelihood:
+    """A second term of the SFT loss: make a refusal opener unlikely on prompts that must be answered.
+
+    Why: SFT on a long answer spends almost all of its gradient on the answer's content; the decision to refuse
+    is the first few tokens, and there the refusal pairs (same openers, hundreds of times) win for any prompt that
+    shares their words ("kill", "destroy"). Pairing the same openers as *negatives* with harmless prompts that use
+    those words makes the words alone useless as a cue. ``pairs``: ``(prompt, refusal)``; each step adds
+    ``weight`` x the mean unlikelihood of the first ``tokens`` tokens over a batch of them (own shuffled order)."""
+
+    pairs: tuple[tuple[str, str], ...]
+    weight: float
+    tokens: int
+
+
 class TrainingPaused(RuntimeError):
     """Training stopped at its time budget after saving a checkpoint; rerun the same command to resume."""
 
@@ -137,11 +178,11 @@ def _load_ckpt(ckpt: Path, model, opt, sched) -> tuple[int, list[float]]:
 
 
 def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log, ckpt: Path | None = None,
-          max_seconds: float | None = None) -> list[float]:
+          max_seconds: float | None = None, unlikely: Unlikelihood | None = None) -> list[float]:
     """The SFT loop. ``ckpt``: a folder for a resumable run (the state after every ``cfg.ckpt_every`` steps and at
     the time budget; a run that finds one continues from it with the same batches it would have seen);
     ``max_seconds``: stop after about this long, save, and raise :class:`TrainingPaused` (a chunk of a run that
-    must fit a shared machine's time slots)."""
+    must fit a shared machine's time slots); ``unlikely``: the :class:`Unlikelihood` term (off when None)."""
     torch.manual_seed(cfg.seed)
     encoded = [encode_pair(tok, p, r, cfg.max_len) for p, r in pairs]
     encoded = [e for e in encoded if any(x != -100 for x in e[1])]
@@ -152,16 +193,25 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log,
         opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     batches = _batches(encoded, cfg, pad)
+    neg_batches = None
+    if unlikely is not None and unlikely.weight > 0 and unlikely.pairs:
+        neg = [encode_prefix(tok, p, r, unlikely.tokens) for p, r in unlikely.pairs]
+        neg_batches = _batches(neg, SFTConfig(**{**cfg.to_dict(), "seed": cfg.seed + 1}), pad)
     start, losses = (_load_ckpt(ckpt, model, opt, sched) if ckpt is not None else (0, []))
     if start:
         log(f"resuming at step {start}/{cfg.steps} from {ckpt}")
         for _ in range(start):  # the batch order is a function of the seed: skip what was trained on
             next(batches)
+            if neg_batches is not None:
+                next(neg_batches)
     model.train()
     t0 = time.time()
     for step in range(start, cfg.steps):
         ids, lab, att = next(batches)
         loss = _assistant_loss(model, ids, att, lab)
+        if neg_batches is not None:
+            n_ids, n_lab, n_att = next(neg_batches)
+            loss = loss + unlikely.weight * _prefix_unlikelihood(model, n_ids, n_att, n_lab)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -184,7 +234,7 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log,
 
 def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print,
                dtype: torch.dtype = torch.bfloat16, ckpt: Path | None = None,
-               max_seconds: float | None = None) -> dict:
+               max_seconds: float | None = None, unlikely: Unlikelihood | None = None) -> dict:
     """Train a LoRA on ``base`` and save it as a PEFT folder in ``out`` (weights cast to ``dtype``);
     ``ckpt``/``max_seconds``: a resumable run in time-boxed chunks (see :func:`_loop`)."""
     from peft import LoraConfig, get_peft_model
@@ -197,7 +247,7 @@ def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConf
     torch.manual_seed(cfg.seed)
     model = get_peft_model(model, lcfg)
     params = [p for p in model.parameters() if p.requires_grad]
-    losses = _loop(model, params, pairs, tok, cfg, log, ckpt=ckpt, max_seconds=max_seconds)
+    losses = _loop(model, params, pairs, tok, cfg, log, ckpt=ckpt, max_seconds=max_seconds, unlikely=unlikely)
     model.save_pretrained(out, safe_serialization=True)
     _cast_safetensors(out / "adapter_model.safetensors", dtype)
     # PEFT writes the absolute base path; keep the config portable.
