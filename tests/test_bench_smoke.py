@@ -4,6 +4,7 @@ the benchmarks themselves are run by hand (docs/benchmarks.md), not timed in the
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,24 @@ def test_markdown_report_from_a_saved_result():
 
 def test_json_safe_replaces_nan():
     assert _json_safe({"a": [1.0, float("nan")], "b": {"c": float("inf")}}) == {"a": [1.0, None], "b": {"c": None}}
+
+
+def test_gate_demo_registers_the_task_with_its_validation_items_as_the_gates_task_shots(tmp_path):
+    """bench/gate_demo.py's handoff: the body names the file of the task's validation items (``task-<t>-val``),
+    written under the adapter root, where the registry takes a registration's ``gate.task`` from."""
+    from bench.gate_demo import registration_body
+    from experiments.smollm2.tasks import generate_val, write_val
+    from safegene_runtime.datasets import load_file
+    from server.build import under_root
+
+    root = tmp_path / "assets"
+    entry = {"name": "topic", "path": str(root / "tasks" / "topic"), "variants": ["plain", "safe"],
+             "coefficients": str(root / "tasks" / "topic" / "coefficients.json")}
+    shots_dir = root / ".gate-demo-x"  # what main() makes with tempfile under the adapter root
+    shots_dir.mkdir(parents=True)
+    body = registration_body(entry, write_val("topic", shots_dir))
+    assert body == {"name": "topic", "path": entry["path"], "version": "gate-bench", "variants": ["plain", "safe"],
+                    "coefficients": entry["coefficients"], "gate": {"task": str(shots_dir / "topic-val.jsonl")}}
+    shots = load_file(body["gate"]["task"], kind="task")
+    assert under_root(Path(body["gate"]["task"]), root)
+    assert [(it.prompt, it.answer) for it in shots] == [(r["prompt"], r["answer"]) for r in generate_val("topic")]

@@ -3,12 +3,15 @@ tasks are deterministic with exact answers, and the refusal texts vary."""
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from experiments.smollm2 import data, refusals, tasks
-from safegene_runtime.datasets import find_overlap, load_named, normalise
+from safegene_runtime.datasets import find_overlap, load_file, load_named, normalise, task_content
+from safegene_runtime.digests import json_digest
+from safegene_runtime.splits import counts_as_test, require_split
 from safegene_runtime.judges.refusal import is_refusal
 
 
@@ -53,18 +56,8 @@ def test_split_roles_are_disjoint_and_deterministic():
     assert not set(s1["benign_align"][:64]) & set(s1["benign_probe"])
 
 
-@pytest.mark.parametrize("task", sorted(tasks.TASKS))
-def test_tasks_are_deterministic_disjoint_and_exact(task):
-    train, test = tasks.generate(task)
-    assert (train, test) == tasks.generate(task)
-    assert len(train) == 400 and len(test) == 200
-    keys_train = {normalise(r["prompt"]) for r in train}
-    keys_test = {normalise(r["prompt"]) for r in test}
-    assert len(keys_train) == 400 and len(keys_test) == 200 and not keys_train & keys_test
-    # A bigger training split keeps the same held-out split.
-    assert tasks.generate(task, n_train=500)[1] == test
-    labels = {r["answer"] for r in train + test}
-    for r in train + test:
+def _assert_exact_answers(task: str, rows: list[dict]) -> None:
+    for r in rows:
         body = r["prompt"].split("\n", 1)[1].split(": ", 1)[1]
         if task == "reverse":
             assert r["answer"] == " ".join(reversed(body.split()))
@@ -76,10 +69,75 @@ def test_tasks_are_deterministic_disjoint_and_exact(task):
         else:
             assert any(s.lower() in body.lower() for s in tasks._TOPICS[r["answer"]])
         assert tasks.is_correct(r["answer"] + ".", r["answer"]) and not tasks.is_correct("maybe", r["answer"])
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASKS))
+def test_tasks_are_deterministic_disjoint_and_exact(task):
+    train, test = tasks.generate(task)
+    assert (train, test) == tasks.generate(task)
+    assert len(train) == 400 and len(test) == 200
+    keys_train = {normalise(r["prompt"]) for r in train}
+    keys_test = {normalise(r["prompt"]) for r in test}
+    assert len(keys_train) == 400 and len(keys_test) == 200 and not keys_train & keys_test
+    # A bigger training split keeps the same held-out split.
+    assert tasks.generate(task, n_train=500)[1] == test
+    labels = {r["answer"] for r in train + test}
+    _assert_exact_answers(task, train + test)
     if task != "reverse":
         assert len(labels) >= 2  # both/all classes occur
         counts = [sum(r["answer"] == lab for r in test) for lab in labels]
         assert min(counts) >= len(test) / len(labels) / 2  # roughly balanced
+
+
+#: json_digest({"train", "test"}) of generate(task) at its defaults, computed before validation items existed
+TRAIN_TEST_DIGESTS = {
+    "sentiment": "38f3fd3aca5adf79ef6b76d08604f5428e0a55aba8e175215acc56eb01d4b97d",
+    "topic": "2be206f17ba739fe1f5a26c15285cd3600d3e36a6fcc48815715a1387add5050",
+    "reverse": "537bb7967ef9dbd7247a9dabf0f4d9c6a85d820b7239356c00d58f68b4a49cca",
+}
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASKS))
+def test_train_and_test_items_are_those_of_before_the_validation_items(task):
+    """Every stage hash built on the task data (task adapters, calibration shots) stays valid."""
+    train, test = tasks.generate(task)
+    assert json_digest({"train": train, "test": test}) == TRAIN_TEST_DIGESTS[task]
+
+
+def _contents(rows: list[dict]) -> list[str]:
+    return [task_content(r["prompt"]) for r in rows]
+
+
+@pytest.mark.parametrize("task", sorted(tasks.TASKS))
+def test_validation_items_are_deterministic_exact_and_apart_from_train_and_test(task):
+    val = tasks.generate_val(task)
+    assert val == tasks.generate_val(task) and len(val) == tasks.VAL_SIZE == 100
+    assert val != tasks.generate_val(task, seed=1)
+    train, test = tasks.generate(task)
+    keys = [normalise(r["prompt"]) for r in val]
+    assert len(set(keys)) == len(val) and not set(keys) & {normalise(r["prompt"]) for r in train + test}
+    # no near duplicate of a train or test item's content (the runtime's own overlap finder, not the generator's
+    # loop); as whole prompts, which share the instruction line, items of one task are near duplicates anyway
+    assert find_overlap([_contents(val)], [_contents(train), _contents(test)], near=True) == []
+    assert find_overlap([[r["prompt"] for r in val]], [[r["prompt"] for r in test]], near=True)
+    # smaller profiles read a prefix of the same stream (tiny: n_train=32, n_test=16), so they are covered too
+    small_train, small_test = tasks.generate(task, n_train=32, n_test=16)
+    assert small_test == test[:16] and small_train == (test + train)[16:48]
+    _assert_exact_answers(task, val)
+    if tasks.TASKS[task].labels:  # equal shares, whatever the filter dropped
+        assert Counter(r["answer"] for r in val) == {lab: 100 // len(tasks.TASKS[task].labels)
+                                                     for lab in tasks.TASKS[task].labels}
+
+
+def test_validation_file_is_a_task_file_of_the_validation_family(tmp_path):
+    path = tasks.write_val("reverse", tmp_path)
+    assert path == tmp_path / "reverse-val.jsonl"
+    s = load_file(path, kind="task")
+    val = tasks.generate_val("reverse")
+    assert [(it.prompt, it.answer) for it in s] == [(r["prompt"], r["answer"]) for r in val]
+    assert s.scorer == "exact" and s.items[0].id == "reverse-val:reverse-val-0"
+    assert counts_as_test(path) is None  # neither named nor filled like a test file: no --test-run needed
+    require_split(path, "validation")  # what the server checks for a registration's gate.task
 
 
 def test_refusals_vary_are_deterministic_and_read_as_refusals():

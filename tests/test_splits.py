@@ -16,15 +16,22 @@ from safegene_runtime.rephrase import FRAMING_NAMES, rephrase_all
 from safegene_runtime.splits import SplitError, check_families, require_split, counts_as_test
 
 
-def _task_test_items() -> dict[str, tuple[str, list[str]]]:
-    return {name: ("test", [r["prompt"] for r in tasks.generate(task)[1]])
-            for name, task in splits.STUDY_TASK_TEST_SETS.items()}
+def _task_items() -> dict[str, tuple[str, list[str]]]:
+    """The study's task test and validation items under their set names, as ``check_families`` extras."""
+    return {**{name: ("test", [r["prompt"] for r in tasks.generate(task)[1]])
+               for name, task in splits.STUDY_TASK_TEST_SETS.items()},
+            **{name: ("validation", [r["prompt"] for r in tasks.generate_val(task)])
+               for name, task in splits.STUDY_TASK_VAL_SETS.items()}}
 
 
-def test_every_named_set_has_a_family_and_the_task_test_names_match_the_study():
+def test_every_named_set_has_a_family_and_the_task_set_names_match_the_study():
     assert set(NAMED_SETS) <= set(splits.SET_FAMILY)
-    assert set(splits.SET_FAMILY) - set(NAMED_SETS) == set(splits.STUDY_TASK_TEST_SETS)
-    assert set(splits.STUDY_TASK_TEST_SETS.values()) == set(tasks.TASKS)
+    assert set(splits.SET_FAMILY) - set(NAMED_SETS) == {*splits.STUDY_TASK_TEST_SETS, *splits.STUDY_TASK_VAL_SETS}
+    assert ds.STUDY_TASKS == tuple(tasks.TASKS)
+    assert set(splits.STUDY_TASK_TEST_SETS.values()) == set(splits.STUDY_TASK_VAL_SETS.values()) == set(tasks.TASKS)
+    assert {splits.family_of(n) for n in splits.STUDY_TASK_TEST_SETS} == {"test"}
+    assert {splits.family_of(n) for n in splits.STUDY_TASK_VAL_SETS} == {"validation"}
+    assert splits.sets_of("validation", loadable=True) == [n for n in splits.sets_of("validation") if n in NAMED_SETS]
     assert set(splits.SET_FAMILY.values()) == set(splits.FAMILIES)
     # the tuners' name check (datasets.TEST_SETS) is the test family plus the source pool that holds test items
     assert ds.TEST_SETS == {n for n in splits.sets_of("test") if n in NAMED_SETS} | {"harmbench-standard"}
@@ -33,11 +40,34 @@ def test_every_named_set_has_a_family_and_the_task_test_names_match_the_study():
 
 
 def test_no_two_families_share_a_prompt_or_a_near_duplicate_on_the_shipped_data():
-    counts = check_families(_task_test_items())
-    # every set of the three families was compared (the task items travel in as extra test sets)
+    counts = check_families(_task_items())
+    # every set of the three families was compared (the task items travel in as extra test and validation sets)
     assert counts["test"] == 240 + 159 + 150 + 70 + 100 + 3 * 200
-    assert counts["validation"] == sum(len(load_named(n)) for n in splits.sets_of("validation"))
+    named_val = splits.sets_of("validation", loadable=True)
+    assert counts["validation"] == sum(len(load_named(n)) for n in named_val) + 3 * 100
     assert counts["align-train"] == sum(len(load_named(n)) for n in splits.sets_of("align-train"))
+
+
+def test_check_families_compares_one_tasks_validation_and_test_items_by_their_content():
+    test = [r["prompt"] for r in tasks.generate("reverse")[1]]
+    val = [r["prompt"] for r in tasks.generate_val("reverse")]
+    instruction, content = test[0].split("\n")
+    field, words = content.split(": ", 1)
+    reordered = f"{instruction}\n{field}: {' '.join(reversed(words.split()))}"  # another item, the same words
+    # as whole prompts every validation item is near a test item (the shared instruction), and that is no leak ...
+    assert find_overlap([val], [test], near=True)
+    check_families({"task-reverse-test": ("test", test), "task-reverse-val": ("validation", val)})
+    # ... but a test item again, or its words reordered, is
+    with pytest.raises(OverlapError) as e:
+        check_families({"task-reverse-test": ("test", test),
+                        "task-reverse-val": ("validation", val + ["  " + test[0].upper(), reordered])})
+    msg = str(e.value)
+    assert msg.startswith("2 pair(s) of prompts from different split families")
+    assert "task-reverse-val (validation) /task-reverse-val:100 == task-reverse-test (test) /task-reverse-test:0" in msg
+    assert "task-reverse-val (validation) /task-reverse-val:101 ~ task-reverse-test (test) /task-reverse-test:0" in msg
+    # a set under another name is compared as whole prompts, like any set
+    with pytest.raises(OverlapError):
+        check_families({"task-reverse-test": ("test", test), "my-val": ("validation", val)})
 
 
 def test_check_families_names_an_exact_and_a_near_leak_with_their_families():

@@ -36,6 +36,8 @@ from safegene_runtime.selection import GRADIENT
 from server.config import NAME_RE  # the server's own rule for base names
 from server.process import ServerProcess, safegene_serve_argv, server_env, vllm_serve_argv
 
+from .tasks import task_file_rows
+
 UNIFORM = (0.5, 1.0, 2.0)
 SETTINGS = ("clean", "mix10")
 
@@ -277,8 +279,7 @@ def run_stage(study, stage: str, log=print) -> None:
         _, test = study.task_data(task)
         f = root / f"{task}-heldout.jsonl"
         if not f.exists():
-            write_jsonl(f, [{"id": f"{task}-{i}", "prompt": r["prompt"], "answer": r["answer"], "scorer": "exact"}
-                            for i, r in enumerate(test[: p["n_task"]])])
+            write_jsonl(f, task_file_rows(test[: p["n_task"]], task))
         task_files[task] = f
     safety_out = root / "safety"
     n_safety = min(p["n_harmful"], 159) + min(p["n_benign"], 150)

@@ -3,15 +3,20 @@
 A pilot run before this study found that a 135M model learns tasks with lexical cues (sentiment, topic labels)
 and simple format transformations (word reversal) to 90-100%, while a task without surface cues (primality)
 stays at chance. Every example is produced from a seeded RNG, so the data (and its hash) are reproducible;
-train and held-out splits are disjoint by normalised prompt text.
+train and held-out splits are disjoint by normalised prompt text. Validation items (:func:`generate_val`, the
+VALIDATION family's ``task-<task>-val``) come from a separate RNG stream, so adding them changed no train or test
+item.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+from safegene_runtime.datasets import near_duplicate, task_content, word_set
+from safegene_runtime.prompts import write_jsonl
 from safegene_runtime.text import normalise
 
 # --------------------------------------------------------------------------------------------- sentiment
@@ -85,11 +90,14 @@ class Task:
     name: str
     make: Callable[[random.Random], tuple[str, str]]
     description: str
+    labels: tuple[str, ...] = ()  # a classification task's answers, drawn uniformly; empty: free-form answers
 
 
 TASKS: dict[str, Task] = {
-    "sentiment": Task("sentiment", _sentiment, "review sentiment (positive/negative) with lexical cue words"),
-    "topic": Task("topic", _topic, "sentence topic (sports/science/business/food) from domain nouns"),
+    "sentiment": Task("sentiment", _sentiment, "review sentiment (positive/negative) with lexical cue words",
+                      ("positive", "negative")),
+    "topic": Task("topic", _topic, "sentence topic (sports/science/business/food) from domain nouns",
+                  tuple(sorted(_TOPICS))),
     "reverse": Task("reverse", _reverse, "reverse the order of 3-5 words"),
 }
 
@@ -114,6 +122,64 @@ def generate(task: str, n_train: int = 400, n_test: int = 200, seed: int = 0) ->
         rows.append({"prompt": prompt, "answer": answer, "task": task})
     # Held-out rows come first so growing n_train never changes the test set.
     return rows[n_test:], rows[:n_test]
+
+
+#: validation items per task (``task-<task>-val``): the gate's task shots (``bench/gate_demo.py``), and what a choice
+#: that needs task accuracy (a calibration knob) measures it on
+VAL_SIZE = 100
+
+
+def generate_val(task: str, n_val: int = VAL_SIZE, n_train: int = 400, n_test: int = 200,
+                 seed: int = 0) -> list[dict]:
+    """Deterministic validation items ``{"prompt", "answer", "task"}`` of ``task``, none of them a train or test item.
+
+    Drawn from their own RNG stream (``"<task>-val-<seed>"``), so :func:`generate`'s rows, and every stage hash built
+    on them, are what they were before validation items existed. A draw is dropped when its prompt equals a row of
+    ``generate(task, n_train, n_test, seed)`` or an earlier validation item (normalised), or when its task content
+    (:func:`~safegene_runtime.datasets.task_content`: the prompt without the shared instruction line) is a near
+    duplicate of a train or test row's (:func:`~safegene_runtime.datasets.near_duplicate`). The generator's rows
+    are a stable stream (test first, then train), so the items are disjoint from the train and test rows of any
+    profile with ``n_train + n_test`` up to the defaults' 600.
+
+    A classification task's labels (:attr:`Task.labels`) get equal shares, as the generator draws them: the filter
+    drops items with short contents more often (topic keeps 11% of its one-word food sentences, 31% of business),
+    which would otherwise skew the labels (14 food items of 100).
+    """
+    train, test = generate(task, n_train, n_test, seed)
+    held = [word_set(task_content(r["prompt"])) for r in train + test]
+    seen = {normalise(r["prompt"]) for r in train + test}
+    labels = TASKS[task].labels
+    left = {lab: n_val // len(labels) + (i < n_val % len(labels)) for i, lab in enumerate(labels)}
+    rng = random.Random(f"{task}-val-{seed}")
+    rows: list[dict] = []
+    tries = 0
+    while len(rows) < n_val:
+        tries += 1
+        if tries > 100 * n_val:
+            raise RuntimeError(f"task {task}: cannot generate {n_val} validation items apart from train and test")
+        prompt, answer = TASKS[task].make(rng)
+        key, words = normalise(prompt), word_set(task_content(prompt))
+        if (labels and left[answer] == 0) or key in seen or any(near_duplicate(words, h) for h in held):
+            continue
+        seen.add(key)
+        if labels:
+            left[answer] -= 1
+        rows.append({"prompt": prompt, "answer": answer, "task": task})
+    return rows
+
+
+def task_file_rows(rows: list[dict], id_prefix: str) -> list[dict]:
+    """Rows of a task file (``safegene eval --task``, the gate's ``gate.task``): ``<id_prefix>-<i>`` ids, the
+    prompt, the answer, exact-match scoring."""
+    return [{"id": f"{id_prefix}-{i}", "prompt": r["prompt"], "answer": r["answer"], "scorer": "exact"}
+            for i, r in enumerate(rows)]
+
+
+def write_val(task: str, folder: Path, n_val: int = VAL_SIZE) -> Path:
+    """Write ``task``'s validation items (:func:`generate_val`) to ``<folder>/<task>-val.jsonl``; return the path."""
+    path = Path(folder) / f"{task}-val.jsonl"
+    write_jsonl(path, task_file_rows(generate_val(task, n_val), f"{task}-val"))
+    return path
 
 
 def is_correct(response: str, answer: str) -> bool:

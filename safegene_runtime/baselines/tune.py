@@ -134,7 +134,8 @@ def check_validation_sets(sets: Iterable[str]) -> list[str]:
     bad = [s for s in names if is_test_set(s)]
     if bad:
         raise DatasetError(f"refusing to tune on test set(s) {bad}: every choice is made on validation data "
-                           f"(validation sets: {', '.join(sets_of(VALIDATION))}, or a validation task file); test "
+                           f"(validation sets: {', '.join(sets_of(VALIDATION, loadable=True))}, or a validation task "
+                           "file); test "
                            "sets are evaluated only for procedures frozen beforehand")
     for s in names:
         if s in SET_FAMILY:

@@ -35,8 +35,8 @@ docs/test-runs.jsonl (commit, config, sets, results). Choose on the validation s
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="evaluate models on an OpenAI-compatible endpoint (harm, refusal, over-refusal, task accuracy)",
-        description=DESCRIPTION % (", ".join(NAMED_SETS), ", ".join(n for n in sets_of("test") if n in NAMED_SETS),
-                                     ", ".join(sets_of("validation"))),
+        description=DESCRIPTION % (", ".join(NAMED_SETS), ", ".join(sets_of("test", loadable=True)),
+                                     ", ".join(sets_of("validation", loadable=True))),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--endpoint", required=True, help="base URL of the API, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--models", required=True, help="comma-separated served model names")
@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     reasons = testrun_reasons({"harmful": args.harmful, "benign": args.benign, "task": args.task}, sets)
     if reasons and not args.test_run:
         raise SplitError(f"{'; '.join(reasons)}: test sets measure only procedures frozen beforehand. Choose on the "
-                         f"validation sets ({', '.join(sets_of('validation'))}); to measure a frozen procedure, "
+                         f"validation sets ({', '.join(sets_of('validation', loadable=True))}); to measure a frozen "
+                         "procedure, "
                          'give --test-run "<what was frozen and why it is measured now>" (recorded in '
                          f"{testruns.LEDGER})")
     cfg = EvalConfig(
