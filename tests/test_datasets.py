@@ -96,14 +96,6 @@ def test_check_no_overlap_accepts_strings_and_files(tmp_path):
     check_no_overlap([["a b"]], [["c d"]])
 
 
-def test_head_training_data_never_touches_eval_prompts():
-    d = ds.harm_head_data()
-    train = d["train"]["harmful"] + d["train"]["benign"]
-    check_no_overlap([train], [load_named("harmbench-test"), PromptSet("edgy", d["edgy_heldout"])])
-    check_no_overlap([train], [d["heldout"]["harmful"] + d["heldout"]["benign"]])
-    assert len(d["edgy_heldout"]) >= 100 and len(d["train"]["harmful"]) > 400
-
-
 def test_user_task_file_with_labels(tmp_path):
     f = tmp_path / "sent.jsonl"
     rows = [{"prompt": "Great film!", "answer": "positive", "labels": ["positive", "negative"], "id": "r1"},

@@ -4,10 +4,14 @@ judges against hand labels."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import Counter
 from pathlib import Path
 
+from ..datasets import DatasetError
+from ..judges.prompt_harm import TRAIN_BENIGN, TRAIN_HARMFUL, VAL_BENIGN, VAL_HARMFUL
 from ..prompts import write_jsonl
+from ..splits import SplitError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,13 +20,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="judge_command", metavar="<judge command>")
 
     t = sub.add_parser("train-head", help="(re)train the MiniLM prompt-harm head on shipped data",
-                       description="Train the logistic-regression head of the prompt-harm judge on shipped harmful "
-                       "vs benign prompts (never on HarmBench test), deterministically, and write it with a manifest "
-                       "(data hashes, held-out accuracy, benign-edgy false-positive rate).")
+                       description="Train the logistic-regression head of the prompt-harm judge on ALIGN-TRAIN "
+                       "harmful vs benign prompts plus our generated edgy-benign prompts, choose its threshold on the "
+                       "calibration half of VALIDATION sets and measure it on their report half (never a TEST set: "
+                       "each set must be in its family), deterministically, and write it with a manifest (sets, "
+                       "digests, threshold, validation accuracy and edgy-benign false-positive rate).")
     t.add_argument("--out", default=None, help="output folder (default: the artifact store)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--weight-decay", type=float, default=1e-3)
-    t.add_argument("--threshold", type=float, default=0.5)
+    t.add_argument("--threshold", type=float, default=None,
+                   help="fixed threshold (default: chosen on the validation sets' calibration half)")
+    for flag, default, family in (("--train-harmful", TRAIN_HARMFUL, "align-train"),
+                                  ("--train-benign", TRAIN_BENIGN, "align-train"),
+                                  ("--val-harmful", VAL_HARMFUL, "validation"),
+                                  ("--val-benign", VAL_BENIGN, "validation")):
+        t.add_argument(flag, default=",".join(default),
+                       help=f"comma-separated {family} set names or files (default {','.join(default)})")
+    t.add_argument("--no-edgy-pool", action="store_true",
+                   help="leave out our generated edgy-benign training prompts (edgy_train.edgy_benign_pool)")
     t.add_argument("--force", action="store_true", help="replace an existing --out (refreshing the committed head)")
     t.set_defaults(func=run_train)
 
@@ -71,13 +86,24 @@ def run_train(args: argparse.Namespace) -> int:
     from ..paths import artifacts_dir
 
     out = Path(args.out) if args.out else artifacts_dir() / f"prompt_harm_head-seed{args.seed}"
-    man = train_head(out, seed=args.seed, weight_decay=args.weight_decay, threshold=args.threshold,
-                     force=args.force)
-    m = man["metrics"]
+
+    def names(arg: str) -> list[str]:
+        return [x.strip() for x in arg.split(",") if x.strip()]
+
+    try:
+        man = train_head(out, seed=args.seed, weight_decay=args.weight_decay, threshold=args.threshold,
+                         force=args.force, train_harmful=names(args.train_harmful),
+                         train_benign=names(args.train_benign), val_harmful=names(args.val_harmful),
+                         val_benign=names(args.val_benign), edgy_pool=not args.no_edgy_pool)
+    except (SplitError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = man["metrics"]["validation_report"]
     print(f"wrote {out}")
-    print(f"held-out accuracy {m['heldout_accuracy']:.3f} (n={m['heldout_n']}), benign-edgy FPR "
-          f"{m['benign_edgy_fpr']:.3f} (n={m['benign_edgy_n']}), HarmBench-test recall "
-          f"{m['harmbench_test_recall']:.3f} (n={m['harmbench_test_n']})")
+    print(f"threshold {man['threshold']} ({man['training']['threshold_rule']})")
+    print(f"validation report half: accuracy {m['accuracy']:.3f} (n={m['n']}), harmful recall "
+          f"{m['harmful_recall']:.3f} (n={m['harmful_n']}), benign false-positive rate {m['benign_fpr']:.3f} "
+          f"(n={m['benign_n']})")
     return 0
 
 

