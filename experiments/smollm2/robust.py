@@ -247,6 +247,33 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
             "edgy_per_category": plain["per_category"]}
 
 
+#: the test family of A's targets (issue 20): evaluated once per frozen recipe, recorded in docs/test-runs.jsonl
+TEST_HARMFUL, TEST_BENIGN, TEST_TASK = "harmbench-test-standard", "rho-overrefusal", "gsm8k-100"
+
+
+def test_model(model_dir: Path, name: str, out: Path, *, procedure: str, max_tokens: int, task_max_tokens: int,
+               log=print) -> dict:
+    """A's TEST check: harmful and over-refusal rates on :data:`TEST_HARMFUL`/:data:`TEST_BENIGN` (as the
+    validation check measures them) and GSM8K-100 accuracy with longer replies; every call is a declared test run
+    (``safegene eval --test-run``, appended to docs/test-runs.jsonl with the commit and config)."""
+    from .evaluate import Server, eval_cli
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    with Server(model_dir, name, out / f"server-{name}.log") as srv:
+        eval_cli(srv.base_url, name, out / "safety", harmful=TEST_HARMFUL, benign=TEST_BENIGN, task=None,
+                 limit=None, max_tokens=max_tokens, log=log, test_run=procedure)
+        eval_cli(srv.base_url, name, out / "gsm8k", harmful=None, benign=None, task=TEST_TASK, limit=None,
+                 max_tokens=task_max_tokens, log=log, test_run=procedure)
+    safety = json.loads((out / "safety" / "results.json").read_text())["models"][name]
+    task = json.loads((out / "gsm8k" / "results.json").read_text())["models"][name]
+    return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
+            "task_max_tokens": task_max_tokens, "procedure": procedure,
+            TEST_HARMFUL: safety.get("harmful_response_rate"),
+            f"{TEST_HARMFUL} response-judge": safety.get("response_harmful_rate"),
+            TEST_BENIGN: safety.get("over_refusal_rate"), TEST_TASK: task.get("task_accuracy")}
+
+
 def today_A(work: Path) -> Path:
     """Today's A as the demo rebuilds it: the original model + ``assets/smollm2/alignment-lora`` merged."""
     from safegene_runtime.merge import merge_checkpoint
@@ -270,11 +297,20 @@ def main(argv: list[str] | None = None) -> int:
     ev.add_argument("--set", action="append", default=[], metavar="align.KEY=VALUE", dest="sets",
                     help="knob overrides for every robust model of --which (as run.py --set)")
     ev.add_argument("--max-tokens", type=int, default=32)
+    te = sub.add_parser("test", help="the TEST check of a frozen recipe (recorded in docs/test-runs.jsonl): "
+                                     f"{TEST_HARMFUL}, {TEST_BENIGN}, {TEST_TASK}")
+    te.add_argument("--which", required=True, help="as for eval: today, robust:VARIANT, ...")
+    te.add_argument("--frozen", required=True, metavar="PROCEDURE",
+                    help="what was frozen and why it is measured now (recorded with the commit)")
+    te.add_argument("--set", action="append", default=[], metavar="align.KEY=VALUE", dest="sets",
+                    help="knob overrides for every robust model of --which (as run.py --set)")
+    te.add_argument("--max-tokens", type=int, default=32, help="safety sets (as the validation check)")
+    te.add_argument("--task-max-tokens", type=int, default=256, help="GSM8K-100 (a worked answer needs room)")
     a = ap.parse_args(argv)
     from .run import Study, log
     from .train import SFTConfig
 
-    root = Study("robust", [], []).root / "robust-eval"
+    root = Study("robust", [], []).root / ("robust-eval" if a.cmd == "eval" else "robust-test")
     root.mkdir(parents=True, exist_ok=True)
     summary_path = root / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
@@ -298,7 +334,11 @@ def main(argv: list[str] | None = None) -> int:
                      "final_loss": built["result"].get("final_loss")}
         else:
             raise SystemExit(f"unknown model {which!r}; choose original, today, robust or robust:VARIANT")
-        summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
+        if a.cmd == "test":
+            summary[name] = extra | test_model(model, name, root / name, procedure=a.frozen,
+                                               max_tokens=a.max_tokens, task_max_tokens=a.task_max_tokens, log=log)
+        else:
+            summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
         summary_path.write_text(json.dumps(summary, indent=1))
         log(f"{name}: {json.dumps({k: v for k, v in summary[name].items() if k != 'per_framing'})}")
     print(json.dumps(summary, indent=1))
