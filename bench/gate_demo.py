@@ -3,6 +3,7 @@
 
     .venv/bin/python bench/gate_demo.py                      # re-register `sentiment` with the gate's defaults
     .venv/bin/python bench/gate_demo.py --task topic
+    .venv/bin/python bench/gate_demo.py --task sentiment --calibrate   # the gate calibrates first (load-time path)
 
 Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
 with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 64 tokens,
@@ -15,6 +16,11 @@ Prints the verdict, each check with its Wilson 95 % interval, every model's coun
 from the report's ``judged.jsonl``), the gate run's own seconds (staging, evaluation of base, plain and safe,
 judging, report) and the registration's wall time; saves them to bench/results/gate_demo-<task>.json and the
 report's ``gate.md`` beside it.
+
+``--calibrate``: the registration brings no coefficients but a ``calibrate`` block (16 harmful, task and benign
+shots from align-train sets, :func:`experiments.smollm2.data.align_train_shots`; every other knob the server's
+default procedure, ``CalibrationConfig``), so the time includes the load-time calibration in the build worker;
+results go to ``gate_demo-<task>-calibrate.json``.
 """
 
 from __future__ import annotations
@@ -43,9 +49,13 @@ from server.process import ServerProcess, free_port, safegene_serve_argv, server
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment", help="demo task to register again (default %(default)s)")
-    ap.add_argument("--out", default=None, help="result file (default bench/results/gate_demo-<task>.json)")
+    ap.add_argument("--calibrate", action="store_true",
+                    help="register with a calibrate block (default procedure) instead of the committed coefficients")
+    ap.add_argument("--out", default=None,
+                    help="result file (default bench/results/gate_demo-<task>[-calibrate].json)")
     args = ap.parse_args()
-    out = Path(args.out or REPO / "bench" / "results" / f"gate_demo-{args.task}.json")
+    suffix = "-calibrate" if args.calibrate else ""
+    out = Path(args.out or REPO / "bench" / "results" / f"gate_demo-{args.task}{suffix}.json")
     with tempfile.TemporaryDirectory(prefix="sg-gate-bench-") as tmp:
         port = free_port()
         cfg, notes = demo_server_config(state_dir=Path(tmp) / "state", port=port, quiet=True)
@@ -61,7 +71,8 @@ def main() -> int:
         server = ServerProcess(safegene_serve_argv(path), port=port, env=server_env("2"), label="safegene serve",
                                log_path=Path(tmp) / "server.log")
         with tempfile.TemporaryDirectory(prefix=".gate-demo-", dir=cfg["adapter_root"]) as shots_dir:
-            body = registration_body(task, write_val(args.task, Path(shots_dir)))
+            body = registration_body(task, write_val(args.task, Path(shots_dir)),
+                                     calibrate=write_shots(args.task, Path(shots_dir)) if args.calibrate else None)
             t_start = time.monotonic()
             server.start()
             started = time.monotonic() - t_start
@@ -85,9 +96,12 @@ def main() -> int:
             finally:
                 server.stop()
     checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
-    result = {"task": args.task, "task_shots": f"task-{args.task}-val", "state": view["state"],
+    result = {"task": args.task, "task_shots": f"task-{args.task}-val", "calibrated": args.calibrate,
+              "state": view["state"],
               "verdict": view["verdict"], "error": view["error"],
               "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
+              # before the gate: the build worker (load-time calibration with --calibrate, stacking)
+              "build_seconds": round(wall - view["seconds"], 1) if view.get("seconds") is not None else None,
               "server_start_seconds": round(started, 1), "requests": view["progress"],
               "concurrency": view["concurrency"], "loadavg_before": load0, "loadavg_after": loadavg(),
               "checks": [{k: c[k] for k in ("name", "value", "limit", "passed", "rate")} for c in checks],
@@ -100,11 +114,30 @@ def main() -> int:
     return 0
 
 
-def registration_body(task: dict, shots: Path) -> dict:
-    """The ``POST /admin/adapters`` body: a new version of the demo ``task`` entry with its committed coefficients,
-    both variants (the gate judges both), and ``shots`` (the task's validation items) as the gate's task shots."""
-    return {"name": task["name"], "path": task["path"], "version": "gate-bench", "variants": ["plain", "safe"],
-            "coefficients": task["coefficients"], "gate": {"task": str(shots)}}
+def registration_body(task: dict, shots: Path, calibrate: dict[str, str] | None = None) -> dict:
+    """The ``POST /admin/adapters`` body: a new version of the demo ``task`` entry with its committed coefficients
+    (or, given ``calibrate``, a calibrate block of shot files instead), both variants (the gate judges both), and
+    ``shots`` (the task's validation items) as the gate's task shots."""
+    body = {"name": task["name"], "path": task["path"], "version": "gate-bench", "variants": ["plain", "safe"],
+            "gate": {"task": str(shots)}}
+    if calibrate is None:
+        return body | {"coefficients": task["coefficients"]}
+    return body | {"version": "gate-bench-calibrate", "calibrate": calibrate}
+
+
+def write_shots(task: str, folder: Path, n: int = 16) -> dict[str, str]:
+    """The calibrate block's shot files (``harmful``, ``task_shots``, ``benign``: JSONL of prompts, from
+    align-train sets only) written into ``folder``; the block as a mapping of those paths."""
+    from experiments.smollm2.data import align_train_shots
+    from safegene_runtime.prompts import write_jsonl
+
+    harm, task_prompts, ben = align_train_shots(task, n)
+    block = {}
+    for key, prompts in (("harmful", harm), ("task_shots", task_prompts), ("benign", ben)):
+        path = folder / f"calibrate-{key}.jsonl"
+        write_jsonl(path, [{"id": f"{key}-{i}", "prompt": q} for i, q in enumerate(prompts)])
+        block[key] = str(path)
+    return block
 
 
 def model_counts(judged_path: Path) -> dict[str, dict[str, dict]]:

@@ -184,3 +184,30 @@ def test_gate_demo_registers_the_task_with_its_validation_items_as_the_gates_tas
     shots = load_file(body["gate"]["task"], kind="task")
     assert under_root(Path(body["gate"]["task"]), root)
     assert [(it.prompt, it.answer) for it in shots] == [(r["prompt"], r["answer"]) for r in generate_val("topic")]
+
+
+def test_gate_demo_calibrate_registers_align_train_shots_and_the_default_procedure(tmp_path):
+    """``bench/gate_demo.py --calibrate``: the body carries a calibrate block (no coefficients) that the server's
+    parser accepts with the default procedure, and its shots are align-train prompts, none in a validation or test
+    set (a gate run measured on validation must not calibrate on it)."""
+    from bench.gate_demo import registration_body, write_shots
+    from experiments.smollm2.tasks import write_val
+    from safegene_runtime.calibration import CalibrationConfig
+    from safegene_runtime.datasets import NAMED_SETS, SET_FAMILY, TEST, VALIDATION, load_file, load_named
+    from server.config import parse_task
+
+    root = tmp_path / "assets"
+    (root / "tasks" / "reverse").mkdir(parents=True)
+    entry = {"name": "reverse", "path": str(root / "tasks" / "reverse"), "variants": ["plain", "safe"],
+             "coefficients": str(root / "tasks" / "reverse" / "coefficients.json")}
+    shots_dir = root / ".gate-demo-x"
+    shots_dir.mkdir()
+    body = registration_body(entry, write_val("reverse", shots_dir), calibrate=write_shots("reverse", shots_dir))
+    assert "coefficients" not in body and body["version"] == "gate-bench-calibrate"
+    spec = parse_task({k: v for k, v in body.items() if k != "gate"}, root, "body")  # the registry takes gate apart
+    assert spec.calibrate is not None and spec.calibrate.config == CalibrationConfig()
+    held = {p for n, f in SET_FAMILY.items() if f in (VALIDATION, TEST) and n in NAMED_SETS
+            for p in load_named(n).prompts}
+    for key in ("harmful", "task_shots", "benign"):
+        prompts = load_file(body["calibrate"][key]).prompts
+        assert len(prompts) == 16 and not set(prompts) & held, key

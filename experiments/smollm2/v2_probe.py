@@ -24,7 +24,7 @@ from safegene_runtime.datasets import load_named
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.report import wilson
 
-from . import data, tasks
+from . import data
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILY = REPO / "assets" / "smollm2"
@@ -47,10 +47,7 @@ def aligned_A() -> Path:
 
 def shots() -> tuple[list[str], list[str], list[str]]:
     """Harmful, task and benign shots, all from align-train sets (never validation or test)."""
-    harm = data.sample([it.prompt for it in load_named("harmful-align-train")], SHOTS, seed=0)
-    ben = data.sample([it.prompt for it in load_named("rho-benign")], SHOTS, seed=1)
-    task = [r["prompt"] for r in tasks.generate("reverse", n_train=400, n_test=200, seed=0)[0][:SHOTS]]
-    return harm, task, ben
+    return data.align_train_shots("reverse", SHOTS)
 
 
 def cal(name: str, out: Path) -> None:
