@@ -121,13 +121,29 @@ def test_recipe_knobs_are_flags_and_the_pilot_keeps_its_hash():
     assert run.params("robust")["align"] == pilot
     base = run.params("robust")
     # knobs added after the pilot enter the hash only away from their default
-    assert run.with_overrides(base, sets=["align.edgy_set=v1", "align.plain_share=1.0"])["align"] == pilot
+    assert run.with_overrides(base, sets=["align.edgy_set=v1", "align.plain_share=1.0", "align.unlikely_weight=0",
+                                          "align.unlikely_scope=all", "align.unlikely_tokens=6"])["align"] == pilot
     assert run.with_overrides(base, "pilot")["align"] == pilot
     v = run.with_overrides(base, "f1e3v2", ["align.lr=1e-4"])["align"]
     assert v == pilot | robust.VARIANTS["f1e3v2"] | {"lr": 1e-4}
     assert base["align"] == pilot  # not mutated
-    for bad in (["align.framing_per_prompt=1"], ["align.edgy_set=v9"], ["lr=1e-4"]):
+    for bad in (["align.framing_per_prompt=1"], ["align.edgy_set=v9"], ["lr=1e-4"], ["align.unlikely_scope=some"],
+                ["align.unlikely_weight=-1"]):
         with pytest.raises(SystemExit):
             run.with_overrides(base, sets=bad)
     with pytest.raises(SystemExit):
         run.with_overrides(run.params("full"), "f1e4")
+
+
+def test_unlikelihood_negatives_pair_each_edgy_prompt_with_a_refusal_and_words_scope_skips_the_framings():
+    """The unlikelihood term's negatives: every answered edgy-benign prompt once (repeats do not repeat it), with a
+    refusal of the harmful pairs' pool; scope "words" leaves out the harmless tasks asked in a harmful framing."""
+    edgy_all = robust.edgy_train_prompts("v2")
+    framed = {q for c, q in edgy_all if c.startswith("framed_")}
+    answered = [(q, f"an answer to {q}") for _, q in edgy_all] * 3
+    every = robust.unlikely_pairs(answered, robust.RobustAlign(edgy_set="v2", unlikely_weight=1.0))
+    words = robust.unlikely_pairs(answered, robust.RobustAlign(edgy_set="v2", unlikely_weight=1.0,
+                                                               unlikely_scope="words"))
+    assert [q for q, _ in every] == [q for _, q in edgy_all]
+    assert framed and [q for q, _ in words] == [q for _, q in edgy_all if q not in framed]
+    assert all(refusals.refusal_for(q) == r for q, r in every)

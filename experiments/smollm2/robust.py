@@ -38,6 +38,7 @@ from pathlib import Path
 from safegene_runtime import datasets as ds
 from safegene_runtime.edgy_train import EDGY_EXCLUDE, EDGY_SETS, edgy_train_prompts  # noqa: F401 (the recipe's data)
 from safegene_runtime.rephrase import FRAMING_NAMES, rephrase
+from safegene_runtime.prompts import write_jsonl
 from safegene_runtime.text import normalise
 
 from . import refusals
@@ -54,7 +55,10 @@ def _h(*parts: str) -> int:
 # --------------------------------------------------------------------------------------------- the knobs
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
-ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens")
+ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope")
+#: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
+#: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
+UNLIKELY_SCOPES = ("all", "words")
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,8 @@ class RobustAlign:
     unlikely_weight: float = 0.0
     #: length of the refusal opener the term scores, in tokens ("I'm sorry, but I can't")
     unlikely_tokens: int = 6
+    #: the edgy-benign prompts the term applies to (:data:`UNLIKELY_SCOPES`)
+    unlikely_scope: str = "all"
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -100,6 +106,8 @@ class RobustAlign:
             raise ValueError(f"unknown edgy_set {cfg.edgy_set!r}; choose from {', '.join(EDGY_SETS)}")
         if not 0.0 <= cfg.plain_share <= 1.0:
             raise ValueError(f"plain_share must be in [0, 1], got {cfg.plain_share}")
+        if cfg.unlikely_scope not in UNLIKELY_SCOPES:
+            raise ValueError(f"unknown unlikely_scope {cfg.unlikely_scope!r}; choose from {', '.join(UNLIKELY_SCOPES)}")
         if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
             raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
                              f"{cfg.unlikely_tokens}")
@@ -131,6 +139,9 @@ VARIANTS: dict[str, dict] = {
     # f2e3v2 plus the refusal-opener unlikelihood on every edgy-benign prompt: figures of speech stayed refused
     # (13-14/21) whatever the edgy share, so push on the refusal decision itself, not on more answer text
     "f2e3v2-ul1": {"edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0},
+    # f2e3v2-ul1 cut over-refusal (13.6 -> 5.9%) but lost framed refusals (rephrased HR 18.2 -> 34.1%, persona
+    # 0 -> 14/22): the term also pushed on the harmless tasks in each framing, so keep it off those
+    "f2e3v2-ul1w": {"edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0, "unlikely_scope": "words"},
 }
 
 
@@ -188,10 +199,12 @@ def training_pairs(harm: list[tuple[str, str | None]], benign: list[tuple[str, s
     return pairs + list(benign) + list(edgy)
 
 
-def unlikely_pairs(edgy: list[tuple[str, str]], seed: int = 0) -> list[tuple[str, str]]:
-    """``(prompt, refusal)`` negatives for the unlikelihood term: each edgy-benign prompt once, with the refusal
-    the harmful pairs would give it (:func:`.refusals.refusal_for`, the same openers)."""
-    return [(q, refusals.refusal_for(q, seed=seed)) for q in dict.fromkeys(q for q, _ in edgy)]
+def unlikely_pairs(edgy: list[tuple[str, str]], cfg: RobustAlign, seed: int = 0) -> list[tuple[str, str]]:
+    """``(prompt, refusal)`` negatives for the unlikelihood term: each edgy-benign prompt of ``cfg.unlikely_scope``
+    once, with the refusal the harmful pairs would give it (:func:`.refusals.refusal_for`, the same openers)."""
+    framed = {q for c, q in edgy_train_prompts(cfg.edgy_set) if c.startswith("framed_")}
+    keep = [q for q in dict.fromkeys(q for q, _ in edgy) if cfg.unlikely_scope == "all" or q not in framed]
+    return [(q, refusals.refusal_for(q, seed=seed)) for q in keep]
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -234,7 +247,15 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
                   limit=None, max_tokens=max_tokens, log=log)
         eval_cli(srv.base_url, name, out / "rephrased", harmful="harmful-val-rephrased", benign=None, task=None,
                   limit=None, max_tokens=max_tokens, log=log)
+        # a fit check, not a validation number: the recipe's own figures of speech (trained, v2 set). Refused here
+        # too = the training did not fit them; answered here but refused in edgy-benign-val = no generalisation
+        fig = out / "train-figurative.jsonl"
+        write_jsonl(fig, [{"id": f"train-figurative:{i}", "prompt": q}
+                          for i, (c, q) in enumerate(edgy_train_prompts("v2")) if c == "figurative"])
+        eval_cli(srv.base_url, name, out / "train-figurative", harmful=None, benign=str(fig), task=None,
+                  limit=None, max_tokens=max_tokens, log=log)
     plain, reph = _summary_from(out / "plain", name), _summary_from(out / "rephrased", name)
+    fit = json.loads((out / "train-figurative" / "results.json").read_text())["models"][name]
     # the phrase judge's harmful response rate, and beside it the response-level judge's (judges/response_harm:
     # does the reply give substantive help?), when safegene eval ran it
     return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
@@ -244,7 +265,8 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
             "harmful-val-rephrased": reph["results"].get("harmful_response_rate"),
             "harmful-val-rephrased response-judge": reph["results"].get("response_harmful_rate"),
             "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"],
-            "edgy_per_category": plain["per_category"]}
+            "edgy_per_category": plain["per_category"],
+            "train-figurative over-refusal (fit check)": fit.get("over_refusal_rate")}
 
 
 #: the test family of A's targets (issue 20): evaluated once per frozen recipe, recorded in docs/test-runs.jsonl
