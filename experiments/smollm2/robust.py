@@ -142,6 +142,10 @@ VARIANTS: dict[str, dict] = {
     # f2e3v2-ul1 cut over-refusal (13.6 -> 5.9%) but lost framed refusals (rephrased HR 18.2 -> 34.1%, persona
     # 0 -> 14/22): the term also pushed on the harmless tasks in each framing, so keep it off those
     "f2e3v2-ul1w": {"edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0, "unlikely_scope": "words"},
+    # ul1w cut over-refusal to 5.3% at rephrased HR 22.2%: a third framing per harmful prompt (more framed refusal
+    # pairs) to win the framings back, the term kept on words
+    "f3e3v2-ul1w": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
+                    "unlikely_scope": "words"},
 }
 
 
