@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.deploy.apt import AptError, apt_install
+
 BASE_IMAGE = "safegene-base:bookworm"
 CPU_IMAGE = "safegene-serve:0.1.0-cpu"
 PROM_IMAGE = "safegene-prometheus:debian"
@@ -40,12 +42,10 @@ def _run(cmd: list[str], timeout: float = 600, env: dict[str, str] | None = None
 def _apt_install(*packages: str) -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise DockerUnavailable(f"{', '.join(packages)} missing and this user cannot apt-get install them")
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "update", "-qq"], timeout=600, env=env, check=False)
-    proc = _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages], timeout=900, env=env,
-                check=False)
-    if proc.returncode != 0:
-        raise DockerUnavailable(f"apt-get install {' '.join(packages)} failed: {proc.stderr[-500:]}")
+    try:
+        apt_install(*packages, timeout=900)
+    except AptError as e:
+        raise DockerUnavailable(str(e)) from e
 
 
 class DockerHost:

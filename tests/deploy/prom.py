@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from tests.deploy.apt import AptError, apt_install
+
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
@@ -39,14 +41,10 @@ def ensure_prometheus() -> tuple[str, str]:
             "prometheus/promtool not found and cannot install them (needs root and apt-get). "
             "Install them with: sudo apt-get update && sudo apt-get install -y prometheus"
         )
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"]):
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            raise PrometheusMissing(
-                f"`{' '.join(cmd)}` failed (exit {proc.returncode}); cannot run the Prometheus tests:\n"
-                f"{(proc.stdout + proc.stderr)[-2000:]}"
-            )
+    try:
+        apt_install("prometheus", timeout=600)
+    except AptError as e:
+        raise PrometheusMissing(f"{e}\ncannot run the Prometheus tests") from e
     found = shutil.which("prometheus") or "/usr/bin/prometheus", shutil.which("promtool") or "/usr/bin/promtool"
     for path in found:
         if not Path(path).exists():
