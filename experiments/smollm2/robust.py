@@ -23,6 +23,11 @@ with the pilot's knobs or a named variant of :data:`VARIANTS`, built beforehand 
 --variant NAME --stages align``) through a real vLLM server with ``safegene eval`` on VALIDATION sets only:
 harmful-val, harmful-val-rephrased (also per framing) and edgy-benign-val, harmful rates by the phrase judge and by
 the response-level judge; it writes ``<stages>/robust-eval/summary.json``.
+
+    python -m experiments.smollm2.robust test --which robust:VARIANT --frozen "<what was frozen and why now>"
+
+is the TEST check of a frozen recipe (HarmBench test, rho over-refusal, GSM8K-100), every call a recorded
+``safegene eval --test-run``; run it once per frozen recipe, never to choose one.
 """
 
 from __future__ import annotations
