@@ -505,15 +505,15 @@ class Registry:
         allowed = {PROMOTE: VARIANTS, PROMOTE_SAFE_ONLY: ("safe",), REFUSE: ()}[verdict]
         keep = [v for v in spec.variants if v in allowed]
         assert job.gate is not None
+        failed = [c.name for c in out.decision.failed]
         job.gate.update(verdict=verdict, report=str(out.path), report_id=out.id, seconds=round(out.seconds, 1),
-                        served=[rec.variants[v].served_name for v in keep],
-                        failed_checks=[c.name for c in out.decision.failed])
+                        served=[rec.variants[v].served_name for v in keep], failed_checks=failed)
         if not keep:
             raise RegistryError(f"the safety gate refused version {rec.version!r} of {spec.name!r} (verdict {verdict}; "
-                                f"failed: {'; '.join(c.name for c in out.decision.failed) or 'none'}); nothing served "
+                                f"failed: {'; '.join(failed) or 'none'}); nothing served "
                                 f"changed. The report: GET /admin/gate/{job.id}", 422, "gate_refused",
                                 extra={"job": job.id, "verdict": verdict, "report": f"/admin/gate/{job.id}",
-                                       "failed_checks": [c.name for c in out.decision.failed]})
+                                       "failed_checks": failed})
         info = {"verdict": verdict, "report": str(out.path), "id": out.id, "job": job.id}
         return replace(rec, spec=dict(rec.spec, variants=keep), gate=info).with_variants(
             {v: rec.variants[v] for v in keep})

@@ -97,12 +97,19 @@ def _assistant_loss(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tens
     Why not ``model(labels=...)``: that projects every position onto the 49k-token vocabulary, while only the
     assistant tokens (a few per task example) carry loss; the LM head plus softmax is ~20-30% of a step on CPU.
     Works for plain and PEFT-wrapped Llama models (LoRA layers are injected in place)."""
+    logits, tgt, keep = _labelled_logits(model, ids, att, lab)
+    return torch.nn.functional.cross_entropy(logits, tgt[keep])
+
+
+def _labelled_logits(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Next-token logits (float32) at the labelled positions only, with the shifted labels and their mask: the LM
+    head is the costly part, so both losses project only what carries loss."""
     core = model.get_base_model() if hasattr(model, "get_base_model") else model
     hidden = core.model(input_ids=ids, attention_mask=att).last_hidden_state
     tgt = lab[:, 1:]
     keep = tgt != -100
-    logits = core.lm_head(hidden[:, :-1][keep]).float()
-    return torch.nn.functional.cross_entropy(logits, tgt[keep])
+    return core.lm_head(hidden[:, :-1][keep]).float(), tgt, keep
 
 
 def _prefix_unlikelihood(model, ids: torch.Tensor, att: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
@@ -112,11 +119,8 @@ def _prefix_unlikelihood(model, ids: torch.Tensor, att: torch.Tensor, lab: torch
     Why the sequence and not each token: a refusal opener starts with "I", which many good answers start with too;
     only the joint probability of "I'm sorry, but I can't" says the model is about to refuse. The term is ~P itself
     when P is small (no pull on prompts the model already answers) and grows without bound as P -> 1."""
-    core = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = core.model(input_ids=ids, attention_mask=att).last_hidden_state
-    tgt = lab[:, 1:]
-    keep = tgt != -100
-    logp = torch.log_softmax(core.lm_head(hidden[:, :-1][keep]).float(), dim=-1)  # labelled positions only
+    logits, tgt, keep = _labelled_logits(model, ids, att, lab)
+    logp = torch.log_softmax(logits, dim=-1)
     tok_lp = logp.gather(-1, tgt[keep].unsqueeze(-1)).squeeze(-1)
     rows = keep.nonzero()[:, 0]
     seq_lp = torch.zeros(ids.shape[0], dtype=tok_lp.dtype).index_add(0, rows, tok_lp)
