@@ -122,7 +122,14 @@ def test_recipe_knobs_are_flags_and_the_pilot_keeps_its_hash():
     base = run.params("robust")
     # knobs added after the pilot enter the hash only away from their default
     assert run.with_overrides(base, sets=["align.edgy_set=v1", "align.plain_share=1.0", "align.unlikely_weight=0",
-                                          "align.unlikely_scope=all", "align.unlikely_tokens=6"])["align"] == pilot
+                                          "align.unlikely_scope=all", "align.unlikely_tokens=6",
+                                          "align.seed=0"])["align"] == pilot
+    # a second seed is a new stage of the same variant; its default is the trainer's, which the pilot trained with
+    from experiments.smollm2.train import SFTConfig
+
+    assert robust.RobustAlign().seed == SFTConfig().seed
+    assert run.with_overrides(base, "f3e3v2-ul1w", ["align.seed=1"])["align"] == (
+        pilot | robust.VARIANTS["f3e3v2-ul1w"] | {"seed": 1})
     assert run.with_overrides(base, "pilot")["align"] == pilot
     v = run.with_overrides(base, "f1e3v2", ["align.lr=1e-4"])["align"]
     assert v == pilot | robust.VARIANTS["f1e3v2"] | {"lr": 1e-4}

@@ -60,7 +60,7 @@ def _h(*parts: str) -> int:
 # --------------------------------------------------------------------------------------------- the knobs
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
-ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope")
+ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed")
 #: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
@@ -98,6 +98,9 @@ class RobustAlign:
     unlikely_tokens: int = 6
     #: the edgy-benign prompts the term applies to (:data:`UNLIKELY_SCOPES`)
     unlikely_scope: str = "all"
+    #: the trainer's seed (batch order and LoRA init; the training data stay the same): a second seed of a variant
+    #: is ``--set align.seed=1``. Default: :class:`.train.SFTConfig`'s, which every stage before this knob used
+    seed: int = 0
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -150,6 +153,10 @@ VARIANTS: dict[str, dict] = {
     # ul1w cut over-refusal to 5.3% at rephrased HR 22.2%: a third framing per harmful prompt (more framed refusal
     # pairs) to win the framings back, the term kept on words
     "f3e3v2-ul1w": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
+                    "unlikely_scope": "words"},
+    # f3e3v2-ul1w: 3.6% over-refusal but rephrased HR 20.5% (past tense 10/22, indirect 8/22): a fourth framing per
+    # harmful prompt (every framing on half the prompts instead of 3/8)
+    "f4e3v2-ul1w": {"framings_per_prompt": 4, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
                     "unlikely_scope": "words"},
 }
 
@@ -339,7 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--task-max-tokens", type=int, default=256, help="GSM8K-100 (a worked answer needs room)")
     a = ap.parse_args(argv)
     from .run import Study, log
-    from .train import SFTConfig
 
     root = Study("robust", [], []).root / ("robust-eval" if a.cmd == "eval" else "robust-test")
     root.mkdir(parents=True, exist_ok=True)
@@ -361,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
             model, name = stage / "model", "a-robust-" + stage.name.split("-")[-1]
             built = json.loads((stage / "stage.json").read_text())
             extra = {"variant": variant or "pilot", "stage": stage.name, "knobs": study.p["align"],
-                     "seed": SFTConfig().seed,  # the trainer's (batch order, LoRA init) and the refusals' seed
+                     "seed": RobustAlign.from_params(study.p["align"]).seed,  # the trainer's (batch order, LoRA init)
                      "final_loss": built["result"].get("final_loss")}
         else:
             raise SystemExit(f"unknown model {which!r}; choose original, today, robust or robust:VARIANT")

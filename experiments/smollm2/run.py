@@ -358,7 +358,7 @@ class Study:
             keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
             pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
-            cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len)
+            cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len, seed=p.seed)
             neg = (Unlikelihood(tuple(robust.unlikely_pairs(edgy, p)), p.unlikely_weight, p.unlikely_tokens)
                    if p.unlikely_weight > 0 else None)
             info = train_lora(self.base(), pairs, tmp / "lora", cfg, log=log, ckpt=ckpt,
