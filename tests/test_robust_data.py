@@ -154,3 +154,19 @@ def test_unlikelihood_negatives_pair_each_edgy_prompt_with_a_refusal_and_words_s
     assert [q for q, _ in every] == [q for _, q in edgy_all]
     assert framed and [q for q, _ in words] == [q for _, q in edgy_all if q not in framed]
     assert all(refusals.refusal_for(q) == r for q, r in every)
+
+
+def test_harmful_fit_check_reads_only_the_recipes_own_framed_training_prompts():
+    cfg = robust.RobustAlign(framings_per_prompt=3)
+    rows = robust.fit_harmful_prompts(cfg, per_framing=4)
+    trained = {q for q, f in robust.harmful_augmented(robust.harmful_align_prompts(), 3) if f is not None}
+    assert rows and {r["prompt"] for r in rows} <= trained
+    per: dict[str, int] = {}
+    for r in rows:
+        _, framing, _ = r["id"].split(":")
+        per[framing] = per.get(framing, 0) + 1
+    assert set(per) == set(robust.FRAMING_NAMES) and set(per.values()) == {4}
+    assert len({r["id"] for r in rows}) == len(rows)
+    # a recipe with other framings per prompt checks its own prompts
+    assert {r["prompt"] for r in robust.fit_harmful_prompts(robust.RobustAlign(framings_per_prompt=1), 4)} != {
+        r["prompt"] for r in rows}

@@ -158,6 +158,11 @@ VARIANTS: dict[str, dict] = {
     # harmful prompt (every framing on half the prompts instead of 3/8)
     "f4e3v2-ul1w": {"framings_per_prompt": 4, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
                     "unlikely_scope": "words"},
+    # f4 did not win the framings back (past tense 10/22, indirect 8/22 as f3) and raised over-refusal (7.1%); f3
+    # answers 30 of 50 of its own past-tense *training* prompts: 200 steps of batch 8 are half an epoch of its
+    # 2,940 pairs, an underfit, so train f3e3v2-ul1w twice as long
+    "f3e3v2-ul1w-s400": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
+                         "unlikely_scope": "words", "steps": 400},
 }
 
 
@@ -231,8 +236,8 @@ def _summary_from(out: Path, model: str) -> dict:
     res = json.loads((out / "results.json").read_text())
     judged = [json.loads(x) for x in (out / "judged.jsonl").read_text().splitlines() if x.strip()]
     per: dict[str, list[int]] = {}
-    for j in judged:
-        if j["model"] == model and j["set"] == "harmful-val-rephrased":
+    for j in judged:  # ids "<set>:<framing>:..." (the rephrased validation set and the fit check's file)
+        if j["model"] == model and j["role"] == "harmful" and j["set"] != "harmful-val":
             framing = j["id"].split(":")[1]
             k = per.setdefault(framing, [0, 0, 0])
             k[0] += j["refusal"] != "refusal"
@@ -251,8 +256,29 @@ def _summary_from(out: Path, model: str) -> dict:
             "per_category": {c: rate(k, n) for c, (k, n) in sorted(cat.items())}}
 
 
-def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, log=print) -> dict:
-    """Serve ``model_dir`` (vLLM behind our server) and run ``safegene eval`` on the validation sets."""
+#: prompts per framing in the harmful fit check (the recipe's own framed training prompts)
+FIT_PER_FRAMING = 25
+
+
+def fit_harmful_prompts(cfg: RobustAlign, per_framing: int = FIT_PER_FRAMING) -> list[dict]:
+    """The harmful fit check's prompts: the first ``per_framing`` framed *training* prompts of each framing of
+    ``cfg``'s recipe, ids ``train-framed:<framing>:<n>``. Answered here = the training did not fit its own refusal
+    pairs (more steps, not more data); refused here but answered in harmful-val-rephrased = no generalisation."""
+    seen: dict[str, int] = {}
+    rows = []
+    for q, f in harmful_augmented(harmful_align_prompts(), cfg.framings_per_prompt, cfg.plain_share):
+        if f is not None and seen.get(f, 0) < per_framing:
+            rows.append({"id": f"train-framed:{f}:{seen.get(f, 0)}", "prompt": q})
+            seen[f] = seen.get(f, 0) + 1
+    return rows
+
+
+def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, fit: RobustAlign | None = None,
+                   log=print) -> dict:
+    """Serve ``model_dir`` (vLLM behind our server) and run ``safegene eval`` on the validation sets.
+
+    ``fit``: the recipe that trained the model, for the harmful fit check on its own framed training prompts
+    (:func:`fit_harmful_prompts`; skipped for models we did not train this way)."""
     from .evaluate import Server, eval_cli
 
     out.mkdir(parents=True, exist_ok=True)
@@ -270,8 +296,14 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
                           for i, (c, q) in enumerate(edgy_train_prompts("v2")) if c == "figurative"])
         eval_cli(srv.base_url, name, out / "train-figurative", harmful=None, benign=str(fig), task=None,
                   limit=None, max_tokens=max_tokens, log=log)
+        if fit is not None:
+            framed = out / "train-framed.jsonl"
+            write_jsonl(framed, fit_harmful_prompts(fit))
+            eval_cli(srv.base_url, name, out / "train-framed", harmful=str(framed), benign=None, task=None,
+                      limit=None, max_tokens=max_tokens, log=log)
     plain, reph = _summary_from(out / "plain", name), _summary_from(out / "rephrased", name)
-    fit = json.loads((out / "train-figurative" / "results.json").read_text())["models"][name]
+    fig_fit = json.loads((out / "train-figurative" / "results.json").read_text())["models"][name]
+    framed_fit = _summary_from(out / "train-framed", name) if fit is not None else None
     # the phrase judge's harmful response rate, and beside it the response-level judge's (judges/response_harm:
     # does the reply give substantive help?), when safegene eval ran it
     return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
@@ -282,7 +314,9 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, lo
             "harmful-val-rephrased response-judge": reph["results"].get("response_harmful_rate"),
             "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"],
             "edgy_per_category": plain["per_category"],
-            "train-figurative over-refusal (fit check)": fit.get("over_refusal_rate")}
+            "train-figurative over-refusal (fit check)": fig_fit.get("over_refusal_rate"),
+            "train-framed HR (fit check)": framed_fit["results"].get("harmful_response_rate") if framed_fit else None,
+            "train-framed per framing (fit check)": framed_fit["per_framing"] if framed_fit else None}
 
 
 #: the test family of A's targets (issue 20): evaluated once per frozen recipe, recorded in docs/test-runs.jsonl
@@ -353,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for which in [w for w in a.which.split(",") if w]:
         extra: dict = {}
+        fit: RobustAlign | None = None  # the recipe that trained the model (the harmful fit check needs it)
         if which == "today":
             model, name = today_A(root), "a-today"
         elif which == "original":  # SmolLM2-135M-Instruct before any alignment of ours: where over-refusal starts
@@ -366,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
             stage = study.align()
             model, name = stage / "model", "a-robust-" + stage.name.split("-")[-1]
             built = json.loads((stage / "stage.json").read_text())
+            fit = RobustAlign.from_params(study.p["align"])
             extra = {"variant": variant or "pilot", "stage": stage.name, "knobs": study.p["align"],
-                     "seed": RobustAlign.from_params(study.p["align"]).seed,  # the trainer's (batch order, LoRA init)
+                     "seed": fit.seed,  # the trainer's (batch order, LoRA init)
                      "final_loss": built["result"].get("final_loss")}
         else:
             raise SystemExit(f"unknown model {which!r}; choose original, today, robust or robust:VARIANT")
@@ -375,7 +411,8 @@ def main(argv: list[str] | None = None) -> int:
             summary[name] = extra | test_model(model, name, root / name, procedure=a.frozen,
                                                max_tokens=a.max_tokens, task_max_tokens=a.task_max_tokens, log=log)
         else:
-            summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, log=log)
+            summary[name] = extra | evaluate_model(model, name, root / name, max_tokens=a.max_tokens, fit=fit,
+                                                   log=log)
         summary_path.write_text(json.dumps(summary, indent=1))
         log(f"{name}: {json.dumps({k: v for k, v in summary[name].items() if k != 'per_framing'})}")
     print(json.dumps(summary, indent=1))
