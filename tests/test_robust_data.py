@@ -163,7 +163,7 @@ def test_harmful_fit_check_reads_only_the_recipes_own_framed_training_prompts():
     assert rows and {r["prompt"] for r in rows} <= trained
     per: dict[str, int] = {}
     for r in rows:
-        _, framing, _ = r["id"].split(":")
+        framing, _ = r["id"].split(":")
         per[framing] = per.get(framing, 0) + 1
     assert set(per) == set(robust.FRAMING_NAMES) and set(per.values()) == {4}
     assert len({r["id"] for r in rows}) == len(rows)

@@ -262,13 +262,14 @@ FIT_PER_FRAMING = 25
 
 def fit_harmful_prompts(cfg: RobustAlign, per_framing: int = FIT_PER_FRAMING) -> list[dict]:
     """The harmful fit check's prompts: the first ``per_framing`` framed *training* prompts of each framing of
-    ``cfg``'s recipe, ids ``train-framed:<framing>:<n>``. Answered here = the training did not fit its own refusal
+    ``cfg``'s recipe, ids ``<framing>:<n>`` (``train-framed:<framing>:<n>`` once ``safegene eval`` reads them from
+    ``train-framed.jsonl``). Answered here = the training did not fit its own refusal
     pairs (more steps, not more data); refused here but answered in harmful-val-rephrased = no generalisation."""
     seen: dict[str, int] = {}
     rows = []
     for q, f in harmful_augmented(harmful_align_prompts(), cfg.framings_per_prompt, cfg.plain_share):
         if f is not None and seen.get(f, 0) < per_framing:
-            rows.append({"id": f"train-framed:{f}:{seen.get(f, 0)}", "prompt": q})
+            rows.append({"id": f"{f}:{seen.get(f, 0)}", "prompt": q})  # eval prefixes the file's stem
             seen[f] = seen.get(f, 0) + 1
     return rows
 
