@@ -268,9 +268,12 @@ def fit_harmful_prompts(cfg: RobustAlign, per_framing: int = FIT_PER_FRAMING) ->
     seen: dict[str, int] = {}
     rows = []
     for q, f in harmful_augmented(harmful_align_prompts(), cfg.framings_per_prompt, cfg.plain_share):
-        if f is not None and seen.get(f, 0) < per_framing:
-            rows.append({"id": f"{f}:{seen.get(f, 0)}", "prompt": q})  # eval prefixes the file's stem
-            seen[f] = seen.get(f, 0) + 1
+        if f is None:  # the plain wording: not a framing
+            continue
+        n = seen.get(f, 0)
+        if n < per_framing:
+            rows.append({"id": f"{f}:{n}", "prompt": q})  # eval prefixes the file's stem
+            seen[f] = n + 1
     return rows
 
 
