@@ -159,8 +159,8 @@ VARIANTS: dict[str, dict] = {
     "f4e3v2-ul1w": {"framings_per_prompt": 4, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
                     "unlikely_scope": "words"},
     # f4 did not win the framings back (past tense 10/22, indirect 8/22 as f3) and raised over-refusal (7.1%); f3
-    # answers 30 of 50 of its own past-tense *training* prompts: 200 steps of batch 8 are half an epoch of its
-    # 2,940 pairs, an underfit, so train f3e3v2-ul1w twice as long
+    # answers its own past-tense *training* prompts: 200 steps of batch 8 are half an epoch of its
+    # 2,940 pairs, an underfit (the fit check: 15/25 past tense), so train f3e3v2-ul1w twice as long
     "f3e3v2-ul1w-s400": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
                          "unlikely_scope": "words", "steps": 400},
 }
