@@ -291,13 +291,13 @@ def wrap_app(app: Any, middleware: type, **kw: Any) -> None:
     app.add_middleware(middleware, **kw)
 
 
-async def serve_http(app: Any, sock: Any, args: Any) -> Any:
-    """Listen on ``sock`` until SIGINT/SIGTERM; returns vLLM's shutdown task."""
+async def serve_http(app: Any, sock: Any, args: Any, keep_alive_s: float) -> Any:
+    """Listen on ``sock`` until SIGINT/SIGTERM; returns vLLM's shutdown task. ``keep_alive_s``: see
+    :data:`server.config.DEFAULT_KEEP_ALIVE_S` (vLLM's own default, 5 s, races the clients' 5 s)."""
     # lazy: see the module docstring
-    import vllm.envs as envs
     from vllm.entrypoints.launchers.launcher import serve_http as vllm_serve_http
 
     return await vllm_serve_http(
         app, sock=sock, host=args.host, port=args.port, log_level=args.uvicorn_log_level,
-        access_log=False, timeout_keep_alive=envs.VLLM_HTTP_TIMEOUT_KEEP_ALIVE,
+        access_log=False, timeout_keep_alive=keep_alive_s,
     )

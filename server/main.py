@@ -76,7 +76,7 @@ async def serve(cfg: ServerConfig, registry: Registry, judge_queue: JudgeQueue |
             registry.enable_gate(internal_completer(app), cfg.engine.max_num_seqs)
             names = ", ".join(registry.served)
             print(f"SafeGene server ready on http://{cfg.host}:{cfg.port}/v1 serving: {names}", flush=True)
-            shutdown_task = await serve_http(app, sock, args)
+            shutdown_task = await serve_http(app, sock, args, cfg.keep_alive_s)
         await shutdown_task
     finally:
         if follower is not None:
