@@ -10,7 +10,7 @@ Used for serving without LoRA (one merged model per variant) and as the referenc
 The manifest's ``delta_retention`` says how much of the delta survived the cast back to the base dtype. In bf16 a
 safety delta from a short, low-lr fine-tune is about one rounding step of W, so part of it rounds away: measured
 on the SmolLM2 demo family, the stacked variant (LoRA applied at run time) refused a prompt that the bf16 merged
-one answered (tests/server/test_merged_smollm2_bf16.py). Serve stacked, or merge with ``dtype="float32"`` (every
+one answered (`bench/merged_bf16.py`). Serve stacked, or merge with ``dtype="float32"`` (every
 floating tensor written in fp32, config updated; an engine run in fp32 then applies the delta exactly), when it is low.
 """
 

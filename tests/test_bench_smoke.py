@@ -211,3 +211,19 @@ def test_gate_demo_calibrate_registers_align_train_shots_and_the_default_procedu
     for key in ("harmful", "task_shots", "benign"):
         prompts = load_file(body["calibrate"][key]).prompts
         assert len(prompts) == 16 and not set(prompts) & held, key
+
+
+def test_merged_bf16_rule_accepts_rounding_and_near_ties_and_catches_a_changed_token():
+    """bench/merged_bf16.py's rule: equal up to bf16 rounding, a part only at a near tie of the merged engine."""
+    from bench.merged_bf16 import PREFIX_MEAN_NATS, TIE_NATS, compare
+
+    ref = [("Sure", -0.1, {"Sure": -0.1, "I": -0.3}), (",", -0.2, {",": -0.2})]
+    assert compare(ref, [("Sure", -0.12, {}), (",", -0.21, {})])[0]  # rounding along the whole reply
+    assert compare(ref, [("I", -0.3, {}), ("'m", -0.1, {})])[0]  # parts at a tie (gap 0.2 < TIE_NATS)
+    far = [("Sure", -0.1, {"Sure": -0.1, "I": -0.1 - TIE_NATS - 0.1})]
+    ok, why = compare(far, [("I", -0.8, {})])
+    assert not ok and "gap" in why
+    ok, why = compare(ref, [("<eos>", -0.4, {})])  # a token outside the merged engine's top-k
+    assert not ok and "not in the merged engine's top" in why
+    ok, why = compare(ref, [("Sure", -0.1 - 2 * PREFIX_MEAN_NATS - 0.1, {}), (",", -0.2, {})])
+    assert not ok and "mean" in why
