@@ -29,7 +29,7 @@ from safegene_runtime.calibration import CalibrationConfig
 from safegene_runtime.digests import json_digest as digest  # the stage hashes: never change what it computes
 from safegene_runtime.paths import safegene_home
 
-from . import data, refusals, tasks
+from . import data, refusals, seeds, tasks
 from .train import SFTConfig
 
 RECIPE = "smollm2-study/v1"  # bump to invalidate every cached stage after a change in what a stage means
@@ -60,10 +60,14 @@ class Stages:
         """The stage's hash (its folder is ``<name>-<hash>``): over the recipe, its parameters and its inputs."""
         return digest({"recipe": RECIPE, "stage": name, "params": params, "inputs": inputs})[:12]
 
+    def folder(self, name: str, params: dict, inputs: dict[str, str]) -> Path:
+        """Where stage ``name`` with these params/inputs lives (built or not)."""
+        return self.root / f"{name}-{self.hash(name, params, inputs)}"
+
     def run(self, name: str, params: dict, inputs: dict[str, str], build: Callable[[Path], dict]) -> Path:
         """Return the folder of stage ``name`` for these params/inputs, building it if absent."""
         h = self.hash(name, params, inputs)
-        dest = self.root / f"{name}-{h}"
+        dest = self.folder(name, params, inputs)
         if (dest / "stage.json").is_file():
             log(f"{name}: cached ({dest.name})")
             self.timings.append((name, json.loads((dest / "stage.json").read_text())["seconds"], True))
@@ -313,13 +317,19 @@ class Study:
                            build)
 
     # -- 1b. robust profile: the original model's answers to the benign alignment prompts and our edgy-benign ones
-    def self_answers(self) -> Path:
+    def _self_answers_spec(self) -> tuple[dict, dict[str, str], dict[str, list[str]]]:
+        """(params, inputs, prompt sets) of the self-answers stage: its folder name is known before it is built."""
         from . import robust
 
         p = self.p["self_answers"]
         edgy_set = robust.RobustAlign.from_params(self.p["align"]).edgy_set
         sets = {"benign": self.sp["benign_align"][: p["n_benign"]],
                 "edgy": [q for _, q in robust.edgy_train_prompts(edgy_set)]}
+        return {**p, "data": digest(sets)}, {"base": self.base_id()}, sets
+
+    def self_answers(self) -> Path:
+        p = self.p["self_answers"]
+        params_, inputs, sets = self._self_answers_spec()
 
         def build(tmp: Path) -> dict:
             from .generate import generate
@@ -335,7 +345,7 @@ class Study:
             return {k: len(v) for k, v in res.items()} | {
                 f"{k}_refused": sum(r["refused"] for r in v) for k, v in res.items()}
 
-        return self.st.run("self-answers", {**p, "data": digest(sets)}, {"base": self.base_id()}, build)
+        return self.st.run("self-answers", params_, inputs, build)
 
     def align_robust(self) -> Path:
         """A by issue 20's recipe (:mod:`.robust`); resumable: training saves a checkpoint beside the stage folder
@@ -343,16 +353,27 @@ class Study:
         from . import robust
 
         p = robust.RobustAlign.from_params(self.p["align"])
-        ans = self.self_answers()
         harm = robust.harmful_augmented(robust.harmful_align_prompts(), p.framings_per_prompt, p.plain_share)
         params_ = {**p.params(), "harm": digest(harm)}
-        inputs = {"base": self.base_id(), "self_answers": ans.name}
+        # the self-answers stage's name, without building it: a committed seed of this stage needs no answers
+        answers_params, answers_inputs, _ = self._self_answers_spec()
+        inputs = {"base": self.base_id(),
+                  "self_answers": self.st.folder("self-answers", answers_params, answers_inputs).name}
         ckpt = self.root / f".ckpt-align-{Stages.hash('align', params_, inputs)}"
+        seed = seeds.find(self.st.folder("align", params_, inputs).name)
 
         def build(tmp: Path) -> dict:
             from safegene_runtime.merge import merge_checkpoint
 
             from .train import Unlikelihood, train_lora
+
+            if seed is not None:  # the committed copy of this very stage's LoRA (experiments/smollm2/seeds.py)
+                log(f"align: restoring the trained LoRA from {seed}")
+                original = seeds.restore(seed, tmp / "lora")
+                merge_checkpoint(self.base(), task=tmp / "lora", out=tmp / "model", progress=False)
+                return {**original["result"], "restored_from": str(seed.relative_to(seeds.SEEDS.parents[2])),
+                        "trained_seconds": original["seconds"]}
+            ans = self.self_answers()
 
             got = json.loads((ans / "answers.json").read_text())
             keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
