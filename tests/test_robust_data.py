@@ -170,3 +170,29 @@ def test_harmful_fit_check_reads_only_the_recipes_own_framed_training_prompts():
     # a recipe with other framings per prompt checks its own prompts
     assert {r["prompt"] for r in robust.fit_harmful_prompts(robust.RobustAlign(framings_per_prompt=1), 4)} != {
         r["prompt"] for r in rows}
+
+
+def test_an_answer_cut_by_the_generation_limit_is_trained_without_an_end_of_turn(tiny_model):
+    """cut_answers "open": the end-of-turn after a cut answer is not trained (it taught A to stop mid-sentence)."""
+    from experiments.smollm2.train import encode_pair, load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    ids, labels = encode_pair(tok, "Tell me about tides.", "Tides are the rise and", 160)
+    assert labels[-1] == end  # a whole answer ends its turn
+    ids_open, labels_open = encode_pair(tok, "Tell me about tides.", "Tides are the rise and", 160, ends=False)
+    assert ids_open == ids[:-1] and labels_open == labels[:-1] and end not in labels_open
+    long = " ".join(["word"] * 80)
+    marked = robust.open_cut([("a", long), ("b", "Short.")], tok, max_tokens=64)
+    assert marked == [("a", long, False), ("b", "Short.")]
+    assert robust.cut_by_limit(tok, long, 64) and not robust.cut_by_limit(tok, "Short.", 64)
+    # the knob: hashed only when set, checked, and the frozen variant keeps its stage hash
+    from experiments.smollm2 import run
+
+    frozen = run.with_overrides(run.params("robust"), "f3e3v2-ul1w-s400")["align"]
+    assert "cut_answers" not in robust.RobustAlign.from_params(frozen).params()
+    opened = run.with_overrides(run.params("robust"), "f3e3v2-ul1w-s400-open")["align"]
+    assert robust.RobustAlign.from_params(opened).params() == robust.RobustAlign.from_params(frozen).params() | {
+        "cut_answers": "open"}
+    with pytest.raises(SystemExit):
+        run.with_overrides(run.params("robust"), sets=["align.cut_answers=drop"])

@@ -60,10 +60,14 @@ def _h(*parts: str) -> int:
 # --------------------------------------------------------------------------------------------- the knobs
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
-ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed")
+ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed",
+               "cut_answers")
 #: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
+#: what the trainer does with an original-model answer that the self-answers' token limit cut: "train" its
+#: end-of-turn like any other (the pilot; it teaches stopping mid-sentence), or leave it "open" (no end-of-turn)
+CUT_ANSWERS = ("train", "open")
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,10 @@ class RobustAlign:
     #: the trainer's seed (batch order and LoRA init; the training data stay the same): a second seed of a variant
     #: is ``--set align.seed=1``. Default: :class:`.train.SFTConfig`'s, which every stage before this knob used
     seed: int = 0
+    #: :data:`CUT_ANSWERS`. Why: the self-answers stop at 64 tokens, and 99% of the benign and 95% of the edgy
+    #: answers are cut there; trained with an end-of-turn after the cut, the 400-step A stops its replies after
+    #: ~64 tokens mid-sentence (GSM8K-100 in its test run: 0/100, today's A 2/100; docs/results.md)
+    cut_answers: str = "train"
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -116,6 +124,8 @@ class RobustAlign:
             raise ValueError(f"plain_share must be in [0, 1], got {cfg.plain_share}")
         if cfg.unlikely_scope not in UNLIKELY_SCOPES:
             raise ValueError(f"unknown unlikely_scope {cfg.unlikely_scope!r}; choose from {', '.join(UNLIKELY_SCOPES)}")
+        if cfg.cut_answers not in CUT_ANSWERS:
+            raise ValueError(f"unknown cut_answers {cfg.cut_answers!r}; choose from {', '.join(CUT_ANSWERS)}")
         if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
             raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
                              f"{cfg.unlikely_tokens}")
@@ -163,6 +173,10 @@ VARIANTS: dict[str, dict] = {
     # 2,940 pairs, an underfit (the fit check: 15/25 past tense), so train f3e3v2-ul1w twice as long
     "f3e3v2-ul1w-s400": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
                          "unlikely_scope": "words", "steps": 400},
+    # the frozen s400's test run: its replies stop after ~64 tokens mid-sentence (the cut self-answers were trained
+    # with an end-of-turn): the same recipe with the cut answers left open
+    "f3e3v2-ul1w-s400-open": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
+                              "unlikely_scope": "words", "steps": 400, "cut_answers": "open"},
 }
 
 
@@ -211,8 +225,19 @@ def harmful_augmented(prompts: list[str], framings_per_prompt: int,
 
 
 # --------------------------------------------------------------------------------------------- the mix
-def training_pairs(harm: list[tuple[str, str | None]], benign: list[tuple[str, str]], edgy: list[tuple[str, str]],
-                   seed: int = 0) -> list[tuple[str, str]]:
+def cut_by_limit(tok, text: str, max_tokens: int) -> bool:
+    """Whether a generated answer ran into its ``max_tokens`` limit (re-tokenised, one token of slack for the
+    decode/encode round trip): such an answer did not end, the generator stopped it."""
+    return len(tok(text, add_special_tokens=False)["input_ids"]) >= max_tokens - 1
+
+
+def open_cut(pairs: list[tuple[str, str]], tok, max_tokens: int) -> list[tuple[str, str] | tuple[str, str, bool]]:
+    """``(prompt, answer, False)`` for each answer :func:`cut_by_limit` cut (the trainer then trains no end-of-turn
+    after it, :func:`.train.encode_pair`); the others unchanged."""
+    return [(q, r, False) if cut_by_limit(tok, r, max_tokens) else (q, r) for q, r in pairs]
+
+
+def training_pairs(harm: list[tuple[str, str | None]], benign: list, edgy: list, seed: int = 0) -> list[tuple]:
     """The alignment SFT pairs: refusals for the harmful prompts, the original model's answers for the rest.
 
     ``benign``/``edgy``: ``(prompt, answer)``. The trainer shuffles; the order here only fixes the content."""

@@ -378,7 +378,14 @@ class Study:
             got = json.loads((ans / "answers.json").read_text())
             keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
-            pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
+            if p.cut_answers == "open":
+                from .train import load_tokenizer
+
+                tok, limit = load_tokenizer(self.base()), self.p["self_answers"]["max_tokens"]
+                pairs = robust.training_pairs(harm, robust.open_cut(keep, tok, limit),
+                                              robust.open_cut(edgy, tok, limit) * p.edgy_repeat)
+            else:
+                pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
             cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len, seed=p.seed)
             neg = (Unlikelihood(tuple(robust.unlikely_pairs(edgy, p)), p.unlikely_weight, p.unlikely_tokens)
                    if p.unlikely_weight > 0 else None)
@@ -388,7 +395,8 @@ class Study:
             shutil.rmtree(ckpt, ignore_errors=True)
             return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
                     "n_refusal_pairs": len(harm), "n_benign_pairs": len(keep), "n_edgy_pairs": len(edgy),
-                    "n_unlikely_pairs": len(neg.pairs) if neg else 0, "losses": info["losses"]}
+                    "n_unlikely_pairs": len(neg.pairs) if neg else 0, "losses": info["losses"],
+                    "n_open_pairs": sum(len(x) > 2 for x in pairs)}
 
         return self.st.run("align", params_, inputs, build)
 

@@ -49,8 +49,9 @@ def load_tokenizer(model_dir: Path):
     return AutoTokenizer.from_pretrained(model_dir)
 
 
-def encode_pair(tok, prompt: str, response: str, max_len: int) -> tuple[list[int], list[int]]:
-    """Token ids and labels for one chat pair; labels are -100 outside the assistant's reply."""
+def encode_pair(tok, prompt: str, response: str, max_len: int, ends: bool = True) -> tuple[list[int], list[int]]:
+    """Token ids and labels for one chat pair; labels are -100 outside the assistant's reply. ``ends=False``: the
+    response is the start of a longer one (a generation limit cut it), so no end-of-turn token follows it."""
     user = [{"role": "user", "content": prompt}]
     prefix = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True, return_dict=False)
     full = tok.apply_chat_template(user + [{"role": "assistant", "content": response}], tokenize=True,
@@ -63,7 +64,7 @@ def encode_pair(tok, prompt: str, response: str, max_len: int) -> tuple[list[int
     # Drop whatever the template appends after the end-of-turn token (e.g. a trailing newline).
     end = tok.convert_tokens_to_ids("<|im_end|>")
     if end in full[len(prefix):]:
-        full = full[: len(prefix) + full[len(prefix):].index(end) + 1]
+        full = full[: len(prefix) + full[len(prefix):].index(end) + (1 if ends else 0)]
     ids = full[:max_len]
     labels = [-100] * min(len(prefix), len(ids)) + ids[len(prefix):]
     return ids, labels
@@ -188,7 +189,8 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log,
     ``max_seconds``: stop after about this long, save, and raise :class:`TrainingPaused` (a chunk of a run that
     must fit a shared machine's time slots); ``unlikely``: the :class:`Unlikelihood` term (off when None)."""
     torch.manual_seed(cfg.seed)
-    encoded = [encode_pair(tok, p, r, cfg.max_len) for p, r in pairs]
+    # a pair is (prompt, response) or (prompt, response, ends): ends=False for a response cut by a length limit
+    encoded = [encode_pair(tok, *pair[:2], cfg.max_len, ends=pair[2] if len(pair) > 2 else True) for pair in pairs]
     encoded = [e for e in encoded if any(x != -100 for x in e[1])]
     if not encoded:
         raise ValueError("no training pair has assistant tokens within max_len")
