@@ -4,6 +4,8 @@ training (a run cut into chunks ends where an uncut run ends)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from experiments.smollm2 import refusals, robust
@@ -196,3 +198,16 @@ def test_an_answer_cut_by_the_generation_limit_is_trained_without_an_end_of_turn
         "cut_answers": "open"}
     with pytest.raises(SystemExit):
         run.with_overrides(run.params("robust"), sets=["align.cut_answers=drop"])
+
+
+def test_reply_endings_count_mid_sentence_stops_and_cut_replies(tmp_path):
+    """The long-reply check: a reply the model stopped without closing its sentence is counted, a reply the
+    token limit cut is counted apart, whole replies are neither."""
+    rows = [{"response": "Tides come from the moon.", "finish": "stop", "usage": {"completion_tokens": 7}},
+            {"response": "So Rani has 10 + Monic", "finish": "stop", "usage": {"completion_tokens": 9}},
+            {"response": "#### 42", "finish": "stop", "usage": {"completion_tokens": 4}},
+            {"response": "The first step is to", "finish": "length", "usage": {"completion_tokens": 256}}]
+    (tmp_path / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = robust.reply_endings(tmp_path)
+    assert (got["stopped mid-sentence"]["k"], got["cut by the limit"]["k"], got["stopped mid-sentence"]["n"]) == (1, 1, 4)
+    assert got["median tokens"] == 9
