@@ -360,18 +360,18 @@ class Study:
         inputs = {"base": self.base_id(),
                   "self_answers": self.st.folder("self-answers", answers_params, answers_inputs).name}
         ckpt = self.root / f".ckpt-align-{Stages.hash('align', params_, inputs)}"
-        seed = seeds.find(self.st.folder("align", params_, inputs).name)
+        stage_seed = seeds.find(self.st.folder("align", params_, inputs).name)
 
         def build(tmp: Path) -> dict:
             from safegene_runtime.merge import merge_checkpoint
 
             from .train import Unlikelihood, train_lora
 
-            if seed is not None:  # the committed copy of this very stage's LoRA (experiments/smollm2/seeds.py)
-                log(f"align: restoring the trained LoRA from {seed}")
-                original = seeds.restore(seed, tmp / "lora")
+            if stage_seed is not None:  # the committed copy of this very stage's LoRA (experiments/smollm2/seeds.py)
+                log(f"align: restoring the trained LoRA from {stage_seed}")
+                original = seeds.restore(stage_seed, tmp / "lora")
                 merge_checkpoint(self.base(), task=tmp / "lora", out=tmp / "model", progress=False)
-                return {**original["result"], "restored_from": str(seed.relative_to(seeds.SEEDS.parents[2])),
+                return {**original["result"], "restored_from": str(stage_seed.relative_to(seeds.SEEDS.parents[2])),
                         "trained_seconds": original["seconds"]}
             ans = self.self_answers()
 

@@ -182,7 +182,7 @@ def _load_ckpt(ckpt: Path, model, opt, sched) -> tuple[int, list[float]]:
     return int(state["step"]), list(state["losses"])
 
 
-def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log, ckpt: Path | None = None,
+def _loop(model, params, pairs: list[tuple], tok, cfg: SFTConfig, log, ckpt: Path | None = None,
           max_seconds: float | None = None, unlikely: Unlikelihood | None = None) -> list[float]:
     """The SFT loop. ``ckpt``: a folder for a resumable run (the state after every ``cfg.ckpt_every`` steps and at
     the time budget; a run that finds one continues from it with the same batches it would have seen);
@@ -238,7 +238,7 @@ def _loop(model, params, pairs: list[tuple[str, str]], tok, cfg: SFTConfig, log,
     return losses
 
 
-def train_lora(base: Path, pairs: list[tuple[str, str]], out: Path, cfg: SFTConfig, log=print,
+def train_lora(base: Path, pairs: list[tuple], out: Path, cfg: SFTConfig, log=print,
                dtype: torch.dtype = torch.bfloat16, ckpt: Path | None = None,
                max_seconds: float | None = None, unlikely: Unlikelihood | None = None) -> dict:
     """Train a LoRA on ``base`` and save it as a PEFT folder in ``out`` (weights cast to ``dtype``);
