@@ -359,8 +359,9 @@ class Study:
         answers_params, answers_inputs, _ = self._self_answers_spec()
         inputs = {"base": self.base_id(),
                   "self_answers": self.st.folder("self-answers", answers_params, answers_inputs).name}
-        ckpt = self.root / f".ckpt-align-{Stages.hash('align', params_, inputs)}"
-        stage_seed = seeds.find(self.st.folder("align", params_, inputs).name)
+        folder = self.st.folder("align", params_, inputs)
+        ckpt = self.root / f".ckpt-{folder.name}"
+        stage_seed = seeds.find(folder.name)
 
         def build(tmp: Path) -> dict:
             from safegene_runtime.merge import merge_checkpoint

@@ -7,7 +7,7 @@ Why: the stage cache (``$SAFEGENE_HOME/experiments/smollm2/``) does not survive 
 the robust A's alignment (400 steps) takes ~42 minutes of a 2-core CPU every time; everything after it (D, the task
 adapters, the safety adapter) depends on it. Training is deterministic on CPU (a retrained stage reproduced its
 validation counts exactly), so a byte copy of the trained LoRA *is* that stage: ``experiments/smollm2/seeds/<stage
-folder name>/`` holds the LoRA as trained (float32, not the bf16 copy ``export`` ships) and the original
+folder name>/`` holds the LoRA byte for byte as the trainer saved it (bf16) and the original
 ``stage.json``. The stage that restores it is looked up by the same content hash, the LoRA's sha256 is checked
 against the one recorded at save time, and the restored stage's ``stage.json`` says ``restored_from``.
 """
@@ -25,6 +25,10 @@ from safegene_runtime.artifacts import atomic_write_json, sha256_file
 SEEDS = Path(__file__).resolve().parent / "seeds"
 SEED_FILE = "seed.json"  # {"stage": <folder name>, "files": {relative path: sha256}, "stage_json": {...}}
 LORA_FILES = ("adapter_model.safetensors", "adapter_config.json")
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20
 
 
 class SeedError(RuntimeError):
@@ -82,15 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "list":
         for seed in sorted(p for p in SEEDS.glob("*") if (p / SEED_FILE).is_file()):
             meta = json.loads((seed / SEED_FILE).read_text())
-            size = sum(f.stat().st_size for f in seed.rglob("*") if f.is_file()) / 2**20
-            print(f"{seed.name}  {size:.1f} MB  params {json.dumps(meta['stage_json'].get('params'))[:120]}")
+            print(f"{seed.name}  {_size_mb(seed):.1f} MB  params {json.dumps(meta['stage_json'].get('params'))[:120]}")
         return 0
     from .run import Study
 
     study = Study(a.profile, [], [], variant=a.variant, sets=a.sets)
     study.st.cached_only = True  # saving never trains
     dest = save(study.align())
-    print(f"saved {dest} ({sum(f.stat().st_size for f in dest.rglob('*') if f.is_file()) / 2**20:.1f} MB)")
+    print(f"saved {dest} ({_size_mb(dest):.1f} MB)")
     return 0
 
 
