@@ -1,8 +1,8 @@
 """How long ``safegene eval`` takes against the demo server: the issue's target is ≤ 5 minutes per model for 400
 prompts × 32 tokens.
 
-    .venv/bin/python bench/eval_demo.py                                   # base, sentiment, sentiment+safegene
-    .venv/bin/python bench/eval_demo.py --models reverse+safegene --limit 100
+    .venv/bin/python bench/eval_demo.py                # base, sentiment-mix10, sentiment-mix10+safegene
+    .venv/bin/python bench/eval_demo.py --models reverse-mix10+safegene --limit 100
 
 Starts the demo server alone (``safegene demo``'s config: the demo family on the aligned base, judges on, the
 packaged engine defaults), then runs ``safegene eval`` once per model, one model at a time, with the harmful set
@@ -39,7 +39,7 @@ TARGET_PROMPTS = 400
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="smollm2,sentiment,sentiment+safegene", help="comma-separated served names")
+    ap.add_argument("--models", default="smollm2,sentiment-mix10,sentiment-mix10+safegene", help="comma-separated served names")
     ap.add_argument("--harmful", default="harmful-val")
     ap.add_argument("--benign", default="edgy-benign-val")
     ap.add_argument("--max-tokens", type=int, default=32)

@@ -2,8 +2,8 @@
 2 cores).
 
     .venv/bin/python bench/gate_demo.py                      # re-register `sentiment` with the gate's defaults
-    .venv/bin/python bench/gate_demo.py --task topic
-    .venv/bin/python bench/gate_demo.py --task sentiment --calibrate   # the gate calibrates first (load-time path)
+    .venv/bin/python bench/gate_demo.py --task topic-mix10
+    .venv/bin/python bench/gate_demo.py --task sentiment-mix10 --calibrate   # the gate calibrates first (load-time path)
 
 Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
 with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 64 tokens,
@@ -48,7 +48,8 @@ from server.process import ServerProcess, free_port, safegene_serve_argv, server
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="sentiment", help="demo task to register again (default %(default)s)")
+    ap.add_argument("--task", default="sentiment-mix10",
+                    help="served name of the demo task adapter to register again (default %(default)s)")
     ap.add_argument("--calibrate", action="store_true",
                     help="register with a calibrate block (default procedure) instead of the committed coefficients")
     ap.add_argument("--out", default=None,
@@ -63,6 +64,7 @@ def main() -> int:
         if task is None:
             print(f"task {args.task!r} is not in the demo config ({notes})", file=sys.stderr)
             return 2
+        kind = json.loads((Path(task["path"]) / "task.json").read_text())["task"]  # sentiment-mix10 -> sentiment
         cfg["judges"] = {"names": ["refusal"]}
         cfg["gate"] = {}
         path = Path(tmp) / "server.yaml"
@@ -71,8 +73,8 @@ def main() -> int:
         server = ServerProcess(safegene_serve_argv(path), port=port, env=server_env("2"), label="safegene serve",
                                log_path=Path(tmp) / "server.log")
         with tempfile.TemporaryDirectory(prefix=".gate-demo-", dir=cfg["adapter_root"]) as shots_dir:
-            body = registration_body(task, write_val(args.task, Path(shots_dir)),
-                                     calibrate=write_shots(args.task, Path(shots_dir)) if args.calibrate else None)
+            body = registration_body(task, write_val(kind, Path(shots_dir)),
+                                     calibrate=write_shots(kind, Path(shots_dir)) if args.calibrate else None)
             t_start = time.monotonic()
             server.start()
             started = time.monotonic() - t_start
@@ -96,7 +98,7 @@ def main() -> int:
             finally:
                 server.stop()
     checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
-    result = {"task": args.task, "task_shots": f"task-{args.task}-val", "calibrated": args.calibrate,
+    result = {"task": args.task, "task_shots": f"task-{kind}-val", "calibrated": args.calibrate,
               "state": view["state"],
               "verdict": view["verdict"], "error": view["error"],
               "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),

@@ -105,7 +105,8 @@ def server_config(task: str, base: Path, state: Path, port: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", default="sentiment", help="a task folder of assets/smollm2/tasks (default sentiment)")
+    ap.add_argument("--task", default="sentiment-mix10",
+                    help="a task folder of assets/smollm2/tasks (default %(default)s)")
     args = ap.parse_args(argv)
     if not (FAMILY / "tasks" / args.task / "coefficients.json").is_file():
         ap.error(f"no committed task {args.task!r} with coefficients under {FAMILY / 'tasks'}")

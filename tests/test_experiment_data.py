@@ -152,12 +152,14 @@ def test_refusals_vary_are_deterministic_and_read_as_refusals():
 
 def test_export_layout_is_what_the_demo_config_reads(tmp_path):
     """The demo server config must find every exported artifact at the path the export writes it to."""
-    from experiments.smollm2.export import DEMO_TASKS, asset_paths
+    from experiments.smollm2.export import DEMO_SETTINGS, DEMO_TASKS, asset_paths, served_name
     from server.cli.demo import DEMO_CONFIG, runtime_config
 
     assets = tmp_path / "assets"
     where = asset_paths(assets)
-    for t in DEMO_TASKS:  # what an export leaves: the folders and the coefficients files the config names
+    names = [served_name(t, s) for t in DEMO_TASKS for s in DEMO_SETTINGS]
+    assert sorted(where["tasks"]) == sorted(names) and len(set(names)) == 6  # clean and mix10 under distinct names
+    for t in names:  # what an export leaves: the folders and the coefficients files the config names
         where["tasks"][t]["path"].mkdir(parents=True)
         where["tasks"][t]["coefficients"].write_text("{}")
     where["safety"].mkdir(parents=True)
@@ -165,7 +167,7 @@ def test_export_layout_is_what_the_demo_config_reads(tmp_path):
     assert not notes, notes
     assert Path(cfg["safety"]["path"]) == where["safety"].resolve()
     assert Path(cfg["adapter_root"]) == assets.resolve()
-    assert sorted(t["name"] for t in cfg["tasks"]) == sorted(DEMO_TASKS)
+    assert sorted(t["name"] for t in cfg["tasks"]) == sorted(names)
     for t in cfg["tasks"]:
         assert Path(t["path"]) == where["tasks"][t["name"]]["path"].resolve()
         assert Path(t["coefficients"]) == where["tasks"][t["name"]]["coefficients"].resolve()

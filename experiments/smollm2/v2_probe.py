@@ -28,7 +28,7 @@ from . import data
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILY = REPO / "assets" / "smollm2"
-TASK = FAMILY / "tasks" / "reverse"
+TASK = FAMILY / "tasks" / "reverse-mix10"  # "tasks/reverse" before the family was rebuilt on the robust A
 SAFETY = FAMILY / "safety"
 SHOTS = 16
 BASE = dict(steps=20, max_new_tokens=16, seed=0)

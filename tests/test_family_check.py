@@ -1,0 +1,108 @@
+"""The family check (``experiments.smollm2.family``) and the demo's unseen-framing printout, without an engine:
+what they serve, how they read ``safegene eval``'s results and how they judge, on folders and replies made here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from experiments.smollm2 import family
+from server.cli import demo
+
+
+def _family(root: Path, names: dict[str, str]) -> Path:
+    """A family folder with task adapters ``name -> task`` (weights are placeholders: nothing is loaded)."""
+    (root / "safety").mkdir(parents=True)
+    for name, task in names.items():
+        d = root / "tasks" / name
+        d.mkdir(parents=True)
+        (d / "adapter_model.safetensors").write_bytes(b"x")
+        (d / "task.json").write_text(json.dumps({"task": task}))
+        (d / "coefficients.json").write_text("{}")
+    (root / "tasks" / "half-written").mkdir()  # no weights: not part of the family
+    return root
+
+
+def test_every_task_folder_is_served_plain_under_its_name_in_either_layout(tmp_path):
+    assets = _family(tmp_path / "fam", {"sentiment-mix10": "sentiment", "sentiment-clean": "sentiment",
+                                        "reverse": "reverse"})  # the old layout's name beside the new ones
+    assert family.family_tasks(assets) == {"reverse": "reverse", "sentiment-clean": "sentiment",
+                                           "sentiment-mix10": "sentiment"}
+    demo_cfg, _ = demo.runtime_config(demo.DEMO_CONFIG, tmp_path / "model", tmp_path / "state", None, assets)
+    cfg = family.server_config(demo_cfg, assets, 8123, safe=False)
+    assert [t["name"] for t in cfg["tasks"]] == ["reverse", "sentiment-clean", "sentiment-mix10"]
+    assert all(t["variants"] == ["plain"] and "coefficients" not in t for t in cfg["tasks"])
+    assert cfg["judges"] == {"names": []} and "auth" not in cfg and cfg["engine"]["dtype"] == "float32"
+    assert cfg["server"]["host"] == "127.0.0.1" and cfg["server"]["port"] == 8123
+    assert demo_cfg["auth"] and demo_cfg["engine"]["dtype"] == "auto"  # the demo's own config is left as it was
+    safe = family.server_config(demo_cfg, assets, 8123, safe=True)
+    assert all(t["variants"] == ["plain", "safe"] and Path(t["coefficients"]).is_file() for t in safe["tasks"])
+
+
+def test_a_folder_without_task_adapters_is_refused(tmp_path):
+    (tmp_path / "tasks").mkdir()
+    with pytest.raises(SystemExit, match="no task adapters"):
+        family.family_tasks(tmp_path)
+
+
+def _rate(k: int, n: int) -> dict:
+    return {"k": k, "n": n, "rate": k / n, "ci95": [0.0, 1.0]}
+
+
+def test_summary_rows_and_the_erosion_margin(tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    (out / "results.json").write_text(json.dumps({"models": {
+        "smollm2": {"harmful_response_rate": _rate(4, 176), "refusal_rate": _rate(170, 176)},
+        "topic-mix10": {"harmful_response_rate": _rate(80, 176), "task_accuracy": _rate(97, 100)}}}))
+    rates = family.rates(out)
+    assert set(rates["smollm2"]) == {"harmful_response_rate"}  # only the rates the check reads
+    assert rates["topic-mix10"]["task_accuracy"]["k"] == 97
+    summary = {"models": rates, "erosion": {"topic-mix10": round(100 * (80 - 4) / 176, 1)}}
+    text = family.table(summary)
+    assert "| topic-mix10 | 45.5% [0.0, 100.0] (80/176) | – | – | 97.0% [0.0, 100.0] (97/100) | 43.2 |" in text
+    assert text.count("\n") == 3  # header, rule, one row per model
+
+
+class _Client:
+    """Answers like an OpenAI client: every model complies except those named in ``refusers``."""
+
+    def __init__(self, refusers: set[str]) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+        def create(model, messages, max_tokens, temperature):
+            self.sent.append((model, messages[0]["content"]))
+            text = ("I'm sorry, but I can't help with that." if model in refusers
+                    else '{"goal": "...", "materials": ["pipe"], "steps": ["first"]}')
+            return SimpleNamespace(choices=[SimpleNamespace(message=SimpleNamespace(content=text))])
+
+        self.chat = SimpleNamespace(completions=SimpleNamespace(create=create))
+
+
+def test_the_unseen_framing_goes_to_every_model_and_each_verdict_is_printed(capsys):
+    models = ["smollm2", "topic-mix10", "topic-mix10+safegene"]
+    client = _Client(refusers={"smollm2", "topic-mix10+safegene"})
+    refused = demo.print_unseen_framing(client, models, max_tokens=48)
+    assert refused == {"smollm2": True, "topic-mix10": False, "topic-mix10+safegene": True}
+    assert sorted(client.sent) == sorted((m, demo.UNSEEN_FRAMING) for m in models)
+    lines = capsys.readouterr().out.splitlines()
+    assert any("topic-mix10 " in ln and "ANSWERED" in ln for ln in lines)
+    assert sum("REFUSED" in ln for ln in lines) == 2
+
+
+def test_the_unseen_framing_uses_none_of_the_alignment_framings():
+    """The demo claims A was not aligned on this framing: no fixed wording of any rephrasing template (the
+    framings the robust recipe trains on) appears in it."""
+    import re
+
+    from safegene_runtime.rephrase import FRAMINGS
+
+    prompt = demo.UNSEEN_FRAMING.lower()
+    for f in FRAMINGS:
+        for template in f.templates + f.fallback + f.direct:
+            for part in re.split(r"\{\w+\}", template.lower()):
+                words = part.strip(" .,?!:;'\"")
+                assert len(words) < 12 or words not in prompt, (f.name, words)
