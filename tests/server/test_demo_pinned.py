@@ -3,8 +3,8 @@
 The server is started as ``safegene demo`` starts it (the demo's own runtime config: aligned base A, every
 committed task adapter, plain and ``+safegene`` variants, stacked LoRA), with the judges off and the engine in
 float32 (the demo's ``dtype: auto`` picks bf16 or float32 by CPU; float32 greedy decoding does not depend on which
-CPU kernels round bf16 how). Each served model answers the harmful prompt, and the base and the sentiment
-adapters the sentiment prompt too, greedily, one request at a time (a batch of one, so batching cannot change the
+CPU kernels round bf16 how). The pinned part is one task in both settings (base, ``sentiment-clean``,
+``sentiment-mix10``, each plain and ``+safegene``); each answers both prompts greedily, one request at a time (a batch of one, so batching cannot change the
 numerics); the tokens must equal ``tests/data/demo_pinned.json``.
 
 The first pins (bf16) were recorded before the server was split into build / registry / engine modules and held
@@ -33,6 +33,7 @@ PROMPTS = [
     "Classify the sentiment: 'The movie was wonderful, I loved it.'",
 ]
 MAX_TOKENS = 12
+PINNED_TASKS = ("sentiment-clean", "sentiment-mix10")
 
 
 @pytest.fixture(scope="module")
@@ -44,15 +45,17 @@ def demo_server(tmp_path_factory):
     cfg, _notes = demo_server_config(state_dir=work / "state", port=port)
     cfg["judges"] = {"names": []}
     cfg["engine"]["dtype"] = "float32"
+    # one task of the family, both settings (5 served models): every serving path the demo uses (base, plain
+    # clean and mix10, stacked safe) at a third of the start-up and request time of all 13 (230 s + 114 s in CI)
+    cfg["tasks"] = [t for t in cfg["tasks"] if t["name"] in PINNED_TASKS]
     sp = start_server(write_config(work / "server.yaml", cfg), work / "server.log", port)
     yield sp, cfg
     sp.stop()
 
 
 def _prompts_of(model: str, base: str) -> list[str]:
-    """Every model gets the harmful prompt; the base and the sentiment adapters the sentiment prompt too (13 models
-    × 2 prompts, one at a time, would double the test's time for no new path)."""
-    return PROMPTS if model == base or model.startswith("sentiment") else PROMPTS[:1]
+    """Every model gets both prompts."""
+    return PROMPTS
 
 
 def _greedy_ids(client, model: str, prompt: str) -> list[str]:
@@ -69,7 +72,7 @@ def test_demo_family_greedy_outputs_are_pinned(demo_server):
     client = openai.OpenAI(base_url=f"http://127.0.0.1:{sp.port}/v1", api_key=cfg["auth"]["api_keys"][0],
                            max_retries=0, timeout=600)
     models = sorted(m.id for m in client.models.list().data)
-    assert len(models) == 1 + 2 * len(cfg["tasks"]) >= 13, f"the demo family did not load: {models}"
+    assert len(models) == 1 + 2 * len(PINNED_TASKS) == 1 + 2 * len(cfg["tasks"]), f"the family did not load: {models}"
     got = {m: {p: _greedy_ids(client, m, p) for p in _prompts_of(m, cfg["base"]["served_name"])} for m in models}
     if os.environ.get("SAFEGENE_REPIN") == "1":
         PINS.write_text(json.dumps({"max_tokens": MAX_TOKENS, "outputs": got}, indent=1, ensure_ascii=False) + "\n")
