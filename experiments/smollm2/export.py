@@ -37,11 +37,11 @@ from safetensors.torch import load_file, save_file
 
 from safegene_runtime.artifacts import atomic_write_json, sha256_file
 
-from .run import StageMissing, Study
+from .run import SETTINGS, StageMissing, Study
 
 MAX_BYTES = 100 * 1024 * 1024
 DEMO_TASKS = ("sentiment", "topic", "reverse")
-DEMO_SETTINGS = ("clean", "mix10")
+DEMO_SETTINGS = tuple(SETTINGS)  # the study's settings, all shipped
 
 
 def served_name(task: str, setting: str) -> str:

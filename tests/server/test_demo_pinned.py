@@ -53,11 +53,6 @@ def demo_server(tmp_path_factory):
     sp.stop()
 
 
-def _prompts_of(model: str, base: str) -> list[str]:
-    """Every model gets both prompts."""
-    return PROMPTS
-
-
 def _greedy_ids(client, model: str, prompt: str) -> list[str]:
     r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}],
                                        max_tokens=MAX_TOKENS, temperature=0.0, logprobs=True,
@@ -73,14 +68,14 @@ def test_demo_family_greedy_outputs_are_pinned(demo_server):
                            max_retries=0, timeout=600)
     models = sorted(m.id for m in client.models.list().data)
     assert len(models) == 1 + 2 * len(PINNED_TASKS) == 1 + 2 * len(cfg["tasks"]), f"the family did not load: {models}"
-    got = {m: {p: _greedy_ids(client, m, p) for p in _prompts_of(m, cfg["base"]["served_name"])} for m in models}
+    got = {m: {p: _greedy_ids(client, m, p) for p in PROMPTS} for m in models}
     if os.environ.get("SAFEGENE_REPIN") == "1":
         PINS.write_text(json.dumps({"max_tokens": MAX_TOKENS, "outputs": got}, indent=1, ensure_ascii=False) + "\n")
         pytest.skip(f"re-pinned {PINS}")
     pinned = json.loads(PINS.read_text())
     assert pinned["max_tokens"] == MAX_TOKENS
     assert sorted(pinned["outputs"]) == models, "the demo serves other models than were pinned"
-    diffs = [(m, p, "".join(pinned["outputs"][m].get(p, [])), "".join(got[m][p]))
-             for m in models for p in got[m] if got[m][p] != pinned["outputs"][m].get(p)]
+    diffs = [(m, p, "".join(pinned["outputs"][m][p]), "".join(got[m][p]))
+             for m in models for p in PROMPTS if got[m][p] != pinned["outputs"][m][p]]
     assert not diffs, "greedy outputs changed:\n" + "\n".join(f"{m} / {p!r}:\n  pinned {a!r}\n  now    {b!r}"
                                                               for m, p, a, b in diffs)
