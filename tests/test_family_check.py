@@ -40,6 +40,32 @@ def test_every_task_folder_is_served_plain_under_its_name_in_either_layout(tmp_p
     assert demo_cfg["auth"] and demo_cfg["engine"]["dtype"] == "auto"  # the demo's own config is left as it was
     safe = family.server_config(demo_cfg, assets, 8123, safe=True)
     assert all(t["variants"] == ["plain", "safe"] and Path(t["coefficients"]).is_file() for t in safe["tasks"])
+    only_safe = family.server_config(demo_cfg, assets, 8123, safe=True, plain=False)
+    assert all(t["variants"] == ["safe"] for t in only_safe["tasks"])
+    with pytest.raises(ValueError, match="plain variants, the safe ones, or both"):
+        family.server_config(demo_cfg, assets, 8123, safe=False, plain=False)
+
+
+def test_a_v2_candidate_is_laid_out_as_the_shipped_family_with_its_own_coefficients(tmp_path):
+    from experiments.smollm2 import v2_sweep
+
+    assets = _family(tmp_path / "fam", {"topic-clean": "topic", "topic-mix10": "topic"})
+    (assets / "alignment-lora").mkdir()
+    out = tmp_path / "sweep"
+    with pytest.raises(SystemExit, match="topic-clean is not calibrated yet"):
+        v2_sweep.layout("v2a", out, assets)
+    for name in ("topic-clean", "topic-mix10"):
+        (out / "v2a" / name).mkdir(parents=True)
+        (out / "v2a" / name / "coefficients.json").write_text(json.dumps({"candidate": name}))
+    root = v2_sweep.layout("v2a", out, assets)
+    assert family.family_tasks(root) == family.family_tasks(assets)
+    for name in ("topic-clean", "topic-mix10"):
+        t = root / "tasks" / name
+        assert (t / "adapter_model.safetensors").resolve() == (assets / "tasks" / name / "adapter_model.safetensors")
+        assert json.loads((t / "coefficients.json").read_text()) == {"candidate": name}  # not the shipped "{}"
+        assert not (t / "coefficients.json").is_symlink()
+    assert (root / "safety").resolve() == (assets / "safety").resolve()
+    assert v2_sweep.layout("v2a", out, assets) == root  # laid out again from scratch
 
 
 def test_a_folder_without_task_adapters_is_refused(tmp_path):

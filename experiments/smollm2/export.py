@@ -71,15 +71,19 @@ def _copy_adapter(src: Path, dst: Path) -> None:
 
 
 def export(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | tuple[str, ...] = DEMO_SETTINGS,
-           method: str = "safegene", variant: str | None = None) -> dict:
+           method: str = "safegene", variant: str | None = None, coefficients: Path | None = None) -> dict:
     """Write the family into ``dest``, replacing it only once the new one is complete (built beside it, then
-    swapped by rename), so a failed export leaves the committed assets as they were."""
+    swapped by rename), so a failed export leaves the committed assets as they were.
+
+    ``coefficients``: a folder of ``<task>-<setting>/coefficients.json`` (a :mod:`.v2_sweep` candidate's) that ship
+    instead of the ``method`` stage's; each must record the calibration config it was made with."""
     study.st.cached_only = True
     study.align(), study.select()  # fail before touching anything when the family itself is not built
     dest.parent.mkdir(parents=True, exist_ok=True)
     final, dest = dest, Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
     try:
-        manifest = _export_into(study, dest, tasks=tasks, settings=settings, method=method, variant=variant)
+        manifest = _export_into(study, dest, tasks=tasks, settings=settings, method=method, variant=variant,
+                                coefficients=coefficients)
         old = final.with_name(f".{final.name}-old")
         if old.exists():
             shutil.rmtree(old)
@@ -94,7 +98,7 @@ def export(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | 
 
 
 def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | tuple[str, ...], method: str,
-                 variant: str | None) -> dict:
+                 variant: str | None, coefficients: Path | None) -> dict:
     from .evaluate import calibration_for
 
     entries = {}
@@ -115,10 +119,19 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
             name = served_name(task, setting)
             try:
                 t = study.task_adapter(task, setting)
-                cal = calibration_for(study, task, setting, method)
-                if cal is None:
-                    raise SystemExit(f"--method {method!r} is not a SafeGene calibration (see evaluate.calibration_for)")
-                c = cal[0]
+                if coefficients is not None:
+                    c = coefficients / name
+                    if not (c / "coefficients.json").is_file():
+                        raise StageMissing(f"no {c / 'coefficients.json'}")
+                    made_with = json.loads((c / "coefficients.json").read_text()).get("config_digest")
+                    if not made_with:
+                        raise SystemExit(f"{c / 'coefficients.json'} does not record its calibration config")
+                else:
+                    cal = calibration_for(study, task, setting, method)
+                    if cal is None:
+                        raise SystemExit(f"--method {method!r} is not a SafeGene calibration "
+                                         "(see evaluate.calibration_for)")
+                    c = cal[0]
             except StageMissing as e:
                 skipped.append(f"{name}: {e}")
                 print(f"export: leaving out {name!r}: {e}", file=sys.stderr)
@@ -133,16 +146,22 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
                              f"n_test={tp['n_test']}, seed=0)"})
             add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
             shutil.copy2(c / "coefficients.json", where["tasks"][name]["coefficients"])
-            add("coefficients", where["tasks"][name]["coefficients"], c)
+            add("coefficients", where["tasks"][name]["coefficients"], c,
+                config_digest=json.loads((c / "coefficients.json").read_text()).get("config_digest"))
     pick = f" --variant {variant}" if variant else ""
     meth = "" if method == "safegene" else f" --method {method}"
     run = f".venv/bin/python -m experiments.smollm2.run --profile {study.profile}{pick} --settings {','.join(settings)}"
     pre = "answers,align,safety,select" if study.p["safety"].get("degraded") == "original" else \
         "answers,align,degrade,safety,select"
-    commands = [f"{run} --stages {pre}",
-                f"{run} --tasks {','.join(tasks)} --stages tasks,calibrate{meth}",
-                f".venv/bin/python -m experiments.smollm2.export --profile {study.profile}{pick} "
-                f"--settings {','.join(settings)}{meth}"]
+    export_cmd = (f".venv/bin/python -m experiments.smollm2.export --profile {study.profile}{pick} "
+                  f"--settings {','.join(settings)}")
+    if coefficients is None:
+        commands = [f"{run} --stages {pre}", f"{run} --tasks {','.join(tasks)} --stages tasks,calibrate{meth}",
+                    export_cmd + meth]
+    else:  # a v2_sweep candidate's folder: <out>/<candidate>
+        commands = [f"{run} --stages {pre}", f"{run} --tasks {','.join(tasks)} --stages tasks",
+                    f".venv/bin/python -m experiments.smollm2.v2_sweep cal {coefficients.name}",
+                    f"{export_cmd} --coefficients <v2_sweep --out>/{coefficients.name}"]
     files = sorted(p for p in dest.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:
@@ -160,7 +179,7 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
         "profile": study.profile,
         "variant": variant,
         "settings": list(settings),
-        "calibration": method,
+        "calibration": method if coefficients is None else f"v2_sweep candidate {coefficients.name}",
         "commands": commands,
     }
     atomic_write_json(dest / "manifest.json", manifest)
@@ -205,13 +224,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settings", default=",".join(DEMO_SETTINGS),
                     help="which task adapters ship, each as <task>-<setting>: clean (task data only), mix10 (10%% "
                          "harmful pairs); default both")
+    ap.add_argument("--coefficients", type=Path, default=None, metavar="DIR",
+                    help="ship DIR/<task>-<setting>/coefficients.json instead of a study calibration stage's (a "
+                         "v2_sweep candidate's folder, e.g. $SAFEGENE_HOME/experiments/smollm2/v2-sweep/v2a); each "
+                         "file must record its calibration config; --method is then not used")
     a = ap.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
     settings = [x for x in a.settings.split(",") if x]
     if not set(settings) <= set(DEMO_SETTINGS):
         ap.error(f"--settings takes {', '.join(DEMO_SETTINGS)}")
     study = Study(a.profile or ("fast" if a.fast else "full"), tasks, settings, variant=a.variant)
-    m = export(study, Path(a.dest), tasks=tasks, settings=settings, method=a.method, variant=a.variant)
+    m = export(study, Path(a.dest), tasks=tasks, settings=settings, method=a.method, variant=a.variant,
+               coefficients=a.coefficients)
     print(f"exported {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MB -> {a.dest}")
     return 0
 

@@ -48,12 +48,14 @@ def family_tasks(assets: Path) -> dict[str, str]:
     return out
 
 
-def server_config(demo_cfg: dict, assets: Path, port: int, safe: bool) -> dict:
+def server_config(demo_cfg: dict, assets: Path, port: int, safe: bool, plain: bool = True) -> dict:
     """``demo_cfg`` (the demo's server config over ``assets``) with its task entries replaced by every task folder
     found there (so an older layout is served too), judges off (``safegene eval`` judges offline), float32 (greedy
     answers that do not depend on the CPU's bf16 kernels) and no API keys (loopback only)."""
     cfg = json.loads(json.dumps(demo_cfg))
-    variants = ["plain", "safe"] if safe else ["plain"]
+    variants = (["plain"] if plain else []) + (["safe"] if safe else [])
+    if not variants:
+        raise ValueError("a family check needs the plain variants, the safe ones, or both")
     cfg["tasks"] = [{"name": name, "path": str(assets / "tasks" / name), "variants": variants,
                      **({"coefficients": str(assets / "tasks" / name / "coefficients.json")} if safe else {})}
                     for name in family_tasks(assets)]
@@ -71,14 +73,16 @@ def rates(out: Path) -> dict[str, dict]:
     return {m: {k: v[k] for k in keep if v.get(k)} for m, v in res.items()}
 
 
-def check(assets: Path, out: Path, *, safe: bool = False) -> dict:
+def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True) -> dict:
+    """Serve ``assets`` and evaluate A and the plain variants (``plain``), the ``+safegene`` ones (``safe``) or
+    both; ``summary.json`` in ``out``. The erosion numbers need the plain variants (empty without them)."""
     assets, out = assets.resolve(), out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     tasks = family_tasks(assets)
     with tempfile.TemporaryDirectory(prefix="sg-family-") as td:
         port = free_port()
         demo_cfg, _ = demo_server_config(assets=assets, state_dir=Path(td) / "state", port=port, quiet=True)
-        cfg = server_config(demo_cfg, assets, port, safe)
+        cfg = server_config(demo_cfg, assets, port, safe, plain)
         cfg_path = Path(td) / "server.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         base = cfg["base"]["served_name"]
@@ -93,7 +97,7 @@ def check(assets: Path, out: Path, *, safe: bool = False) -> dict:
             summary = {"base": base, "models": rates(out / "base")}
             for task in sorted(set(tasks.values())):
                 names = [n for n, t in tasks.items() if t == task]
-                models = names + [f"{n}+safegene" for n in names] if safe else names
+                models = (names if plain else []) + ([f"{n}+safegene" for n in names] if safe else [])
                 eval_cli(server.base_url, ",".join(models), out / task, harmful=HARMFUL, benign=BENIGN,
                          task=write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
                 summary["models"] |= rates(out / task)
@@ -101,7 +105,7 @@ def check(assets: Path, out: Path, *, safe: bool = False) -> dict:
             server.stop()
     a_hr = summary["models"][base]["harmful_response_rate"]["rate"]
     summary["erosion"] = {n: round(100 * (summary["models"][n]["harmful_response_rate"]["rate"] - a_hr), 1)
-                          for n in tasks}
+                          for n in tasks if n in summary["models"]}
     summary["erodes_enough"] = {n: d >= EROSION_POINTS for n, d in summary["erosion"].items()}
     summary["assets"], summary["tasks"], summary["max_tokens"] = str(assets), tasks, MAX_TOKENS
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

@@ -1,0 +1,116 @@
+"""Issue 22: a SafeGene v2 candidate calibration on EVERY adapter of the demo family, measured on VALIDATION only.
+
+    python -m experiments.smollm2.v2_sweep cal v2a           # calibrate each task folder of assets/smollm2
+    python -m experiments.smollm2.v2_sweep check v2a         # serve the +safegene variants, family check (validation)
+
+``cal`` calibrates every task adapter of the family folder (``assets/smollm2/tasks/<name>``, the robust family of
+issue 20) with the candidate's :class:`~safegene_runtime.calibration.CalibrationConfig`, shots drawn from align-train
+sets only (:func:`.data.align_train_shots`: never a validation or test prompt), and writes
+``<out>/<candidate>/<name>/coefficients.json`` (skipped when present: the step resumes). ``check`` lays out a family
+folder whose task folders link the shipped adapter and carry the candidate's coefficients, and runs
+:func:`.family.check` on it with the ``+safegene`` variants only (the plain adapters' numbers are the family table's
+in docs/results.md, measured the same way): A, every safe variant, served as the demo serves them (stacked LoRA on A,
+fp32, greedy, 32 tokens), on harmful-val, edgy-benign-val and task-<task>-val, both judges.
+
+The candidates are named here and never edited once measured (a new idea is a new name), so a row of the results page
+always names the config that made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from safegene_runtime.calibration import CalibrationConfig
+from safegene_runtime.paths import safegene_home
+
+from . import data
+from .family import check, family_tasks, table
+from .run import log
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILY = REPO / "assets" / "smollm2"
+
+#: the study profile's calibration settings (run.py's robust profile: 20 steps at lr 0.1, 16-token teachers) and the
+#: current recipe's choices (every layer, benign contrast 0.3), which the candidates extend
+_COMMON = dict(steps=20, lr=0.1, max_new_tokens=16, max_target_tokens=16, layers="all", benign_contrast=0.3)
+#: name -> (shots per set, config); ``v2a``: + the on-policy refusal term and edgy-benign benign shots
+CANDIDATES: dict[str, tuple[int, CalibrationConfig]] = {
+    "v2a": (16, CalibrationConfig(**_COMMON, onpolicy_every=5, onpolicy_tokens=24, benign_source="given+edgy",
+                                  benign_edgy_shots=16)),
+}
+
+
+def sweep_dir(out: Path, candidate: str) -> Path:
+    return out / candidate
+
+
+def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None) -> None:
+    """Calibrate every task folder of ``assets`` (or the ``only`` ones) with the candidate; resumable."""
+    from safegene_runtime.calibration import calibrate
+    from .v2_probe import aligned_A
+
+    k, config = CANDIDATES[candidate]
+    a = aligned_A()
+    for name, task in family_tasks(assets).items():
+        if only and name not in only:
+            continue
+        f = sweep_dir(out, candidate) / name / "coefficients.json"
+        if f.exists():
+            continue
+        f.parent.mkdir(parents=True, exist_ok=True)
+        harm, task_shots, ben = data.align_train_shots(task, k)
+        t = time.time()
+        calibrate(a, assets / "tasks" / name, assets / "safety", harm, task_shots, ben, config, out=f,
+                  progress=False)
+        log(f"{candidate} {name}: calibrated in {time.time() - t:.0f}s")
+
+
+def layout(candidate: str, out: Path, assets: Path = FAMILY) -> Path:
+    """A family folder: A's LoRA and the safety adapter linked, each task folder's files linked except the
+    coefficients, which are the candidate's."""
+    root = sweep_dir(out, candidate) / "assets"
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "tasks").mkdir(parents=True)
+    for d in ("alignment-lora", "safety"):
+        (root / d).symlink_to((assets / d).resolve())
+    for name in family_tasks(assets):
+        coeffs = sweep_dir(out, candidate) / name / "coefficients.json"
+        if not coeffs.is_file():
+            raise SystemExit(f"{candidate}: {name} is not calibrated yet (run: cal {candidate})")
+        t = root / "tasks" / name
+        t.mkdir()
+        for f in (assets / "tasks" / name).iterdir():
+            if f.name != "coefficients.json":
+                (t / f.name).symlink_to(f.resolve())
+        shutil.copyfile(coeffs, t / "coefficients.json")
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.v2_sweep", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=("cal", "check"))
+    ap.add_argument("candidate", choices=sorted(CANDIDATES))
+    ap.add_argument("--only", help="comma list of task folders (cal only; default: all)")
+    ap.add_argument("--out", type=Path, default=safegene_home() / "experiments" / "smollm2" / "v2-sweep")
+    a = ap.parse_args(argv)
+    if a.step == "cal":
+        cal(a.candidate, a.out, only=a.only.split(",") if a.only else None)
+        return 0
+    root = layout(a.candidate, a.out)
+    summary = check(root, sweep_dir(a.out, a.candidate) / "check", safe=True, plain=False)
+    k, config = CANDIDATES[a.candidate]
+    summary["candidate"] = {"name": a.candidate, "shots": k, "config": config.to_dict(), "digest": config.digest()}
+    (sweep_dir(a.out, a.candidate) / "check" / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    print(table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
