@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 
 from safegene_runtime.artifacts import ArtifactWriter
+from safegene_runtime.calibration.config import CalibrationConfig
 from safegene_runtime.coefficients import load_coefficients
 from tests._train_tiny import calibration_shots, generate, refusal_rate, shared_family
 
-FAST = dict(max_new_tokens=10, progress=False)
+#: the tests of one knob each measure it against the procedure before SafeGene v2 (CalibrationConfig.v1: selected
+#: layers, no on-policy term, no benign contrast, given benign shots), so that the knob under test is the only change;
+#: the first behavioural test runs the default procedure itself
+FAST = dict(config=CalibrationConfig.v1(), max_new_tokens=10, progress=False)
 
 
 pytestmark = pytest.mark.usefixtures("isolated_home", "one_thread")
@@ -39,7 +43,7 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
 
     out = tmp_path / "coefficients.json"
     c = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
-                  init=0.0, steps=20, lr=0.1, seed=0, out=out, **FAST)
+                  init=0.0, steps=20, lr=0.1, seed=0, out=out, max_new_tokens=10, progress=False)  # the default
     loss = c.meta["loss"]
     assert loss["after"]["total"] < 0.5 * loss["before"]["total"]
     assert loss["after"]["refusal_margin"] < loss["at_zero"]["refusal_margin"]
@@ -59,7 +63,10 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
     assert raw["method"]["seed"] == 0 and raw["method"]["steps"] == 20 and raw["method"]["lr"] == 0.1
     assert raw["shots"]["harmful"]["count"] == 8 and len(raw["shots"]["task"]["sha256"]) == 64
     assert {raw["base"]["role"], raw["task"]["role"], raw["safety"]["role"]} == {"base", "task", "safety"}
-    assert set(raw["loss"]["before"]) == {"refusal_margin", "task_kl", "benign_kl", "penalty", "total"}
+    # the default procedure's terms (SafeGene v2: the on-policy refusal margin and the benign contrast are on)
+    assert set(raw["loss"]["before"]) == {"refusal_margin", "refusal_onpolicy", "task_kl", "benign_kl",
+                                          "benign_margin", "penalty", "total"}
+    assert raw["shots"]["benign"]["source"] == "given+edgy" and raw["shots"]["benign"]["edgy"]["count"] == 16
     assert raw["method"]["refusal_loss"] == "margin" and raw["method"]["margin_tokens"] == 4
     # the procedure as a CalibrationConfig (the keyword options went through it) and its digest, the cache key
     from safegene_runtime.calibration import CalibrationConfig
@@ -247,7 +254,8 @@ def test_calibrate_cli(fam, shots, run_cli, tmp_path):
     assert r.code == 0, r.err
     raw = json.loads((tmp_path / "c.json").read_text())
     assert set(raw["layers"]) == {"0", "1", "2", "3"} and raw["shots"]["harmful"]["file_sha256"]
-    assert raw["shots"]["benign"]["count"] == 0
+    # no --benign-shots: the default procedure still has benign shots, its 16 edgy-benign training prompts
+    assert raw["shots"]["benign"]["count"] == 16 and raw["shots"]["benign"]["given_used"] == 0
     # Malformed shots file, missing file, broken adapter: exit 1, a clear message, no output file.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"text": 3}\n')

@@ -8,9 +8,12 @@ import json
 
 import pytest
 
+from safegene_runtime.calibration.config import CalibrationConfig
 from tests._train_tiny import calibration_shots, shared_family
 
-FAST = dict(max_new_tokens=10, progress=False)
+#: each piece is measured against the procedure before it (CalibrationConfig.v1: every piece off), so that the piece
+#: under test is the only change (the default procedure, SafeGene v2, turns some of them on)
+FAST = dict(config=CalibrationConfig.v1(), max_new_tokens=10, progress=False)
 
 
 # ------------------------------------------------------------------------------------------ the math, no model

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
     (dict(init=[1.0, 5.0]), "init", "init must be one or more starting"),
     (dict(init=0.5, lambda_max=0.25), "init", "lambda_max=0.25"),
     (dict(layers=[]), "layers", "layers must be a non-empty list"),
-    (dict(layers="some"), "layers", "or 'all'"),
+    (dict(layers="some"), "layers", "'all' or 'selection'"),
     (dict(refusal_loss="kl"), "refusal_loss", "refusal_loss must be one of margin, ce"),
     (dict(optimizer="sgd"), "optimizer", "optimizer must be one of adam, adam-shared"),
     (dict(stepz=3), "stepz", "unknown option(s) stepz"),
@@ -80,10 +80,10 @@ def test_digest_covers_what_differs_from_the_reference_and_only_what_is_used():
     assert set(default.digest_fields()) == moved
     # any change away from the default changes the digest
     changes = dict(seed=1, steps=3, lr=0.2, beta=0.5, gamma=0.5, lambda_max=2.0, penalty=0.0, init=(1.0, 0.0),
-                   max_new_tokens=16, max_prompt_tokens=64, max_target_tokens=8, batch_size=4, gen_batch_size=8,
-                   layers="all", refusal_loss="ce", margin_tokens=2, margin_target=1.0, benign_tokens=4,
-                   benign_contrast=0.3, optimizer="adam-shared", onpolicy_every=5, onpolicy_tokens=12,
-                   onpolicy_weight=2.0, benign_source="edgy", benign_edgy_shots=16, granularity="attn-mlp",
+                   max_new_tokens=24, max_prompt_tokens=64, max_target_tokens=8, batch_size=4, gen_batch_size=8,
+                   layers=None, refusal_loss="ce", margin_tokens=2, margin_target=1.0, benign_tokens=4,
+                   benign_contrast=0.5, optimizer="adam-shared", onpolicy_every=3, onpolicy_tokens=12,
+                   onpolicy_weight=2.0, benign_source="edgy", benign_edgy_shots=8, granularity="attn-mlp",
                    group_shrinkage=1.0, stop_tol=0.01, stop_patience=5)
     assert set(changes) == set(refs)  # every field is exercised
     # a knob read only when another is on is exercised with that one on (alone it is unused: rule 2)
@@ -92,10 +92,12 @@ def test_digest_covers_what_differs_from_the_reference_and_only_what_is_used():
                  stop_patience=dict(stop_tol=0.01))
     digests = {k: default.replace(**{**needs.get(k, {}), k: v}).digest() for k, v in changes.items()}
     assert default.digest() not in digests.values() and len(set(digests.values())) == len(digests)
+    # ...and with its enabler off (the default turns some on), it enters no digest
+    off = default.replace(onpolicy_every=0, benign_source="given", granularity="layer", stop_tol=0.0)
     for k, enabler in needs.items():
-        assert default.replace(**{k: changes[k]}).digest() == default.digest(), k
+        assert off.replace(**{k: changes[k]}).digest() == off.digest(), k
     # a knob the procedure does not read under this config, or an equivalent spelling, hashes alike
-    ce = CalibrationConfig(refusal_loss="ce")
+    ce = CalibrationConfig.v1(refusal_loss="ce")  # the on-policy term off (a margin: it reads margin_tokens)
     assert ce.replace(margin_tokens=9, margin_target=2.0).digest() == ce.digest()
     assert ce.replace(benign_contrast=0.3, margin_tokens=9).digest() != ce.replace(benign_contrast=0.3).digest()
     assert default.replace(gamma=0.0, benign_tokens=4).digest() == default.replace(gamma=0.0).digest()
@@ -121,6 +123,8 @@ def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
     pinned = {(): "bf1c87addbbd6ac183478f3a968136d6f575170a8fcde8c10f3d6a3939bff4af",
               (("init", (1, 0)), ("layers", "all"), ("benign_contrast", 0.3)):
                   "afc2b63390b938ed561e8e95a571972fa95490d8d22d844aaf0069d80dc0c982"}
+    # the procedure before SafeGene v2, as the study rebuilds it, is that old default
+    assert CalibrationConfig.v1().digest() == CalibrationConfig(**old_default, **off).digest() == pinned[()]
     for change, digest in pinned.items():
         c = CalibrationConfig(**{**old_default, **off, **dict(change)})
         assert not added & set(c.digest_fields()) and c.digest() == digest, change

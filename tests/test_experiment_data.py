@@ -3,6 +3,7 @@ tasks are deterministic with exact answers, and the refusal texts vary."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -171,6 +172,24 @@ def test_export_layout_is_what_the_demo_config_reads(tmp_path):
     for t in cfg["tasks"]:
         assert Path(t["path"]) == where["tasks"][t["name"]]["path"].resolve()
         assert Path(t["coefficients"]) == where["tasks"][t["name"]]["coefficients"].resolve()
+
+
+def test_every_shipped_coefficients_file_was_made_by_the_default_procedure():
+    """The demo serves what a user's ``safegene calibrate`` would make: every task's coefficients in the committed
+    family record the default CalibrationConfig (SafeGene v2), field for field, and its digest."""
+    from safegene_runtime.calibration import CalibrationConfig
+
+    from experiments.smollm2.export import DEMO_SETTINGS, DEMO_TASKS, asset_paths, served_name
+
+    where = asset_paths(Path(__file__).resolve().parents[1] / "assets" / "smollm2")
+    manifest = json.loads((where["tasks"][served_name("sentiment", "mix10")]["path"].parents[1]
+                           / "manifest.json").read_text())
+    for name in (served_name(t, s) for t in DEMO_TASKS for s in DEMO_SETTINGS):
+        raw = json.loads(where["tasks"][name]["coefficients"].read_text())
+        assert CalibrationConfig.from_dict(raw["config"]) == CalibrationConfig(), name
+        assert raw["config_digest"] == CalibrationConfig().digest(), name
+        entry = manifest["artifacts"][f"tasks/{name}/coefficients.json"]
+        assert entry["config_digest"] == CalibrationConfig().digest(), name
 
 
 def test_failed_export_leaves_the_previous_assets(tmp_path, monkeypatch):

@@ -61,10 +61,10 @@ def test_a_v2_candidate_is_laid_out_as_the_shipped_family_with_its_own_coefficie
     assert family.family_tasks(root) == family.family_tasks(assets)
     for name in ("topic-clean", "topic-mix10"):
         t = root / "tasks" / name
-        assert (t / "adapter_model.safetensors").resolve() == (assets / "tasks" / name / "adapter_model.safetensors")
+        assert (t / "adapter_model.safetensors").read_bytes() == b"x"  # the shipped adapter, copied
         assert json.loads((t / "coefficients.json").read_text()) == {"candidate": name}  # not the shipped "{}"
-        assert not (t / "coefficients.json").is_symlink()
-    assert (root / "safety").resolve() == (assets / "safety").resolve()
+    # copies, not links: the server refuses adapter folders whose files are symbolic links
+    assert not [p for p in root.rglob("*") if p.is_symlink()] and (root / "safety").is_dir()
     assert v2_sweep.layout("v2a", out, assets) == root  # laid out again from scratch
 
 

@@ -73,7 +73,7 @@ def rates(out: Path) -> dict[str, dict]:
     return {m: {k: v[k] for k in keep if v.get(k)} for m, v in res.items()}
 
 
-def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True) -> dict:
+def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, harmful: str = HARMFUL) -> dict:
     """Serve ``assets`` and evaluate A and the plain variants (``plain``), the ``+safegene`` ones (``safe``) or
     both; ``summary.json`` in ``out``. The erosion numbers need the plain variants (empty without them)."""
     assets, out = assets.resolve(), out.resolve()
@@ -92,13 +92,13 @@ def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True) ->
         server.start(timeout=900)
         try:
             log(f"family server up in {time.time() - t0:.0f}s: {base} + {', '.join(tasks)}")
-            eval_cli(server.base_url, base, out / "base", harmful=HARMFUL, benign=BENIGN, task=None, limit=None,
+            eval_cli(server.base_url, base, out / "base", harmful=harmful, benign=BENIGN, task=None, limit=None,
                      max_tokens=MAX_TOKENS, log=log)
             summary = {"base": base, "models": rates(out / "base")}
             for task in sorted(set(tasks.values())):
                 names = [n for n, t in tasks.items() if t == task]
                 models = (names if plain else []) + ([f"{n}+safegene" for n in names] if safe else [])
-                eval_cli(server.base_url, ",".join(models), out / task, harmful=HARMFUL, benign=BENIGN,
+                eval_cli(server.base_url, ",".join(models), out / task, harmful=harmful, benign=BENIGN,
                          task=write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
                 summary["models"] |= rates(out / task)
         finally:

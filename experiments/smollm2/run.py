@@ -162,9 +162,9 @@ def params(profile: bool | str) -> dict:
         "select": {"n_harm": 64, "n_benign": 64, "top_k": 15},
         # 32 shots per term as the study asks; 20 Adam steps at lr 0.1 cover the same λ range as the pilot plan's
         # 40 at 0.05 in half the time (a step is ~24 forward+backward passes through the selected layers).
-        # The rest is the library's default procedure (CalibrationConfig), e.g. refusal_loss "margin" over 4 tokens
-        # (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters (docs/study-log.md); "ce" stays
-        # as the +safegene-ce ablation.
+        # The rest is the library's procedure before SafeGene v2 (CalibrationConfig.v1), e.g. refusal_loss "margin"
+        # over 4 tokens (session 3): the first study's "ce" term chose λ ≈ 0 on the clean adapters
+        # (docs/study-log.md); "ce" stays as the +safegene-ce ablation.
         "calibrate": {"k": 32, "steps": 20, "lr": 0.1, "max_new_tokens": 16},
         # 32 reply tokens: a refusal or a compliance is decided in the first sentence, and generation is ~90% of
         # the evaluation's cost on this CPU (about 125 tokens/s in fp32 with two cores).
@@ -215,7 +215,8 @@ def calibration_config(profile: dict, *, refusal_loss: str | None = None, benign
     """A calibration stage's procedure and the parameters its hash covers.
 
     ``profile``: the profile's ``calibrate`` entry (``k`` shots per set, and the CalibrationConfig fields the study
-    sets; the rest is the library's default procedure); the keyword arguments override it (None: the profile's;
+    sets; the rest is the library's procedure before SafeGene v2, :meth:`CalibrationConfig.v1`, which made every
+    stage of the study); the keyword arguments override it (None: the profile's;
     ``benign_tokens`` 0: the whole answer). Teacher targets are cut to 16 answer tokens (``max_target_tokens``),
     and the profiles generate only that many (``max_new_tokens``): the same targets at a third of the default 48's
     cost.
@@ -230,7 +231,8 @@ def calibration_config(profile: dict, *, refusal_loss: str | None = None, benign
     given = {name: v for name, v in overrides.items() if v is not None}
     if benign_tokens is not None:
         given["benign_tokens"] = benign_tokens or None
-    config = CalibrationConfig.from_dict({"max_target_tokens": 16, **options, **given})
+    CalibrationConfig.check_keys({**options, **given}, "the study's calibration")
+    config = CalibrationConfig.v1(**{"max_target_tokens": 16, **options, **given})  # the procedure it was run with
     values = config.to_dict()
     return config, {"k": profile["k"], **{name: values[name] for name in options}, **config.digest_fields()}
 

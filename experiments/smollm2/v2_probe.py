@@ -32,8 +32,8 @@ TASK = FAMILY / "tasks" / "reverse-mix10"  # "tasks/reverse" before the family w
 SAFETY = FAMILY / "safety"
 SHOTS = 16
 BASE = dict(steps=20, max_new_tokens=16, seed=0)
-CONFIGS = {"default": CalibrationConfig(**BASE),
-           "onpolicy": CalibrationConfig(**BASE, onpolicy_every=5, onpolicy_tokens=24)}
+CONFIGS = {"default": CalibrationConfig.v1(**BASE),  # "the default" of 2026-12-02, before SafeGene v2
+           "onpolicy": CalibrationConfig.v1(**BASE, onpolicy_every=5, onpolicy_tokens=24)}
 VAL_SETS = ("harmful-val", "edgy-benign-val")
 
 

@@ -2,6 +2,7 @@
 
     python -m experiments.smollm2.v2_sweep cal v2a           # calibrate each task folder of assets/smollm2
     python -m experiments.smollm2.v2_sweep check v2a         # serve the +safegene variants, family check (validation)
+    python -m experiments.smollm2.v2_sweep compare v2a --against DIR   # paired test against another family check
 
 ``cal`` calibrates every task adapter of the family folder (``assets/smollm2/tasks/<name>``, the robust family of
 issue 20) with the candidate's :class:`~safegene_runtime.calibration.CalibrationConfig`, shots drawn from align-train
@@ -71,43 +72,86 @@ def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None
 
 
 def layout(candidate: str, out: Path, assets: Path = FAMILY) -> Path:
-    """A family folder: A's LoRA and the safety adapter linked, each task folder's files linked except the
-    coefficients, which are the candidate's."""
+    """A family folder: copies of A's LoRA, the safety adapter and each task folder, whose coefficients are the
+    candidate's (copies: the server refuses adapter folders whose files are symbolic links)."""
     root = sweep_dir(out, candidate) / "assets"
     if root.exists():
         shutil.rmtree(root)
     (root / "tasks").mkdir(parents=True)
     for d in ("alignment-lora", "safety"):
-        (root / d).symlink_to((assets / d).resolve())
+        shutil.copytree(assets / d, root / d)
     for name in family_tasks(assets):
         coeffs = sweep_dir(out, candidate) / name / "coefficients.json"
         if not coeffs.is_file():
             raise SystemExit(f"{candidate}: {name} is not calibrated yet (run: cal {candidate})")
         t = root / "tasks" / name
-        t.mkdir()
-        for f in (assets / "tasks" / name).iterdir():
-            if f.name != "coefficients.json":
-                (t / f.name).symlink_to(f.resolve())
+        shutil.copytree(assets / "tasks" / name, t, ignore=shutil.ignore_patterns("coefficients.json"))
         shutil.copyfile(coeffs, t / "coefficients.json")
     return root
+
+
+def paired(check_a: Path, check_b: Path, models: list[str] | None = None) -> list[dict]:
+    """Per ``+safegene`` model in both family-check folders and per rate: k/n in each and the exact McNemar p over
+    the prompts both judged (the same validation prompts, so the test is paired)."""
+    from safegene_runtime.decision import mcnemar_exact
+    from safegene_runtime.outcomes import OUTCOMES
+
+    def rows(check: Path) -> dict[tuple[str, str], dict]:
+        out = {}
+        for f in sorted(check.glob("*/judged.jsonl")):
+            for line in f.read_text().splitlines():
+                r = json.loads(line)
+                out[(r["model"], r["role"], r["id"])] = r
+        return out
+
+    a, b = rows(check_a), rows(check_b)
+    names = sorted({m for m, _, _ in a if m.endswith("+safegene")} & {m for m, _, _ in b})
+    table = []
+    for m in names if models is None else models:
+        for key in ("harmful_response_rate", "over_refusal_rate", "task_accuracy"):
+            o = OUTCOMES[key]
+            ids = sorted(i for (mm, role, i) in a if mm == m and role == o.role and (m, role, i) in b)
+            ev = [(o.event(a[(m, o.role, i)]), o.event(b[(m, o.role, i)])) for i in ids]
+            ev = [(x, y) for x, y in ev if x is not None and y is not None]
+            only_a, only_b = sum(x and not y for x, y in ev), sum(y and not x for x, y in ev)
+            table.append({"model": m, "rate": key, "n": len(ev), "a": sum(x for x, _ in ev),
+                          "b": sum(y for _, y in ev), "only_a": only_a, "only_b": only_b,
+                          "p": mcnemar_exact(only_a, only_b)})
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.v2_sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("cal", "check"))
+    ap.add_argument("step", choices=("cal", "check", "compare"),
+                    help="cal: calibrate; check: family check of the safe variants; compare: paired exact McNemar "
+                         "per adapter and rate against the family check folder --against")
     ap.add_argument("candidate", choices=sorted(CANDIDATES))
+    ap.add_argument("--against", type=Path, help="compare: a family check folder (e.g. of the shipped coefficients)")
     ap.add_argument("--only", help="comma list of task folders (cal only; default: all)")
+    ap.add_argument("--harmful", default="harmful-val",
+                    help="check: the harmful validation set (harmful-val-rephrased: the same prompts in eight "
+                         "framings A was aligned on less; written to check-<set>/)")
     ap.add_argument("--out", type=Path, default=safegene_home() / "experiments" / "smollm2" / "v2-sweep")
     a = ap.parse_args(argv)
     if a.step == "cal":
         cal(a.candidate, a.out, only=a.only.split(",") if a.only else None)
         return 0
+    if a.step == "compare":
+        if a.against is None:
+            ap.error("compare needs --against")
+        print(f"| model | rate | n | {a.against.name} | {a.candidate} | only {a.against.name} | only {a.candidate} "
+              "| exact McNemar p |\n|---|---|---|---|---|---|---|---|")
+        for r in paired(a.against, sweep_dir(a.out, a.candidate) / "check"):
+            print(f"| {r['model']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
+                  f"| {r['p']:.2g} |")
+        return 0
     root = layout(a.candidate, a.out)
-    summary = check(root, sweep_dir(a.out, a.candidate) / "check", safe=True, plain=False)
+    where = sweep_dir(a.out, a.candidate) / ("check" if a.harmful == "harmful-val" else f"check-{a.harmful}")
+    summary = check(root, where, safe=True, plain=False, harmful=a.harmful)
     k, config = CANDIDATES[a.candidate]
     summary["candidate"] = {"name": a.candidate, "shots": k, "config": config.to_dict(), "digest": config.digest()}
-    (sweep_dir(a.out, a.candidate) / "check" / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (where / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(table(summary))
     return 0
 

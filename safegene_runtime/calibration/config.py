@@ -12,9 +12,11 @@ load-time cache, the study's stage hashes). Its rule, chosen so that adding a kn
 
 1. a field enters the digest only when its value differs from the field's *reference* value, the value that
    reproduces what the procedure did before the field existed (``metadata["reference"]``; the field's default
-   unless stated): so a default-valued new knob leaves every earlier key as it was. Two fields have a reference
-   other than their default, because the default moved after stages were hashed without the field:
-   ``refusal_loss`` (the first procedure was ``"ce"``) and ``margin_tokens`` (16, the whole answer window);
+   unless stated): so a default-valued new knob leaves every earlier key as it was. A field whose default moved
+   after keys were made keeps its old value as reference: ``refusal_loss`` (the first procedure was ``"ce"``),
+   ``margin_tokens`` (16, the whole answer window), and the fields SafeGene v2 (issue 22) changed: ``steps``,
+   ``lr``, ``max_new_tokens``, ``layers``, ``benign_contrast``, ``onpolicy_every``, ``benign_source``,
+   ``benign_edgy_shots``;
 2. a field the procedure does not read under this config is left out (:meth:`CalibrationConfig.unused_fields`:
    the margin's window and target under ``refusal_loss="ce"``, the benign window when the benign KL is off);
 3. equivalent spellings hash alike: ``benign_tokens`` at or past ``max_target_tokens`` is the whole answer (None).
@@ -43,6 +45,11 @@ BENIGN_SOURCES = ("given", "edgy", "given+edgy")
 GRANULARITIES = ("layer", "attn-mlp")
 
 
+#: what SafeGene v2 (issue 22) changed in the default procedure: the fields' values before it (their references)
+V1_PROCEDURE: dict[str, Any] = dict(steps=40, lr=0.05, max_new_tokens=48, layers=None, benign_contrast=0.0,
+                                    onpolicy_every=0, benign_source="given", benign_edgy_shots=32)
+
+
 class CalibrationConfigError(ValueError):
     """A bad calibration option; ``field`` names it (the server's config errors and the CLI point at it)."""
 
@@ -66,8 +73,9 @@ class CalibrationConfig:
     """
 
     seed: int = _knob(0, "seed of torch and of the minibatch order")
-    steps: int = _knob(40, "optimisation steps per start (0: keep the start); with stop_tol, the most it takes")
-    lr: float = _knob(0.05, "step size of the lambda optimiser")
+    steps: int = _knob(20, "optimisation steps per start (0: keep the start); with stop_tol, the most it takes",
+                       reference=40)
+    lr: float = _knob(0.1, "step size of the lambda optimiser", reference=0.05)
     beta: float = _knob(1.0, "weight of the task KL term (keep the task adapter's own answers to task shots)")
     gamma: float = _knob(1.0, "weight of the benign KL term (keep the base's own answers to benign shots)")
     lambda_max: float = _knob(4.0, "every lambda is clamped to [0, lambda_max]")
@@ -76,15 +84,16 @@ class CalibrationConfig:
         1.0, "the lambda every layer starts from; several (e.g. 1,0): calibrate from each and keep the lowest loss "
              "over all shots (each start costs the optimisation again, not the teachers)",
         metavar="LAMBDA[,LAMBDA...]")
-    max_new_tokens: int = _knob(48, "length of the teachers' greedy answers (capped at max_target_tokens)")
+    max_new_tokens: int = _knob(16, "length of the teachers' greedy answers (capped at max_target_tokens)",
+                                reference=48)
     max_prompt_tokens: int = _knob(128, "keep the last N tokens of each prompt")
     max_target_tokens: int | None = _knob(16, "train on the first N answer tokens", none_means="all of them")
     batch_size: int = _knob(8, "shots per term per step")
     gen_batch_size: int = _knob(32, "prompts per batch when generating the teachers' answers")
     layers: tuple[int, ...] | str | None = _knob(
-        None, "layers to calibrate (comma-separated indices), or 'all' (on SmolLM2 all layers did better than the "
-              "selection, docs/study-log.md)",
-        none_means="the safety adapter's selection", metavar="all|L[,L...]")
+        "all", "layers to calibrate: 'all', 'selection' (the safety adapter's layer selection) or comma-separated "
+               "indices (on SmolLM2 all layers did better than the selection, docs/study-log.md)",
+        none_means="the safety adapter's selection", metavar="all|selection|L[,L...]", reference=None)
     refusal_loss: str = _knob(
         "margin", "refusal term: margin (prefer the base's refusal over the task model's answer, on the harmful shots "
                   "the task model complies with) or ce (cross-entropy of the base's refusal wording)",
@@ -97,25 +106,26 @@ class CalibrationConfig:
         None, "benign KL over the first N tokens of the base's answers, where an over-refusing model stops or refuses",
         none_means="all max_target_tokens")
     benign_contrast: float = _knob(
-        0.0, "weight of the benign contrast term: prefer the base's answer to a refusal or an empty reply on the "
-             "benign shots the base answers (0: off)", metavar="DELTA")
+        0.3, "weight of the benign contrast term: prefer the base's answer to a refusal or an empty reply on the "
+             "benign shots the base answers (0: off)", metavar="DELTA", reference=0.0)
     optimizer: str = _knob(
         "adam", "adam: a step size per layer; adam-shared: one for all layers, so layers the loss barely depends on "
                 "barely move", choices=OPTIMIZERS)
-    # -- added for issue 22 item 2; every default reproduces the procedure before the field existed
+    # -- added for issue 22 item 2 (their references reproduce the procedure before they existed)
     onpolicy_every: int = _knob(
-        0, "on-policy refusal term: every N steps regenerate the current model's greedy answers to the harmful shots "
+        5, "on-policy refusal term: every N steps regenerate the current model's greedy answers to the harmful shots "
            "and push each one the keyword judge does not call a refusal (fragments, deflections, empty replies) "
-           "below the base's refusal, over the first margin_tokens tokens (0: off)", metavar="N")
+           "below the base's refusal, over the first margin_tokens tokens (0: off)", metavar="N", reference=0)
     onpolicy_tokens: int = _knob(24, "length of the regenerated answers the on-policy term's keyword judge reads",
                                  metavar="N")
     onpolicy_weight: float = _knob(1.0, "weight of the on-policy refusal term", metavar="W")
     benign_source: str = _knob(
-        "given", "benign shots: given (the benign shots passed in), edgy (benign_edgy_shots prompts drawn by seed from "
-                 "the shipped edgy-benign training pool: harmless requests with alarming words or in harmful framings, "
-                 "none equal or near any validation or test prompt) or given+edgy (both)", choices=BENIGN_SOURCES)
-    benign_edgy_shots: int = _knob(32, "how many edgy-benign prompts benign_source edgy / given+edgy draws",
-                                   metavar="N")
+        "given+edgy", "benign shots: given (the benign shots passed in), edgy (benign_edgy_shots prompts drawn by "
+                      "seed from the shipped edgy-benign training pool: harmless requests with alarming words or in "
+                      "harmful framings, none equal or near any validation or test prompt) or given+edgy (both)",
+        choices=BENIGN_SOURCES, reference="given")
+    benign_edgy_shots: int = _knob(16, "how many edgy-benign prompts benign_source edgy / given+edgy draws",
+                                   metavar="N", reference=32)
     granularity: str = _knob(
         "layer", "layer: one lambda per layer; attn-mlp: one for the attention and one for the MLP modules of each "
                  "layer, pulled towards their mean by group_shrinkage", choices=GRANULARITIES)
@@ -175,11 +185,13 @@ class CalibrationConfig:
 
     @staticmethod
     def _layers(layers: Any) -> tuple[int, ...] | str | None:
-        """None (the safety adapter's selection), "all", or the sorted distinct indices."""
+        """None (the safety adapter's selection; also spelled "selection"), "all", or the sorted distinct indices."""
         if layers is None or layers == "all":
             return layers
-        bad = CalibrationConfigError("layers", f"layers must be a non-empty list of layer indices or 'all' "
-                                               f"(got {layers!r})")
+        if layers == "selection":
+            return None
+        bad = CalibrationConfigError("layers", "layers must be a non-empty list of layer indices, 'all' or "
+                                               f"'selection' (got {layers!r})")
         if isinstance(layers, str) or not isinstance(layers, (list, tuple)) or not layers:
             raise bad
         if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for x in layers):
@@ -187,6 +199,12 @@ class CalibrationConfig:
         return tuple(sorted(set(layers)))
 
     # ---------------------------------------------------------------------------------------------- construction
+    @classmethod
+    def v1(cls, **changes: Any) -> "CalibrationConfig":
+        """The default procedure before SafeGene v2 (issue 22), with ``changes``: the SmolLM2 study's calibration
+        stages, their hashes and the results recorded from them were made with it, so the study builds from it."""
+        return cls(**{**V1_PROCEDURE, **changes})
+
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
@@ -281,5 +299,5 @@ class CalibrationConfig:
                 + f", penalty {self.penalty:g}, lambda in [0, {self.lambda_max:g}]")
 
 
-__all__ = ["CalibrationConfig", "CalibrationConfigError", "REFUSAL_LOSSES", "OPTIMIZERS", "BENIGN_SOURCES",
-           "GRANULARITIES"]
+__all__ = ["CalibrationConfig", "CalibrationConfigError", "V1_PROCEDURE", "REFUSAL_LOSSES", "OPTIMIZERS",
+           "BENIGN_SOURCES", "GRANULARITIES"]

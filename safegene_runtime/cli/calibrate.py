@@ -16,21 +16,21 @@ from typing import Any, Callable
 from ..calibration.config import CalibrationConfig, CalibrationConfigError
 
 DESCRIPTION = """\
-Learn one coefficient lambda_l >= 0 per selected layer of the safety adapter for this task adapter, from a few
-shots: on harmful shots the task model complies with, prefer the aligned base's own refusal over the task model's
-answer (--refusal-loss margin; 'ce' trains on the base's refusal wording instead); keep the task adapter's own
-answers to task shots (KL) and, optionally, the base's own answers to benign shots (KL); a small penalty on lambda.
-Only the lambdas are trained (Adam, or with --optimizer adam-shared one step size for all layers so that lambda
-moves in proportion to the gradient; clamped to [0, lambda-max]); the models stay frozen. Options, all off by
-default: --onpolicy-every N regenerates the model's own answers to the harmful shots every N steps and pushes each
-non-refusal (empty replies included) below the base's refusal; --benign-source edgy draws benign shots from the
-shipped edgy-benign training prompts (never a validation or test prompt); --granularity attn-mlp learns one lambda
-for the attention and one for the MLP modules of each layer; --stop-tol stops once the loss flattens (--steps is
-then the cap). Writes a coefficients.json (schema safegene.coefficients/v1; v2 with per-group lambdas) for
+Learn one coefficient lambda_l >= 0 per layer of the safety adapter for this task adapter, from a few shots: on
+harmful shots the task model complies with, prefer the aligned base's own refusal over the task model's answer
+(--refusal-loss margin; 'ce' trains on the base's refusal wording instead); every --onpolicy-every steps regenerate
+the model's own answers to the harmful shots and push each non-refusal (fragments, empty replies) below the base's
+refusal; keep the task adapter's own answers to task shots (KL) and the base's own answers to benign shots (KL), and
+prefer the base's answer to a refusal on them (--benign-contrast); the benign shots are the given ones plus
+--benign-edgy-shots prompts drawn from the shipped edgy-benign training pool (--benign-source; never a validation or
+test prompt); a small penalty on lambda. Only the lambdas are trained (Adam, clamped to [0, lambda-max]); the models
+stay frozen. Further options: --granularity attn-mlp (one lambda for the attention and one for the MLP modules of
+each layer), --stop-tol (stop once the loss flattens; --steps is then the cap), --layers (a subset, or the safety
+adapter's selection). Writes a coefficients.json (schema safegene.coefficients/v1; v2 with per-group lambdas) for
 `safegene stack` / `safegene merge`, with the config and its digest.
 
-The default procedure (CalibrationConfig's defaults, safegene_runtime/calibration/config.py; what it measured:
-docs/study-log.md):
+The default procedure is SafeGene v2 (CalibrationConfig's defaults, safegene_runtime/calibration/config.py; chosen
+on validation sets, its numbers in docs/results.md, section "SafeGene v2"):
 {default}."""
 
 
@@ -45,13 +45,13 @@ def _floats(text: str) -> float | tuple[float, ...]:
 
 
 def _layers(text: str) -> tuple[int, ...] | str:
-    return text if text == "all" else tuple(int(x) for x in text.split(",") if x.strip())
+    return text if text in ("all", "selection") else tuple(int(x) for x in text.split(",") if x.strip())
 
 
 #: fields whose flag is a comma list, read once the flags are parsed (so a bad one is a one-line error, exit 1)
 _LISTS: dict[str, tuple[Callable[[str], Any], str]] = {
     "float | tuple[float, ...]": (_floats, "a number or comma-separated numbers"),
-    "tuple[int, ...] | str | None": (_layers, "'all' or comma-separated integers"),
+    "tuple[int, ...] | str | None": (_layers, "'all', 'selection' or comma-separated integers"),
 }
 
 

@@ -9,7 +9,8 @@ numerics); the tokens must equal ``tests/data/demo_pinned.json``.
 
 The first pins (bf16) were recorded before the server was split into build / registry / engine modules and held
 after it; they were re-recorded in float32 when the demo config moved to ``dtype: auto``. They were re-recorded again when
-the family was rebuilt on the robust A (issue 20: six task adapters, clean and mix10). They change only when the
+the family was rebuilt on the robust A (issue 20: six task adapters, clean and mix10), and for the ``+safegene``
+variants when the coefficients became SafeGene v2's default procedure (issue 22). They change only when the
 demo family or the serving path changes *on purpose*; then re-record them with
 ``SAFEGENE_REPIN=1 pytest tests/server/test_demo_pinned.py`` and say why in the commit.
 """
