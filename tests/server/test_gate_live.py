@@ -57,6 +57,10 @@ GATE_TOKENS = 8
 #: calibration, which only has to run through the load-time path. Measured (2026-12-02): with 10 steps and 8 tokens
 #: the safe form refuses 9 of the 36 held-out benign prompts (limit 5: refuse); with 20 steps and 12 tokens, 12
 CALIBRATION_STEPS = 10
+#: ...and the default procedure's two costliest pieces off (the on-policy regeneration and the 16 extra edgy-benign
+#: shots of SafeGene v2): with them the erode job was still building at the 240 s deadline in a full CI run
+#: (2026-12-03, beside the unit lane), though it passed alone in 141 s
+CALIBRATION_COST = {"onpolicy_every": 0, "benign_source": "given"}
 
 
 def _jsonl(path: Path, rows: list[dict]) -> str:
@@ -118,7 +122,8 @@ def gate_server(tmp_path_factory):
 
 def _body(name: str, path: str, files: dict[str, str], *, calibrate: bool) -> dict:
     repair = ({"calibrate": {"harmful": files["cal_harmful"], "task_shots": files["cal_task"],
-                             "benign": files["cal_benign"], "steps": CALIBRATION_STEPS}} if calibrate
+                             "benign": files["cal_benign"], "steps": CALIBRATION_STEPS, **CALIBRATION_COST}}
+              if calibrate
               else {"coefficients": {"layers": {}, "default": 0.0}})
     return {"name": name, "path": path, "version": "v2", **repair, "gate": {"task": files["gate_task"]}}
 
