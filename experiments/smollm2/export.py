@@ -128,9 +128,6 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
                     c = coefficients / name
                     if not (c / "coefficients.json").is_file():
                         raise StageMissing(f"no {c / 'coefficients.json'}")
-                    made_with = json.loads((c / "coefficients.json").read_text()).get("config_digest")
-                    if not made_with:
-                        raise SystemExit(f"{c / 'coefficients.json'} does not record its calibration config")
                 else:
                     cal = calibration_for(study, task, setting, method)
                     if cal is None:
@@ -150,9 +147,11 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
                 "generator": f"experiments.smollm2.tasks.generate({task!r}, n_train={tp['n_train']}, "
                              f"n_test={tp['n_test']}, seed=0)"})
             add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
+            made_with = json.loads((c / "coefficients.json").read_text()).get("config_digest")
+            if coefficients is not None and not made_with:
+                raise SystemExit(f"{c / 'coefficients.json'} does not record its calibration config")
             shutil.copy2(c / "coefficients.json", where["tasks"][name]["coefficients"])
-            add("coefficients", where["tasks"][name]["coefficients"], c,
-                config_digest=json.loads((c / "coefficients.json").read_text()).get("config_digest"))
+            add("coefficients", where["tasks"][name]["coefficients"], c, config_digest=made_with)
     pick = f" --variant {variant}" if variant else ""
     meth = "" if method == "safegene" else f" --method {method}"
     run = f".venv/bin/python -m experiments.smollm2.run --profile {study.profile}{pick} --settings {','.join(settings)}"

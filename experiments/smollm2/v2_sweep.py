@@ -8,7 +8,7 @@
 issue 20) with the candidate's :class:`~safegene_runtime.calibration.CalibrationConfig`, shots drawn from align-train
 sets only (:func:`.data.align_train_shots`: never a validation or test prompt), and writes
 ``<out>/<candidate>/<name>/coefficients.json`` (skipped when present: the step resumes). ``check`` lays out a family
-folder whose task folders link the shipped adapter and carry the candidate's coefficients, and runs
+folder whose task folders copy the shipped adapter and carry the candidate's coefficients, and runs
 :func:`.family.check` on it with the ``+safegene`` variants only (the plain adapters' numbers are the family table's
 in docs/results.md, measured the same way): A, every safe variant, served as the demo serves them (stacked LoRA on A,
 fp32, greedy, 32 tokens), on harmful-val, edgy-benign-val and task-<task>-val, both judges.
@@ -90,13 +90,13 @@ def layout(candidate: str, out: Path, assets: Path = FAMILY) -> Path:
     return root
 
 
-def paired(check_a: Path, check_b: Path, models: list[str] | None = None) -> list[dict]:
+def paired(check_a: Path, check_b: Path) -> list[dict]:
     """Per ``+safegene`` model in both family-check folders and per rate: k/n in each and the exact McNemar p over
     the prompts both judged (the same validation prompts, so the test is paired)."""
     from safegene_runtime.decision import mcnemar_exact
     from safegene_runtime.outcomes import OUTCOMES
 
-    def rows(check: Path) -> dict[tuple[str, str], dict]:
+    def rows(check: Path) -> dict[tuple[str, str, str], dict]:  # (model, role, prompt id) -> judged row
         out = {}
         for f in sorted(check.glob("*/judged.jsonl")):
             for line in f.read_text().splitlines():
@@ -107,7 +107,7 @@ def paired(check_a: Path, check_b: Path, models: list[str] | None = None) -> lis
     a, b = rows(check_a), rows(check_b)
     names = sorted({m for m, _, _ in a if m.endswith("+safegene")} & {m for m, _, _ in b})
     table = []
-    for m in names if models is None else models:
+    for m in names:
         for key in ("harmful_response_rate", "over_refusal_rate", "task_accuracy"):
             o = OUTCOMES[key]
             ids = sorted(i for (mm, role, i) in a if mm == m and role == o.role and (m, role, i) in b)
