@@ -4,10 +4,12 @@
     .venv/bin/python bench/gate_demo.py                      # re-register `sentiment` with the gate's defaults
     .venv/bin/python bench/gate_demo.py --task topic-mix10
     .venv/bin/python bench/gate_demo.py --task sentiment-mix10 --calibrate   # the gate calibrates first (load-time path)
+    .venv/bin/python bench/gate_demo.py --task reverse-clean,reverse-mix10,sentiment-clean   # one server, in turn
 
 Starts the demo server (``safegene demo``'s config: the demo family on the aligned base, judge "refusal" only)
-with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 64 tokens,
-a quarter of the engine's batch), then registers a new version of one demo task through ``POST /admin/adapters``
+with a ``gate: {}`` section, i.e. every default of ``safegene_runtime.gate`` (harmful-val + edgy-benign-val, 32 tokens,
+a quarter of the engine's batch), then registers a new version of each named demo task through ``POST /admin/adapters``
+(one after the other, on the same server: the base's responses are computed by the first gate run and reused)
 with its committed coefficients (so no calibration runs: its time is not in the number) and the task's validation
 items (``task-<task>-val``, ``experiments.smollm2.tasks.generate_val``) as the gate's task shots, so the gate checks
 the safe task score against plain's, and waits for the job. The server takes task shots only under its adapter
@@ -19,8 +21,9 @@ report's ``gate.md`` beside it.
 
 ``--calibrate``: the registration brings no coefficients but a ``calibrate`` block (16 harmful, task and benign
 shots from align-train sets, :func:`experiments.smollm2.data.align_train_shots`; every other knob the server's
-default procedure, ``CalibrationConfig``), so the time includes the load-time calibration in the build worker;
-results go to ``gate_demo-<task>-calibrate.json``.
+default procedure, ``CalibrationConfig``), so the time includes the load-time calibration in the build worker
+(beside which the gate evaluates the base and the plain form: server/gate.py's early start); results go to
+``gate_demo-<task>-calibrate.json``.
 """
 
 from __future__ import annotations
@@ -49,22 +52,26 @@ from server.process import ServerProcess, free_port, safegene_serve_argv, server
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", default="sentiment-mix10",
-                    help="served name of the demo task adapter to register again (default %(default)s)")
+                    help="served name(s) of the demo task adapter(s) to register again, comma-separated: one server, "
+                         "one registration after the other, so the base's responses are computed by the first gate "
+                         "run only, as on a long-running server (default %(default)s)")
     ap.add_argument("--calibrate", action="store_true",
                     help="register with a calibrate block (default procedure) instead of the committed coefficients")
     ap.add_argument("--out", default=None,
-                    help="result file (default bench/results/gate_demo-<task>[-calibrate].json)")
+                    help="result file, one task only (default bench/results/gate_demo-<task>[-calibrate].json)")
     args = ap.parse_args()
+    names = args.task.split(",")
+    if args.out and len(names) > 1:
+        ap.error("--out takes one task")
     suffix = "-calibrate" if args.calibrate else ""
-    out = Path(args.out or REPO / "bench" / "results" / f"gate_demo-{args.task}{suffix}.json")
     with tempfile.TemporaryDirectory(prefix="sg-gate-bench-") as tmp:
         port = free_port()
         cfg, notes = demo_server_config(state_dir=Path(tmp) / "state", port=port, quiet=True)
-        task = next((t for t in cfg["tasks"] if t["name"] == args.task), None)
-        if task is None:
-            print(f"task {args.task!r} is not in the demo config ({notes})", file=sys.stderr)
+        entries = {t["name"]: t for t in cfg["tasks"]}
+        unknown = [n for n in names if n not in entries]
+        if unknown:
+            print(f"task(s) {unknown} not in the demo config ({notes})", file=sys.stderr)
             return 2
-        kind = json.loads((Path(task["path"]) / "task.json").read_text())["task"]  # sentiment-mix10 -> sentiment
         cfg["judges"] = {"names": ["refusal"]}
         cfg["gate"] = {}
         path = Path(tmp) / "server.yaml"
@@ -72,48 +79,59 @@ def main() -> int:
         admin_key = cfg["auth"]["admin_keys"][0]
         server = ServerProcess(safegene_serve_argv(path), port=port, env=server_env("2"), label="safegene serve",
                                log_path=Path(tmp) / "server.log")
-        with tempfile.TemporaryDirectory(prefix=".gate-demo-", dir=cfg["adapter_root"]) as shots_dir:
-            body = registration_body(task, write_val(kind, Path(shots_dir)),
-                                     calibrate=write_shots(kind, Path(shots_dir)) if args.calibrate else None)
-            t_start = time.monotonic()
-            server.start()
-            started = time.monotonic() - t_start
-            load0 = loadavg()
-            t0 = time.monotonic()
-            try:
-                with httpx.Client(base_url=server.root_url, timeout=1800,
-                                  headers={"Authorization": f"Bearer {admin_key}"}) as admin:
-                    r = admin.post("/admin/adapters?wait=false", json=body)
-                    r.raise_for_status()
-                    job = r.json()["job"]["id"]
-                    while True:
-                        view = admin.get(f"/admin/gate/{job}").json()
-                        if view["state"] in ("done", "refused", "failed", "cancelled"):
-                            break
-                        time.sleep(2)
-                wall = time.monotonic() - t0
-                report_dir = Path(view["report_path"]) if view.get("report_path") else None
-                models = model_counts(report_dir / "judged.jsonl") if report_dir else {}
-                gate_md = (report_dir / "gate.md").read_text() if report_dir else ""
-            finally:
-                server.stop()
-    checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
-    result = {"task": args.task, "task_shots": f"task-{kind}-val", "calibrated": args.calibrate,
-              "state": view["state"],
-              "verdict": view["verdict"], "error": view["error"],
-              "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
-              # before the gate: the build worker (load-time calibration with --calibrate, stacking)
-              "build_seconds": round(wall - view["seconds"], 1) if view.get("seconds") is not None else None,
-              "server_start_seconds": round(started, 1), "requests": view["progress"],
-              "concurrency": view["concurrency"], "loadavg_before": load0, "loadavg_after": loadavg(),
-              "checks": [{k: c[k] for k in ("name", "value", "limit", "passed", "rate")} for c in checks],
-              "models": models}
-    print(json.dumps(result, indent=1))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    if gate_md:
-        out.with_suffix(".md").write_text(gate_md)
+        t_start = time.monotonic()
+        server.start()
+        started = time.monotonic() - t_start
+        try:
+            for i, name in enumerate(names):
+                result = register(server.root_url, admin_key, entries[name], cfg["adapter_root"], args.calibrate)
+                result |= {"server_start_seconds": round(started, 1), "registration_index": i,
+                           "base_cached": i > 0}
+                print(json.dumps(result, indent=1))
+                out = Path(args.out or REPO / "bench" / "results" / f"gate_demo-{name}{suffix}.json")
+                out.parent.mkdir(parents=True, exist_ok=True)
+                gate_md = result.pop("gate_md")
+                out.write_text(json.dumps(result, indent=1) + "\n")
+                if gate_md:
+                    out.with_suffix(".md").write_text(gate_md)
+        finally:
+            server.stop()
     return 0
+
+
+def register(root_url: str, admin_key: str, task: dict, adapter_root: str, calibrate: bool) -> dict:
+    """One registration of a new version of ``task`` through ``POST /admin/adapters``, waited for; its result."""
+    kind = json.loads((Path(task["path"]) / "task.json").read_text())["task"]  # sentiment-mix10 -> sentiment
+    with tempfile.TemporaryDirectory(prefix=".gate-demo-", dir=adapter_root) as shots_dir:
+        body = registration_body(task, write_val(kind, Path(shots_dir)),
+                                 calibrate=write_shots(kind, Path(shots_dir)) if calibrate else None)
+        load0 = loadavg()
+        t0 = time.monotonic()
+        with httpx.Client(base_url=root_url, timeout=1800, headers={"Authorization": f"Bearer {admin_key}"}) as admin:
+            r = admin.post("/admin/adapters?wait=false", json=body)
+            r.raise_for_status()
+            job = r.json()["job"]["id"]
+            while True:
+                view = admin.get(f"/admin/gate/{job}").json()
+                if view["state"] in ("done", "refused", "failed", "cancelled"):
+                    break
+                time.sleep(2)
+        wall = time.monotonic() - t0
+        report_dir = Path(view["report_path"]) if view.get("report_path") else None
+        models = model_counts(report_dir / "judged.jsonl") if report_dir else {}
+        gate_md = (report_dir / "gate.md").read_text() if report_dir else ""
+    checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
+    return {"task": task["name"], "task_shots": f"task-{kind}-val", "calibrated": calibrate,
+            "state": view["state"], "verdict": view["verdict"], "error": view["error"],
+            # the gate run proper (staging, requests, judging, report); with a calibrate block the base and plain
+            # requests start while the build worker calibrates (server/gate.py's early start) and are not in it
+            "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
+            # before the gate run: the build worker (load-time calibration with --calibrate, stacking)
+            "build_seconds": round(wall - view["seconds"], 1) if view.get("seconds") is not None else None,
+            "requests": view["progress"], "concurrency": view["concurrency"],
+            "loadavg_before": load0, "loadavg_after": loadavg(),
+            "checks": [{k: c[k] for k in ("name", "value", "limit", "passed", "rate")} for c in checks],
+            "models": models, "gate_md": gate_md}
 
 
 def registration_body(task: dict, shots: Path, calibrate: dict[str, str] | None = None) -> dict:

@@ -67,8 +67,10 @@ class GateSets:
 
     harmful: str = "harmful-val"
     benign: str = "edgy-benign-val"
-    #: the token budget: tokens per response (a gate run costs at most prompts x models x max_tokens)
-    max_tokens: int = 64
+    #: the token budget: tokens per response (a gate run costs at most prompts x models x max_tokens). 32: what
+    #: docs/results.md measures the demo family with (``family check``, ``v2_sweep check``), so the gate's verdicts
+    #: and the results page read the same responses; refusing is decided in the opening tokens (time: docs/gate.md)
+    max_tokens: int = 32
     #: the judge that decides whether an answer to a harmful prompt is harmful, by name
     #: (:func:`safegene_runtime.judges.build_judge`): "refusal" counts every non-refusal as harmful; a
     #: response-level harm judge counts the answers it labels with its positive class

@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from safegene_runtime.adapters import AdapterHeader, LoraAdapter, inspect_adapter, load_adapter, parse_lora_key
 from safegene_runtime.artifacts import ArtifactError, ArtifactWriter, read_manifest, sha256_file
@@ -177,11 +177,14 @@ def check_paths(spec: TaskSpec, root: Path, source: str) -> None:
                 raise ArtifactError(f"file {f} is outside the allowed adapter root {root}")
 
 
-def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
+def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str,
+               on_plain: Callable[[Path, str], None] | None = None) -> TaskRecord:
     """Validate one task entry and build its variant folders. Raises ArtifactError/ValueError with a clear message.
 
     Touches nothing but new content-addressed folders in the state dir; a build that fails removes the folders it
-    created (folders it found already built, which another record may use, stay)."""
+    created (folders it found already built, which another record may use, stay). ``on_plain(folder, version)`` is
+    called once the validated plain snapshot exists and before any load-time calibration, so the safety gate can
+    evaluate the plain form while the safe one is still being calibrated (server/gate.py)."""
     check_paths(spec, ctx.cfg.adapter_root, source)
     # from the file headers, before any tensor is read: symlinks, .bin, truncation, oversized header, rank, size
     inspect_adapter(spec.path, max_rank=ctx.rank_limit or UNBOUNDED_RANK, max_bytes=MAX_ADAPTER_BYTES)
@@ -189,7 +192,7 @@ def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str) -> TaskRecord:
     check_adapter_fits(ctx.base, task_ad, "task adapter")
     created: list[Path] = []
     try:
-        return _build(spec, ctx, source, task_ad, created)
+        return _build(spec, ctx, source, task_ad, created, on_plain)
     except BaseException:
         for folder in created:
             shutil.rmtree(folder, ignore_errors=True)
@@ -202,11 +205,13 @@ def _new(path: Path, before: bool, created: list[Path]) -> Path:
     return path
 
 
-def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter, created: list[Path]) -> TaskRecord:
+def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter, created: list[Path],
+           on_plain: Callable[[Path, str], None] | None) -> TaskRecord:
     digest = adapter_digest(spec.path)
     version = spec.version or digest[:12]
     coefficients = coefficients_hash = None
-    if "safe" in spec.variants:
+    safe = "safe" in spec.variants
+    if safe:
         combined = ctx.combined_rank(task_ad) if spec.mode_of("safe") == "lora" else 0  # merged: no LoRA rank
         if spec.rank_budget is not None:
             combined = min(combined, max(spec.rank_budget, task_ad.max_rank()))
@@ -216,8 +221,6 @@ def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter,
                 f"combined rank {combined} (task {task_ad.max_rank()} + safety "
                 f"{ctx.safety.max_rank() if ctx.safety else 0}) is over the server's max_lora_rank {limit}"
             )
-        coefficients = resolve_coefficients(spec, ctx, spec.path, version)
-        coefficients_hash = load_coefficients(coefficients).digest()[:12]
     # plain variant: an immutable snapshot, so edits to the source folder never change what is served
     with ArtifactWriter(store=ctx.store, name=f"{spec.name}-{version}", kind="task_adapter",
                         lineage=[{"role": "task", "path": str(spec.path), "sha256": digest}]) as w:
@@ -226,6 +229,11 @@ def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter,
         w.manifest.update(task={"name": spec.name, "version": version})
     assert w.path is not None
     plain_dir = _new(w.path, w.reused, created)
+    if on_plain is not None:
+        on_plain(plain_dir, version)
+    if safe:
+        coefficients = resolve_coefficients(spec, ctx, spec.path, version)
+        coefficients_hash = load_coefficients(coefficients).digest()[:12]
     variants: dict[str, VariantRecord] = {}
     for variant in spec.variants:
         if spec.mode_of(variant) == "merged":

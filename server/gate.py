@@ -17,6 +17,12 @@ What a gate run does (the registry calls :meth:`GateRunner.run` between the buil
 
 The staging names are unloaded whatever happens (verdict, error, cancel). The base model's responses depend only
 on the sets and the budget, so they are computed once per server process and reused.
+
+**Early start** (:class:`EarlyGate`): a registration that calibrates at load time spends most of its time in the build
+worker's calibration, which only the safe form needs. The worker reports the validated plain snapshot before it
+calibrates (``server.jobs.PLAIN_READY``), and the gate loads it under its staging name and evaluates the base and the
+plain form then, beside the calibration (the engine and the worker run on different cores); the gate run proper
+evaluates only the safe form. Same requests, same rows, same decision: only the order changes.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from safegene_runtime.gate import GateDecision, decide, failing_samples, harm_ju
 from . import metrics as M
 from .config import ServerConfig
 from .jobs import Job, JobCancelled
-from .records import TaskRecord
+from .records import TaskRecord, served_name
 
 log = logging.getLogger("safegene.server.gate")
 
@@ -66,7 +72,63 @@ class GateOutcome:
 
 def staging_names(rec: TaskRecord, job: Job) -> dict[str, str]:
     """The hidden name of each variant during its gate run."""
-    return {variant: f"{v.served_name}{STAGING_MARK}{job.id}" for variant, v in rec.variants.items()}
+    return {variant: staging_name(v.served_name, job) for variant, v in rec.variants.items()}
+
+
+def staging_name(served: str, job: Job) -> str:
+    return f"{served}{STAGING_MARK}{job.id}"
+
+
+class EarlyGate:
+    """The base's and the plain form's rows of one job's gate run, evaluated while the build worker still
+    calibrates (module docstring). :meth:`start` is the build's ``on_plain`` callback; :meth:`close` (always called
+    by the registry) cancels what is still running and unloads the staging name."""
+
+    def __init__(self, runner: "GateRunner", job: Job, task: str, engine: EngineLoader, task_file: Path | None):
+        self.runner, self.job, self.task, self.engine, self.task_file = runner, job, task, engine, task_file
+        self.folder: Path | None = None
+        self.version: str | None = None
+        self.loaded: list[str] = []
+        self._run: asyncio.Task | None = None
+
+    def start(self, folder: Path, version: str) -> None:
+        if self._run is None:
+            self.folder, self.version = folder, version
+            self._run = asyncio.ensure_future(self._evaluate())
+
+    async def _evaluate(self) -> tuple[dict[str, PromptSet], list[dict[str, Any]]]:
+        assert self.folder is not None
+        sets = await asyncio.to_thread(self.runner.sets, self.task_file)
+        self.runner.begin(self.job)
+        name = staging_name(served_name(self.task, "plain"), self.job)
+        self.job.gate["staging"] = {"plain": name}  # type: ignore[index]
+        await self.engine.load(name, self.folder)
+        self.loaded.append(name)
+        rows = await self.runner.evaluate(self.job, sets, {self.runner.cfg.served_name: None,
+                                                           f"{self.task}@{self.version}": name})
+        return sets, rows
+
+    def covers(self, rec: TaskRecord) -> bool:
+        """Whether the early rows are the plain form ``rec`` would serve (same folder and version)."""
+        plain = rec.variants.get("plain")
+        return (self._run is not None and plain is not None and plain.mode == "lora" and self.version == rec.version
+                and self.folder is not None and Path(plain.path) == self.folder)
+
+    async def rows(self) -> tuple[dict[str, PromptSet], list[dict[str, Any]]]:
+        assert self._run is not None
+        return await self._run
+
+    async def close(self) -> None:
+        if self._run is not None and not self._run.done():
+            self._run.cancel()
+        if self._run is not None:
+            await asyncio.gather(self._run, return_exceptions=True)
+        for name in self.loaded:
+            try:
+                await self.engine.unload(name)
+            except Exception:  # pragma: no cover - the name goes away with the engine either way
+                log.exception("unloading staging name %s failed", name)
+        self.loaded.clear()
 
 
 class GateRunner:
@@ -88,25 +150,44 @@ class GateRunner:
             out["task"] = load_file(task_file, kind="task").head(self.spec.max_prompts)
         return out
 
+    def early(self, job: Job, task: str, engine: EngineLoader, task_file: Path | None) -> EarlyGate:
+        return EarlyGate(self, job, task, engine, task_file)
+
+    def begin(self, job: Job) -> None:
+        """The job's gate view (once per job: an early start and the run share its progress)."""
+        if job.gate is None:
+            job.gate = {"staging": {}, "progress": {"done": 0, "total": 0}, "verdict": None, "report": None,
+                        "concurrency": self.concurrency}
+
     async def run(self, job: Job, rec: TaskRecord, engine: EngineLoader, *, task_file: Path | None,
-                  calibration: dict[str, Any] | None) -> GateOutcome:
-        """Evaluate ``rec`` (both variants built) against the base; raises :class:`JobCancelled` on a cancel."""
+                  calibration: dict[str, Any] | None, early: EarlyGate | None = None) -> GateOutcome:
+        """Evaluate ``rec`` (both variants built) against the base; raises :class:`JobCancelled` on a cancel.
+        With ``early`` covering ``rec``'s plain form, its rows (base and plain) are awaited, not requested again."""
         t0 = time.monotonic()
-        sets = await asyncio.to_thread(self.sets, task_file)
         names = staging_names(rec, job)
         base = self.cfg.served_name
         labels = {"base": base, "plain": f"{rec.name}@{rec.version}", "safe": f"{rec.name}+safegene@{rec.version}"}
-        job.gate = {"staging": names, "progress": {"done": 0, "total": 0}, "verdict": None, "report": None,
-                    "concurrency": self.concurrency}
+        self.begin(job)
+        assert job.gate is not None
+        job.gate["staging"] = names
+        pre: list[dict[str, Any]] = []
+        todo = {labels["base"]: None, labels["plain"]: names["plain"], labels["safe"]: names["safe"]}
+        if early is not None and early.covers(rec):
+            job.update("gating", "evaluating base and plain (started while the safe form was calibrated)")
+            sets, pre = await early.rows()
+            todo = {labels["safe"]: names["safe"]}
+        else:
+            sets = await asyncio.to_thread(self.sets, task_file)
         loaded: list[str] = []
         try:
             job.update("gating", "loading the version under hidden staging names")
             for variant, name in names.items():
-                await engine.load(name, Path(rec.variants[variant].path))
-                loaded.append(name)
-            job.update(stage="evaluating base, plain and safe on the gate's validation sets")
-            rows = await self._evaluate(job, sets, {labels["base"]: None, labels["plain"]: names["plain"],
-                                                    labels["safe"]: names["safe"]})
+                if name in todo.values():
+                    await engine.load(name, Path(rec.variants[variant].path))
+                    loaded.append(name)
+            job.update(stage=f"evaluating {', '.join(v for v, label in labels.items() if label in todo)} on the "
+                             "gate's validation sets")
+            rows = pre + await self.evaluate(job, sets, todo)
         finally:
             for name in loaded:
                 try:
@@ -133,16 +214,17 @@ class GateRunner:
         export_metrics(rec.name, decision, {variant: results[label] for variant, label in labels.items()}, seconds)
         return GateOutcome(decision, report, path, rid, seconds)
 
-    async def _evaluate(self, job: Job, sets: dict[str, PromptSet], models: dict[str, str | None]
-                        ) -> list[dict[str, Any]]:
-        """Every (model, item) through the engine, ``self.concurrency`` at a time; the base's rows from the cache."""
+    async def evaluate(self, job: Job, sets: dict[str, PromptSet], models: dict[str, str | None]
+                       ) -> list[dict[str, Any]]:
+        """Every (model, item) through the engine, ``self.concurrency`` at a time; the base's rows (``models``' None
+        entry, when there is one) from the cache. Adds its requests to the job's progress."""
         key = json_digest({"base": self.cfg.served_name, "max_tokens": self.spec.sets.max_tokens,
                            "sets": {r: [[it.id, it.prompt] for it in s.items] for r, s in sets.items()}})
-        base_label = next(label for label, name in models.items() if name is None)
+        base_label = next((label for label, name in models.items() if name is None), None)
         todo = [(label, name or self.cfg.served_name, role, s.name, it) for label, name in models.items()
                 if not (name is None and key in self._base_rows) for role, s in sets.items() for it in s.items]
         progress = job.gate["progress"]  # type: ignore[index]
-        progress["total"] = len(todo)
+        progress["total"] += len(todo)
         sem = asyncio.Semaphore(self.concurrency)
         max_tokens = self.spec.sets.max_tokens
 
@@ -162,6 +244,8 @@ class GateRunner:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
+        if base_label is None:
+            return rows
         if key in self._base_rows:
             rows += self._base_rows[key]
         else:

@@ -17,7 +17,8 @@ import multiprocessing as mp
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from .build import BuildContext, build_task
 from .records import TaskRecord, now_iso
@@ -70,8 +71,21 @@ class Job:
                 **({"gate": self.gate} if self.gate is not None else {})}
 
 
+#: the progress message a build worker sends once the plain snapshot exists: (PLAIN_READY, folder, version)
+PLAIN_READY = "plain-ready"
+#: what the serving process is told then: the plain snapshot's folder and the version being built
+OnPlain = Callable[[Path, str], None]
+
+
 def build_worker(cfg: Any, spec: Any, source: str, rank_limit: int | None, progress: Any, out: Any) -> None:
-    """The job process: build one task entry, report stages on ``progress``, the record (or error) on ``out``."""
+    """The job process: build one task entry, report stages on ``progress`` (and, as a tuple, the plain snapshot
+    once it exists: :data:`PLAIN_READY`), the record (or error) on ``out``."""
+
+    def plain_ready(folder: Path, version: str) -> None:
+        progress.put((PLAIN_READY, str(folder), version))
+        if spec.calibrate:
+            progress.put("calibrating the safety coefficients (load-time calibration)")
+
     try:
         progress.put("loading the safety adapter and the base model's shapes")
         ctx = BuildContext(cfg)
@@ -79,7 +93,7 @@ def build_worker(cfg: Any, spec: Any, source: str, rank_limit: int | None, progr
         progress.put("validating the adapter's tensors" + (" and calibrating" if spec.calibrate else "")
                      + (", merging" if "merged" in (spec.mode if isinstance(spec.mode, str) else
                                                    " ".join(spec.mode.values())) else ", stacking"))
-        record = build_task(spec, ctx, source=source)
+        record = build_task(spec, ctx, source=source, on_plain=plain_ready)
         out.put(("ok", record.to_dict()))
     except BaseException as e:  # noqa: BLE001 - every failure goes back to the server as a message
         out.put(("error", f"{e}"))
@@ -108,8 +122,10 @@ class Jobs:
     def list(self) -> list[dict[str, Any]]:
         return [j.to_dict() for j in sorted(self.jobs.values(), key=lambda j: j.created_at, reverse=True)]
 
-    async def build(self, job: Job, cfg: Any, spec: Any, source: str, rank_limit: int | None) -> TaskRecord:
-        """Run :func:`build_worker` for ``job``; the record, or :class:`BuildFailed` / :class:`JobCancelled`."""
+    async def build(self, job: Job, cfg: Any, spec: Any, source: str, rank_limit: int | None,
+                    on_plain: OnPlain | None = None) -> TaskRecord:
+        """Run :func:`build_worker` for ``job``; the record, or :class:`BuildFailed` / :class:`JobCancelled`.
+        ``on_plain(folder, version)`` runs in the serving process when the worker reports the plain snapshot."""
         if job.cancel_requested:
             raise JobCancelled(f"job {job.id} was cancelled before it started")
         progress, out = self._ctx.Queue(), self._ctx.Queue()
@@ -121,7 +137,12 @@ class Jobs:
         try:
             while True:
                 while not progress.empty():
-                    job.update(stage=progress.get_nowait())
+                    msg = progress.get_nowait()
+                    if isinstance(msg, tuple) and msg[0] == PLAIN_READY:
+                        if on_plain is not None:
+                            on_plain(Path(msg[1]), msg[2])
+                    else:
+                        job.update(stage=msg)
                 if not out.empty():
                     kind, payload = out.get_nowait()
                     break

@@ -44,8 +44,8 @@ from safegene_runtime.splits import require_split
 
 from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, check_paths, under_root
 from .config import VARIANTS, ConfigError, ServerConfig, TaskSpec, check_name, parse_task
-from .gate import Complete, GateRunner
-from .jobs import BuildFailed, Job, JobCancelled, Jobs
+from .gate import Complete, EarlyGate, GateRunner
+from .jobs import BuildFailed, Job, JobCancelled, Jobs, OnPlain
 from .records import TaskRecord, now_iso
 from .backends import open_store
 from .snapshots import SnapshotError, collect_garbage, referenced, verify_record
@@ -454,21 +454,26 @@ class Registry:
         assert self._lock is not None
         # the gate judges both forms, so both are built; what serves is the request's variants the verdict allows
         build_spec = replace(spec, variants=VARIANTS) if self.gated else spec
+        # a load-time calibration takes minutes: the gate evaluates the base and the plain form meanwhile
+        early = (self.gate.early(job, spec.name, self.engine, task_file)
+                 if self.gated and self.gate is not None and self.engine is not None and spec.calibrate is not None
+                 and spec.mode_of("plain") == "lora" else None)
+        on_plain = early.start if early is not None else None
         try:
             if self.shared:  # build outside the registry lock: the replica keeps following the registry meanwhile
                 assert self._build_lock is not None
                 async with self._build_lock:
-                    rec = await self._build(job, build_spec)
+                    rec = await self._build(job, build_spec, on_plain)
                     if self.gated:
-                        rec = await self._gate(job, spec, rec, task_file)
+                        rec = await self._gate(job, spec, rec, task_file, early)
                 async with self._lock:
                     job.update(stage="committing and loading into the engine")
                     result = await self._apply_shared(spec, rec)
             else:
                 async with self._lock:
-                    rec = await self._build(job, build_spec)
+                    rec = await self._build(job, build_spec, on_plain)
                     if self.gated:
-                        rec = await self._gate(job, spec, rec, task_file)
+                        rec = await self._gate(job, spec, rec, task_file, early)
                     job.update("loading", "loading into the engine")
                     result = await self._apply(spec, rec)
         except RegistryError as e:
@@ -480,11 +485,15 @@ class Registry:
             job.error = f"internal error: {type(e).__name__}"
             job.update("failed")
             raise RegistryError(f"registering {spec.name!r} failed: {type(e).__name__}", 500, "internal_error") from e
+        finally:
+            if early is not None:
+                await early.close()
         job.result = {"status": result["status"], "version": rec.version}
         job.update("done", "served")
         return {**result, "job": job.id}
 
-    async def _gate(self, job: Job, spec: TaskSpec, rec: TaskRecord, task_file: Path | None) -> TaskRecord:
+    async def _gate(self, job: Job, spec: TaskSpec, rec: TaskRecord, task_file: Path | None,
+                    early: EarlyGate | None = None) -> TaskRecord:
         """Run the safety gate on a built record (both variants); the record to serve (the variants the verdict
         allows), or a 422 ``gate_refused`` (nothing served changes)."""
         assert self.engine is not None
@@ -492,7 +501,7 @@ class Registry:
             raise RegistryError("the safety gate is not running yet; retry in a moment", 503, "gate_unavailable")
         try:
             out = await self.gate.run(job, rec, self.engine, task_file=task_file,
-                                      calibration=rec.spec.get("calibrate"))
+                                      calibration=rec.spec.get("calibrate"), early=early)
         except JobCancelled as e:
             raise RegistryError(str(e), 409, "job_cancelled") from e
         except (DatasetError, GateError) as e:
@@ -518,9 +527,9 @@ class Registry:
         return replace(rec, spec=dict(rec.spec, variants=keep), gate=info).with_variants(
             {v: rec.variants[v] for v in keep})
 
-    async def _build(self, job: Job, spec: TaskSpec) -> TaskRecord:
+    async def _build(self, job: Job, spec: TaskSpec, on_plain: OnPlain | None = None) -> TaskRecord:
         try:
-            return await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit)
+            return await self.jobs.build(job, self.cfg, spec, "admin", self.ctx.rank_limit, on_plain)
         except JobCancelled as e:
             raise RegistryError(str(e), 409, "job_cancelled") from e
         except BuildFailed as e:

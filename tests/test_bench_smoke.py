@@ -176,7 +176,7 @@ def test_gate_demo_registers_the_task_with_its_validation_items_as_the_gates_tas
     root = tmp_path / "assets"
     entry = {"name": "topic", "path": str(root / "tasks" / "topic"), "variants": ["plain", "safe"],
              "coefficients": str(root / "tasks" / "topic" / "coefficients.json")}
-    shots_dir = root / ".gate-demo-x"  # what main() makes with tempfile under the adapter root
+    shots_dir = root / ".gate-demo-x"  # what register() makes with tempfile under the adapter root
     shots_dir.mkdir(parents=True)
     body = registration_body(entry, write_val("topic", shots_dir))
     assert body == {"name": "topic", "path": entry["path"], "version": "gate-bench", "variants": ["plain", "safe"],
