@@ -161,6 +161,11 @@ def test_onpolicy_term_adds_the_models_own_non_refusals_to_the_loss(run):
     assert on.meta["onpolicy"]["at_zero"] == seen[0]["non_refusals"] and on.meta["onpolicy"]["of"] == 8
     assert on.layers != off.layers and on.meta["config_digest"] != off.meta["config_digest"]
     assert on.meta["config"]["onpolicy_every"] == 4
+    # the phases' seconds are recorded and add up to no more than the whole; only the on-policy run regenerates
+    t, t_off = on.meta["method"]["timing"], off.meta["method"]["timing"]
+    assert set(t) == {"load", "teachers", "steps", "regenerate", "full_loss"} and min(t.values()) >= 0
+    assert t["steps"] > 0 and t["regenerate"] > 0 and t_off["regenerate"] == 0
+    assert sum(t.values()) <= on.meta["method"]["seconds"] + 0.05
 
 
 def test_stopping_rule_stops_a_flat_calibration_early_and_says_why(run):

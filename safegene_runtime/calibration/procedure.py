@@ -173,11 +173,14 @@ def calibrate(
         raise AdapterError(f"{safety}: no layers to calibrate")
 
     t0 = time.monotonic()
+    # where the time goes (meta["method"]["timing"]): calibration is the server's load-time path, with a budget
+    timing: dict[str, float] = {"load": 0.0, "teachers": 0.0, "steps": 0.0, "regenerate": 0.0, "full_loss": 0.0}
     torch.manual_seed(seed)
     det_before = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         model, tok = load_causal_lm(base, device=device)
+        timing["load"] = time.monotonic() - t0
         pad = tok.pad_token_id
         with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=starts[0], groups=groups) as lf:
             enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_prompt_tokens)  # noqa: E731
@@ -226,15 +229,18 @@ def calibrate(
                             chunk = data[term][i : i + batch_size]
                             for s, lp in zip(chunk, target_logprobs(model, chunk, pad)):
                                 s.teacher = lp.detach()
+            timing["teachers"] = time.monotonic() - t0 - timing["load"]
             weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma,
                        "benign_margin": benign_contrast, "refusal_onpolicy": cfg.onpolicy_weight}
 
             def regenerate() -> dict[str, list[Shot]]:
                 """The on-policy term's shots at the current λ: the model's own greedy answers to the harmful
                 shots, those the keyword judge does not call refusals (:func:`.teachers.onpolicy_shots`)."""
+                t = time.monotonic()
                 with lf.mode(fixed=True, scaled=True):
                     own = generate(model, tok, [r.prompt for r in refusals], max_new_tokens=cfg.onpolicy_tokens,
                                    batch_size=gen_batch_size, desc="on-policy answers", progress=False)
+                timing["regenerate"] += time.monotonic() - t
                 return {"refusal_onpolicy": onpolicy_shots(refusals, own, tok=tok, margin_tokens=margin_tokens)}
 
             def regularisers() -> torch.Tensor:
@@ -247,6 +253,7 @@ def calibrate(
             def full_loss(live: dict[str, list[Shot]] | None = None) -> dict[str, float]:
                 """Every term over all shots at the current λ (no grad): the numbers reported before/after.
                 ``live``: the on-policy shots at this λ (an empty set counts 0)."""
+                t = time.monotonic()
                 res: dict[str, float] = {}
                 terms = {**data, **(live or {})}
                 with torch.no_grad():
@@ -263,6 +270,7 @@ def calibrate(
                 res["total"] = sum(weights[t] * res[t] for t in terms) + res["penalty"]
                 if groups:
                     res["total"] += res["shrinkage"]
+                timing["full_loss"] += time.monotonic() - t
                 return res
 
             def descend(start: float) -> dict[str, Any]:
@@ -279,6 +287,7 @@ def calibrate(
                 opt = torch.optim.Adam([lf.lambdas], lr=lr) if optimizer == "adam" else SharedAdam(lf.lambdas, lr)
                 rule = StoppingRule(steps, cfg.stop_tol, cfg.stop_patience)
                 history: list[float] = []
+                t_steps, regen_before = time.monotonic(), timing["regenerate"]
                 for step in tqdm(range(steps), desc=f"calibrate from {start:g}", unit="step", leave=False,
                                  disable=not progress):
                     if onpolicy and step and step % cfg.onpolicy_every == 0:
@@ -303,6 +312,8 @@ def calibrate(
                     history.append(float(loss.detach()))
                     if rule.update(history[-1]):
                         break
+                # the optimisation steps alone: the regenerations inside the loop are counted under "regenerate"
+                timing["steps"] += time.monotonic() - t_steps - (timing["regenerate"] - regen_before)
                 if onpolicy:
                     live = regenerate()
                     seen.append({"step": len(history), "non_refusals": len(live["refusal_onpolicy"])})
@@ -354,6 +365,9 @@ def calibrate(
             "granularity": cfg.granularity,
             "device": str(next(model.parameters()).device),
             "seconds": round(time.monotonic() - t0, 2),
+            # seconds per phase: loading the model, the teachers' answers and log-probs, the optimisation steps, the
+            # on-policy regenerations, the full-set losses reported before / after / at λ = 0
+            "timing": {k: round(v, 2) for k, v in timing.items()},
         },
         **({"starts": [{"init": r["init"], "after": r["after"]["total"], "stopped": r["stopped"],
                         "lambdas": {str(l): v for l, v in r["lambdas"].items()},
