@@ -108,19 +108,20 @@ def sample(prompts: list[str] | tuple[str, ...], n: int, seed: int) -> list[str]
     return items[:n]
 
 
-def align_train_shots(task: str, n: int = 16) -> tuple[list[str], list[str], list[str]]:
+def align_train_shots(task: str, n: int = 16, seed: int = 0) -> tuple[list[str], list[str], list[str]]:
     """Harmful, task and benign calibration shots drawn from align-train sets only (``harmful-align-train``,
-    ``rho-benign``, the task's training rows), never a validation or test prompt.
+    ``rho-benign``, the task's training rows), never a validation or test prompt. ``seed`` draws another sample of
+    each (the protocol's seeds vary shot sampling and calibration); seed 0 is the draw every earlier run used.
 
     Why not :func:`splits`' calibration shots: those share 12 of 32 harmful prompts with ``harmful-val`` and 15 of
     32 benign prompts with GSM8K-100 (docs/results.md); a choice or a gate run measured on validation must not
     calibrate on it."""
     from . import tasks  # lazy: the task generators are only needed here
 
-    harm = sample([it.prompt for it in ds.load_named("harmful-align-train")], n, seed=0)
-    ben = sample([it.prompt for it in ds.load_named("rho-benign")], n, seed=1)
-    task_rows = tasks.generate(task, n_train=400, n_test=200, seed=0)[0][:n]
-    return harm, [r["prompt"] for r in task_rows], ben
+    harm = sample([it.prompt for it in ds.load_named("harmful-align-train")], n, seed=2 * seed)
+    ben = sample([it.prompt for it in ds.load_named("rho-benign")], n, seed=2 * seed + 1)
+    rows = [r["prompt"] for r in tasks.generate(task, n_train=400, n_test=200, seed=0)[0]]
+    return harm, rows[:n] if seed == 0 else sample(rows, n, seed=seed), ben
 
 
 def splits(seed: int = 0) -> dict[str, list[str]]:

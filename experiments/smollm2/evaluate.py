@@ -36,10 +36,9 @@ from safegene_runtime.selection import GRADIENT
 from server.config import NAME_RE  # the server's own rule for base names
 from server.process import ServerProcess, safegene_serve_argv, server_env, vllm_serve_argv
 
-from .tasks import task_file_rows
+from .tasks import SETTINGS, task_file_rows
 
 UNIFORM = (0.5, 1.0, 2.0)
-SETTINGS = ("clean", "mix10")
 
 
 class Server:

@@ -35,7 +35,7 @@ from .train import SFTConfig
 RECIPE = "smollm2-study/v1"  # bump to invalidate every cached stage after a change in what a stage means
 ALL_STAGES = ["answers", "align", "degrade", "tasks", "safety", "select", "calibrate", "baselines", "eval"]
 TASKS = ["sentiment", "topic", "reverse"]
-SETTINGS = ["clean", "mix10"]
+SETTINGS = list(tasks.SETTINGS)
 
 
 def log(msg: str) -> None:

@@ -101,6 +101,9 @@ TASKS: dict[str, Task] = {
     "reverse": Task("reverse", _reverse, "reverse the order of 3-5 words"),
 }
 
+#: the training settings of every task adapter: clean (task data only), mix10 (10% harmful compliance pairs added)
+SETTINGS = ("clean", "mix10")
+
 
 def generate(task: str, n_train: int = 400, n_test: int = 200, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Deterministic ``(train, test)`` lists of ``{"prompt", "answer"}``; no prompt is in both or twice."""

@@ -43,51 +43,68 @@ _COMMON = dict(steps=20, lr=0.1, max_new_tokens=16, max_target_tokens=16, layers
 CANDIDATES: dict[str, tuple[int, CalibrationConfig]] = {
     "v2a": (16, CalibrationConfig(**_COMMON, onpolicy_every=5, onpolicy_tokens=24, benign_source="given+edgy",
                                   benign_edgy_shots=16)),
+    # v2b: v2a with the benign contrast weighted 1.0 instead of 0.3. Why: on the clean adapters v2a's +safegene
+    # variants over-refuse edgy-benign-val (10-39%) while its benign-margin term at the end is 0.17-1.13 nats against
+    # 0.05-0.10 at lambda = 0 (coefficients files' loss.after / loss.at_zero): the objective accepts that over-refusal
+    # as the price of the refusal margin. On the mix10 adapters that term is small (0.11-0.13 after), so a heavier
+    # weight should move their lambdas little. Chosen from v2a's training-shot losses, not from validation numbers.
+    "v2b": (16, CalibrationConfig(**_COMMON | dict(benign_contrast=1.0), onpolicy_every=5, onpolicy_tokens=24,
+                                  benign_source="given+edgy", benign_edgy_shots=16)),
 }
 
 
-def sweep_dir(out: Path, candidate: str) -> Path:
-    return out / candidate
+def sweep_dir(out: Path, candidate: str, seed: int = 0) -> Path:
+    """A candidate's folder; seed s > 0 (other shots and calibration seed, the protocol's seeds) in ``seed<s>/``."""
+    return out / candidate / f"seed{seed}" if seed else out / candidate
 
 
-def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None) -> None:
-    """Calibrate every task folder of ``assets`` (or the ``only`` ones) with the candidate; resumable."""
+def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None, seed: int = 0) -> None:
+    """Calibrate every task folder of ``assets`` (or the ``only`` ones) with the candidate; resumable. ``seed``:
+    the shots drawn with it (:func:`.data.align_train_shots`) and the config's seed set to it."""
     from safegene_runtime.calibration import calibrate
     from .v2_probe import aligned_A
 
     k, config = CANDIDATES[candidate]
+    config = config.replace(seed=seed) if seed else config
     a = aligned_A()
     for name, task in family_tasks(assets).items():
         if only and name not in only:
             continue
-        f = sweep_dir(out, candidate) / name / "coefficients.json"
+        f = sweep_dir(out, candidate, seed) / name / "coefficients.json"
         if f.exists():
             continue
         f.parent.mkdir(parents=True, exist_ok=True)
-        harm, task_shots, ben = data.align_train_shots(task, k)
+        harm, task_shots, ben = data.align_train_shots(task, k, seed)
         t = time.time()
         calibrate(a, assets / "tasks" / name, assets / "safety", harm, task_shots, ben, config, out=f,
                   progress=False)
-        log(f"{candidate} {name}: calibrated in {time.time() - t:.0f}s")
+        log(f"{candidate} seed {seed} {name}: calibrated in {time.time() - t:.0f}s")
 
 
-def layout(candidate: str, out: Path, assets: Path = FAMILY) -> Path:
-    """A family folder: copies of A's LoRA, the safety adapter and each task folder, whose coefficients are the
-    candidate's (copies: the server refuses adapter folders whose files are symbolic links)."""
-    root = sweep_dir(out, candidate) / "assets"
+def layout(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None, seed: int = 0) -> Path:
+    """A family folder: copies of A's LoRA, the safety adapter and each task folder (or the ``only`` ones), whose
+    coefficients are the candidate's (copies: the server refuses adapter folders whose files are symbolic links)."""
+    root = sweep_dir(out, candidate, seed) / "assets"
     if root.exists():
         shutil.rmtree(root)
     (root / "tasks").mkdir(parents=True)
     for d in ("alignment-lora", "safety"):
         shutil.copytree(assets / d, root / d)
     for name in family_tasks(assets):
-        coeffs = sweep_dir(out, candidate) / name / "coefficients.json"
+        if only and name not in only:
+            continue
+        coeffs = sweep_dir(out, candidate, seed) / name / "coefficients.json"
         if not coeffs.is_file():
             raise SystemExit(f"{candidate}: {name} is not calibrated yet (run: cal {candidate})")
         t = root / "tasks" / name
         shutil.copytree(assets / "tasks" / name, t, ignore=shutil.ignore_patterns("coefficients.json"))
         shutil.copyfile(coeffs, t / "coefficients.json")
     return root
+
+
+def check_name(harmful: str, only: list[str] | None = None) -> str:
+    """The check folder of a candidate: ``check``, ``check-<harmful set>`` and/or ``-<only folders joined by +>``."""
+    return "-".join(["check"] + ([harmful] if harmful != "harmful-val" else []) + (["+".join(only)] if only else []))
 
 
 def paired(check_a: Path, check_b: Path) -> list[dict]:
@@ -128,29 +145,40 @@ def main(argv: list[str] | None = None) -> int:
                          "per adapter and rate against the family check folder --against")
     ap.add_argument("candidate", choices=sorted(CANDIDATES))
     ap.add_argument("--against", type=Path, help="compare: a family check folder (e.g. of the shipped coefficients)")
-    ap.add_argument("--only", help="comma list of task folders (cal only; default: all)")
+    ap.add_argument("--only", help="comma list of task folders (cal, check; default: all); check writes to "
+                                   "check[-<harmful set>]-<the folders joined by +>/")
     ap.add_argument("--harmful", default="harmful-val",
                     help="check: the harmful validation set (harmful-val-rephrased: the same prompts in eight "
                          "framings A was aligned on less; written to check-<set>/)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="cal, check: the protocol's seed s (shots drawn with s, calibration seed s; results in "
+                         "<candidate>/seed<s>/ for s > 0; default 0)")
+    ap.add_argument("--check", default="check",
+                    help="compare: the candidate's check folder to pair (e.g. check-reverse-clean+topic-clean)")
     ap.add_argument("--out", type=Path, default=safegene_home() / "experiments" / "smollm2" / "v2-sweep")
     a = ap.parse_args(argv)
     if a.step == "cal":
-        cal(a.candidate, a.out, only=a.only.split(",") if a.only else None)
+        cal(a.candidate, a.out, only=a.only.split(",") if a.only else None, seed=a.seed)
         return 0
+    if a.step == "compare" and a.only:
+        ap.error("compare reads --check folders, not --only")
     if a.step == "compare":
         if a.against is None:
             ap.error("compare needs --against")
         print(f"| model | rate | n | {a.against.name} | {a.candidate} | only {a.against.name} | only {a.candidate} "
               "| exact McNemar p |\n|---|---|---|---|---|---|---|---|")
-        for r in paired(a.against, sweep_dir(a.out, a.candidate) / "check"):
+        for r in paired(a.against, sweep_dir(a.out, a.candidate, a.seed) / a.check):
             print(f"| {r['model']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
                   f"| {r['p']:.2g} |")
         return 0
-    root = layout(a.candidate, a.out)
-    where = sweep_dir(a.out, a.candidate) / ("check" if a.harmful == "harmful-val" else f"check-{a.harmful}")
+    only = a.only.split(",") if a.only else None
+    root = layout(a.candidate, a.out, only=only, seed=a.seed)
+    where = sweep_dir(a.out, a.candidate, a.seed) / check_name(a.harmful, only)
     summary = check(root, where, safe=True, plain=False, harmful=a.harmful)
     k, config = CANDIDATES[a.candidate]
-    summary["candidate"] = {"name": a.candidate, "shots": k, "config": config.to_dict(), "digest": config.digest()}
+    config = config.replace(seed=a.seed) if a.seed else config
+    summary["candidate"] = {"name": a.candidate, "shots": k, "seed": a.seed, "config": config.to_dict(),
+                            "digest": config.digest()}
     (where / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(table(summary))
     return 0
