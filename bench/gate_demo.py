@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -57,6 +58,9 @@ def main() -> int:
                          "run only, as on a long-running server (default %(default)s)")
     ap.add_argument("--calibrate", action="store_true",
                     help="register with a calibrate block (default procedure) instead of the committed coefficients")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="copy each gate report (gate.json, gate.md, responses.jsonl, judged.jsonl) to KEEP/<task>/ "
+                         "(the server's state folder is temporary), e.g. to pair its rows with a family check")
     ap.add_argument("--out", default=None,
                     help="result file, one task only (default bench/results/gate_demo-<task>[-calibrate].json)")
     args = ap.parse_args()
@@ -84,7 +88,8 @@ def main() -> int:
         started = time.monotonic() - t_start
         try:
             for i, name in enumerate(names):
-                result = register(server.root_url, admin_key, entries[name], cfg["adapter_root"], args.calibrate)
+                result = register(server.root_url, admin_key, entries[name], cfg["adapter_root"], args.calibrate,
+                                  keep=args.keep / f"{name}{suffix}" if args.keep else None)
                 result |= {"server_start_seconds": round(started, 1), "registration_index": i,
                            "base_cached": i > 0}
                 print(json.dumps(result, indent=1))
@@ -99,8 +104,10 @@ def main() -> int:
     return 0
 
 
-def register(root_url: str, admin_key: str, task: dict, adapter_root: str, calibrate: bool) -> dict:
-    """One registration of a new version of ``task`` through ``POST /admin/adapters``, waited for; its result."""
+def register(root_url: str, admin_key: str, task: dict, adapter_root: str, calibrate: bool,
+             keep: Path | None = None) -> dict:
+    """One registration of a new version of ``task`` through ``POST /admin/adapters``, waited for; its result
+    (and, given ``keep``, a copy of the gate report's files there)."""
     kind = json.loads((Path(task["path"]) / "task.json").read_text())["task"]  # sentiment-mix10 -> sentiment
     with tempfile.TemporaryDirectory(prefix=".gate-demo-", dir=adapter_root) as shots_dir:
         body = registration_body(task, write_val(kind, Path(shots_dir)),
@@ -120,6 +127,11 @@ def register(root_url: str, admin_key: str, task: dict, adapter_root: str, calib
         report_dir = Path(view["report_path"]) if view.get("report_path") else None
         models = model_counts(report_dir / "judged.jsonl") if report_dir else {}
         gate_md = (report_dir / "gate.md").read_text() if report_dir else ""
+        if report_dir and keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for f in ("gate.json", "gate.md", "responses.jsonl", "judged.jsonl"):
+                if (report_dir / f).is_file():
+                    shutil.copyfile(report_dir / f, keep / f)
     checks = (view.get("report") or {}).get("decision", {}).get("checks", [])
     return {"task": task["name"], "task_shots": f"task-{kind}-val", "calibrated": calibrate,
             "state": view["state"], "verdict": view["verdict"], "error": view["error"],

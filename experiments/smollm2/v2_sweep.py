@@ -3,6 +3,8 @@
     python -m experiments.smollm2.v2_sweep cal v2a           # calibrate each task folder of assets/smollm2
     python -m experiments.smollm2.v2_sweep check v2a         # serve the +safegene variants, family check (validation)
     python -m experiments.smollm2.v2_sweep compare v2a --against DIR   # paired test against another family check
+    python -m experiments.smollm2.v2_sweep served v2a --against DIR    # fp32 check vs the served form (gate reports)
+    python -m experiments.smollm2.v2_sweep cal v2a --seed 1            # the protocol's seed 1 (in v2a/seed1/)
 
 ``cal`` calibrates every task adapter of the family folder (``assets/smollm2/tasks/<name>``, the robust family of
 issue 20) with the candidate's :class:`~safegene_runtime.calibration.CalibrationConfig`, shots drawn from align-train
@@ -107,21 +109,33 @@ def check_name(harmful: str, only: list[str] | None = None) -> str:
     return "-".join(["check"] + ([harmful] if harmful != "harmful-val" else []) + (["+".join(only)] if only else []))
 
 
+Row = dict
+RowKey = tuple[str, str, str]  # (model, role, prompt id)
+
+
+def judged_rows(folder: Path, pattern: str = "*/judged.jsonl") -> dict[RowKey, Row]:
+    """The judged rows of a family check (``*/judged.jsonl``) or of kept gate reports (``*/judged.jsonl`` too), by
+    (model, role, prompt id); a gate's model label loses its ``@<version>`` (``x+safegene@gate-bench`` ->
+    ``x+safegene``) so the two pair up."""
+    out = {}
+    for f in sorted(folder.glob(pattern)):
+        for line in f.read_text().splitlines():
+            r = json.loads(line)
+            out[(r["model"].split("@")[0], r["role"], r["id"])] = r
+    return out
+
+
 def paired(check_a: Path, check_b: Path) -> list[dict]:
     """Per ``+safegene`` model in both family-check folders and per rate: k/n in each and the exact McNemar p over
     the prompts both judged (the same validation prompts, so the test is paired)."""
+    return paired_rows(judged_rows(check_a), judged_rows(check_b))
+
+
+def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row]) -> list[dict]:
+    """:func:`paired` over two row maps (:func:`judged_rows`)."""
     from safegene_runtime.decision import mcnemar_exact
     from safegene_runtime.outcomes import OUTCOMES
 
-    def rows(check: Path) -> dict[tuple[str, str, str], dict]:  # (model, role, prompt id) -> judged row
-        out = {}
-        for f in sorted(check.glob("*/judged.jsonl")):
-            for line in f.read_text().splitlines():
-                r = json.loads(line)
-                out[(r["model"], r["role"], r["id"])] = r
-        return out
-
-    a, b = rows(check_a), rows(check_b)
     names = sorted({m for m, _, _ in a if m.endswith("+safegene")} & {m for m, _, _ in b})
     table = []
     for m in names:
@@ -137,12 +151,21 @@ def paired(check_a: Path, check_b: Path) -> list[dict]:
     return table
 
 
+def print_pairs(table: list[dict], a: str, b: str) -> None:
+    print(f"| model | rate | n | {a} | {b} | only {a} | only {b} | exact McNemar p |\n|---|---|---|---|---|---|---|---|")
+    for r in table:
+        print(f"| {r['model']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
+              f"| {r['p']:.2g} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.v2_sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("cal", "check", "compare"),
+    ap.add_argument("step", choices=("cal", "check", "compare", "served"),
                     help="cal: calibrate; check: family check of the safe variants; compare: paired exact McNemar "
-                         "per adapter and rate against the family check folder --against")
+                         "per adapter and rate against the family check folder --against; served: the check (fp32) "
+                         "against the gate reports kept by bench/gate_demo.py --keep in --against (the demo "
+                         "engine's dtype: the form the demo serves)")
     ap.add_argument("candidate", choices=sorted(CANDIDATES))
     ap.add_argument("--against", type=Path, help="compare: a family check folder (e.g. of the shipped coefficients)")
     ap.add_argument("--only", help="comma list of task folders (cal, check; default: all); check writes to "
@@ -162,14 +185,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if a.step == "compare" and a.only:
         ap.error("compare reads --check folders, not --only")
-    if a.step == "compare":
+    if a.step in ("compare", "served"):
         if a.against is None:
-            ap.error("compare needs --against")
-        print(f"| model | rate | n | {a.against.name} | {a.candidate} | only {a.against.name} | only {a.candidate} "
-              "| exact McNemar p |\n|---|---|---|---|---|---|---|---|")
-        for r in paired(a.against, sweep_dir(a.out, a.candidate, a.seed) / a.check):
-            print(f"| {r['model']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
-                  f"| {r['p']:.2g} |")
+            ap.error(f"{a.step} needs --against")
+        mine = sweep_dir(a.out, a.candidate, a.seed) / a.check
+        if a.step == "compare":
+            print_pairs(paired(a.against, mine), a.against.name, a.candidate)
+        else:  # the check's fp32 rows against the gate's served rows (the demo engine's dtype)
+            print_pairs(paired_rows(judged_rows(mine), judged_rows(a.against)), f"{a.candidate} fp32", "served")
         return 0
     only = a.only.split(",") if a.only else None
     root = layout(a.candidate, a.out, only=only, seed=a.seed)
