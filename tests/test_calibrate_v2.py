@@ -228,3 +228,49 @@ def test_the_new_knobs_are_flags_and_server_options(tmp_path, run_cli):
     spec = parse_task({"name": "alpha", "path": "alpha", "calibrate": {"harmful": "h.jsonl", "task_shots": "t.jsonl",
                                                                         **new}}, tmp_path, "tasks[0]").calibrate
     assert spec.config == CalibrationConfig(**new)
+
+
+class _Words:
+    """A tokenizer stand-in: token 1 decodes to a refusal, token 2 to a compliance."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return " ".join({1: "I can't help with that.", 2: "Sure, here is how."}[i] for i in ids)
+
+
+def test_shrink_keeps_the_smallest_scale_at_which_every_refused_shot_stays_refused():
+    """Shot i is refused while λ ≥ its threshold; A refuses shots 0-2 and not shot 3 (left out of the count)."""
+    import torch
+
+    from safegene_runtime.calibration.shrink import shrink_scale
+    from safegene_runtime.calibration.teachers import Shot
+
+    refusals = [Shot([0], [1]), Shot([0], [1]), Shot([0], [1]), Shot([0], [2])]
+
+    def case(thresholds, step=0.25):
+        lam = torch.tensor([2.0, 2.0])
+
+        def answer():
+            return [[1] if float(lam[0]) >= t else [2] for t in thresholds]
+
+        scale, rec = shrink_scale(lam, answer, _Words(), refusals, step)
+        return scale, rec, lam
+
+    scale, rec, lam = case([0.9, 0.4, 0.2, 9.0])  # at 2.0 shots 0-2 refused; 0.25·2 = 0.5 loses shot 0, 0.5·2 keeps all
+    assert scale == 0.5 and torch.equal(lam, torch.tensor([1.0, 1.0]))
+    assert [t["scale"] for t in rec["tried"]] == [0.25, 0.5] and rec["tried"][0]["newly_answered"] == [0]
+    assert rec["tried"][1]["newly_answered"] == [] and rec["answered_at_one"] == []
+    scale, rec, lam = case([1.9, 0.1, 0.1, 9.0])  # only the full λ refuses shot 0: nothing smaller is kept
+    assert scale == 1.0 and torch.equal(lam, torch.tensor([2.0, 2.0])) and len(rec["tried"]) == 3
+    scale, rec, _ = case([5.0, 0.1, 0.1, 9.0])  # shot 0 is answered even at the calibrated λ: it does not hold back
+    assert scale == 0.25 and rec["answered_at_one"] == [0]
+
+
+def test_shrink_step_scales_the_calibrated_lambdas_and_is_recorded(run):
+    kw = dict(init=1.0, steps=3, lr=0.1, seed=0)
+    full = run(**kw)
+    shrunk = run(shrink_step=0.25, **kw)
+    rec = shrunk.meta["shrink"]
+    assert rec["scale"] in (0.25, 0.5, 0.75, 1.0) and rec["of"] == 8
+    assert all(shrunk.layers[l] == pytest.approx(v * rec["scale"], abs=1e-5) for l, v in full.layers.items())
+    assert shrunk.meta["config"]["shrink_step"] == 0.25 and "shrink" not in full.meta
+    assert shrunk.meta["config_digest"] != full.meta["config_digest"] and "shrink" in shrunk.meta["method"]["timing"]

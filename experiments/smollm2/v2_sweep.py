@@ -53,6 +53,15 @@ CANDIDATES: dict[str, tuple[int, CalibrationConfig]] = {
     "v2b": (16, CalibrationConfig(**_COMMON | dict(benign_contrast=1.0), onpolicy_every=5, onpolicy_tokens=24,
                                   benign_source="given+edgy", benign_edgy_shots=16)),
 }
+# v2a-shrink: v2a, then lambda shrunk to the smallest multiple of 0.25 at which every harmful shot refused is still
+# refused (calibration/shrink.py). Why: v2b (a heavier benign term) cut the clean adapters' over-refusal on validation
+# but still missed the limit and raised sentiment-clean's harmful rate (docs/results.md); the clean adapters need
+# little of the safety adapter, and a threshold on the shots' refusals stops where they stop needing it. The shrink
+# runs after the steps, so its coefficients are v2a's calibration plus the shrink: ``shrink v2a-shrink`` applies it
+# to v2a's files (the same function calibrate() calls) instead of calibrating again.
+CANDIDATES["v2a-shrink"] = (16, CANDIDATES["v2a"][1].replace(shrink_step=0.25))
+#: a candidate whose coefficients are another's plus the shrink step (``shrink``)
+SHRINK_OF = {"v2a-shrink": "v2a"}
 
 
 def sweep_dir(out: Path, candidate: str, seed: int = 0) -> Path:
@@ -81,6 +90,60 @@ def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None
         calibrate(a, assets / "tasks" / name, assets / "safety", harm, task_shots, ben, config, out=f,
                   progress=False)
         log(f"{candidate} seed {seed} {name}: calibrated in {time.time() - t:.0f}s")
+
+
+def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> None:
+    """Apply the candidate's shrink step to the coefficients of the candidate it extends (:data:`SHRINK_OF`): load
+    A with the task adapter and the safety adapter at those λ, A's refusals to the same harmful shots as teachers,
+    then :func:`~safegene_runtime.calibration.shrink.shrink_scale`; resumable."""
+    import torch
+
+    from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.calibration.shrink import shrink_scale
+    from safegene_runtime.calibration.teachers import Shot, generate
+    from safegene_runtime.coefficients import Coefficients, load_coefficients, save_coefficients
+    from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
+    from .v2_probe import aligned_A
+
+    k, config = CANDIDATES[candidate]
+    config = config.replace(seed=seed) if seed else config
+    source = SHRINK_OF[candidate]
+    if CANDIDATES[source][1].replace(shrink_step=config.shrink_step) != CANDIDATES[candidate][1]:
+        raise SystemExit(f"{candidate} is not {source} plus a shrink step")
+    a = aligned_A()
+    model, tok = load_causal_lm(a)
+    for name, task in family_tasks(assets).items():
+        f = sweep_dir(out, candidate, seed) / name / "coefficients.json"
+        if f.exists():
+            continue
+        old = load_coefficients(sweep_dir(out, source, seed) / name / "coefficients.json")
+        harm, _, _ = data.align_train_shots(task, k, seed)
+        t = time.time()
+        prompts = encode_prompts(tok, harm, max_tokens=config.max_prompt_tokens)
+        gen = dict(batch_size=config.gen_batch_size, desc="", progress=False)
+        layers = sorted(old.layers)
+        with LoraForward(model, fixed=load_adapter(assets / "tasks" / name), scaled=load_adapter(assets / "safety"),
+                         layers=layers, init=0.0) as lf:
+            with lf.mode(fixed=False, scaled=False):  # A's refusals: the teachers calibrate() reads
+                refusals = [Shot(p, r[: config.max_target_tokens]) for p, r in
+                            zip(prompts, generate(model, tok, prompts, max_new_tokens=min(
+                                config.max_new_tokens, config.max_target_tokens or config.max_new_tokens), **gen))]
+            lf.set_lambdas({l: old.layers[l] for l in layers})
+
+            def answer() -> list[list[int]]:
+                with lf.mode(fixed=True, scaled=True):
+                    return generate(model, tok, prompts, max_new_tokens=config.onpolicy_tokens, **gen)
+
+            scale, record = shrink_scale(lf.lambdas, answer, tok, refusals, config.shrink_step)
+            with torch.no_grad():
+                new_layers = lf.lambda_dict()
+        meta = dict(old.meta)
+        meta.update(config=config.to_dict(), config_digest=config.digest(), shrink=record,
+                    shrink_applied_to=f"{source}'s coefficients (experiments.smollm2.v2_sweep shrink)")
+        meta["method"] = dict(meta["method"], shrink_seconds=round(time.time() - t, 2))
+        f.parent.mkdir(parents=True, exist_ok=True)
+        save_coefficients(f, Coefficients(layers={**old.layers, **new_layers}, default=old.default, meta=meta))
+        log(f"{candidate} seed {seed} {name}: scale {scale:g} ({time.time() - t:.0f}s; tried {record['tried']})")
 
 
 def layout(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None, seed: int = 0) -> Path:
@@ -161,8 +224,9 @@ def print_pairs(table: list[dict], a: str, b: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.v2_sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=("cal", "check", "compare", "served"),
-                    help="cal: calibrate; check: family check of the safe variants; compare: paired exact McNemar "
+    ap.add_argument("step", choices=("cal", "shrink", "check", "compare", "served"),
+                    help="cal: calibrate; shrink: a shrink candidate's coefficients from those of the candidate it "
+                         "extends; check: family check of the safe variants; compare: paired exact McNemar "
                          "per adapter and rate against the family check folder --against; served: the check (fp32) "
                          "against the gate reports kept by bench/gate_demo.py --keep in --against (the demo "
                          "engine's dtype: the form the demo serves)")
@@ -182,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.step == "cal":
         cal(a.candidate, a.out, only=a.only.split(",") if a.only else None, seed=a.seed)
+        return 0
+    if a.step == "shrink":
+        shrink(a.candidate, a.out, seed=a.seed)
         return 0
     if a.step == "compare" and a.only:
         ap.error("compare reads --check folders, not --only")

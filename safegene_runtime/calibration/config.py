@@ -136,6 +136,10 @@ class CalibrationConfig:
              "the mean of the stop_patience steps before (steps stays the cap; 0: always run all steps)",
         metavar="TOL")
     stop_patience: int = _knob(10, "window of the stopping rule, in steps", metavar="N")
+    shrink_step: float = _knob(
+        0.0, "after the steps, scale every lambda by STEP, 2*STEP, ... (< 1) and keep the first scale at which the "
+             "model still refuses every harmful shot it refuses at the calibrated lambda (0: off; "
+             "safegene_runtime/calibration/shrink.py)", metavar="STEP")
 
     def __post_init__(self) -> None:
         ints = ("seed", "steps", "max_new_tokens", "max_prompt_tokens", "batch_size", "gen_batch_size",
@@ -151,7 +155,7 @@ class CalibrationConfig:
             if name not in ("seed", "steps", "onpolicy_every") and v < 1:
                 raise CalibrationConfigError(name, f"{name} must be positive (got {v})")
         for name in ("lr", "beta", "gamma", "lambda_max", "penalty", "margin_target", "benign_contrast",
-                     "onpolicy_weight", "group_shrinkage", "stop_tol"):
+                     "onpolicy_weight", "group_shrinkage", "stop_tol", "shrink_step"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise CalibrationConfigError(name, f"{name} must be a finite number (got {v!r})")
@@ -161,6 +165,8 @@ class CalibrationConfig:
             if name in ("lr", "beta", "gamma", "penalty", "benign_contrast", "onpolicy_weight", "group_shrinkage",
                         "stop_tol") and v < 0:
                 raise CalibrationConfigError(name, f"{name} must be non-negative (got {v})")
+            if name == "shrink_step" and not 0 <= v < 1:
+                raise CalibrationConfigError(name, f"shrink_step must be in [0, 1) (got {v})")
         for name, allowed in (("refusal_loss", REFUSAL_LOSSES), ("optimizer", OPTIMIZERS),
                               ("benign_source", BENIGN_SOURCES), ("granularity", GRANULARITIES)):
             if getattr(self, name) not in allowed:
@@ -296,7 +302,9 @@ class CalibrationConfig:
                 + ({"given": "", "edgy": f", benign shots: {self.benign_edgy_shots} edgy-benign training prompts",
                     "given+edgy": f", benign shots: the given ones and {self.benign_edgy_shots} edgy-benign training "
                                   "prompts"}[self.benign_source])
-                + f", penalty {self.penalty:g}, lambda in [0, {self.lambda_max:g}]")
+                + f", penalty {self.penalty:g}, lambda in [0, {self.lambda_max:g}]"
+                + (f"; then lambda shrunk to the smallest multiple of {self.shrink_step:g} at which every harmful shot "
+                   "refused is still refused" if self.shrink_step else ""))
 
 
 __all__ = ["CalibrationConfig", "CalibrationConfigError", "V1_PROCEDURE", "REFUSAL_LOSSES", "OPTIMIZERS",

@@ -86,6 +86,7 @@ from ..prompts import load_examples
 from .config import CalibrationConfig
 from .objective import Batches, group_shrinkage, target_logprobs, term_loss
 from .optim import SharedAdam, StoppingRule, best_start
+from .shrink import shrink_scale
 from .teachers import Shot, benign_contrast_shots, eos_ids, generate, onpolicy_shots, refuses
 
 
@@ -319,11 +320,25 @@ def calibrate(
                     seen.append({"step": len(history), "non_refusals": len(live["refusal_onpolicy"])})
                 return {"init": start, "before": before, "after": full_loss(live), "history": history,
                         "lambdas": lf.lambda_dict(), "groups": lf.group_dict(), "stopped": rule.record(),
-                        "onpolicy": seen}
+                        "onpolicy": seen, "raw": lf.lambdas.detach().clone()}
 
             runs = [descend(start) for start in starts]
             best = best_start([r["after"]["total"] for r in runs])
             learned, learned_groups = runs[best]["lambdas"], runs[best]["groups"]
+            shrunk: dict[str, Any] | None = None
+            if cfg.shrink_step > 0:
+                t = time.monotonic()
+                with torch.no_grad():
+                    lf.lambdas.copy_(runs[best]["raw"])
+
+                def answer() -> list[list[int]]:
+                    with lf.mode(fixed=True, scaled=True):
+                        return generate(model, tok, [r.prompt for r in refusals], max_new_tokens=cfg.onpolicy_tokens,
+                                        batch_size=gen_batch_size, desc="shrink answers", progress=False)
+
+                _, shrunk = shrink_scale(lf.lambdas, answer, tok, refusals, cfg.shrink_step)
+                learned, learned_groups = lf.lambda_dict(), lf.group_dict()
+                timing["shrink"] = time.monotonic() - t
             lf.set_lambdas(0.0)
             zero_live = regenerate() if onpolicy else {}
             at_zero = full_loss(zero_live)
@@ -374,6 +389,7 @@ def calibrate(
                         **({"groups": {str(l): g for l, g in r["groups"].items()}} if groups else {})}
                        for r in runs],
             "chosen_init": runs[best]["init"]} if len(runs) > 1 else {}),
+        **({"shrink": shrunk} if shrunk is not None else {}),
         **({"onpolicy": {"every": cfg.onpolicy_every, "tokens": cfg.onpolicy_tokens, "weight": cfg.onpolicy_weight,
                          "non_refusals": runs[best]["onpolicy"],
                          "at_zero": len(zero_live["refusal_onpolicy"]), "of": len(refusals)}} if onpolicy else {}),
