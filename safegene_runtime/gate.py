@@ -79,6 +79,8 @@ class GateSets:
 
 #: the share of the live engine's batch (``engine.max_num_seqs``) a server-side gate run may fill with its requests
 DEFAULT_CAPACITY_SHARE = 0.25
+#: the share of the engine's batch a gate run may fill while no client request is in flight (server/gate.py)
+DEFAULT_IDLE_SHARE = 1.0
 
 
 @dataclass

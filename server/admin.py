@@ -44,6 +44,7 @@ def gate_view(job: Job) -> dict[str, Any]:
             "created_at": job.created_at, "updated_at": job.updated_at, "finished_at": job.finished_at,
             "error": job.error, "progress": gate.get("progress"), "verdict": gate.get("verdict"),
             "served": gate.get("served"), "staging": gate.get("staging"), "concurrency": gate.get("concurrency"),
+            "idle_concurrency": gate.get("idle_concurrency"),
             "seconds": gate.get("seconds"), "report_path": gate.get("report"), "report_id": gate.get("report_id"),
             "report": report}
 

@@ -16,7 +16,7 @@ import yaml
 
 from safegene_runtime.calibration import CalibrationConfig, CalibrationConfigError
 from safegene_runtime.datasets import NAMED_SETS, VALIDATION
-from safegene_runtime.gate import DEFAULT_CAPACITY_SHARE, GateError, GateSets, GateThresholds
+from safegene_runtime.gate import DEFAULT_CAPACITY_SHARE, DEFAULT_IDLE_SHARE, GateError, GateSets, GateThresholds
 from safegene_runtime.splits import SplitError, require_split
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.stack import ALLOWED_MAX_LORA_RANKS  # vLLM's allowed --max-lora-rank values: one list
@@ -185,6 +185,9 @@ class GateSpec:
     sets: GateSets = field(default_factory=GateSets)
     #: the share of the engine's batch (engine.max_num_seqs) the gate's requests may take at once
     capacity_share: float = DEFAULT_CAPACITY_SHARE
+    #: the share they may take while no client request is in flight (at least capacity_share): an idle server gates
+    #: faster, and a client request that arrives waits at most for the gate requests already running
+    idle_share: float = DEFAULT_IDLE_SHARE
     #: the first N prompts of each set (None: all); with sets.max_tokens this bounds a run's token budget
     max_prompts: int | None = None
 
@@ -192,9 +195,13 @@ class GateSpec:
         """Gate requests in flight: the share of the engine's batch, at least one."""
         return max(1, int(self.capacity_share * (max_num_seqs or DEFAULT_ENGINE_BATCH)))
 
+    def idle_concurrency(self, max_num_seqs: int | None) -> int:
+        """Gate requests in flight while no client request is: the idle share of the batch, at least the share."""
+        return max(self.concurrency(max_num_seqs), int(self.idle_share * (max_num_seqs or DEFAULT_ENGINE_BATCH)))
+
     def to_dict(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "thresholds": asdict(self.thresholds), "sets": asdict(self.sets),
-                "capacity_share": self.capacity_share, "max_prompts": self.max_prompts}
+                "capacity_share": self.capacity_share, "idle_share": self.idle_share, "max_prompts": self.max_prompts}
 
 
 #: the batch assumed for ``gate.capacity_share`` when ``engine.max_num_seqs`` is not set (vLLM's CPU default)
@@ -439,9 +446,9 @@ def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
         return GateSpec()
     if not isinstance(d, dict):
         raise _fail(where, "expected a mapping {enabled, thresholds: {...}, sets: {harmful, benign}, max_tokens, "
-                           "harm_judge, capacity_share, max_prompts}")
-    _check_unknown(d, {"enabled", "thresholds", "sets", "max_tokens", "harm_judge", "capacity_share", "max_prompts"},
-                   where)
+                           "harm_judge, capacity_share, idle_share, max_prompts}")
+    _check_unknown(d, {"enabled", "thresholds", "sets", "max_tokens", "harm_judge", "capacity_share", "idle_share",
+                       "max_prompts"}, where)
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
         raise _fail(f"{where}.enabled", f"expected true or false, got {enabled!r}")
@@ -485,10 +492,14 @@ def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
     share = d.get("capacity_share", DEFAULT_CAPACITY_SHARE)
     if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
         raise _fail(f"{where}.capacity_share", f"expected a share of the engine's batch in (0, 1], got {share!r}")
+    idle = d.get("idle_share", max(DEFAULT_IDLE_SHARE, share))
+    if isinstance(idle, bool) or not isinstance(idle, (int, float)) or not share <= idle <= 1:
+        raise _fail(f"{where}.idle_share", f"expected a share of the engine's batch in [capacity_share={share:g}, 1], "
+                                           f"got {idle!r}")
     return GateSpec(enabled=enabled, thresholds=thresholds,
                     sets=GateSets(harmful=chosen["harmful"], benign=chosen["benign"], max_tokens=max_tokens,
                                   harm_judge=judge.strip()),
-                    capacity_share=float(share), max_prompts=_int(d, "max_prompts", where))
+                    capacity_share=float(share), idle_share=float(idle), max_prompts=_int(d, "max_prompts", where))
 
 
 #: flags that safegene serve sets itself: passing them through would break auth, naming or LoRA registration

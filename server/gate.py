@@ -134,12 +134,17 @@ class EarlyGate:
 class GateRunner:
     """Runs gates for one server; holds the completer (set once the app exists) and the base responses' cache."""
 
-    def __init__(self, cfg: ServerConfig, complete: Complete, max_num_seqs: int | None):
+    def __init__(self, cfg: ServerConfig, complete: Complete, max_num_seqs: int | None,
+                 clients: Callable[[], int] = lambda: 0):
         assert cfg.gate is not None
         self.cfg = cfg
         self.spec = cfg.gate
         self.complete = complete
+        #: gate requests in flight while a client request is (the share), and while none is (the idle share)
         self.concurrency = cfg.gate.concurrency(max_num_seqs)
+        self.idle_concurrency = cfg.gate.idle_concurrency(max_num_seqs)
+        #: client requests in flight now (the registry's admissions; the gate's own bypass admission)
+        self.clients = clients
         self._base_rows: dict[str, list[dict[str, Any]]] = {}
 
     def sets(self, task_file: Path | None) -> dict[str, PromptSet]:
@@ -157,7 +162,7 @@ class GateRunner:
         """The job's gate view (once per job: an early start and the run share its progress)."""
         if job.gate is None:
             job.gate = {"staging": {}, "progress": {"done": 0, "total": 0}, "verdict": None, "report": None,
-                        "concurrency": self.concurrency}
+                        "concurrency": self.concurrency, "idle_concurrency": self.idle_concurrency}
 
     async def run(self, job: Job, rec: TaskRecord, engine: EngineLoader, *, task_file: Path | None,
                   calibration: dict[str, Any] | None, early: EarlyGate | None = None) -> GateOutcome:
@@ -203,7 +208,8 @@ class GateRunner:
             "config": {"temperature": 0, "max_tokens": self.spec.sets.max_tokens,
                        "harm_judge": self.spec.sets.harm_judge,
                        "refusal_judge": "refusal (phrase rules)", "concurrency": self.concurrency,
-                       "capacity_share": self.spec.capacity_share, "max_prompts": self.spec.max_prompts,
+                       "capacity_share": self.spec.capacity_share, "idle_concurrency": self.idle_concurrency,
+                       "idle_share": self.spec.idle_share, "max_prompts": self.spec.max_prompts,
                        "models": labels, "job": job.id, "calibration": calibration},
             "models": results,
         }
@@ -216,8 +222,13 @@ class GateRunner:
 
     async def evaluate(self, job: Job, sets: dict[str, PromptSet], models: dict[str, str | None]
                        ) -> list[dict[str, Any]]:
-        """Every (model, item) through the engine, ``self.concurrency`` at a time; the base's rows (``models``' None
-        entry, when there is one) from the cache. Adds its requests to the job's progress."""
+        """Every (model, item) through the engine; the base's rows (``models``' None entry, when there is one) from
+        the cache. Adds its requests to the job's progress.
+
+        ``idle_concurrency`` workers take the requests in turn; worker i runs only while i < the current limit:
+        ``concurrency`` while any client request is in flight, ``idle_concurrency`` while none is (checked before
+        each request and every 0.1 s by a waiting worker), so client traffic finds at most the gate's share taken
+        once the requests running when it arrived are done."""
         key = json_digest({"base": self.cfg.served_name, "max_tokens": self.spec.sets.max_tokens,
                            "sets": {r: [[it.id, it.prompt] for it in s.items] for r, s in sets.items()}})
         base_label = next((label for label, name in models.items() if name is None), None)
@@ -225,25 +236,35 @@ class GateRunner:
                 if not (name is None and key in self._base_rows) for role, s in sets.items() for it in s.items]
         progress = job.gate["progress"]  # type: ignore[index]
         progress["total"] += len(todo)
-        sem = asyncio.Semaphore(self.concurrency)
         max_tokens = self.spec.sets.max_tokens
+        queue = list(enumerate(todo))
+        queue.reverse()  # pop() from the end: the requests go out in todo's order
+        got: dict[int, dict[str, Any]] = {}
 
-        async def one(label: str, model: str, role: str, set_name: str, it: Any) -> dict[str, Any]:
-            async with sem:
+        def limit() -> int:
+            return self.concurrency if self.clients() > 0 else self.idle_concurrency
+
+        async def worker(i: int) -> None:
+            while queue:
+                if i >= limit():
+                    await asyncio.sleep(0.1)
+                    continue
                 if job.cancel_requested:
                     raise JobCancelled(f"job {job.id} was cancelled during its gate run")
+                n, (label, model, role, set_name, it) = queue.pop()
                 res = await self.complete(model, it.prompt, max_tokens)
-            progress["done"] += 1
-            return {"model": label, "role": role, "set": set_name, "id": it.id, "prompt": it.prompt, **res}
+                progress["done"] += 1
+                got[n] = {"model": label, "role": role, "set": set_name, "id": it.id, "prompt": it.prompt, **res}
 
-        tasks = [asyncio.ensure_future(one(*t)) for t in todo]
+        workers = [asyncio.ensure_future(worker(i)) for i in range(self.idle_concurrency)]
         try:
-            rows = list(await asyncio.gather(*tasks))
+            await asyncio.gather(*workers)
         except BaseException:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
             raise
+        rows = [got[n] for n in range(len(todo))]
         if base_label is None:
             return rows
         if key in self._base_rows:

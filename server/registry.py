@@ -180,7 +180,8 @@ class Registry:
     def enable_gate(self, complete: Complete, max_num_seqs: int | None) -> None:
         """Give the gate its way to the live engine (``server.app.internal_completer``); called by ``serve``."""
         if self.gated:
-            self.gate = GateRunner(self.cfg, complete, max_num_seqs)
+            self.gate = GateRunner(self.cfg, complete, max_num_seqs,
+                                   clients=lambda: sum(s.inflight for s in self.served.values()))
 
     # -- start-up (synchronous, before the engine exists) --
 

@@ -144,3 +144,41 @@ def test_closing_an_early_start_mid_evaluation_cancels_it_and_unloads_the_stagin
 
     asyncio.run(go())
     assert asked and not engine.loaded and engine.events[-1][0] == "unload"
+
+
+def test_the_gate_fills_the_idle_share_only_while_no_client_request_is_in_flight(tmp_path):
+    """capacity_share 0.25 and idle_share 1.0 of a batch of 8: 8 gate requests at once on an idle server, 2 while a
+    client request is in flight (the limit is read before each request)."""
+    runner, engine, _ = _runner(tmp_path)
+    runner.concurrency, runner.idle_concurrency = 2, 8
+    runner.spec.max_prompts = 12  # 24 requests: enough to fill 8 at once
+    clients = {"n": 0}
+    runner.clients = lambda: clients["n"]
+    running = {"now": 0, "max": 0}
+
+    async def complete(model: str, prompt: str, max_tokens: int) -> dict:
+        running["now"] += 1
+        running["max"] = max(running["max"], running["now"])
+        await asyncio.sleep(0.01)
+        running["now"] -= 1
+        return {"response": ANSWERS["tiny"], "finish": "stop"}
+
+    runner.complete = complete
+    jobs = Jobs()
+
+    async def go(busy: bool):
+        clients["n"] = 1 if busy else 0
+        running["max"] = 0
+        job = jobs.create("t", None)
+        runner.begin(job)
+        runner._base_rows.clear()
+        sets = await asyncio.to_thread(runner.sets, None)
+        rows = await runner.evaluate(job, sets, {"tiny": None})
+        return job, rows, sets
+
+    job, rows, sets = asyncio.run(go(busy=False))
+    assert running["max"] == 8
+    assert [(r["role"], r["id"]) for r in rows] == [(role, it.id) for role, s in sets.items() for it in s.items]
+    assert job.gate["progress"] == {"done": len(rows), "total": len(rows)}
+    asyncio.run(go(busy=True))
+    assert running["max"] == 2

@@ -42,6 +42,8 @@ def test_a_gate_section_turns_the_gate_on_with_the_runtime_defaults(tmp_path):
     assert g.thresholds == GateThresholds() and g.sets == GateSets() and g.capacity_share == DEFAULT_CAPACITY_SHARE
     assert g.concurrency(8) == max(1, int(DEFAULT_CAPACITY_SHARE * 8))
     assert g.concurrency(1) == 1  # never zero: a gate always makes progress
+    assert g.idle_share == 1.0 and g.idle_concurrency(8) == 8  # an idle server: the whole batch
+    assert _config(tmp_path, {"idle_share": 0.25}).gate.idle_concurrency(8) == 2  # = the share: never borrows
     off = _config(tmp_path, {"enabled": False}).gate
     assert off is not None and not off.enabled
     shots = tmp_path / "harm.jsonl"
@@ -56,6 +58,7 @@ def test_a_gate_section_turns_the_gate_on_with_the_runtime_defaults(tmp_path):
 @pytest.mark.parametrize("gate, message", [
     ({"threshold": {}}, "unknown key(s) threshold"),
     ({"thresholds": {"max_harm": 1}}, "gate.thresholds"),
+    ({"capacity_share": 0.5, "idle_share": 0.25}, "gate.idle_share"),
     ({"thresholds": {"max_harm_increase": -1}}, "must be a number of points in [0, 100]"),
     ({"sets": {"harmful": "harmbench-test"}}, "is in the TEST family"),
     ({"sets": {"benign": "rho-overrefusal"}}, "is in the TEST family"),
