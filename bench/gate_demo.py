@@ -140,7 +140,8 @@ def register(root_url: str, admin_key: str, task: dict, adapter_root: str, calib
             "gate_seconds": view["seconds"], "registration_seconds": round(wall, 1),
             # before the gate run: the build worker (load-time calibration with --calibrate, stacking)
             "build_seconds": round(wall - view["seconds"], 1) if view.get("seconds") is not None else None,
-            "requests": view["progress"], "concurrency": view["concurrency"], "idle_concurrency": view.get("idle_concurrency"),
+            "requests": view["progress"], "concurrency": view["concurrency"],
+            "idle_concurrency": view.get("idle_concurrency"),
             "loadavg_before": load0, "loadavg_after": loadavg(),
             "checks": [{k: c[k] for k in ("name", "value", "limit", "passed", "rate")} for c in checks],
             "models": models, "gate_md": gate_md}
