@@ -21,8 +21,8 @@ on the sets and the budget, so they are computed once per server process and reu
 **Early start** (:class:`EarlyGate`): a registration that calibrates at load time spends most of its time in the build
 worker's calibration, which only the safe form needs. The worker reports the validated plain snapshot before it
 calibrates (``server.jobs.PLAIN_READY``), and the gate loads it under its staging name and evaluates the base and the
-plain form then, beside the calibration (the engine and the worker run on different cores); the gate run proper
-evaluates only the safe form. Same requests, same rows, same decision: only the order changes.
+plain form then, beside the calibration (the engine decodes on its core while the worker calibrates); the gate run
+proper evaluates only the safe form. Same requests, same rows, same decision: only the order changes.
 """
 
 from __future__ import annotations
@@ -182,6 +182,8 @@ class GateRunner:
             sets, pre = await early.rows()
             todo = {labels["safe"]: names["safe"]}
         else:
+            if early is not None:  # it staged another folder under this job's plain staging name: unload it first
+                await early.close()
             sets = await asyncio.to_thread(self.sets, task_file)
         loaded: list[str] = []
         try:

@@ -124,6 +124,8 @@ def test_an_early_start_that_does_not_cover_the_built_version_is_not_used_and_cl
     out = asyncio.run(go())
     assert out.decision.verdict == "promote_safe_only"
     assert not engine.loaded and sum(1 for e in engine.events if e[0] == "load") == 3  # early plain + plain + safe
+    first_plain = [i for i, e in enumerate(engine.events) if e[1].startswith("t.gate-")]
+    assert engine.events[first_plain[1]] == ("unload", engine.events[first_plain[0]][1])  # unloaded before reloaded
 
 
 def test_closing_an_early_start_mid_evaluation_cancels_it_and_unloads_the_staging_name(tmp_path):
