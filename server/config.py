@@ -188,6 +188,10 @@ class GateSpec:
     #: the share they may take while no client request is in flight (at least capacity_share): an idle server gates
     #: faster, and a client request that arrives waits at most for the gate requests already running
     idle_share: float = DEFAULT_IDLE_SHARE
+    #: evaluate the base and the plain form while the build worker calibrates (server/gate.py's early start). Off by
+    #: default: on a 2-core CPU machine the engine and the calibration slowed each other several-fold (docs/gate.md);
+    #: worth it where the engine does not share the calibration's cores (an accelerator)
+    early_start: bool = False
     #: the first N prompts of each set (None: all); with sets.max_tokens this bounds a run's token budget
     max_prompts: int | None = None
 
@@ -201,7 +205,8 @@ class GateSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"enabled": self.enabled, "thresholds": asdict(self.thresholds), "sets": asdict(self.sets),
-                "capacity_share": self.capacity_share, "idle_share": self.idle_share, "max_prompts": self.max_prompts}
+                "capacity_share": self.capacity_share, "idle_share": self.idle_share, "early_start": self.early_start,
+                "max_prompts": self.max_prompts}
 
 
 #: the batch assumed for ``gate.capacity_share`` when ``engine.max_num_seqs`` is not set (vLLM's CPU default)
@@ -448,7 +453,10 @@ def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
         raise _fail(where, "expected a mapping {enabled, thresholds: {...}, sets: {harmful, benign}, max_tokens, "
                            "harm_judge, capacity_share, idle_share, max_prompts}")
     _check_unknown(d, {"enabled", "thresholds", "sets", "max_tokens", "harm_judge", "capacity_share", "idle_share",
-                       "max_prompts"}, where)
+                       "early_start", "max_prompts"}, where)
+    early_start = d.get("early_start", False)
+    if not isinstance(early_start, bool):
+        raise _fail(f"{where}.early_start", f"expected true or false, got {early_start!r}")
     enabled = d.get("enabled", True)
     if not isinstance(enabled, bool):
         raise _fail(f"{where}.enabled", f"expected true or false, got {enabled!r}")
@@ -499,7 +507,8 @@ def _parse_gate(d: Any, root: Path, where: str) -> GateSpec | None:
     return GateSpec(enabled=enabled, thresholds=thresholds,
                     sets=GateSets(harmful=chosen["harmful"], benign=chosen["benign"], max_tokens=max_tokens,
                                   harm_judge=judge.strip()),
-                    capacity_share=float(share), idle_share=float(idle), max_prompts=_int(d, "max_prompts", where))
+                    capacity_share=float(share), idle_share=float(idle), early_start=early_start,
+                    max_prompts=_int(d, "max_prompts", where))
 
 
 #: flags that safegene serve sets itself: passing them through would break auth, naming or LoRA registration

@@ -18,7 +18,8 @@ What a gate run does (the registry calls :meth:`GateRunner.run` between the buil
 The staging names are unloaded whatever happens (verdict, error, cancel). The base model's responses depend only
 on the sets and the budget, so they are computed once per server process and reused.
 
-**Early start** (:class:`EarlyGate`): a registration that calibrates at load time spends most of its time in the build
+**Early start** (:class:`EarlyGate`, ``gate.early_start``, off by default: on a 2-core CPU machine the engine and the
+calibration slowed each other several-fold): a registration that calibrates at load time spends most of its time in the build
 worker's calibration, which only the safe form needs. The worker reports the validated plain snapshot before it
 calibrates (``server.jobs.PLAIN_READY``), and the gate loads it under its staging name and evaluates the base and the
 plain form then, beside the calibration (the engine decodes on its core while the worker calibrates); the gate run

@@ -458,7 +458,8 @@ class Registry:
         # a load-time calibration takes minutes: the gate evaluates the base and the plain form meanwhile
         early = (self.gate.early(job, spec.name, self.engine, task_file)
                  if self.gated and self.gate is not None and self.engine is not None and spec.calibrate is not None
-                 and spec.mode_of("plain") == "lora" else None)
+                 and self.cfg.gate is not None and self.cfg.gate.early_start and spec.mode_of("plain") == "lora"
+                 else None)
         on_plain = early.start if early is not None else None
         try:
             if self.shared:  # build outside the registry lock: the replica keeps following the registry meanwhile

@@ -43,6 +43,7 @@ def test_a_gate_section_turns_the_gate_on_with_the_runtime_defaults(tmp_path):
     assert g.concurrency(8) == max(1, int(DEFAULT_CAPACITY_SHARE * 8))
     assert g.concurrency(1) == 1  # never zero: a gate always makes progress
     assert g.idle_share == 1.0 and g.idle_concurrency(8) == 8  # an idle server: the whole batch
+    assert not g.early_start and _config(tmp_path, {"early_start": True}).gate.early_start
     assert _config(tmp_path, {"idle_share": 0.25}).gate.idle_concurrency(8) == 2  # = the share: never borrows
     off = _config(tmp_path, {"enabled": False}).gate
     assert off is not None and not off.enabled
@@ -59,6 +60,7 @@ def test_a_gate_section_turns_the_gate_on_with_the_runtime_defaults(tmp_path):
     ({"threshold": {}}, "unknown key(s) threshold"),
     ({"thresholds": {"max_harm": 1}}, "gate.thresholds"),
     ({"capacity_share": 0.5, "idle_share": 0.25}, "gate.idle_share"),
+    ({"early_start": "yes"}, "gate.early_start"),
     ({"thresholds": {"max_harm_increase": -1}}, "must be a number of points in [0, 100]"),
     ({"sets": {"harmful": "harmbench-test"}}, "is in the TEST family"),
     ({"sets": {"benign": "rho-overrefusal"}}, "is in the TEST family"),
