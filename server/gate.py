@@ -160,10 +160,13 @@ class GateRunner:
         return EarlyGate(self, job, task, engine, task_file)
 
     def begin(self, job: Job) -> None:
-        """The job's gate view (once per job: an early start and the run share its progress)."""
+        """The job's gate view (the registry makes it when the job starts; an early start and the run share its
+        progress, so what is already there stays)."""
         if job.gate is None:
-            job.gate = {"staging": {}, "progress": {"done": 0, "total": 0}, "verdict": None, "report": None,
-                        "concurrency": self.concurrency, "idle_concurrency": self.idle_concurrency}
+            job.gate = {"verdict": None, "report": None}
+        job.gate.setdefault("staging", {})
+        job.gate.setdefault("progress", {"done": 0, "total": 0})
+        job.gate.update(concurrency=self.concurrency, idle_concurrency=self.idle_concurrency)
 
     async def run(self, job: Job, rec: TaskRecord, engine: EngineLoader, *, task_file: Path | None,
                   calibration: dict[str, Any] | None, early: EarlyGate | None = None) -> GateOutcome:

@@ -70,6 +70,7 @@ def test_an_early_start_evaluates_base_and_plain_during_the_build_and_the_run_on
 
     async def gated(early_start: bool):
         job = jobs.create("t", "v1")
+        job.gate = {"progress": {"done": 0, "total": 0}, "verdict": None, "report": None}  # as the registry makes it
         early = runner.early(job, "t", engine, None) if early_start else None
         if early is not None:
             early.start(Path(rec.variants["plain"].path), "v1")  # what the build worker reports before calibrating
@@ -93,6 +94,7 @@ def test_an_early_start_evaluates_base_and_plain_during_the_build_and_the_run_on
     assert first.index("safe") > max(i for i, k in enumerate(first) if k == "plain")  # safe only after the build
     assert not engine.loaded, engine.events  # every staging name unloaded
     assert job.gate["progress"] == {"done": 3 * n, "total": 3 * n}
+    assert (job.gate["concurrency"], job.gate["idle_concurrency"]) == (runner.concurrency, runner.idle_concurrency)
 
     asked.clear()
     runner._base_rows.clear()  # the same run without the early start (base cache emptied: same requests)
