@@ -177,8 +177,11 @@ def check_paths(spec: TaskSpec, root: Path, source: str) -> None:
                 raise ArtifactError(f"file {f} is outside the allowed adapter root {root}")
 
 
-def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str,
-               on_plain: Callable[[Path, str], None] | None = None) -> TaskRecord:
+#: told the plain snapshot's folder and the version being built, before any load-time calibration
+OnPlain = Callable[[Path, str], None]
+
+
+def build_task(spec: TaskSpec, ctx: BuildContext, *, source: str, on_plain: OnPlain | None = None) -> TaskRecord:
     """Validate one task entry and build its variant folders. Raises ArtifactError/ValueError with a clear message.
 
     Touches nothing but new content-addressed folders in the state dir; a build that fails removes the folders it
@@ -206,7 +209,7 @@ def _new(path: Path, before: bool, created: list[Path]) -> Path:
 
 
 def _build(spec: TaskSpec, ctx: BuildContext, source: str, task_ad: LoraAdapter, created: list[Path],
-           on_plain: Callable[[Path, str], None] | None) -> TaskRecord:
+           on_plain: OnPlain | None) -> TaskRecord:
     digest = adapter_digest(spec.path)
     version = spec.version or digest[:12]
     coefficients = coefficients_hash = None

@@ -18,9 +18,9 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from .build import BuildContext, build_task
+from .build import BuildContext, OnPlain, build_task
 from .records import TaskRecord, now_iso
 
 log = logging.getLogger("safegene.server.jobs")
@@ -73,8 +73,6 @@ class Job:
 
 #: the progress message a build worker sends once the plain snapshot exists: (PLAIN_READY, folder, version)
 PLAIN_READY = "plain-ready"
-#: what the serving process is told then: the plain snapshot's folder and the version being built
-OnPlain = Callable[[Path, str], None]
 
 
 def build_worker(cfg: Any, spec: Any, source: str, rank_limit: int | None, progress: Any, out: Any) -> None:

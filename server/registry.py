@@ -42,10 +42,10 @@ from safegene_runtime.datasets import VALIDATION, DatasetError, load_file
 from safegene_runtime.gate import PROMOTE, PROMOTE_SAFE_ONLY, REFUSE, GateError
 from safegene_runtime.splits import require_split
 
-from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, build_task, check_paths, under_root
+from .build import MAX_ADAPTER_BYTES, UNBOUNDED_RANK, BuildContext, OnPlain, build_task, check_paths, under_root
 from .config import VARIANTS, ConfigError, ServerConfig, TaskSpec, check_name, parse_task
 from .gate import Complete, EarlyGate, GateRunner
-from .jobs import BuildFailed, Job, JobCancelled, Jobs, OnPlain
+from .jobs import BuildFailed, Job, JobCancelled, Jobs
 from .records import TaskRecord, now_iso
 from .backends import open_store
 from .snapshots import SnapshotError, collect_garbage, referenced, verify_record
