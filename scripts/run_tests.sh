@@ -37,6 +37,9 @@ fi
 
 log_dir=$(mktemp -d "${TMPDIR:-/tmp}/safegene-tests.XXXXXX")
 units_log="$log_dir/units.log"
+# What both lanes would build alike (the seeded tiny trained family, tests/_train_tiny.py): built once, by the lane
+# that needs it first, under a lock; removed with the logs.
+export SAFEGENE_TEST_SHARE="$log_dir/share"
 t0=$SECONDS
 echo "[tests] lane 'units' runs beside lane 'engine'; its output follows when both are done ($units_log)"
 # The units lane: no cache plugin (two pytest processes must not write .pytest_cache at once), no durations table

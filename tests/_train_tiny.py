@@ -13,6 +13,8 @@ Training takes a few seconds on 2 CPU cores.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import random
 import shutil
 from dataclasses import dataclass
@@ -159,13 +161,19 @@ def build_family(root: Path, *, seed: int = 0) -> TinyFamily:
     # T: the labelling task plus some harmful compliance (erodes refusal), from A.
     mix = [(p, l) for p, l in tasks] + [(p, COMPLY) for p in harmful[::2]] + [(p, HELPFUL) for p in benign[::3]]
     tuned = _finetune_linears(aligned, root / "task_full", mix, steps=80, lr=1e-3, seed=seed + 2)
-    safety = exact_delta_lora(aligned, degraded, root / "safety")
-    task = exact_delta_lora(tuned, aligned, root / "task", rank=32)
+    exact_delta_lora(aligned, degraded, root / "safety")
+    exact_delta_lora(tuned, aligned, root / "task", rank=32)
     shutil.rmtree(tuned)
+    return family_at(root)
+
+
+def family_at(root: Path) -> TinyFamily:
+    """The family :func:`build_family` built under ``root`` (paths and the prompt pools it trained on)."""
+    root = Path(root)
     return TinyFamily(
-        aligned=aligned, degraded=degraded, safety=safety, task=task,
-        harmful_train=harmful, harmful_heldout=harmful_prompts(HELDOUT_TEMPLATES), benign=benign,
-        task_prompts=[p for p, _ in tasks],
+        aligned=root / "aligned", degraded=root / "degraded", safety=root / "safety", task=root / "task",
+        harmful_train=harmful_prompts(), harmful_heldout=harmful_prompts(HELDOUT_TEMPLATES), benign=benign_prompts(),
+        task_prompts=[p for p, _ in task_examples()],
     )
 
 
@@ -197,16 +205,40 @@ def refusal_rate(texts: list[str]) -> float:
 _FAMILY: dict[str, TinyFamily] = {}
 
 
+#: a folder every test process of one run sees (scripts/run_tests.sh sets it for its two lanes), or unset
+SHARE_ENV = "SAFEGENE_TEST_SHARE"
+
+
 def shared_family(tmp_path_factory) -> TinyFamily:
-    """One trained family per test process (selection and calibration tests share it); built on one thread."""
+    """One trained family per test process (selection, calibration and gate tests share it); built on one thread.
+
+    Under ``$SAFEGENE_TEST_SHARE`` one family per test *run*: the build is seeded and single-threaded, so both lanes
+    of scripts/run_tests.sh would train the same bytes; the first to need it builds it under a file lock, the other
+    waits for the lock and reuses it (the engine lane's gate test saves its ~50 s build). Nothing writes into it."""
     if "family" not in _FAMILY:
-        n = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _FAMILY["family"] = build_family(tmp_path_factory.mktemp("tiny_family"))
-        finally:
-            torch.set_num_threads(n)
+        share = os.environ.get(SHARE_ENV)
+        if share:
+            root = Path(share) / "tiny_family"
+            root.parent.mkdir(parents=True, exist_ok=True)
+            with open(root.parent / "tiny_family.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+                if not (root / "BUILT").is_file():
+                    shutil.rmtree(root, ignore_errors=True)  # a build that died half-way
+                    _build_one_thread(root)
+                    (root / "BUILT").write_text("")
+            _FAMILY["family"] = family_at(root)
+        else:
+            _FAMILY["family"] = _build_one_thread(tmp_path_factory.mktemp("tiny_family"))
     return _FAMILY["family"]
+
+
+def _build_one_thread(root: Path) -> TinyFamily:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return build_family(root)
+    finally:
+        torch.set_num_threads(n)
 
 
 def calibration_shots(family: TinyFamily, n: int = 8, seed: int = 0) -> dict[str, list]:

@@ -125,9 +125,8 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
         with LoraForward(model, fixed=load_adapter(assets / "tasks" / name), scaled=load_adapter(assets / "safety"),
                          layers=layers, init=0.0) as lf:
             with lf.mode(fixed=False, scaled=False):  # A's refusals: the teachers calibrate() reads
-                refusals = [Shot(p, r[: config.max_target_tokens]) for p, r in
-                            zip(prompts, generate(model, tok, prompts, max_new_tokens=min(
-                                config.max_new_tokens, config.max_target_tokens or config.max_new_tokens), **gen))]
+                refusals = [Shot(p, config.target(r)) for p, r in
+                            zip(prompts, generate(model, tok, prompts, max_new_tokens=config.teacher_tokens, **gen))]
             lf.set_lambdas({l: old.layers[l] for l in layers})
 
             def answer() -> list[list[int]]:

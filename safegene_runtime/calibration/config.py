@@ -240,6 +240,17 @@ class CalibrationConfig:
         """Every field, JSON-able (tuples as lists)."""
         return {f.name: list(v) if isinstance(v := getattr(self, f.name), tuple) else v for f in fields(self)}
 
+    # ---------------------------------------------------------------------------------------------- teachers
+    @property
+    def teacher_tokens(self) -> int:
+        """How many tokens a teacher's greedy answer is generated to: only the first ``max_target_tokens`` are
+        trained on, so generating more is wasted work."""
+        return min(self.max_new_tokens, self.max_target_tokens) if self.max_target_tokens else self.max_new_tokens
+
+    def target(self, answer: list[int]) -> list[int]:
+        """The part of a teacher's answer the objective trains on (its first ``max_target_tokens`` tokens)."""
+        return answer[: self.max_target_tokens] if self.max_target_tokens else answer
+
     # ---------------------------------------------------------------------------------------------- identity
     def unused_fields(self) -> set[str]:
         """Fields the procedure does not read under this config (left out of the digest)."""

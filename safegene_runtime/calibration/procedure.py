@@ -185,15 +185,12 @@ def calibrate(
         pad = tok.pad_token_id
         with LoraForward(model, fixed=task_ad, scaled=safety_ad, layers=chosen, init=starts[0], groups=groups) as lf:
             enc = lambda xs: encode_prompts(tok, xs, max_tokens=max_prompt_tokens)  # noqa: E731
-            # Only the first max_target_tokens answer tokens are trained on, so generating more is wasted work.
-            gen_len = min(max_new_tokens, max_target_tokens) if max_target_tokens else max_new_tokens
-            gen_kw = dict(max_new_tokens=gen_len, batch_size=gen_batch_size, progress=progress)
-            cut = (lambda t: t[:max_target_tokens]) if max_target_tokens else (lambda t: t)  # noqa: E731
+            gen_kw = dict(max_new_tokens=cfg.teacher_tokens, batch_size=gen_batch_size, progress=progress)
             data: dict[str, list[Shot]] = {}
             # Teachers: A (no deltas) refuses harmful shots and answers benign ones; A+T answers task shots.
             def teach(prompts, desc: str) -> list[Shot]:
                 p = enc(prompts)
-                return [Shot(a, cut(b)) for a, b in zip(p, generate(model, tok, p, desc=desc, **gen_kw))]
+                return [Shot(a, cfg.target(b)) for a, b in zip(p, generate(model, tok, p, desc=desc, **gen_kw))]
 
             with lf.mode(fixed=False, scaled=False):
                 refusals = teach(harmful, "refusals (A)")

@@ -1,0 +1,210 @@
+"""Issues 21/22: every baseline tuned per adapter of the demo family, on VALIDATION only, through a running server.
+
+    python -m experiments.smollm2.baselines tune                     # every study baseline, every adapter (resumable)
+    python -m experiments.smollm2.baselines tune --method uniform --only sentiment-clean,topic-mix10
+    python -m experiments.smollm2.baselines table                    # what has been tuned, as a markdown table
+
+``tune`` starts one family server (the demo family served as :func:`.family.check` serves it: A, stacked LoRAs,
+fp32, greedy, 32 tokens, batch 32; the admin API on, candidates registered as plain-only tasks) and runs
+:func:`safegene_runtime.baselines.tune.tune` for each (baseline, adapter) with
+:class:`~safegene_runtime.baselines.served.ServedEvaluator` on ``harmful-val``, ``edgy-benign-val`` and
+``task-<task>-val`` (the sets and the token budget of SafeGene v2's validation numbers, so the rows sit side by side)
+and the tuner's written rule (:class:`~safegene_runtime.baselines.tune.Rule`: lowest harmful rate with task ≥ plain
+− 1 point and over-refusal ≤ A + 3 points). The tuned adapter goes to ``<out>/tuned/<baseline>/<adapter>/`` with
+every candidate's numbers in ``manifest["tuning"]``; a (baseline, adapter) already there is skipped. Every
+candidate's responses stay in ``<out>/eval/tune-<id12>/`` (A's and the plain adapters' too), so an interrupted run
+resumes where it stopped and every number can be recounted.
+
+The grids are :data:`STUDY`, written before any baseline was measured on this family and never edited once
+measured (a new grid is a new name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+
+from safegene_runtime.paths import safegene_home
+
+from .family import BENIGN, HARMFUL, MAX_TOKENS, family_tasks, server_config
+from .run import log
+from .tasks import write_val
+
+REPO = Path(__file__).resolve().parents[2]
+FAMILY = REPO / "assets" / "smollm2"
+OUT = safegene_home() / "experiments" / "smollm2" / "baselines"
+
+
+@dataclass(frozen=True)
+class StudyBaseline:
+    """One row of the study: a tuner method, its grid, and where Safe LoRA's / SafeMERGE's V comes from
+    (``safety``: the safety adapter's delta; ``aligned-original``: W(A) − W(SmolLM2-Instruct), the Safe LoRA
+    paper's choice)."""
+
+    method: str
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    v_source: str = "safety"
+
+
+#: Frozen 2026-12-03, before any baseline was measured on the robust family. Why these grids: uniform keeps the
+#: tuner's default grid (λ 0.25-2 brackets v2a's per-layer λ, 0.6-1.1); the others are cut from the tuner's
+#: defaults (42 candidates per adapter, ~2 minutes each through the server: 8 hours for six adapters) to the
+#: values around each paper's default, 24 candidates per adapter in all.
+STUDY: dict[str, StudyBaseline] = {
+    "uniform": StudyBaseline("uniform", {"lam": [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]}),
+    "safemerge": StudyBaseline("safemerge", {"threshold": [0.35, 0.5, 0.7], "weight": [0.2, 0.5]}),
+    "safe_lora": StudyBaseline("safe_lora", {"threshold": [0.1, 0.2, 0.35, 0.5, 0.7]}),
+    "resta_dare": StudyBaseline("resta_dare", {"lam": [0.5, 1.0], "p": [0.5, 0.9]}),
+    "safe_lora_orig": StudyBaseline("safe_lora", {"threshold": [0.35, 0.5, 0.7]}, v_source="aligned-original"),
+}
+
+
+@dataclass(frozen=True)
+class Server:
+    endpoint: str
+    base: str
+    api_key: str
+    admin_key: str
+    root: Path
+
+
+@contextmanager
+def family_server(work: Path, assets: Path = FAMILY) -> Iterator[Server]:
+    """The family served plain (the family check's engine settings) with the admin API on; ``work`` is the adapter
+    root, so the task adapters are copied under it (the server takes adapters under its root only) and the tuner
+    builds its candidates there."""
+    from server.cli.demo import demo_server_config
+    from server.process import ServerProcess, free_port, safegene_serve_argv, server_env
+
+    work = work.resolve()
+    copies = work / "family"
+    for name in family_tasks(assets):
+        dst = copies / "tasks" / name
+        if not dst.is_dir():
+            shutil.copytree(assets / "tasks" / name, dst.with_name(f".{name}.tmp"), dirs_exist_ok=True)
+            dst.with_name(f".{name}.tmp").rename(dst)
+    with tempfile.TemporaryDirectory(prefix="sg-baselines-") as td:
+        port = free_port()
+        demo_cfg, _ = demo_server_config(assets=assets, state_dir=Path(td) / "state", port=port, quiet=True)
+        cfg = server_config(demo_cfg, copies, port, safe=False)
+        cfg["auth"], cfg["adapter_root"] = demo_cfg["auth"], str(work)
+        cfg_path = Path(td) / "server.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        server = ServerProcess(safegene_serve_argv(cfg_path), port=port, env=server_env("2"),
+                               label="baseline server", log_path=work / "server.log")
+        t0 = time.time()
+        server.start(timeout=900)
+        log(f"baseline server up in {time.time() - t0:.0f}s")
+        try:
+            yield Server(server.base_url, cfg["base"]["served_name"], cfg["auth"]["api_keys"][0],
+                         cfg["auth"]["admin_keys"][0], work)
+        finally:
+            server.stop()
+
+
+def v_sources(v_source: str) -> dict[str, Path]:
+    """The tuner's keyword arguments for V (the safety adapter is always given: SafeMERGE merges it)."""
+    if v_source == "safety":
+        return {}
+    if v_source == "aligned-original":
+        from safegene_runtime.models import prepare_smollm2
+
+        from .v2_probe import aligned_A
+
+        return {"aligned": aligned_A(), "original": prepare_smollm2(quiet=True)}
+    raise ValueError(f"unknown V source {v_source!r}")
+
+
+def tuned_dir(out: Path, baseline: str, adapter: str) -> Path:
+    return out / "tuned" / baseline / adapter
+
+
+def tune_all(out: Path, baselines: list[str], only: list[str] | None = None, assets: Path = FAMILY) -> None:
+    """Tune each (baseline, adapter) not yet in ``<out>/tuned``, baseline by baseline (each finished baseline covers
+    the whole family); resumable."""
+    from safegene_runtime.baselines.served import ServedEvaluator
+    from safegene_runtime.baselines.tune import expand_grid, tune
+
+    tasks = family_tasks(assets)
+    names = [n for n in tasks if not only or n in only]
+    todo = [(b, n) for b in baselines for n in names if not (tuned_dir(out, b, n) / "manifest.json").is_file()]
+    if not todo:
+        log("every requested (baseline, adapter) is tuned already")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    val_dir = out / "task-val"
+    val_dir.mkdir(exist_ok=True)
+    with family_server(out, assets) as srv:
+        for b, name in todo:
+            spec = STUDY[b]
+            evaluator = ServedEvaluator(srv.endpoint, base_model=srv.base, harmful=HARMFUL, benign=BENIGN,
+                                        task=str(write_val(tasks[name], val_dir)), out=out / "eval",
+                                        api_key=srv.api_key, admin_key=srv.admin_key, max_tokens=MAX_TOKENS)
+            t0 = time.time()
+            log(f"tune {b} on {name}: {len(expand_grid(spec.grid))} candidates")
+            path = tune(spec.method, srv.root / "family" / "tasks" / name, evaluator,
+                        sets=[HARMFUL, BENIGN], safety=assets / "safety", grid=spec.grid,
+                        out=tuned_dir(out, b, name), store=out / "store", **v_sources(spec.v_source))
+            t = json.loads((path / "manifest.json").read_text())["tuning"]
+            log(f"tuned {b} on {name} in {time.time() - t0:.0f}s: {t['knobs']} (feasible={t['feasible']})")
+
+
+def rows(out: Path) -> list[dict[str, Any]]:
+    """One row per tuned (baseline, adapter): the chosen knobs, its validation numbers and the references."""
+    found = []
+    for b in STUDY:
+        for m in sorted((out / "tuned" / b).glob("*/manifest.json")) if (out / "tuned" / b).is_dir() else []:
+            t = json.loads(m.read_text())["tuning"]
+            chosen = t["candidates"][t["chosen"]]
+            found.append({"baseline": b, "adapter": m.parent.name, "knobs": t["knobs"], "feasible": t["feasible"],
+                          "metrics": chosen["metrics"], "reference": t["reference"],
+                          "candidates": len(t["candidates"]), "id": json.loads(m.read_text())["id"]})
+    return found
+
+
+def table(out: Path) -> str:
+    """The tuned baselines as a markdown table (percentages; plain and A from the tuner's references)."""
+    head = ("| adapter | baseline | knobs chosen | HR (phrase) | over-refusal | task | plain task | A over-refusal "
+            "| meets both bounds |\n|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in sorted(rows(out), key=lambda r: (r["adapter"], list(STUDY).index(r["baseline"]))):
+        m, ref = r["metrics"], r["reference"]
+        knobs = ", ".join(f"{k}={v:g}" for k, v in r["knobs"].items())
+        lines.append(f"| {r['adapter']} | {r['baseline']} | {knobs} | {100 * m['harmful_rate']:.1f}% | "
+                     f"{100 * m['over_refusal_rate']:.1f}% | {100 * m['task_score']:.0f}% | "
+                     f"{100 * ref['plain']['task_score']:.0f}% | {100 * ref['aligned']['over_refusal_rate']:.1f}% | "
+                     f"{'yes' if r['feasible'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("tune", "table"))
+    ap.add_argument("--method", default=",".join(STUDY),
+                    help=f"comma-separated study baselines, in this order (default: all, {', '.join(STUDY)})")
+    ap.add_argument("--only", help="comma-separated adapters of the family (default: all six)")
+    ap.add_argument("--out", type=Path, default=OUT, help="work folder (default %(default)s)")
+    ap.add_argument("--assets", type=Path, default=FAMILY, help="the family folder (default assets/smollm2)")
+    args = ap.parse_args(argv)
+    methods = [m for m in args.method.split(",") if m]
+    unknown = [m for m in methods if m not in STUDY]
+    if unknown:
+        ap.error(f"unknown baseline(s) {unknown}; the study's are {list(STUDY)}")
+    if args.command == "tune":
+        tune_all(args.out, methods, args.only.split(",") if args.only else None, args.assets)
+    print(table(args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
