@@ -56,16 +56,17 @@ class StudyBaseline:
     v_source: str = "safety"
 
 
-#: Frozen 2026-12-03, before any baseline was measured on the robust family. Why these grids: uniform keeps the
-#: tuner's default grid (λ 0.25-2 brackets v2a's per-layer λ, 0.6-1.1); the others are cut from the tuner's
-#: defaults (42 candidates per adapter, ~2 minutes each through the server: 8 hours for six adapters) to the
-#: values around each paper's default, 24 candidates per adapter in all.
+#: Frozen 2026-12-03, before any baseline was measured on the robust family (uniform first; the others' grids were
+#: cut once more, still before any of them was measured). Why these grids: uniform keeps the tuner's default grid
+#: (λ 0.25-2 brackets v2a's per-layer λ, 0.6-1.1); the others are cut from the tuner's defaults (42 candidates per
+#: adapter at ~2.1 minutes each through the server: 9 hours for six adapters) to the values around each paper's
+#: default, 19 candidates per adapter in all (4 hours). SafeGene v2 itself was chosen among 3 candidates.
 STUDY: dict[str, StudyBaseline] = {
     "uniform": StudyBaseline("uniform", {"lam": [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]}),
-    "safemerge": StudyBaseline("safemerge", {"threshold": [0.35, 0.5, 0.7], "weight": [0.2, 0.5]}),
-    "safe_lora": StudyBaseline("safe_lora", {"threshold": [0.1, 0.2, 0.35, 0.5, 0.7]}),
+    "safemerge": StudyBaseline("safemerge", {"threshold": [0.35, 0.5], "weight": [0.2, 0.5]}),
+    "safe_lora": StudyBaseline("safe_lora", {"threshold": [0.2, 0.35, 0.5]}),
     "resta_dare": StudyBaseline("resta_dare", {"lam": [0.5, 1.0], "p": [0.5, 0.9]}),
-    "safe_lora_orig": StudyBaseline("safe_lora", {"threshold": [0.35, 0.5, 0.7]}, v_source="aligned-original"),
+    "safe_lora_orig": StudyBaseline("safe_lora", {"threshold": [0.35, 0.5]}, v_source="aligned-original"),
 }
 
 
