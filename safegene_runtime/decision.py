@@ -327,25 +327,38 @@ def judged_file(path: str | Path) -> Path:
     return f
 
 
-def load_outcomes(paths: Iterable[str | Path]) -> dict[str, dict[str, Outcomes]]:
+def load_outcomes(paths: Iterable[str | Path], rename: Mapping[str, str] | None = None
+                  ) -> dict[str, dict[str, Outcomes]]:
     """Per model, per metric, the per-prompt events of ``judged.jsonl`` files (eval folders or files). Folders are
     combined (the safety folder for harm and over-refusal, a task folder for accuracy); one prompt judged twice
-    for one model with two different events is an error."""
+    for one model with two different events is an error.
+
+    ``rename`` maps a served name to the name the rule reads (:func:`parse_model`), for models a server cannot
+    serve under that name: a server serves one ``+safegene`` variant per task, so seed 1 of ``ad`` may be served as
+    ``ad-seed1+safegene`` and renamed ``ad+safegene-seed1``. Two served names renamed alike are an error."""
+    rename = dict(rename or {})
+    clash = sorted({v for v in rename.values() if list(rename.values()).count(v) > 1})
+    if clash:
+        raise ValueError(f"rename maps two served names to each of {clash}")
+    targets = set(rename.values())
     out: dict[str, dict[str, Outcomes]] = {}
     seen: dict[tuple[str, str, Prompt], Path] = {}
     for path in paths:
         f = judged_file(path)
         for row in read_responses(f):
-            prompt = (row["set"], row["id"])
+            prompt, model = (row["set"], row["id"]), rename.get(row["model"], row["model"])
+            if model in rename or (model == row["model"] and model in targets):
+                raise ValueError(f"{model!r} is both a served name and a rename target: rename it, or pick another "
+                                 "target")
             for key, o in OUTCOMES.items():
                 if row["role"] != o.role or (e := o.event(row)) is None:
                     continue
-                per = out.setdefault(row["model"], {}).setdefault(key, {})
+                per = out.setdefault(model, {}).setdefault(key, {})
                 if prompt in per and per[prompt] != e:
-                    raise ValueError(f"{row['model']} {key} on {prompt}: {seen[(row['model'], key, prompt)]} and "
+                    raise ValueError(f"{model} {key} on {prompt}: {seen[(model, key, prompt)]} and "
                                      f"{f} disagree; pass one evaluation of each prompt")
                 per[prompt] = e
-                seen[(row["model"], key, prompt)] = f
+                seen[(model, key, prompt)] = f
     return out
 
 

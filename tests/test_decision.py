@@ -287,3 +287,26 @@ def test_decide_cli_round_trip(tmp_path, capsys):
         main(["decide", "--help"])
     helptext = " ".join(capsys.readouterr().out.split())
     assert "better on all three numbers" in helptext and "McNemar" in helptext and "default 0,1,2" in helptext
+
+
+def test_renamed_served_models_are_decided_under_the_rules_names(tmp_path, capsys):
+    """A server serves one +safegene variant per task, so seeds 1 and 2 are served under other task names and
+    renamed; a rename onto a name that is also served, or two names onto one, is refused."""
+    sg, base = sg_model(), better_than_sg(True, True, True)
+    rows = []
+    for name, per in (("ad+safegene", sg), ("ad-seed1+safegene", sg), ("ad-seed2+safegene", sg),
+                      ("ad-uniform", base), ("ad", base)):
+        rows += _judged_rows(name, per)
+    _write(tmp_path / "e", rows)
+    names = {"ad+safegene": "ad+safegene-seed0", "ad-seed1+safegene": "ad+safegene-seed1",
+             "ad-seed2+safegene": "ad+safegene-seed2", "ad-uniform": "ad+uniform"}
+    per = load_outcomes([tmp_path / "e"], names)
+    assert set(per) == {"ad", *names.values()} and per["ad+safegene-seed1"] == per["ad+safegene-seed0"]
+    (tmp_path / "names.json").write_text(json.dumps(names))
+    assert main(["decide", str(tmp_path / "e"), "--rename", str(tmp_path / "names.json"), "--resamples", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "| ad | **beaten** | uniform |" in out and "| ad | safegene | 0, 1, 2 |" in out
+    with pytest.raises(ValueError, match="both a served name and a rename target"):
+        load_outcomes([tmp_path / "e"], {"ad-uniform": "ad"})
+    with pytest.raises(ValueError, match="two served names"):
+        load_outcomes([tmp_path / "e"], {"ad-uniform": "ad+x", "ad-seed1+safegene": "ad+x"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from pathlib import Path
 
 from ..artifacts import atomic_write_json, atomic_write_text
@@ -72,6 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="bootstrap resamples (default %(default)s)")
     p.add_argument("--bootstrap-seed", type=int, default=DEFAULTS.bootstrap_seed,
                    help="seed of the bootstrap (default %(default)s)")
+    p.add_argument("--rename", type=Path, metavar="FILE.json",
+                   help="a JSON object {served name: name the rule reads}, for models a server could not serve under "
+                        "the rule's names (one +safegene variant per task: serve seed 1 as ad-seed1+safegene, rename "
+                        "it ad+safegene-seed1)")
     p.add_argument("--out", type=Path, help="also write the Markdown here")
     p.add_argument("--json", type=Path, help="also write the verdicts (every number) as JSON here")
     p.set_defaults(func=run)
@@ -82,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
                          bootstrap_seed=args.bootstrap_seed, test=args.test, safegene=args.safegene,
                          baselines=args.baselines, seed_suffix=args.seed_suffix,
                          harm_judges=tuple(HARM_METRICS) if args.harm_judge == "both" else (args.harm_judge,))
-    verdicts, notes = decide(load_outcomes(args.results), cfg, adapters=args.adapters)
+    rename = json.loads(args.rename.read_text()) if args.rename else None
+    if rename is not None and not (isinstance(rename, dict) and all(isinstance(k, str) and isinstance(v, str)
+                                                                   for k, v in rename.items())):
+        raise ValueError(f"{args.rename}: expected a JSON object of served name -> name")
+    verdicts, notes = decide(load_outcomes(args.results, rename), cfg, adapters=args.adapters)
     md = markdown(verdicts, notes, cfg)
     print(md, end="")
     if args.out:
