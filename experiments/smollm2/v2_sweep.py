@@ -37,6 +37,8 @@ from .run import log
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILY = REPO / "assets" / "smollm2"
+#: where candidates' coefficients and checks go (``--out``)
+OUT = safegene_home() / "experiments" / "smollm2" / "v2-sweep"
 
 #: the study profile's calibration settings (run.py's robust profile: 20 steps at lr 0.1, 16-token teachers) and the
 #: current recipe's choices (every layer, benign contrast 0.3), which the candidates extend
@@ -241,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
                          "<candidate>/seed<s>/ for s > 0; default 0)")
     ap.add_argument("--check", default="check",
                     help="compare: the candidate's check folder to pair (e.g. check-reverse-clean+topic-clean)")
-    ap.add_argument("--out", type=Path, default=safegene_home() / "experiments" / "smollm2" / "v2-sweep")
+    ap.add_argument("--out", type=Path, default=OUT)
     a = ap.parse_args(argv)
     if a.step == "cal":
         cal(a.candidate, a.out, only=a.only.split(",") if a.only else None, seed=a.seed)
