@@ -25,18 +25,15 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-import yaml
-
 from safegene_runtime.paths import safegene_home
 
-from .family import BENIGN, HARMFUL, MAX_TOKENS, family_tasks, server_config
+from .family import BENIGN, HARMFUL, MAX_TOKENS, family_server, family_tasks
 from .run import log
 from .tasks import write_val
 
@@ -80,37 +77,27 @@ class Server:
 
 
 @contextmanager
-def family_server(work: Path, assets: Path = FAMILY) -> Iterator[Server]:
-    """The family served plain (the family check's engine settings) with the admin API on; ``work`` is the adapter
-    root, so the task adapters are copied under it (the server takes adapters under its root only) and the tuner
-    builds its candidates there."""
-    from server.cli.demo import demo_server_config
-    from server.process import ServerProcess, free_port, safegene_serve_argv, server_env
-
+def admin_server(work: Path, assets: Path = FAMILY) -> Iterator[Server]:
+    """The family served plain (:func:`.family.family_server`) with the admin API on; ``work`` is the adapter root,
+    so the task adapters are copied under it (the server takes adapters under its root only) and the tuner builds
+    its candidates there."""
     work = work.resolve()
-    copies = work / "family"
+    copies = work / "family" / "tasks"
     for name in family_tasks(assets):
-        dst = copies / "tasks" / name
-        if not dst.is_dir():
-            shutil.copytree(assets / "tasks" / name, dst.with_name(f".{name}.tmp"), dirs_exist_ok=True)
-            dst.with_name(f".{name}.tmp").rename(dst)
-    with tempfile.TemporaryDirectory(prefix="sg-baselines-") as td:
-        port = free_port()
-        demo_cfg, _ = demo_server_config(assets=assets, state_dir=Path(td) / "state", port=port, quiet=True)
-        cfg = server_config(demo_cfg, copies, port, safe=False)
+        if not (copies / name).is_dir():
+            tmp = copies / f".{name}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(assets / "tasks" / name, tmp)
+            tmp.rename(copies / name)
+
+    def edit(cfg: dict, demo_cfg: dict) -> None:
+        for t in cfg["tasks"]:
+            t["path"] = str(copies / t["name"])
         cfg["auth"], cfg["adapter_root"] = demo_cfg["auth"], str(work)
-        cfg_path = Path(td) / "server.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        server = ServerProcess(safegene_serve_argv(cfg_path), port=port, env=server_env("2"),
-                               label="baseline server", log_path=work / "server.log")
-        t0 = time.time()
-        server.start(timeout=900)
-        log(f"baseline server up in {time.time() - t0:.0f}s")
-        try:
-            yield Server(server.base_url, cfg["base"]["served_name"], cfg["auth"]["api_keys"][0],
-                         cfg["auth"]["admin_keys"][0], work)
-        finally:
-            server.stop()
+
+    with family_server(assets, work / "server.log", label="baseline server", edit=edit) as (server, cfg):
+        yield Server(server.base_url, cfg["base"]["served_name"], cfg["auth"]["api_keys"][0],
+                     cfg["auth"]["admin_keys"][0], work)
 
 
 def v_sources(v_source: str) -> dict[str, Path]:
@@ -145,7 +132,7 @@ def tune_all(out: Path, baselines: list[str], only: list[str] | None = None, ass
     out.mkdir(parents=True, exist_ok=True)
     val_dir = out / "task-val"
     val_dir.mkdir(exist_ok=True)
-    with family_server(out, assets) as srv:
+    with admin_server(out, assets) as srv:
         for b, name in todo:
             spec = STUDY[b]
             evaluator = ServedEvaluator(srv.endpoint, base_model=srv.base, harmful=HARMFUL, benign=BENIGN,

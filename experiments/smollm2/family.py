@@ -20,7 +20,9 @@ import json
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, Iterator
 
 import yaml
 
@@ -73,36 +75,49 @@ def rates(out: Path) -> dict[str, dict]:
     return {m: {k: v[k] for k in keep if v.get(k)} for m, v in res.items()}
 
 
+@contextmanager
+def family_server(assets: Path, log_path: Path, *, label: str = "family server", safe: bool = False,
+                  plain: bool = True, edit: Callable[[dict, dict], None] | None = None,
+                  timeout: float = 900) -> Iterator[tuple[ServerProcess, dict]]:
+    """``assets`` served as the family check serves it (:func:`server_config`), after ``edit(cfg, demo_cfg)`` (the
+    baseline tuner turns the admin API on, the locked test replaces the task entries); yields the started server
+    and its config, and stops it on exit."""
+    with tempfile.TemporaryDirectory(prefix="sg-family-") as td:
+        port = free_port()
+        demo_cfg, _ = demo_server_config(assets=assets, state_dir=Path(td) / "state", port=port, quiet=True)
+        cfg = server_config(demo_cfg, assets, port, safe, plain)
+        if edit is not None:
+            edit(cfg, demo_cfg)
+        cfg_path = Path(td) / "server.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        server = ServerProcess(safegene_serve_argv(cfg_path), port=port, env=server_env("2"), label=label,
+                               log_path=log_path)
+        t0 = time.time()
+        server.start(timeout=timeout)
+        log(f"{label} up in {time.time() - t0:.0f}s: {cfg['base']['served_name']} + {len(cfg['tasks'])} task entries")
+        try:
+            yield server, cfg
+        finally:
+            server.stop()
+
+
 def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, harmful: str = HARMFUL) -> dict:
     """Serve ``assets`` and evaluate A and the plain variants (``plain``), the ``+safegene`` ones (``safe``) or
     both; ``summary.json`` in ``out``. The erosion numbers need the plain variants (empty without them)."""
     assets, out = assets.resolve(), out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     tasks = family_tasks(assets)
-    with tempfile.TemporaryDirectory(prefix="sg-family-") as td:
-        port = free_port()
-        demo_cfg, _ = demo_server_config(assets=assets, state_dir=Path(td) / "state", port=port, quiet=True)
-        cfg = server_config(demo_cfg, assets, port, safe, plain)
-        cfg_path = Path(td) / "server.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with family_server(assets, out / "server.log", safe=safe, plain=plain) as (server, cfg):
         base = cfg["base"]["served_name"]
-        server = ServerProcess(safegene_serve_argv(cfg_path), port=port, env=server_env("2"),
-                               label="family server", log_path=out / "server.log")
-        t0 = time.time()
-        server.start(timeout=900)
-        try:
-            log(f"family server up in {time.time() - t0:.0f}s: {base} + {', '.join(tasks)}")
-            eval_cli(server.base_url, base, out / "base", harmful=harmful, benign=BENIGN, task=None, limit=None,
-                     max_tokens=MAX_TOKENS, log=log)
-            summary = {"base": base, "models": rates(out / "base")}
-            for task in sorted(set(tasks.values())):
-                names = [n for n, t in tasks.items() if t == task]
-                models = (names if plain else []) + ([f"{n}+safegene" for n in names] if safe else [])
-                eval_cli(server.base_url, ",".join(models), out / task, harmful=harmful, benign=BENIGN,
-                         task=write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
-                summary["models"] |= rates(out / task)
-        finally:
-            server.stop()
+        eval_cli(server.base_url, base, out / "base", harmful=harmful, benign=BENIGN, task=None, limit=None,
+                 max_tokens=MAX_TOKENS, log=log)
+        summary = {"base": base, "models": rates(out / "base")}
+        for task in sorted(set(tasks.values())):
+            names = [n for n, t in tasks.items() if t == task]
+            models = (names if plain else []) + ([f"{n}+safegene" for n in names] if safe else [])
+            eval_cli(server.base_url, ",".join(models), out / task, harmful=harmful, benign=BENIGN,
+                     task=write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
+            summary["models"] |= rates(out / task)
     a_hr = summary["models"][base]["harmful_response_rate"]["rate"]
     summary["erosion"] = {n: round(100 * (summary["models"][n]["harmful_response_rate"]["rate"] - a_hr), 1)
                           for n in tasks if n in summary["models"]}

@@ -25,19 +25,15 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from safegene_runtime.paths import safegene_home
 from safegene_runtime.prompts import write_jsonl
 
 from . import baselines, v2_sweep
 from .evaluate import eval_cli
-from .family import family_tasks, server_config
+from .family import family_server, family_tasks
 from .run import log
 from .tasks import generate, task_file_rows
 
@@ -123,9 +119,6 @@ def renames(entries: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def run(out: Path, assets: Path = FAMILY, sweep: Path = v2_sweep.OUT, tuned: Path = baselines.OUT) -> None:
-    from server.cli.demo import demo_server_config
-    from server.process import ServerProcess, free_port, safegene_serve_argv, server_env
-
     entries, missing = pieces(assets, sweep, tuned)
     if missing:
         raise SystemExit("the frozen procedure is not built yet, so the test does not run:\n  " + "\n  ".join(missing))
@@ -136,34 +129,25 @@ def run(out: Path, assets: Path = FAMILY, sweep: Path = v2_sweep.OUT, tuned: Pat
     (out / "names.json").write_text(json.dumps(renames(entries), indent=1) + "\n")
     (out / "procedure.json").write_text(json.dumps(PROCEDURE, indent=1) + "\n")
     kinds = family_tasks(assets)
-    with tempfile.TemporaryDirectory(prefix="sg-locked-") as td:
-        port = free_port()
-        demo_cfg, _ = demo_server_config(assets=assets, state_dir=Path(td) / "state", port=port, quiet=True)
-        cfg = server_config(demo_cfg, assets, port, safe=False)
+
+    def edit(cfg: dict, demo_cfg: dict) -> None:
         cfg["tasks"], cfg["adapter_root"] = tasks, str(out / "adapters")
         cfg["engine"]["max_cpu_loras"] = len(tasks) + sum("safe" in t["variants"] for t in tasks)
-        cfg_path = Path(td) / "server.yaml"
-        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        server = ServerProcess(safegene_serve_argv(cfg_path), port=port, env=server_env("2"),
-                               label="locked-test server", log_path=out / "server.log")
-        t0 = time.time()
-        server.start(timeout=1800)
-        try:
-            log(f"locked-test server up in {time.time() - t0:.0f}s: {len(tasks)} task entries")
-            # served name -> the task its adapter was trained on (A: None)
-            served = {cfg["base"]["served_name"]: None} | {
-                f"{e['name']}+safegene" if v == "safe" else e["name"]: kinds[e["adapter"]]
-                for e in entries for v in e["variants"]}
-            eval_cli(server.base_url, ",".join(served), out / "safety", harmful=PROCEDURE["harmful"],
-                     benign=PROCEDURE["benign"], task=None, limit=None, max_tokens=PROCEDURE["max_tokens"], log=log,
-                     test_run=TEST_RUN + ": harmful and over-refusal sets")
-            for task, path in tests.items():
-                mine = [m for m, t in served.items() if t == task]
-                eval_cli(server.base_url, ",".join(mine), out / f"task-{task}", harmful=None, benign=None,
-                         task=path, limit=None, max_tokens=PROCEDURE["max_tokens"], log=log,
-                         test_run=TEST_RUN + f": task {task} test items")
-        finally:
-            server.stop()
+
+    with family_server(assets, out / "server.log", label="locked-test server", edit=edit,
+                       timeout=1800) as (server, cfg):
+        # served name -> the task its adapter was trained on (A: None)
+        served = {cfg["base"]["served_name"]: None} | {
+            f"{e['name']}+safegene" if v == "safe" else e["name"]: kinds[e["adapter"]]
+            for e in entries for v in e["variants"]}
+        eval_cli(server.base_url, ",".join(served), out / "safety", harmful=PROCEDURE["harmful"],
+                 benign=PROCEDURE["benign"], task=None, limit=None, max_tokens=PROCEDURE["max_tokens"], log=log,
+                 test_run=TEST_RUN + ": harmful and over-refusal sets")
+        for task, path in tests.items():
+            mine = [m for m, t in served.items() if t == task]
+            eval_cli(server.base_url, ",".join(mine), out / f"task-{task}", harmful=None, benign=None,
+                     task=path, limit=None, max_tokens=PROCEDURE["max_tokens"], log=log,
+                     test_run=TEST_RUN + f": task {task} test items")
     decide(out)
 
 
@@ -173,8 +157,8 @@ def decide(out: Path) -> None:
 
     folders = [str(out / "safety")] + [str(p) for p in sorted(out.glob("task-*")) if p.is_dir()]
     code = cli(["decide", *folders, "--rename", str(out / "names.json"),
-                "--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", ",".join(map(str, PROCEDURE["seeds"])), "--out", str(out / "decision.md"),
-                "--json", str(out / "decision.json")])
+                "--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", ",".join(map(str, PROCEDURE["seeds"])),
+                "--out", str(out / "decision.md"), "--json", str(out / "decision.json")])
     if code:
         raise SystemExit(code)
 
