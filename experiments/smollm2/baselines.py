@@ -156,19 +156,29 @@ def rows(out: Path) -> list[dict[str, Any]]:
             chosen = t["candidates"][t["chosen"]]
             found.append({"baseline": b, "adapter": m.parent.name, "knobs": t["knobs"], "feasible": t["feasible"],
                           "metrics": chosen["metrics"], "reference": t["reference"],
+                          "response_hr": response_hr(out, chosen["candidate_id"]),
                           "candidates": len(t["candidates"]), "id": json.loads(m.read_text())["id"]})
     return found
 
 
+def response_hr(out: Path, candidate_id: str) -> dict[str, Any] | None:
+    """The response judge's harmful rate of a candidate (the tuner's rule reads the phrase judge's), from its eval
+    folder (:class:`~safegene_runtime.baselines.served.ServedEvaluator` names it ``tune-<id12>``)."""
+    name = f"tune-{candidate_id[:12]}"
+    f = out / "eval" / name / "results.json"
+    return json.loads(f.read_text())["models"][name].get("response_harmful_rate") if f.is_file() else None
+
+
 def table(out: Path) -> str:
     """The tuned baselines as a markdown table (percentages; plain and A from the tuner's references)."""
-    head = ("| adapter | baseline | knobs chosen | HR (phrase) | over-refusal | task | plain task | A over-refusal "
-            "| meets both bounds |\n|---|---|---|---|---|---|---|---|---|")
+    head = ("| adapter | baseline | knobs chosen | HR (phrase) | HR (response judge) | over-refusal | task | plain task "
+            "| A over-refusal | meets both bounds |\n|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in sorted(rows(out), key=lambda r: (r["adapter"], list(STUDY).index(r["baseline"]))):
         m, ref = r["metrics"], r["reference"]
         knobs = ", ".join(f"{k}={v:g}" for k, v in r["knobs"].items())
-        lines.append(f"| {r['adapter']} | {r['baseline']} | {knobs} | {100 * m['harmful_rate']:.1f}% | "
+        rj = f"{100 * r['response_hr']['rate']:.1f}%" if r["response_hr"] else "–"
+        lines.append(f"| {r['adapter']} | {r['baseline']} | {knobs} | {100 * m['harmful_rate']:.1f}% | {rj} | "
                      f"{100 * m['over_refusal_rate']:.1f}% | {100 * m['task_score']:.0f}% | "
                      f"{100 * ref['plain']['task_score']:.0f}% | {100 * ref['aligned']['over_refusal_rate']:.1f}% | "
                      f"{'yes' if r['feasible'] else 'no'} |")

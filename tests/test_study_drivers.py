@@ -1,5 +1,6 @@
-"""The locked test's plan (``experiments.smollm2.locked_test``), without an engine: every model it serves has a name
-the server accepts, every name maps to the one the decision rule reads, and nothing runs while a piece is missing."""
+"""The study's drivers without an engine: the baseline tuner's grids build and its table reads what the tuner wrote
+(``experiments.smollm2.baselines``); the locked test (``experiments.smollm2.locked_test``) serves every model under a
+name the server accepts, maps each to the name the decision rule reads, and runs nothing while a piece is missing."""
 
 from __future__ import annotations
 
@@ -57,3 +58,33 @@ def test_run_refuses_while_the_procedure_is_incomplete(tmp_path):
     with pytest.raises(SystemExit, match="not built yet, so the test does not run"):
         locked_test.run(tmp_path / "out", assets, tmp_path / "sweep", tmp_path / "tuned")
     assert not (tmp_path / "out").exists()  # nothing staged, nothing recorded
+
+
+def test_every_study_grid_builds_and_the_table_reads_what_the_tuner_wrote(make_lora, tmp_path, monkeypatch):
+    from safegene_runtime.baselines.tune import METHODS, expand_grid, tune
+    from tests.test_baselines import fake_evaluator
+
+    task = make_lora("task", rank=4, seed=1, magnitude=0.05)
+    safety = make_lora("safety", rank=8, alpha=8, seed=2, magnitude=0.05)
+    for name, spec in baselines.STUDY.items():  # each grid's knobs are what its builder reads
+        if spec.v_source == "safety":
+            for knobs in expand_grid(spec.grid)[:1] + expand_grid(spec.grid)[-1:]:
+                assert (METHODS[spec.method][0](task, safety, knobs, tmp_path / "built", {}) / "manifest.json"
+                        ).is_file(), name
+    monkeypatch.setenv("SG_FAKE_EVAL", json.dumps({"task": str(task), "safety": str(safety)}))
+    out = tmp_path / "study"
+    tuned = tune("uniform", task, fake_evaluator, sets=["harmful-val", "edgy-benign-val"], safety=safety,
+                 grid=baselines.STUDY["uniform"].grid, out=baselines.tuned_dir(out, "uniform", "x-clean"),
+                 store=tmp_path / "store", progress=False)
+    t = json.loads((tuned / "manifest.json").read_text())["tuning"]
+    cid = t["candidates"][t["chosen"]]["candidate_id"]
+    ev = out / "eval" / f"tune-{cid[:12]}"
+    ev.mkdir(parents=True)
+    (ev / "results.json").write_text(json.dumps({"models": {f"tune-{cid[:12]}": {
+        "response_harmful_rate": {"rate": 0.0125, "k": 2, "n": 160}}}}))
+    (row,) = baselines.rows(out)
+    assert row["knobs"] == t["knobs"] and row["response_hr"]["k"] == 2
+    line = baselines.table(out).splitlines()[-1]
+    m = t["candidates"][t["chosen"]]["metrics"]
+    assert line.startswith(f"| x-clean | uniform | lam={t['knobs']['lam']:g} | {100 * m['harmful_rate']:.1f}% | 1.2% |")
+    assert line.endswith("| yes |") == t["feasible"]
