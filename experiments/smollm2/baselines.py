@@ -69,6 +69,8 @@ STUDY: dict[str, StudyBaseline] = {
 
 @dataclass(frozen=True)
 class Server:
+    """What the tuner needs of the running family server: its API, A's served name, the keys, the adapter root."""
+
     endpoint: str
     base: str
     api_key: str
