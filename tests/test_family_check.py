@@ -46,6 +46,43 @@ def test_every_task_folder_is_served_plain_under_its_name_in_either_layout(tmp_p
         family.server_config(demo_cfg, assets, 8123, safe=False, plain=False)
 
 
+def test_the_family_server_writes_the_edited_config_and_always_stops(tmp_path, monkeypatch):
+    """family_server (the check's, the baseline tuner's and the locked test's one way to serve a family): the edit
+    sees the family config and the demo's, the server is started on what was written, and stopped on an error."""
+    import yaml
+
+    assets = _family(tmp_path / "fam", {"topic-clean": "topic"})
+    demo_cfg, _ = demo.runtime_config(demo.DEMO_CONFIG, tmp_path / "model", tmp_path / "state", None, assets)
+    monkeypatch.setattr(family, "demo_server_config", lambda **kw: (json.loads(json.dumps(demo_cfg)), []))
+    started: list[dict] = []
+
+    class FakeServer:
+        base_url = "http://127.0.0.1:1/v1"
+
+        def __init__(self, argv, **kw):
+            self.cfg_path = Path(argv[argv.index("--config") + 1])
+
+        def start(self, timeout):
+            started.append({"cfg": yaml.safe_load(self.cfg_path.read_text()), "stopped": False})
+
+        def stop(self):
+            started[-1]["stopped"] = True
+
+    monkeypatch.setattr(family, "ServerProcess", FakeServer)
+
+    def edit(cfg, demo):
+        cfg["auth"] = demo["auth"]
+
+    with family.family_server(assets, tmp_path / "log", edit=edit) as (server, cfg):
+        assert started[-1]["cfg"] == cfg and cfg["auth"] == demo_cfg["auth"]
+        assert [t["name"] for t in cfg["tasks"]] == ["topic-clean"] and not started[-1]["stopped"]
+    assert started[-1]["stopped"]
+    with pytest.raises(RuntimeError, match="boom"):
+        with family.family_server(assets, tmp_path / "log"):
+            raise RuntimeError("boom")
+    assert started[-1]["stopped"] and "auth" not in started[-1]["cfg"]
+
+
 def test_a_v2_candidate_is_laid_out_as_the_shipped_family_with_its_own_coefficients(tmp_path):
     from experiments.smollm2 import v2_sweep
 
