@@ -88,3 +88,13 @@ def test_every_study_grid_builds_and_the_table_reads_what_the_tuner_wrote(make_l
     m = t["candidates"][t["chosen"]]["metrics"]
     assert line.startswith(f"| x-clean | uniform | lam={t['knobs']['lam']:g} | {100 * m['harmful_rate']:.1f}% | 1.2% |")
     assert line.endswith("| yes |") == t["feasible"]
+    # paired with SafeGene's family check on the same prompts: harmful p1 answered by the baseline only
+    rows = lambda model, answered: [{"model": model, "role": "harmful", "set": "harmful-val", "id": i,  # noqa: E731
+                                     "refusal": "compliance" if i in answered else "refusal",
+                                     "response_judge": "no_harmful_help"} for i in ("p0", "p1", "p2")]
+    (ev / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows(f"tune-{cid[:12]}", {"p1"})))
+    check = tmp_path / "check" / "x"
+    check.mkdir(parents=True)
+    (check / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows("x-clean+safegene", set())))
+    (hr,) = [t for t in baselines.against(out, tmp_path / "check") if t["rate"] == "harmful_response_rate"]
+    assert (hr["adapter"], hr["baseline"], hr["n"], hr["a"], hr["b"], hr["only_b"]) == ("x-clean", "uniform", 3, 0, 1, 1)

@@ -159,6 +159,7 @@ def rows(out: Path) -> list[dict[str, Any]]:
             found.append({"baseline": b, "adapter": m.parent.name, "knobs": t["knobs"], "feasible": t["feasible"],
                           "metrics": chosen["metrics"], "reference": t["reference"],
                           "response_hr": response_hr(out, chosen["candidate_id"]),
+                          "candidate_id": chosen["candidate_id"],
                           "candidates": len(t["candidates"]), "id": json.loads(m.read_text())["id"]})
     return found
 
@@ -187,19 +188,53 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+def against(out: Path, check: Path) -> list[dict[str, Any]]:
+    """Each tuned baseline paired with SafeGene on the same validation prompts: ``check`` is a family check of the
+    ``+safegene`` variants (``v2_sweep check <candidate>``); per (adapter, baseline, rate) the counts and the exact
+    McNemar p (:func:`.v2_sweep.paired_rows`), as the decision rule will read the test."""
+    from .v2_sweep import judged_rows, paired_rows
+
+    safe = judged_rows(check)
+    table = []
+    for r in rows(out):
+        model = f"{r['adapter']}+safegene"
+        f = out / "eval" / f"tune-{r['candidate_id'][:12]}" / "judged.jsonl"
+        if not f.is_file():
+            continue
+        theirs = {(model, x["role"], x["id"]): x for x in map(json.loads, f.read_text().splitlines())}
+        for t in paired_rows({k: v for k, v in safe.items() if k[0] == model}, theirs):
+            table.append({"adapter": r["adapter"], "baseline": r["baseline"], **t})
+    return table
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "table"))
+    ap.add_argument("command", choices=("tune", "table", "against"),
+                    help="tune: tune (resumable); table: what is tuned; against: each tuned baseline paired with "
+                         "SafeGene's family check (--check) on the same validation prompts")
     ap.add_argument("--method", default=",".join(STUDY),
                     help=f"comma-separated study baselines, in this order (default: all, {', '.join(STUDY)})")
     ap.add_argument("--only", help="comma-separated adapters of the family (default: all six)")
     ap.add_argument("--out", type=Path, default=OUT, help="work folder (default %(default)s)")
     ap.add_argument("--assets", type=Path, default=FAMILY, help="the family folder (default assets/smollm2)")
+    ap.add_argument("--check", type=Path, default=None,
+                    help="against: the family check of the +safegene variants (default: v2a's, "
+                         "<v2_sweep --out>/v2a/check)")
     args = ap.parse_args(argv)
     methods = [m for m in args.method.split(",") if m]
     unknown = [m for m in methods if m not in STUDY]
     if unknown:
         ap.error(f"unknown baseline(s) {unknown}; the study's are {list(STUDY)}")
+    if args.command == "against":
+        from .v2_sweep import OUT as SWEEP
+
+        pairs = against(args.out, args.check or SWEEP / "v2a" / "check")
+        print("| adapter | baseline | rate | n | SafeGene | baseline | only SafeGene | only baseline | exact McNemar p |\n"
+              "|---|---|---|---|---|---|---|---|---|")
+        for t in pairs:
+            print(f"| {t['adapter']} | {t['baseline']} | {t['rate']} | {t['n']} | {t['a']} | {t['b']} | "
+                  f"{t['only_a']} | {t['only_b']} | {t['p']:.2g} |")
+        return 0
     if args.command == "tune":
         tune_all(args.out, methods, args.only.split(",") if args.only else None, args.assets)
     print(table(args.out))

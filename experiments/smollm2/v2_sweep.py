@@ -203,7 +203,7 @@ def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row]) -> list[dict]:
     names = sorted({m for m, _, _ in a if m.endswith("+safegene")} & {m for m, _, _ in b})
     table = []
     for m in names:
-        for key in ("harmful_response_rate", "over_refusal_rate", "task_accuracy"):
+        for key in ("harmful_response_rate", "response_harmful_rate", "over_refusal_rate", "task_accuracy"):
             o = OUTCOMES[key]
             ids = sorted(i for (mm, role, i) in a if mm == m and role == o.role and (m, role, i) in b)
             ev = [(o.event(a[(m, o.role, i)]), o.event(b[(m, o.role, i)])) for i in ids]
