@@ -98,3 +98,8 @@ def test_every_study_grid_builds_and_the_table_reads_what_the_tuner_wrote(make_l
     (check / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows("x-clean+safegene", set())))
     (hr,) = [t for t in baselines.against(out, tmp_path / "check") if t["rate"] == "harmful_response_rate"]
     assert (hr["adapter"], hr["baseline"], hr["n"], hr["a"], hr["b"], hr["only_b"]) == ("x-clean", "uniform", 3, 0, 1, 1)
+    # the decision rule on the same validation verdicts: the tuned candidate is named as the rule parses it
+    assert baselines.decide_val(out, tmp_path / "check", ["uniform"]) == 0
+    assert json.loads((out / "decide" / "names.json").read_text()) == {f"tune-{cid[:12]}": "x-clean+uniform"}
+    md = (out / "decide" / "decision-val.md").read_text()
+    assert "| x-clean | uniform | +33.3 pts" in md  # one prompt of three answered by the baseline only

@@ -3,6 +3,8 @@
     python -m experiments.smollm2.baselines tune                     # every study baseline, every adapter (resumable)
     python -m experiments.smollm2.baselines tune --method uniform --only sentiment-clean,topic-mix10
     python -m experiments.smollm2.baselines table                    # what has been tuned, as a markdown table
+    python -m experiments.smollm2.baselines against                  # each tuned baseline paired with v2a's check
+    python -m experiments.smollm2.baselines decide                   # the decision rule on validation (seed 0)
 
 ``tune`` starts one family server (the demo family served as :func:`.family.check` serves it: A, stacked LoRAs,
 fp32, greedy, 32 tokens, batch 32; the admin API on, candidates registered as plain-only tasks) and runs
@@ -207,28 +209,58 @@ def against(out: Path, check: Path) -> list[dict[str, Any]]:
     return table
 
 
+def names(out: Path) -> dict[str, str]:
+    """The decision rule's model names of the tuned baselines' eval folders: ``tune-<id12>`` ->
+    ``<adapter>+<baseline>`` (the names ``safegene decide`` parses)."""
+    return {f"tune-{r['candidate_id'][:12]}": f"{r['adapter']}+{r['baseline']}" for r in rows(out)}
+
+
+def decide_val(out: Path, check: Path, methods: list[str]) -> int:
+    """``safegene decide`` on VALIDATION: SafeGene's family check (one seed, models ``<adapter>+safegene``) against
+    every tuned baseline's chosen candidate; ``decision-val.md`` / ``.json`` and ``names.json`` in ``<out>/decide``.
+    A preview of the locked test's verdict, not the verdict (that one reads the test sets, 3 seeds)."""
+    from safegene_runtime.cli import main as cli
+
+    ren = names(out)
+    if not ren:
+        raise SystemExit(f"no tuned baseline under {out}/tuned: run `tune` first")
+    dst = out / "decide"
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = dst / "names.json.tmp"
+    tmp.write_text(json.dumps(ren, indent=1, sort_keys=True) + "\n")
+    tmp.replace(dst / "names.json")
+    folders = [str(p) for p in sorted(check.iterdir()) if (p / "judged.jsonl").is_file()]
+    folders += [str(out / "eval" / n) for n in sorted(ren)]
+    return cli(["decide", *folders, "--rename", str(dst / "names.json"), "--baselines", ",".join(methods),
+                "--seeds", "0", "--out", str(dst / "decision-val.md"), "--json", str(dst / "decision-val.json")])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "table", "against"),
+    ap.add_argument("command", choices=("tune", "table", "against", "decide"),
                     help="tune: tune (resumable); table: what is tuned; against: each tuned baseline paired with "
-                         "SafeGene's family check (--check) on the same validation prompts")
+                         "SafeGene's family check (--check) on the same validation prompts; decide: the decision "
+                         "rule (`safegene decide`) on those validation verdicts")
     ap.add_argument("--method", default=",".join(STUDY),
                     help=f"comma-separated study baselines, in this order (default: all, {', '.join(STUDY)})")
     ap.add_argument("--only", help="comma-separated adapters of the family (default: all six)")
     ap.add_argument("--out", type=Path, default=OUT, help="work folder (default %(default)s)")
     ap.add_argument("--assets", type=Path, default=FAMILY, help="the family folder (default assets/smollm2)")
     ap.add_argument("--check", type=Path, default=None,
-                    help="against: the family check of the +safegene variants (default: v2a's, "
+                    help="against/decide: the family check of the +safegene variants (default: v2a's, "
                          "<v2_sweep --out>/v2a/check)")
     args = ap.parse_args(argv)
     methods = [m for m in args.method.split(",") if m]
     unknown = [m for m in methods if m not in STUDY]
     if unknown:
         ap.error(f"unknown baseline(s) {unknown}; the study's are {list(STUDY)}")
-    if args.command == "against":
+    if args.command in ("against", "decide"):
         from .v2_sweep import OUT as SWEEP
 
-        pairs = against(args.out, args.check or SWEEP / "v2a" / "check")
+        check = args.check or SWEEP / "v2a" / "check"
+        if args.command == "decide":
+            return decide_val(args.out, check, methods)
+        pairs = against(args.out, check)
         print("| adapter | baseline | rate | n | SafeGene | baseline | only SafeGene | only baseline | exact McNemar p |\n"
               "|---|---|---|---|---|---|---|---|---|")
         for t in pairs:
