@@ -9,7 +9,7 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: setup demo test test-fast experiment bench clean-venv
+.PHONY: setup demo test test-fast experiment experiment-pipeline bench clean-venv
 
 setup:
 	@bash scripts/setup_env.sh
@@ -27,8 +27,13 @@ test-fast: setup
 	@set +e; $(PY) -m pytest -m "not engine and not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests were collected: failing"; exit 1; fi; exit $$rc
 
+# The results page's numbers again, from the responses saved in results/ (re-judged; minutes, no model run).
 experiment: setup
-	$(PY) -m experiments.smollm2.run $(EXPERIMENT_ARGS)
+	$(PY) -m experiments.smollm2.evidence recount $(EXPERIMENT_ARGS)
+
+# The staged SmolLM2 pipeline that trains the family and measures it (hours; resumable).
+experiment-pipeline: setup
+	$(PY) -m experiments.smollm2.run $(PIPELINE_ARGS)
 
 bench: setup
 	$(PY) bench/serving.py && $(PY) bench/pipeline.py

@@ -1,0 +1,296 @@
+"""The saved responses behind docs/results.md, and the recount that regenerates its numbers from them (issue 21).
+
+    python -m experiments.smollm2.evidence bundle              # copy the measurements' responses into results/
+    python -m experiments.smollm2.evidence recount             # re-judge them, print every table, decide (= make experiment)
+
+A *measurement* is a named group of ``safegene eval`` folders whose numbers the results page shows (:data:`SOURCES`:
+v2a's validation check, the tuned baselines' chosen candidates, ...). ``bundle`` copies each folder's
+``responses.jsonl`` (the raw model answers: nothing judged) and ``judged.jsonl`` (the verdicts the page was written
+from) into ``results/smollm2/<measurement>/<group>.{responses,judged}.jsonl.gz`` with a ``manifest.json`` naming
+the sets (name, digest, size), the generation settings and every file's sha256; models are renamed to the decision
+rule's names (``<adapter>+<method>``). Files are gzip with a fixed mtime, so the same responses give the same bytes.
+
+``recount`` needs only the repository: it rebuilds every set (a shipped named set, or a task set our generators
+write, :func:`task_set`), refuses a set whose digest differs from the manifest's, judges every response again with
+the judges ``safegene eval`` uses (:func:`safegene_runtime.evaluate.write_reports`: phrase judge, response judge,
+task scorers), writes ordinary eval folders under ``--out`` and prints, per measurement, every model's numbers with
+Wilson intervals, then the decision rule over the measurements that form one comparison (:data:`DECISIONS`). It
+exits 1 when a recounted verdict differs from the saved one: then the page is stale (a judge changed) and says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from safegene_runtime.artifacts import atomic_write_bytes, atomic_write_text
+from safegene_runtime.datasets import NAMED_SETS, PromptSet, load_named, resolve
+from safegene_runtime.digests import prompt_set_digest
+from safegene_runtime.paths import safegene_home
+
+from .tasks import TASKS, write_val
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "results" / "smollm2"
+RESPONSE_FIELDS = ("model", "role", "set", "id", "prompt", "response", "finish")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a measurement's eval folders are on the machine that measured it, and how its models are named.
+    ``folders`` returns (group name, eval folder, {served model name: decision name}) triples."""
+
+    what: str
+    folders: Callable[[], list[tuple[str, Path, dict[str, str]]]]
+
+
+def _check(candidate: str, folder: str = "check") -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
+    """The eval folders of one ``v2_sweep check`` (``<v2_sweep OUT>/<candidate>/<folder>/<group>``)."""
+
+    def folders() -> list[tuple[str, Path, dict[str, str]]]:
+        from .v2_sweep import OUT
+
+        root = OUT / candidate / folder
+        return [(p.name, p, {}) for p in sorted(root.iterdir()) if (p / "responses.jsonl").is_file()] \
+            if root.is_dir() else []
+
+    return folders
+
+
+def _baselines() -> list[tuple[str, Path, dict[str, str]]]:
+    from .baselines import OUT, names
+
+    return [(decision.replace("+", "--"), OUT / "eval" / served, {served: decision})
+            for served, decision in sorted(names(OUT).items())]
+
+
+SOURCES: dict[str, Source] = {
+    "val-v2a-seed0": Source("SafeGene v2 (v2a, seed 0): A and the six +safegene variants on validation "
+                            "(docs/results.md, section SafeGene v2)", _check("v2a")),
+    "val-v2a-rephrased": Source("v2a's +safegene variants and A on harmful-val-rephrased (section SafeGene v2, "
+                                "'Framings A was aligned on less')", _check("v2a", "check-harmful-val-rephrased")),
+    "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
+                      _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
+    "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
+                             _check("v2a-shrink")),
+    "val-baselines": Source("every tuned baseline's chosen candidate on validation "
+                            "(docs/results.md, section Tuned baselines)", _baselines),
+}
+
+#: measurements read together by the decision rule: (name, measurements, safegene decide arguments)
+DECISIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "val-v2a-vs-baselines": (("val-v2a-seed0", "val-baselines"),
+                             ("--baselines", "uniform,safemerge,safe_lora,resta_dare,safe_lora_orig", "--seeds", "0")),
+}
+
+
+# -------------------------------------------------------------------------------------------------------- sets
+
+
+def task_set(name: str, work: Path) -> PromptSet | None:
+    """A task set our generators write (``<task>-val``), rebuilt into ``work``; None for any other name."""
+    task, _, split = name.rpartition("-")
+    if task in TASKS and split == "val":
+        return resolve(write_val(task, work), kind="task")
+    return None
+
+
+def rebuild_set(spec: dict[str, Any], role: str, work: Path) -> PromptSet:
+    """The set a manifest names, rebuilt from the repository; refused when its digest is not the recorded one."""
+    name = spec["name"]
+    s = load_named(name) if name in NAMED_SETS else task_set(name, work)
+    if s is None:
+        raise SystemExit(f"set {name!r} ({role}) is neither a shipped named set nor a task set this module "
+                         "generates: it cannot be rebuilt")
+    digest = prompt_set_digest(s.prompts)
+    if digest != spec["digest"] or len(s) != spec["n"]:
+        raise SystemExit(f"set {name!r} rebuilt with digest {digest[:12]} and {len(s)} prompts, but the responses "
+                         f"were made on {spec['digest'][:12]} with {spec['n']}: the set changed since; re-measure")
+    return s
+
+
+# ------------------------------------------------------------------------------------------------------- files
+
+
+def gz_jsonl(rows: Iterable[dict[str, Any]]) -> bytes:
+    """JSON lines, gzip-compressed with a fixed mtime (the same rows give the same bytes)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as f:
+        for r in rows:
+            f.write((json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n").encode("utf-8"))
+    return buf.getvalue()
+
+
+def read_gz_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in gzip.decompress(path.read_bytes()).decode("utf-8").splitlines() if line]
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------------ bundle
+
+
+def bundle_one(name: str, groups: list[tuple[str, Path, dict[str, str]]], dst: Path, what: str = "") -> dict:
+    """Copy each eval folder's responses and verdicts into ``dst`` (models renamed); write ``manifest.json`` last,
+    so a folder without one is an interrupted bundle."""
+    if not groups:
+        raise SystemExit(f"{name}: no eval folder found on this machine (measure it first)")
+    dst.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for group, folder, rename in groups:
+        results = json.loads((folder / "results.json").read_text())
+        keep = lambda r: {k: r[k] for k in RESPONSE_FIELDS if k in r}  # noqa: E731
+        responses = [{**keep(r), "model": rename.get(r["model"], r["model"])}
+                     for r in _read_jsonl(folder / "responses.jsonl") if r["model"] in results["models"]]
+        judged = [{**r, "model": rename.get(r["model"], r["model"])} for r in _read_jsonl(folder / "judged.jsonl")]
+        files = {}
+        for kind, rows in (("responses", responses), ("judged", judged)):
+            data = gz_jsonl(sorted(rows, key=lambda r: (r["model"], r["role"], r["set"], r["id"])))
+            atomic_write_bytes(dst / f"{group}.{kind}.jsonl.gz", data)
+            files[kind] = {"file": f"{group}.{kind}.jsonl.gz", "sha256": sha256(data), "rows": len(rows)}
+        cfg = results["config"]
+        entries.append({"group": group, "source": str(folder), "files": files,
+                        "models": [rename.get(m, m) for m in results["models"]],
+                        "sets": {role: {k: s[k] for k in ("name", "digest", "n")} for role, s in results["sets"].items()},
+                        "settings": {k: cfg.get(k) for k in ("max_tokens", "temperature", "system_prompt",
+                                                              "response_judge")}})
+    manifest = {"measurement": name, "what": what, "groups": entries}
+    atomic_write_text(dst / "manifest.json", json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return manifest
+
+
+# ----------------------------------------------------------------------------------------------------- recount
+
+
+def recount_one(src: Path, out: Path) -> tuple[list[Path], int, int]:
+    """Re-judge one bundled measurement into eval folders under ``out``; (folders, rows compared, rows differing
+    from the saved verdicts)."""
+    from safegene_runtime.evaluate import RESPONSES, EvalConfig, write_reports
+
+    manifest = json.loads((src / "manifest.json").read_text())
+    folders, compared, differ = [], 0, 0
+    for g in manifest["groups"]:
+        data = (src / g["files"]["responses"]["file"]).read_bytes()
+        if sha256(data) != g["files"]["responses"]["sha256"]:
+            raise SystemExit(f"{src.name}/{g['group']}: responses file does not match its manifest's sha256")
+        work = out / g["group"]
+        work.mkdir(parents=True, exist_ok=True)
+        sets = {role: rebuild_set(spec, role, work) for role, spec in g["sets"].items()}
+        atomic_write_text(work / RESPONSES, gzip.decompress(data).decode("utf-8"))
+        cfg = EvalConfig(endpoint="(recount of saved responses)", models=g["models"], out=work,
+                         max_tokens=g["settings"]["max_tokens"] or 256, system_prompt=g["settings"]["system_prompt"],
+                         response_judge=g["settings"]["response_judge"], progress=False, **sets)
+        write_reports(cfg, sets)
+        key = lambda r: (r["model"], r["role"], r["set"], r["id"])  # noqa: E731
+        saved = {key(r): r for r in read_gz_jsonl(src / g["files"]["judged"]["file"])}
+        for r in _read_jsonl(work / "judged.jsonl"):
+            compared += 1
+            s = saved.get(key(r), {})
+            if (s.get("refusal"), s.get("correct"), s.get("response_judge")) != \
+                    (r.get("refusal"), r.get("correct"), r.get("response_judge")):
+                differ += 1
+        folders.append(work)
+    return folders, compared, differ
+
+
+def model_rows(folders: list[Path]) -> dict[str, dict[str, Any]]:
+    """Per model, its rates from every recounted folder (harm and over-refusal from one, task from another)."""
+    per: dict[str, dict[str, Any]] = {}
+    for f in folders:
+        for m, res in json.loads((f / "results.json").read_text())["models"].items():
+            per.setdefault(m, {}).update({k: v for k, v in res.items() if isinstance(v, dict) and "rate" in v})
+    return per
+
+
+def table(per: dict[str, dict[str, Any]]) -> str:
+    """Every model's numbers with their counts and Wilson 95% intervals."""
+    cols = (("harmful_response_rate", "HR phrase"), ("response_harmful_rate", "HR response judge"),
+            ("over_refusal_rate", "over-refusal"), ("task_accuracy", "task"))
+
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r:
+            return "–"
+        lo, hi = r.get("ci95", (None, None))
+        ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
+        return f"{100 * r['rate']:.1f}%{ci} ({r['k']}/{r['n']})"
+
+    lines = ["| model | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for m in sorted(per):
+        lines.append(f"| {m} | " + " | ".join(cell(per[m].get(k)) for k, _ in cols) + " |")
+    return "\n".join(lines)
+
+
+def recount(bundle: Path, out: Path, only: list[str] | None = None) -> int:
+    """Recount every bundled measurement (or ``only``), print its table and the decisions; 1 when stale."""
+    from safegene_runtime.cli import main as cli
+
+    names = only or sorted(p.name for p in bundle.iterdir() if (p / "manifest.json").is_file())
+    if not names:
+        raise SystemExit(f"no bundled measurement under {bundle} (run `bundle` where they were measured)")
+    recounted: dict[str, list[Path]] = {}
+    stale = 0
+    for name in names:
+        if not (bundle / name / "manifest.json").is_file():
+            raise SystemExit(f"{name}: not bundled under {bundle}")
+        folders, compared, differ = recount_one(bundle / name, out / name)
+        recounted[name] = folders
+        stale += differ
+        what = json.loads((bundle / name / "manifest.json").read_text()).get("what", "")
+        print(f"\n## {name}\n\n{what}\n\nRecounted {compared} responses: "
+              f"{'every verdict as saved' if not differ else f'{differ} verdicts DIFFER from the saved ones'}.\n")
+        print(table(model_rows(folders)))
+    for dname, (parts, args) in DECISIONS.items():
+        if not all(p in recounted for p in parts):
+            continue
+        dst = out / dname
+        dst.mkdir(parents=True, exist_ok=True)
+        folders = [str(f) for p in parts for f in recounted[p]]
+        print(f"\n## decision: {dname}\n")
+        code = cli(["decide", *folders, *args, "--out", str(dst / "decision.md"), "--json", str(dst / "decision.json")])
+        if code:  # the decision's markdown is on stdout already
+            return code
+    if stale:
+        print(f"\n{stale} recounted verdicts differ from the saved ones: a judge or scorer changed since the page "
+              "was written; update docs/results.md from the tables above.", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("command", choices=("bundle", "recount"),
+                    help="bundle: copy the measured responses into --bundle (where they were measured); recount: "
+                         "re-judge the bundled responses and print every table and decision")
+    ap.add_argument("--only", help=f"comma-separated measurements (default: all; known: {', '.join(SOURCES)})")
+    ap.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default results/smollm2)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="recount: where the recounted eval folders go (default $SAFEGENE_HOME/"
+                         "experiments/smollm2/recount)")
+    args = ap.parse_args(argv)
+    only = [m for m in args.only.split(",") if m] if args.only else None
+    if args.command == "bundle":
+        for name in only or list(SOURCES):
+            if name not in SOURCES:
+                ap.error(f"unknown measurement {name!r}; known: {', '.join(SOURCES)}")
+            m = bundle_one(name, SOURCES[name].folders(), args.bundle / name, SOURCES[name].what)
+            print(f"{name}: {len(m['groups'])} eval folders, "
+                  f"{sum(g['files']['responses']['rows'] for g in m['groups'])} responses -> {args.bundle / name}")
+        return 0
+    return recount(args.bundle, args.out or safegene_home() / "experiments" / "smollm2" / "recount", only)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
