@@ -59,7 +59,7 @@ def test_bundled_responses_recount_to_the_saved_numbers_and_a_changed_verdict_is
     assert recounted["reverse-clean+uniform"]["harmful_response_rate"] == saved["tune-x"]["harmful_response_rate"]
     assert saved["tune-x"]["harmful_response_rate"]["k"] == 36  # every fifth of 176
     assert recounted["served-a"]["over_refusal_rate"]["k"] == 17 and recounted["served-a"]["task_accuracy"]["k"] == 50
-    assert "| reverse-clean+uniform | 20.5% [" in out
+    assert "| reverse-clean+uniform | harmful-val, edgy-benign-val, reverse-val | 20.5% [" in out
 
     # a saved verdict that the judges no longer give: the recount says the page is stale
     judged = evidence.read_gz_jsonl(dst / "all.judged.jsonl.gz")
@@ -100,4 +100,4 @@ def test_the_committed_bundle_names_sets_the_repository_rebuilds(tmp_path):
             for f in g["files"].values():
                 assert evidence.sha256((man.parent / f["file"]).read_bytes()) == f["sha256"], f["file"]
             for role, spec in g["sets"].items():
-                evidence.rebuild_set(spec, role, tmp_path / g["group"])
+                evidence.rebuild_set(spec, role, tmp_path / g["group"], man.parent)

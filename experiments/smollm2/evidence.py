@@ -25,13 +25,14 @@ import gzip
 import hashlib
 import io
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from safegene_runtime.artifacts import atomic_write_bytes, atomic_write_text
-from safegene_runtime.datasets import NAMED_SETS, PromptSet, load_named, resolve
+from safegene_runtime.datasets import NAMED_SETS, PromptSet, load_file, load_named, resolve
 from safegene_runtime.digests import prompt_set_digest
 from safegene_runtime.paths import safegene_home
 
@@ -40,6 +41,7 @@ from .tasks import TASKS, write_val
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "results" / "smollm2"
 RESPONSE_FIELDS = ("model", "role", "set", "id", "prompt", "response", "finish")
+SETS = "sets"  # a bundle's copies of set files that no generator here rebuilds (e.g. robust.py's train framings)
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,27 @@ def _check(candidate: str, folder: str = "check") -> Callable[[], list[tuple[str
     return folders
 
 
+def _folders(root: Path, rename: dict[str, str] | None = None, prefix: str = ""
+             ) -> list[tuple[str, Path, dict[str, str]]]:
+    """Every eval folder directly under ``root`` (one holding ``responses.jsonl``), as bundle groups."""
+    return [(prefix + p.name, p, dict(rename or {})) for p in sorted(root.iterdir())
+            if (p / "responses.jsonl").is_file()] if root.is_dir() else []
+
+
+def _family_check(path: str) -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
+    """A ``family check --out <path>`` (the plain adapters and the coefficients of that day)."""
+    return lambda: _folders(Path(path))
+
+
+def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
+    """The aligned bases of issue 20 measured by ``robust.py`` (``robust-eval`` validation, ``robust-test`` the
+    recorded test runs): the shipped A (``align-fd115f978f49``, f3e3v2-ul1w-s400-open), the first frozen recipe
+    (``align-96c31d664362``, f3e3v2-ul1w-s400) and the previous A (``a-today``)."""
+    root = safegene_home() / "experiments" / "smollm2" / "robust" / f"robust-{split}"
+    names = {"a-robust-fd115f978f49": "A-s400-open", "a-robust-96c31d664362": "A-s400", "a-today": "A-previous"}
+    return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
+
+
 def _baselines() -> list[tuple[str, Path, dict[str, str]]]:
     from .baselines import OUT, names
 
@@ -82,6 +105,15 @@ SOURCES: dict[str, Source] = {
                              _check("v2a-shrink")),
     "val-baselines": Source("every tuned baseline's chosen candidate on validation "
                             "(docs/results.md, section Tuned baselines)", _baselines),
+    "val-family": Source("the demo family on validation: A, the six adapters alone and with the coefficients before "
+                         "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check")),
+    "val-family-previous": Source("the previous family (previous A, three mix10 adapters) measured the same way "
+                                  "(section 'The demo family', second table)",
+                                  _family_check("/tmp/runs/family-today-check")),
+    "val-robust-a": Source("the aligned bases of issue 20 on validation (section 'Robust aligned base')",
+                           lambda: _robust_a("eval")),
+    "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
+                            "base')", lambda: _robust_a("test")),
 }
 
 #: measurements read together by the decision rule: (name, measurements, safegene decide arguments)
@@ -102,13 +134,20 @@ def task_set(name: str, work: Path) -> PromptSet | None:
     return None
 
 
-def rebuild_set(spec: dict[str, Any], role: str, work: Path) -> PromptSet:
-    """The set a manifest names, rebuilt from the repository; refused when its digest is not the recorded one."""
+def rebuild_set(spec: dict[str, Any], role: str, work: Path, bundled: Path | None = None) -> PromptSet:
+    """The set a manifest names, rebuilt from the repository (a named set, a task set our generators write, or the
+    set file saved in the bundle's ``sets/``); refused when its digest is not the recorded one."""
     name = spec["name"]
-    s = load_named(name) if name in NAMED_SETS else task_set(name, work)
+    kept = bundled / SETS / f"{name}-{spec['digest'][:12]}.jsonl" if bundled else None
+    if name in NAMED_SETS:
+        s = load_named(name)
+    elif kept is not None and kept.is_file():
+        s = load_file(kept, kind=role, name=name)
+    else:
+        s = task_set(name, work)
     if s is None:
-        raise SystemExit(f"set {name!r} ({role}) is neither a shipped named set nor a task set this module "
-                         "generates: it cannot be rebuilt")
+        raise SystemExit(f"set {name!r} ({role}) is neither a shipped named set, a task set this module "
+                         "generates nor a file saved in the bundle: it cannot be rebuilt")
     digest = prompt_set_digest(s.prompts)
     if digest != spec["digest"] or len(s) != spec["n"]:
         raise SystemExit(f"set {name!r} rebuilt with digest {digest[:12]} and {len(s)} prompts, but the responses "
@@ -161,6 +200,14 @@ def bundle_one(name: str, groups: list[tuple[str, Path, dict[str, str]]], dst: P
             data = gz_jsonl(sorted(rows, key=lambda r: (r["model"], r["role"], r["set"], r["id"])))
             atomic_write_bytes(dst / f"{group}.{kind}.jsonl.gz", data)
             files[kind] = {"file": f"{group}.{kind}.jsonl.gz", "sha256": sha256(data), "rows": len(rows)}
+        for spec in results["sets"].values():  # a set file beside the eval folder that nothing here regenerates
+            sname = spec["name"]
+            if sname not in NAMED_SETS and task_set(sname, dst / ".probe") is None:
+                found = [f for f in (folder / f"{sname}.jsonl", folder.parent / f"{sname}.jsonl") if f.is_file()]
+                if not found:
+                    raise SystemExit(f"{name}/{group}: set {sname!r} is a file that was not kept beside {folder}")
+                atomic_write_bytes(dst / SETS / f"{sname}-{spec['digest'][:12]}.jsonl", found[0].read_bytes())
+        shutil.rmtree(dst / ".probe", ignore_errors=True)
         cfg = results["config"]
         entries.append({"group": group, "source": str(folder), "files": files,
                         "models": [rename.get(m, m) for m in results["models"]],
@@ -188,7 +235,7 @@ def recount_one(src: Path, out: Path) -> tuple[list[Path], int, int]:
             raise SystemExit(f"{src.name}/{g['group']}: responses file does not match its manifest's sha256")
         work = out / g["group"]
         work.mkdir(parents=True, exist_ok=True)
-        sets = {role: rebuild_set(spec, role, work) for role, spec in g["sets"].items()}
+        sets = {role: rebuild_set(spec, role, work, src) for role, spec in g["sets"].items()}
         atomic_write_text(work / RESPONSES, gzip.decompress(data).decode("utf-8"))
         cfg = EvalConfig(endpoint="(recount of saved responses)", models=g["models"], out=work,
                          max_tokens=g["settings"]["max_tokens"] or 256, system_prompt=g["settings"]["system_prompt"],
@@ -206,30 +253,31 @@ def recount_one(src: Path, out: Path) -> tuple[list[Path], int, int]:
     return folders, compared, differ
 
 
-def model_rows(folders: list[Path]) -> dict[str, dict[str, Any]]:
-    """Per model, its rates from every recounted folder (harm and over-refusal from one, task from another)."""
-    per: dict[str, dict[str, Any]] = {}
+def model_rows(folders: list[Path]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per (model, the sets it was measured on in one eval folder), its rates."""
+    per: dict[tuple[str, str], dict[str, Any]] = {}
     for f in folders:
-        for m, res in json.loads((f / "results.json").read_text())["models"].items():
-            per.setdefault(m, {}).update({k: v for k, v in res.items() if isinstance(v, dict) and "rate" in v})
+        res = json.loads((f / "results.json").read_text())
+        sets = ", ".join(res["sets"][role]["name"] for role in ("harmful", "benign", "task") if role in res["sets"])
+        for m, r in res["models"].items():
+            per[(m, sets)] = {k: v for k, v in r.items() if isinstance(v, dict) and "rate" in v}
     return per
 
 
-def table(per: dict[str, dict[str, Any]]) -> str:
-    """Every model's numbers with their counts and Wilson 95% intervals."""
+def table(per: dict[tuple[str, str], dict[str, Any]]) -> str:
+    """Every model's numbers on each group of sets, with counts and Wilson 95% intervals."""
     cols = (("harmful_response_rate", "HR phrase"), ("response_harmful_rate", "HR response judge"),
             ("over_refusal_rate", "over-refusal"), ("task_accuracy", "task"))
 
     def cell(r: dict[str, Any] | None) -> str:
-        if not r:
+        if not r or not r.get("n"):
             return "–"
-        lo, hi = r.get("ci95", (None, None))
-        ci = f" [{100 * lo:.1f}, {100 * hi:.1f}]" if lo is not None else ""
-        return f"{100 * r['rate']:.1f}%{ci} ({r['k']}/{r['n']})"
+        lo, hi = r["ci95"]
+        return f"{100 * r['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r['k']}/{r['n']})"
 
-    lines = ["| model | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for m in sorted(per):
-        lines.append(f"| {m} | " + " | ".join(cell(per[m].get(k)) for k, _ in cols) + " |")
+    lines = ["| model | sets | " + " | ".join(c for _, c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for m, sets in sorted(per):
+        lines.append(f"| {m} | {sets} | " + " | ".join(cell(per[(m, sets)].get(k)) for k, _ in cols) + " |")
     return "\n".join(lines)
 
 
