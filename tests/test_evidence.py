@@ -78,6 +78,13 @@ def test_bundled_responses_recount_to_the_saved_numbers_and_a_changed_verdict_is
 
 
 def test_a_set_that_changed_since_the_responses_is_refused(tmp_path):
+    from experiments.smollm2.locked_test import write_task_tests
+
+    # the locked test's task items rebuild as it wrote them (same name, same digest)
+    written = resolve(write_task_tests(tmp_path / "lt")["reverse"], kind="task")
+    rebuilt = evidence.task_set("reverse-test", tmp_path / "re", len(written))
+    assert rebuilt is not None and (rebuilt.name, rebuilt.prompts) == (written.name, written.prompts)
+    assert [it.id for it in rebuilt.items] == [it.id for it in written.items]
     with pytest.raises(SystemExit, match="the set changed since"):
         evidence.rebuild_set({"name": "reverse-val", "digest": "0" * 64, "n": 100}, "task", tmp_path)
     with pytest.raises(SystemExit, match="cannot be rebuilt"):
@@ -93,7 +100,8 @@ def test_the_committed_bundle_names_sets_the_repository_rebuilds(tmp_path):
     """Every bundled measurement's sets rebuild from this checkout with the digests its responses were made on,
     and its files are the ones its manifest addresses (the recount itself is `make experiment`)."""
     found = sorted(p for p in evidence.BUNDLE.glob("*/manifest.json"))
-    assert {p.parent.name for p in found} >= set(evidence.SOURCES)
+    assert {p.parent.name for p in found} >= {n for n, src in evidence.SOURCES.items() if src.bundled}
+    assert {p.parent.name for p in found} <= set(evidence.SOURCES)
     for man in found:
         m = json.loads(man.read_text())
         for g in m["groups"]:

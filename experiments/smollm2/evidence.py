@@ -36,7 +36,10 @@ from safegene_runtime.datasets import NAMED_SETS, PromptSet, load_file, load_nam
 from safegene_runtime.digests import prompt_set_digest
 from safegene_runtime.paths import safegene_home
 
-from .tasks import TASKS, write_val
+from safegene_runtime.prompts import write_jsonl
+
+from .locked_test import PROCEDURE
+from .tasks import TASKS, generate, task_file_rows, write_val
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "results" / "smollm2"
@@ -51,6 +54,8 @@ class Source:
 
     what: str
     folders: Callable[[], list[tuple[str, Path, dict[str, str]]]]
+    #: whether results/ must hold it (False: not measured yet, the page says so)
+    bundled: bool = True
 
 
 def _check(candidate: str, folder: str = "check") -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
@@ -87,6 +92,14 @@ def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
     return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
 
 
+def _locked_test() -> list[tuple[str, Path, dict[str, str]]]:
+    """The locked test's eval folders (``safety``, ``task-<task>``), served names mapped by its ``names.json``."""
+    from .locked_test import OUT
+
+    names = json.loads((OUT / "names.json").read_text()) if (OUT / "names.json").is_file() else {}
+    return _folders(OUT, names)
+
+
 def _baselines() -> list[tuple[str, Path, dict[str, str]]]:
     from .baselines import OUT, names
 
@@ -105,6 +118,8 @@ SOURCES: dict[str, Source] = {
                              _check("v2a-shrink")),
     "val-baselines": Source("every tuned baseline's chosen candidate on validation "
                             "(docs/results.md, section Tuned baselines)", _baselines),
+    "test-locked": Source("the locked test of issues 21/22 (experiments/smollm2/locked_test.py PROCEDURE; "
+                          "docs/test-runs.jsonl)", _locked_test, bundled=False),
     "val-family": Source("the demo family on validation: A, the six adapters alone and with the coefficients before "
                          "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check")),
     "val-family-previous": Source("the previous family (previous A, three mix10 adapters) measured the same way "
@@ -119,18 +134,28 @@ SOURCES: dict[str, Source] = {
 #: measurements read together by the decision rule: (name, measurements, safegene decide arguments)
 DECISIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "val-v2a-vs-baselines": (("val-v2a-seed0", "val-baselines"),
-                             ("--baselines", "uniform,safemerge,safe_lora,resta_dare,safe_lora_orig", "--seeds", "0")),
+                             ("--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", "0")),
+    # the locked test's own verdict: the arguments of ``locked_test decide``
+    "test-locked": (("test-locked",), ("--baselines", ",".join(PROCEDURE["baselines"]),
+                                       "--seeds", ",".join(map(str, PROCEDURE["seeds"])))),
 }
 
 
 # -------------------------------------------------------------------------------------------------------- sets
 
 
-def task_set(name: str, work: Path) -> PromptSet | None:
-    """A task set our generators write (``<task>-val``), rebuilt into ``work``; None for any other name."""
+def task_set(name: str, work: Path, n: int | None = None) -> PromptSet | None:
+    """A task set our generators write, rebuilt into ``work``: ``<task>-val`` (validation items) or
+    ``<task>-test`` (the first ``n`` held-out items, as the locked test writes them); None for any other name."""
     task, _, split = name.rpartition("-")
-    if task in TASKS and split == "val":
+    if task not in TASKS:
+        return None
+    if split == "val":
         return resolve(write_val(task, work), kind="task")
+    if split == "test" and n:
+        path = Path(work) / f"{name}.jsonl"
+        write_jsonl(path, task_file_rows(generate(task)[1][:n], name))
+        return resolve(path, kind="task")
     return None
 
 
@@ -144,7 +169,7 @@ def rebuild_set(spec: dict[str, Any], role: str, work: Path, bundled: Path | Non
     elif kept is not None and kept.is_file():
         s = load_file(kept, kind=role, name=name)
     else:
-        s = task_set(name, work)
+        s = task_set(name, work, spec["n"])
     if s is None:
         raise SystemExit(f"set {name!r} ({role}) is neither a shipped named set, a task set this module "
                          "generates nor a file saved in the bundle: it cannot be rebuilt")
@@ -202,7 +227,7 @@ def bundle_one(name: str, groups: list[tuple[str, Path, dict[str, str]]], dst: P
             files[kind] = {"file": f"{group}.{kind}.jsonl.gz", "sha256": sha256(data), "rows": len(rows)}
         for spec in results["sets"].values():  # a set file beside the eval folder that nothing here regenerates
             sname = spec["name"]
-            if sname not in NAMED_SETS and task_set(sname, dst / ".probe") is None:
+            if sname not in NAMED_SETS and task_set(sname, dst / ".probe", spec["n"]) is None:
                 found = [f for f in (folder / f"{sname}.jsonl", folder.parent / f"{sname}.jsonl") if f.is_file()]
                 if not found:
                     raise SystemExit(f"{name}/{group}: set {sname!r} is a file that was not kept beside {folder}")
@@ -333,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in only or list(SOURCES):
             if name not in SOURCES:
                 ap.error(f"unknown measurement {name!r}; known: {', '.join(SOURCES)}")
-            m = bundle_one(name, SOURCES[name].folders(), args.bundle / name, SOURCES[name].what)
+            groups = SOURCES[name].folders()
+            if not groups and not only:
+                print(f"{name}: not measured on this machine; skipped")
+                continue
+            m = bundle_one(name, groups, args.bundle / name, SOURCES[name].what)
             print(f"{name}: {len(m['groups'])} eval folders, "
                   f"{sum(g['files']['responses']['rows'] for g in m['groups'])} responses -> {args.bundle / name}")
         return 0

@@ -3,6 +3,7 @@
     python -m experiments.smollm2.locked_test plan      # what the test evaluates, and what is not built yet
     python -m experiments.smollm2.locked_test run       # serve everything, evaluate on the TEST sets, decide
     python -m experiments.smollm2.locked_test decide    # the decision again, from the saved responses
+    python -m experiments.smollm2.evidence bundle --only test-locked   # then commit results/ with docs/test-runs.jsonl
 
 What is frozen (:data:`PROCEDURE`, written before any of it met a test set): SafeGene v2's default procedure
 ``v2a`` with seeds 0, 1, 2 (``experiments.smollm2.v2_sweep cal v2a --seed k``: other shots, other calibration seed),
