@@ -89,7 +89,7 @@ def families(tmp_path_factory) -> dict[str, Family]:
             # beta = 0: here S undoes the task itself, so the task-KL term would only fight the other terms
             # layers="selection": the test follows the selected layer through calibration (the default is "all")
             coeffs = calibrate(base, task, selected, HARMFUL, TASK, BENIGN, init=0.0, steps=4, lr=0.1, beta=0.0,
-                               max_new_tokens=6, layers="selection", progress=False)
+                               max_new_tokens=6, layers="selection", progress=False, report_losses=True)
             stacked = stack_adapters(task, selected, coeffs, out=d / "stacked")
             merged = merge_checkpoint(base, task=task, safety=selected, coefficients=coeffs, out=d / "merged",
                                       progress=False)

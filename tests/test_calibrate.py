@@ -16,7 +16,7 @@ from tests._train_tiny import calibration_shots, generate, refusal_rate, shared_
 #: the tests of one knob each measure it against the procedure before SafeGene v2 (CalibrationConfig.v1: selected
 #: layers, no on-policy term, no benign contrast, given benign shots), so that the knob under test is the only change;
 #: the first behavioural test runs the default procedure itself
-FAST = dict(config=CalibrationConfig.v1(), max_new_tokens=10, progress=False)
+FAST = dict(config=CalibrationConfig.v1(), max_new_tokens=10, progress=False, report_losses=True)
 
 
 pytestmark = pytest.mark.usefixtures("isolated_home", "one_thread")
@@ -43,7 +43,8 @@ def test_calibration_restores_refusal_on_held_out_prompts(fam, shots, tmp_path):
 
     out = tmp_path / "coefficients.json"
     c = calibrate(fam.aligned, fam.task, fam.safety, shots["harmful"], shots["task"], shots["benign"],
-                  init=0.0, steps=20, lr=0.1, seed=0, out=out, max_new_tokens=10, progress=False)  # the default
+                  init=0.0, steps=20, lr=0.1, seed=0, out=out, max_new_tokens=10, progress=False,
+                  report_losses=True)  # the default procedure, its losses reported
     loss = c.meta["loss"]
     assert loss["after"]["total"] < 0.5 * loss["before"]["total"]
     assert loss["after"]["refusal_margin"] < loss["at_zero"]["refusal_margin"]
@@ -256,6 +257,16 @@ def test_calibrate_cli(fam, shots, run_cli, tmp_path):
     assert set(raw["layers"]) == {"0", "1", "2", "3"} and raw["shots"]["harmful"]["file_sha256"]
     # no --benign-shots: the default procedure still has benign shots, its 16 edgy-benign training prompts
     assert raw["shots"]["benign"]["count"] == 16 and raw["shots"]["benign"]["given_used"] == 0
+    # the losses over all shots are diagnostics: off by default (the load-time path), the same lambdas with them
+    assert raw["loss"]["before"] is None and raw["loss"]["at_zero"] is None and "not computed" in r.out
+    r = run_cli(*common, "--harmful-shots", h, "--task-shots", t, "--steps", "2", "--max-new-tokens", "6",
+                "--report-losses", "--out", tmp_path / "c-report.json")
+    assert r.code == 0, r.err
+    reported = json.loads((tmp_path / "c-report.json").read_text())
+    assert reported["layers"] == raw["layers"] and reported["loss"]["history"] == raw["loss"]["history"]
+    assert reported["onpolicy"]["non_refusals"][:-1] == raw["onpolicy"]["non_refusals"]
+    assert reported["loss"]["after"]["total"] > 0 and "at lambda=0" in r.out and reported["config_digest"] == \
+        raw["config_digest"]
     # Malformed shots file, missing file, broken adapter: exit 1, a clear message, no output file.
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"text": 3}\n')

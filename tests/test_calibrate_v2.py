@@ -13,7 +13,7 @@ from tests._train_tiny import calibration_shots, shared_family
 
 #: each piece is measured against the procedure before it (CalibrationConfig.v1: every piece off), so that the piece
 #: under test is the only change (the default procedure, SafeGene v2, turns some of them on)
-FAST = dict(config=CalibrationConfig.v1(), max_new_tokens=10, progress=False)
+FAST = dict(config=CalibrationConfig.v1(), max_new_tokens=10, progress=False, report_losses=True)
 
 
 # ------------------------------------------------------------------------------------------ the math, no model

@@ -528,7 +528,7 @@ class Study:
             from safegene_runtime.calibration import calibrate
 
             c = calibrate(a / "model", t / "adapter", s / "adapter", harm, shots, ben, config,
-                          out=tmp / "coefficients.json", progress=False)
+                          out=tmp / "coefficients.json", progress=False, report_losses=True)
             return {"layers": {str(k): v for k, v in c.layers.items()}}
 
         name = f"calibrate-all-{task}-{setting}" if all_layers else f"calibrate-{task}-{setting}"

@@ -110,6 +110,7 @@ def calibrate(
     out: str | Path | None = None,
     progress: bool = True,
     shot_sources: dict[str, dict] | None = None,
+    report_losses: bool = False,
     **options: Any,
 ) -> Coefficients:
     """Learn per-layer λ for (base A, task adapter T, safety adapter S); see the module docstring.
@@ -117,8 +118,12 @@ def calibrate(
     ``config``: the procedure (:class:`~.config.CalibrationConfig`; None: the default procedure). ``options``:
     CalibrationConfig fields by keyword, applied on top of ``config`` (``calibrate(..., steps=3)`` as before the
     config existed; checked like the config, unknown names refused). What the fields do: their help text, and for
-    the objective the module docstring. ``device``, ``out``, ``progress`` and ``shot_sources`` (provenance of the
-    shot files, merged into ``meta["shots"]``) do not change the λ, so they are not part of the config.
+    the objective the module docstring. ``device``, ``out``, ``progress``, ``shot_sources`` (provenance of the
+    shot files, merged into ``meta["shots"]``) and ``report_losses`` do not change the λ, so they are not part of
+    the config. ``report_losses``: also compute every term over all shots before and after the steps and at λ = 0
+    (``meta["loss"]``'s ``before`` / ``after`` / ``at_zero``, None otherwise) with the on-policy regenerations they
+    need; diagnostics only, about a third of the calibration time on SmolLM2 (off: the server's load-time path;
+    ``after`` is computed anyway when several starts compete on it).
 
     ``harmful`` / ``benign``: prompts (str or ``Example``); ``task_shots``: ``Example`` or str (only the prompt is
     used: the target is T's own greedy answer). Several starts (``init=(1, 0)``): optimise from each (same teachers,
@@ -276,7 +281,7 @@ def calibrate(
                 lf.set_lambdas(start)
                 live = regenerate() if onpolicy else {}
                 seen = [{"step": 0, "non_refusals": len(live["refusal_onpolicy"])}] if onpolicy else []
-                before = full_loss(live)
+                before = full_loss(live) if report_losses else None
                 gen = torch.Generator().manual_seed(seed)
                 batches = {t: Batches(len(s), batch_size, gen) for t, s in data.items()}
                 # the on-policy set changes as λ moves: its own seeded order, so the other terms' is as without it
@@ -312,15 +317,17 @@ def calibrate(
                         break
                 # the optimisation steps alone: the regenerations inside the loop are counted under "regenerate"
                 timing["steps"] += time.monotonic() - t_steps - (timing["regenerate"] - regen_before)
-                if onpolicy:
+                scored = report_losses or len(starts) > 1  # the after-loss: reported, or the starts compete on it
+                if onpolicy and scored:
                     live = regenerate()
                     seen.append({"step": len(history), "non_refusals": len(live["refusal_onpolicy"])})
-                return {"init": start, "before": before, "after": full_loss(live), "history": history,
+                return {"init": start, "before": before, "after": full_loss(live) if scored else None,
+                        "history": history,
                         "lambdas": lf.lambda_dict(), "groups": lf.group_dict(), "stopped": rule.record(),
                         "onpolicy": seen, "raw": lf.lambdas.detach().clone()}
 
             runs = [descend(start) for start in starts]
-            best = best_start([r["after"]["total"] for r in runs])
+            best = best_start([r["after"]["total"] for r in runs]) if len(runs) > 1 else 0
             learned, learned_groups = runs[best]["lambdas"], runs[best]["groups"]
             shrunk: dict[str, Any] | None = None
             if cfg.shrink_step > 0:
@@ -337,8 +344,8 @@ def calibrate(
                 learned, learned_groups = lf.lambda_dict(), lf.group_dict()
                 timing["shrink"] = time.monotonic() - t
             lf.set_lambdas(0.0)
-            zero_live = regenerate() if onpolicy else {}
-            at_zero = full_loss(zero_live)
+            zero_live = regenerate() if onpolicy and report_losses else {}
+            at_zero = full_loss(zero_live) if report_losses else None
     finally:
         torch.use_deterministic_algorithms(det_before)
 
@@ -389,7 +396,8 @@ def calibrate(
         **({"shrink": shrunk} if shrunk is not None else {}),
         **({"onpolicy": {"every": cfg.onpolicy_every, "tokens": cfg.onpolicy_tokens, "weight": cfg.onpolicy_weight,
                          "non_refusals": runs[best]["onpolicy"],
-                         "at_zero": len(zero_live["refusal_onpolicy"]), "of": len(refusals)}} if onpolicy else {}),
+                         "at_zero": len(zero_live["refusal_onpolicy"]) if report_losses else None,
+                         "of": len(refusals)}} if onpolicy else {}),
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
         "selected_layers": chosen,

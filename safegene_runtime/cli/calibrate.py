@@ -121,6 +121,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, type=Path, help="coefficients.json to write")
     p.add_argument("--max-shots", type=int, help="use at most N shots from each file")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--report-losses", action="store_true",
+                   help="also compute every loss term over all shots before and after the steps and at lambda=0 "
+                        "(written to the coefficients file and printed; diagnostics only, the lambdas do not "
+                        "change; about a third more time)")
     add_config_flags(p)
     p.set_defaults(func=run)
 
@@ -138,19 +142,21 @@ def run(args) -> int:
     shots = {k: load_examples(p, limit=args.max_shots) if p else None for k, p in files.items()}
     sources = {k: {"file": str(p.resolve()), "file_sha256": sha256_file(p)} for k, p in files.items() if p}
     c = calibrate(args.base, args.task, args.safety, shots["harmful"], shots["task"], shots["benign"], config,
-                  device=args.device, out=args.out, shot_sources=sources)
+                  device=args.device, out=args.out, shot_sources=sources, report_losses=args.report_losses)
     loss = c.meta["loss"]
     print("lambda: " + ", ".join(f"{l}:{v:.3f}" for l, v in sorted(c.layers.items())))
     if c.groups:
         print("lambda (attn/mlp): " + ", ".join(f"{l}:{g.get('attn', 0):.3f}/{g.get('mlp', 0):.3f}"
                                                  for l, g in sorted(c.groups.items())))
     stopped = loss["stopped"]
-    print(f"loss: before {loss['before']['total']:.4f}, after {loss['after']['total']:.4f}, "
-          f"at lambda=0 {loss['at_zero']['total']:.4f}; stopped after {stopped['steps']} step(s): "
+    totals = ", ".join(f"{k.replace('_', ' ').replace('at zero', 'at lambda=0')} {loss[k]['total']:.4f}"
+                       for k in ("before", "after", "at_zero") if loss.get(k))
+    print(f"loss: {totals or 'not computed (--report-losses)'}; stopped after {stopped['steps']} step(s): "
           + ("the loss flattened (stop_tol)" if stopped["reason"] == "plateau" else "the step budget"))
     if "onpolicy" in c.meta:
         o = c.meta["onpolicy"]
-        print(f"on-policy: harmful shots answered without a refusal: {o['at_zero']}/{o['of']} at lambda=0, "
+        zero = f"{o['at_zero']}/{o['of']} at lambda=0, " if o["at_zero"] is not None else f"of {o['of']}: "
+        print(f"on-policy: harmful shots answered without a refusal: {zero}"
               + " -> ".join(f"{s['non_refusals']} (step {s['step']})" for s in o["non_refusals"]))
     if "starts" in c.meta:
         print("starts: " + ", ".join(f"from {s['init']:g}: {s['after']:.4f}" for s in c.meta["starts"])
