@@ -3,6 +3,7 @@
     python -m experiments.smollm2.locked_test plan      # what the test evaluates, and what is not built yet
     python -m experiments.smollm2.locked_test run       # serve everything, evaluate on the TEST sets, decide
     python -m experiments.smollm2.locked_test decide    # the decision again, from the saved responses
+    python -m experiments.smollm2.locked_test run --smoke 4   # a dress rehearsal on VALIDATION sets (4 prompts each)
     python -m experiments.smollm2.evidence bundle --only test-locked   # then commit results/ with docs/test-runs.jsonl
 
 What is frozen (:data:`PROCEDURE`, written before any of it met a test set): SafeGene v2's default procedure
@@ -36,7 +37,7 @@ from . import baselines, v2_sweep
 from .evaluate import eval_cli
 from .family import family_server, family_tasks
 from .run import log
-from .tasks import generate, task_file_rows
+from .tasks import generate, task_file_rows, write_val
 
 REPO = Path(__file__).resolve().parents[2]
 FAMILY = REPO / "assets" / "smollm2"
@@ -119,14 +120,23 @@ def renames(entries: list[dict[str, Any]]) -> dict[str, str]:
     return {k: v for e in entries for k, v in e["rename"].items()}
 
 
-def run(out: Path, assets: Path = FAMILY, sweep: Path = v2_sweep.OUT, tuned: Path = baselines.OUT) -> None:
+def run(out: Path, assets: Path = FAMILY, sweep: Path = v2_sweep.OUT, tuned: Path = baselines.OUT,
+        smoke: int | None = None) -> None:
+    """Serve every piece and measure it on the TEST sets (recorded); ``smoke``: the same server and flow on the
+    VALIDATION sets, ``smoke`` prompts of each, nothing recorded (a dress rehearsal of the staging, the server with
+    every adapter and the renames, before the one real run)."""
     entries, missing = pieces(assets, sweep, tuned)
     if missing:
         raise SystemExit("the frozen procedure is not built yet, so the test does not run:\n  " + "\n  ".join(missing))
     out = out.resolve()
     (out / "adapters").mkdir(parents=True, exist_ok=True)
     tasks = stage(entries, out / "adapters", assets)
-    tests = write_task_tests(out)
+    if smoke:
+        tests = {t: write_val(t, out) for t in sorted(set(family_tasks(assets).values()))}
+        harmful, benign, limit, test_run = "harmful-val", "edgy-benign-val", smoke, None
+    else:
+        tests = write_task_tests(out)
+        harmful, benign, limit, test_run = PROCEDURE["harmful"], PROCEDURE["benign"], None, TEST_RUN
     (out / "names.json").write_text(json.dumps(renames(entries), indent=1) + "\n")
     (out / "procedure.json").write_text(json.dumps(PROCEDURE, indent=1) + "\n")
     kinds = family_tasks(assets)
@@ -141,14 +151,14 @@ def run(out: Path, assets: Path = FAMILY, sweep: Path = v2_sweep.OUT, tuned: Pat
         served = {cfg["base"]["served_name"]: None} | {
             f"{e['name']}+safegene" if v == "safe" else e["name"]: kinds[e["adapter"]]
             for e in entries for v in e["variants"]}
-        eval_cli(server.base_url, ",".join(served), out / "safety", harmful=PROCEDURE["harmful"],
-                 benign=PROCEDURE["benign"], task=None, limit=None, max_tokens=PROCEDURE["max_tokens"], log=log,
-                 test_run=TEST_RUN + ": harmful and over-refusal sets")
+        eval_cli(server.base_url, ",".join(served), out / "safety", harmful=harmful, benign=benign, task=None,
+                 limit=limit, max_tokens=PROCEDURE["max_tokens"], log=log,
+                 test_run=test_run and test_run + ": harmful and over-refusal sets")
         for task, path in tests.items():
             mine = [m for m, t in served.items() if t == task]
             eval_cli(server.base_url, ",".join(mine), out / f"task-{task}", harmful=None, benign=None,
-                     task=path, limit=None, max_tokens=PROCEDURE["max_tokens"], log=log,
-                     test_run=TEST_RUN + f": task {task} test items")
+                     task=path, limit=limit, max_tokens=PROCEDURE["max_tokens"], log=log,
+                     test_run=test_run and test_run + f": task {task} test items")
     decide(out)
 
 
@@ -167,8 +177,13 @@ def decide(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("command", choices=("plan", "run", "decide"))
-    ap.add_argument("--out", type=Path, default=OUT, help="work folder (default %(default)s)")
+    ap.add_argument("--out", type=Path, default=None, help=f"work folder (default {OUT}; with --smoke, {OUT}-smoke)")
+    ap.add_argument("--smoke", type=int, metavar="N",
+                    help="run: a dress rehearsal on the VALIDATION sets, N prompts of each, nothing recorded")
     args = ap.parse_args(argv)
+    if args.smoke is not None and (args.command != "run" or args.smoke < 1):
+        ap.error("--smoke N (N >= 1) goes with run")
+    out = args.out or (OUT.with_name(OUT.name + "-smoke") if args.smoke else OUT)
     if args.command == "plan":
         entries, missing = pieces()
         for e in entries:
@@ -178,9 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {m}")
         return 1 if missing else 0
     if args.command == "run":
-        run(args.out)
+        run(out, smoke=args.smoke)
     else:
-        decide(args.out)
+        decide(out)
     return 0
 
 
