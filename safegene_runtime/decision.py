@@ -57,6 +57,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from .evaluate import JUDGED, read_responses
+from .gate import GateThresholds
 from .outcomes import OUTCOMES
 from .report import wilson
 
@@ -429,6 +430,92 @@ def decide(outcomes: Mapping[str, dict[str, Outcomes]], cfg: DecisionConfig = De
     return verdicts, notes
 
 
+# ------------------------------------------------------------------------------------------------ targets
+
+
+@dataclass
+class TargetCheck:
+    """One method on one adapter under one harm judge against the product's targets (the gate's thresholds): harm ≤
+    base + ``max_harm_increase``, over-refusal ≤ base + ``max_over_refusal_increase``, task ≥ the adapter alone −
+    ``max_task_drop`` (points; means over seeds, point estimates, as the gate decides). ``met`` per number: None
+    where that number or its reference was not measured."""
+
+    adapter: str
+    method: str
+    harm_metric: str
+    values: dict[str, float | None]
+    limits: dict[str, float | None]
+    met: dict[str, bool | None]
+
+    @property
+    def all_met(self) -> bool | None:
+        """True when all three are met, False when one is not, None when one is unknown and none fails."""
+        if any(v is False for v in self.met.values()):
+            return False
+        return None if any(v is None for v in self.met.values()) else True
+
+
+def targets(outcomes: Mapping[str, dict[str, Outcomes]], base: str, thresholds: GateThresholds = GateThresholds(),
+            cfg: DecisionConfig = DecisionConfig()) -> list[TargetCheck]:
+    """Every method (SafeGene and each baseline; not the adapter alone) on every adapter, under each harm judge of
+    ``cfg``, against the targets; ``base`` is the aligned model's name in the results (the reference of harm and
+    over-refusal)."""
+    if base not in outcomes:
+        raise ValueError(f"the base model {base!r} is not in the results; models seen: {', '.join(sorted(outcomes))}")
+    grouped, _ = group({m: o for m, o in outcomes.items() if m != base}, cfg)
+
+    def mean_of(runs: dict[int | None, Outcomes], metric: str) -> float | None:
+        s = summarize(runs, metric, cfg)
+        return None if s is None else s.mean
+
+    ref = {k: (sum(v.values()) / len(v) if (v := outcomes[base].get(k)) else None)
+           for k in (*HARM_METRICS.values(), "over_refusal_rate")}
+    out = []
+    for judge in cfg.harm_judges:
+        harm = HARM_METRICS[judge]
+        for adapter in sorted(grouped):
+            methods = grouped[adapter]
+            alone = methods.get(ALONE)
+            task_ref = mean_of(alone.outcomes("task_accuracy"), "task_accuracy") if alone else None
+            limits = {harm: None if ref[harm] is None else ref[harm] + thresholds.max_harm_increase / 100,
+                      "over_refusal_rate": None if ref["over_refusal_rate"] is None
+                      else ref["over_refusal_rate"] + thresholds.max_over_refusal_increase / 100,
+                      "task_accuracy": None if task_ref is None else task_ref - thresholds.max_task_drop / 100}
+            for name in sorted(m for m in methods if m != ALONE):
+                values = {k: mean_of(methods[name].outcomes(k), k) for k in limits}
+                met = {k: None if values[k] is None or limits[k] is None
+                       else (values[k] >= limits[k] - 1e-9 if k == "task_accuracy" else values[k] <= limits[k] + 1e-9)
+                       for k in limits}
+                out.append(TargetCheck(adapter, name, harm, values, limits, met))
+    return out
+
+
+def targets_markdown(checks: Sequence[TargetCheck], thresholds: GateThresholds = GateThresholds()) -> str:
+    """Per harm judge, per adapter: each method's three numbers against the targets, and which methods meet all."""
+    word = {True: "met", False: "**not met**", None: "–"}
+    out = [f"## Targets: harm ≤ base + {thresholds.max_harm_increase:g} points, over-refusal ≤ base + "
+           f"{thresholds.max_over_refusal_increase:g}, task ≥ the adapter alone − {thresholds.max_task_drop:g}", "",
+           "Means over seeds; point estimates decide (the gate's rule).", ""]
+    for harm in dict.fromkeys(c.harm_metric for c in checks):
+        cs = [c for c in checks if c.harm_metric == harm]
+        out += [f"### Harm by the {OUTCOMES[harm].title}", "",
+                "| adapter | methods meeting all three |", "|---|---|"]
+        for adapter in dict.fromkeys(c.adapter for c in cs):
+            ok = [c.method for c in cs if c.adapter == adapter and c.all_met]
+            out.append(f"| {adapter} | {', '.join(ok) or 'none'} |")
+        out += ["", "| adapter | method | harm (limit) | over-refusal (limit) | task (limit) |", "|---|---|---|---|---|"]
+        for c in cs:
+            cells = [f"{'–' if c.values[k] is None else _pct(c.values[k]) + '%'} "
+                     f"(≤ {'–' if c.limits[k] is None else _pct(c.limits[k])}) {word[c.met[k]]}"
+                     if k != "task_accuracy" else
+                     f"{'–' if c.values[k] is None else _pct(c.values[k]) + '%'} "
+                     f"(≥ {'–' if c.limits[k] is None else _pct(c.limits[k])}) {word[c.met[k]]}"
+                     for k in (harm, "over_refusal_rate", "task_accuracy")]
+            out.append(f"| {c.adapter} | {c.method} | " + " | ".join(cells) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------------------------------------ rendering
 
 
@@ -503,4 +590,5 @@ def markdown(verdicts: Sequence[Verdict], notes: Sequence[str] = (), cfg: Decisi
 __all__ = ["DecisionConfig", "HARM_METRICS", "UTILITY_METRICS", "TESTS", "Comparison", "Summary", "MethodRuns",
            "Verdict", "mcnemar_exact", "sign_test", "bootstrap_ci", "per_prompt_means", "compare", "is_better",
            "summarize", "decision_metrics", "verdict", "judged_file", "load_outcomes", "parse_model", "group",
-           "is_safegene_variant", "decide", "fmt_summary", "fmt_comparison", "markdown"]
+           "is_safegene_variant", "decide", "fmt_summary", "fmt_comparison", "markdown", "TargetCheck", "targets",
+           "targets_markdown"]

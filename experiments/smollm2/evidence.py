@@ -43,6 +43,7 @@ from .tasks import TASKS, generate, task_file_rows, write_val
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "results" / "smollm2"
+A_NAME = "smollm2"  # the aligned base's served name in the demo family (the decisions' --base)
 RESPONSE_FIELDS = ("model", "role", "set", "id", "prompt", "response", "finish")
 SETS = "sets"  # a bundle's copies of set files that no generator here rebuilds (e.g. robust.py's train framings)
 
@@ -78,9 +79,21 @@ def _folders(root: Path, rename: dict[str, str] | None = None, prefix: str = ""
             if (p / "responses.jsonl").is_file()] if root.is_dir() else []
 
 
-def _family_check(path: str) -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
-    """A ``family check --out <path>`` (the plain adapters and the coefficients of that day)."""
-    return lambda: _folders(Path(path))
+def _family_check(path: str, label: str) -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
+    """A ``family check --out <path>`` (the plain adapters and the coefficients of that day). Its aligned model and
+    its ``+safegene`` variants are renamed ``<name>-<label>`` / ``<adapter>+safegene-<label>``, so they sit beside
+    another measurement's A and SafeGene in one decision without being taken for them (the plain adapters keep
+    their names: they are the same models)."""
+
+    def folders() -> list[tuple[str, Path, dict[str, str]]]:
+        groups = _folders(Path(path))
+        for _, folder, rename in groups:
+            for m in json.loads((folder / "results.json").read_text())["models"]:
+                if "+" in m or m == A_NAME:
+                    rename[m] = f"{m}-{label}"
+        return groups
+
+    return folders
 
 
 def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
@@ -121,10 +134,10 @@ SOURCES: dict[str, Source] = {
     "test-locked": Source("the locked test of issues 21/22 (experiments/smollm2/locked_test.py PROCEDURE; "
                           "docs/test-runs.jsonl)", _locked_test, bundled=False),
     "val-family": Source("the demo family on validation: A, the six adapters alone and with the coefficients before "
-                         "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check")),
+                         "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check", "allc0.3")),
     "val-family-previous": Source("the previous family (previous A, three mix10 adapters) measured the same way "
                                   "(section 'The demo family', second table)",
-                                  _family_check("/tmp/runs/family-today-check")),
+                                  _family_check("/tmp/runs/family-today-check", "previous")),
     "val-robust-a": Source("the aligned bases of issue 20 on validation (section 'Robust aligned base')",
                            lambda: _robust_a("eval")),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
@@ -133,11 +146,12 @@ SOURCES: dict[str, Source] = {
 
 #: measurements read together by the decision rule: (name, measurements, safegene decide arguments)
 DECISIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "val-v2a-vs-baselines": (("val-v2a-seed0", "val-baselines"),
-                             ("--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", "0")),
+    # the adapters alone come from the family check (the task reference of the targets)
+    "val-v2a-vs-baselines": (("val-v2a-seed0", "val-baselines", "val-family"),
+                             ("--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", "0", "--base", A_NAME)),
     # the locked test's own verdict: the arguments of ``locked_test decide``
     "test-locked": (("test-locked",), ("--baselines", ",".join(PROCEDURE["baselines"]),
-                                       "--seeds", ",".join(map(str, PROCEDURE["seeds"])))),
+                                       "--seeds", ",".join(map(str, PROCEDURE["seeds"])), "--base", A_NAME)),
 }
 
 

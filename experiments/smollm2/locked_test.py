@@ -169,7 +169,7 @@ def decide(out: Path) -> None:
     folders = [str(out / "safety")] + [str(p) for p in sorted(out.glob("task-*")) if p.is_dir()]
     code = cli(["decide", *folders, "--rename", str(out / "names.json"),
                 "--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", ",".join(map(str, PROCEDURE["seeds"])),
-                "--out", str(out / "decision.md"), "--json", str(out / "decision.json")])
+                "--base", "smollm2", "--out", str(out / "decision.md"), "--json", str(out / "decision.json")])
     if code:
         raise SystemExit(code)
 
