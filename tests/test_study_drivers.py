@@ -23,13 +23,24 @@ def _family(root: Path, names: dict[str, str]) -> Path:
     return root
 
 
+def _coefficients(path: Path, seed: int, other: bool = False) -> None:
+    """A coefficients file whose config digest says v2a with ``seed`` made it (``other``: another config)."""
+    from experiments.smollm2 import v2_sweep
+
+    cfg = v2_sweep.CANDIDATES["v2a"][1].replace(seed=seed)
+    cfg = cfg.replace(steps=cfg.steps + 1) if other else cfg
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"layers": {"0": 1.0}, "default": 0.0, "config_digest": cfg.digest()}))
+
+
 def test_every_served_model_maps_to_the_rules_name_and_missing_pieces_are_listed(tmp_path):
     assets = _family(tmp_path / "fam", {"sentiment-clean": "sentiment", "topic-mix10": "topic"})
     sweep, tuned = tmp_path / "sweep", tmp_path / "tuned"
-    for k in (0, 1):  # seed 2 is not calibrated, uniform is the only tuned baseline, of one adapter
-        f = sweep / "v2a" / (f"seed{k}" if k else "") / "sentiment-clean" / "coefficients.json"
-        f.parent.mkdir(parents=True)
-        f.write_text("{}")
+    # seed 0 is the shipped file; seed 1 is calibrated for sentiment-clean only, seed 2 by another config
+    _coefficients(assets / "tasks" / "sentiment-clean" / "coefficients.json", 0)
+    _coefficients(locked_test.coefficients_file("sentiment-clean", 1, assets, sweep), 1)
+    _coefficients(locked_test.coefficients_file("sentiment-clean", 2, assets, sweep), 2, other=True)
+    _coefficients(assets / "tasks" / "topic-mix10" / "coefficients.json", 1)  # the wrong seed is not seed 0
     (baselines.tuned_dir(tuned, "uniform", "sentiment-clean")).mkdir(parents=True)
     (baselines.tuned_dir(tuned, "uniform", "sentiment-clean") / "manifest.json").write_text("{}")
     entries, missing = locked_test.pieces(assets, sweep, tuned)
@@ -47,10 +58,72 @@ def test_every_served_model_maps_to_the_rules_name_and_missing_pieces_are_listed
     assert {e["name"] for e in entries if "safe" in e["variants"] and "plain" in e["variants"]} == {
         "sentiment-clean", "topic-mix10"}
 
-    assert "sentiment-clean: v2a seed 2 (python -m experiments.smollm2.v2_sweep cal v2a --seed 2)" in missing
-    assert not any(m.startswith("sentiment-clean: v2a seed 1") or m.startswith("sentiment-clean: baseline uniform")
-                   for m in missing)
+    assert f"sentiment-clean: v2a seed 2 (python -m experiments.smollm2.v2_sweep cal v2a --seed 2 --out {sweep})" \
+        in missing
+    assert "topic-mix10: the shipped coefficients are not v2a's seed 0" in missing
+    assert not any(m.startswith("sentiment-clean: v2a seed 1") or m.startswith("sentiment-clean: v2a seed 0")
+                   or m.startswith("sentiment-clean: baseline uniform") for m in missing)
     assert len(missing) == 1 + (len(baselines.STUDY) - 1) + 3 + len(baselines.STUDY)
+
+
+def test_a_saved_partial_run_restores_into_an_empty_work_folder_only(tmp_path):
+    out = tmp_path / "run"
+    rows = [{"model": "smollm2", "role": "harmful", "set": "harmbench-test-standard", "id": f"h{i}", "response": "x"}
+            for i in range(3)]
+    (out / "safety").mkdir(parents=True)
+    (out / "safety" / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (out / "safety" / "run.json").write_text('{"max_tokens": 32}')
+    (out / "safety" / "judged.jsonl").write_text("not saved: judged again at the end\n")
+    (out / "names.json").write_text('{"a-seed1+safegene": "a+safegene-seed1"}')
+    partial = tmp_path / "partial.tar.gz"
+    assert locked_test.save(out, partial) == 3
+
+    again = tmp_path / "fresh"
+    assert locked_test.restore(again, partial)
+    for f in ("safety/responses.jsonl", "safety/run.json", "names.json"):
+        assert (again / f).read_bytes() == (out / f).read_bytes(), f
+    assert not (again / "safety" / "judged.jsonl").exists()
+    assert not locked_test.restore(out, partial)  # a work folder with responses is never overwritten
+    with pytest.raises(SystemExit, match="no responses"):
+        locked_test.save(tmp_path / "empty", partial)
+    assert locked_test.restore(tmp_path / "fresh2", partial)  # the failed save left the archive as it was
+
+
+def test_recorded_choices_rebuild_bit_for_bit_and_a_wrong_record_is_refused(make_lora, tmp_path, monkeypatch):
+    import shutil
+
+    from safegene_runtime.baselines.tune import tune
+    from tests.test_baselines import fake_evaluator
+
+    fam = tmp_path / "fam"
+    task = make_lora("fam/tasks/x-clean", rank=4, seed=1, magnitude=0.05)
+    (task / "task.json").write_text('{"task": "sentiment"}')
+    safety = make_lora("fam/safety", rank=8, alpha=8, seed=2, magnitude=0.05)
+    out = tmp_path / "study"
+    copies = baselines.family_copies(out, fam)
+    monkeypatch.setenv("SG_FAKE_EVAL", json.dumps({"task": str(copies / "x-clean"), "safety": str(safety)}))
+    tuned = tune("uniform", copies / "x-clean", fake_evaluator, sets=["harmful-val", "edgy-benign-val"],
+                 safety=safety, grid=baselines.STUDY["uniform"].grid, out=baselines.tuned_dir(out, "uniform", "x-clean"),
+                 store=tmp_path / "store", progress=False)
+    t = json.loads((tuned / "manifest.json").read_text())["tuning"]
+    weights = (tuned / "adapter_model.safetensors").read_bytes()
+    choices = tmp_path / "choices.json"
+    (c,) = baselines.freeze(out, choices)["choices"]
+    assert c["knobs"] == t["knobs"] and c["candidate_id"] == t["candidates"][t["chosen"]]["candidate_id"]
+
+    shutil.rmtree(out / "tuned")
+    (again,) = baselines.rebuild(out, choices, fam)
+    man = json.loads((again / "manifest.json").read_text())
+    assert (again / "adapter_model.safetensors").read_bytes() == weights
+    assert man["tuning"]["knobs"] == t["knobs"] and man["lineage"][-1]["id"] == c["candidate_id"]
+    assert baselines.rebuild(out, choices, fam) == [again]  # present: kept as it is
+
+    shutil.rmtree(out / "tuned")
+    other = next(v for v in baselines.STUDY["uniform"].grid["lam"] if v != t["knobs"]["lam"])
+    choices.write_text(json.dumps({"choices": [{**c, "knobs": {"lam": other}}]}))
+    with pytest.raises(SystemExit, match="rebuilt .*, recorded"):
+        baselines.rebuild(out, choices, fam)
+    assert not baselines.tuned_dir(out, "uniform", "x-clean").exists()  # nothing published
 
 
 def test_run_refuses_while_the_procedure_is_incomplete(tmp_path):
@@ -61,7 +134,7 @@ def test_run_refuses_while_the_procedure_is_incomplete(tmp_path):
 
 
 def test_every_study_grid_builds_and_the_table_reads_what_the_tuner_wrote(make_lora, tmp_path, monkeypatch):
-    from safegene_runtime.baselines.tune import METHODS, expand_grid, tune
+    from safegene_runtime.baselines.tune import build, expand_grid, tune
     from tests.test_baselines import fake_evaluator
 
     task = make_lora("task", rank=4, seed=1, magnitude=0.05)
@@ -69,7 +142,7 @@ def test_every_study_grid_builds_and_the_table_reads_what_the_tuner_wrote(make_l
     for name, spec in baselines.STUDY.items():  # each grid's knobs are what its builder reads
         if spec.v_source == "safety":
             for knobs in expand_grid(spec.grid)[:1] + expand_grid(spec.grid)[-1:]:
-                assert (METHODS[spec.method][0](task, safety, knobs, tmp_path / "built", {}) / "manifest.json"
+                assert (build(spec.method, task, knobs, store=tmp_path / "built", safety=safety) / "manifest.json"
                         ).is_file(), name
     monkeypatch.setenv("SG_FAKE_EVAL", json.dumps({"task": str(task), "safety": str(safety)}))
     out = tmp_path / "study"

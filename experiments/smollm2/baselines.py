@@ -5,6 +5,8 @@
     python -m experiments.smollm2.baselines table                    # what has been tuned, as a markdown table
     python -m experiments.smollm2.baselines against                  # each tuned baseline paired with v2a's check
     python -m experiments.smollm2.baselines decide                   # the decision rule on validation (seed 0)
+    python -m experiments.smollm2.baselines freeze                   # record the choices (results/smollm2/)
+    python -m experiments.smollm2.baselines rebuild                  # the recorded choices again (minutes), ids checked
 
 ``tune`` starts one family server (the demo family served as :func:`.family.check` serves it: A, stacked LoRAs,
 fp32, greedy, 32 tokens, batch 32; the admin API on, candidates registered as plain-only tasks) and runs
@@ -27,6 +29,7 @@ import argparse
 import json
 import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +45,9 @@ from .tasks import write_val
 REPO = Path(__file__).resolve().parents[2]
 FAMILY = REPO / "assets" / "smollm2"
 OUT = safegene_home() / "experiments" / "smollm2" / "baselines"
+#: the committed record of every chosen candidate (``freeze`` writes it after ``tune``; ``rebuild`` reads it), so the
+#: locked test's baselines are rebuilt bit for bit on a fresh machine instead of tuned again (4 hours)
+CHOICES = REPO / "results" / "smollm2" / "baseline-choices.json"
 
 
 @dataclass(frozen=True)
@@ -80,19 +86,25 @@ class Server:
     root: Path
 
 
-@contextmanager
-def admin_server(work: Path, assets: Path = FAMILY) -> Iterator[Server]:
-    """The family served plain (:func:`.family.family_server`) with the admin API on; ``work`` is the adapter root,
-    so the task adapters are copied under it (the server takes adapters under its root only) and the tuner builds
-    its candidates there."""
-    work = work.resolve()
-    copies = work / "family" / "tasks"
+def family_copies(work: Path, assets: Path = FAMILY) -> Path:
+    """Copies of the family's task adapters under ``<work>/family/tasks`` (the server takes adapters under its root
+    only, and every candidate's lineage names the task folder it was built from, so a rebuild uses the same path)."""
+    copies = work.resolve() / "family" / "tasks"
     for name in family_tasks(assets):
         if not (copies / name).is_dir():
             tmp = copies / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(assets / "tasks" / name, tmp)
             tmp.rename(copies / name)
+    return copies
+
+
+@contextmanager
+def admin_server(work: Path, assets: Path = FAMILY) -> Iterator[Server]:
+    """The family served plain (:func:`.family.family_server`) with the admin API on; ``work`` is the adapter root,
+    so the task adapters are copied under it (:func:`family_copies`) and the tuner builds its candidates there."""
+    work = work.resolve()
+    copies = family_copies(work, assets)
 
     def edit(cfg: dict, demo_cfg: dict) -> None:
         for t in cfg["tasks"]:
@@ -166,6 +178,52 @@ def rows(out: Path) -> list[dict[str, Any]]:
     return found
 
 
+def freeze(out: Path, dest: Path = CHOICES) -> dict[str, Any]:
+    """Record every tuned (baseline, adapter)'s chosen knobs and candidate id in ``dest`` (JSON, atomically)."""
+    from safegene_runtime.artifacts import atomic_write_json
+
+    found = rows(out)
+    if not found:
+        raise SystemExit(f"no tuned baseline under {out}/tuned: run `tune` first")
+    record = {"what": "each study baseline's candidate chosen on validation (experiments/smollm2/baselines.py tune); "
+                      "`rebuild` builds them again and checks each content id",
+              "choices": [{"baseline": r["baseline"], "adapter": r["adapter"], "knobs": r["knobs"],
+                           "feasible": r["feasible"], "candidate_id": r["candidate_id"]} for r in found]}
+    atomic_write_json(dest, record)
+    return record
+
+
+def rebuild(out: Path, choices: Path = CHOICES, assets: Path = FAMILY) -> list[Path]:
+    """Build every recorded choice not yet in ``<out>/tuned`` from its knobs, with the tuner's own builder on the same
+    inputs at the same paths (:func:`family_copies`), and refuse any whose content id differs from the recorded one
+    (other inputs than the tuned ones: tune again instead)."""
+    from safegene_runtime.artifacts import read_manifest
+    from safegene_runtime.baselines.tune import build, publish
+
+    record = json.loads(choices.read_text())
+    copies = family_copies(out, assets)
+    sources: dict[str, dict[str, Path]] = {}  # V's inputs per source, built once (A is a merge)
+    done = []
+    for c in record["choices"]:
+        dst = tuned_dir(out, c["baseline"], c["adapter"])
+        if not (dst / "manifest.json").is_file():
+            spec = STUDY[c["baseline"]]
+            with tempfile.TemporaryDirectory(prefix=".rebuild-", dir=out) as td:
+                if spec.v_source not in sources:
+                    sources[spec.v_source] = v_sources(spec.v_source)
+                built = build(spec.method, copies / c["adapter"], c["knobs"], store=td, safety=assets / "safety",
+                              **sources[spec.v_source])
+                got = read_manifest(built)["id"]
+                if not got.startswith(c["candidate_id"]):
+                    raise SystemExit(f"{c['baseline']} on {c['adapter']} at {c['knobs']}: rebuilt {got[:12]}, recorded "
+                                     f"{c['candidate_id'][:12]}; the inputs differ from the tuned ones (tune again)")
+                publish(built, {"method": spec.method, "knobs": c["knobs"], "feasible": c["feasible"],
+                                "candidate_id": got, "rebuilt_from": str(choices)}, out=dst)
+            log(f"rebuilt {c['baseline']} on {c['adapter']} ({c['knobs']}): {got[:12]} as recorded")
+        done.append(dst)
+    return done
+
+
 def response_hr(out: Path, candidate_id: str) -> dict[str, Any] | None:
     """The response judge's harmful rate of a candidate (the tuner's rule reads the phrase judge's), from its eval
     folder (:class:`~safegene_runtime.baselines.served.ServedEvaluator` names it ``tune-<id12>``)."""
@@ -237,15 +295,18 @@ def decide_val(out: Path, check: Path, methods: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("command", choices=("tune", "table", "against", "decide"),
+    ap.add_argument("command", choices=("tune", "table", "against", "decide", "freeze", "rebuild"),
                     help="tune: tune (resumable); table: what is tuned; against: each tuned baseline paired with "
                          "SafeGene's family check (--check) on the same validation prompts; decide: the decision "
-                         "rule (`safegene decide`) on those validation verdicts")
+                         "rule (`safegene decide`) on those validation verdicts; freeze: record the chosen "
+                         "candidates in --choices; rebuild: build the recorded choices again (minutes, no server), "
+                         "each checked against its recorded content id")
     ap.add_argument("--method", default=",".join(STUDY),
                     help=f"comma-separated study baselines, in this order (default: all, {', '.join(STUDY)})")
     ap.add_argument("--only", help="comma-separated adapters of the family (default: all six)")
     ap.add_argument("--out", type=Path, default=OUT, help="work folder (default %(default)s)")
     ap.add_argument("--assets", type=Path, default=FAMILY, help="the family folder (default assets/smollm2)")
+    ap.add_argument("--choices", type=Path, default=CHOICES, help="freeze/rebuild: the record (default %(default)s)")
     ap.add_argument("--check", type=Path, default=None,
                     help="against/decide: the family check of the +safegene variants (default: v2a's, "
                          "<v2_sweep --out>/v2a/check)")
@@ -266,6 +327,12 @@ def main(argv: list[str] | None = None) -> int:
         for t in pairs:
             print(f"| {t['adapter']} | {t['baseline']} | {t['rate']} | {t['n']} | {t['a']} | {t['b']} | "
                   f"{t['only_a']} | {t['only_b']} | {t['p']:.2g} |")
+        return 0
+    if args.command == "freeze":
+        print(f"{len(freeze(args.out, args.choices)['choices'])} choices recorded in {args.choices}")
+        return 0
+    if args.command == "rebuild":
+        print(f"{len(rebuild(args.out, args.choices, args.assets))} tuned baselines in {args.out / 'tuned'}")
         return 0
     if args.command == "tune":
         tune_all(args.out, methods, args.only.split(",") if args.only else None, args.assets)

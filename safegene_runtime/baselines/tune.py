@@ -206,12 +206,10 @@ def tune(
         raise ValueError(f"unknown baseline {method!r}; one of {list(METHODS)}")
     declared = list(sets) + [str(s) for s in getattr(evaluator, "sets", ())]
     names = check_validation_sets(declared)
-    builder, default_grid = METHODS[method]
+    default_grid = METHODS[method][1]
     candidates = expand_grid(grid if grid is not None else default_grid)
     task = Path(task)
     src = {"aligned": aligned, "degraded": degraded, "original": original}
-    src = {k: v for k, v in src.items() if v is not None}
-    safety_p = Path(safety) if safety is not None else None
     t_ad = load_adapter(task)
     if reference is None:
         reference = {"plain": evaluator(task), "aligned": evaluator(None)}
@@ -229,7 +227,7 @@ def tune(
     with tempfile.TemporaryDirectory(prefix=f".tune-{method}-", dir=parent) as td:
         try:
             for knobs in candidates:
-                built = builder(task, safety_p, knobs, Path(td), src)
+                built = build(method, task, knobs, store=td, safety=safety, **src)
                 rows.append({"knobs": knobs, "candidate_id": read_manifest(built)["id"],
                              "metrics": _metrics(evaluator(built), f"candidate {knobs}"),
                              "intervention": intervention(t_ad, built), "folder": built})
@@ -240,8 +238,6 @@ def tune(
             if bar is not None:
                 bar.close()
         best, feasible = rule.choose(rows, plain, aligned_m)
-        chosen = rows[best]["folder"]
-        man = read_manifest(chosen)
         for r in rows:
             r["shortfall"] = rule.shortfall(r["metrics"], plain, aligned_m)
             r["qualifies"] = r["shortfall"] == 0.0
@@ -252,16 +248,38 @@ def tune(
             "candidates": [{k: v for k, v in r.items() if k != "folder"} for r in rows],
             "chosen": best, "knobs": rows[best]["knobs"], "feasible": feasible,
         }
-        lineage = list(man.get("lineage", [])) + [{"role": "tuned_candidate", "id": man["id"],
-                                                   "kind": man.get("kind")}]
-        kw = dict(kind="baseline_adapter", lineage=lineage)
-        writer = (ArtifactWriter(dest=out, **kw) if out is not None else
-                  ArtifactWriter(store=parent, name=f"{task.name}-{method}-tuned", **kw))
-        with writer as w:
-            for f in (CONFIG_FILE, WEIGHTS_FILE):
-                shutil.copy2(chosen / f, w.tmp / f)
-            for k, v in man.items():
-                if k not in ("schema", "kind", "created_by", "lineage", "id", "created_at"):
-                    w.manifest[k] = v
-            w.manifest["tuning"] = tuning
+        return publish(rows[best]["folder"], tuning, out=out, store=parent, name=f"{task.name}-{method}-tuned")
+
+
+def build(method: str, task: str | Path, knobs: Mapping[str, Any], *, store: str | Path,
+          safety: str | Path | None = None, aligned: str | Path | None = None, degraded: str | Path | None = None,
+          original: str | Path | None = None) -> Path:
+    """One candidate of ``method`` at ``knobs``, built exactly as :func:`tune` builds each grid point (the same
+    builder and inputs give the same content id), so a recorded choice can be rebuilt and checked without tuning
+    again."""
+    if method not in METHODS:
+        raise ValueError(f"unknown baseline {method!r}; one of {list(METHODS)}")
+    src = {k: v for k, v in {"aligned": aligned, "degraded": degraded, "original": original}.items() if v is not None}
+    Path(store).mkdir(parents=True, exist_ok=True)
+    return METHODS[method][0](Path(task), Path(safety) if safety is not None else None, knobs, Path(store), src)
+
+
+def publish(chosen: str | Path, tuning: Mapping[str, Any], *, out: str | Path | None = None,
+            store: str | Path | None = None, name: str = "tuned") -> Path:
+    """Re-publish a chosen candidate as a ``baseline_adapter`` with ``manifest["tuning"]`` (how it was chosen) and
+    the candidate in its lineage: at ``out``, or content-addressed in ``store`` as ``<name>-<id12>``."""
+    chosen = Path(chosen)
+    man = read_manifest(chosen)
+    lineage = list(man.get("lineage", [])) + [{"role": "tuned_candidate", "id": man["id"], "kind": man.get("kind")}]
+    kw = dict(kind="baseline_adapter", lineage=lineage)
+    if out is None and store is None:
+        raise ValueError("publish needs out or store")
+    writer = ArtifactWriter(dest=out, **kw) if out is not None else ArtifactWriter(store=store, name=name, **kw)
+    with writer as w:
+        for f in (CONFIG_FILE, WEIGHTS_FILE):
+            shutil.copy2(chosen / f, w.tmp / f)
+        for k, v in man.items():
+            if k not in ("schema", "kind", "created_by", "lineage", "id", "created_at"):
+                w.manifest[k] = v
+        w.manifest["tuning"] = dict(tuning)
     return w.path  # type: ignore[return-value]
