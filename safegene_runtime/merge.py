@@ -26,13 +26,16 @@ import torch
 from safetensors.torch import save_file
 
 from .adapters import AdapterError, layer_index, load_adapter, module_group
-from .artifacts import MANIFEST, ArtifactWriter, describe_input
+from .artifacts import (MANIFEST, ArtifactWriter, built_from, canonical_json, describe_input, record_built_from,
+                        sha256_bytes)
 from .checkpoints import INDEX_FILE, Checkpoint, check_adapter_fits, check_same_base, resolve_dtype, weights_fingerprint
 from .coefficients import Coefficients, load_coefficients
 from .paths import artifacts_dir
 from .stack import check_coefficients
 from .threads import single_thread
 
+#: bump when the same inputs would merge into other bytes: a store merge is reused by its inputs (lineage) and this
+MERGE_FORMAT = 1
 #: weight files of other formats: never copied next to the merged safetensors (they would hold stale weights)
 _WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".gguf", ".h5", ".msgpack", ".ckpt"}
 
@@ -50,7 +53,9 @@ def merge_checkpoint(
     dtype: str | torch.dtype | None = None,
 ) -> Path:
     """Write ``base + ΔT + λ·ΔS`` as a full HF checkpoint folder and return it (``out``, or ``store/<name>-<id12>``,
-    default store the artifacts dir). ``task`` or ``safety`` (with ``coefficients``) may be given alone.
+    default store the artifacts dir). ``task`` or ``safety`` (with ``coefficients``) may be given alone. A store
+    merge whose inputs (the lineage: each input's id or content hash, λ, dtype) and name match one made before
+    returns that folder without merging again (:func:`~.artifacts.built_from`).
 
     ``dtype`` (e.g. ``"float32"``) writes every floating tensor in that dtype and says so in config.json; the
     default keeps each tensor's own. A float32 merge of a bf16 base keeps all of a delta smaller than bf16's step."""
@@ -99,8 +104,13 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
         lineage.append({"role": "coefficients", "digest": coeffs.digest()})  # type: ignore[union-attr]
     if dtype is not None:
         lineage.append({"role": "dtype", "dtype": str(dtype).removeprefix("torch.")})
-    if out is None and store is None:
-        store = artifacts_dir()
+    reuse_key = None
+    if out is None:  # a store merge is deterministic in its inputs: the same ones give the folder made before
+        store = store if store is not None else artifacts_dir()
+        reuse_key = sha256_bytes(canonical_json({"lineage": lineage, "name": name, "format": MERGE_FORMAT}).encode())
+        found = built_from(store, reuse_key)
+        if found is not None:
+            return found
 
     merged: list[str] = []
     dtypes: Counter[str] = Counter()
@@ -166,6 +176,8 @@ def _merge(base, *, task, safety, coefficients, out, store, name, progress, dtyp
                                          if k in ck.config}},
                           **info)
     assert w.path is not None
+    if reuse_key is not None:
+        record_built_from(store, reuse_key, w.path)
     return w.path
 
 

@@ -97,6 +97,38 @@ def test_task_or_safety_alone_and_sharded_base(tiny_model, adapters, tmp_path):
     assert read_manifest(only_safety)["merged_modules"] == 3 * 3  # layer 0 has λ = 0
 
 
+def test_a_store_merge_of_the_same_inputs_is_reused_and_any_changed_input_merges_again(tiny_model, adapters,
+                                                                                     tmp_path, monkeypatch):
+    import shutil
+
+    import safegene_runtime.merge as merge_mod
+
+    task, safety = adapters
+    store = tmp_path / "store"
+    first = merge_checkpoint(tiny_model, task=task, safety=safety, coefficients=LAMBDAS, store=store, name="m",
+                             progress=False)
+    calls = []
+    real = merge_mod.ArtifactWriter
+    monkeypatch.setattr(merge_mod, "ArtifactWriter", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = merge_checkpoint(tiny_model, task=task, safety=safety, coefficients=LAMBDAS, store=store, name="m",
+                             progress=False)
+    assert again == first and calls == []  # found by its inputs: nothing written
+    other = Coefficients(layers={0: 0.5, 3: 2.0}, default=0.8)
+    changed = merge_checkpoint(tiny_model, task=task, safety=safety, coefficients=other, store=store, name="m",
+                               progress=False)
+    assert changed != first and calls == [1]
+    first_id = read_manifest(first)["id"]
+    shutil.rmtree(first)  # gone from the store: merged again, to the same content id
+    back = merge_checkpoint(tiny_model, task=task, safety=safety, coefficients=LAMBDAS, store=store, name="m",
+                            progress=False)
+    assert back == first and read_manifest(back)["id"] == first_id
+    assert calls == [1, 1] and (back / "model.safetensors").is_file()
+    (store / ".built-from.json").write_text("not json")  # a broken index costs a merge, never an error
+    assert merge_checkpoint(tiny_model, task=task, safety=safety, coefficients=LAMBDAS, store=store, name="m",
+                            progress=False) == first
+    assert calls == [1, 1, 1]
+
+
 def test_bf16_base_keeps_its_dtype(tmp_path, run_cli):
     base = make_tiny_model(tmp_path / "bf16", num_layers=1, dtype=torch.bfloat16)
     lora = make_random_lora(tmp_path / "lora", base, rank=2, modules=("q_proj",))

@@ -176,7 +176,8 @@ def aligned_base(original: Path, alignment_lora: Path) -> Path:
         print(f"[demo] note: no alignment LoRA at {alignment_lora}: serving the original model as the base",
               flush=True)
         return original
-    print("[demo] building the aligned base A = SmolLM2 + alignment LoRA (once, ~20 s)", flush=True)
+    print("[demo] the aligned base A = SmolLM2 + alignment LoRA (merged on the first run, ~20 s; reused after)",
+          flush=True)
     return merge_checkpoint(original, task=alignment_lora, store=artifacts_dir(), name="smollm2-aligned",
                             progress=False)
 
