@@ -346,7 +346,8 @@ def recount(bundle: Path, out: Path, only: list[str] | None = None) -> int:
         dst.mkdir(parents=True, exist_ok=True)
         folders = [str(f) for p in parts for f in recounted[p]]
         print(f"\n## decision: {dname}\n")
-        code = cli(["decide", *folders, *args, "--out", str(dst / "decision.md"), "--json", str(dst / "decision.json")])
+        code = cli(["decide", *folders, *args, "--out", str(dst / "decision.md"), "--json", str(dst / "decision.json"),
+                    "--tables", str(dst / "tables.md"), "--plot", str(dst / "safety-utility.png")])
         if code:  # the decision's markdown is on stdout already
             return code
     if stale:

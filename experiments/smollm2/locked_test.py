@@ -227,13 +227,15 @@ def run(out: Path, assets: Path = FAMILY, sweep: Path = SWEEP, tuned: Path = bas
 
 
 def decide(out: Path) -> None:
-    """``safegene decide`` over the saved verdicts, both judges; decision.md and decision.json in ``out``."""
+    """``safegene decide`` over the saved verdicts, both judges; decision.md, decision.json, the results page's
+    tables (tables.md) and plots (safety-utility.png, safety-utility-response.png) in ``out``."""
     from safegene_runtime.cli import main as cli
 
     folders = [str(out / "safety")] + [str(p) for p in sorted(out.glob("task-*")) if p.is_dir()]
     code = cli(["decide", *folders, "--rename", str(out / "names.json"),
                 "--baselines", ",".join(PROCEDURE["baselines"]), "--seeds", ",".join(map(str, PROCEDURE["seeds"])),
-                "--base", "smollm2", "--out", str(out / "decision.md"), "--json", str(out / "decision.json")])
+                "--base", "smollm2", "--out", str(out / "decision.md"), "--json", str(out / "decision.json"),
+                "--tables", str(out / "tables.md"), "--plot", str(out / "safety-utility.png")])
     if code:
         raise SystemExit(code)
 
