@@ -132,7 +132,7 @@ SOURCES: dict[str, Source] = {
     "val-baselines": Source("every tuned baseline's chosen candidate on validation "
                             "(docs/results.md, section Tuned baselines)", _baselines),
     "test-locked": Source("the locked test of issues 21/22 (experiments/smollm2/locked_test.py PROCEDURE; "
-                          "docs/test-runs.jsonl)", _locked_test, bundled=False),
+                          "docs/test-runs.jsonl)", _locked_test),
     "val-family": Source("the demo family on validation: A, the six adapters alone and with the coefficients before "
                          "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check", "allc0.3")),
     "val-family-previous": Source("the previous family (previous A, three mix10 adapters) measured the same way "
