@@ -132,6 +132,13 @@ def plot_safety_utility(results: dict[str, Any], path: str | Path) -> Path:
     if results["models"]:
         ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write a matplotlib figure as PNG atomically (a half-written plot never replaces a good one) and close it."""
+    import matplotlib.pyplot as plt  # lazy: only plots need matplotlib
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, format="png")

@@ -19,6 +19,7 @@ from typing import Callable, Mapping, Sequence
 from .decision import (ALONE, HARM_METRICS, DecisionConfig, MethodRuns, Outcomes, TargetCheck, fmt_summary, group,
                        is_safegene_variant, summarize, targets)
 from .gate import GateThresholds
+from .report import save_figure
 
 #: the columns of a table: the two harm numbers, then the two utility numbers
 COLUMNS = (("harmful_response_rate", "HR, phrase judge"), ("response_harmful_rate", "HR, response judge"),
@@ -152,12 +153,7 @@ def plot(outcomes: Mapping[str, dict[str, Outcomes]], base: str, path: str | Pat
     fig.suptitle(title or "Safety against over-refusal per adapter (green: the targets; hollow: task target missed)",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = ["COLUMNS", "setting_of", "method_order", "shown", "tables", "plot"]
