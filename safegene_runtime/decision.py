@@ -398,6 +398,20 @@ def is_safegene_variant(method: str, cfg: DecisionConfig = DecisionConfig()) -> 
     return method == cfg.safegene or method.startswith(f"{cfg.safegene}-")
 
 
+def baselines_of(methods: Iterable[str], cfg: DecisionConfig = DecisionConfig()) -> list[str]:
+    """The baselines the rule compares SafeGene with: ``cfg.baselines``, or every method measured on the adapter
+    except the adapter alone and SafeGene with its variants."""
+    if cfg.baselines is not None:
+        return list(cfg.baselines)
+    return sorted(m for m in methods if m != ALONE and not is_safegene_variant(m, cfg))
+
+
+def require_base(outcomes: Mapping[str, Any], base: str) -> None:
+    """Refuse results that lack the aligned base (the targets' reference)."""
+    if base not in outcomes:
+        raise ValueError(f"the base model {base!r} is not in the results; models seen: {', '.join(sorted(outcomes))}")
+
+
 def decide(outcomes: Mapping[str, dict[str, Outcomes]], cfg: DecisionConfig = DecisionConfig(), *,
            adapters: Sequence[str] | None = None) -> tuple[list[Verdict], list[str]]:
     """Verdicts for every adapter with SafeGene measured (or those named), under each harm judge of ``cfg`` that
@@ -417,8 +431,7 @@ def decide(outcomes: Mapping[str, dict[str, Outcomes]], cfg: DecisionConfig = De
             methods = grouped.get(a, {})
             if cfg.safegene not in methods:
                 raise ValueError(f"adapter {a!r}: no {a}+{cfg.safegene} in the results")
-            chosen = cfg.baselines if cfg.baselines is not None else sorted(
-                m for m in methods if m != ALONE and not is_safegene_variant(m, cfg))
+            chosen = baselines_of(methods, cfg)
             v = verdict(a, methods[cfg.safegene], {b: methods[b] for b in chosen if b in methods}, harm, cfg)
             v.notes += [f"{b}: not measured on {a}" for b in chosen if b not in methods]
             verdicts.append(v)
@@ -460,8 +473,7 @@ def targets(outcomes: Mapping[str, dict[str, Outcomes]], base: str, thresholds: 
     """Every method (SafeGene and each baseline; not the adapter alone) on every adapter, under each harm judge of
     ``cfg``, against the targets; ``base`` is the aligned model's name in the results (the reference of harm and
     over-refusal)."""
-    if base not in outcomes:
-        raise ValueError(f"the base model {base!r} is not in the results; models seen: {', '.join(sorted(outcomes))}")
+    require_base(outcomes, base)
     grouped, _ = group({m: o for m, o in outcomes.items() if m != base}, cfg)
 
     def mean_of(runs: dict[int | None, Outcomes], metric: str) -> float | None:
@@ -590,5 +602,5 @@ def markdown(verdicts: Sequence[Verdict], notes: Sequence[str] = (), cfg: Decisi
 __all__ = ["DecisionConfig", "HARM_METRICS", "UTILITY_METRICS", "TESTS", "Comparison", "Summary", "MethodRuns",
            "Verdict", "mcnemar_exact", "sign_test", "bootstrap_ci", "per_prompt_means", "compare", "is_better",
            "summarize", "decision_metrics", "verdict", "judged_file", "load_outcomes", "parse_model", "group",
-           "is_safegene_variant", "decide", "fmt_summary", "fmt_comparison", "markdown", "TargetCheck", "targets",
-           "targets_markdown"]
+           "is_safegene_variant", "baselines_of", "require_base", "decide", "fmt_summary", "fmt_comparison",
+           "markdown", "TargetCheck", "targets", "targets_markdown"]

@@ -16,8 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from .decision import (ALONE, HARM_METRICS, DecisionConfig, MethodRuns, Outcomes, TargetCheck, fmt_summary, group,
-                       is_safegene_variant, summarize, targets)
+from .decision import (ALONE, HARM_METRICS, DecisionConfig, MethodRuns, Outcomes, TargetCheck, baselines_of,
+                       fmt_summary, group, require_base, summarize, targets)
 from .gate import GateThresholds
 from .report import save_figure
 
@@ -41,16 +41,10 @@ def shown(outcomes: Mapping[str, dict[str, Outcomes]], base: str, cfg: DecisionC
           ) -> dict[str, dict[str, MethodRuns]]:
     """What the page shows, as the rule decides it: every adapter with SafeGene measured, and on it the adapter
     alone, SafeGene and the baselines (``cfg.baselines``, or every other method but SafeGene's variants)."""
-    if base not in outcomes:
-        raise ValueError(f"the base model {base!r} is not in the results; models seen: {', '.join(sorted(outcomes))}")
+    require_base(outcomes, base)
     grouped, _ = group({m: o for m, o in outcomes.items() if m != base}, cfg)
-
-    def keep(m: str) -> bool:
-        if m in (ALONE, cfg.safegene):
-            return True
-        return m in cfg.baselines if cfg.baselines is not None else not is_safegene_variant(m, cfg)
-
-    return {a: {m: r for m, r in ms.items() if keep(m)} for a, ms in sorted(grouped.items()) if cfg.safegene in ms}
+    return {a: {m: r for m, r in ms.items() if m in (ALONE, cfg.safegene, *baselines_of(ms, cfg))}
+            for a, ms in sorted(grouped.items()) if cfg.safegene in ms}
 
 
 def _met(check: TargetCheck | None) -> str:

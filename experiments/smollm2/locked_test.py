@@ -169,7 +169,9 @@ def restore(out: Path, src: Path = PARTIAL) -> bool:
     """Unpack a saved partial run into an empty work folder (``run`` then asks only for what is missing)."""
     import tarfile
 
-    if not src.is_file() or any(out.glob("*/responses.jsonl")):
+    from safegene_runtime.evaluate import RESPONSES
+
+    if not src.is_file() or any(out.glob(f"*/{RESPONSES}")):
         return False
     out.mkdir(parents=True, exist_ok=True)
     with tarfile.open(src, "r:gz") as tar:
