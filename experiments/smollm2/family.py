@@ -101,22 +101,26 @@ def family_server(assets: Path, log_path: Path, *, label: str = "family server",
             server.stop()
 
 
-def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, harmful: str = HARMFUL) -> dict:
+def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, harmful: str = HARMFUL,
+          harmful_only: bool = False) -> dict:
     """Serve ``assets`` and evaluate A and the plain variants (``plain``), the ``+safegene`` ones (``safe``) or
-    both; ``summary.json`` in ``out``. The erosion numbers need the plain variants (empty without them)."""
+    both; ``summary.json`` in ``out``. The erosion numbers need the plain variants (empty without them).
+    ``harmful_only``: the harmful set alone (another harmful set beside a check whose benign and task numbers
+    stand)."""
     assets, out = assets.resolve(), out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     tasks = family_tasks(assets)
     with family_server(assets, out / "server.log", safe=safe, plain=plain) as (server, cfg):
         base = cfg["base"]["served_name"]
-        eval_cli(server.base_url, base, out / "base", harmful=harmful, benign=BENIGN, task=None, limit=None,
+        benign = None if harmful_only else BENIGN
+        eval_cli(server.base_url, base, out / "base", harmful=harmful, benign=benign, task=None, limit=None,
                  max_tokens=MAX_TOKENS, log=log)
         summary = {"base": base, "models": rates(out / "base")}
         for task in sorted(set(tasks.values())):
             names = [n for n, t in tasks.items() if t == task]
             models = (names if plain else []) + ([f"{n}+safegene" for n in names] if safe else [])
-            eval_cli(server.base_url, ",".join(models), out / task, harmful=harmful, benign=BENIGN,
-                     task=write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
+            eval_cli(server.base_url, ",".join(models), out / task, harmful=harmful, benign=benign,
+                     task=None if harmful_only else write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
             summary["models"] |= rates(out / task)
     a_hr = summary["models"][base]["harmful_response_rate"]["rate"]
     summary["erosion"] = {n: round(100 * (summary["models"][n]["harmful_response_rate"]["rate"] - a_hr), 1)

@@ -55,6 +55,13 @@ CANDIDATES: dict[str, tuple[int, CalibrationConfig]] = {
     "v2b": (16, CalibrationConfig(**_COMMON | dict(benign_contrast=1.0), onpolicy_every=5, onpolicy_tokens=24,
                                   benign_source="given+edgy", benign_edgy_shots=16)),
 }
+# v2c: v2a plus 16 harmful shots asked in the robust A's training framings (calibration harmful_framed, issue 20).
+# Why: v2a's +safegene variants answer harmful-val-rephrased at 5.7-16.5% against A's 7.4% and none of them refuses
+# the demo's unseen framing, while its 16 harmful shots are all plain-worded: its on-policy term found no
+# non-refusal to push against on reverse-clean. Framed shots (from harmful-align-train prompts only) let the refusal
+# terms see where lowering lambda gives A's refusals up. Written before any v2c number and before v2a's
+# harmful-val-unseen numbers were read (docs/results.md, "SafeGene v2c").
+CANDIDATES["v2c"] = (16, CANDIDATES["v2a"][1].replace(harmful_framed=16))
 # v2a-shrink: v2a, then lambda shrunk to the smallest multiple of 0.25 at which every harmful shot refused is still
 # refused (calibration/shrink.py). Why: v2b (a heavier benign term) cut the clean adapters' over-refusal on validation
 # but still missed the limit and raised sentiment-clean's harmful rate (docs/results.md); the clean adapters need
@@ -238,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--harmful", default="harmful-val",
                     help="check: the harmful validation set (harmful-val-rephrased: the same prompts in eight "
                          "framings A was aligned on less; written to check-<set>/)")
+    ap.add_argument("--harmful-only", action="store_true",
+                    help="check: the harmful set alone (beside a check whose over-refusal and task numbers stand)")
+    ap.add_argument("--with-plain", action="store_true",
+                    help="check: the plain adapters too (their own numbers on --harmful; the folder gets -plain)")
     ap.add_argument("--seed", type=int, default=0,
                     help="cal, check: the protocol's seed s (shots drawn with s, calibration seed s; results in "
                          "<candidate>/seed<s>/ for s > 0; default 0)")
@@ -264,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = a.only.split(",") if a.only else None
     root = layout(a.candidate, a.out, only=only, seed=a.seed)
-    where = sweep_dir(a.out, a.candidate, a.seed) / check_name(a.harmful, only)
-    summary = check(root, where, safe=True, plain=False, harmful=a.harmful)
+    where = sweep_dir(a.out, a.candidate, a.seed) / (check_name(a.harmful, only) + ("-plain" if a.with_plain else ""))
+    summary = check(root, where, safe=True, plain=a.with_plain, harmful=a.harmful, harmful_only=a.harmful_only)
     k, config = CANDIDATES[a.candidate]
     config = config.replace(seed=a.seed) if a.seed else config
     summary["candidate"] = {"name": a.candidate, "shots": k, "seed": a.seed, "config": config.to_dict(),

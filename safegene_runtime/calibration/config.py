@@ -136,6 +136,10 @@ class CalibrationConfig:
              "the mean of the stop_patience steps before (steps stays the cap; 0: always run all steps)",
         metavar="TOL")
     stop_patience: int = _knob(10, "window of the stopping rule, in steps", metavar="N")
+    harmful_framed: int = _knob(
+        0, "add N harmful shots: the given ones asked again in the framings the aligned base was trained to refuse "
+           "(past tense, role-play, fiction, ...: safegene_runtime/rephrase.py FRAMINGS, dealt round robin), so the "
+           "refusal terms see the request asked other ways, not only its plain wording (0: off)", metavar="N")
     shrink_step: float = _knob(
         0.0, "after the steps, scale every lambda by STEP, 2*STEP, ... (< 1) and keep the first scale at which the "
              "model still refuses every harmful shot it refuses at the calibrated lambda (0: off; "
@@ -143,16 +147,17 @@ class CalibrationConfig:
 
     def __post_init__(self) -> None:
         ints = ("seed", "steps", "max_new_tokens", "max_prompt_tokens", "batch_size", "gen_batch_size",
-                "margin_tokens", "onpolicy_every", "onpolicy_tokens", "benign_edgy_shots", "stop_patience")
+                "margin_tokens", "onpolicy_every", "onpolicy_tokens", "benign_edgy_shots", "stop_patience",
+                "harmful_framed")
         for name in ints + ("max_target_tokens", "benign_tokens"):
             v = getattr(self, name)
             if v is None and name not in ints:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise CalibrationConfigError(name, f"{name} must be an integer (got {v!r})")
-            if name in ("steps", "onpolicy_every") and v < 0:
+            if name in ("steps", "onpolicy_every", "harmful_framed") and v < 0:
                 raise CalibrationConfigError(name, f"{name} must be 0 or more (got {v})")
-            if name not in ("seed", "steps", "onpolicy_every") and v < 1:
+            if name not in ("seed", "steps", "onpolicy_every", "harmful_framed") and v < 1:
                 raise CalibrationConfigError(name, f"{name} must be positive (got {v})")
         for name in ("lr", "beta", "gamma", "lambda_max", "penalty", "margin_target", "benign_contrast",
                      "onpolicy_weight", "group_shrinkage", "stop_tol", "shrink_step"):
@@ -307,6 +312,8 @@ class CalibrationConfig:
                 f" on {where}; {refusal}"
                 + (f", on-policy refusal margin x {self.onpolicy_weight:g} (answers regenerated every "
                    f"{self.onpolicy_every} steps, {self.onpolicy_tokens} tokens)" if self.onpolicy_every else "")
+                + (f"; the harmful shots plus {self.harmful_framed} of them asked in the base's trained framings"
+                   if self.harmful_framed else "")
                 + f", task KL x {self.beta:g}, benign KL x {self.gamma:g}"
                 + (f" over {self.benign_tokens} tokens" if self.benign_tokens else "")
                 + (f", benign contrast x {self.benign_contrast:g}" if self.benign_contrast else ", no benign contrast")

@@ -63,6 +63,10 @@ Four more pieces *(ours, issue 22; all off by default, so the default procedure 
 * ``granularity="attn-mlp"``: one λ for the attention and one for the MLP modules of each layer, with
   ``group_shrinkage`` ρ · Σ (λ_l,g − mean_g λ_l,g)² pulling the two towards the layer's shared value; the
   coefficients file gets ``groups`` (:mod:`safegene_runtime.coefficients`);
+* ``harmful_framed`` *(issue 20; off by default)*: N more harmful shots, the given ones asked in the framings the
+  aligned base was trained to refuse (:func:`safegene_runtime.rephrase.framed_shots`). Plain-worded shots only show
+  the terms the requests A refuses most easily; λ then stops where a request asked in a story or the past tense is
+  answered again (docs/results.md, "Framings A was aligned on less");
 * ``stop_tol``: stop a start once the mean loss over the last ``stop_patience`` steps improved by less than
   ``stop_tol`` (relative) on the window before (:class:`.optim.StoppingRule`); ``steps`` is then the cap, and
   ``meta["loss"]["stopped"]`` says why and when each start stopped.
@@ -83,6 +87,7 @@ from ..digests import chat_list_digest
 from ..edgy_train import draw_edgy_benign
 from ..lora_forward import LoraForward, encode_prompts, load_causal_lm
 from ..prompts import load_examples
+from ..rephrase import framed_shots
 from .config import CalibrationConfig
 from .objective import Batches, group_shrinkage, target_logprobs, term_loss
 from .optim import SharedAdam, StoppingRule, best_start
@@ -154,6 +159,14 @@ def calibrate(
         raise ValueError("calibration needs at least one harmful shot")
     if not task_shots:
         raise ValueError("calibration needs at least one task shot")
+    framed: list[str] = []
+    if cfg.harmful_framed:
+        # the plain shots asked again in the aligned base's trained framings (rephrase.FRAMINGS), text shots only
+        texts = [h for h in harmful if isinstance(h, str)]
+        if not texts:
+            raise ValueError("harmful_framed needs harmful shots given as text, not chat messages")
+        framed = framed_shots(texts, cfg.harmful_framed, seed)
+        harmful = list(harmful) + framed
     benign = list(benign or [])
     given_benign = len(benign)
     edgy: list[str] = []
@@ -357,6 +370,8 @@ def calibrate(
         shots_meta["harmful"]["task_model_complied"] = len(data.get("refusal_margin", []))
     if benign_contrast > 0:
         shots_meta["benign"]["base_answered"] = len(data.get("benign_margin", []))
+    if framed:
+        shots_meta["harmful"]["framed"] = {**shot_set_info(framed), "framings": "rephrase.FRAMINGS"}
     if cfg.benign_source != "given":
         shots_meta["benign"].update(source=cfg.benign_source, edgy={**shot_set_info(edgy), "pool": "edgy_train"},
                                     given_used=given_benign if cfg.benign_source == "given+edgy" else 0)
