@@ -216,15 +216,33 @@ def test_edgy_benign_source_draws_its_shots_and_records_them(run, shots):
     assert both.meta["shots"]["benign"]["given_used"] == len(shots["benign"])
 
 
+def test_harmful_framed_adds_the_shots_in_the_trained_framings_and_records_them(run, shots):
+    """harmful_framed N: N more harmful shots, the given ones in rephrase.FRAMINGS, counted in the file; text only."""
+    from safegene_runtime.calibration import shot_set_info
+    from safegene_runtime.rephrase import framed_shots
+
+    c = run(init=0.0, steps=1, lr=0.1, harmful_framed=5)
+    h = c.meta["shots"]["harmful"]
+    assert h["count"] == len(shots["harmful"]) + 5 and h["framed"]["count"] == 5
+    assert h["framed"]["sha256"] == shot_set_info(framed_shots(shots["harmful"], 5, 0))["sha256"]
+    assert c.meta["config_digest"] != run(init=0.0, steps=1, lr=0.1).meta["config_digest"]
+    from safegene_runtime.calibration import calibrate
+
+    with pytest.raises(ValueError, match="as text"):  # refused before any model is read
+        calibrate("unused", "unused", "unused", [[{"role": "user", "content": "x"}]], ["t"], None,
+                  CalibrationConfig(harmful_framed=2))
+
+
 def test_the_new_knobs_are_flags_and_server_options(tmp_path, run_cli):
     from safegene_runtime.calibration import CalibrationConfig
     from server.config import parse_task
 
     r = run_cli("calibrate", "--help")
-    for name in ("--onpolicy-every", "--benign-source", "--granularity", "--stop-tol", "--group-shrinkage"):
+    for name in ("--onpolicy-every", "--benign-source", "--granularity", "--stop-tol", "--group-shrinkage",
+                 "--harmful-framed"):
         assert name in r.out
     new = dict(onpolicy_every=5, onpolicy_tokens=16, benign_source="given+edgy", granularity="attn-mlp",
-               group_shrinkage=0.5, stop_tol=0.01, stop_patience=4)
+               group_shrinkage=0.5, stop_tol=0.01, stop_patience=4, harmful_framed=8)
     spec = parse_task({"name": "alpha", "path": "alpha", "calibrate": {"harmful": "h.jsonl", "task_shots": "t.jsonl",
                                                                         **new}}, tmp_path, "tasks[0]").calibrate
     assert spec.config == CalibrationConfig(**new)

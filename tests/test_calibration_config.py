@@ -85,7 +85,7 @@ def test_digest_covers_what_differs_from_the_reference_and_only_what_is_used():
                    layers=None, refusal_loss="ce", margin_tokens=2, margin_target=1.0, benign_tokens=4,
                    benign_contrast=0.5, optimizer="adam-shared", onpolicy_every=3, onpolicy_tokens=12,
                    onpolicy_weight=2.0, benign_source="edgy", benign_edgy_shots=8, granularity="attn-mlp",
-                   group_shrinkage=1.0, stop_tol=0.01, stop_patience=5, shrink_step=0.25)
+                   group_shrinkage=1.0, stop_tol=0.01, stop_patience=5, shrink_step=0.25, harmful_framed=4)
     assert set(changes) == set(refs)  # every field is exercised
     # a knob read only when another is on is exercised with that one on (alone it is unused: rule 2)
     needs = dict(onpolicy_tokens=dict(onpolicy_every=5), onpolicy_weight=dict(onpolicy_every=5),
@@ -113,13 +113,14 @@ def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
     before them at their defaults, so they enter no digest there: pinned digests of configs hashed before they
     existed."""
     added = {"onpolicy_every", "onpolicy_tokens", "onpolicy_weight", "benign_source", "benign_edgy_shots",
-             "granularity", "group_shrinkage", "stop_tol", "stop_patience", "shrink_step"}
+             "granularity", "group_shrinkage", "stop_tol", "stop_patience", "shrink_step", "harmful_framed"}
     # the procedure before them, every field spelled out (so a later change of the defaults does not move this)
     old_default = dict(seed=0, steps=40, lr=0.05, beta=1.0, gamma=1.0, lambda_max=4.0, penalty=0.001, init=1.0,
                        max_new_tokens=48, max_prompt_tokens=128, max_target_tokens=16, batch_size=8,
                        gen_batch_size=32, layers=None, refusal_loss="margin", margin_tokens=4, margin_target=0.0,
                        benign_tokens=None, benign_contrast=0.0, optimizer="adam")
-    off = dict(onpolicy_every=0, benign_source="given", granularity="layer", stop_tol=0.0, shrink_step=0.0)
+    off = dict(onpolicy_every=0, benign_source="given", granularity="layer", stop_tol=0.0, shrink_step=0.0,
+               harmful_framed=0)
     assert set(old_default) | added == set(CalibrationConfig.field_names())
     # digests computed at commit 96974e5, before the knobs existed
     pinned = {(): "bf1c87addbbd6ac183478f3a968136d6f575170a8fcde8c10f3d6a3939bff4af",
@@ -133,6 +134,10 @@ def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
         # the knobs that only matter once one of those four is on do not enter either, whatever their value
         assert c.replace(onpolicy_tokens=5, onpolicy_weight=3.0, benign_edgy_shots=2, group_shrinkage=9.0,
                          stop_patience=2).digest() == digest
+    # the shipped demo coefficients (SafeGene v2a, made before harmful_framed existed) keep their recorded digest
+    for f in sorted(Path(__file__).resolve().parents[1].glob("assets/smollm2/tasks/*/coefficients.json")):
+        meta = json.loads(f.read_text())
+        assert CalibrationConfig.from_dict(meta["config"]).digest() == meta["config_digest"], f
 
 
 # ------------------------------------------------------------------------------------------ the SmolLM2 study

@@ -19,6 +19,7 @@ from safegene_runtime.datasets import (DatasetError, Item, OverlapError, PromptS
     ("rho-benign", 150, "benign"), ("rho-overrefusal", 150, "benign"), ("rho-overrefusal-70", 70, "benign"),
     ("gsm8k-100", 100, "task"), ("garak-yesno", 200, "task"),
     ("harmful-align-train", 402, "harmful"), ("harmful-val", 176, "harmful"), ("harmful-val-rephrased", 176, "harmful"),
+    ("harmful-val-unseen", 176, "harmful"),
     ("edgy-benign-val", 169, "benign"),
 ])
 def test_named_sets_sizes_kinds_and_stable_unique_ids(name, n, kind):

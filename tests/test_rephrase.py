@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from safegene_runtime.datasets import load_named, normalise
-from safegene_runtime.rephrase import (CONTEXT_SEPARATOR, FRAMING_NAMES, FRAMINGS, parse_request, rephrase,
-                                       rephrase_all)
+from safegene_runtime.rephrase import (CONTEXT_SEPARATOR, FRAMING_NAMES, FRAMINGS, UNSEEN_FRAMING_NAMES,
+                                       UNSEEN_FRAMINGS, framed_shots, parse_request, rephrase, rephrase_all)
 
 
 @pytest.mark.parametrize("prompt,shape,vp", [
@@ -85,3 +85,36 @@ def test_framings_are_the_issue_list_and_unknown_ones_are_refused():
     assert all(f.templates and f.fallback for f in FRAMINGS)
     with pytest.raises(ValueError, match="unknown framing 'future'; choose from past_tense"):
         rephrase("Explain how to pick a lock", "future")
+
+
+def test_unseen_framings_share_no_name_or_template_with_the_trained_ones_and_keep_the_request():
+    """UNSEEN_FRAMINGS measure generalisation only: disjoint from FRAMINGS, never in rephrase_all (the robust A's
+    augmentations), and every one of them still carries the request."""
+    assert len(UNSEEN_FRAMING_NAMES) == 8 and not set(UNSEEN_FRAMING_NAMES) & set(FRAMING_NAMES)
+    trained = {t for f in FRAMINGS for t in f.templates + f.fallback + f.direct}
+    assert not trained & {t for f in UNSEEN_FRAMINGS for t in f.templates + f.fallback}
+    for f in UNSEEN_FRAMINGS:  # no structured-output framing: the demo's probe is one (rephrase.UNSEEN_FRAMINGS)
+        assert not any(w in t.lower() for t in f.templates + f.fallback for w in ("json", "table", "yaml"))
+    for it in load_named("harmful-val"):
+        r = parse_request(it.prompt)
+        core = normalise(r.vp if r.vp is not None else r.behaviour)
+        assert set(rephrase_all(it.prompt)) == set(FRAMING_NAMES)
+        for name in UNSEEN_FRAMING_NAMES:
+            text = rephrase(it.prompt, name)
+            body = text.split(CONTEXT_SEPARATOR)[-1]
+            assert core in normalise(body) and "{" not in body, (name, it.prompt, text)
+
+
+def test_framed_shots_ask_each_shot_in_the_trained_framings_dealt_evenly():
+    prompts = [it.prompt for it in load_named("harmful-align-train")][:16]
+    shots = framed_shots(prompts, 16, seed=0)
+    assert shots == framed_shots(prompts, 16, seed=0) and len(shots) == 16
+    used = []
+    for p, shot in zip(prompts, shots):  # shot i is prompt i in one of the trained framings
+        names = [n for n, text in rephrase_all(p).items() if text == shot]
+        assert names, shot
+        used.append(names[0])
+    assert sorted(used) == sorted(FRAMING_NAMES * 2)
+    assert len(framed_shots(prompts[:3], 7, seed=1)) == 7 and framed_shots(prompts, 0) == []
+    with pytest.raises(ValueError, match="at least one prompt"):
+        framed_shots([], 2)

@@ -12,7 +12,7 @@ from experiments.smollm2 import tasks
 from safegene_runtime import datasets as ds
 from safegene_runtime import splits
 from safegene_runtime.datasets import NAMED_SETS, OverlapError, find_overlap, load_named, normalise
-from safegene_runtime.rephrase import FRAMING_NAMES, rephrase_all
+from safegene_runtime.rephrase import FRAMING_NAMES, UNSEEN_FRAMING_NAMES, rephrase_all
 from safegene_runtime.splits import SplitError, check_families, require_split, counts_as_test
 
 
@@ -103,22 +103,27 @@ def test_harmful_split_is_deterministic_disjoint_and_covers_the_pool():
     assert [it.id for it in load_named("harmful-val")] == [it.id for it in val]
 
 
-def test_harmful_val_rephrased_is_built_from_validation_prompts_only():
-    reph = load_named("harmful-val-rephrased")
+@pytest.mark.parametrize("name,framings,spread", [("harmful-val-rephrased", FRAMING_NAMES, 1),
+                                                   ("harmful-val-unseen", UNSEEN_FRAMING_NAMES, 2)])
+def test_harmful_val_rephrased_is_built_from_validation_prompts_only(name, framings, spread):
+    """Both framed validation sets: every harmful-val prompt once, framings dealt evenly (a repeat moves to the next
+    framing, hence the spread), no rephrasing equal to its source or to a training augmentation."""
+    reph = load_named(name)
     val = {it.id: it for it in load_named("harmful-val")}
     train_ids = {it.id for it in load_named("harmful-align-train")}
     sources = [it.meta["source_id"] for it in reph]
     assert sorted(sources) == sorted(val) and not set(sources) & train_ids
     counts = Counter(it.meta["framing"] for it in reph)
-    assert set(counts) == set(FRAMING_NAMES) and max(counts.values()) - min(counts.values()) <= 1
+    assert set(counts) == set(framings) and max(counts.values()) - min(counts.values()) <= spread
     assert all(normalise(it.prompt) != normalise(val[it.meta["source_id"]].prompt) for it in reph)
-    assert [it.prompt for it in reph] == [it.prompt for it in load_named("harmful-val-rephrased")]
+    assert all(it.id.startswith(f"{name}:{it.meta['framing']}:") for it in reph)
+    assert [it.prompt for it in reph] == [it.prompt for it in load_named(name)]
     assert len({normalise(it.prompt) for it in reph}) == len(reph)
     # issue 20's augmentations (every framing of every align-train prompt) never give a validation rephrasing's
     # text: prompts that ask the same request once the wrapper is read off share a side of the split
     aug = [text for it in load_named("harmful-align-train") for text in rephrase_all(it.prompt).values()]
     val_all = [text for it in val.values() for text in rephrase_all(it.prompt).values()]
-    assert find_overlap([aug], [val_all]) == []
+    assert find_overlap([aug], [val_all]) == [] and find_overlap([aug], [[it.prompt for it in reph]]) == []
 
 
 def test_edgy_benign_val_ships_in_the_package_and_shares_nothing_with_the_test_over_refusal_set():

@@ -125,6 +125,8 @@ SOURCES: dict[str, Source] = {
                             "(docs/results.md, section SafeGene v2)", _check("v2a")),
     "val-v2a-rephrased": Source("v2a's +safegene variants and A on harmful-val-rephrased (section SafeGene v2, "
                                 "'Framings A was aligned on less')", _check("v2a", "check-harmful-val-rephrased")),
+    "val-v2a-unseen": Source("A, the six adapters alone and with v2a on harmful-val-unseen, framings nothing trains "
+                             "on (section 'SafeGene v2c')", _check("v2a", "check-harmful-val-unseen-plain")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",

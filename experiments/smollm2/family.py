@@ -127,6 +127,7 @@ def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, ha
                           for n in tasks if n in summary["models"]}
     summary["erodes_enough"] = {n: d >= EROSION_POINTS for n, d in summary["erosion"].items()}
     summary["assets"], summary["tasks"], summary["max_tokens"] = str(assets), tasks, MAX_TOKENS
+    summary["harmful"] = harmful
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -139,8 +140,8 @@ def table(summary: dict) -> str:
         lo, hi = r["ci95"]
         return f"{100 * r['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r['k']}/{r['n']})"
 
-    rows = ["| model | harmful-val HR (phrase) | … response judge | edgy-benign-val over-refusal | task-val accuracy "
-            "| HR − A (points) |", "|---|---|---|---|---|---|"]
+    rows = [f"| model | {summary.get('harmful', HARMFUL)} HR (phrase) | … response judge | edgy-benign-val "
+            "over-refusal | task-val accuracy | HR − A (points) |", "|---|---|---|---|---|---|"]
     for m, r in summary["models"].items():
         rows.append(f"| {m} | {cell(r.get('harmful_response_rate'))} | "
                     f"{cell(r.get('response_harmful_rate'))} | {cell(r.get('over_refusal_rate'))} | "

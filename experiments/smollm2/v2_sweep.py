@@ -22,6 +22,7 @@ always names the config that made it.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import shutil
 import sys
@@ -184,13 +185,14 @@ Row = dict
 RowKey = tuple[str, str, str]  # (model, role, prompt id)
 
 
-def judged_rows(folder: Path, pattern: str = "*/judged.jsonl") -> dict[RowKey, Row]:
-    """The judged rows of a family check (``*/judged.jsonl``) or of kept gate reports (``*/judged.jsonl`` too), by
-    (model, role, prompt id); a gate's model label loses its ``@<version>`` (``x+safegene@gate-bench`` ->
-    ``x+safegene``) so the two pair up."""
+def judged_rows(folder: Path) -> dict[RowKey, Row]:
+    """The judged rows of a family check or of kept gate reports (``*/judged.jsonl``), or of a measurement bundled
+    in results/ (``*.judged.jsonl.gz``, :mod:`.evidence`), by (model, role, prompt id); a gate's model label loses
+    its ``@<version>`` (``x+safegene@gate-bench`` -> ``x+safegene``) so the two pair up."""
     out = {}
-    for f in sorted(folder.glob(pattern)):
-        for line in f.read_text().splitlines():
+    for f in sorted(folder.glob("*/judged.jsonl")) + sorted(folder.glob("*.judged.jsonl.gz")):
+        text = gzip.decompress(f.read_bytes()).decode() if f.suffix == ".gz" else f.read_text()
+        for line in text.splitlines():
             r = json.loads(line)
             out[(r["model"].split("@")[0], r["role"], r["id"])] = r
     return out
@@ -203,7 +205,8 @@ def paired(check_a: Path, check_b: Path) -> list[dict]:
 
 
 def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row]) -> list[dict]:
-    """:func:`paired` over two row maps (:func:`judged_rows`)."""
+    """:func:`paired` over two row maps (:func:`judged_rows`); a last row per rate, model ``all +safegene``, pools
+    the (model, prompt) pairs of every model (a candidate rule's "over the six adapters together")."""
     from safegene_runtime.decision import mcnemar_exact
     from safegene_runtime.outcomes import OUTCOMES
 
@@ -219,6 +222,11 @@ def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row]) -> list[dict]:
             table.append({"model": m, "rate": key, "n": len(ev), "a": sum(x for x, _ in ev),
                           "b": sum(y for _, y in ev), "only_a": only_a, "only_b": only_b,
                           "p": mcnemar_exact(only_a, only_b)})
+    for key in dict.fromkeys(r["rate"] for r in table):
+        rows = [r for r in table if r["rate"] == key]
+        tot = {k: sum(r[k] for r in rows) for k in ("n", "a", "b", "only_a", "only_b")}
+        table.append({"model": "all +safegene", "rate": key, **tot,
+                      "p": mcnemar_exact(tot["only_a"], tot["only_b"])})
     return table
 
 
