@@ -127,6 +127,12 @@ SOURCES: dict[str, Source] = {
                                 "'Framings A was aligned on less')", _check("v2a", "check-harmful-val-rephrased")),
     "val-v2a-unseen": Source("A, the six adapters alone and with v2a on harmful-val-unseen, framings nothing trains "
                              "on (section 'SafeGene v2c')", _check("v2a", "check-harmful-val-unseen-plain")),
+    "val-v2c-seed0": Source("the v2c candidate (framed harmful shots) on validation (section 'SafeGene v2c')",
+                            _check("v2c")),
+    "val-v2c-rephrased": Source("v2c on harmful-val-rephrased (section 'SafeGene v2c')",
+                                _check("v2c", "check-harmful-val-rephrased")),
+    "val-v2c-unseen": Source("v2c on harmful-val-unseen (section 'SafeGene v2c')",
+                             _check("v2c", "check-harmful-val-unseen")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
