@@ -5,6 +5,8 @@
     python -m experiments.smollm2.v2_sweep compare v2a --against DIR   # paired test against another family check
     python -m experiments.smollm2.v2_sweep served v2a --against DIR    # fp32 check vs the served form (gate reports)
     python -m experiments.smollm2.v2_sweep cal v2a --seed 1            # the protocol's seed 1 (in v2a/seed1/)
+    python -m experiments.smollm2.v2_sweep check v2a --harmful harmful-val-unseen --harmful-only --with-plain
+                                                                       # another harmful set alone, plain adapters too
 
 ``cal`` calibrates every task adapter of the family folder (``assets/smollm2/tasks/<name>``, the robust family of
 issue 20) with the candidate's :class:`~safegene_runtime.calibration.CalibrationConfig`, shots drawn from align-train
