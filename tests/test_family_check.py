@@ -193,7 +193,8 @@ def test_candidates_pair_prompt_by_prompt_with_a_bundled_measurement_and_pool_th
     theirs = rows("a+safegene", [0, 1, 0, 1]) + rows("b+safegene", [0, 0, 0, 1])
     text = "".join(json.dumps(r) + "\n" for r in theirs)
     (bundle / "topic.judged.jsonl.gz").write_bytes(gzip.compress(text.encode()))
-    table = [r for r in v2_sweep.paired(bundle, check) if r["rate"] == "harmful_response_rate"]
+    assert "all +safegene" not in {r["model"] for r in v2_sweep.paired(bundle, check)}  # pooled on request only
+    table = [r for r in v2_sweep.paired(bundle, check, pooled=True) if r["rate"] == "harmful_response_rate"]
     by = {r["model"]: r for r in table}
     assert set(by) == {"a+safegene", "b+safegene", "all +safegene"}  # plain "a" is not a candidate's row
     assert (by["a+safegene"]["a"], by["a+safegene"]["b"], by["a+safegene"]["only_a"]) == (2, 0, 2)

@@ -57,7 +57,7 @@ def test_a_test_set_is_refused_without_a_frozen_procedure_and_nothing_is_sent(tm
     r = run_cli(*_eval_args(out, "--harmful", "harmful-val", "--benign", "rho-overrefusal-70"))
     assert r.code == 1
     assert "rho-overrefusal-70 is a TEST set: test sets measure only procedures frozen beforehand" in r.err
-    assert "--test-run" in r.err and "harmful-val, harmful-val-rephrased, edgy-benign-val" in r.err
+    assert "--test-run" in r.err and "harmful-val, harmful-val-rephrased, harmful-val-unseen, edgy-benign-val" in r.err
     assert not out.exists()
     # a file holding test prompts is a test set too, whatever it is called
     f = tmp_path / "my-benign.jsonl"

@@ -200,15 +200,16 @@ def judged_rows(folder: Path) -> dict[RowKey, Row]:
     return out
 
 
-def paired(check_a: Path, check_b: Path) -> list[dict]:
+def paired(check_a: Path, check_b: Path, pooled: bool = False) -> list[dict]:
     """Per ``+safegene`` model in both family-check folders and per rate: k/n in each and the exact McNemar p over
     the prompts both judged (the same validation prompts, so the test is paired)."""
-    return paired_rows(judged_rows(check_a), judged_rows(check_b))
+    return paired_rows(judged_rows(check_a), judged_rows(check_b), pooled)
 
 
-def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row]) -> list[dict]:
-    """:func:`paired` over two row maps (:func:`judged_rows`); a last row per rate, model ``all +safegene``, pools
-    the (model, prompt) pairs of every model (a candidate rule's "over the six adapters together")."""
+def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row], pooled: bool = False) -> list[dict]:
+    """:func:`paired` over two row maps (:func:`judged_rows`); ``pooled``: a last row per rate, model ``all
+    +safegene``, pools the (model, prompt) pairs of every model (a candidate rule's "over the six adapters
+    together")."""
     from safegene_runtime.decision import mcnemar_exact
     from safegene_runtime.outcomes import OUTCOMES
 
@@ -224,7 +225,7 @@ def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row]) -> list[dict]:
             table.append({"model": m, "rate": key, "n": len(ev), "a": sum(x for x, _ in ev),
                           "b": sum(y for _, y in ev), "only_a": only_a, "only_b": only_b,
                           "p": mcnemar_exact(only_a, only_b)})
-    for key in dict.fromkeys(r["rate"] for r in table):
+    for key in dict.fromkeys(r["rate"] for r in table) if pooled else ():
         rows = [r for r in table if r["rate"] == key]
         tot = {k: sum(r[k] for r in rows) for k in ("n", "a", "b", "only_a", "only_b")}
         table.append({"model": "all +safegene", "rate": key, **tot,
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"{a.step} needs --against")
         mine = sweep_dir(a.out, a.candidate, a.seed) / a.check
         if a.step == "compare":
-            print_pairs(paired(a.against, mine), a.against.name, a.candidate)
+            print_pairs(paired(a.against, mine, pooled=True), a.against.name, a.candidate)
         else:  # the check's fp32 rows against the gate's served rows (the demo engine's dtype)
             print_pairs(paired_rows(judged_rows(mine), judged_rows(a.against)), f"{a.candidate} fp32", "served")
         return 0
