@@ -202,3 +202,29 @@ def test_candidates_pair_prompt_by_prompt_with_a_bundled_measurement_and_pool_th
     pooled = by["all +safegene"]
     assert (pooled["n"], pooled["a"], pooled["b"], pooled["only_a"], pooled["only_b"]) == (8, 5, 1, 4, 0)
     assert pooled["p"] == pytest.approx(0.125)  # exact McNemar, 4 discordant pairs all one way
+
+
+def test_the_safety_alone_layout_serves_a_task_that_adds_nothing_with_the_chosen_lambdas(tmp_path):
+    """safety_alone: every lora_B zero (the task delta is exactly 0), lora_A kept, λ = 1 or the shipped ones."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from experiments.smollm2 import safety_alone
+
+    assets = _family(tmp_path / "fam", {"sentiment-clean": "sentiment"})
+    src = assets / "tasks" / "sentiment-clean"
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_{}.weight"
+    save_file({key.format("A"): torch.ones(2, 4), key.format("B"): torch.ones(4, 2)},
+              str(src / "adapter_model.safetensors"))
+    (src / "coefficients.json").write_text(json.dumps({"layers": {"0": 0.4, "1": 0.7}, "default": 0.0}))
+    for d in ("alignment-lora", "safety"):
+        (assets / d).mkdir(exist_ok=True)
+    root = safety_alone.layout(tmp_path / "out", "sentiment-clean", assets)
+    assert set(family.family_tasks(root)) == {"zero-l1", "zero-sentiment-clean"}
+    for name, lambdas in (("zero-l1", {"0": 1.0, "1": 1.0}), ("zero-sentiment-clean", {"0": 0.4, "1": 0.7})):
+        t = root / "tasks" / name
+        w = load_file(str(t / "adapter_model.safetensors"))
+        assert torch.count_nonzero(w[key.format("B")]) == 0 and torch.equal(w[key.format("A")], torch.ones(2, 4))
+        assert json.loads((t / "coefficients.json").read_text()) == {"layers": lambdas, "default": 0.0}
+        assert json.loads((t / "task.json").read_text())["served_name"] == name
+    assert load_file(str(src / "adapter_model.safetensors"))[key.format("B")].sum() == 8  # the source untouched
