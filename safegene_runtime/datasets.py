@@ -522,18 +522,19 @@ def _harmful_val_framed(name: str, framings: tuple[str, ...]) -> list[Item]:
     ``<name>:<framing>:<source id>``."""
     val = list(harmful_split()["validation"])
     order = sorted(val, key=lambda it: (_stable_fraction("framing\n" + it.prompt), it.id))
-    framing: dict[str, str] = {}
+    framed: dict[str, tuple[str, str]] = {}  # id -> (framing, text)
     seen: set[str] = set()
     for i, it in enumerate(order):
         # two validation prompts asking the same thing in the same framing would read the same: take the next one
         for k in range(len(framings)):
             f = framings[(i + k) % len(framings)]
-            if normalise(rephrase(it.prompt, f)) not in seen:
+            text = rephrase(it.prompt, f)
+            if normalise(text) not in seen:
                 break
-        framing[it.id] = f
-        seen.add(normalise(rephrase(it.prompt, f)))
-    return [Item(id=f"{name}:{framing[it.id]}:{it.id}", prompt=rephrase(it.prompt, framing[it.id]), source=name,
-                 meta={"framing": framing[it.id], "source_id": it.id, "category": it.meta.get("category")})
+        framed[it.id] = (f, text)
+        seen.add(normalise(text))
+    return [Item(id=f"{name}:{framed[it.id][0]}:{it.id}", prompt=framed[it.id][1], source=name,
+                 meta={"framing": framed[it.id][0], "source_id": it.id, "category": it.meta.get("category")})
             for it in val]
 
 

@@ -344,8 +344,8 @@ def _pick(options: tuple[str, ...], prompt: str, framing: str) -> str:
 def _render(req: Request, prompt: str, framing: str) -> str:
     f = _BY_NAME[framing]
     if req.vp is None:
-        request = req.behaviour if framing in ("persona", "hypothetical", "fictional", "indirect", "multi_step",
-                                               "past_tense", *UNSEEN_FRAMING_NAMES) else _lower_first(req.behaviour)
+        # the request keeps its capital unless the template runs it into a sentence of its own (polite, terse)
+        request = _lower_first(req.behaviour) if framing in ("polite", "terse") else req.behaviour
         text = _pick(f.fallback, prompt, framing).format(request=request)
     elif framing == "past_tense" and req.shape in ("how_to", "gerund", "to_vp") and len(req.vp.split()) <= 14:
         text = _pick(f.direct, prompt, framing).format(vp=req.vp)

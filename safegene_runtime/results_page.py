@@ -43,8 +43,12 @@ def shown(outcomes: Mapping[str, dict[str, Outcomes]], base: str, cfg: DecisionC
     alone, SafeGene and the baselines (``cfg.baselines``, or every other method but SafeGene's variants)."""
     require_base(outcomes, base)
     grouped, _ = group({m: o for m, o in outcomes.items() if m != base}, cfg)
-    return {a: {m: r for m, r in ms.items() if m in (ALONE, cfg.safegene, *baselines_of(ms, cfg))}
-            for a, ms in sorted(grouped.items()) if cfg.safegene in ms}
+    out = {}
+    for a, ms in sorted(grouped.items()):
+        if cfg.safegene in ms:
+            keep = {ALONE, cfg.safegene, *baselines_of(ms, cfg)}
+            out[a] = {m: r for m, r in ms.items() if m in keep}
+    return out
 
 
 def _met(check: TargetCheck | None) -> str:
