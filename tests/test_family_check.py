@@ -228,3 +228,11 @@ def test_the_safety_alone_layout_serves_a_task_that_adds_nothing_with_the_chosen
         assert json.loads((t / "coefficients.json").read_text()) == {"layers": lambdas, "default": 0.0}
         assert json.loads((t / "task.json").read_text())["served_name"] == name
     assert load_file(str(src / "adapter_model.safetensors"))[key.format("B")].sum() == 8  # the source untouched
+    # another safety adapter in place of the family's (degrade_pilot), and a copy that keeps its task delta
+    other = tmp_path / "other-safety"
+    other.mkdir()
+    (other / "marker").write_text("S'")
+    root = safety_alone.layout(tmp_path / "out2", "sentiment-clean", assets, safety=other)
+    assert (root / "safety" / "marker").read_text() == "S'"
+    kept = safety_alone.task_copy(src, root / "tasks" / "l1", "l1", {"0": 1.0}, zero_delta=False)
+    assert load_file(str(kept / "adapter_model.safetensors"))[key.format("B")].sum() == 8

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -74,22 +73,12 @@ def build(out: Path) -> Path:
 
 def measure(out: Path, safety: Path, like: str = "sentiment-clean") -> dict:
     """:mod:`.safety_alone`'s check on ``safety``, plus ``like`` itself with ``safety`` at λ = 1 (``<like>-l1``)."""
-    from . import safety_alone
+    from .safety_alone import layout, task_copy
 
-    src = out / "src"
-    if src.exists():
-        shutil.rmtree(src)
-    (src / "tasks").mkdir(parents=True)
-    shutil.copytree(FAMILY / "alignment-lora", src / "alignment-lora")
-    shutil.copytree(safety, src / "safety")
-    shutil.copytree(FAMILY / "tasks" / like, src / "tasks" / like)
-    root = safety_alone.layout(out / "alone", like, src)
-    t = root / "tasks" / f"{like}-l1"
-    shutil.copytree(src / "tasks" / like, t)
-    coeffs = json.loads((t / "coefficients.json").read_text())
-    (t / "coefficients.json").write_text(json.dumps({**coeffs, "layers": {k: 1.0 for k in coeffs["layers"]}}))
-    task = json.loads((t / "task.json").read_text())
-    (t / "task.json").write_text(json.dumps({**task, "served_name": f"{like}-l1"}, indent=2))
+    root = layout(out / "alone", like, safety=safety)
+    src = FAMILY / "tasks" / like
+    lambdas = {k: 1.0 for k in json.loads((src / "coefficients.json").read_text())["layers"]}
+    task_copy(src, root / "tasks" / f"{like}-l1", f"{like}-l1", lambdas, zero_delta=False)
     return check(root, out / "alone" / "check", safe=True, plain=False)
 
 

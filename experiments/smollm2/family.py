@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -48,6 +49,18 @@ def family_tasks(assets: Path) -> dict[str, str]:
     if not out:
         raise SystemExit(f"no task adapters under {assets / 'tasks'}")
     return out
+
+
+def new_family(root: Path, assets: Path, safety: Path | None = None) -> Path:
+    """An empty family folder at ``root`` (replaced if present) holding copies of ``assets``' alignment LoRA and of
+    its safety adapter, or of ``safety`` when given; task folders go into ``root/tasks``. Copies, not links: the
+    server refuses adapter folders whose files are symbolic links."""
+    if root.exists():
+        shutil.rmtree(root)
+    (root / "tasks").mkdir(parents=True)
+    shutil.copytree(assets / "alignment-lora", root / "alignment-lora")
+    shutil.copytree(safety or assets / "safety", root / "safety")
+    return root
 
 
 def server_config(demo_cfg: dict, assets: Path, port: int, safe: bool, plain: bool = True) -> dict:

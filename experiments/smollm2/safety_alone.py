@@ -20,20 +20,21 @@ import shutil
 import sys
 from pathlib import Path
 
-from .family import check, table
+from .family import check, new_family, table
 from .v2_sweep import FAMILY
 
 
-def zero_task(src: Path, dst: Path, name: str, lambdas: dict[str, float]) -> Path:
-    """A copy of task folder ``src`` at ``dst`` whose LoRA adds nothing (every ``lora_B`` zero), served as ``name``,
-    with coefficients ``lambdas`` (the rest of ``src``'s coefficients file kept)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
+def task_copy(src: Path, dst: Path, name: str, lambdas: dict[str, float], *, zero_delta: bool = True) -> Path:
+    """A copy of task folder ``src`` at ``dst`` served as ``name`` with coefficients ``lambdas`` (the rest of
+    ``src``'s coefficients file kept); ``zero_delta``: its LoRA adds nothing (every ``lora_B`` zero)."""
     shutil.copytree(src, dst)
-    weights = load_file(str(dst / "adapter_model.safetensors"))
-    save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
-              str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
+    if zero_delta:
+        import torch
+        from safetensors.torch import load_file, save_file
+
+        weights = load_file(str(dst / "adapter_model.safetensors"))
+        save_file({k: torch.zeros_like(v) if "lora_B" in k else v for k, v in weights.items()},
+                  str(dst / "adapter_model.safetensors"), metadata={"format": "pt"})
     task = json.loads((dst / "task.json").read_text())
     (dst / "task.json").write_text(json.dumps({**task, "served_name": name}, indent=2) + "\n")
     coeffs = json.loads((dst / "coefficients.json").read_text())
@@ -41,19 +42,15 @@ def zero_task(src: Path, dst: Path, name: str, lambdas: dict[str, float]) -> Pat
     return dst
 
 
-def layout(out: Path, like: str, assets: Path = FAMILY) -> Path:
-    """A family folder with A's LoRA, the safety adapter and two zero tasks: ``zero-l1`` (λ = 1 everywhere) and
-    ``zero-<like>`` (the λ of ``like``'s shipped coefficients); both built on ``like``'s task folder."""
-    root = out / "assets"
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "tasks").mkdir(parents=True)
-    for d in ("alignment-lora", "safety"):
-        shutil.copytree(assets / d, root / d)
+def layout(out: Path, like: str, assets: Path = FAMILY, safety: Path | None = None) -> Path:
+    """A family folder with A's LoRA, the safety adapter (``assets``', or ``safety``) and two zero tasks:
+    ``zero-l1`` (λ = 1 everywhere) and ``zero-<like>`` (the λ of ``like``'s shipped coefficients); both built on
+    ``like``'s task folder."""
+    root = new_family(out / "assets", assets, safety)
     src = assets / "tasks" / like
     shipped = json.loads((src / "coefficients.json").read_text())["layers"]
-    zero_task(src, root / "tasks" / "zero-l1", "zero-l1", {k: 1.0 for k in shipped})
-    zero_task(src, root / "tasks" / f"zero-{like}", f"zero-{like}", shipped)
+    task_copy(src, root / "tasks" / "zero-l1", "zero-l1", {k: 1.0 for k in shipped})
+    task_copy(src, root / "tasks" / f"zero-{like}", f"zero-{like}", shipped)
     return root
 
 

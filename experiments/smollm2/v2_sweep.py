@@ -35,7 +35,7 @@ from safegene_runtime.calibration import CalibrationConfig
 from safegene_runtime.paths import safegene_home
 
 from . import data
-from .family import check, family_tasks, table
+from .family import check, family_tasks, new_family, table
 from .run import log
 
 REPO = Path(__file__).resolve().parents[2]
@@ -160,12 +160,7 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
 def layout(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None, seed: int = 0) -> Path:
     """A family folder: copies of A's LoRA, the safety adapter and each task folder (or the ``only`` ones), whose
     coefficients are the candidate's (copies: the server refuses adapter folders whose files are symbolic links)."""
-    root = sweep_dir(out, candidate, seed) / "assets"
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "tasks").mkdir(parents=True)
-    for d in ("alignment-lora", "safety"):
-        shutil.copytree(assets / d, root / d)
+    root = new_family(sweep_dir(out, candidate, seed) / "assets", assets)
     for name in family_tasks(assets):
         if only and name not in only:
             continue
