@@ -20,8 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .family import check, table
-from .v2_sweep import FAMILY
+from .family import FAMILY, check, table
 
 
 def log(message: str) -> None:

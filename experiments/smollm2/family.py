@@ -34,6 +34,8 @@ from .evaluate import eval_cli
 from .run import log
 from .tasks import write_val
 
+#: the shipped demo family (the layout ``experiments.smollm2.export`` writes)
+FAMILY = Path(__file__).resolve().parents[2] / "assets" / "smollm2"
 HARMFUL = "harmful-val"
 BENIGN = "edgy-benign-val"
 MAX_TOKENS = 32

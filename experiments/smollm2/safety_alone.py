@@ -20,8 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .family import check, new_family, table
-from .v2_sweep import FAMILY
+from .family import FAMILY, check, new_family, table
 
 
 def task_copy(src: Path, dst: Path, name: str, lambdas: dict[str, float], *, zero_delta: bool = True) -> Path:

@@ -31,11 +31,16 @@ import json
 import shutil
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from .family import check, new_family, table
+from safegene_runtime.paths import safegene_home
+
+from .family import FAMILY, check, new_family, table
 from .run import log
-from .v2_sweep import FAMILY
+
+#: where the moments, the S_μ folders and the screens go by default (beside the v2 sweep's candidates)
+OUT = safegene_home() / "experiments" / "smollm2" / "projection"
 
 #: module -> the module whose input it shares (q/k/v read the same normed hidden state, gate/up too)
 _SHARED_INPUT = {"k_proj": "q_proj", "v_proj": "q_proj", "up_proj": "gate_proj"}
@@ -155,6 +160,7 @@ def build(out: Path, mu: float) -> Path:
     import torch
 
     from safegene_runtime.adapters import load_adapter, save_adapter
+    from safegene_runtime.artifacts import content_id, describe_input
 
     folder = out / f"safety-mu{mu:g}"
     if (folder / "adapter_model.safetensors").exists():
@@ -179,6 +185,11 @@ def build(out: Path, mu: float) -> Path:
     manifest["projection"] = {"mu": mu, "eps_rel": EPS_REL, "counts": mom["counts"], "modules": stats,
                               "formula": "A' = A (C_h + eps I)(C_h + mu C_b + eps I)^-1, rescaled to |dW' X_h|"
                                          " = |dW X_h|", "by": "experiments.smollm2.safety_projection"}
+    manifest["lineage"] = [describe_input(src, "filtered_from")] + manifest.get("lineage", [])
+    manifest["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    manifest.pop("id", None)  # its own content address, not S's
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    manifest["id"] = content_id(folder)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     ratios = [v["benign_effect_ratio"] for v in stats.values()]
     log(f"S_mu{mu:g}: benign effect kept {min(ratios):.2f}-{max(ratios):.2f} (median "
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.safety_projection", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["build", "screen"])
-    ap.add_argument("--out", type=Path, required=True, help="where moments, S_mu folders and screens go")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"where moments, S_mu folders and screens go ({OUT})")
     ap.add_argument("--mu", type=float, action="append", required=True, help="filter strength (repeatable); 0: S")
     a = ap.parse_args(argv)
     for mu in a.mu:

@@ -35,11 +35,9 @@ from safegene_runtime.calibration import CalibrationConfig
 from safegene_runtime.paths import safegene_home
 
 from . import data
-from .family import check, family_tasks, new_family, table
+from .family import FAMILY, check, family_tasks, new_family, table
 from .run import log
 
-REPO = Path(__file__).resolve().parents[2]
-FAMILY = REPO / "assets" / "smollm2"
 #: where candidates' coefficients and checks go (``--out``)
 OUT = safegene_home() / "experiments" / "smollm2" / "v2-sweep"
 
@@ -74,6 +72,27 @@ CANDIDATES["v2c"] = (16, CANDIDATES["v2a"][1].replace(harmful_framed=16))
 CANDIDATES["v2a-shrink"] = (16, CANDIDATES["v2a"][1].replace(shrink_step=0.25))
 #: a candidate whose coefficients are another's plus the shrink step (``shrink``)
 SHRINK_OF = {"v2a-shrink": "v2a"}
+#: candidates calibrated on a filtered safety adapter S_μ (:mod:`.safety_projection`) instead of the family's S:
+#: name -> μ
+PROJECTED: dict[str, float] = {}
+# v2p: v2a's calibration on S_3, the safety adapter filtered away from the edgy-benign training pool's module inputs
+# at μ = 3. Why μ = 3: the screen's rule written before its numbers (docs/results.md, "Pilot: a safety adapter
+# filtered ..."): sentiment-clean + S_μ at λ = 1 answers harmful-val-unseen at most 5 points more than with S (μ = 3:
+# +4.0; μ = 10: +7.4 and μ = 30: +13.1 fail) and of the passing μ over-refuses edgy-benign-val least (13.0% against
+# S's 71.6%).
+CANDIDATES["v2p"] = CANDIDATES["v2a"]
+PROJECTED["v2p"] = 3.0
+
+
+def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
+    """The safety adapter a candidate calibrates and is served with: the family's, or S_μ (built when missing)."""
+    if candidate not in PROJECTED:
+        return assets / "safety"
+    from .safety_projection import OUT as PROJECTION, build  # lazy: torch
+
+    if assets != FAMILY:
+        raise SystemExit(f"{candidate}: S_mu is built from {FAMILY}'s safety adapter, not {assets}'s")
+    return build(PROJECTION, PROJECTED[candidate])
 
 
 def sweep_dir(out: Path, candidate: str, seed: int = 0) -> Path:
@@ -99,7 +118,7 @@ def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None
         f.parent.mkdir(parents=True, exist_ok=True)
         harm, task_shots, ben = data.align_train_shots(task, k, seed)
         t = time.time()
-        calibrate(a, assets / "tasks" / name, assets / "safety", harm, task_shots, ben, config, out=f,
+        calibrate(a, assets / "tasks" / name, safety_of(candidate, assets), harm, task_shots, ben, config, out=f,
                   progress=False)
         log(f"{candidate} seed {seed} {name}: calibrated in {time.time() - t:.0f}s")
 
@@ -134,7 +153,8 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
         prompts = encode_prompts(tok, harm, max_tokens=config.max_prompt_tokens)
         gen = dict(batch_size=config.gen_batch_size, desc="", progress=False)
         layers = sorted(old.layers)
-        with LoraForward(model, fixed=load_adapter(assets / "tasks" / name), scaled=load_adapter(assets / "safety"),
+        with LoraForward(model, fixed=load_adapter(assets / "tasks" / name),
+                         scaled=load_adapter(safety_of(candidate, assets)),
                          layers=layers, init=0.0) as lf:
             with lf.mode(fixed=False, scaled=False):  # A's refusals: the teachers calibrate() reads
                 refusals = [Shot(p, config.target(r)) for p, r in
@@ -160,7 +180,7 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
 def layout(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None = None, seed: int = 0) -> Path:
     """A family folder: copies of A's LoRA, the safety adapter and each task folder (or the ``only`` ones), whose
     coefficients are the candidate's (copies: the server refuses adapter folders whose files are symbolic links)."""
-    root = new_family(sweep_dir(out, candidate, seed) / "assets", assets)
+    root = new_family(sweep_dir(out, candidate, seed) / "assets", assets, safety_of(candidate, assets))
     for name in family_tasks(assets):
         if only and name not in only:
             continue
