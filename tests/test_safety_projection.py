@@ -68,3 +68,30 @@ def test_second_moments_are_the_token_mean_of_each_module_input_after_the_shared
     assert torch.allclose(mom["model.layers.0.self_attn.q_proj"], acc / n, rtol=1e-4, atol=1e-6)
     c = mom["model.layers.1.mlp.down_proj"]
     assert c.shape == (256, 256) and torch.allclose(c, c.T) and torch.linalg.eigvalsh(c).min() > -1e-8
+
+
+def test_a_projected_candidate_is_calibrated_and_served_with_its_filtered_adapter(tmp_path, monkeypatch):
+    """v2_sweep: a candidate in PROJECTED gets S_μ (built by safety_projection.build) wherever v2a gets S."""
+    import json
+
+    from experiments.smollm2 import family, v2_sweep
+
+    assert v2_sweep.safety_of("v2a") == family.FAMILY / "safety"
+    assert v2_sweep.PROJECTED["v2p"] == 3.0 and v2_sweep.CANDIDATES["v2p"] == v2_sweep.CANDIDATES["v2a"]
+    with pytest.raises(SystemExit, match="built from"):  # S_μ is made from the shipped family only
+        v2_sweep.safety_of("v2p", tmp_path)
+    filtered = tmp_path / "safety-mu3"
+    filtered.mkdir()
+    (filtered / "marker").write_text("S_3")
+    built = []
+    monkeypatch.setattr(sp, "build", lambda out, mu: built.append((out, mu)) or filtered)
+    assert v2_sweep.safety_of("v2p") == filtered and built == [(sp.OUT, 3.0)]
+    # the layout serves the shipped task adapters with v2p's coefficients and S_3 as the safety adapter
+    out = tmp_path / "sweep"
+    for name in family.family_tasks(family.FAMILY):
+        (out / "v2p" / name).mkdir(parents=True)
+        (out / "v2p" / name / "coefficients.json").write_text(json.dumps({"candidate": name}))
+    root = v2_sweep.layout("v2p", out)
+    assert (root / "safety" / "marker").read_text() == "S_3"
+    assert json.loads((root / "tasks" / "topic-clean" / "coefficients.json").read_text()) == {
+        "candidate": "topic-clean"}

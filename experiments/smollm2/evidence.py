@@ -113,6 +113,21 @@ def _locked_test() -> list[tuple[str, Path, dict[str, str]]]:
     return _folders(OUT, names)
 
 
+def _projection_screen() -> list[tuple[str, Path, dict[str, str]]]:
+    """The safety projection pilot's screen: per μ, A + S_μ (``zero-l1``) and sentiment-clean + S_μ at λ = 1, its
+    models renamed ``<name>-mu<μ>`` so the four screens sit in one measurement (A keeps its name: the same model)."""
+    from .safety_projection import OUT
+
+    groups = []
+    for run in sorted(OUT.glob("screen-mu*")):
+        mu = run.name.removeprefix("screen-")
+        for check in ("check", "check-unseen"):
+            for group, folder, rename in _folders(run / check, prefix=f"{mu}--{check}--"):
+                models = json.loads((folder / "results.json").read_text())["models"]
+                groups.append((group, folder, {m: f"{m}-{mu}" for m in models if m != A_NAME}))
+    return groups
+
+
 def _baselines() -> list[tuple[str, Path, dict[str, str]]]:
     from .baselines import OUT, names
 
@@ -133,6 +148,13 @@ SOURCES: dict[str, Source] = {
                                 _check("v2c", "check-harmful-val-rephrased")),
     "val-v2c-unseen": Source("v2c on harmful-val-unseen (section 'SafeGene v2c')",
                              _check("v2c", "check-harmful-val-unseen")),
+    "val-projection-screen": Source("the safety projection pilot's screen: A + S_mu and sentiment-clean + S_mu at "
+                                    "lambda 1, mu 0, 3, 10, 30 (section 'Pilot: a safety adapter filtered ...')",
+                                    _projection_screen),
+    "val-v2p-seed0": Source("the v2p candidate (v2a on S_3) on validation (section 'Pilot: a safety adapter "
+                            "filtered ...')", _check("v2p")),
+    "val-v2p-rephrased": Source("v2p on harmful-val-rephrased", _check("v2p", "check-harmful-val-rephrased")),
+    "val-v2p-unseen": Source("v2p on harmful-val-unseen", _check("v2p", "check-harmful-val-unseen")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",

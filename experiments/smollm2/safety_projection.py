@@ -107,7 +107,8 @@ def second_moments(model, tok, texts: list[str], modules: list[str], batch: int 
 
 
 def moments(out: Path) -> dict[str, dict[str, "torch.Tensor"]]:
-    """The harmful and edgy-benign second moments in A, cached in ``out/moments.pt``."""
+    """The harmful and edgy-benign second moments in A, cached in ``out/moments.pt`` (measured again when the
+    family's safety adapter, and so its A, is another)."""
     import torch
 
     from safegene_runtime.adapters import load_adapter
@@ -115,14 +116,18 @@ def moments(out: Path) -> dict[str, dict[str, "torch.Tensor"]]:
     from .v2_probe import aligned_A
 
     f = out / "moments.pt"
+    family_id = json.loads((FAMILY / "safety" / "manifest.json").read_text())["id"]  # S is made on this family's A
     if f.exists():
-        return torch.load(f)
+        cached = torch.load(f)
+        if cached.get("family_safety_id") == family_id:
+            return cached
+        log(f"{f}: made for another family; measured again")
     modules = load_adapter(FAMILY / "safety").modules()
     model, tok = load_causal_lm(aligned_A())
     harm, edgy = prompts()
     t = time.time()
     res = {"harmful": second_moments(model, tok, harm, modules), "benign": second_moments(model, tok, edgy, modules),
-           "counts": {"harmful": len(harm), "benign": len(edgy)}}
+           "counts": {"harmful": len(harm), "benign": len(edgy)}, "family_safety_id": family_id}
     log(f"second moments of {len(harm)} harmful and {len(edgy)} edgy-benign prompts in {time.time() - t:.0f}s")
     out.mkdir(parents=True, exist_ok=True)
     torch.save(res, f)

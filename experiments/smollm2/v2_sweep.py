@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from safegene_runtime.artifacts import describe_input
 from safegene_runtime.calibration import CalibrationConfig
 from safegene_runtime.paths import safegene_home
 
@@ -82,6 +83,12 @@ PROJECTED: dict[str, float] = {}
 # S's 71.6%).
 CANDIDATES["v2p"] = CANDIDATES["v2a"]
 PROJECTED["v2p"] = 3.0
+# v2q: v2c's calibration (v2a + 16 framed harmful shots) on S_3. Why: on validation v2p meets the three targets on
+# five adapters (v2a: three) but answers more of the framed harmful prompts (rephrased + unseen, pooled: 494 against
+# v2a's 422), as v2a did before v2c's framed shots; v2c's shots cut those answers (422 -> 297) at an over-refusal
+# cost that S_3 should make smaller. Rule: v2c's (docs/results.md), written before any v2q number.
+CANDIDATES["v2q"] = CANDIDATES["v2c"]
+PROJECTED["v2q"] = 3.0
 
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
@@ -306,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     k, config = CANDIDATES[a.candidate]
     config = config.replace(seed=a.seed) if a.seed else config
     summary["candidate"] = {"name": a.candidate, "shots": k, "seed": a.seed, "config": config.to_dict(),
-                            "digest": config.digest()}
+                            "digest": config.digest(), "safety": describe_input(safety_of(a.candidate), "safety")}
     (where / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(table(summary))
     return 0
