@@ -155,6 +155,10 @@ SOURCES: dict[str, Source] = {
                             "filtered ...')", _check("v2p")),
     "val-v2p-rephrased": Source("v2p on harmful-val-rephrased", _check("v2p", "check-harmful-val-rephrased")),
     "val-v2p-unseen": Source("v2p on harmful-val-unseen", _check("v2p", "check-harmful-val-unseen")),
+    "val-v2q-seed0": Source("the v2q candidate (v2c on S_3) on validation (section 'Pilot: a safety adapter "
+                            "filtered ...')", _check("v2q")),
+    "val-v2q-rephrased": Source("v2q on harmful-val-rephrased", _check("v2q", "check-harmful-val-rephrased")),
+    "val-v2q-unseen": Source("v2q on harmful-val-unseen", _check("v2q", "check-harmful-val-unseen")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
