@@ -31,7 +31,6 @@ import json
 import shutil
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from safegene_runtime.paths import safegene_home
@@ -161,44 +160,44 @@ def filtered(a: "torch.Tensor", b: "torch.Tensor", c_h: "torch.Tensor", c_b: "to
 
 
 def build(out: Path, mu: float) -> Path:
-    """S_μ in ``out/safety-mu<μ>`` (a safety folder: the shipped one's files, filtered weights); S itself at μ = 0."""
+    """S_μ in ``out/safety-mu<μ>`` (a safety folder: S's manifest plus the projection, filtered weights; written
+    whole or not at all), S itself at μ = 0."""
     import torch
 
     from safegene_runtime.adapters import load_adapter, save_adapter
-    from safegene_runtime.artifacts import content_id, describe_input
+    from safegene_runtime.artifacts import ArtifactWriter, describe_input, read_manifest
 
     folder = out / f"safety-mu{mu:g}"
     if (folder / "adapter_model.safetensors").exists():
         return folder
     src = FAMILY / "safety"
-    if mu == 0:  # the reference: S itself
-        shutil.copytree(src, folder)
+    if mu == 0:  # the reference: S itself, copied beside the folder and renamed into place
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".tmp-{folder.name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        tmp.rename(folder)
         return folder
     mom = moments(out)
     s = load_adapter(src, dtype=torch.float32)
     weights, stats = {}, {}
     for mod in s.modules():
         a, b = s.weights[mod]
-        key = _source(mod)
-        weights[mod], stats[mod] = filtered(a, b, mom["harmful"][key], mom["benign"][key], mu)
-        weights[mod] = (weights[mod], b)
-    shutil.copytree(src, folder)
-    config = json.loads((src / "adapter_config.json").read_text())
-    save_adapter(folder, weights, base_model=config.get("base_model_name_or_path"), dtype=torch.bfloat16,
-                 config=config)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["projection"] = {"mu": mu, "eps_rel": EPS_REL, "counts": mom["counts"], "modules": stats,
-                              "formula": "A' = A (C_h + eps I)(C_h + mu C_b + eps I)^-1, rescaled to |dW' X_h|"
-                                         " = |dW X_h|", "by": "experiments.smollm2.safety_projection"}
-    manifest["lineage"] = [describe_input(src, "filtered_from")] + manifest.get("lineage", [])
-    manifest["created_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest.pop("id", None)  # its own content address, not S's
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    manifest["id"] = content_id(folder)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    ratios = [v["benign_effect_ratio"] for v in stats.values()]
-    log(f"S_mu{mu:g}: benign effect kept {min(ratios):.2f}-{max(ratios):.2f} (median "
-        f"{sorted(ratios)[len(ratios) // 2]:.2f}) of S's at the same harmful effect")
+        a2, stats[mod] = filtered(a, b, mom["harmful"][_source(mod)], mom["benign"][_source(mod)], mu)
+        weights[mod] = (a2, b)
+    parent = read_manifest(src)
+    with ArtifactWriter(folder, kind=parent["kind"],
+                        lineage=[describe_input(src, "filtered_from"), *parent.get("lineage", [])]) as w:
+        config = json.loads((src / "adapter_config.json").read_text())
+        save_adapter(w.tmp, weights, base_model=config.get("base_model_name_or_path"), dtype=torch.bfloat16,
+                     config=config)
+        w.manifest.update({k: v for k, v in parent.items() if k not in w.manifest and k not in ("id", "created_at")})
+        w.manifest["projection"] = {"mu": mu, "eps_rel": EPS_REL, "counts": mom["counts"], "modules": stats,
+                                    "formula": "A' = A (C_h + eps I)(C_h + mu C_b + eps I)^-1, rescaled to "
+                                               "|dW' X_h| = |dW X_h|", "by": "experiments.smollm2.safety_projection"}
+    ratios = sorted(v["benign_effect_ratio"] for v in stats.values())
+    log(f"S_mu{mu:g}: benign effect kept {ratios[0]:.2f}-{ratios[-1]:.2f} (median {ratios[len(ratios) // 2]:.2f})"
+        " of S's at the same harmful effect")
     return folder
 
 
