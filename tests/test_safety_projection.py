@@ -95,3 +95,11 @@ def test_a_projected_candidate_is_calibrated_and_served_with_its_filtered_adapte
     assert (root / "safety" / "marker").read_text() == "S_3"
     assert json.loads((root / "tasks" / "topic-clean" / "coefficients.json").read_text()) == {
         "candidate": "topic-clean"}
+
+
+@pytest.mark.parametrize("mu", ["-1", "nan"])
+def test_a_negative_filter_strength_is_refused_before_anything_is_built(tmp_path, capsys, mu):
+    with pytest.raises(SystemExit) as e:
+        sp.main(["build", "--out", str(tmp_path / "p"), "--mu", "3", "--mu", mu])
+    assert e.value.code == 2 and "--mu must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

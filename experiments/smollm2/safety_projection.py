@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=OUT, help=f"where moments, S_mu folders and screens go ({OUT})")
     ap.add_argument("--mu", type=float, action="append", required=True, help="filter strength (repeatable); 0: S")
     a = ap.parse_args(argv)
+    if any(not mu >= 0 for mu in a.mu):  # also refuses nan
+        ap.error(f"--mu must be >= 0 (0: S itself), got {', '.join(f'{mu:g}' for mu in a.mu)}")
     for mu in a.mu:
         if a.step == "build":
             print(build(a.out, mu))
