@@ -89,6 +89,15 @@ PROJECTED["v2p"] = 3.0
 # cost that S_3 should make smaller. Rule: v2c's (docs/results.md), written before any v2q number.
 CANDIDATES["v2q"] = CANDIDATES["v2c"]
 PROJECTED["v2q"] = 3.0
+# v2r: v2c's calibration on S_10. Why: on validation v2q halves v2a's framed harmful answers (422 -> 207) at v2a's
+# pooled over-refusal, but its over-refusal moved to the mix10 adapters, where the framed shots raised lambda to
+# 1.9-2.1 (sentiment-mix10 35, reverse-mix10 38 of 169) and it meets the targets on two adapters. At lambda = 1 S_10
+# keeps 0.23 of S's effect on the edgy-benign inputs (S_3: 0.31) and over-refuses half as much (6.5% vs 13.0%); the
+# screen's unseen bound, which excluded mu = 10 at lambda = 1 with plain shots, is what the framed shots answer for.
+# mu = 30 buys little more (0.19, 5.3%) at twice the unseen loss. Rule: v2c's against v2a (docs/results.md), written
+# before any v2r number; being on S_10, adoption also needs the locked test before it ships.
+CANDIDATES["v2r"] = CANDIDATES["v2c"]
+PROJECTED["v2r"] = 10.0
 
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
