@@ -98,6 +98,16 @@ PROJECTED["v2q"] = 3.0
 # before any v2r number; being on S_10, adoption also needs the locked test before it ships.
 CANDIDATES["v2r"] = CANDIDATES["v2c"]
 PROJECTED["v2r"] = 10.0
+# v2s: v2q with 32 edgy-benign shots instead of 16. Why: on validation v2r (S_10) over-refuses as v2q does (159 vs
+# 154 pooled): the framed shots raise lambda until the over-refusal is back whatever mu is (mix10 mean lambda
+# 2.2-2.5 against v2q's 1.9-2.1), so the lever is the benign side of the objective, not the filter. The framed shots
+# doubled the harmful shots (16 plain + 16 framed) while the edgy-benign shots, the only benign shots in the
+# framings and alarming words where the over-refusal lives, stayed 16 of the pool's 276; v2q's and v2r's over-refused
+# edgy-benign-val prompts spread over seven of its eight categories (figures of speech the most, 70 of 154; read
+# before this rule). 32 matches the harmful side and is the knob's value before v2a. Rule: v2c's against v2a
+# (docs/results.md), written before any v2s number; on S_3, so adoption also needs the locked test.
+CANDIDATES["v2s"] = (16, CANDIDATES["v2q"][1].replace(benign_edgy_shots=32))
+PROJECTED["v2s"] = 3.0
 
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
