@@ -159,6 +159,10 @@ SOURCES: dict[str, Source] = {
                             "filtered ...')", _check("v2q")),
     "val-v2q-rephrased": Source("v2q on harmful-val-rephrased", _check("v2q", "check-harmful-val-rephrased")),
     "val-v2q-unseen": Source("v2q on harmful-val-unseen", _check("v2q", "check-harmful-val-unseen")),
+    "val-v2r-seed0": Source("the v2r candidate (v2c on S_10) on validation (section 'Pilot: a safety adapter "
+                            "filtered ...')", _check("v2r")),
+    "val-v2r-rephrased": Source("v2r on harmful-val-rephrased", _check("v2r", "check-harmful-val-rephrased")),
+    "val-v2r-unseen": Source("v2r on harmful-val-unseen", _check("v2r", "check-harmful-val-unseen")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
