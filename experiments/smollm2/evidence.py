@@ -135,6 +135,18 @@ def _baselines() -> list[tuple[str, Path, dict[str, str]]]:
             for served, decision in sorted(names(OUT).items())]
 
 
+def _candidate(name: str, what: str) -> dict[str, Source]:
+    """The three measurements of a candidate of the filtered-safety-adapter pilot (its validation check and its two
+    framed harmful checks; docs/results.md, section 'Pilot: a safety adapter filtered ...')."""
+    return {
+        f"val-{name}-seed0": Source(f"the {name} candidate ({what}) on validation (section 'Pilot: a safety adapter "
+                                    "filtered ...')", _check(name)),
+        f"val-{name}-rephrased": Source(f"{name} on harmful-val-rephrased",
+                                        _check(name, "check-harmful-val-rephrased")),
+        f"val-{name}-unseen": Source(f"{name} on harmful-val-unseen", _check(name, "check-harmful-val-unseen")),
+    }
+
+
 SOURCES: dict[str, Source] = {
     "val-v2a-seed0": Source("SafeGene v2 (v2a, seed 0): A and the six +safegene variants on validation "
                             "(docs/results.md, section SafeGene v2)", _check("v2a")),
@@ -151,18 +163,10 @@ SOURCES: dict[str, Source] = {
     "val-projection-screen": Source("the safety projection pilot's screen: A + S_mu and sentiment-clean + S_mu at "
                                     "lambda 1, mu 0, 3, 10, 30 (section 'Pilot: a safety adapter filtered ...')",
                                     _projection_screen),
-    "val-v2p-seed0": Source("the v2p candidate (v2a on S_3) on validation (section 'Pilot: a safety adapter "
-                            "filtered ...')", _check("v2p")),
-    "val-v2p-rephrased": Source("v2p on harmful-val-rephrased", _check("v2p", "check-harmful-val-rephrased")),
-    "val-v2p-unseen": Source("v2p on harmful-val-unseen", _check("v2p", "check-harmful-val-unseen")),
-    "val-v2q-seed0": Source("the v2q candidate (v2c on S_3) on validation (section 'Pilot: a safety adapter "
-                            "filtered ...')", _check("v2q")),
-    "val-v2q-rephrased": Source("v2q on harmful-val-rephrased", _check("v2q", "check-harmful-val-rephrased")),
-    "val-v2q-unseen": Source("v2q on harmful-val-unseen", _check("v2q", "check-harmful-val-unseen")),
-    "val-v2r-seed0": Source("the v2r candidate (v2c on S_10) on validation (section 'Pilot: a safety adapter "
-                            "filtered ...')", _check("v2r")),
-    "val-v2r-rephrased": Source("v2r on harmful-val-rephrased", _check("v2r", "check-harmful-val-rephrased")),
-    "val-v2r-unseen": Source("v2r on harmful-val-unseen", _check("v2r", "check-harmful-val-unseen")),
+    **_candidate("v2p", "v2a on S_3"),
+    **_candidate("v2q", "v2c on S_3"),
+    **_candidate("v2r", "v2c on S_10"),
+    **_candidate("v2s", "v2q with 32 edgy-benign shots"),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
