@@ -108,6 +108,14 @@ PROJECTED["v2r"] = 10.0
 # (docs/results.md), written before any v2s number; on S_3, so adoption also needs the locked test.
 CANDIDATES["v2s"] = (16, CANDIDATES["v2q"][1].replace(benign_edgy_shots=32))
 PROJECTED["v2s"] = 3.0
+# v2t: v2q with one lambda for the attention and one for the MLP modules of each layer (granularity attn-mlp, the
+# knob's default shrinkage 0.1). Why: v2r and v2s land where v2q did (the framed harmful shots raise each layer's
+# lambda to about 2 on the mix10 adapters whatever the filter or the edgy-benign shot count, and the edgy-benign
+# refusals come back with it), so with one lambda per layer the objective has no way to keep the refusal and drop
+# the over-refusal; 60 coefficients instead of 30 let it scale a layer's attention and MLP parts of S apart. Rule:
+# v2c's against v2a (docs/results.md), written before any v2t number; on S_3, so adoption also needs the locked test.
+CANDIDATES["v2t"] = (16, CANDIDATES["v2q"][1].replace(granularity="attn-mlp"))
+PROJECTED["v2t"] = 3.0
 
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
