@@ -167,6 +167,9 @@ SOURCES: dict[str, Source] = {
     **_candidate("v2q", "v2c on S_3"),
     **_candidate("v2r", "v2c on S_10"),
     **_candidate("v2s", "v2q with 32 edgy-benign shots"),
+    "val-v2t-seed0": Source("the v2t candidate (v2q with attn-mlp lambdas) on validation (section 'Pilot: a safety "
+                            "adapter filtered ...'; its framed checks not run: the targets already failed)",
+                            _check("v2t")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
