@@ -163,6 +163,21 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def atomic_copytree(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Copy folder ``src`` to ``dst`` whole or not at all: copied beside ``dst``, then renamed into place, so a copy
+    that was interrupted never leaves a ``dst`` that looks complete (callers test ``dst``'s existence to skip work)."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    try:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dst
+
+
 #: per store: which artifact a build key (a digest of everything that determines the artifact) produced
 BUILT_INDEX = ".built-from.json"
 

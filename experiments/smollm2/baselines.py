@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from safegene_runtime.artifacts import atomic_copytree
 from safegene_runtime.paths import safegene_home
 
 from .family import BENIGN, HARMFUL, MAX_TOKENS, family_server, family_tasks
@@ -92,10 +92,7 @@ def family_copies(work: Path, assets: Path = FAMILY) -> Path:
     copies = work.resolve() / "family" / "tasks"
     for name in family_tasks(assets):
         if not (copies / name).is_dir():
-            tmp = copies / f".{name}.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(assets / "tasks" / name, tmp)
-            tmp.rename(copies / name)
+            atomic_copytree(assets / "tasks" / name, copies / name)
     return copies
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -111,11 +110,12 @@ def moments(out: Path) -> dict[str, dict[str, "torch.Tensor"]]:
     import torch
 
     from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.artifacts import read_manifest
     from safegene_runtime.lora_forward import load_causal_lm
     from .v2_probe import aligned_A
 
     f = out / "moments.pt"
-    family_id = json.loads((FAMILY / "safety" / "manifest.json").read_text())["id"]  # S is made on this family's A
+    family_id = read_manifest(FAMILY / "safety")["id"]  # S is made on this family's A
     if f.exists():
         cached = torch.load(f)
         if cached.get("family_safety_id") == family_id:
@@ -165,19 +165,14 @@ def build(out: Path, mu: float) -> Path:
     import torch
 
     from safegene_runtime.adapters import load_adapter, save_adapter
-    from safegene_runtime.artifacts import ArtifactWriter, describe_input, read_manifest
+    from safegene_runtime.artifacts import ArtifactWriter, atomic_copytree, describe_input, read_manifest
 
     folder = out / f"safety-mu{mu:g}"
     if (folder / "adapter_model.safetensors").exists():
         return folder
     src = FAMILY / "safety"
-    if mu == 0:  # the reference: S itself, copied beside the folder and renamed into place
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".tmp-{folder.name}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp)
-        tmp.rename(folder)
-        return folder
+    if mu == 0:  # the reference: S itself
+        return atomic_copytree(src, folder)
     mom = moments(out)
     s = load_adapter(src, dtype=torch.float32)
     weights, stats = {}, {}
