@@ -78,6 +78,25 @@ def test_onpolicy_shots_keep_every_non_refusal_answer_including_empty_ones():
         onpolicy_shots(refusals, answers[:2], tok=tok, margin_tokens=3)
 
 
+def test_benign_onpolicy_shots_keep_the_benign_shots_the_model_refuses_or_leaves_empty():
+    from safegene_runtime.calibration.teachers import Shot, benign_onpolicy_shots
+
+    tok = _Tok()
+    answer = [6, 7, 8, 0]
+    answers = [Shot([10 + i], answer) for i in range(4)] + [Shot([20], [1, 2, 0]), Shot([21], [0])]
+    own = [[1, 2, 3, 4],  # a refusal: contrasted with A's answer
+           [6, 7, 0],     # answered: nothing to push
+           [0],           # an empty reply: an over-refusal too
+           [9, 10],       # a fragment that is no refusal phrase: answered, left out
+           [1, 2],        # A itself refused this one: left out
+           [1, 2]]        # A answered with nothing: left out
+    shots = benign_onpolicy_shots(answers, own, tok=tok, margin_tokens=3)
+    assert [s.prompt for s in shots] == [[10], [12]]
+    assert all(s.target == [6, 7, 8] for s in shots) and [s.negative for s in shots] == [[1, 2, 3], [0]]
+    with pytest.raises(ValueError, match="regenerated answers"):
+        benign_onpolicy_shots(answers, own[:1], tok=tok, margin_tokens=3)
+
+
 def test_coefficients_with_groups_round_trip_and_without_them_are_unchanged(tmp_path):
     from safegene_runtime.adapters import module_group
     from safegene_runtime.coefficients import Coefficients, load_coefficients, save_coefficients
@@ -166,6 +185,24 @@ def test_onpolicy_term_adds_the_models_own_non_refusals_to_the_loss(run):
     assert set(t) == {"load", "teachers", "steps", "regenerate", "full_loss"} and min(t.values()) >= 0
     assert t["steps"] > 0 and t["regenerate"] > 0 and t_off["regenerate"] == 0
     assert sum(t.values()) <= on.meta["method"]["seconds"] + 0.05
+
+
+def test_benign_onpolicy_term_pushes_against_the_benign_shots_the_model_refuses(run):
+    """From λ = 2 the safety adapter makes the model refuse some benign shots: the term is in the loss (total = the
+    rest + its weight × it), it holds λ lower than the same calibration without it, and the model refuses fewer
+    of the benign shots at the end than at the start."""
+    kw = dict(init=2.0, steps=12, lr=0.1, seed=0, onpolicy_every=4, onpolicy_tokens=8)
+    off = run(**kw)
+    on = run(benign_onpolicy_weight=4.0, **kw)
+    before_on, before_off = on.meta["loss"]["before"], off.meta["loss"]["before"]
+    assert before_on["benign_onpolicy"] > 0.3 and "benign_onpolicy" not in before_off
+    assert before_on["total"] == pytest.approx(before_off["total"] + 4.0 * before_on["benign_onpolicy"], rel=1e-6)
+    seen = on.meta["onpolicy"]["non_refusals"]
+    assert seen[0]["benign_refusals"] >= 1 and seen[-1]["benign_refusals"] < seen[0]["benign_refusals"], seen
+    assert "benign_refusals" not in off.meta["onpolicy"]["non_refusals"][0]
+    assert on.meta["onpolicy"]["benign_of"] == 8 and on.meta["onpolicy"]["benign_at_zero"] == 0
+    assert max(on.layers.values()) < max(off.layers.values())
+    assert on.meta["config_digest"] != off.meta["config_digest"] and "w_b*softplus" in on.meta["method"]["objective"]
 
 
 def test_stopping_rule_stops_a_flat_calibration_early_and_says_why(run):

@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parents[1]
     (dict(stop_tol=float("inf")), "stop_tol", "stop_tol must be a finite number"),
     (dict(stop_patience=0), "stop_patience", "stop_patience must be positive"),
     (dict(shrink_step=1.0), "shrink_step", "shrink_step must be in"),
+    (dict(benign_onpolicy_weight=-1.0), "benign_onpolicy_weight", "benign_onpolicy_weight must be non-negative"),
+    (dict(benign_onpolicy_weight=2.0, onpolicy_every=0), "benign_onpolicy_weight", "set onpolicy_every > 0"),
 ])
 def test_a_bad_option_is_refused_with_its_name(bad, name, needle):
     with pytest.raises(CalibrationConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")) as e:
@@ -85,7 +87,8 @@ def test_digest_covers_what_differs_from_the_reference_and_only_what_is_used():
                    layers=None, refusal_loss="ce", margin_tokens=2, margin_target=1.0, benign_tokens=4,
                    benign_contrast=0.5, optimizer="adam-shared", onpolicy_every=3, onpolicy_tokens=12,
                    onpolicy_weight=2.0, benign_source="edgy", benign_edgy_shots=8, granularity="attn-mlp",
-                   group_shrinkage=1.0, stop_tol=0.01, stop_patience=5, shrink_step=0.25, harmful_framed=4)
+                   group_shrinkage=1.0, stop_tol=0.01, stop_patience=5, shrink_step=0.25, harmful_framed=4,
+                   benign_onpolicy_weight=2.0)
     assert set(changes) == set(refs)  # every field is exercised
     # a knob read only when another is on is exercised with that one on (alone it is unused: rule 2)
     needs = dict(onpolicy_tokens=dict(onpolicy_every=5), onpolicy_weight=dict(onpolicy_every=5),
@@ -113,7 +116,8 @@ def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
     before them at their defaults, so they enter no digest there: pinned digests of configs hashed before they
     existed."""
     added = {"onpolicy_every", "onpolicy_tokens", "onpolicy_weight", "benign_source", "benign_edgy_shots",
-             "granularity", "group_shrinkage", "stop_tol", "stop_patience", "shrink_step", "harmful_framed"}
+             "granularity", "group_shrinkage", "stop_tol", "stop_patience", "shrink_step", "harmful_framed",
+             "benign_onpolicy_weight"}
     # the procedure before them, every field spelled out (so a later change of the defaults does not move this)
     old_default = dict(seed=0, steps=40, lr=0.05, beta=1.0, gamma=1.0, lambda_max=4.0, penalty=0.001, init=1.0,
                        max_new_tokens=48, max_prompt_tokens=128, max_target_tokens=16, batch_size=8,

@@ -116,6 +116,19 @@ PROJECTED["v2s"] = 3.0
 # v2c's against v2a (docs/results.md), written before any v2t number; on S_3, so adoption also needs the locked test.
 CANDIDATES["v2t"] = (16, CANDIDATES["v2q"][1].replace(granularity="attn-mlp"))
 PROJECTED["v2t"] = 3.0
+# v2u: v2s with the on-policy benign term at weight 4 (benign_onpolicy_weight: every regeneration also regenerates
+# the model's answers to the benign shots A answers and pushes A's answer over each one it refuses). Why: the benign
+# side never stood against the framed shots' refusal terms: at v2q's lambda sentiment-mix10 refuses 130 of the 276
+# edgy-benign TRAINING pool prompts (A: 1) while its benign contrast stays small, because that term compares A's answer
+# with a refusal A gives to a harmful prompt, not with the model's own refusals. The term is nonzero only while a
+# benign shot is refused: with a weight above the harmful terms' 1 it acts as the constraint the v2s notes ask for.
+# Weight 4 is the one value tried, on sentiment-mix10 and training data only (the pool minus the 32 drawn shots, and
+# 64 harmful-align-train prompts in A's framings that are not shots): pool refused 7 of 244, framed prompts refused
+# 59 of 64, mean lambda 1.45 (v2q: 2.13; v2q's lambda x 0.75 refuses 20 of 276 of the pool and 63 of 64 framed).
+# Rule: v2c's against v2a (docs/results.md), written before any v2u validation number; on S_3, so adoption also needs
+# the locked test.
+CANDIDATES["v2u"] = (16, CANDIDATES["v2s"][1].replace(benign_onpolicy_weight=4.0))
+PROJECTED["v2u"] = 3.0
 
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:

@@ -140,6 +140,11 @@ class CalibrationConfig:
         0, "add N harmful shots: the given ones asked again in the framings the aligned base was trained to refuse "
            "(past tense, role-play, fiction, ...: safegene_runtime/rephrase.py FRAMINGS, dealt round robin), so the "
            "refusal terms see the request asked other ways, not only its plain wording (0: off)", metavar="N")
+    benign_onpolicy_weight: float = _knob(
+        0.0, "on-policy benign term (needs onpolicy_every): at each regeneration also regenerate the current model's "
+             "greedy answers to the benign shots the base answers and push each one the keyword judge calls a refusal "
+             "(or an empty reply) below the base's answer, over the first margin_tokens tokens, with this weight: a "
+             "penalty on the benign shots the model stops answering as lambda grows (0: off)", metavar="W")
     shrink_step: float = _knob(
         0.0, "after the steps, scale every lambda by STEP, 2*STEP, ... (< 1) and keep the first scale at which the "
              "model still refuses every harmful shot it refuses at the calibrated lambda (0: off; "
@@ -160,7 +165,7 @@ class CalibrationConfig:
             if name not in ("seed", "steps", "onpolicy_every", "harmful_framed") and v < 1:
                 raise CalibrationConfigError(name, f"{name} must be positive (got {v})")
         for name in ("lr", "beta", "gamma", "lambda_max", "penalty", "margin_target", "benign_contrast",
-                     "onpolicy_weight", "group_shrinkage", "stop_tol", "shrink_step"):
+                     "onpolicy_weight", "group_shrinkage", "stop_tol", "shrink_step", "benign_onpolicy_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise CalibrationConfigError(name, f"{name} must be a finite number (got {v!r})")
@@ -168,10 +173,13 @@ class CalibrationConfig:
             if name == "lambda_max" and not v > 0:
                 raise CalibrationConfigError(name, f"lambda_max must be a positive number (got {v})")
             if name in ("lr", "beta", "gamma", "penalty", "benign_contrast", "onpolicy_weight", "group_shrinkage",
-                        "stop_tol") and v < 0:
+                        "stop_tol", "benign_onpolicy_weight") and v < 0:
                 raise CalibrationConfigError(name, f"{name} must be non-negative (got {v})")
             if name == "shrink_step" and not 0 <= v < 1:
                 raise CalibrationConfigError(name, f"shrink_step must be in [0, 1) (got {v})")
+        if self.benign_onpolicy_weight and not self.onpolicy_every:
+            raise CalibrationConfigError("benign_onpolicy_weight", "benign_onpolicy_weight regenerates answers on the "
+                                         "on-policy schedule: set onpolicy_every > 0 with it")
         for name, allowed in (("refusal_loss", REFUSAL_LOSSES), ("optimizer", OPTIMIZERS),
                               ("benign_source", BENIGN_SOURCES), ("granularity", GRANULARITIES)):
             if getattr(self, name) not in allowed:
@@ -317,6 +325,8 @@ class CalibrationConfig:
                 + f", task KL x {self.beta:g}, benign KL x {self.gamma:g}"
                 + (f" over {self.benign_tokens} tokens" if self.benign_tokens else "")
                 + (f", benign contrast x {self.benign_contrast:g}" if self.benign_contrast else ", no benign contrast")
+                + (f", on-policy benign margin x {self.benign_onpolicy_weight:g} (the benign shots the model refuses "
+                   "as lambda moves)" if self.benign_onpolicy_weight else "")
                 + ({"given": "", "edgy": f", benign shots: {self.benign_edgy_shots} edgy-benign training prompts",
                     "given+edgy": f", benign shots: the given ones and {self.benign_edgy_shots} edgy-benign training "
                                   "prompts"}[self.benign_source])

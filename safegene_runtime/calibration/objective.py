@@ -14,7 +14,8 @@ import torch
 from ..lora_forward import left_pad
 from .teachers import Shot
 
-TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin", "refusal_onpolicy")
+TERMS = ("refusal_margin", "refusal_ce", "task_kl", "benign_kl", "benign_margin", "refusal_onpolicy",
+         "benign_onpolicy")
 
 
 def target_logprobs(model, shots: list[Shot], pad: int) -> list[torch.Tensor]:
@@ -48,9 +49,10 @@ def margins(model, shots: list[Shot], pad: int) -> tuple[torch.Tensor, list[torc
 def term_loss(model, term: str, shots: list[Shot], pad: int, margin_target: float = 0.0) -> torch.Tensor:
     """One term of :data:`TERMS` (unweighted) over a minibatch of its shots."""
     softplus = torch.nn.functional.softplus
-    if term in ("refusal_margin", "refusal_onpolicy"):
+    if term in ("refusal_margin", "refusal_onpolicy", "benign_onpolicy"):
         # A's refusal over the task model's compliant answer (margin), or over the current model's own non-refusal
-        # (on-policy: the negatives are regenerated as λ moves, :func:`.teachers.onpolicy_shots`)
+        # (on-policy: the negatives are regenerated as λ moves, :func:`.teachers.onpolicy_shots`); benign on-policy:
+        # A's answer over the current model's own refusal (:func:`.teachers.benign_onpolicy_shots`)
         m, _ = margins(model, shots, pad)
         return softplus(margin_target - m).mean()
     if term == "benign_margin":

@@ -67,6 +67,15 @@ Four more pieces *(ours, issue 22; all off by default, so the default procedure 
   aligned base was trained to refuse (:func:`safegene_runtime.rephrase.framed_shots`). Plain-worded shots only show
   the terms the requests A refuses most easily; λ then stops where a request asked in a story or the past tense is
   answered again (docs/results.md, "Framings A was aligned on less");
+* ``benign_onpolicy_weight`` *(issue 20; off by default)*: the on-policy term's mirror on the benign side. At each
+  regeneration the current model's greedy answers to the benign shots A answers are regenerated too; each one the
+  keyword judge calls a refusal (an empty reply included) becomes a shot of ``softplus(τ − (ℓ_λ(y_A|x) − ℓ_λ(y_λ|x)))``
+  (A's answer over the model's own refusal, first ``margin_tokens`` tokens). The benign contrast compares A's answer
+  with a refusal A gives to a harmful prompt, fixed before the steps; on SmolLM2 a λ that kept that term small still
+  refused about half of the edgy-benign training pool, in the model's own words (docs/results.md). This term is
+  nonzero only while a benign shot is refused, so with a large weight it acts as a constraint (keep answering the
+  benign shots) more than as a pull towards λ = 0; ``meta["onpolicy"]`` records the benign refusals at each
+  regeneration;
 * ``stop_tol``: stop a start once the mean loss over the last ``stop_patience`` steps improved by less than
   ``stop_tol`` (relative) on the window before (:class:`.optim.StoppingRule`); ``steps`` is then the cap, and
   ``meta["loss"]["stopped"]`` says why and when each start stopped.
@@ -92,7 +101,8 @@ from .config import CalibrationConfig
 from .objective import Batches, group_shrinkage, target_logprobs, term_loss
 from .optim import SharedAdam, StoppingRule, best_start
 from .shrink import shrink_scale
-from .teachers import Shot, benign_contrast_shots, eos_ids, generate, onpolicy_shots, refuses
+from .teachers import (Shot, benign_contrast_shots, benign_onpolicy_shots, eos_ids, generate, onpolicy_shots,
+                       refuses)
 
 
 def shot_set_info(shots: Sequence) -> dict[str, Any]:
@@ -152,6 +162,7 @@ def calibrate(
     refusal_loss, margin_tokens, margin_target = cfg.refusal_loss, cfg.margin_tokens, cfg.margin_target
     benign_contrast, optimizer, layers = cfg.benign_contrast, cfg.optimizer, cfg.layers
     onpolicy = cfg.onpolicy_every > 0
+    benign_onpolicy = onpolicy and cfg.benign_onpolicy_weight > 0
     groups = MODULE_GROUPS if cfg.granularity == "attn-mlp" else None
     starts = [cfg.init] if isinstance(cfg.init, float) else list(cfg.init)
     base, task, safety = Path(base), Path(task), Path(safety)
@@ -212,7 +223,10 @@ def calibrate(
 
             with lf.mode(fixed=False, scaled=False):
                 refusals = teach(harmful, "refusals (A)")
-                benign_answers = teach(benign, "benign (A)") if benign and (gamma > 0 or benign_contrast > 0) else []
+                benign_answers = (teach(benign, "benign (A)")
+                                  if benign and (gamma > 0 or benign_contrast > 0 or benign_onpolicy) else [])
+            # the benign shots A answers: the on-policy benign term regenerates the model's answers to these
+            answered = [b for b in benign_answers if b.target and not refuses(tok, b.target)] if benign_onpolicy else []
             if benign_answers and gamma > 0:
                 data["benign_kl"] = [Shot(b.prompt, b.target[:benign_tokens] if benign_tokens else b.target)
                                      for b in benign_answers]
@@ -247,17 +261,30 @@ def calibrate(
                                 s.teacher = lp.detach()
             timing["teachers"] = time.monotonic() - t0 - timing["load"]
             weights = {"refusal_ce": 1.0, "refusal_margin": 1.0, "task_kl": beta, "benign_kl": gamma,
-                       "benign_margin": benign_contrast, "refusal_onpolicy": cfg.onpolicy_weight}
+                       "benign_margin": benign_contrast, "refusal_onpolicy": cfg.onpolicy_weight,
+                       "benign_onpolicy": cfg.benign_onpolicy_weight}
 
             def regenerate() -> dict[str, list[Shot]]:
-                """The on-policy term's shots at the current λ: the model's own greedy answers to the harmful
-                shots, those the keyword judge does not call refusals (:func:`.teachers.onpolicy_shots`)."""
+                """The on-policy terms' shots at the current λ: the model's own greedy answers to the harmful
+                shots, those the keyword judge does not call refusals (:func:`.teachers.onpolicy_shots`), and with
+                the benign term its answers to the benign shots that it refuses
+                (:func:`.teachers.benign_onpolicy_shots`)."""
                 t = time.monotonic()
+                gen = dict(max_new_tokens=cfg.onpolicy_tokens, batch_size=gen_batch_size, progress=False)
                 with lf.mode(fixed=True, scaled=True):
-                    own = generate(model, tok, [r.prompt for r in refusals], max_new_tokens=cfg.onpolicy_tokens,
-                                   batch_size=gen_batch_size, desc="on-policy answers", progress=False)
+                    own = generate(model, tok, [r.prompt for r in refusals], desc="on-policy answers", **gen)
+                    out = {"refusal_onpolicy": onpolicy_shots(refusals, own, tok=tok, margin_tokens=margin_tokens)}
+                    if benign_onpolicy:
+                        mine = generate(model, tok, [b.prompt for b in answered], desc="on-policy benign", **gen)
+                        out["benign_onpolicy"] = benign_onpolicy_shots(answered, mine, tok=tok,
+                                                                       margin_tokens=margin_tokens)
                 timing["regenerate"] += time.monotonic() - t
-                return {"refusal_onpolicy": onpolicy_shots(refusals, own, tok=tok, margin_tokens=margin_tokens)}
+                return out
+
+            def seen_at(step: int, live: dict[str, list[Shot]]) -> dict[str, int]:
+                """What a regeneration found (``meta["onpolicy"]``): harmful non-refusals, benign refusals."""
+                return {"step": step, "non_refusals": len(live["refusal_onpolicy"]),
+                        **({"benign_refusals": len(live["benign_onpolicy"])} if "benign_onpolicy" in live else {})}
 
             def regularisers() -> torch.Tensor:
                 """penalty·Σλ² (+ group_shrinkage·Σ(λ − the layer's mean)² with one λ per module group)."""
@@ -293,7 +320,7 @@ def calibrate(
                 """One optimisation from every λ = ``start``; same minibatches for every start (seeded here)."""
                 lf.set_lambdas(start)
                 live = regenerate() if onpolicy else {}
-                seen = [{"step": 0, "non_refusals": len(live["refusal_onpolicy"])}] if onpolicy else []
+                seen = [seen_at(0, live)] if onpolicy else []
                 before = full_loss(live) if report_losses else None
                 gen = torch.Generator().manual_seed(seed)
                 batches = {t: Batches(len(s), batch_size, gen) for t, s in data.items()}
@@ -308,7 +335,7 @@ def calibrate(
                                  disable=not progress):
                     if onpolicy and step and step % cfg.onpolicy_every == 0:
                         live = regenerate()
-                        seen.append({"step": step, "non_refusals": len(live["refusal_onpolicy"])})
+                        seen.append(seen_at(step, live))
                         live_batches = {t: Batches(len(s), batch_size, live_gen) for t, s in live.items()}
                     opt.zero_grad()
                     loss = regularisers()
@@ -333,7 +360,7 @@ def calibrate(
                 scored = report_losses or len(starts) > 1  # the after-loss: reported, or the starts compete on it
                 if onpolicy and scored:
                     live = regenerate()
-                    seen.append({"step": len(history), "non_refusals": len(live["refusal_onpolicy"])})
+                    seen.append(seen_at(len(history), live))
                 return {"init": start, "before": before, "after": full_loss(live) if scored else None,
                         "history": history,
                         "lambdas": lf.lambda_dict(), "groups": lf.group_dict(), "stopped": rule.record(),
@@ -382,6 +409,8 @@ def calibrate(
                   if refusal_loss == "margin" else "CE(A refusals | harmful)")
                  + (" + w*softplus(tau - (logp(A refusal) - logp(own answer))) over the harmful shots whose answer,"
                     " regenerated every onpolicy_every steps, is no refusal" if onpolicy else "")
+                 + (" + w_b*softplus(tau - (logp(A answer) - logp(own refusal))) over the benign shots whose answer,"
+                    " regenerated with them, is a refusal" if benign_onpolicy else "")
                  + " + beta*KL(p_T||p_lambda | task) + gamma*KL(p_A||p_lambda | benign)"
                  + (" + delta*softplus(-(logp(A answer) - logp(A refusal | EOS))) over benign shots A answers"
                     if benign_contrast > 0 else "") + " + penalty*sum(lambda^2)"
@@ -412,7 +441,10 @@ def calibrate(
         **({"onpolicy": {"every": cfg.onpolicy_every, "tokens": cfg.onpolicy_tokens, "weight": cfg.onpolicy_weight,
                          "non_refusals": runs[best]["onpolicy"],
                          "at_zero": len(zero_live["refusal_onpolicy"]) if report_losses else None,
-                         "of": len(refusals)}} if onpolicy else {}),
+                         "of": len(refusals),
+                         **({"benign_weight": cfg.benign_onpolicy_weight, "benign_of": len(answered),
+                             "benign_at_zero": len(zero_live.get("benign_onpolicy", [])) if report_losses else None}
+                            if benign_onpolicy else {})}} if onpolicy else {}),
         "config": cfg.to_dict(),
         "config_digest": cfg.digest(),
         "selected_layers": chosen,

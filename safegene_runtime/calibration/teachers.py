@@ -88,6 +88,21 @@ def onpolicy_shots(refusals: list[Shot], answers: list[list[int]], *, tok, margi
             if r.target and a and says_refusal(tok, r.target) and not says_refusal(tok, a)]
 
 
+def benign_onpolicy_shots(answers: list[Shot], own: list[list[int]], *, tok, margin_tokens: int) -> list[Shot]:
+    """The on-policy benign term's shots, the mirror of :func:`onpolicy_shots`: for each benign shot the base answers
+    (its teacher answer, ``answers``, is neither a refusal nor empty) whose regenerated answer (``own``, paired by
+    index) the keyword judge calls a refusal or is empty, the base's answer as target and that refusal as negative,
+    both cut to ``margin_tokens``. Why on-policy: the benign contrast's negative is one of the base's refusals to a
+    harmful prompt, fixed before the steps; an over-refusing model words its refusals its own way (and stops), and
+    on SmolLM2 a calibrated λ that kept the contrast small still refused about half of the edgy-benign training
+    pool (docs/results.md)."""
+    if len(answers) != len(own):
+        raise ValueError(f"{len(own)} regenerated answers for {len(answers)} benign shots")
+    return [Shot(b.prompt, b.target[:margin_tokens], negative=a[:margin_tokens])
+            for b, a in zip(answers, own)
+            if b.target and a and not refuses(tok, b.target) and refuses(tok, a)]
+
+
 def benign_contrast_shots(answers: list[Shot], refusals: list[list[int]], *, tok, stop: tuple[int, ...],
                           margin_tokens: int) -> list[Shot]:
     """The benign contrast's shots (also layer selection's benign margin): the benign prompts A answers (no refusal,
@@ -100,4 +115,5 @@ def benign_contrast_shots(answers: list[Shot], refusals: list[list[int]], *, tok
             for i, b in enumerate(answered)]
 
 
-__all__ = ["Shot", "eos_ids", "generate", "refuses", "says_refusal", "onpolicy_shots", "benign_contrast_shots"]
+__all__ = ["Shot", "eos_ids", "generate", "refuses", "says_refusal", "onpolicy_shots", "benign_onpolicy_shots",
+           "benign_contrast_shots"]
