@@ -129,6 +129,16 @@ PROJECTED["v2t"] = 3.0
 # the locked test.
 CANDIDATES["v2u"] = (16, CANDIDATES["v2s"][1].replace(benign_onpolicy_weight=4.0))
 PROJECTED["v2u"] = 3.0
+# v2q-shrink: v2q, then lambda shrunk to the smallest multiple of 0.25 at which every harmful shot refused (16 plain
+# and 16 framed) is still refused. Why: on training data v2q's lambda x 0.75 keeps all 32 shots and 63 of 64 other
+# framed harmful prompts refused on sentiment-mix10 while refusing 20 instead of 130 of the edgy-benign pool (the
+# v2u notes), and on validation v2u's lower mix10 lambdas (1.35-1.45) kept harmful-val at 0 with over-refusal 0.6-3%.
+# v2a-shrink's threshold was too low because its 16 shots were all plain; the framed shots make it stricter. Rule:
+# v2c's against v2a (docs/results.md), written before any v2q-shrink number; on S_3, so adoption also needs the
+# locked test.
+CANDIDATES["v2q-shrink"] = (16, CANDIDATES["v2q"][1].replace(shrink_step=0.25))
+PROJECTED["v2q-shrink"] = 3.0
+SHRINK_OF["v2q-shrink"] = "v2q"
 
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
@@ -181,6 +191,7 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
     from safegene_runtime.calibration.teachers import Shot, generate
     from safegene_runtime.coefficients import Coefficients, load_coefficients, save_coefficients
     from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
+    from safegene_runtime.rephrase import framed_shots
     from .v2_probe import aligned_A
 
     k, config = CANDIDATES[candidate]
@@ -196,6 +207,8 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
             continue
         old = load_coefficients(sweep_dir(out, source, seed) / name / "coefficients.json")
         harm, _, _ = data.align_train_shots(task, k, seed)
+        if config.harmful_framed:  # the harmful shots calibrate() used: the plain ones and the framed ones
+            harm = harm + framed_shots(harm, config.harmful_framed, config.seed)
         t = time.time()
         prompts = encode_prompts(tok, harm, max_tokens=config.max_prompt_tokens)
         gen = dict(batch_size=config.gen_batch_size, desc="", progress=False)
