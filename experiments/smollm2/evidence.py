@@ -170,6 +170,10 @@ SOURCES: dict[str, Source] = {
     "val-v2t-seed0": Source("the v2t candidate (v2q with attn-mlp lambdas) on validation (section 'Pilot: a safety "
                             "adapter filtered ...'; its framed checks not run: the targets already failed)",
                             _check("v2t")),
+    "val-v2u-seed0": Source("the v2u candidate (v2s with the on-policy benign term at weight 4) on validation "
+                            "(section 'Pilot: a safety adapter filtered ...'; its framed checks not run: the targets "
+                            "already failed)", _check("v2u")),
+    **_candidate("v2q-shrink", "v2q with lambda shrunk to its framed and plain shots' refusal threshold"),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
