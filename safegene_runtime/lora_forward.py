@@ -19,8 +19,9 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from .adapters import AdapterError, LoraAdapter, layer_index, module_group
+from .adapters import MODULE_GROUPS, AdapterError, LoraAdapter, layer_index, module_group
 from .artifacts import ArtifactError
+from .coefficients import Coefficients
 
 
 def decoder_layers(model: torch.nn.Module) -> torch.nn.ModuleList:
@@ -141,6 +142,20 @@ class LoraForward:
             yield self
         finally:
             self.use_fixed, self.use_scaled = old
+
+    @classmethod
+    def at(cls, model: torch.nn.Module, coeffs: Coefficients, *, fixed: LoraAdapter | None,
+           scaled: LoraAdapter, scale: float = 1.0) -> "LoraForward":
+        """Hooks at a coefficients file's λ on its layers, times ``scale``: one λ per layer and module group when the
+        file has groups (``attn-mlp`` calibrations), so a grouped file is not flattened to its layer means."""
+        layers = sorted(coeffs.layers)
+        groups = MODULE_GROUPS if coeffs.groups else None
+        lf = cls(model, fixed=fixed, scaled=scaled, layers=layers, init=0.0, groups=groups)
+        with torch.no_grad():
+            for key, slot in lf._slot.items():
+                layer, group = key if groups else (key, None)
+                lf.lambdas[slot] = coeffs.of(layer, group) * scale
+        return lf
 
     def set_lambdas(self, values: dict[int, float] | float) -> None:
         """Every λ to one value, or per layer (with ``groups``: every group of the layer)."""

@@ -154,6 +154,24 @@ def run(fam, shots, isolated_home, one_thread):
     return _run
 
 
+def test_lora_forward_at_a_coefficients_file_scales_it_and_keeps_its_groups(fam):
+    """What the study's shrink step and probes run on: a grouped (attn-mlp) file is not flattened to layer means."""
+    from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.coefficients import Coefficients
+    from safegene_runtime.lora_forward import LoraForward, load_causal_lm
+
+    model, _ = load_causal_lm(fam.aligned)
+    safety = load_adapter(fam.safety)
+    layers = safety.layers()
+    flat = Coefficients(layers={l: 0.5 + l for l in layers})
+    with LoraForward.at(model, flat, fixed=None, scaled=safety, scale=2.0) as lf:
+        assert lf.groups is None and lf.lambda_dict() == pytest.approx({l: 2 * (0.5 + l) for l in layers})
+    split = Coefficients(layers={l: 1.0 for l in layers}, groups={layers[0]: {"attn": 0.25, "mlp": 0.75}})
+    with LoraForward.at(model, split, fixed=None, scaled=safety) as lf:
+        assert lf.group_dict()[layers[0]] == pytest.approx({"attn": 0.25, "mlp": 0.75})
+        assert lf.group_dict()[layers[1]] == pytest.approx({"attn": 1.0, "mlp": 1.0})
+
+
 def test_knobs_that_are_off_change_nothing(run):
     """Their dependents set to odd values while the knob stays off: the same λ, loss history and digest."""
     kw = dict(init=0.0, steps=4, lr=0.1, seed=0)

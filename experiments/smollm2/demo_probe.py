@@ -40,20 +40,16 @@ def probe(candidates: list[str], out=OUT) -> list[tuple[str, str, str]]:
         text = tok.decode(ids, skip_special_tokens=True)
         rows.append((label, "refuses" if refusal_match(text) else "answers", " ".join(text.split())))
 
+    ask("A")  # the bare model is A: no hooks yet
     safety = {c: load_adapter(safety_of(c)) for c in candidates}
-    for i, name in enumerate(family_tasks(FAMILY)):
+    for name in family_tasks(FAMILY):
         task = load_adapter(FAMILY / "tasks" / name)
         for j, cand in enumerate(candidates):
             coeffs = load_coefficients(sweep_dir(out, cand) / name / "coefficients.json")
-            layers = sorted(coeffs.layers)
-            with LoraForward(model, fixed=task, scaled=safety[cand], layers=layers, init=0.0) as lf:
+            with LoraForward.at(model, coeffs, fixed=task, scaled=safety[cand]) as lf:
                 if j == 0:
-                    if i == 0:
-                        with lf.mode(fixed=False, scaled=False):
-                            ask("A")
                     with lf.mode(fixed=True, scaled=False):
                         ask(name)
-                lf.set_lambdas({l: coeffs.layers[l] for l in layers})
                 with lf.mode(fixed=True, scaled=True):
                     ask(f"{name}+safegene ({cand})")
     return rows

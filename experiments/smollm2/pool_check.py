@@ -41,25 +41,27 @@ def prompt_sets(task: str, candidate: str, seed: int = 0) -> dict[str, list[str]
     the other framed harmful prompts; training sets only."""
     from safegene_runtime.datasets import load_named
     from safegene_runtime.edgy_train import draw_edgy_benign, edgy_benign_pool
+    from safegene_runtime.calibration.procedure import with_framed_shots
     from safegene_runtime.rephrase import framed_shots
 
     k, cfg = CANDIDATES[candidate]
-    harm, _, _ = data.align_train_shots(task, k, seed)
+    cfg = cfg.replace(seed=seed) if seed else cfg
+    harm = data.align_train_shots(task, k, seed)[0]
+    _, framed = with_framed_shots(harm, cfg)  # the framed shots calibrate() added
     drawn = set(draw_edgy_benign(cfg.benign_edgy_shots, seed)) if cfg.benign_source != "given" else set()
     pool = list(edgy_benign_pool())
     others = data.sample([it.prompt for it in load_named("harmful-align-train") if it.prompt not in harm],
                          OTHER_FRAMED, OTHER_SEED)
     return {"pool": pool, "pool_not_drawn": [p for p in pool if p not in drawn], "harmful_shots": harm,
-            "framed_shots": framed_shots(harm, cfg.harmful_framed, seed) if cfg.harmful_framed else [],
+            "framed_shots": framed,
             "other_framed": framed_shots(others, OTHER_FRAMED, OTHER_SEED)}
 
 
 def run(candidate: str, scales: list[float], out: Path = OUT, only: list[str] | None = None,
         seed: int = 0) -> dict[str, dict[str, dict[str, int]]]:
     """``{adapter: {scale: {set: refused}}}`` (plus each set's size under ``"n"``), merged into ``pool.json``."""
-    import torch
-
     from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.artifacts import atomic_write_text
     from safegene_runtime.calibration.teachers import generate, says_refusal
     from safegene_runtime.coefficients import load_coefficients
     from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
@@ -78,15 +80,13 @@ def run(candidate: str, scales: list[float], out: Path = OUT, only: list[str] | 
         # the pool is asked once: its not-drawn part is counted from the same answers
         asked = {k: v for k, v in sets.items() if k != "pool_not_drawn"}
         encoded = {k: encode_prompts(tok, v, max_tokens=cfg.max_prompt_tokens) for k, v in asked.items()}
-        layers = sorted(coeffs.layers)
         row = results.setdefault(name, {})
         row["n"] = {k: len(v) for k, v in sets.items()}
-        with LoraForward(model, fixed=load_adapter(FAMILY / "tasks" / name), scaled=safety, layers=layers,
-                         init=0.0) as lf, torch.no_grad():
-            for scale in scales:
-                t = time.time()
-                lf.set_lambdas({l: coeffs.layers[l] * scale for l in layers})
-                refused: dict[str, int] = {}
+        task_adapter = load_adapter(FAMILY / "tasks" / name)
+        for scale in scales:
+            t = time.time()
+            refused: dict[str, int] = {}
+            with LoraForward.at(model, coeffs, fixed=task_adapter, scaled=safety, scale=scale) as lf:
                 with lf.mode(fixed=True, scaled=True):
                     for key, prompts in encoded.items():
                         answers = generate(model, tok, prompts, max_new_tokens=ANSWER_TOKENS,
@@ -98,8 +98,7 @@ def run(candidate: str, scales: list[float], out: Path = OUT, only: list[str] | 
                             refused["pool_not_drawn"] = sum(s for p, s in zip(sets["pool"], said) if p in kept)
                 row[f"{scale:g}"] = refused
                 log(f"pool_check {candidate} {name} x{scale:g}: {refused} of {row['n']} ({time.time() - t:.0f}s)")
-    where.parent.mkdir(parents=True, exist_ok=True)
-    where.write_text(json.dumps(results, indent=1) + "\n")
+    atomic_write_text(where, json.dumps(results, indent=1) + "\n")
     return results
 
 

@@ -184,14 +184,12 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
     """Apply the candidate's shrink step to the coefficients of the candidate it extends (:data:`SHRINK_OF`): load
     A with the task adapter and the safety adapter at those λ, A's refusals to the same harmful shots as teachers,
     then :func:`~safegene_runtime.calibration.shrink.shrink_scale`; resumable."""
-    import torch
-
     from safegene_runtime.adapters import load_adapter
+    from safegene_runtime.calibration.procedure import with_framed_shots
     from safegene_runtime.calibration.shrink import shrink_scale
     from safegene_runtime.calibration.teachers import Shot, generate
     from safegene_runtime.coefficients import Coefficients, load_coefficients, save_coefficients
     from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
-    from safegene_runtime.rephrase import framed_shots
     from .v2_probe import aligned_A
 
     k, config = CANDIDATES[candidate]
@@ -206,34 +204,29 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
         if f.exists():
             continue
         old = load_coefficients(sweep_dir(out, source, seed) / name / "coefficients.json")
-        harm, _, _ = data.align_train_shots(task, k, seed)
-        if config.harmful_framed:  # the harmful shots calibrate() used: the plain ones and the framed ones
-            harm = harm + framed_shots(harm, config.harmful_framed, config.seed)
+        harm, _ = with_framed_shots(data.align_train_shots(task, k, seed)[0], config)  # the shots calibrate() used
         t = time.time()
         prompts = encode_prompts(tok, harm, max_tokens=config.max_prompt_tokens)
         gen = dict(batch_size=config.gen_batch_size, desc="", progress=False)
-        layers = sorted(old.layers)
-        with LoraForward(model, fixed=load_adapter(assets / "tasks" / name),
-                         scaled=load_adapter(safety_of(candidate, assets)),
-                         layers=layers, init=0.0) as lf:
+        with LoraForward.at(model, old, fixed=load_adapter(assets / "tasks" / name),
+                            scaled=load_adapter(safety_of(candidate, assets))) as lf:
             with lf.mode(fixed=False, scaled=False):  # A's refusals: the teachers calibrate() reads
                 refusals = [Shot(p, config.target(r)) for p, r in
                             zip(prompts, generate(model, tok, prompts, max_new_tokens=config.teacher_tokens, **gen))]
-            lf.set_lambdas({l: old.layers[l] for l in layers})
 
             def answer() -> list[list[int]]:
                 with lf.mode(fixed=True, scaled=True):
                     return generate(model, tok, prompts, max_new_tokens=config.onpolicy_tokens, **gen)
 
             scale, record = shrink_scale(lf.lambdas, answer, tok, refusals, config.shrink_step)
-            with torch.no_grad():
-                new_layers = lf.lambda_dict()
+            new_layers, new_groups = lf.lambda_dict(), lf.group_dict()
         meta = dict(old.meta)
         meta.update(config=config.to_dict(), config_digest=config.digest(), shrink=record,
                     shrink_applied_to=f"{source}'s coefficients (experiments.smollm2.v2_sweep shrink)")
         meta["method"] = dict(meta["method"], shrink_seconds=round(time.time() - t, 2))
         f.parent.mkdir(parents=True, exist_ok=True)
-        save_coefficients(f, Coefficients(layers={**old.layers, **new_layers}, default=old.default, meta=meta))
+        save_coefficients(f, Coefficients(layers={**old.layers, **new_layers}, default=old.default, meta=meta,
+                                          groups=new_groups))
         log(f"{candidate} seed {seed} {name}: scale {scale:g} ({time.time() - t:.0f}s; tried {record['tried']})")
 
 

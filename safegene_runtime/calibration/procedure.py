@@ -112,6 +112,20 @@ def shot_set_info(shots: Sequence) -> dict[str, Any]:
     return {"count": len(shots), "sha256": chat_list_digest(shots)}
 
 
+def with_framed_shots(harmful: Sequence, cfg: CalibrationConfig) -> tuple[list, list[str]]:
+    """The harmful shots a calibration trains on, and the framed ones among them: the given shots plus, with
+    ``harmful_framed`` N, N of the text shots asked again in the aligned base's trained framings
+    (:func:`~safegene_runtime.rephrase.framed_shots`, drawn with ``cfg.seed``). One place, so that code which
+    replays a calibration's shots (the SmolLM2 study's shrink step and training-data checks) asks the same ones."""
+    if not cfg.harmful_framed:
+        return list(harmful), []
+    texts = [h for h in harmful if isinstance(h, str)]
+    if not texts:
+        raise ValueError("harmful_framed needs harmful shots given as text, not chat messages")
+    framed = framed_shots(texts, cfg.harmful_framed, cfg.seed)
+    return list(harmful) + framed, framed
+
+
 def calibrate(
     base: str | Path,
     task: str | Path,
@@ -170,14 +184,7 @@ def calibrate(
         raise ValueError("calibration needs at least one harmful shot")
     if not task_shots:
         raise ValueError("calibration needs at least one task shot")
-    framed: list[str] = []
-    if cfg.harmful_framed:
-        # the plain shots asked again in the aligned base's trained framings (rephrase.FRAMINGS), text shots only
-        texts = [h for h in harmful if isinstance(h, str)]
-        if not texts:
-            raise ValueError("harmful_framed needs harmful shots given as text, not chat messages")
-        framed = framed_shots(texts, cfg.harmful_framed, seed)
-        harmful = list(harmful) + framed
+    harmful, framed = with_framed_shots(harmful, cfg)
     benign = list(benign or [])
     given_benign = len(benign)
     edgy: list[str] = []
@@ -467,4 +474,4 @@ def load_shots(path: str | Path, *, limit: int | None = None) -> list:
     return load_examples(path, limit=limit)
 
 
-__all__ = ["calibrate", "load_shots", "shot_set_info"]
+__all__ = ["calibrate", "load_shots", "shot_set_info", "with_framed_shots"]
