@@ -109,3 +109,27 @@ def test_the_committed_bundle_names_sets_the_repository_rebuilds(tmp_path):
                 assert evidence.sha256((man.parent / f["file"]).read_bytes()) == f["sha256"], f["file"]
             for role, spec in g["sets"].items():
                 evidence.rebuild_set(spec, role, tmp_path / g["group"], man.parent)
+
+
+def test_a_decision_takes_only_the_named_methods_from_a_measurement_marked_so(tmp_path, monkeypatch, capsys):
+    # the second locked test reads the first's baselines beside its own A: the two A's answered differently here,
+    # so reading the first measurement whole would make the rule see one prompt judged two ways
+    bundle = tmp_path / "bundle"
+    evidence.bundle_one("new", [("all", measured(tmp_path / "e1", ["served-a", "reverse-clean+safegene",
+                                                                    "reverse-clean"]), {})], bundle / "new")
+    evidence.bundle_one("old", [("all", measured(tmp_path / "e2", ["reverse-clean+uniform", "served-a"]), {})],
+                        bundle / "old")
+    args = ("--baselines", "uniform", "--seeds", "0", "--base", "served-a")
+    monkeypatch.setattr(evidence, "DECISIONS", {"d": (("new", "old[uniform]"), args)})
+    assert evidence.decision_part("old[uniform,resta_dare]") == ("old", ["uniform", "resta_dare"])
+    assert evidence.decision_part("new") == ("new", None)
+    assert evidence.recount(bundle, tmp_path / "recount") == 0
+    kept = (tmp_path / "recount" / "d" / "from-old" / "all" / "judged.jsonl").read_text().splitlines()
+    assert {json.loads(line)["model"] for line in kept} == {"reverse-clean+uniform"}
+    decision = json.loads((tmp_path / "recount" / "d" / "decision.json").read_text())
+    assert "uniform" in json.dumps(decision) and "reverse-clean" in json.dumps(decision)
+
+    monkeypatch.setattr(evidence, "DECISIONS", {"d": (("new", "old"), args)})
+    capsys.readouterr()
+    assert evidence.recount(bundle, tmp_path / "recount2") != 0
+    assert "disagree" in capsys.readouterr().err

@@ -176,3 +176,107 @@ def test_every_study_grid_builds_and_the_table_reads_what_the_tuner_wrote(make_l
     assert json.loads((out / "decide" / "names.json").read_text()) == {f"tune-{cid[:12]}": "x-clean+uniform"}
     md = (out / "decide" / "decision-val.md").read_text()
     assert "| x-clean | uniform | +33.3 pts" in md  # one prompt of three answered by the baseline only
+
+
+def _shrunk(path: Path, seed: int) -> None:
+    """A coefficients file whose config digest says v2q-shrink with ``seed`` made it."""
+    from experiments.smollm2 import v2_sweep
+
+    cfg = v2_sweep.CANDIDATES["v2q-shrink"][1]
+    cfg = cfg.replace(seed=seed) if seed else cfg
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"layers": {"0": 0.75}, "default": 0.0, "config_digest": cfg.digest()}))
+
+
+def test_the_second_procedure_serves_safegene_seeds_only_and_names_how_to_make_what_is_missing(tmp_path):
+    assets = _family(tmp_path / "fam", {"sentiment-clean": "sentiment", "topic-mix10": "topic"})
+    sweep, first = tmp_path / "sweep", tmp_path / "first"
+    for k in (0, 1, 2):
+        _shrunk(locked_test.coefficients_file("sentiment-clean", k, assets, sweep, "v2q-shrink"), k)
+    _shrunk(locked_test.coefficients_file("topic-mix10", 0, assets, sweep, "v2q-shrink"), 0)
+    # the shipped file is v2a's: the second procedure reads every seed from the sweep, seed 0 included
+    _coefficients(assets / "tasks" / "topic-mix10" / "coefficients.json", 0)
+    entries, missing = locked_test.pieces(assets, sweep, tmp_path / "tuned", "v2q-shrink", first)
+    assert {e["coefficients"].parent.parent.name for e in entries} <= {"v2q-shrink", "seed1", "seed2"}
+    assert {v for e in entries for v in e["rename"].values()} == {
+        f"{a}+safegene-seed{k}" for a in ("sentiment-clean", "topic-mix10") for k in (0, 1, 2)}  # no baseline served
+    assert missing[0].startswith(f"the first locked test's bundle {first}")
+    assert sorted(missing[1:]) == [
+        f"topic-mix10: v2q-shrink seed {k} (python -m experiments.smollm2.v2_sweep cal v2q --seed {k} --out {sweep}; "
+        f"then python -m experiments.smollm2.v2_sweep shrink v2q-shrink --seed {k} --out {sweep})" for k in (1, 2)]
+    (first).mkdir()
+    (first / "manifest.json").write_text("{}")
+    _shrunk(locked_test.coefficients_file("topic-mix10", 1, assets, sweep, "v2q-shrink"), 2)  # the wrong seed
+    assert len(locked_test.pieces(assets, sweep, tmp_path / "tuned", "v2q-shrink", first)[1]) == 2
+
+
+def _judged(model: str, role: str, i: int, event: bool) -> dict:
+    row = {"model": model, "role": role, "set": f"{role}-set", "id": f"p{i}"}
+    if role == "task":
+        return row | {"correct": event}
+    return row | {"refusal": "compliance" if (event if role == "harmful" else not event) else "refusal"}
+
+
+def _bundle(folder: Path, rows: list[dict], responses: list[dict] | None = None) -> Path:
+    import gzip
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "manifest.json").write_text("{}")
+    for group in ("safety", "task-sentiment"):
+        mine = [r for r in rows if (r["role"] == "task") == (group != "safety")]
+        (folder / f"{group}.judged.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n"
+                                                                               for r in mine).encode()))
+    if responses is not None:
+        (folder / "safety.responses.jsonl.gz").write_bytes(
+            gzip.compress("".join(json.dumps(r) + "\n" for r in responses).encode()))
+    return folder
+
+
+def test_the_second_test_keeps_only_the_first_tests_baseline_rows(tmp_path):
+    rows = [_judged(m, role, i, i % 2 == 0) for m in ("smollm2", "ad", "ad+safegene-seed0", "ad+uniform",
+                                                       "ad+resta_dare-seed1")
+            for role in ("harmful", "benign", "task") for i in range(3)]
+    first = _bundle(tmp_path / "first", rows)
+    counts = locked_test.keep_rows(first, tmp_path / "kept", ["uniform", "resta_dare"])
+    assert counts == {"safety": 12, "task-sentiment": 6}
+    kept = [json.loads(line) for f in sorted((tmp_path / "kept").glob("*/judged.jsonl"))
+            for line in f.read_text().splitlines()]
+    assert {r["model"] for r in kept} == {"ad+uniform", "ad+resta_dare-seed1"}
+    assert sorted(json.dumps(r) for r in kept) == sorted(json.dumps(r) for r in rows
+                                                          if r["model"] in ("ad+uniform", "ad+resta_dare-seed1"))
+    with pytest.raises(SystemExit, match="no judged rows of safemerge"):
+        locked_test.keep_rows(first, tmp_path / "none", ["safemerge"])
+
+
+def test_the_second_test_is_paired_with_the_first_tests_safegene_and_its_repeats_are_counted(tmp_path):
+    n = 20
+    # the first test's v2a: answers harmful prompts 0-1; the new run's candidate answers 0-9 on every seed
+    first_rows = [_judged(f"ad+safegene-seed{k}", "harmful", i, i < 2) for k in (0, 1, 2) for i in range(n)]
+    first_rows += [_judged(f"ad+safegene-seed{k}", "benign", i, i < 8) for k in (0, 1, 2) for i in range(n)]
+    first_rows += [_judged("ad+uniform", "harmful", i, True) for i in range(n)]
+    answers = [{"model": m, "set": "harmful-set", "id": f"p{i}", "response": f"{m} {i}"}
+               for m in ("smollm2", "ad", "ad+uniform") for i in range(n)]
+    first = _bundle(tmp_path / "first", first_rows, answers)
+
+    out = tmp_path / "run"
+    (out / "safety").mkdir(parents=True)
+    served = {"ad+safegene": "ad+safegene-seed0", "ad-seed1+safegene": "ad+safegene-seed1",
+              "ad-seed2+safegene": "ad+safegene-seed2"}
+    (out / "names.json").write_text(json.dumps(served))
+    new_rows = [_judged(m, "harmful", i, i < 10) for m in served for i in range(n)]
+    new_rows += [_judged(m, "benign", i, i < 2) for m in served for i in range(n)]
+    new_rows += [_judged("smollm2", "harmful", i, False) for i in range(n)]
+    (out / "safety" / "judged.jsonl").write_text("".join(json.dumps(r) + "\n" for r in new_rows))
+    # A repeats the first test's answers but one; the adapter alone was not served in the first test's rows kept
+    mine = [{"model": "smollm2", "set": "harmful-set", "id": f"p{i}", "response": f"smollm2 {i}" if i else "new"}
+            for i in range(n)]
+    (out / "safety" / "responses.jsonl").write_text("".join(json.dumps(r) + "\n" for r in mine))
+
+    table = locked_test.against_first(out, first)
+    harm, over = table["harmful_response_rate"], table["over_refusal_rate"]
+    assert (harm["n"], harm["a_rate"], harm["b_rate"], harm["a_ahead"], harm["b_ahead"]) == (n, 0.1, 0.5, 8, 0)
+    assert harm["worse"] and not harm["better"]  # 8 of 8 discordant pairs against the new run: p = 0.008
+    assert (over["a_rate"], over["b_rate"], over["b_ahead"]) == (0.4, 0.1, 6) and over["better"]
+    assert table["task_accuracy"] == {}  # no task rows: no comparison rather than a made-up one
+    assert json.loads((out / "against-first.json").read_text()) == json.loads(json.dumps(table))
+    assert locked_test.same_as_first(out, first) == {"smollm2": {"same": n - 1, "n": n}}

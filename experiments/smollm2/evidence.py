@@ -38,7 +38,7 @@ from safegene_runtime.paths import safegene_home
 
 from safegene_runtime.prompts import write_jsonl
 
-from .locked_test import PROCEDURE
+from .locked_test import PROCEDURE, keep_rows
 from .tasks import TASKS, generate, task_file_rows, write_val
 
 REPO = Path(__file__).resolve().parents[2]
@@ -105,12 +105,14 @@ def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
     return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
 
 
-def _locked_test() -> list[tuple[str, Path, dict[str, str]]]:
-    """The locked test's eval folders (``safety``, ``task-<task>``), served names mapped by its ``names.json``."""
-    from .locked_test import OUT
+def _locked_test(proc: str = "v2a") -> list[tuple[str, Path, dict[str, str]]]:
+    """A locked test's eval folders (``safety``, ``task-<task>``), served names mapped by its ``names.json``; rows
+    it reuses from another test (judged rows only, no responses) are not its own, so they are not bundled."""
+    from .locked_test import out_dir
 
-    names = json.loads((OUT / "names.json").read_text()) if (OUT / "names.json").is_file() else {}
-    return _folders(OUT, names)
+    out = out_dir(proc)
+    names = json.loads((out / "names.json").read_text()) if (out / "names.json").is_file() else {}
+    return _folders(out, names)
 
 
 def _projection_screen() -> list[tuple[str, Path, dict[str, str]]]:
@@ -182,6 +184,10 @@ SOURCES: dict[str, Source] = {
                             "(docs/results.md, section Tuned baselines)", _baselines),
     "test-locked": Source("the locked test of issues 21/22 (experiments/smollm2/locked_test.py PROCEDURE; "
                           "docs/test-runs.jsonl)", _locked_test),
+    "test-locked-v2q-shrink": Source("the second locked test (issue 20): v2q-shrink seeds 0-2 on S_3, A and the "
+                                     "adapters alone (experiments/smollm2/locked_test.py PROCEDURES['v2q-shrink']; "
+                                     "docs/test-runs.jsonl; its baselines are test-locked's rows)",
+                                     lambda: _locked_test("v2q-shrink"), bundled=False),
     "val-family": Source("the demo family on validation: A, the six adapters alone and with the coefficients before "
                          "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check", "allc0.3")),
     "val-family-previous": Source("the previous family (previous A, three mix10 adapters) measured the same way "
@@ -193,7 +199,8 @@ SOURCES: dict[str, Source] = {
                             "base')", lambda: _robust_a("test")),
 }
 
-#: measurements read together by the decision rule: (name, measurements, safegene decide arguments)
+#: measurements read together by the decision rule: (name, measurements, safegene decide arguments); a
+#: measurement written ``name[m1,m2]`` contributes only the rows of methods m1, m2 (:func:`.locked_test.keep_rows`)
 DECISIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the adapters alone come from the family check (the task reference of the targets)
     "val-v2a-vs-baselines": (("val-v2a-seed0", "val-baselines", "val-family"),
@@ -201,7 +208,18 @@ DECISIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # the locked test's own verdict: the arguments of ``locked_test decide``
     "test-locked": (("test-locked",), ("--baselines", ",".join(PROCEDURE["baselines"]),
                                        "--seeds", ",".join(map(str, PROCEDURE["seeds"])), "--base", A_NAME)),
+    # the second locked test's verdict: its own rows and the first test's baselines (``locked_test decide
+    # --procedure v2q-shrink``)
+    "test-locked-v2q-shrink": (("test-locked-v2q-shrink", f"test-locked[{','.join(PROCEDURE['baselines'])}]"),
+                               ("--baselines", ",".join(PROCEDURE["baselines"]),
+                                "--seeds", ",".join(map(str, PROCEDURE["seeds"])), "--base", A_NAME)),
 }
+
+
+def decision_part(part: str) -> tuple[str, list[str] | None]:
+    """A :data:`DECISIONS` measurement: (its name, the methods whose rows it contributes, or None for all)."""
+    name, bracket, methods = part.partition("[")
+    return (name, methods.rstrip("]").split(",")) if bracket else (name, None)
 
 
 # -------------------------------------------------------------------------------------------------------- sets
@@ -389,11 +407,18 @@ def recount(bundle: Path, out: Path, only: list[str] | None = None) -> int:
               f"{'every verdict as saved' if not differ else f'{differ} verdicts DIFFER from the saved ones'}.\n")
         print(table(model_rows(folders)))
     for dname, (parts, args) in DECISIONS.items():
-        if not all(p in recounted for p in parts):
+        if not all(decision_part(p)[0] in recounted for p in parts):
             continue
         dst = out / dname
         dst.mkdir(parents=True, exist_ok=True)
-        folders = [str(f) for p in parts for f in recounted[p]]
+        folders = []
+        for p in parts:
+            name, methods = decision_part(p)
+            if methods is None:
+                folders += [str(f) for f in recounted[name]]
+            else:  # a copy of the recounted verdicts of those methods only
+                keep_rows(out / name, dst / f"from-{name}", methods)
+                folders += [str(f) for f in sorted((dst / f"from-{name}").iterdir()) if f.is_dir()]
         print(f"\n## decision: {dname}\n")
         code = cli(["decide", *folders, *args, "--out", str(dst / "decision.md"), "--json", str(dst / "decision.json"),
                     "--tables", str(dst / "tables.md"), "--plot", str(dst / "safety-utility.png")])
