@@ -122,7 +122,8 @@ def how_to_make(name: str, seed: int, sweep: Path, proc: str) -> str:
         return f"{name}: the shipped coefficients are not v2a's seed 0"
     steps = [f"cal {cand} --seed {seed} --out {sweep}"]
     if cand in v2_sweep.SHRINK_OF:
-        steps = [f"cal {v2_sweep.SHRINK_OF[cand]} --seed {seed} --out {sweep}", f"shrink {cand} --seed {seed} --out {sweep}"]
+        steps = [f"cal {v2_sweep.SHRINK_OF[cand]} --seed {seed} --out {sweep}",
+                 f"shrink {cand} --seed {seed} --out {sweep}"]
     return f"{name}: {cand} seed {seed} (" + "; then ".join(f"python -m experiments.smollm2.v2_sweep {c}"
                                                             for c in steps) + ")"
 
@@ -318,13 +319,18 @@ def renames(entries: list[dict[str, Any]]) -> dict[str, str]:
 def served_family(out: Path, proc: str, assets: Path = FAMILY) -> Path:
     """The family folder the server is started from: ``assets`` when the procedure serves the family's safety
     adapter, else a copy of A's LoRA and of the candidate's safety adapter (S_μ, :func:`.v2_sweep.safety_of`) in
-    ``out/family`` (the task entries are the staged ones, so it holds no task folder)."""
+    ``out/family`` with copies of the task folders (the server config is built from them; the task entries served
+    are the staged ones)."""
     from .family import new_family
 
     safety = v2_sweep.safety_of(PROCEDURES[proc]["safegene"], assets)
     if safety == assets / "safety":
         return assets
-    return new_family(out / "family", assets, safety)
+    root = new_family(out / "family", assets, safety)
+    for name in family_tasks(assets):
+        shutil.copytree(assets / "tasks" / name, root / "tasks" / name,
+                        ignore=shutil.ignore_patterns("coefficients.json"))
+    return root
 
 
 def run(out: Path, assets: Path = FAMILY, sweep: Path = SWEEP, tuned: Path = baselines.OUT,
