@@ -187,7 +187,7 @@ SOURCES: dict[str, Source] = {
     "test-locked-v2q-shrink": Source("the second locked test (issue 20): v2q-shrink seeds 0-2 on S_3, A and the "
                                      "adapters alone (experiments/smollm2/locked_test.py PROCEDURES['v2q-shrink']; "
                                      "docs/test-runs.jsonl; its baselines are test-locked's rows)",
-                                     lambda: _locked_test("v2q-shrink"), bundled=False),
+                                     lambda: _locked_test("v2q-shrink")),
     "val-family": Source("the demo family on validation: A, the six adapters alone and with the coefficients before "
                          "v2a (section 'The demo family', first table)", _family_check("/tmp/runs/family-new-check", "allc0.3")),
     "val-family-previous": Source("the previous family (previous A, three mix10 adapters) measured the same way "
