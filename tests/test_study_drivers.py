@@ -280,3 +280,23 @@ def test_the_second_test_is_paired_with_the_first_tests_safegene_and_its_repeats
     assert table["task_accuracy"] == {}  # no task rows: no comparison rather than a made-up one
     assert json.loads((out / "against-first.json").read_text()) == json.loads(json.dumps(table))
     assert locked_test.same_as_first(out, first) == {"smollm2": {"same": n - 1, "n": n}}
+
+
+def test_a_candidates_check_folders_name_the_sets_they_measure():
+    from experiments.smollm2.v2_sweep import check_name, main
+
+    assert check_name("harmful-val") == "check"
+    assert check_name("harmful-val-unseen", ["topic-clean"]) == "check-harmful-val-unseen-topic-clean"
+    # another style of over-refusal set, measured alone beside a check whose numbers stand
+    assert check_name("harmful-val", None, "rho-questions") == "check-benign-rho-questions"
+    assert check_name("harmful-val", ["a", "b"], "rho-questions") == "check-benign-rho-questions-a+b"
+    with pytest.raises(SystemExit):  # one set alone or the other, not both
+        main(["check", "v2a", "--harmful-only", "--benign-only", "rho-questions"])
+
+
+def test_a_check_of_one_set_alone_refuses_two_alones(tmp_path):
+    from experiments.smollm2.family import check
+
+    with pytest.raises(ValueError, match="exclude each other"):
+        check(tmp_path, tmp_path / "out", harmful_only=True, benign_only="rho-questions")
+    assert not (tmp_path / "out").exists()  # refused before anything was served or written

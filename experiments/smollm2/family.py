@@ -117,17 +117,21 @@ def family_server(assets: Path, log_path: Path, *, label: str = "family server",
 
 
 def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, harmful: str = HARMFUL,
-          harmful_only: bool = False) -> dict:
+          harmful_only: bool = False, benign_only: str | None = None) -> dict:
     """Serve ``assets`` and evaluate A and the plain variants (``plain``), the ``+safegene`` ones (``safe``) or
     both; ``summary.json`` in ``out``. The erosion numbers need the plain variants (empty without them).
     ``harmful_only``: the harmful set alone (another harmful set beside a check whose benign and task numbers
-    stand)."""
+    stand); ``benign_only``: that over-refusal set alone (another style of benign prompt, same reason)."""
+    if harmful_only and benign_only:
+        raise ValueError("harmful_only and benign_only exclude each other")
     assets, out = assets.resolve(), out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     tasks = family_tasks(assets)
+    harmful = None if benign_only else harmful
+    benign = None if harmful_only else benign_only or BENIGN
+    with_tasks = not (harmful_only or benign_only)
     with family_server(assets, out / "server.log", safe=safe, plain=plain) as (server, cfg):
         base = cfg["base"]["served_name"]
-        benign = None if harmful_only else BENIGN
         eval_cli(server.base_url, base, out / "base", harmful=harmful, benign=benign, task=None, limit=None,
                  max_tokens=MAX_TOKENS, log=log)
         summary = {"base": base, "models": rates(out / "base")}
@@ -135,14 +139,16 @@ def check(assets: Path, out: Path, *, safe: bool = False, plain: bool = True, ha
             names = [n for n, t in tasks.items() if t == task]
             models = (names if plain else []) + ([f"{n}+safegene" for n in names] if safe else [])
             eval_cli(server.base_url, ",".join(models), out / task, harmful=harmful, benign=benign,
-                     task=None if harmful_only else write_val(task, out), limit=None, max_tokens=MAX_TOKENS, log=log)
+                     task=write_val(task, out) if with_tasks else None, limit=None, max_tokens=MAX_TOKENS, log=log)
             summary["models"] |= rates(out / task)
-    a_hr = summary["models"][base]["harmful_response_rate"]["rate"]
-    summary["erosion"] = {n: round(100 * (summary["models"][n]["harmful_response_rate"]["rate"] - a_hr), 1)
-                          for n in tasks if n in summary["models"]}
+    summary["erosion"] = {}
+    if harmful:
+        a_hr = summary["models"][base]["harmful_response_rate"]["rate"]
+        summary["erosion"] = {n: round(100 * (summary["models"][n]["harmful_response_rate"]["rate"] - a_hr), 1)
+                              for n in tasks if n in summary["models"]}
     summary["erodes_enough"] = {n: d >= EROSION_POINTS for n, d in summary["erosion"].items()}
     summary["assets"], summary["tasks"], summary["max_tokens"] = str(assets), tasks, MAX_TOKENS
-    summary["harmful"] = harmful
+    summary["harmful"], summary["benign"] = harmful, benign
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
@@ -155,8 +161,9 @@ def table(summary: dict) -> str:
         lo, hi = r["ci95"]
         return f"{100 * r['rate']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}] ({r['k']}/{r['n']})"
 
-    rows = [f"| model | {summary.get('harmful', HARMFUL)} HR (phrase) | … response judge | edgy-benign-val "
-            "over-refusal | task-val accuracy | HR − A (points) |", "|---|---|---|---|---|---|"]
+    rows = [f"| model | {summary.get('harmful') or HARMFUL} HR (phrase) | … response judge | "
+            f"{summary.get('benign') or BENIGN} over-refusal | task-val accuracy | HR − A (points) |",
+            "|---|---|---|---|---|---|"]
     for m, r in summary["models"].items():
         rows.append(f"| {m} | {cell(r.get('harmful_response_rate'))} | "
                     f"{cell(r.get('response_harmful_rate'))} | {cell(r.get('over_refusal_rate'))} | "

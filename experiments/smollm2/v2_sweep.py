@@ -246,9 +246,11 @@ def layout(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | N
     return root
 
 
-def check_name(harmful: str, only: list[str] | None = None) -> str:
-    """The check folder of a candidate: ``check``, ``check-<harmful set>`` and/or ``-<only folders joined by +>``."""
-    return "-".join(["check"] + ([harmful] if harmful != "harmful-val" else []) + (["+".join(only)] if only else []))
+def check_name(harmful: str, only: list[str] | None = None, benign: str | None = None) -> str:
+    """The check folder of a candidate: ``check``, ``check-<harmful set>`` or ``check-benign-<benign set>``, and/or
+    ``-<only folders joined by +>``."""
+    sets = [f"benign-{benign}"] if benign else [harmful] if harmful != "harmful-val" else []
+    return "-".join(["check"] + sets + (["+".join(only)] if only else []))
 
 
 Row = dict
@@ -326,6 +328,9 @@ def main(argv: list[str] | None = None) -> int:
                          "framings A was aligned on less; written to check-<set>/)")
     ap.add_argument("--harmful-only", action="store_true",
                     help="check: the harmful set alone (beside a check whose over-refusal and task numbers stand)")
+    ap.add_argument("--benign-only", metavar="SET",
+                    help="check: this over-refusal set alone, e.g. rho-questions (another style of benign prompt "
+                         "beside a check whose numbers stand; written to check-benign-<set>/)")
     ap.add_argument("--with-plain", action="store_true",
                     help="check: the plain adapters too (their own numbers on --harmful; the folder gets -plain)")
     ap.add_argument("--seed", type=int, default=0,
@@ -354,8 +359,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = a.only.split(",") if a.only else None
     root = layout(a.candidate, a.out, only=only, seed=a.seed)
-    where = sweep_dir(a.out, a.candidate, a.seed) / (check_name(a.harmful, only) + ("-plain" if a.with_plain else ""))
-    summary = check(root, where, safe=True, plain=a.with_plain, harmful=a.harmful, harmful_only=a.harmful_only)
+    if a.harmful_only and a.benign_only:
+        ap.error("--harmful-only and --benign-only exclude each other")
+    where = sweep_dir(a.out, a.candidate, a.seed) / (check_name(a.harmful, only, a.benign_only)
+                                                     + ("-plain" if a.with_plain else ""))
+    summary = check(root, where, safe=True, plain=a.with_plain, harmful=a.harmful, harmful_only=a.harmful_only,
+                    benign_only=a.benign_only)
     k, config = CANDIDATES[a.candidate]
     config = config.replace(seed=a.seed) if a.seed else config
     summary["candidate"] = {"name": a.candidate, "shots": k, "seed": a.seed, "config": config.to_dict(),
