@@ -38,13 +38,14 @@ from safegene_runtime.paths import safegene_home
 
 from safegene_runtime.prompts import write_jsonl
 
-from .locked_test import PROCEDURE, keep_rows
+from .locked_test import PROCEDURE, PROCEDURES, keep_rows
 from .tasks import TASKS, generate, task_file_rows, write_val
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "results" / "smollm2"
 A_NAME = "smollm2"  # the aligned base's served name in the demo family (the decisions' --base)
 RESPONSE_FIELDS = ("model", "role", "set", "id", "prompt", "response", "finish")
+SECOND = PROCEDURES["v2q-shrink"]  # the second locked test's procedure (its decision's arguments)
 SETS = "sets"  # a bundle's copies of set files that no generator here rebuilds (e.g. robust.py's train framings)
 
 
@@ -210,9 +211,9 @@ DECISIONS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
                                        "--seeds", ",".join(map(str, PROCEDURE["seeds"])), "--base", A_NAME)),
     # the second locked test's verdict: its own rows and the first test's baselines (``locked_test decide
     # --procedure v2q-shrink``)
-    "test-locked-v2q-shrink": (("test-locked-v2q-shrink", f"test-locked[{','.join(PROCEDURE['baselines'])}]"),
-                               ("--baselines", ",".join(PROCEDURE["baselines"]),
-                                "--seeds", ",".join(map(str, PROCEDURE["seeds"])), "--base", A_NAME)),
+    "test-locked-v2q-shrink": (("test-locked-v2q-shrink", f"test-locked[{','.join(SECOND['baselines'])}]"),
+                               ("--baselines", ",".join(SECOND["baselines"]),
+                                "--seeds", ",".join(map(str, SECOND["seeds"])), "--base", A_NAME)),
 }
 
 

@@ -386,7 +386,9 @@ def decide(out: Path, proc: str = "v2a", first: Path = FIRST_BUNDLE, reuse: bool
     """``safegene decide`` over the saved verdicts, both judges; decision.md, decision.json, the results page's
     tables (tables.md) and plots (safety-utility.png, safety-utility-response.png) in ``out``. A procedure that
     reuses the first test's baselines reads their judged rows (:func:`keep_rows`, in ``out/baselines-from-
-    <bundle>``) beside its own."""
+    <bundle>``) beside its own, and writes the reuse check (``same-as-first.json``, :func:`same_as_first`) and the
+    pairing with the first test's SafeGene (``against-first.json``, :func:`against_first`); ``reuse=False`` (a
+    rehearsal on validation) reads nothing of the first test."""
     from safegene_runtime.cli import main as cli
 
     p = PROCEDURES[proc]
