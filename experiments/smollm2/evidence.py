@@ -150,6 +150,27 @@ def _candidate(name: str, what: str) -> dict[str, Source]:
     }
 
 
+def _seeded(candidate: str, check: str, seeds: tuple[int, ...] = (0, 1, 2)
+            ) -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
+    """One ``v2_sweep check`` name over several seeds as one measurement: groups ``seed<k>--<group>``, the
+    ``+safegene`` variants renamed ``+safegene-seed<k>`` (the decision rule's seed names), A kept once (seed
+    ``seeds[0]``'s: the same model at every seed)."""
+
+    def folders() -> list[tuple[str, Path, dict[str, str]]]:
+        from .v2_sweep import OUT, sweep_dir
+
+        groups = []
+        for k in seeds:
+            for group, folder, _ in _folders(sweep_dir(OUT, candidate, k) / check, prefix=f"seed{k}--"):
+                if group.endswith("--base") and k != seeds[0]:
+                    continue
+                models = json.loads((folder / "results.json").read_text())["models"]
+                groups.append((group, folder, {m: f"{m}-seed{k}" for m in models if m.endswith("+safegene")}))
+        return groups
+
+    return folders
+
+
 SOURCES: dict[str, Source] = {
     "val-v2a-seed0": Source("SafeGene v2 (v2a, seed 0): A and the six +safegene variants on validation "
                             "(docs/results.md, section SafeGene v2)", _check("v2a")),
@@ -177,6 +198,15 @@ SOURCES: dict[str, Source] = {
                             "(section 'Pilot: a safety adapter filtered ...'; its framed checks not run: the targets "
                             "already failed)", _check("v2u")),
     **_candidate("v2q-shrink", "v2q with lambda shrunk to its framed and plain shots' refusal threshold"),
+    "val-v2q-shrink-seed1": Source("v2q-shrink seed 1 on validation (section 'The second locked test', three "
+                                   "seeds on validation)", _check("v2q-shrink", "seed1/check")),
+    "val-v2q-shrink-seed2": Source("v2q-shrink seed 2 on validation (same section)",
+                                   _check("v2q-shrink", "seed2/check")),
+    "val-v2q-shrink-rho-questions": Source("A and v2q-shrink's +safegene variants, seeds 0-2, on rho-questions, an "
+                                           "over-refusal set in another style (section 'The second locked test')",
+                                           _seeded("v2q-shrink", "check-benign-rho-questions"), bundled=False),
+    "val-v2a-rho-questions": Source("A and v2a's +safegene variants, seeds 0-2, on rho-questions (same section)",
+                                    _seeded("v2a", "check-benign-rho-questions"), bundled=False),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
