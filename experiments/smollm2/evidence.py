@@ -204,9 +204,9 @@ SOURCES: dict[str, Source] = {
                                    _check("v2q-shrink", "seed2/check")),
     "val-v2q-shrink-rho-questions": Source("A and v2q-shrink's +safegene variants, seeds 0-2, on rho-questions, an "
                                            "over-refusal set in another style (section 'The second locked test')",
-                                           _seeded("v2q-shrink", "check-benign-rho-questions"), bundled=False),
+                                           _seeded("v2q-shrink", "check-benign-rho-questions")),
     "val-v2a-rho-questions": Source("A and v2a's +safegene variants, seeds 0-2, on rho-questions (same section)",
-                                    _seeded("v2a", "check-benign-rho-questions"), bundled=False),
+                                    _seeded("v2a", "check-benign-rho-questions")),
     "val-v2b": Source("the v2b candidate on the clean adapters (section 'Second candidate: v2b')",
                       _check("v2b", "check-reverse-clean+sentiment-clean+topic-clean")),
     "val-v2a-shrink": Source("the v2a-shrink candidate (section 'Third candidate: v2a-shrink')",
