@@ -335,9 +335,12 @@ def test_means_over_seeds_meet_the_targets_where_one_seed_alone_would_not(tmp_pa
     # seed 1 alone misses the over-refusal target
     assert v2_sweep.seed_targets(v2_sweep.over_seeds("v2q-shrink", out, [1]), plain)["ad+safegene"][
         "over_refusal"] is False
-    pooled = {r["rate"]: r for r in v2_sweep.paired_over_seeds("v2a", "v2q-shrink", out, [0, 1, 2])
-              if r["model"] == "all +safegene"}
-    assert (pooled["over_refusal_rate"]["n"], pooled["over_refusal_rate"]["only_a"],
-            pooled["over_refusal_rate"]["only_b"]) == (3 * n, 3, 0)  # one pair per seed, none the other way
+    pooled = v2_sweep.paired_over_seeds("v2a", "v2q-shrink", out, [0, 1, 2])
+    over = pooled["over_refusal_rate"]
+    # seeds are averaged per prompt before the test: 100 prompts, two of them lower for v2q-shrink (p2 at seeds 0
+    # and 2, p20 at seed 1), not three pairs counted as if independent
+    assert (over["n"], over["a_ahead"], over["b_ahead"]) == (n, 0, 2) and not over["better"]
+    assert abs(over["a_rate"] - over["b_rate"] - 0.01) < 1e-12
+    assert pooled["harmful_response_rate"]["n"] == n and pooled["harmful_response_rate"]["p"] == 1.0
     with pytest.raises(SystemExit, match="seed 3: no check/"):
         v2_sweep.over_seeds("v2q-shrink", out, [3])

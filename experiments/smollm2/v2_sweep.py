@@ -360,14 +360,31 @@ def seed_targets(per: dict[str, dict[str, dict]], plain: Path = PLAIN) -> dict[s
     return out
 
 
-def paired_over_seeds(a: str, b: str, out: Path, seeds: list[int], check: str = "check") -> list[dict]:
-    """:func:`paired_rows` of two candidates' checks with each seed's models kept apart (``seed<k>:<model>``), so
-    the pooled row pairs every (seed, adapter, prompt) of ``a`` with the same of ``b``."""
-    def rows(candidate: str) -> dict[RowKey, Row]:
-        return {(f"seed{k}:{m}", role, i): r for k in seeds
-                for (m, role, i), r in judged_rows(sweep_dir(out, candidate, k) / check).items()}
+def paired_over_seeds(a: str, b: str, out: Path, seeds: list[int], check: str = "check") -> dict[str, dict]:
+    """Candidate ``b`` against ``a`` pooled over the ``+safegene`` adapters, per rate: the decision rule's paired
+    comparison (:func:`~safegene_runtime.decision.compare`, B − A) over (adapter, prompt) pairs, each outcome
+    averaged over the seeds first. Seeds are not pooled as pairs of their own: that would count each prompt once per
+    seed as if independent (docs/evaluation.md, "Seeds")."""
+    from dataclasses import asdict
 
-    return paired_rows(rows(a), rows(b), pooled=True)
+    from safegene_runtime.decision import compare
+    from safegene_runtime.outcomes import OUTCOMES
+
+    def runs(candidate: str, key: str) -> list[dict]:
+        o = OUTCOMES[key]
+        per_seed = []
+        for k in seeds:
+            rows = judged_rows(sweep_dir(out, candidate, k) / check)
+            per_seed.append({(m, i): e for (m, role, i), r in rows.items()
+                             if m.endswith("+safegene") and role == o.role and (e := o.event(r)) is not None})
+        return per_seed
+
+    table = {}
+    for key in ("harmful_response_rate", "response_harmful_rate", "over_refusal_rate", "task_accuracy"):
+        c = compare(runs(a, key), runs(b, key), key)
+        if c is not None:
+            table[key] = asdict(c)
+    return table
 
 
 def print_seeds(per: dict[str, dict[str, dict]], targets: dict[str, dict[str, bool | None]]) -> None:
@@ -431,9 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         per = over_seeds(a.candidate, a.out, seeds, a.check)
         print_seeds(per, seed_targets(per))
         if a.against_candidate:
-            print()
-            print_pairs([r for r in paired_over_seeds(a.against_candidate, a.candidate, a.out, seeds, a.check)
-                         if r["model"] == "all +safegene"], a.against_candidate, a.candidate)
+            print(f"\n| pooled, seed means | n | {a.against_candidate} | {a.candidate} | prompts ahead "
+                  f"({a.against_candidate} / {a.candidate}) | exact sign test p |\n|---|---|---|---|---|---|")
+            for key, c in paired_over_seeds(a.against_candidate, a.candidate, a.out, seeds, a.check).items():
+                print(f"| {key} | {c['n']} | {100 * c['a_rate']:.1f}% | {100 * c['b_rate']:.1f}% | "
+                      f"{c['a_ahead']} / {c['b_ahead']} | {c['p']:.2g} |")
         return 0
     if a.step == "cal":
         cal(a.candidate, a.out, only=a.only.split(",") if a.only else None, seed=a.seed)
