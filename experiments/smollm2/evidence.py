@@ -198,6 +198,9 @@ SOURCES: dict[str, Source] = {
                             "(section 'Pilot: a safety adapter filtered ...'; its framed checks not run: the targets "
                             "already failed)", _check("v2u")),
     **_candidate("v2q-shrink", "v2q with lambda shrunk to its framed and plain shots' refusal threshold"),
+    "val-v2a-seed1": Source("v2a seed 1 on validation (section 'The second locked test', three seeds on "
+                            "validation)", _check("v2a", "seed1/check")),
+    "val-v2a-seed2": Source("v2a seed 2 on validation (same section)", _check("v2a", "seed2/check")),
     "val-v2q-shrink-seed1": Source("v2q-shrink seed 1 on validation (section 'The second locked test', three "
                                    "seeds on validation)", _check("v2q-shrink", "seed1/check")),
     "val-v2q-shrink-seed2": Source("v2q-shrink seed 2 on validation (same section)",
