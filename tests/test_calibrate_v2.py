@@ -338,6 +338,38 @@ def test_shrink_keeps_the_smallest_scale_at_which_every_refused_shot_stays_refus
     assert scale == 0.25 and rec["answered_at_one"] == [0]
 
 
+def test_a_shrink_tolerance_lets_one_shot_flip_but_not_two():
+    import torch
+
+    from safegene_runtime.calibration.config import CalibrationConfig, CalibrationConfigError
+    from safegene_runtime.calibration.shrink import shrink_scale
+    from safegene_runtime.calibration.teachers import Shot
+
+    refusals = [Shot([0], [1])] * 4
+    thresholds = [1.9, 1.2, 0.6, 0.1]  # λ = 2: all refused; 1.5 loses one, 1.0 two, 0.5 three
+
+    def case(tolerance):
+        lam = torch.tensor([2.0])
+        scale, rec = shrink_scale(lam, lambda: [[1] if float(lam[0]) >= t else [2] for t in thresholds], _Words(),
+                                  refusals, 0.25, tolerance)
+        return scale, rec, float(lam[0])
+
+    assert case(0)[0] == 1.0  # shot 0 alone keeps the calibrated λ
+    scale, rec, lam = case(1)
+    assert (scale, lam) == (0.75, 1.5) and rec["tolerance"] == 1 and rec["tried"][-1]["newly_answered"] == [0]
+    assert case(2)[0] == 0.5 and case(3)[0] == 0.25
+    assert "tolerance" not in case(0)[1]  # the record of a strict shrink is as before
+
+    cfg = CalibrationConfig(shrink_step=0.25, shrink_tolerance=1)
+    assert cfg.digest() != CalibrationConfig(shrink_step=0.25).digest()
+    assert CalibrationConfig(shrink_step=0.25, shrink_tolerance=0).digest() == \
+        CalibrationConfig(shrink_step=0.25).digest()
+    assert CalibrationConfig(shrink_tolerance=1).digest() == CalibrationConfig().digest()  # unused without a step
+    assert "but at most 1" in cfg.describe()
+    with pytest.raises(CalibrationConfigError, match="0 or more"):
+        CalibrationConfig(shrink_step=0.25, shrink_tolerance=-1)
+
+
 def test_shrink_step_scales_the_calibrated_lambdas_and_is_recorded(run):
     kw = dict(init=1.0, steps=3, lr=0.1, seed=0)
     full = run(**kw)

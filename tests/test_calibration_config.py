@@ -88,12 +88,12 @@ def test_digest_covers_what_differs_from_the_reference_and_only_what_is_used():
                    benign_contrast=0.5, optimizer="adam-shared", onpolicy_every=3, onpolicy_tokens=12,
                    onpolicy_weight=2.0, benign_source="edgy", benign_edgy_shots=8, granularity="attn-mlp",
                    group_shrinkage=1.0, stop_tol=0.01, stop_patience=5, shrink_step=0.25, harmful_framed=4,
-                   benign_onpolicy_weight=2.0)
+                   benign_onpolicy_weight=2.0, shrink_tolerance=1)
     assert set(changes) == set(refs)  # every field is exercised
     # a knob read only when another is on is exercised with that one on (alone it is unused: rule 2)
     needs = dict(onpolicy_tokens=dict(onpolicy_every=5), onpolicy_weight=dict(onpolicy_every=5),
                  benign_edgy_shots=dict(benign_source="edgy"), group_shrinkage=dict(granularity="attn-mlp"),
-                 stop_patience=dict(stop_tol=0.01))
+                 stop_patience=dict(stop_tol=0.01), shrink_tolerance=dict(shrink_step=0.25))
     digests = {k: default.replace(**{**needs.get(k, {}), k: v}).digest() for k, v in changes.items()}
     assert default.digest() not in digests.values() and len(set(digests.values())) == len(digests)
     # ...and with its enabler off (the default turns some on), it enters no digest
@@ -117,7 +117,7 @@ def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
     existed."""
     added = {"onpolicy_every", "onpolicy_tokens", "onpolicy_weight", "benign_source", "benign_edgy_shots",
              "granularity", "group_shrinkage", "stop_tol", "stop_patience", "shrink_step", "harmful_framed",
-             "benign_onpolicy_weight"}
+             "benign_onpolicy_weight", "shrink_tolerance"}
     # the procedure before them, every field spelled out (so a later change of the defaults does not move this)
     old_default = dict(seed=0, steps=40, lr=0.05, beta=1.0, gamma=1.0, lambda_max=4.0, penalty=0.001, init=1.0,
                        max_new_tokens=48, max_prompt_tokens=128, max_target_tokens=16, batch_size=8,
@@ -137,7 +137,7 @@ def test_new_knobs_at_their_defaults_leave_every_digest_as_it_was():
         assert not added & set(c.digest_fields()) and c.digest() == digest, change
         # the knobs that only matter once one of those four is on do not enter either, whatever their value
         assert c.replace(onpolicy_tokens=5, onpolicy_weight=3.0, benign_edgy_shots=2, group_shrinkage=9.0,
-                         stop_patience=2).digest() == digest
+                         stop_patience=2, shrink_tolerance=2).digest() == digest
     # the shipped demo coefficients (SafeGene v2a, made before harmful_framed existed) keep their recorded digest
     for f in sorted(Path(__file__).resolve().parents[1].glob("assets/smollm2/tasks/*/coefficients.json")):
         meta = json.loads(f.read_text())

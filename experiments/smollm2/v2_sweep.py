@@ -140,6 +140,17 @@ CANDIDATES["v2q-shrink"] = (16, CANDIDATES["v2q"][1].replace(shrink_step=0.25))
 PROJECTED["v2q-shrink"] = 3.0
 SHRINK_OF["v2q-shrink"] = "v2q"
 
+# v2q-shrink-tol1: v2q-shrink with the shrink allowed to let one of its 32 refused shots be answered
+# (CalibrationConfig.shrink_tolerance = 1). Why (training data only, the shrink records of v2q-shrink's three seeds):
+# the scale hinges on one to three shots: at 0.75 one shot flips on seed 2's sentiment-clean, sentiment-mix10 and
+# topic-clean and on seed 1's topic adapters, and each of those kept lambda at 1; after its locked test (docs/results.md,
+# "The second locked test") the seeds that stayed at 1 are where it over-refused. Rule, written before any of its
+# numbers: on validation, means over seeds 0-2 (the new protocol), it meets the three targets on more adapters than
+# v2a's two on the same means and than v2q-shrink's one; its framed-harmful checks are needed before any locked test.
+CANDIDATES["v2q-shrink-tol1"] = (16, CANDIDATES["v2q"][1].replace(shrink_step=0.25, shrink_tolerance=1))
+PROJECTED["v2q-shrink-tol1"] = 3.0
+SHRINK_OF["v2q-shrink-tol1"] = "v2q"
+
 
 def safety_of(candidate: str, assets: Path = FAMILY) -> Path:
     """The safety adapter a candidate calibrates and is served with: the family's, or S_μ (built when missing)."""
@@ -195,7 +206,8 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
     k, config = CANDIDATES[candidate]
     config = config.replace(seed=seed) if seed else config
     source = SHRINK_OF[candidate]
-    if CANDIDATES[source][1].replace(shrink_step=config.shrink_step) != CANDIDATES[candidate][1]:
+    if CANDIDATES[source][1].replace(shrink_step=config.shrink_step,
+                                     shrink_tolerance=config.shrink_tolerance) != CANDIDATES[candidate][1]:
         raise SystemExit(f"{candidate} is not {source} plus a shrink step")
     a = aligned_A()
     model, tok = load_causal_lm(a)
@@ -218,7 +230,8 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
                 with lf.mode(fixed=True, scaled=True):
                     return generate(model, tok, prompts, max_new_tokens=config.onpolicy_tokens, **gen)
 
-            scale, record = shrink_scale(lf.lambdas, answer, tok, refusals, config.shrink_step)
+            scale, record = shrink_scale(lf.lambdas, answer, tok, refusals, config.shrink_step,
+                                         config.shrink_tolerance)
             new_layers, new_groups = lf.lambda_dict(), lf.group_dict()
         meta = dict(old.meta)
         meta.update(config=config.to_dict(), config_digest=config.digest(), shrink=record,

@@ -149,20 +149,24 @@ class CalibrationConfig:
         0.0, "after the steps, scale every lambda by STEP, 2*STEP, ... (< 1) and keep the first scale at which the "
              "model still refuses every harmful shot it refuses at the calibrated lambda (0: off; "
              "safegene_runtime/calibration/shrink.py)", metavar="STEP")
+    shrink_tolerance: int = _knob(
+        0, "with shrink_step (unused without it): a scale is kept when at most N harmful shots refused at the "
+           "calibrated lambda are answered at it (0: every one stays refused), so one shot does not decide alone",
+        metavar="N")
 
     def __post_init__(self) -> None:
         ints = ("seed", "steps", "max_new_tokens", "max_prompt_tokens", "batch_size", "gen_batch_size",
                 "margin_tokens", "onpolicy_every", "onpolicy_tokens", "benign_edgy_shots", "stop_patience",
-                "harmful_framed")
+                "harmful_framed", "shrink_tolerance")
         for name in ints + ("max_target_tokens", "benign_tokens"):
             v = getattr(self, name)
             if v is None and name not in ints:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
                 raise CalibrationConfigError(name, f"{name} must be an integer (got {v!r})")
-            if name in ("steps", "onpolicy_every", "harmful_framed") and v < 0:
+            if name in ("steps", "onpolicy_every", "harmful_framed", "shrink_tolerance") and v < 0:
                 raise CalibrationConfigError(name, f"{name} must be 0 or more (got {v})")
-            if name not in ("seed", "steps", "onpolicy_every", "harmful_framed") and v < 1:
+            if name not in ("seed", "steps", "onpolicy_every", "harmful_framed", "shrink_tolerance") and v < 1:
                 raise CalibrationConfigError(name, f"{name} must be positive (got {v})")
         for name in ("lr", "beta", "gamma", "lambda_max", "penalty", "margin_target", "benign_contrast",
                      "onpolicy_weight", "group_shrinkage", "stop_tol", "shrink_step", "benign_onpolicy_weight"):
@@ -282,6 +286,8 @@ class CalibrationConfig:
             unused.add("group_shrinkage")
         if self.stop_tol == 0:
             unused.add("stop_patience")
+        if self.shrink_step == 0:
+            unused.add("shrink_tolerance")
         return unused
 
     def digest_fields(self) -> dict[str, Any]:
@@ -332,7 +338,8 @@ class CalibrationConfig:
                                   "prompts"}[self.benign_source])
                 + f", penalty {self.penalty:g}, lambda in [0, {self.lambda_max:g}]"
                 + (f"; then lambda shrunk to the smallest multiple of {self.shrink_step:g} at which every harmful shot "
-                   "refused is still refused" if self.shrink_step else ""))
+                   "refused is still refused" + (f" but at most {self.shrink_tolerance}" if self.shrink_tolerance
+                                                  else "") if self.shrink_step else ""))
 
 
 __all__ = ["CalibrationConfig", "CalibrationConfigError", "V1_PROCEDURE", "REFUSAL_LOSSES", "OPTIMIZERS",

@@ -387,7 +387,7 @@ def calibrate(
                         return generate(model, tok, [r.prompt for r in refusals], max_new_tokens=cfg.onpolicy_tokens,
                                         batch_size=gen_batch_size, desc="shrink answers", progress=False)
 
-                _, shrunk = shrink_scale(lf.lambdas, answer, tok, refusals, cfg.shrink_step)
+                _, shrunk = shrink_scale(lf.lambdas, answer, tok, refusals, cfg.shrink_step, cfg.shrink_tolerance)
                 learned, learned_groups = lf.lambda_dict(), lf.group_dict()
                 timing["shrink"] = time.monotonic() - t
             lf.set_lambdas(0.0)

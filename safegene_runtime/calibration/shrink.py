@@ -29,10 +29,11 @@ def non_refused(tok, refusals: list[Shot], answers: list[list[int]]) -> set[int]
 
 
 def shrink_scale(lambdas: torch.Tensor, answer: Callable[[], list[list[int]]], tok, refusals: list[Shot],
-                 step: float) -> tuple[float, dict[str, Any]]:
+                 step: float, tolerance: int = 0) -> tuple[float, dict[str, Any]]:
     """Scale ``lambdas`` (in place, the calibrated values on entry) to the smallest of ``step``, ``2·step``, … < 1
     at which ``answer()`` (the model's greedy answers to the harmful shots at the current λ) refuses every shot it
-    refuses at scale 1; returns the scale (1.0: none did) and a record of what was tried."""
+    refuses at scale 1 but at most ``tolerance`` (0: all of them; more: one shot alone does not keep λ high);
+    returns the scale (1.0: none did) and a record of what was tried."""
     calibrated = lambdas.detach().clone()
     at_one = non_refused(tok, refusals, answer())
     tried = []
@@ -44,14 +45,14 @@ def shrink_scale(lambdas: torch.Tensor, answer: Callable[[], list[list[int]]], t
             lambdas.copy_(calibrated * c)
         new = sorted(non_refused(tok, refusals, answer()) - at_one)
         tried.append({"scale": c, "newly_answered": new})
-        if not new:
+        if len(new) <= tolerance:
             scale = c
             break
         k += 1
     with torch.no_grad():
         lambdas.copy_(calibrated * scale)
     return scale, {"step": step, "scale": scale, "answered_at_one": sorted(at_one), "of": len(refusals),
-                   "tried": tried}
+                   "tried": tried, **({"tolerance": tolerance} if tolerance else {})}
 
 
 __all__ = ["non_refused", "shrink_scale"]
