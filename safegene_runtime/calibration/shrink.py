@@ -6,7 +6,10 @@ variants over-refuse benign prompts far more than the base (docs/results.md, "Sa
 harmful shots ask for is a threshold, not a margin to maximise: past the smallest λ at which the model refuses them,
 more λ buys only over-refusal. So after the steps the whole λ vector is scaled by STEP, 2·STEP, … (ascending) and the
 first scale is kept at which the model still refuses every harmful shot it refuses at the calibrated λ (greedy
-answers, the keyword judge, as the on-policy term reads them); none: the calibrated λ stays.
+answers, the keyword judge, as the on-policy term reads them); none: the calibrated λ stays. With
+``shrink_tolerance`` N a scale is kept when at most N of those shots are answered at it: on SmolLM2 the scale the
+strict rule picks hinges on one or two of its 32 shots and swings with the shot draw (docs/results.md, "The second
+locked test").
 
 The test is on the calibration's own harmful shots only (never a validation prompt), so whether it helps is a
 validation question like every other knob.
