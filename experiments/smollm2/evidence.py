@@ -205,6 +205,10 @@ SOURCES: dict[str, Source] = {
                                    "seeds on validation)", _check("v2q-shrink", "seed1/check")),
     "val-v2q-shrink-seed2": Source("v2q-shrink seed 2 on validation (same section)",
                                    _check("v2q-shrink", "seed2/check")),
+    **{f"val-v2q-shrink-tol1-seed{k}": Source(f"the v2q-shrink-tol1 candidate, seed {k}, on validation (section "
+                                              "'v2q-shrink-tol1')", _check("v2q-shrink-tol1",
+                                                                         f"seed{k}/check" if k else "check"))
+       for k in (0, 1, 2)},
     "val-v2q-shrink-rho-questions": Source("A and v2q-shrink's +safegene variants, seeds 0-2, on rho-questions, an "
                                            "over-refusal set in another style (section 'The second locked test')",
                                            _seeded("v2q-shrink", "check-benign-rho-questions")),
