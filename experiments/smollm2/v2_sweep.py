@@ -7,6 +7,9 @@
     python -m experiments.smollm2.v2_sweep cal v2a --seed 1            # the protocol's seed 1 (in v2a/seed1/)
     python -m experiments.smollm2.v2_sweep check v2a --harmful harmful-val-unseen --harmful-only --with-plain
                                                                        # another harmful set alone, plain adapters too
+    python -m experiments.smollm2.v2_sweep check v2a --seed 1 --benign-only rho-questions   # one benign set alone
+    python -m experiments.smollm2.v2_sweep seeds v2q-shrink --against-candidate v2a  # means over seeds 0-2, targets,
+                                                                       # pooled test (seeds averaged per prompt)
 
 ``cal`` calibrates every task adapter of the family folder (``assets/smollm2/tasks/<name>``, the robust family of
 issue 20) with the candidate's :class:`~safegene_runtime.calibration.CalibrationConfig`, shots drawn from align-train
