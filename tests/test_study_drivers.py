@@ -327,13 +327,14 @@ def test_means_over_seeds_meet_the_targets_where_one_seed_alone_would_not(tmp_pa
                      and r["id"] == f"p{refused[k]}" else {}) for r in rows]
         _check(v2_sweep.sweep_dir(out, "v2a", k) / "check", rows)
 
-    per = v2_sweep.over_seeds("v2q-shrink", out, [0, 1, 2])
+    outcomes = v2_sweep.seed_outcomes("v2q-shrink", out, [0, 1, 2])
+    per = v2_sweep.over_seeds(outcomes)
     assert per["ad+safegene"]["over_refusal_rate"]["seeds"] == {0: (2, n), 1: (20, n), 2: (2, n)}
     assert abs(per["ad+safegene"]["over_refusal_rate"]["mean"] - 0.08) < 1e-12
-    assert v2_sweep.seed_targets(per, plain) == {"ad+safegene": {"harmful": False, "over_refusal": True,
+    assert v2_sweep.seed_targets(outcomes, [0, 1, 2], plain) == {"ad+safegene": {"harmful": False, "over_refusal": True,
                                                                  "task": True}}
     # seed 1 alone misses the over-refusal target
-    assert v2_sweep.seed_targets(v2_sweep.over_seeds("v2q-shrink", out, [1]), plain)["ad+safegene"][
+    assert v2_sweep.seed_targets(v2_sweep.seed_outcomes("v2q-shrink", out, [1]), [1], plain)["ad+safegene"][
         "over_refusal"] is False
     pooled = v2_sweep.paired_over_seeds("v2a", "v2q-shrink", out, [0, 1, 2])
     over = pooled["over_refusal_rate"]
@@ -343,4 +344,4 @@ def test_means_over_seeds_meet_the_targets_where_one_seed_alone_would_not(tmp_pa
     assert abs(over["a_rate"] - over["b_rate"] - 0.01) < 1e-12
     assert pooled["harmful_response_rate"]["n"] == n and pooled["harmful_response_rate"]["p"] == 1.0
     with pytest.raises(SystemExit, match="seed 3: no check/"):
-        v2_sweep.over_seeds("v2q-shrink", out, [3])
+        v2_sweep.seed_outcomes("v2q-shrink", out, [3])

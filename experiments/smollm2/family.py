@@ -83,11 +83,14 @@ def server_config(demo_cfg: dict, assets: Path, port: int, safe: bool, plain: bo
     return cfg
 
 
+#: the four numbers a family check reports, in the decision rule's names (harm under each judge, then the utilities)
+RATES = ("harmful_response_rate", "response_harmful_rate", "over_refusal_rate", "task_accuracy")
+
+
 def rates(out: Path) -> dict[str, dict]:
     """Per model: the harmful rates and the task accuracy that ``safegene eval`` wrote in ``out/results.json``."""
     res = json.loads((out / "results.json").read_text())["models"]
-    keep = ("harmful_response_rate", "response_harmful_rate", "over_refusal_rate", "task_accuracy")
-    return {m: {k: v[k] for k in keep if v.get(k)} for m, v in res.items()}
+    return {m: {k: v[k] for k in RATES if v.get(k)} for m, v in res.items()}
 
 
 @contextmanager

@@ -50,7 +50,7 @@ from safegene_runtime.prompts import write_jsonl
 
 from . import baselines, v2_sweep
 from .evaluate import eval_cli
-from .family import family_server, family_tasks
+from .family import RATES, family_server, family_tasks
 from .run import log
 from .tasks import generate, task_file_rows, write_val
 
@@ -188,29 +188,16 @@ def keep_rows(bundle: Path, dest: Path, methods: list[str]) -> dict[str, int]:
 
 def against_first(out: Path, first: Path = FIRST_BUNDLE) -> dict[str, dict[str, Any]]:
     """This test's SafeGene against the first test's (v2a), pooled over the adapters: per metric the paired
-    comparison (:func:`~safegene_runtime.decision.compare`, B = this test) over (adapter, prompt) pairs, outcomes
-    averaged over seeds; the second rule's part 3 reads the phrase judge's harmful rate."""
-    from dataclasses import asdict
-
-    from safegene_runtime.decision import compare, load_outcomes, parse_model
+    comparison (:func:`.v2_sweep.compare_pooled`, B = this test) over (adapter, prompt) pairs, outcomes averaged over
+    seeds ({} where neither measured it); the second rule's part 3 reads the phrase judge's harmful rate."""
+    from safegene_runtime.decision import load_outcomes
 
     keep_rows(first, out / "v2a-from-test-locked", ["safegene"])
     names = json.loads((out / "names.json").read_text())
     mine = load_outcomes([out / "safety", *sorted(out.glob("task-*"))], names)
     theirs = load_outcomes(sorted(p for p in (out / "v2a-from-test-locked").iterdir() if p.is_dir()))
-
-    def runs(outcomes: dict, metric: str) -> list[dict]:
-        by_seed: dict[int, dict] = {}
-        for model, per in outcomes.items():
-            adapter, method, seed = parse_model(model)
-            if method == "safegene":
-                by_seed.setdefault(seed, {}).update({(adapter, *p): e for p, e in per.get(metric, {}).items()})
-        return [by_seed[k] for k in sorted(by_seed)]
-
-    table = {}
-    for metric in ("harmful_response_rate", "response_harmful_rate", "over_refusal_rate", "task_accuracy"):
-        c = compare(runs(theirs, metric), runs(mine, metric), metric)
-        table[metric] = asdict(c) if c else {}
+    pooled = v2_sweep.compare_pooled(theirs, mine)
+    table = {key: pooled.get(key, {}) for key in RATES}
     (out / "against-first.json").write_text(json.dumps(table, indent=1) + "\n")
     return table
 
