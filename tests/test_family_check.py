@@ -147,15 +147,68 @@ class _Client:
         self.chat = SimpleNamespace(completions=SimpleNamespace(create=create))
 
 
-def test_the_unseen_framing_goes_to_every_model_and_each_verdict_is_printed(capsys):
+def test_both_unseen_framing_probes_go_to_every_model_and_each_verdict_is_printed(capsys):
     models = ["smollm2", "topic-mix10", "topic-mix10+safegene"]
     client = _Client(refusers={"smollm2", "topic-mix10+safegene"})
     refused = demo.print_unseen_framing(client, models, max_tokens=48)
-    assert refused == {"smollm2": True, "topic-mix10": False, "topic-mix10+safegene": True}
-    assert sorted(client.sent) == sorted((m, demo.UNSEEN_FRAMING) for m in models)
-    lines = capsys.readouterr().out.splitlines()
-    assert any("topic-mix10 " in ln and "ANSWERED" in ln for ln in lines)
-    assert sum("REFUSED" in ln for ln in lines) == 2
+    assert len(refused) == 2  # the probe chosen on validation, then the held-out one
+    for per_model in refused.values():
+        assert per_model == {"smollm2": True, "topic-mix10": False, "topic-mix10+safegene": True}
+    assert sorted(client.sent) == sorted((m, p) for m in models for p in (demo.chosen_probe(), demo.UNSEEN_FRAMING))
+    out = capsys.readouterr().out
+    assert "chosen on validation" in out and "held-out" in out  # each probe says how it was chosen
+    lines = out.splitlines()
+    assert sum("topic-mix10 " in ln and "ANSWERED" in ln for ln in lines) == 2
+    assert sum("REFUSED" in ln for ln in lines) == 4
+
+
+def test_the_chosen_probe_is_what_its_rule_picks_from_the_shipped_coefficients_validation_check():
+    """The demo's second probe is not a prompt picked by hand: the rule on the results page, over the committed
+    v2a check on harmful-val-unseen, gives exactly demo.CHOSEN_PROBE_ID; its rows say A and every +safegene
+    variant refused it and a plain adapter answered it."""
+    from experiments.smollm2 import demo_probe
+    from experiments.smollm2.v2_sweep import judged_rows
+
+    framing, pid = demo_probe.choose_probe()
+    assert pid == demo.CHOSEN_PROBE_ID and demo_probe.framing_of(pid) == framing
+    rows = {m: r for (m, role, p), r in judged_rows(demo_probe.UNSEEN_BUNDLE).items() if p == pid}
+    assert len(rows) == 13  # A, six adapters alone and six +safegene
+    assert rows["smollm2"]["refusal"] == "refusal"
+    assert all(r["refusal"] == "refusal" for m, r in rows.items() if m.endswith("+safegene"))
+    assert any(r["refusal"] != "refusal" for m, r in rows.items() if m != "smollm2" and "+" not in m)
+    assert "Developer mode" in demo.chosen_probe()  # the text comes from the set, not a copy
+
+
+def test_the_probe_rule_picks_the_framing_every_safe_variant_refused_and_skips_prompts_no_plain_model_answered(
+        tmp_path, monkeypatch):
+    """On a small bundle: a framing one +safegene variant answered is out whatever its plain counts; among the
+    framings left the plain adapters' total decides; within it a prompt every plain adapter refused is skipped."""
+    import gzip
+
+    from experiments.smollm2 import demo_probe
+    from safegene_runtime.datasets import Item, PromptSet
+
+    items = [Item(f"harmful-val-unseen:{f}:src:{i}", f"{f} {i}", "src") for f in ("letter", "quiz", "research")
+             for i in range(2)]
+    monkeypatch.setattr("safegene_runtime.datasets.load_named", lambda name: PromptSet(name, items, "harmful"))
+    answered = {  # (model, prompt id) answered; everything else refused
+        ("plain-a", "harmful-val-unseen:quiz:src:0"), ("plain-a", "harmful-val-unseen:quiz:src:1"),
+        ("plain-b", "harmful-val-unseen:quiz:src:1"),                     # quiz: 3 plain answers
+        ("plain-a", "harmful-val-unseen:research:src:0"),                 # research: more plain answers ...
+        ("plain-a", "harmful-val-unseen:research:src:1"), ("plain-b", "harmful-val-unseen:research:src:0"),
+        ("plain-b", "harmful-val-unseen:research:src:1"),
+        ("plain-b+safegene", "harmful-val-unseen:research:src:1"),        # ... but a +safegene variant answered one
+        ("plain-a", "harmful-val-unseen:letter:src:1"),                   # letter: 1 plain answer
+    }
+    rows = [{"model": m, "role": "harmful", "id": it.id, "set": "harmful-val-unseen",
+             "refusal": "compliance" if (m, it.id) in answered else "refusal"}
+            for m in ("smollm2", "plain-a", "plain-a+safegene", "plain-b", "plain-b+safegene") for it in items]
+    (tmp_path / "all.judged.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode()))
+    assert demo_probe.choose_probe(tmp_path) == ("quiz", "harmful-val-unseen:quiz:src:0")
+    answered -= {("plain-a", "harmful-val-unseen:quiz:src:0")}  # now no plain model answered quiz:0
+    rows = [{**r, "refusal": "compliance" if (r["model"], r["id"]) in answered else "refusal"} for r in rows]
+    (tmp_path / "all.judged.jsonl.gz").write_bytes(gzip.compress("\n".join(json.dumps(r) for r in rows).encode()))
+    assert demo_probe.choose_probe(tmp_path) == ("quiz", "harmful-val-unseen:quiz:src:1")
 
 
 def test_the_unseen_framing_uses_none_of_the_alignment_framings():

@@ -8,17 +8,89 @@ can still be asked the demo's probe, to see what the demo would print with it. F
 (:class:`~safegene_runtime.lora_forward.LoraForward`, as the candidates' validation checks' calibration sees them,
 not the served bf16 form), greedy, 32 tokens, the keyword refusal judge. One prompt: an illustration, never a
 measurement, and nothing is chosen on it (the prompt is held out from every choice: ``safegene_runtime/rephrase.py``).
+
+    python -m experiments.smollm2.demo_probe --choose
+
+prints the demo's second probe (``server/cli/demo.py`` ``CHOSEN_PROBE_ID``) as its rule chooses it from the shipped
+coefficients' validation measurement (docs/results.md, "A second unseen-framing probe"); a test checks that the
+demo's constant is that choice.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections import defaultdict
+from pathlib import Path
 
 from .family import FAMILY, family_tasks
 from .v2_sweep import CANDIDATES, OUT, safety_of, sweep_dir
 
 MAX_TOKENS = 32
+#: the shipped coefficients' (``v2a``) check on ``harmful-val-unseen``: A, each adapter alone and ``+safegene``
+UNSEEN_BUNDLE = Path(__file__).resolve().parents[2] / "results" / "smollm2" / "val-v2a-unseen"
+UNSEEN_SET = "harmful-val-unseen"
+
+
+def base_name() -> str:
+    """A's served name in the demo config (the bundle's rows carry served names)."""
+    import yaml
+
+    from server.cli.demo import DEMO_CONFIG
+
+    return yaml.safe_load(DEMO_CONFIG.read_text())["base"]["served_name"]
+
+
+def framing_of(prompt_id: str) -> str:
+    """The framing of a framed validation prompt: ``harmful-val-unseen:letter:advbench:12`` -> ``letter``."""
+    return prompt_id.split(":")[1]
+
+
+def answered_by_framing(bundle: Path = UNSEEN_BUNDLE) -> dict[str, dict[str, int]]:
+    """framing -> model -> harmful prompts answered (phrase judge), from a bundled ``harmful-val-unseen`` check."""
+    from safegene_runtime.outcomes import OUTCOMES
+
+    from .v2_sweep import judged_rows
+
+    answered = OUTCOMES["harmful_response_rate"].event
+    out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (model, role, pid), row in judged_rows(bundle).items():
+        if role == "harmful" and row["set"] == UNSEEN_SET:
+            out[framing_of(pid)][model] += bool(answered(row))
+    return out
+
+
+def choose_probe(bundle: Path = UNSEEN_BUNDLE) -> tuple[str, str]:
+    """``(framing, prompt id)`` by the rule on the results page (docs/results.md, "A second unseen-framing probe"):
+    among the framings where A and every ``+safegene`` variant answered none, the one where the plain adapters
+    answered the most in total; then its first prompt, in the set's order, that a plain adapter answered (the
+    amended step 2: the rule as first written took the first prompt, which every plain adapter refuses too)."""
+    from safegene_runtime.datasets import load_named
+    from safegene_runtime.outcomes import OUTCOMES
+
+    from .v2_sweep import judged_rows
+
+    answered = OUTCOMES["harmful_response_rate"].event
+
+    counts = answered_by_framing(bundle)
+    base = base_name()
+    safe = [f for f, per in counts.items()
+            if per.get(base, 0) == 0 and all(k == 0 for m, k in per.items() if m.endswith("+safegene"))]
+    if not safe:
+        raise SystemExit(f"no framing in {bundle} is refused by A and every +safegene variant")
+
+    def plain(f: str) -> int:
+        return sum(k for m, k in counts[f].items() if m != base and not m.endswith("+safegene"))
+
+    framing = max(sorted(safe), key=plain)  # sorted: a tie goes to the first name, not to dict order
+    rows = judged_rows(bundle)
+    plain_models = {m for m in counts[framing] if m != base and not m.endswith("+safegene")}
+
+    def eroded(pid: str) -> bool:  # amended step 2: some plain adapter answered it (the line's third condition)
+        return any(answered(rows[(m, "harmful", pid)]) for m in plain_models if (m, "harmful", pid) in rows)
+
+    first = next(it.id for it in load_named(UNSEEN_SET) if framing_of(it.id) == framing and eroded(it.id))
+    return framing, first
 
 
 def probe(candidates: list[str], out=OUT) -> list[tuple[str, str, str]]:
@@ -58,9 +130,24 @@ def probe(candidates: list[str], out=OUT) -> list[tuple[str, str, str]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m experiments.smollm2.demo_probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("candidates", nargs="+", choices=sorted(CANDIDATES), metavar="CANDIDATE",
+    ap.add_argument("candidates", nargs="*", metavar="CANDIDATE",
                     help=f"v2 sweep candidates with coefficients (one of: {', '.join(sorted(CANDIDATES))})")
+    ap.add_argument("--choose", action="store_true",
+                    help="print the demo's second probe as its rule chooses it from the shipped coefficients' "
+                         f"validation check ({UNSEEN_BUNDLE.relative_to(UNSEEN_BUNDLE.parents[2])}), with the "
+                         "answered counts per framing")
     a = ap.parse_args(argv)
+    if a.choose:
+        counts = answered_by_framing()
+        models = sorted({m for per in counts.values() for m in per})
+        print("| framing | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
+        for f in sorted(counts):
+            print(f"| {f} | " + " | ".join(str(counts[f].get(m, 0)) for m in models) + " |")
+        framing, pid = choose_probe()
+        print(f"\nchosen framing: {framing}; prompt: {pid}")
+        return 0
+    if not a.candidates or set(a.candidates) - set(CANDIDATES):
+        ap.error(f"name one or more candidates of: {', '.join(sorted(CANDIDATES))} (or --choose)")
     print("| model | verdict | answer (first 32 tokens) |\n|---|---|---|")
     for label, verdict, text in probe(a.candidates):
         print(f"| {label} | {verdict} | {text[:100].replace('|', '/')} |")
