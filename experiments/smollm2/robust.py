@@ -181,6 +181,13 @@ VARIANTS: dict[str, dict] = {
     # with an end-of-turn): the same recipe with the cut answers left open
     "f3e3v2-ul1w-s400-open": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2", "unlikely_weight": 1.0,
                               "unlikely_scope": "words", "steps": 400, "cut_answers": "open"},
+    # the frozen A (s400-open) over-refuses 10/169 validation prompts (figures of speech 5, homonyms 2, game
+    # contexts 2, safe targets 1) while it answers all 30 of its training idioms: a margin that does not carry to new
+    # idioms. The two levers that moved those categories before, pushed further: a fourth copy of each edgy pair (at
+    # 200 steps the edgy share moved homonyms, game contexts, safe targets) and twice the opener unlikelihood (the
+    # term that moved figures of speech)
+    "f3e4v2-ul2w-s400-open": {"framings_per_prompt": 3, "edgy_repeat": 4, "edgy_set": "v2", "unlikely_weight": 2.0,
+                              "unlikely_scope": "words", "steps": 400, "cut_answers": "open"},
 }
 
 
