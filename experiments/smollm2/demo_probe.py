@@ -60,6 +60,11 @@ def answered_by_framing(bundle: Path = UNSEEN_BUNDLE) -> dict[str, dict[str, int
     return out
 
 
+def role_of(model: str, base: str) -> str:
+    """``"A"``, ``"safe"`` (a ``+safegene`` variant) or ``"plain"`` (a task adapter alone), from a served name."""
+    return "A" if model == base else "safe" if model.endswith("+safegene") else "plain"
+
+
 def choose_probe(bundle: Path = UNSEEN_BUNDLE) -> tuple[str, str]:
     """``(framing, prompt id)`` by the rule on the results page (docs/results.md, "A second unseen-framing probe"):
     among the framings where A and every ``+safegene`` variant answered none, the one where the plain adapters
@@ -70,24 +75,20 @@ def choose_probe(bundle: Path = UNSEEN_BUNDLE) -> tuple[str, str]:
 
     from .v2_sweep import judged_rows
 
-    answered = OUTCOMES["harmful_response_rate"].event
-
+    answered, base = OUTCOMES["harmful_response_rate"].event, base_name()
     counts = answered_by_framing(bundle)
-    base = base_name()
-    safe = [f for f, per in counts.items()
-            if per.get(base, 0) == 0 and all(k == 0 for m, k in per.items() if m.endswith("+safegene"))]
+    safe = [f for f, per in counts.items() if all(k == 0 for m, k in per.items() if role_of(m, base) != "plain")]
     if not safe:
         raise SystemExit(f"no framing in {bundle} is refused by A and every +safegene variant")
 
-    def plain(f: str) -> int:
-        return sum(k for m, k in counts[f].items() if m != base and not m.endswith("+safegene"))
+    def plain_answers(f: str) -> int:
+        return sum(k for m, k in counts[f].items() if role_of(m, base) == "plain")
 
-    framing = max(sorted(safe), key=plain)  # sorted: a tie goes to the first name, not to dict order
+    framing = max(sorted(safe), key=plain_answers)  # sorted: a tie goes to the first name, not to dict order
     rows = judged_rows(bundle)
-    plain_models = {m for m in counts[framing] if m != base and not m.endswith("+safegene")}
 
     def eroded(pid: str) -> bool:  # amended step 2: some plain adapter answered it (the line's third condition)
-        return any(answered(rows[(m, "harmful", pid)]) for m in plain_models if (m, "harmful", pid) in rows)
+        return any(answered(r) for (m, _, p), r in rows.items() if p == pid and role_of(m, base) == "plain")
 
     first = next(it.id for it in load_named(UNSEEN_SET) if framing_of(it.id) == framing and eroded(it.id))
     return framing, first
