@@ -384,6 +384,45 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, fi
             "train-framed per framing (fit check)": framed_fit["per_framing"] if framed_fit else None}
 
 
+#: the validation checks two A's are paired on (``robust pair``): each eval folder's judged rows, by set
+PAIRED_CHECKS = ("plain", "rephrased", "arith")
+
+
+def paired_sets(dir_a: Path, name_a: str, dir_b: Path, name_b: str) -> list[dict]:
+    """Two A's validation checks (``robust eval`` folders) paired prompt by prompt, per set: the event the set's
+    target counts (harmful: answered, phrase judge; benign: refused; task: correct), k for each, the prompts only
+    one of them has it on, and the exact McNemar p. Why: two recipes answer the same validation prompts, so the
+    paired test is the one that says whether a difference is more than the prompts each happened to get."""
+    from safegene_runtime.decision import mcnemar_exact
+    from safegene_runtime.outcomes import OUTCOMES
+
+    event = {"harmful": OUTCOMES["harmful_response_rate"], "benign": OUTCOMES["over_refusal_rate"],
+             "task": OUTCOMES["task_accuracy"]}
+
+    def rows(folder: Path, name: str) -> dict[tuple[str, str], dict]:
+        out = {}
+        for check in PAIRED_CHECKS:
+            f = folder / check / "judged.jsonl"
+            for line in f.read_text().splitlines() if f.is_file() else ():
+                r = json.loads(line)
+                if r["model"] == name:
+                    out[(r["set"], r["id"])] = r
+        return out
+
+    a, b = rows(dir_a, name_a), rows(dir_b, name_b)
+    table = []
+    for set_name in dict.fromkeys(k[0] for k in a):
+        keys = [k for k in a if k[0] == set_name and k in b]
+        o = event[a[keys[0]]["role"]]
+        ev = [(o.event(a[k]), o.event(b[k])) for k in keys]
+        ev = [(x, y) for x, y in ev if x is not None and y is not None]
+        only_a, only_b = sum(x and not y for x, y in ev), sum(y and not x for x, y in ev)
+        table.append({"set": set_name, "rate": o.key, "n": len(ev), "a": sum(x for x, _ in ev),
+                      "b": sum(y for _, y in ev), "only_a": only_a, "only_b": only_b,
+                      "p": mcnemar_exact(only_a, only_b)})
+    return table
+
+
 #: the test family of A's targets (issue 20): evaluated once per frozen recipe, recorded in docs/test-runs.jsonl
 TEST_HARMFUL, TEST_BENIGN, TEST_TASK = "harmbench-test-standard", "rho-overrefusal", "gsm8k-100"
 
@@ -444,8 +483,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="knob overrides for every robust model of --which (as run.py --set)")
     te.add_argument("--max-tokens", type=int, default=32, help="safety sets (as the validation check)")
     te.add_argument("--task-max-tokens", type=int, default=256, help="GSM8K-100 (a worked answer needs room)")
+    pa = sub.add_parser("pair", help="two A's measured by eval, paired prompt by prompt per validation set "
+                                     "(exact McNemar)")
+    pa.add_argument("a", help="a model name of eval's summary (e.g. a-today)")
+    pa.add_argument("b", help="another one (e.g. a-robust-c3e319a79f68)")
     a = ap.parse_args(argv)
     from .run import Study, log
+
+    if a.cmd == "pair":
+        root = Study("robust", [], []).root / "robust-eval"
+        print(f"| set | rate | n | {a.a} | {a.b} | only {a.a} | only {a.b} | exact McNemar p |\n|---|---|---|---|---|---|---|---|")
+        for r in paired_sets(root / a.a, a.a, root / a.b, a.b):
+            print(f"| {r['set']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
+                  f"| {r['p']:.2g} |")
+        return 0
 
     root = Study("robust", [], []).root / ("robust-eval" if a.cmd == "eval" else "robust-test")
     root.mkdir(parents=True, exist_ok=True)
