@@ -106,6 +106,16 @@ def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
     return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
 
 
+def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
+    """The validation checks of 2026-12-05 (``robust eval``, arith-val included): the shipped A (served as
+    ``a-today-25fcb74d8eb4``, the digest of its alignment LoRA), the A before 2026-12-03 (its LoRA out of git at
+    60deea5), the variant f3e4v2-ul2w-s400-open (``align-c3e319a79f68``) and the original model."""
+    root = safegene_home() / "experiments" / "smollm2" / "robust" / "robust-eval"
+    names = {"a-today-25fcb74d8eb4": "A-s400-open", "a-lora-today-60deea5": "A-previous",
+             "a-robust-c3e319a79f68": "A-f3e4v2-ul2w", "original": "original"}
+    return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
+
+
 def _locked_test(proc: str = "v2a") -> list[tuple[str, Path, dict[str, str]]]:
     """A locked test's eval folders (``safety``, ``task-<task>``), served names mapped by its ``names.json``; rows
     it reuses from another test (judged rows only, no responses) are not its own, so they are not bundled."""
@@ -233,6 +243,9 @@ SOURCES: dict[str, Source] = {
                                   _family_check("/tmp/runs/family-today-check", "previous")),
     "val-robust-a": Source("the aligned bases of issue 20 on validation (section 'Robust aligned base')",
                            lambda: _robust_a("eval")),
+    "val-robust-a-arith": Source("the shipped A, the A before 2026-12-03, the variant f3e4v2-ul2w-s400-open and the "
+                                 "original model on validation, arith-val included (section 'An over-refusal "
+                                 "variant of the frozen recipe')", _robust_a_arith),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }

@@ -450,16 +450,22 @@ def test_model(model_dir: Path, name: str, out: Path, *, procedure: str, max_tok
             TEST_BENIGN: safety.get("over_refusal_rate"), TEST_TASK: task.get("task_accuracy")}
 
 
-def today_A(work: Path) -> Path:
-    """Today's A as the demo rebuilds it: the original model + ``assets/smollm2/alignment-lora`` merged."""
+def today_A(work: Path) -> tuple[Path, str]:
+    """The A the demo serves today, ``assets/smollm2/alignment-lora`` merged on the original model, and its name,
+    ``a-today-<first 12 hex of the LoRA's sha256>``.
+
+    Why the digest: "today" has meant two A's (the family was rebuilt on 2026-12-03); a merged folder or an eval
+    folder named only ``a-today`` was reused for whichever A it first held. Named by content, each A keeps its own."""
+    from safegene_runtime.artifacts import sha256_file
     from safegene_runtime.merge import merge_checkpoint
     from safegene_runtime.models import prepare_smollm2
 
     lora = Path(__file__).resolve().parents[2] / "assets" / "smollm2" / "alignment-lora"
-    dest = work / "today-A"
+    name = "a-today-" + sha256_file(lora / "adapter_model.safetensors")[:12]
+    dest = work / name / "model"
     if not (dest / "config.json").is_file():
         merge_checkpoint(prepare_smollm2(), task=lora, out=dest, progress=False)
-    return dest
+    return dest, name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -485,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--task-max-tokens", type=int, default=256, help="GSM8K-100 (a worked answer needs room)")
     pa = sub.add_parser("pair", help="two A's measured by eval, paired prompt by prompt per validation set "
                                      "(exact McNemar)")
-    pa.add_argument("a", help="a model name of eval's summary (e.g. a-today)")
+    pa.add_argument("a", help="a model name of eval's summary (e.g. a-today-<digest>, printed by eval)")
     pa.add_argument("b", help="another one (e.g. a-robust-c3e319a79f68)")
     a = ap.parse_args(argv)
     from .run import Study, log
@@ -506,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         extra: dict = {}
         fit: RobustAlign | None = None  # the recipe that trained the model (the harmful fit check needs it)
         if which == "today":
-            model, name = today_A(root), "a-today"
+            model, name = today_A(root)
         elif which.startswith("lora:"):  # an alignment LoRA folder (e.g. an earlier A, from git), merged on SmolLM2
             from safegene_runtime.merge import merge_checkpoint
             from safegene_runtime.models import prepare_smollm2
