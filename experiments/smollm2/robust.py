@@ -22,7 +22,12 @@ evaluates A (today's, rebuilt from ``assets/smollm2/alignment-lora`` as the demo
 with the pilot's knobs or a named variant of :data:`VARIANTS`, built beforehand by ``run.py --profile robust
 --variant NAME --stages align``) through a real vLLM server with ``safegene eval`` on VALIDATION sets only:
 harmful-val, harmful-val-rephrased (also per framing) and edgy-benign-val, harmful rates by the phrase judge and by
-the response-level judge; it writes ``<stages>/robust-eval/summary.json``.
+the response-level judge, the long-reply check and arith-val (GSM8K-100's validation view) at 256 tokens; it writes
+``<stages>/robust-eval/summary.json``. ``--which lora:DIR`` evaluates any alignment LoRA (an earlier A out of git).
+
+    python -m experiments.smollm2.robust pair a-today-<digest> a-robust-<stage hash>
+
+pairs two evaluated A's prompt by prompt per validation set (exact McNemar).
 
     python -m experiments.smollm2.robust test --which robust:VARIANT --frozen "<what was frozen and why now>"
 
@@ -413,6 +418,8 @@ def paired_sets(dir_a: Path, name_a: str, dir_b: Path, name_b: str) -> list[dict
     table = []
     for set_name in dict.fromkeys(k[0] for k in a):
         keys = [k for k in a if k[0] == set_name and k in b]
+        if not keys:  # measured for one of the two only
+            continue
         o = event[a[keys[0]]["role"]]
         ev = [(o.event(a[k]), o.event(b[k])) for k in keys]
         ev = [(x, y) for x, y in ev if x is not None and y is not None]
@@ -450,6 +457,16 @@ def test_model(model_dir: Path, name: str, out: Path, *, procedure: str, max_tok
             TEST_BENIGN: safety.get("over_refusal_rate"), TEST_TASK: task.get("task_accuracy")}
 
 
+def merged_A(lora: Path, dest: Path) -> Path:
+    """An A as the demo builds it, the alignment LoRA ``lora`` merged on the original model, into ``dest`` (once)."""
+    from safegene_runtime.merge import merge_checkpoint
+    from safegene_runtime.models import prepare_smollm2
+
+    if not (dest / "config.json").is_file():
+        merge_checkpoint(prepare_smollm2(), task=lora, out=dest, progress=False)
+    return dest
+
+
 def today_A(work: Path) -> tuple[Path, str]:
     """The A the demo serves today, ``assets/smollm2/alignment-lora`` merged on the original model, and its name,
     ``a-today-<first 12 hex of the LoRA's sha256>``.
@@ -457,15 +474,10 @@ def today_A(work: Path) -> tuple[Path, str]:
     Why the digest: "today" has meant two A's (the family was rebuilt on 2026-12-03); a merged folder or an eval
     folder named only ``a-today`` was reused for whichever A it first held. Named by content, each A keeps its own."""
     from safegene_runtime.artifacts import sha256_file
-    from safegene_runtime.merge import merge_checkpoint
-    from safegene_runtime.models import prepare_smollm2
 
     lora = Path(__file__).resolve().parents[2] / "assets" / "smollm2" / "alignment-lora"
     name = "a-today-" + sha256_file(lora / "adapter_model.safetensors")[:12]
-    dest = work / name / "model"
-    if not (dest / "config.json").is_file():
-        merge_checkpoint(prepare_smollm2(), task=lora, out=dest, progress=False)
-    return dest, name
+    return merged_A(lora, work / name / "model"), name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -498,7 +510,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if a.cmd == "pair":
         root = Study("robust", [], []).root / "robust-eval"
-        print(f"| set | rate | n | {a.a} | {a.b} | only {a.a} | only {a.b} | exact McNemar p |\n|---|---|---|---|---|---|---|---|")
+        known = sorted(p.name for p in root.iterdir() if (p / "plain").is_dir()) if root.is_dir() else []
+        for name in (a.a, a.b):
+            if name not in known:
+                raise SystemExit(f"no robust eval of {name!r} here; evaluated: {', '.join(known) or 'none'}")
+        print(f"| set | rate | n | {a.a} | {a.b} | only {a.a} | only {a.b} | exact McNemar p |\n"
+              "|---|---|---|---|---|---|---|---|")
         for r in paired_sets(root / a.a, a.a, root / a.b, a.b):
             print(f"| {r['set']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
                   f"| {r['p']:.2g} |")
@@ -514,14 +531,9 @@ def main(argv: list[str] | None = None) -> int:
         if which == "today":
             model, name = today_A(root)
         elif which.startswith("lora:"):  # an alignment LoRA folder (e.g. an earlier A, from git), merged on SmolLM2
-            from safegene_runtime.merge import merge_checkpoint
-            from safegene_runtime.models import prepare_smollm2
-
             lora = Path(which.partition(":")[2]).resolve()
             name = "a-lora-" + lora.name
-            model = root / name / "model"
-            if not (model / "config.json").is_file():
-                merge_checkpoint(prepare_smollm2(), task=lora, out=model, progress=False)
+            model = merged_A(lora, root / name / "model")
         elif which == "original":  # SmolLM2-135M-Instruct before any alignment of ours: where over-refusal starts
             from safegene_runtime.models import prepare_smollm2
 
