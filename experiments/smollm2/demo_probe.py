@@ -1,13 +1,15 @@
-"""The demo's unseen-framing probe (``server/cli/demo.py`` ``UNSEEN_FRAMING``) on A, each plain task adapter and the
-``+safegene`` variants of v2 sweep candidates, without starting a server (issue 20's demo line).
+"""The demo's two unseen-framing probes (``server/cli/demo.py``: ``CHOSEN_PROBE_ID``, chosen on validation, and
+``UNSEEN_FRAMING``, held out) on A, each plain task adapter and the ``+safegene`` variants of v2 sweep candidates,
+without starting a server (issue 20's demo line).
 
     python -m experiments.smollm2.demo_probe v2q-shrink v2a
 
 Why: ``make demo`` serves only the shipped family; a candidate that is not shipped yet (it waits for its locked test)
 can still be asked the demo's probe, to see what the demo would print with it. Float32 hooks
 (:class:`~safegene_runtime.lora_forward.LoraForward`, as the candidates' validation checks' calibration sees them,
-not the served bf16 form), greedy, 32 tokens, the keyword refusal judge. One prompt: an illustration, never a
-measurement, and nothing is chosen on it (the prompt is held out from every choice: ``safegene_runtime/rephrase.py``).
+not the served bf16 form), greedy, 32 tokens, the keyword refusal judge. Two prompts: an illustration, never a
+measurement, and nothing is chosen on them (the held-out one is held out from every choice:
+``safegene_runtime/rephrase.py``).
 
     python -m experiments.smollm2.demo_probe --choose
 
@@ -94,24 +96,28 @@ def choose_probe(bundle: Path = UNSEEN_BUNDLE) -> tuple[str, str]:
     return framing, first
 
 
-def probe(candidates: list[str], out=OUT) -> list[tuple[str, str, str]]:
-    """``(model, verdict, answer)`` rows: A, then per task adapter its plain form and each candidate's variant."""
+def probe(candidates: list[str], out=OUT) -> list[tuple[str, str, str, str]]:
+    """``(model, probe, verdict, answer)`` rows for both of the demo's harmful probes (the one chosen on validation,
+    the held-out one): A, then per task adapter its plain form and each candidate's variant."""
     from safegene_runtime.adapters import load_adapter
     from safegene_runtime.calibration.teachers import generate
     from safegene_runtime.coefficients import load_coefficients
     from safegene_runtime.judges.refusal import refusal_match
     from safegene_runtime.lora_forward import LoraForward, encode_prompts, load_causal_lm
-    from server.cli.demo import UNSEEN_FRAMING
+    from server.cli.demo import UNSEEN_FRAMING, chosen_probe
     from .v2_probe import aligned_A
 
     model, tok = load_causal_lm(aligned_A())
-    prompt = encode_prompts(tok, [UNSEEN_FRAMING], max_tokens=128)
-    rows: list[tuple[str, str, str]] = []
+    probes = {"chosen": chosen_probe(), "held-out": UNSEEN_FRAMING}
+    prompts = encode_prompts(tok, list(probes.values()), max_tokens=128)
+    rows: list[tuple[str, str, str, str]] = []
 
     def ask(label: str) -> None:
-        ids = generate(model, tok, prompt, max_new_tokens=MAX_TOKENS, batch_size=1, desc="", progress=False)[0]
-        text = tok.decode(ids, skip_special_tokens=True)
-        rows.append((label, "refuses" if refusal_match(text) else "answers", " ".join(text.split())))
+        outs = generate(model, tok, prompts, max_new_tokens=MAX_TOKENS, batch_size=1, desc="",
+                        progress=False)
+        for which, ids in zip(probes, outs):
+            text = tok.decode(ids, skip_special_tokens=True)
+            rows.append((label, which, "refuses" if refusal_match(text) else "answers", " ".join(text.split())))
 
     ask("A")  # the bare model is A: no hooks yet
     safety = {c: load_adapter(safety_of(c)) for c in candidates}
@@ -149,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not a.candidates or set(a.candidates) - set(CANDIDATES):
         ap.error(f"name one or more candidates of: {', '.join(sorted(CANDIDATES))} (or --choose)")
-    print("| model | verdict | answer (first 32 tokens) |\n|---|---|---|")
-    for label, verdict, text in probe(a.candidates):
-        print(f"| {label} | {verdict} | {text[:100].replace('|', '/')} |")
+    print("| model | probe | verdict | answer (first 32 tokens) |\n|---|---|---|---|")
+    for label, which, verdict, text in probe(a.candidates):
+        print(f"| {label} | {which} | {verdict} | {text[:100].replace('|', '/')} |")
     return 0
 
 
