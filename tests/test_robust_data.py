@@ -239,3 +239,19 @@ def test_two_As_pair_prompt_by_prompt_per_validation_set(tmp_path):
     assert e["p"] == pytest.approx(2 * 0.5 ** 6)
     t = table["arith-val"]
     assert (t["n"], t["a"], t["b"], t["only_a"], t["only_b"]) == (11, 1, 8, 0, 7)  # t11 is not in b: not paired
+
+
+def test_benign_test_prompts_drop_leaves_out_exactly_the_test_questions_and_keep_moves_no_stage():
+    """The study's benign alignment pool holds GSM8K-100 questions; ``benign_test_prompts: drop`` leaves those out
+    (and nothing else), and the default keeps every earlier stage's hash (the knob is hashed only when set)."""
+    from experiments.smollm2 import data
+
+    pool = [(q, "answer") for q in data.splits()["benign_align"]]
+    gsm = {normalise(p) for p in ds.load_named("gsm8k-100").prompts}
+    kept = robust.without_test_prompts(pool)
+    assert len(pool) - len(kept) == sum(normalise(q) in gsm for q, _ in pool) > 0
+    assert all(normalise(q) not in gsm for q, _ in kept)
+    assert "benign_test_prompts" not in robust.RobustAlign().params()
+    assert robust.RobustAlign(benign_test_prompts="drop").params()["benign_test_prompts"] == "drop"
+    with pytest.raises(ValueError, match="benign_test_prompts"):
+        robust.RobustAlign.from_params({"benign_test_prompts": "maybe"})

@@ -73,13 +73,16 @@ def _h(*parts: str) -> int:
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
 ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed",
-               "cut_answers")
+               "cut_answers", "benign_test_prompts")
 #: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
 #: what the trainer does with an original-model answer that the self-answers' token limit cut: "train" its
 #: end-of-turn like any other (the pilot; it teaches stopping mid-sentence), or leave it "open" (no end-of-turn)
 CUT_ANSWERS = ("train", "open")
+#: what the recipe does with a benign alignment prompt that is a TEST-family prompt (the study's benign pool holds 85
+#: of GSM8K-100's questions): "keep" (every stage before 2026-12-05) or "drop"
+BENIGN_TEST_PROMPTS = ("keep", "drop")
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,9 @@ class RobustAlign:
     #: answers are cut there; trained with an end-of-turn after the cut, the 400-step A stops its replies after
     #: ~64 tokens mid-sentence (GSM8K-100 in its test run: 0/100, today's A 2/100; docs/results.md)
     cut_answers: str = "train"
+    #: :data:`BENIGN_TEST_PROMPTS`. Why: a recipe trained on the original model's answers to test questions cannot
+    #: claim a test target on them (GSM8K-100; docs/results.md, "GSM8K-100 was in A's training data")
+    benign_test_prompts: str = "keep"
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -138,6 +144,9 @@ class RobustAlign:
             raise ValueError(f"unknown unlikely_scope {cfg.unlikely_scope!r}; choose from {', '.join(UNLIKELY_SCOPES)}")
         if cfg.cut_answers not in CUT_ANSWERS:
             raise ValueError(f"unknown cut_answers {cfg.cut_answers!r}; choose from {', '.join(CUT_ANSWERS)}")
+        if cfg.benign_test_prompts not in BENIGN_TEST_PROMPTS:
+            raise ValueError(f"unknown benign_test_prompts {cfg.benign_test_prompts!r}; choose from "
+                             f"{', '.join(BENIGN_TEST_PROMPTS)}")
         if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
             raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
                              f"{cfg.unlikely_tokens}")
@@ -194,6 +203,11 @@ VARIANTS: dict[str, dict] = {
     # idioms. The two levers that moved those categories before, pushed further: a fourth copy of each edgy pair (at
     # 200 steps the edgy share moved homonyms, game contexts, safe targets) and twice the opener unlikelihood (the
     # term that moved figures of speech)
+    # the shipped recipe without the test questions among its benign prompts (85 of GSM8K-100's): what dropping them
+    # costs on validation; every later variant drops them
+    "f3e3v2-ul1w-s400-open-notest": {"framings_per_prompt": 3, "edgy_repeat": 3, "edgy_set": "v2",
+                                     "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
+                                     "cut_answers": "open", "benign_test_prompts": "drop"},
     "f3e4v2-ul2w-s400-open": {"framings_per_prompt": 3, "edgy_repeat": 4, "edgy_set": "v2", "unlikely_weight": 2.0,
                               "unlikely_scope": "words", "steps": 400, "cut_answers": "open"},
 }
@@ -262,6 +276,12 @@ def training_pairs(harm: list[tuple[str, str | None]], benign: list, edgy: list,
     ``benign``/``edgy``: ``(prompt, answer)``. The trainer shuffles; the order here only fixes the content."""
     pairs = [(q, refusals.refusal_for_framing(q, f, seed=seed)) for q, f in harm]
     return pairs + list(benign) + list(edgy)
+
+
+def without_test_prompts(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """``pairs`` without those whose prompt equals (normalised) a prompt of a TEST-family named set."""
+    test = {normalise(p) for name in sorted(ds.TEST_SETS) for p in ds.load_named(name).prompts}
+    return [(q, r) for q, r in pairs if normalise(q) not in test]
 
 
 def unlikely_pairs(edgy: list[tuple[str, str]], cfg: RobustAlign, seed: int = 0) -> list[tuple[str, str]]:

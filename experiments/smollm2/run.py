@@ -380,6 +380,8 @@ class Study:
 
             got = json.loads((ans / "answers.json").read_text())
             keep = [(r["prompt"], r["response"]) for r in got["benign"] if r["response"].strip() and not r["refused"]]
+            if p.benign_test_prompts == "drop":
+                keep = robust.without_test_prompts(keep)
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
             if p.cut_answers == "open":
                 from .train import load_tokenizer
