@@ -110,10 +110,15 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
     """The validation checks of 2026-12-05 (``robust eval``, arith-val included): the shipped A (served as
     ``a-today-25fcb74d8eb4``, the digest of its alignment LoRA), the A before 2026-12-03 (its LoRA out of git at
     60deea5), the variant f3e4v2-ul2w-s400-open (``align-c3e319a79f68``) and the original model."""
-    root = safegene_home() / "experiments" / "smollm2" / "robust" / "robust-eval"
     names = {"a-today-25fcb74d8eb4": "A-s400-open", "a-lora-today-60deea5": "A-previous",
              "a-robust-c3e319a79f68": "A-f3e4v2-ul2w", "original": "original"}
-    return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
+    return [g for served, short in names.items() for g in _robust_eval_of(served, short)]
+
+
+def _robust_eval_of(served: str, short: str) -> list[tuple[str, Path, dict[str, str]]]:
+    """One A's ``robust eval`` folders, its served name mapped to ``short``."""
+    root = safegene_home() / "experiments" / "smollm2" / "robust" / "robust-eval"
+    return _folders(root / served, {served: short}, f"{short}--")
 
 
 def _locked_test(proc: str = "v2a") -> list[tuple[str, Path, dict[str, str]]]:
@@ -246,6 +251,10 @@ SOURCES: dict[str, Source] = {
     "val-robust-a-arith": Source("the shipped A, the A before 2026-12-03, the variant f3e4v2-ul2w-s400-open and the "
                                  "original model on validation, arith-val included (section 'An over-refusal "
                                  "variant of the frozen recipe')", _robust_a_arith),
+    "val-robust-a-notest": Source("the shipped recipe without GSM8K-100's questions among its benign prompts "
+                                  "(f3e3v2-ul1w-s400-open-notest, align-5e16007e18db) on validation (section "
+                                  "'GSM8K-100 was in A's training data')", lambda: _robust_eval_of(
+                                      "a-robust-5e16007e18db", "A-s400-open-notest")),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }
