@@ -255,3 +255,18 @@ def test_benign_test_prompts_drop_leaves_out_exactly_the_test_questions_and_keep
     assert robust.RobustAlign(benign_test_prompts="drop").params()["benign_test_prompts"] == "drop"
     with pytest.raises(ValueError, match="benign_test_prompts"):
         robust.RobustAlign.from_params({"benign_test_prompts": "maybe"})
+
+
+def test_todays_A_is_named_and_kept_by_its_loras_digest(tmp_path, monkeypatch):
+    """``robust eval --which today`` once reused a folder merged from whichever A it first met; the name and the
+    folder now come from the shipped alignment LoRA's sha256, so a rebuilt family gets its own."""
+    from pathlib import Path
+
+    from safegene_runtime.artifacts import sha256_file
+
+    merged: list[tuple[Path, Path]] = []
+    monkeypatch.setattr(robust, "merged_A", lambda lora, dest: merged.append((lora, dest)) or dest)
+    model, name = robust.today_A(tmp_path)
+    lora = Path(robust.__file__).resolve().parents[2] / "assets" / "smollm2" / "alignment-lora"
+    assert name == "a-today-" + sha256_file(lora / "adapter_model.safetensors")[:12]
+    assert merged == [(lora, tmp_path / name / "model")] and model == tmp_path / name / "model"
