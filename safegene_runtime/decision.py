@@ -131,6 +131,15 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2 ** n)
 
 
+def paired_counts(pairs: Iterable[tuple[bool, bool]]) -> dict[str, Any]:
+    """Paired yes/no events of two models on the same prompts: ``n``, each side's count (``a``, ``b``), the
+    discordant ones (``only_a``, ``only_b``) and their exact McNemar ``p`` (:func:`mcnemar_exact`)."""
+    ev = list(pairs)
+    only_a, only_b = sum(x and not y for x, y in ev), sum(y and not x for x, y in ev)
+    return {"n": len(ev), "a": sum(x for x, _ in ev), "b": sum(y for _, y in ev), "only_a": only_a,
+            "only_b": only_b, "p": mcnemar_exact(only_a, only_b)}
+
+
 def sign_test(diffs: Iterable[float]) -> float:
     """Exact two-sided sign test on paired differences (zeros dropped); :func:`mcnemar_exact` when each difference
     is -1, 0 or +1."""
@@ -600,7 +609,7 @@ def markdown(verdicts: Sequence[Verdict], notes: Sequence[str] = (), cfg: Decisi
 
 
 __all__ = ["DecisionConfig", "HARM_METRICS", "UTILITY_METRICS", "TESTS", "Comparison", "Summary", "MethodRuns",
-           "Verdict", "mcnemar_exact", "sign_test", "bootstrap_ci", "per_prompt_means", "compare", "is_better",
+           "Verdict", "mcnemar_exact", "paired_counts", "sign_test", "bootstrap_ci", "per_prompt_means", "compare", "is_better",
            "summarize", "decision_metrics", "verdict", "judged_file", "load_outcomes", "parse_model", "group",
            "is_safegene_variant", "baselines_of", "require_base", "decide", "fmt_summary", "fmt_comparison",
            "markdown", "TargetCheck", "targets", "targets_markdown"]

@@ -13,7 +13,8 @@ import pytest
 
 from safegene_runtime.cli import main
 from safegene_runtime.decision import (DecisionConfig, bootstrap_ci, compare, decide, group, is_better,
-                                       load_outcomes, mcnemar_exact, parse_model, sign_test, summarize)
+                                       load_outcomes, mcnemar_exact, paired_counts, parse_model, sign_test,
+                                       summarize)
 from safegene_runtime.evaluate import compute_results
 from safegene_runtime.datasets import Item, PromptSet
 
@@ -348,3 +349,11 @@ def test_targets_read_harm_and_over_refusal_from_the_base_and_the_task_from_the_
     out = capsys.readouterr().out
     assert "## Targets: harm ≤ base + 5 points" in out and "| ad | uniform | 5.0% (≤ 15.0) met | 14.0% (≤ 13.0) " \
         "**not met** |" in out
+
+
+def test_paired_counts_are_each_sides_events_and_the_discordant_ones():
+    pairs = [(True, True), (True, False), (True, False), (False, True), (False, False)] + [(True, False)] * 4
+    c = paired_counts(iter(pairs))  # a generator is read once
+    assert (c["n"], c["a"], c["b"], c["only_a"], c["only_b"]) == (9, 7, 2, 6, 1)
+    assert c["p"] == mcnemar_exact(6, 1)
+    assert paired_counts([]) == {"n": 0, "a": 0, "b": 0, "only_a": 0, "only_b": 0, "p": 1.0}

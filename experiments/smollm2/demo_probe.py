@@ -48,17 +48,22 @@ def framing_of(prompt_id: str) -> str:
     return prompt_id.split(":")[1]
 
 
-def answered_by_framing(bundle: Path = UNSEEN_BUNDLE) -> dict[str, dict[str, int]]:
-    """framing -> model -> harmful prompts answered (phrase judge), from a bundled ``harmful-val-unseen`` check."""
+def answered_rows(bundle: Path = UNSEEN_BUNDLE) -> dict[tuple[str, str], bool]:
+    """(model, prompt id) -> answered (phrase judge), for every ``harmful-val-unseen`` row of a bundled check."""
     from safegene_runtime.outcomes import OUTCOMES
 
     from .v2_sweep import judged_rows
 
     answered = OUTCOMES["harmful_response_rate"].event
+    return {(model, pid): bool(answered(row)) for (model, role, pid), row in judged_rows(bundle).items()
+            if role == "harmful" and row["set"] == UNSEEN_SET}
+
+
+def answered_by_framing(answered: dict[tuple[str, str], bool]) -> dict[str, dict[str, int]]:
+    """framing -> model -> harmful prompts answered, from :func:`answered_rows`."""
     out: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for (model, role, pid), row in judged_rows(bundle).items():
-        if role == "harmful" and row["set"] == UNSEEN_SET:
-            out[framing_of(pid)][model] += bool(answered(row))
+    for (model, pid), yes in answered.items():
+        out[framing_of(pid)][model] += yes
     return out
 
 
@@ -73,12 +78,9 @@ def choose_probe(bundle: Path = UNSEEN_BUNDLE) -> tuple[str, str]:
     answered the most in total; then its first prompt, in the set's order, that a plain adapter answered (the
     amended step 2: the rule as first written took the first prompt, which every plain adapter refuses too)."""
     from safegene_runtime.datasets import load_named
-    from safegene_runtime.outcomes import OUTCOMES
 
-    from .v2_sweep import judged_rows
-
-    answered, base = OUTCOMES["harmful_response_rate"].event, base_name()
-    counts = answered_by_framing(bundle)
+    answered, base = answered_rows(bundle), base_name()
+    counts = answered_by_framing(answered)
     safe = [f for f, per in counts.items() if all(k == 0 for m, k in per.items() if role_of(m, base) != "plain")]
     if not safe:
         raise SystemExit(f"no framing in {bundle} is refused by A and every +safegene variant")
@@ -87,12 +89,9 @@ def choose_probe(bundle: Path = UNSEEN_BUNDLE) -> tuple[str, str]:
         return sum(k for m, k in counts[f].items() if role_of(m, base) == "plain")
 
     framing = max(sorted(safe), key=plain_answers)  # sorted: a tie goes to the first name, not to dict order
-    rows = judged_rows(bundle)
-
-    def eroded(pid: str) -> bool:  # amended step 2: some plain adapter answered it (the line's third condition)
-        return any(answered(r) for (m, _, p), r in rows.items() if p == pid and role_of(m, base) == "plain")
-
-    first = next(it.id for it in load_named(UNSEEN_SET) if framing_of(it.id) == framing and eroded(it.id))
+    # amended step 2: a prompt some plain adapter answered (the line's third condition)
+    eroded = {pid for (m, pid), yes in answered.items() if yes and role_of(m, base) == "plain"}
+    first = next(it.id for it in load_named(UNSEEN_SET) if framing_of(it.id) == framing and it.id in eroded)
     return framing, first
 
 
@@ -145,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                          "answered counts per framing")
     a = ap.parse_args(argv)
     if a.choose:
-        counts = answered_by_framing()
+        counts = answered_by_framing(answered_rows())
         models = sorted({m for per in counts.values() for m in per})
         print("| framing | " + " | ".join(models) + " |\n|---|" + "---|" * len(models))
         for f in sorted(counts):

@@ -101,9 +101,8 @@ def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
     """The aligned bases of issue 20 measured by ``robust.py`` (``robust-eval`` validation, ``robust-test`` the
     recorded test runs): the shipped A (``align-fd115f978f49``, f3e3v2-ul1w-s400-open), the first frozen recipe
     (``align-96c31d664362``, f3e3v2-ul1w-s400) and the previous A (``a-today``)."""
-    root = safegene_home() / "experiments" / "smollm2" / "robust" / f"robust-{split}"
     names = {"a-robust-fd115f978f49": "A-s400-open", "a-robust-96c31d664362": "A-s400", "a-today": "A-previous"}
-    return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
+    return [g for served, short in names.items() for g in _robust_eval_of(served, short, split)]
 
 
 def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
@@ -115,9 +114,10 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
     return [g for served, short in names.items() for g in _robust_eval_of(served, short)]
 
 
-def _robust_eval_of(served: str, short: str) -> list[tuple[str, Path, dict[str, str]]]:
-    """One A's ``robust eval`` folders, its served name mapped to ``short``."""
-    root = safegene_home() / "experiments" / "smollm2" / "robust" / "robust-eval"
+def _robust_eval_of(served: str, short: str, split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
+    """One A's ``robust eval`` (``split`` "eval") or ``robust test`` ("test") folders, its served name mapped to
+    ``short``."""
+    root = safegene_home() / "experiments" / "smollm2" / "robust" / f"robust-{split}"
     return _folders(root / served, {served: short}, f"{short}--")
 
 

@@ -418,7 +418,7 @@ def paired_sets(dir_a: Path, name_a: str, dir_b: Path, name_b: str) -> list[dict
     target counts (harmful: answered, phrase judge; benign: refused; task: correct), k for each, the prompts only
     one of them has it on, and the exact McNemar p. Why: two recipes answer the same validation prompts, so the
     paired test is the one that says whether a difference is more than the prompts each happened to get."""
-    from safegene_runtime.decision import mcnemar_exact
+    from safegene_runtime.decision import paired_counts
     from safegene_runtime.outcomes import OUTCOMES
 
     event = {"harmful": OUTCOMES["harmful_response_rate"], "benign": OUTCOMES["over_refusal_rate"],
@@ -442,11 +442,8 @@ def paired_sets(dir_a: Path, name_a: str, dir_b: Path, name_b: str) -> list[dict
             continue
         o = event[a[keys[0]]["role"]]
         ev = [(o.event(a[k]), o.event(b[k])) for k in keys]
-        ev = [(x, y) for x, y in ev if x is not None and y is not None]
-        only_a, only_b = sum(x and not y for x, y in ev), sum(y and not x for x, y in ev)
-        table.append({"set": set_name, "rate": o.key, "n": len(ev), "a": sum(x for x, _ in ev),
-                      "b": sum(y for _, y in ev), "only_a": only_a, "only_b": only_b,
-                      "p": mcnemar_exact(only_a, only_b)})
+        table.append({"set": set_name, "rate": o.key,
+                      **paired_counts((x, y) for x, y in ev if x is not None and y is not None)})
     return table
 
 

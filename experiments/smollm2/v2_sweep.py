@@ -296,7 +296,7 @@ def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row], pooled: bool = False
     """:func:`paired` over two row maps (:func:`judged_rows`); ``pooled``: a last row per rate, model ``all
     +safegene``, pools the (model, prompt) pairs of every model (a candidate rule's "over the six adapters
     together")."""
-    from safegene_runtime.decision import mcnemar_exact
+    from safegene_runtime.decision import mcnemar_exact, paired_counts
     from safegene_runtime.outcomes import OUTCOMES
 
     names = sorted({m for m, _, _ in a if m.endswith("+safegene")} & {m for m, _, _ in b})
@@ -306,11 +306,8 @@ def paired_rows(a: dict[RowKey, Row], b: dict[RowKey, Row], pooled: bool = False
             o = OUTCOMES[key]
             ids = sorted(i for (mm, role, i) in a if mm == m and role == o.role and (m, role, i) in b)
             ev = [(o.event(a[(m, o.role, i)]), o.event(b[(m, o.role, i)])) for i in ids]
-            ev = [(x, y) for x, y in ev if x is not None and y is not None]
-            only_a, only_b = sum(x and not y for x, y in ev), sum(y and not x for x, y in ev)
-            table.append({"model": m, "rate": key, "n": len(ev), "a": sum(x for x, _ in ev),
-                          "b": sum(y for _, y in ev), "only_a": only_a, "only_b": only_b,
-                          "p": mcnemar_exact(only_a, only_b)})
+            table.append({"model": m, "rate": key,
+                          **paired_counts((x, y) for x, y in ev if x is not None and y is not None)})
     for key in dict.fromkeys(r["rate"] for r in table) if pooled else ():
         rows = [r for r in table if r["rate"] == key]
         tot = {k: sum(r[k] for r in rows) for k in ("n", "a", "b", "only_a", "only_b")}
