@@ -5,8 +5,8 @@ is a TEST set, so no recipe may be chosen on it. This set is the validation view
 story, do one or two operations, state a number), generated here from templates so that it depends on no
 third-party prompt set and can never be a near duplicate of a test item. It measures arithmetic in words at the
 level a 135M model can partly do (half the templates take one step: a first draft of two- and three-step problems
-only was answered 2 of 60 times by SmolLM2-135M-Instruct, a floor that could not tell two models apart); it is
-not GSM8K and its numbers are not GSM8K's.
+only, not kept, was answered 2 of 60 times by SmolLM2-135M-Instruct, a floor that could not tell two models
+apart); it is not GSM8K and its numbers are not GSM8K's.
 
 Every item is fixed by its index (a seeded generator per item), so the set, its ids and its answers are the same
 on every machine; ``tests/test_arith.py`` checks the answers by recomputing them independently.
