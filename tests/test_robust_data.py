@@ -20,9 +20,26 @@ def test_edgy_training_prompts_share_nothing_with_validation_or_test_sets():
     v2 = robust.edgy_train_prompts("v2")
     assert len(v1) >= 200 and len(v2) >= len(v1) + 100
     assert v2[: len(v1)] == v1  # v2 only adds: the v1 prompts (and their self-answers) stay as they were
-    edgy = [p for _, p in v2]
+    v3 = robust.edgy_train_prompts("v3")
+    assert len(v3) >= len(v2) + 200 and v3[: len(v2)] == v2  # v3 only adds, too
+    edgy = [p for _, p in v3]
     ds.check_no_overlap([edgy], [ds.load_named("edgy-benign-val"), ds.load_named("rho-overrefusal")], near=True)
     ds.check_no_overlap([edgy], [ds.load_named(n) for n in robust.EDGY_EXCLUDE], near=True)
+
+
+def test_v3_edgy_table_adds_distinct_requests_in_the_existing_categories():
+    """v3's point (docs/results.md, "More distinct alarming words"): new requests, not copies, and not the word the
+    older tables lean on ("kill"); in the existing categories, so the per-category reports still line up."""
+    import re
+
+    from safegene_runtime.edgy_train import EDGY_SLOTS, EDGY_SLOTS_V2, EDGY_SLOTS_V3
+
+    texts = [x for _, fillers in EDGY_SLOTS_V3.values() for x in fillers]
+    older = {normalise(p) for _, p in robust.edgy_train_prompts("v2")}
+    assert len(texts) == 240 and len({normalise(x) for x in texts}) == 240
+    assert not older & {normalise(x) for x in texts}
+    assert sum(bool(re.search(r"\bkill", x, re.I)) for x in texts) <= 5
+    assert set(EDGY_SLOTS_V3) <= set(EDGY_SLOTS) | set(EDGY_SLOTS_V2)
 
 
 def test_edgy_filter_drops_a_near_duplicate_of_a_validation_prompt(monkeypatch):

@@ -210,6 +210,13 @@ VARIANTS: dict[str, dict] = {
                                      "cut_answers": "open", "benign_test_prompts": "drop"},
     "f3e4v2-ul2w-s400-open": {"framings_per_prompt": 3, "edgy_repeat": 4, "edgy_set": "v2", "unlikely_weight": 2.0,
                               "unlikely_scope": "words", "steps": 400, "cut_answers": "open"},
+    # f3e4v2-ul2w moved nothing: 8 of its 9 over-refused prompts are the -notest/shipped A's, new idioms refused
+    # while all training idioms are answered. The edgy tables lean on a few words, so v3 adds 240 requests on ~240
+    # distinct alarming words (written blind to validation), each edgy pair twice instead of three times: about the
+    # same edgy pairs (641 x 2 against 401 x 3), more words. Otherwise -notest
+    "f3e2v3-ul1w-s400-open-notest": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
+                                     "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
+                                     "cut_answers": "open", "benign_test_prompts": "drop"},
 }
 
 
