@@ -217,6 +217,28 @@ def test_an_answer_cut_by_the_generation_limit_is_trained_without_an_end_of_turn
         run.with_overrides(run.params("robust"), sets=["align.cut_answers=drop"])
 
 
+def test_sentence_cut_ends_a_cut_answer_at_its_last_complete_sentence(tiny_model):
+    """cut_answers "sentence": a cut answer is trimmed to its last sentence and trained with its end-of-turn; a list
+    number or an abbreviation is no sentence end; a cut answer with no complete sentence stays open."""
+    from experiments.smollm2.train import load_tokenizer
+
+    tok = load_tokenizer(tiny_model)
+    filler = " ".join(["word"] * 80)
+    steps = "Here is how.\n1. Preheat the oven.\n2. " + filler
+    abbrev = "Use a sharp tool, e.g. " + filler
+    shaped = robust.sentence_cut([("a", steps), ("b", abbrev), ("c", "Short."), ("d", "Tides rise. " + filler)], tok,
+                                 max_tokens=64)
+    assert shaped == [("a", "Here is how.\n1. Preheat the oven."), ("b", abbrev, False), ("c", "Short."),
+                      ("d", "Tides rise.")]
+    assert robust.trim_to_sentence("It costs 12 x 6 = 72. Then") == "It costs 12 x 6 = 72."
+    assert robust.trim_to_sentence("Wow! Really? Yes and") == "Wow! Really?"
+    assert robust.trim_to_sentence("1. First") is None
+    from experiments.smollm2 import run
+
+    sent = run.with_overrides(run.params("robust"), "f3e2v3-ul1w-s400-sent-notest")["align"]
+    assert robust.RobustAlign.from_params(sent).cut_answers == "sentence"
+
+
 def test_reply_endings_count_mid_sentence_stops_and_cut_replies(tmp_path):
     """The long-reply check: a reply the model stopped without closing its sentence is counted, a reply the
     token limit cut is counted apart, whole replies are neither."""

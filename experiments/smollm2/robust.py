@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -78,8 +79,10 @@ ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", 
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
 #: what the trainer does with an original-model answer that the self-answers' token limit cut: "train" its
-#: end-of-turn like any other (the pilot; it teaches stopping mid-sentence), or leave it "open" (no end-of-turn)
-CUT_ANSWERS = ("train", "open")
+#: end-of-turn like any other (the pilot; it teaches stopping mid-sentence), leave it "open" (no end-of-turn: 96% of
+#: the answers then never end in training), or trim it to its last complete "sentence" and train the end-of-turn
+#: there (:func:`sentence_cut`)
+CUT_ANSWERS = ("train", "open", "sentence")
 #: what the recipe does with a benign alignment prompt that is a TEST-family prompt (the study's benign pool holds 85
 #: of GSM8K-100's questions): "keep" (every stage before 2026-12-05) or "drop"
 BENIGN_TEST_PROMPTS = ("keep", "drop")
@@ -217,6 +220,11 @@ VARIANTS: dict[str, dict] = {
     "f3e2v3-ul1w-s400-open-notest": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
                                      "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
                                      "cut_answers": "open", "benign_test_prompts": "drop"},
+    # v3 met every safety target at seed 0 but not arith-val (18/200): its trained answers never end (96% open), so
+    # it keeps the original model's long replies; the cut answers trimmed to their last sentence and ended there
+    "f3e2v3-ul1w-s400-sent-notest": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
+                                     "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
+                                     "cut_answers": "sentence", "benign_test_prompts": "drop"},
 }
 
 
@@ -275,6 +283,33 @@ def open_cut(pairs: list[tuple[str, str]], tok, max_tokens: int) -> list[tuple[s
     """``(prompt, answer, False)`` for each answer :func:`cut_by_limit` cut (the trainer then trains no end-of-turn
     after it, :func:`.train.encode_pair`); the others unchanged."""
     return [(q, r, False) if cut_by_limit(tok, r, max_tokens) else (q, r) for q, r in pairs]
+
+
+#: a sentence ends at ".", "!" or "?" followed by white space (or the text's end)
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+#: a "." that ends no sentence: a list number at a line's start ("2."), or an abbreviation ("e.g.")
+_NOT_AN_END = re.compile(r"(?:^|\n)\s*\d+\.$|\b(?:e\.g|i\.e|etc|vs|Mr|Mrs|Ms|Dr|St|No)\.$")
+
+
+def trim_to_sentence(text: str) -> str | None:
+    """``text`` up to the end of its last complete sentence, or None when no sentence in it ends."""
+    for m in reversed(list(_SENTENCE_END.finditer(text))):
+        head = text[: m.end()]
+        if not _NOT_AN_END.search(head):
+            return head.rstrip()
+    return None
+
+
+def sentence_cut(pairs: list[tuple[str, str]], tok, max_tokens: int) -> list[tuple[str, str] | tuple[str, str, bool]]:
+    """Each answer :func:`cut_by_limit` cut, trimmed back to its last complete sentence (:func:`trim_to_sentence`),
+    which the trainer then ends with an end-of-turn; one cut before any sentence ended stays open, ``(prompt, answer,
+    False)`` as in :func:`open_cut`; the uncut answers unchanged. Why: trained open, the answers never end and A
+    keeps the original model's long replies; trained with the end-of-turn after the cut, A stops mid-sentence."""
+    out: list[tuple[str, str] | tuple[str, str, bool]] = []
+    for q, r in pairs:
+        trimmed = trim_to_sentence(r) if cut_by_limit(tok, r, max_tokens) else r
+        out.append((q, trimmed) if trimmed else (q, r, False))
+    return out
 
 
 def training_pairs(harm: list[tuple[str, str | None]], benign: list, edgy: list, seed: int = 0) -> list[tuple]:

@@ -383,12 +383,12 @@ class Study:
             if p.benign_test_prompts == "drop":
                 keep = robust.without_test_prompts(keep)
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
-            if p.cut_answers == "open":
+            if p.cut_answers in ("open", "sentence"):
                 from .train import load_tokenizer
 
                 tok, limit = load_tokenizer(self.base()), self.p["self_answers"]["max_tokens"]
-                pairs = robust.training_pairs(harm, robust.open_cut(keep, tok, limit),
-                                              robust.open_cut(edgy, tok, limit) * p.edgy_repeat)
+                shape = robust.open_cut if p.cut_answers == "open" else robust.sentence_cut
+                pairs = robust.training_pairs(harm, shape(keep, tok, limit), shape(edgy, tok, limit) * p.edgy_repeat)
             else:
                 pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
             cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len, seed=p.seed)
