@@ -221,7 +221,8 @@ VARIANTS: dict[str, dict] = {
                                      "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
                                      "cut_answers": "open", "benign_test_prompts": "drop"},
     # v3 met every safety target at seed 0 but not arith-val (18/200): its trained answers never end (96% open), so
-    # it keeps the original model's long replies; the cut answers trimmed to their last sentence and ended there
+    # it keeps the original model's long replies; the cut answers trimmed to their last sentence and ended there.
+    # Measured: replies end (median 44 tokens), arith-val unmoved (19/200): not the lever (docs/results.md)
     "f3e2v3-ul1w-s400-sent-notest": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
                                      "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
                                      "cut_answers": "sentence", "benign_test_prompts": "drop"},
