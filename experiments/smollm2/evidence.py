@@ -255,13 +255,15 @@ SOURCES: dict[str, Source] = {
                                   "(f3e3v2-ul1w-s400-open-notest, align-5e16007e18db) on validation (section "
                                   "'GSM8K-100 was in A's training data')", lambda: _robust_eval_of(
                                       "a-robust-5e16007e18db", "A-s400-open-notest")),
-    "val-robust-a-v3": Source("the recipe on the v3 edgy set (f3e2v3-ul1w-s400-open-notest, seeds 0 and 1) and its "
-                              "variant whose trained answers end at a sentence (f3e2v3-ul1w-s400-sent-notest) on "
-                              "validation (sections 'More distinct alarming words, not more copies' and 'Answers "
-                              "that end')", lambda: [
+    "val-robust-a-v3": Source("the recipe on the v3 edgy set (f3e2v3-ul1w-s400-open-notest, seeds 0 and 1), its "
+                              "variant whose trained answers end at a sentence (f3e2v3-ul1w-s400-sent-notest) and "
+                              "its 200-step diagnostic (f3e2v3-ul1w-s200-open-notest) on "
+                              "validation (sections 'More distinct alarming words, not more copies', 'Answers "
+                              "that end' and 'Half the steps')", lambda: [
                                   g for served, short in {"a-robust-0b05b472e396": "A-f3e2v3-s0",
                                                           "a-robust-b3979418426b": "A-f3e2v3-s1",
-                                                          "a-robust-916615984d4d": "A-f3e2v3-sent-s0"}.items()
+                                                          "a-robust-916615984d4d": "A-f3e2v3-sent-s0",
+                                                          "a-robust-e4ad89bb8400": "A-f3e2v3-s200-s0"}.items()
                                   for g in _robust_eval_of(served, short)]),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),

@@ -228,6 +228,7 @@ VARIANTS: dict[str, dict] = {
                                      "cut_answers": "sentence", "benign_test_prompts": "drop"},
     # neither edgy levers nor reply length moved arith-val; the earlier A (25/200) trained 110 steps, every robust A
     # measured on it 400: the v3 recipe at half the steps, a diagnostic of drift from the original model
+    # Measured: arith-val 16/200 (unmoved), framings underfit (rephrased 31/176): steps ruled out (docs/results.md)
     "f3e2v3-ul1w-s200-open-notest": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
                                      "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 200,
                                      "cut_answers": "open", "benign_test_prompts": "drop"},
