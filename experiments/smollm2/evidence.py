@@ -102,7 +102,7 @@ def _robust_a(split: str) -> list[tuple[str, Path, dict[str, str]]]:
     recorded test runs): the shipped A (``align-fd115f978f49``, f3e3v2-ul1w-s400-open), the first frozen recipe
     (``align-96c31d664362``, f3e3v2-ul1w-s400) and the previous A (``a-today``)."""
     names = {"a-robust-fd115f978f49": "A-s400-open", "a-robust-96c31d664362": "A-s400", "a-today": "A-previous"}
-    return [g for served, short in names.items() for g in _robust_eval_of(served, short, split)]
+    return _robust_evals(names, split)
 
 
 def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
@@ -111,14 +111,14 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
     60deea5), the variant f3e4v2-ul2w-s400-open (``align-c3e319a79f68``) and the original model."""
     names = {"a-today-25fcb74d8eb4": "A-s400-open", "a-lora-today-60deea5": "A-previous",
              "a-robust-c3e319a79f68": "A-f3e4v2-ul2w", "original": "original"}
-    return [g for served, short in names.items() for g in _robust_eval_of(served, short)]
+    return _robust_evals(names)
 
 
-def _robust_eval_of(served: str, short: str, split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
-    """One A's ``robust eval`` (``split`` "eval") or ``robust test`` ("test") folders, its served name mapped to
-    ``short``."""
+def _robust_evals(names: dict[str, str], split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
+    """The ``robust eval`` (``split`` "eval") or ``robust test`` ("test") folders of each A in ``names`` (served
+    name -> the short name it is bundled under), in that order."""
     root = safegene_home() / "experiments" / "smollm2" / "robust" / f"robust-{split}"
-    return _folders(root / served, {served: short}, f"{short}--")
+    return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
 
 
 def _locked_test(proc: str = "v2a") -> list[tuple[str, Path, dict[str, str]]]:
@@ -253,18 +253,16 @@ SOURCES: dict[str, Source] = {
                                  "variant of the frozen recipe')", _robust_a_arith),
     "val-robust-a-notest": Source("the shipped recipe without GSM8K-100's questions among its benign prompts "
                                   "(f3e3v2-ul1w-s400-open-notest, align-5e16007e18db) on validation (section "
-                                  "'GSM8K-100 was in A's training data')", lambda: _robust_eval_of(
-                                      "a-robust-5e16007e18db", "A-s400-open-notest")),
+                                  "'GSM8K-100 was in A's training data')", lambda: _robust_evals(
+                                      {"a-robust-5e16007e18db": "A-s400-open-notest"})),
     "val-robust-a-v3": Source("the recipe on the v3 edgy set (f3e2v3-ul1w-s400-open-notest, seeds 0 and 1), its "
                               "variant whose trained answers end at a sentence (f3e2v3-ul1w-s400-sent-notest) and "
                               "its 200-step diagnostic (f3e2v3-ul1w-s200-open-notest) on "
                               "validation (sections 'More distinct alarming words, not more copies', 'Answers "
-                              "that end' and 'Half the steps')", lambda: [
-                                  g for served, short in {"a-robust-0b05b472e396": "A-f3e2v3-s0",
-                                                          "a-robust-b3979418426b": "A-f3e2v3-s1",
-                                                          "a-robust-916615984d4d": "A-f3e2v3-sent-s0",
-                                                          "a-robust-e4ad89bb8400": "A-f3e2v3-s200-s0"}.items()
-                                  for g in _robust_eval_of(served, short)]),
+                              "that end' and 'Half the steps')", lambda: _robust_evals(
+                                  {"a-robust-0b05b472e396": "A-f3e2v3-s0", "a-robust-b3979418426b": "A-f3e2v3-s1",
+                                   "a-robust-916615984d4d": "A-f3e2v3-sent-s0",
+                                   "a-robust-e4ad89bb8400": "A-f3e2v3-s200-s0"})),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }
