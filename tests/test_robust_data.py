@@ -4,6 +4,7 @@ training (a run cut into chunks ends where an uncut run ends)."""
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import pytest
@@ -270,7 +271,16 @@ def test_two_As_pair_prompt_by_prompt_per_validation_set(tmp_path):
 
     write("a", harmful_answered={0, 1}, benign_refused={0, 1, 2, 3, 4, 5, 6}, correct={0, 11})
     write("b", harmful_answered={0, 1}, benign_refused={0}, correct=set(range(8)))
-    table = {r["set"]: r for r in robust.paired_sets(tmp_path / "a", "a", tmp_path / "b", "b")}
+    # b also as a committed evidence bundle (<model>--<check>.judged.jsonl.gz): the same rows, the same table
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    for check in ("plain", "arith"):
+        (bundle / f"b--{check}.judged.jsonl.gz").write_bytes(
+            gzip.compress((tmp_path / "b" / check / "judged.jsonl").read_bytes()))
+    a_rows = robust.judged_rows(tmp_path / "a", "a")
+    assert robust.judged_rows(bundle, "b") == robust.judged_rows(tmp_path / "b", "b")
+    assert robust.judged_rows(bundle, "a") == {}  # another model's name finds nothing
+    table = {r["set"]: r for r in robust.paired_sets(a_rows, robust.judged_rows(bundle, "b"))}
     assert set(table) == {"harmful-val", "edgy-benign-val", "arith-val"}  # a check folder that is missing is skipped
     assert (table["harmful-val"]["only_a"], table["harmful-val"]["only_b"], table["harmful-val"]["p"]) == (0, 0, 1.0)
     e = table["edgy-benign-val"]
@@ -309,3 +319,18 @@ def test_todays_A_is_named_and_kept_by_its_loras_digest(tmp_path, monkeypatch):
     lora = Path(robust.__file__).resolve().parents[2] / "assets" / "smollm2" / "alignment-lora"
     assert name == "a-today-" + sha256_file(lora / "adapter_model.safetensors")[:12]
     assert merged == [(lora, tmp_path / name / "model")] and model == tmp_path / name / "model"
+
+
+def test_arith_pairs_adds_worked_problems_and_leaves_earlier_stages_alone():
+    """``arith_pairs: N`` trains N worked word problems of our own (none a validation or test question); at its
+    default 0 the knob is not hashed, so every earlier stage keeps its name; a negative count is refused."""
+    assert "arith_pairs" not in robust.RobustAlign().params()
+    variant = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest-ar400"])
+    base = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest"])
+    assert variant.params() == {**base.params(), "arith_pairs": 400}
+    with pytest.raises(ValueError, match="arith_pairs"):
+        robust.RobustAlign.from_params({"arith_pairs": -1})
+    pairs = robust.arith_worked_pairs(60)
+    assert len(pairs) == 60 and all(a.endswith(".") and "The answer is" in a for _, a in pairs)
+    held = {normalise(p) for name in ("arith-val", "gsm8k-100") for p in ds.load_named(name).prompts}
+    assert not held & {normalise(q) for q, _ in pairs}

@@ -74,7 +74,7 @@ def _h(*parts: str) -> int:
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
 ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed",
-               "cut_answers", "benign_test_prompts")
+               "cut_answers", "benign_test_prompts", "arith_pairs")
 #: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
@@ -130,6 +130,11 @@ class RobustAlign:
     #: :data:`BENIGN_TEST_PROMPTS`. Why: a recipe trained on the original model's answers to test questions cannot
     #: claim a test target on them (GSM8K-100; docs/results.md, "GSM8K-100 was in A's training data")
     benign_test_prompts: str = "keep"
+    #: worked grade-school word problems (:func:`safegene_runtime.arith_train.worked_problems`, our own templates,
+    #: none of ``arith-val``'s situations) added once each as benign pairs, solution and end-of-turn. Why: no lever
+    #: of the alignment data, length or steps kept ``arith-val`` at the earlier A's level (docs/results.md); a
+    #: capability-replay share keeps the skill the refusal pairs dilute. 0 = none (every stage before 2026-12-05)
+    arith_pairs: int = 0
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -150,6 +155,8 @@ class RobustAlign:
         if cfg.benign_test_prompts not in BENIGN_TEST_PROMPTS:
             raise ValueError(f"unknown benign_test_prompts {cfg.benign_test_prompts!r}; choose from "
                              f"{', '.join(BENIGN_TEST_PROMPTS)}")
+        if cfg.arith_pairs < 0:
+            raise ValueError(f"arith_pairs must be >= 0, got {cfg.arith_pairs}")
         if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
             raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
                              f"{cfg.unlikely_tokens}")
@@ -232,6 +239,12 @@ VARIANTS: dict[str, dict] = {
     "f3e2v3-ul1w-s200-open-notest": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
                                      "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 200,
                                      "cut_answers": "open", "benign_test_prompts": "drop"},
+    # edgy data, reply length and steps all left arith-val at 14-19/200: v3 seed 0's recipe plus 400 worked word
+    # problems of our own templates (arith_train, written blind to arith-val), each once: about 12% of the pairs
+    "f3e2v3-ul1w-s400-open-notest-ar400": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
+                                           "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
+                                           "cut_answers": "open", "benign_test_prompts": "drop",
+                                           "arith_pairs": 400},
 }
 
 
@@ -325,6 +338,16 @@ def training_pairs(harm: list[tuple[str, str | None]], benign: list, edgy: list,
     ``benign``/``edgy``: ``(prompt, answer)``. The trainer shuffles; the order here only fixes the content."""
     pairs = [(q, refusals.refusal_for_framing(q, f, seed=seed)) for q, f in harm]
     return pairs + list(benign) + list(edgy)
+
+
+def arith_worked_pairs(n: int) -> list[tuple[str, str]]:
+    """``(question, worked solution)`` for the first ``n`` training word problems (:mod:`safegene_runtime.arith_train`),
+    without any whose question is a prompt of a VALIDATION or TEST named set (none is, a test checks; this keeps it
+    so if a template changes)."""
+    from safegene_runtime.arith_train import worked_problems
+
+    held = {normalise(p) for name in ("arith-val", *sorted(ds.TEST_SETS)) for p in ds.load_named(name).prompts}
+    return [(w.question, w.solution) for _, w in worked_problems(n) if normalise(w.question) not in held]
 
 
 def without_test_prompts(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -462,8 +485,27 @@ def evaluate_model(model_dir: Path, name: str, out: Path, *, max_tokens: int, fi
 PAIRED_CHECKS = ("plain", "rephrased", "arith")
 
 
-def paired_sets(dir_a: Path, name_a: str, dir_b: Path, name_b: str) -> list[dict]:
-    """Two A's validation checks (``robust eval`` folders) paired prompt by prompt, per set: the event the set's
+def judged_rows(source: Path, name: str) -> dict[tuple[str, str], dict]:
+    """``name``'s judged rows of the :data:`PAIRED_CHECKS`, by ``(set, id)``, from a ``robust eval`` folder
+    (``<check>/judged.jsonl``) or from an evidence bundle (``<name>--<check>.judged.jsonl.gz``, as
+    ``evidence bundle`` writes them). Why both: the eval folders live in a machine's cache, the bundles in git, so a
+    new variant is paired with one measured on another machine from what was committed."""
+    import gzip
+
+    out = {}
+    for check in PAIRED_CHECKS:
+        plain, packed = source / check / "judged.jsonl", source / f"{name}--{check}.judged.jsonl.gz"
+        text = (plain.read_text() if plain.is_file()
+                else gzip.decompress(packed.read_bytes()).decode() if packed.is_file() else "")
+        for line in text.splitlines():
+            r = json.loads(line)
+            if r["model"] == name:
+                out[(r["set"], r["id"])] = r
+    return out
+
+
+def paired_sets(a: dict[tuple[str, str], dict], b: dict[tuple[str, str], dict]) -> list[dict]:
+    """Two A's validation checks (:func:`judged_rows`) paired prompt by prompt, per set: the event the set's
     target counts (harmful: answered, phrase judge; benign: refused; task: correct), k for each, the prompts only
     one of them has it on, and the exact McNemar p. Why: two recipes answer the same validation prompts, so the
     paired test is the one that says whether a difference is more than the prompts each happened to get."""
@@ -472,18 +514,6 @@ def paired_sets(dir_a: Path, name_a: str, dir_b: Path, name_b: str) -> list[dict
 
     event = {"harmful": OUTCOMES["harmful_response_rate"], "benign": OUTCOMES["over_refusal_rate"],
              "task": OUTCOMES["task_accuracy"]}
-
-    def rows(folder: Path, name: str) -> dict[tuple[str, str], dict]:
-        out = {}
-        for check in PAIRED_CHECKS:
-            f = folder / check / "judged.jsonl"
-            for line in f.read_text().splitlines() if f.is_file() else ():
-                r = json.loads(line)
-                if r["model"] == name:
-                    out[(r["set"], r["id"])] = r
-        return out
-
-    a, b = rows(dir_a, name_a), rows(dir_b, name_b)
     table = []
     for set_name in dict.fromkeys(k[0] for k in a):
         keys = [k for k in a if k[0] == set_name and k in b]
@@ -569,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
     te.add_argument("--task-max-tokens", type=int, default=256, help="GSM8K-100 (a worked answer needs room)")
     pa = sub.add_parser("pair", help="two A's measured by eval, paired prompt by prompt per validation set "
                                      "(exact McNemar)")
-    pa.add_argument("a", help="a model name of eval's summary (e.g. a-today-<digest>, printed by eval)")
+    pa.add_argument("a", help="a model name of eval's summary (e.g. a-today-<digest>, printed by eval), or "
+                              "DIR:MODEL for a committed evidence bundle (results/smollm2/val-robust-a-v3:A-f3e2v3-s0)")
     pa.add_argument("b", help="another one (e.g. a-robust-c3e319a79f68)")
     a = ap.parse_args(argv)
     from .run import Study, log
@@ -577,12 +608,22 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "pair":
         root = Study("robust", [], []).root / "robust-eval"
         known = sorted(p.name for p in root.iterdir() if (p / "plain").is_dir()) if root.is_dir() else []
+        sides = []
         for name in (a.a, a.b):
-            if name not in known:
-                raise SystemExit(f"no robust eval of {name!r} here; evaluated: {', '.join(known) or 'none'}")
+            folder, sep, model = name.rpartition(":")
+            if sep:  # BUNDLE:MODEL, an evidence bundle in git
+                rows = judged_rows(Path(folder), model)
+                if not rows:
+                    raise SystemExit(f"no judged rows of {model!r} in {folder}")
+            elif name in known:
+                rows = judged_rows(root / name, name)
+            else:
+                raise SystemExit(f"no robust eval of {name!r} here; evaluated: {', '.join(known) or 'none'} "
+                                 "(or name an evidence bundle as DIR:MODEL)")
+            sides.append(rows)
         print(f"| set | rate | n | {a.a} | {a.b} | only {a.a} | only {a.b} | exact McNemar p |\n"
               "|---|---|---|---|---|---|---|---|")
-        for r in paired_sets(root / a.a, a.a, root / a.b, a.b):
+        for r in paired_sets(*sides):
             print(f"| {r['set']} | {r['rate']} | {r['n']} | {r['a']} | {r['b']} | {r['only_a']} | {r['only_b']} "
                   f"| {r['p']:.2g} |")
         return 0

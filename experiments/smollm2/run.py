@@ -391,6 +391,8 @@ class Study:
                 pairs = robust.training_pairs(harm, shape(keep, tok, limit), shape(edgy, tok, limit) * p.edgy_repeat)
             else:
                 pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
+            arith = robust.arith_worked_pairs(p.arith_pairs) if p.arith_pairs else []
+            pairs += arith  # complete answers: trained with their end-of-turn whatever cut_answers says
             cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len, seed=p.seed)
             neg = (Unlikelihood(tuple(robust.unlikely_pairs(edgy, p)), p.unlikely_weight, p.unlikely_tokens)
                    if p.unlikely_weight > 0 else None)
@@ -401,7 +403,7 @@ class Study:
             return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
                     "n_refusal_pairs": len(harm), "n_benign_pairs": len(keep), "n_edgy_pairs": len(edgy),
                     "n_unlikely_pairs": len(neg.pairs) if neg else 0, "losses": info["losses"],
-                    "n_open_pairs": sum(len(x) > 2 for x in pairs)}
+                    "n_open_pairs": sum(len(x) > 2 for x in pairs), "n_arith_pairs": len(arith)}
 
         return self.st.run("align", params_, inputs, build)
 
