@@ -4,8 +4,10 @@ Why in the library: aligning the base model (SmolLM2-135M-Instruct) can wear awa
 word problems in words. These question -> solution pairs are supervised fine-tuning data that keep (or teach) it:
 each solution states its arithmetic as ``a op b = c`` in one to three short sentences and ends with
 ``The answer is N.``. The templates deliberately share no situation with the held-out validation word problems
-(``arith-val``, :mod:`.arith`) nor with GSM8K, so those sets stay a fair check of what the training did; the tests
-also check that no training question equals or contains one of theirs.
+(``arith-val``, :mod:`.arith`; their author was given only the list of its situations, never its code or items), so
+that set stays a fair check of what the training did; the tests check that no training question equals or contains
+one of ``arith-val``'s or GSM8K-100's. GSM8K's everyday topics (eggs, tickets, savings) were not avoided: GSM8K-100
+measures whether the skill carries over to longer, harder problems, not unseen topics.
 
 Integers only: every operand, intermediate value and answer is a positive integer, answers lie between 1 and about
 1000, and operands are mostly below 100 so that a 135M model can plausibly do the sums. Every solution's arithmetic
