@@ -263,6 +263,13 @@ SOURCES: dict[str, Source] = {
                                   {"a-robust-0b05b472e396": "A-f3e2v3-s0", "a-robust-b3979418426b": "A-f3e2v3-s1",
                                    "a-robust-916615984d4d": "A-f3e2v3-sent-s0",
                                    "a-robust-e4ad89bb8400": "A-f3e2v3-s200-s0"})),
+    "val-robust-a-ar400": Source("the v3 recipe with 400 worked word problems of our own in the mix "
+                                 "(f3e2v3-ul1w-s400-open-notest-ar400, seeds 0 and 1) on validation (section 'Worked "
+                                 "word problems in the mix')", lambda: _robust_evals(
+                                     {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1"})),
+    "test-robust-a-ar400": Source("the frozen -ar400 A's recorded test run (docs/test-runs.jsonl; section 'Frozen: "
+                                  "f3e2v3-ul1w-s400-open-notest-ar400')", lambda: _robust_evals(
+                                      {"a-robust-b9fc180c31a0": "A-ar400-s0"}, "test")),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }
