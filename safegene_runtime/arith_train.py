@@ -331,8 +331,10 @@ def _garden_bunches(rng: random.Random) -> WorkedProblem:
                    f"In bunches of {bunch}, {total} ÷ {bunch} = {bunches} bunches.")
 
 
-#: template id -> generator, in a fixed order (the order and the ids set the data: never rename or reorder them;
-#: append new templates at the end)
+#: template id -> generator, in a fixed order. These are the training data of trained stages (the robust A's
+#: ``arith_pairs``), and the stage hash holds the knob, not the text: any change here (a template's wording, its
+#: order, even one appended, since items go round-robin) changes what ``arith_pairs: N`` means, so
+#: ``tests/test_robust_data.py`` pins the digest of the first 400; change the data under a new knob value instead
 TEMPLATES: dict[str, Callable[[random.Random], WorkedProblem]] = {
     # one-step
     "hall_chairs": _hall_chairs,

@@ -5,6 +5,7 @@ training (a run cut into chunks ends where an uncut run ends)."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 
 import pytest
@@ -334,3 +335,7 @@ def test_arith_pairs_adds_worked_problems_and_leaves_earlier_stages_alone():
     assert len(pairs) == 60 and all(a.endswith(".") and "The answer is" in a for _, a in pairs)
     held = {normalise(p) for name in ("arith-val", "gsm8k-100") for p in ds.load_named(name).prompts}
     assert not held & {normalise(q) for q, _ in pairs}
+    # the 400 pairs align-b9fc180c31a0 (the frozen -ar400 A, a committed stage seed) was trained on: the stage hash
+    # holds arith_pairs, not the text, so changed templates would silently mean other data under the same name
+    digest = hashlib.sha256(json.dumps(robust.arith_worked_pairs(400)).encode()).hexdigest()
+    assert digest == "b06a9907a89ffdac4f6c9348dfd9843280fcbb674128a0ca0d6c406391989af9"

@@ -12,7 +12,10 @@ requests asked in the past tense, inside a story or by a persona. The ``robust``
   library since calibration draws benign shots from them too: harmless requests with alarming words, and
   harmless requests in the harmful framings, so neither a word nor a framing alone becomes the cue to refuse),
   answered by the original model (answers that it refused are dropped). None of them equals or nearly equals a
-  prompt of a validation or test set (checked here when built and in ``tests/test_robust_data.py``).
+  prompt of a validation or test set (checked here when built and in ``tests/test_robust_data.py``);
+* **worked problems** (``arith_pairs``, 0 unless a variant sets it): grade-school word problems of our own
+  (:mod:`safegene_runtime.arith_train`) with short worked solutions, a capability-replay share that keeps the
+  arithmetic the refusal pairs dilute (none is an ``arith-val`` or test question).
 
 Everything is deterministic (stable hashes of the prompt text; no RNG state outside ``seed``).
 
