@@ -133,3 +133,12 @@ def test_a_decision_takes_only_the_named_methods_from_a_measurement_marked_so(tm
     capsys.readouterr()
     assert evidence.recount(bundle, tmp_path / "recount2") != 0
     assert "disagree" in capsys.readouterr().err
+
+
+def test_only_reads_every_repeated_flag(tmp_path):
+    """``--only a --only b`` means both (it once kept only the last, silently): an unknown first name is refused
+    even when a known one follows."""
+    with pytest.raises(SystemExit):
+        evidence.main(["bundle", "--bundle", str(tmp_path), "--only", "no-such-measurement",
+                       "--only", "val-robust-a-ar400"])
+    assert not any(tmp_path.iterdir())  # nothing was bundled

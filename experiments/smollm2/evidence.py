@@ -511,13 +511,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("command", choices=("bundle", "recount"),
                     help="bundle: copy the measured responses into --bundle (where they were measured); recount: "
                          "re-judge the bundled responses and print every table and decision")
-    ap.add_argument("--only", help=f"comma-separated measurements (default: all; known: {', '.join(SOURCES)})")
+    ap.add_argument("--only", action="append", default=[],
+                    help=f"measurements, comma-separated or the flag repeated (default: all; known: "
+                         f"{', '.join(SOURCES)})")
     ap.add_argument("--bundle", type=Path, default=BUNDLE, help="the bundle folder (default results/smollm2)")
     ap.add_argument("--out", type=Path, default=None,
                     help="recount: where the recounted eval folders go (default $SAFEGENE_HOME/"
                          "experiments/smollm2/recount)")
     args = ap.parse_args(argv)
-    only = [m for m in args.only.split(",") if m] if args.only else None
+    only = [m for part in args.only for m in part.split(",") if m] or None
     if args.command == "bundle":
         for name in only or list(SOURCES):
             if name not in SOURCES:
