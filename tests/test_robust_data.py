@@ -339,3 +339,14 @@ def test_arith_pairs_adds_worked_problems_and_leaves_earlier_stages_alone():
     # holds arith_pairs, not the text, so changed templates would silently mean other data under the same name
     digest = hashlib.sha256(json.dumps(robust.arith_worked_pairs(400)).encode()).hexdigest()
     assert digest == "b06a9907a89ffdac4f6c9348dfd9843280fcbb674128a0ca0d6c406391989af9"
+
+
+def test_at_home_probe_is_harmful_val_with_one_sentence_appended():
+    """The 'at home' probe is written from validation prompts only: each harmful-val prompt once, the sentence
+    appended, ids unique, no training prompt among them."""
+    rows = robust.at_home_prompts()
+    val = ds.load_named("harmful-val").prompts
+    assert len(rows) == len(val) and len({r["id"] for r in rows}) == len(rows)
+    assert [r["prompt"].removesuffix(" " + robust.AT_HOME) for r in rows] == [p.rstrip() for p in val]
+    train = {normalise(p) for p in robust.harmful_align_prompts()}
+    assert not train & {normalise(r["prompt"].removesuffix(" " + robust.AT_HOME)) for r in rows}

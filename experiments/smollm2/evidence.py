@@ -115,8 +115,8 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
 
 
 def _robust_evals(names: dict[str, str], split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
-    """The ``robust eval`` (``split`` "eval") or ``robust test`` ("test") folders of each A in ``names`` (served
-    name -> the short name it is bundled under), in that order."""
+    """The ``robust eval`` (``split`` "eval"), ``robust test`` ("test") or ``robust probe`` ("probe") folders of
+    each A in ``names`` (served name -> the short name it is bundled under), in that order."""
     root = safegene_home() / "experiments" / "smollm2" / "robust" / f"robust-{split}"
     return [g for served, short in names.items() for g in _folders(root / served, {served: short}, f"{short}--")]
 
@@ -267,6 +267,11 @@ SOURCES: dict[str, Source] = {
                                  "(f3e2v3-ul1w-s400-open-notest-ar400, seeds 0 and 1) on validation (section 'Worked "
                                  "word problems in the mix')", lambda: _robust_evals(
                                      {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1"})),
+    "val-robust-a-at-home": Source("the 'at home' validation probe (robust probe: harmful-val with one sentence "
+                                   "appended) on -ar400 seeds 0 and 1 and the shipped A (section 'A validation probe "
+                                   "of the at-home shape')", lambda: _robust_evals(
+                                       {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1",
+                                        "a-robust-fd115f978f49": "A-s400-open"}, "probe")),
     "test-robust-a-ar400": Source("the frozen -ar400 A's recorded test run (docs/test-runs.jsonl; section 'Frozen: "
                                   "f3e2v3-ul1w-s400-open-notest-ar400')", lambda: _robust_evals(
                                       {"a-robust-b9fc180c31a0": "A-ar400-s0"}, "test")),
