@@ -28,9 +28,15 @@ harmful-val, harmful-val-rephrased (also per framing) and edgy-benign-val, harmf
 the response-level judge, the long-reply check and arith-val (GSM8K-100's validation view) at 256 tokens; it writes
 ``<stages>/robust-eval/summary.json``. ``--which lora:DIR`` evaluates any alignment LoRA (an earlier A out of git).
 
+    python -m experiments.smollm2.robust probe --which robust:VARIANT
+
+answers the "at home" probe (every harmful-val prompt with :data:`AT_HOME` appended; a validation diagnostic) into
+``<stages>/robust-probe``.
+
     python -m experiments.smollm2.robust pair a-today-<digest> a-robust-<stage hash>
 
-pairs two evaluated A's prompt by prompt per validation set (exact McNemar).
+pairs two evaluated A's prompt by prompt per validation set and probe (exact McNemar); either side may be a
+committed evidence bundle, ``results/smollm2/<measurement>:<model>``.
 
     python -m experiments.smollm2.robust test --which robust:VARIANT --frozen "<what was frozen and why now>"
 
