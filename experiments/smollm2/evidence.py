@@ -268,10 +268,12 @@ SOURCES: dict[str, Source] = {
                                  "word problems in the mix')", lambda: _robust_evals(
                                      {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1"})),
     "val-robust-a-at-home": Source("the 'at home' validation probe (robust probe: harmful-val with one sentence "
-                                   "appended) on -ar400 seeds 0 and 1 and the shipped A (section 'A validation probe "
-                                   "of the at-home shape')", lambda: _robust_evals(
+                                   "appended) on -ar400 seeds 0 and 1, the shipped A and v3 seed 0 without the "
+                                   "worked problems (section 'A validation probe of the at-home shape')",
+                                   lambda: _robust_evals(
                                        {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1",
-                                        "a-robust-fd115f978f49": "A-s400-open"}, "probe")),
+                                        "a-robust-fd115f978f49": "A-s400-open", "a-robust-0b05b472e396": "A-f3e2v3-s0"},
+                                       "probe")),
     "test-robust-a-ar400": Source("the frozen -ar400 A's recorded test run (docs/test-runs.jsonl; section 'Frozen: "
                                   "f3e2v3-ul1w-s400-open-notest-ar400')", lambda: _robust_evals(
                                       {"a-robust-b9fc180c31a0": "A-ar400-s0"}, "test")),
