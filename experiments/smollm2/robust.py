@@ -355,14 +355,14 @@ def arith_worked_pairs(n: int) -> list[tuple[str, str]]:
     so if a template changes)."""
     from safegene_runtime.arith_train import worked_problems
 
-    held = {normalise(p) for name in ("arith-val", *sorted(ds.TEST_SETS)) for p in ds.load_named(name).prompts}
-    return [(w.question, w.solution) for _, w in worked_problems(n) if normalise(w.question) not in held]
+    return without_test_prompts([(w.question, w.solution) for _, w in worked_problems(n)], also=("arith-val",))
 
 
-def without_test_prompts(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """``pairs`` without those whose prompt equals (normalised) a prompt of a TEST-family named set."""
-    test = {normalise(p) for name in sorted(ds.TEST_SETS) for p in ds.load_named(name).prompts}
-    return [(q, r) for q, r in pairs if normalise(q) not in test]
+def without_test_prompts(pairs: list[tuple[str, str]], also: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """``pairs`` without those whose prompt equals (normalised) a prompt of a TEST-family named set, or of the
+    named sets ``also``."""
+    held = {normalise(p) for name in (*also, *sorted(ds.TEST_SETS)) for p in ds.load_named(name).prompts}
+    return [(q, r) for q, r in pairs if normalise(q) not in held]
 
 
 def unlikely_pairs(edgy: list[tuple[str, str]], cfg: RobustAlign, seed: int = 0) -> list[tuple[str, str]]:
@@ -544,8 +544,9 @@ PERSONA_DECLINE = ("as a chatbot designed", "don't have the ability", "sorry for
 
 
 def at_home_prompts() -> list[dict]:
-    """``harmful-val`` with :data:`AT_HOME` appended, ids by the original item (``at-home:<harmful-val id>``)."""
-    return [{"id": it.id.removeprefix("harmful-val:"), "prompt": f"{it.prompt.rstrip()} {AT_HOME}"}
+    """``harmful-val`` with :data:`AT_HOME` appended, ids by the original item (``at-home:<harmful-val id>`` once
+    ``safegene eval`` prefixes the file's stem)."""
+    return [{"id": it.id, "prompt": f"{it.prompt.rstrip()} {AT_HOME}"}
             for it in ds.load_named("harmful-val")]
 
 
