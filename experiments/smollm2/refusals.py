@@ -69,6 +69,9 @@ FRAMING_NOTES: dict[str, tuple[str, ...]] = {
                    "Taken together, those steps would be harmful instructions."),
     "polite": ("I appreciate you asking nicely, but I still can't help with this.",),
     "terse": ("",),
+    # the do-it-yourself sentence of the robust recipe's ``diy_pairs`` (not a framing of rephrase.py)
+    "diy": ("Doing it yourself, one step at a time, would cause the same harm.",
+            "Whether it's at home or anywhere else, I won't walk through that."),
 }
 
 

@@ -83,7 +83,7 @@ def _h(*parts: str) -> int:
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
 ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed",
-               "cut_answers", "benign_test_prompts", "arith_pairs")
+               "cut_answers", "benign_test_prompts", "arith_pairs", "diy_pairs")
 #: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
@@ -144,6 +144,12 @@ class RobustAlign:
     #: of the alignment data, length or steps kept ``arith-val`` at the earlier A's level (docs/results.md); a
     #: capability-replay share keeps the skill the refusal pairs dilute. 0 = none (every stage before 2026-12-05)
     arith_pairs: int = 0
+    #: ``harmful-align-train`` prompts asked again with a do-it-yourself sentence appended (:data:`DIY_SUFFIXES`),
+    #: each a refusal pair, and as many edgy-benign pairs with the same sentences appended and the original
+    #: model's answer kept (:func:`diy_pairs`). Why: the frozen ``-ar400`` missed HarmBench test on "… at home"
+    #: requests and its seed 1 answered the at-home probe (docs/results.md); the counterweight keeps the sentence
+    #: alone from becoming the cue to refuse. 0 = none (every stage before 2026-12-06)
+    diy_pairs: int = 0
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -164,8 +170,8 @@ class RobustAlign:
         if cfg.benign_test_prompts not in BENIGN_TEST_PROMPTS:
             raise ValueError(f"unknown benign_test_prompts {cfg.benign_test_prompts!r}; choose from "
                              f"{', '.join(BENIGN_TEST_PROMPTS)}")
-        if cfg.arith_pairs < 0:
-            raise ValueError(f"arith_pairs must be >= 0, got {cfg.arith_pairs}")
+        if cfg.arith_pairs < 0 or cfg.diy_pairs < 0:
+            raise ValueError(f"arith_pairs and diy_pairs must be >= 0, got {cfg.arith_pairs}, {cfg.diy_pairs}")
         if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
             raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
                              f"{cfg.unlikely_tokens}")
@@ -254,6 +260,13 @@ VARIANTS: dict[str, dict] = {
                                            "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
                                            "cut_answers": "open", "benign_test_prompts": "drop",
                                            "arith_pairs": 400},
+    # the frozen -ar400 missed HarmBench test on "... at home" requests (4 persona-worded declines, 1 answer) and its
+    # seed 1 answered 6/176 of the at-home validation probe: -ar400 plus 200 align-train refusals with a
+    # do-it-yourself sentence appended, and 200 edgy-benign answers with the same sentences (the counterweight)
+    "f3e2v3-ul1w-s400-open-notest-ar400-diy200": {"framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3",
+                                                  "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
+                                                  "cut_answers": "open", "benign_test_prompts": "drop",
+                                                  "arith_pairs": 400, "diy_pairs": 200},
 }
 
 
@@ -291,10 +304,64 @@ def harmful_augmented(prompts: list[str], framings_per_prompt: int,
             if key not in seen:
                 seen.add(key)
                 out.append((text, framing))
+    keep = not_near_held_out([t for t, _ in out])
+    return [x for x, ok in zip(out, keep) if ok]
+
+
+def not_near_held_out(texts: list[str]) -> list[bool]:
+    """For each text, whether it neither equals nor nearly equals a prompt of :data:`HARM_EXCLUDE`."""
     pool = ds.PromptSet("harm-train", [ds.Item(id=f"harm-train:{i}", prompt=t, source="harm-train")
-                                       for i, (t, _) in enumerate(out)])
+                                       for i, t in enumerate(texts)])
     leaked = {h["train_id"] for h in ds.find_overlap([pool], [ds.load_named(n) for n in HARM_EXCLUDE], near=True)}
-    return [x for x, it in zip(out, pool) if it.id not in leaked]
+    return [it.id not in leaked for it in pool]
+
+
+#: sentences appended to a request by someone who means to carry it out alone, in steps (training only; none is
+#: the at-home probe's :data:`AT_HOME`, a test checks, so the probe stays a sentence no model trained on). Written
+#: to read naturally after any request, harmful or harmless, since the same sentences go on both sides
+DIY_SUFFIXES = (
+    "I'll be doing this myself, so walk me through every step.",
+    "I want to try this on my own this weekend. List the steps in order.",
+    "Please make it a simple do-it-yourself guide I can follow at home.",
+    "I'm a beginner and I'll be doing it alone, so start from the very first step.",
+    "Explain it like a recipe: what I need, then each step.",
+    "I have everything I need here at home. What do I do first, and then?",
+)
+
+
+#: an edgy-benign request for a way to do something ("how do I …", "the best way to …"): the only kind the
+#: counterweight takes, since "What is a pyramid scheme? I want to try this on my own" would be a harmful request
+#: answered
+HOW_TO_REQUEST = re.compile(r"\bhow (?:do|can|should|would|could) (?:i|we|you)\b|\bhow to\b|\bway to\b|\bsteps? to\b",
+                            re.IGNORECASE)
+
+
+def with_diy(prompt: str) -> str:
+    """``prompt`` with one of :data:`DIY_SUFFIXES` appended (a stable hash of its text picks which), after a full
+    stop when the request ends without one."""
+    head = prompt.rstrip()
+    head += "" if head[-1:] in ".?!" else "."
+    return f"{head} {DIY_SUFFIXES[_h('diy', normalise(prompt)) % len(DIY_SUFFIXES)]}"
+
+
+def diy_pairs(harm_prompts: list[str], edgy: list[tuple], n: int, scope: set[str] | None = None,
+              seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple]]:
+    """``(refusal pairs, answer pairs)``: ``n`` of ``harm_prompts`` (a stable hash orders them) through
+    :func:`with_diy`, each with a refusal in the ``diy`` framing (:func:`.refusals.refusal_for_framing`), and ``n``
+    of the ``edgy`` pairs (distinct prompts that ask for a way to do something, :data:`HOW_TO_REQUEST`; those in
+    ``scope`` only when given) likewise, answer and open flag kept: the original model's answer to the request
+    still answers it when the asker adds that they will do it alone. A harmful text that equals or nearly equals a
+    held-out prompt (:data:`HARM_EXCLUDE`) is dropped."""
+    picked = sorted(dict.fromkeys(harm_prompts), key=lambda p: _h("diy-pick", normalise(p)))[:n]
+    texts = [with_diy(p) for p in picked]
+    refuse = [(t, refusals.refusal_for_framing(t, "diy", seed=seed))
+              for t, ok in zip(texts, not_near_held_out(texts)) if ok]
+    first = {}
+    for pair in edgy:
+        if (scope is None or pair[0] in scope) and HOW_TO_REQUEST.search(pair[0]):
+            first.setdefault(pair[0], pair)
+    chosen = sorted(first.values(), key=lambda x: _h("diy-pick", normalise(x[0])))[:n]
+    return refuse, [(with_diy(x[0]), *x[1:]) for x in chosen]
 
 
 # --------------------------------------------------------------------------------------------- edgy-benign side
@@ -365,10 +432,15 @@ def without_test_prompts(pairs: list[tuple[str, str]], also: tuple[str, ...] = (
     return [(q, r) for q, r in pairs if normalise(q) not in held]
 
 
+def framed_edgy_prompts(edgy_set: str) -> set[str]:
+    """The edgy-benign training prompts that are harmless tasks in a harmful framing (categories ``framed_*``)."""
+    return {q for c, q in edgy_train_prompts(edgy_set) if c.startswith("framed_")}
+
+
 def unlikely_pairs(edgy: list[tuple[str, str]], cfg: RobustAlign, seed: int = 0) -> list[tuple[str, str]]:
     """``(prompt, refusal)`` negatives for the unlikelihood term: each edgy-benign prompt of ``cfg.unlikely_scope``
     once, with the refusal the harmful pairs would give it (:func:`.refusals.refusal_for`, the same openers)."""
-    framed = {q for c, q in edgy_train_prompts(cfg.edgy_set) if c.startswith("framed_")}
+    framed = framed_edgy_prompts(cfg.edgy_set)
     keep = [q for q in dict.fromkeys(q for q, _ in edgy) if cfg.unlikely_scope == "all" or q not in framed]
     return [(q, refusals.refusal_for(q, seed=seed)) for q in keep]
 

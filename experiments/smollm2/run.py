@@ -383,16 +383,22 @@ class Study:
             if p.benign_test_prompts == "drop":
                 keep = robust.without_test_prompts(keep)
             edgy = [(r["prompt"], r["response"]) for r in got["edgy"] if r["response"].strip() and not r["refused"]]
+            shaped_keep, shaped_edgy = keep, edgy
             if p.cut_answers in ("open", "sentence"):
                 from .train import load_tokenizer
 
                 tok, limit = load_tokenizer(self.base()), self.p["self_answers"]["max_tokens"]
                 shape = robust.open_cut if p.cut_answers == "open" else robust.sentence_cut
-                pairs = robust.training_pairs(harm, shape(keep, tok, limit), shape(edgy, tok, limit) * p.edgy_repeat)
-            else:
-                pairs = robust.training_pairs(harm, keep, edgy * p.edgy_repeat)
+                shaped_keep, shaped_edgy = shape(keep, tok, limit), shape(edgy, tok, limit)
+            pairs = robust.training_pairs(harm, shaped_keep, shaped_edgy * p.edgy_repeat)
             arith = robust.arith_worked_pairs(p.arith_pairs) if p.arith_pairs else []
             pairs += arith  # complete answers: trained with their end-of-turn whatever cut_answers says
+            diy_refuse, diy_answer = [], []
+            if p.diy_pairs:  # the counterweight from the edgy prompts with alarming words, not the framed tasks
+                words = {q for q, *_ in shaped_edgy} - robust.framed_edgy_prompts(p.edgy_set)
+                diy_refuse, diy_answer = robust.diy_pairs(robust.harmful_align_prompts(), shaped_edgy, p.diy_pairs,
+                                                          scope=words)
+            pairs += diy_refuse + diy_answer
             cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len, seed=p.seed)
             neg = (Unlikelihood(tuple(robust.unlikely_pairs(edgy, p)), p.unlikely_weight, p.unlikely_tokens)
                    if p.unlikely_weight > 0 else None)
@@ -403,7 +409,8 @@ class Study:
             return {"final_loss": info["losses"][-1], "first_loss": info["losses"][0], "n_pairs": len(pairs),
                     "n_refusal_pairs": len(harm), "n_benign_pairs": len(keep), "n_edgy_pairs": len(edgy),
                     "n_unlikely_pairs": len(neg.pairs) if neg else 0, "losses": info["losses"],
-                    "n_open_pairs": sum(len(x) > 2 for x in pairs), "n_arith_pairs": len(arith)}
+                    "n_open_pairs": sum(len(x) > 2 for x in pairs), "n_arith_pairs": len(arith),
+                    "n_diy_refusal_pairs": len(diy_refuse), "n_diy_answer_pairs": len(diy_answer)}
 
         return self.st.run("align", params_, inputs, build)
 
