@@ -350,3 +350,39 @@ def test_at_home_probe_is_harmful_val_with_one_sentence_appended():
     assert [r["prompt"].removesuffix(" " + robust.AT_HOME) for r in rows] == [p.rstrip() for p in val]
     train = {normalise(p) for p in robust.harmful_align_prompts()}
     assert not train & {normalise(r["prompt"].removesuffix(" " + robust.AT_HOME)) for r in rows}
+
+
+def test_diy_pairs_refuse_train_prompts_and_answer_how_to_requests_with_the_same_sentences():
+    """``diy_pairs: N`` adds N align-train refusals with a do-it-yourself sentence and N edgy-benign how-to requests
+    with the same sentences and their answers kept; the probe's sentence is in none of them, no harmful text is a
+    held-out prompt, the counterweight takes only requests for a way to do something, and the knob is hashed only
+    when set."""
+    assert "diy_pairs" not in robust.RobustAlign().params()
+    variant = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest-ar400-diy200"])
+    base = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest-ar400"])
+    assert variant.params() == {**base.params(), "diy_pairs": 200}
+    with pytest.raises(ValueError, match="diy_pairs"):
+        robust.RobustAlign.from_params({"diy_pairs": -1})
+    assert all(normalise(robust.AT_HOME) not in normalise(s) for s in robust.DIY_SUFFIXES)
+
+    edgy = [(q, f"answer to {q}", False) for _, q in robust.edgy_train_prompts("v3")]
+    words = {q for q, *_ in edgy} - robust.framed_edgy_prompts("v3")
+    refuse, answer = robust.diy_pairs(robust.harmful_align_prompts(), edgy, 200, scope=words)
+    assert len(refuse) == len(answer) == 200
+    def head(text: str) -> str:  # the request without its appended sentence (and the full stop added before it)
+        suffix = next(s for s in robust.DIY_SUFFIXES if text.endswith(" " + s))
+        return text[: -len(suffix) - 1].rstrip(".")
+
+    train = {p.rstrip().rstrip(".") for p in robust.harmful_align_prompts()}
+    assert all(head(t) in train and r.startswith(tuple(refusals.OPENERS)) for t, r in refuse)
+    held = {normalise(p) for name in robust.HARM_EXCLUDE for p in ds.load_named(name).prompts}
+    assert not held & {normalise(t) for t, _ in refuse}
+    asked = {q.rstrip().rstrip("."): q for q in words}
+    for text, reply, closed in answer:
+        q = asked[head(text)]
+        assert robust.HOW_TO_REQUEST.search(q) and reply == f"answer to {q}" and closed is False
+    assert robust.diy_pairs(robust.harmful_align_prompts(), edgy, 200, scope=words) == (refuse, answer)
+    # the refusal side align-e88c879fabd1 (-ar400-diy200 seed 0) was trained on: the stage hash holds diy_pairs, not
+    # the text, so changed sentences would silently mean other data under the same name
+    digest = hashlib.sha256(json.dumps(refuse).encode()).hexdigest()
+    assert digest == "b5f53eb0da90130b12da22d26b594ab75d9f82ee66396af69a1c056667f5cce2"
