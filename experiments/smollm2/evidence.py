@@ -114,6 +114,10 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
     return _robust_evals(names)
 
 
+#: the -ar400-diy200 A's two seeds: served name -> bundled name
+DIY200 = {"a-robust-e88c879fabd1": "A-diy200-s0", "a-robust-e09eefec5e7e": "A-diy200-s1"}
+
+
 def _robust_evals(names: dict[str, str], split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
     """The ``robust eval`` (``split`` "eval"), ``robust test`` ("test") or ``robust probe`` ("probe") folders of
     each A in ``names`` (served name -> the short name it is bundled under), in that order."""
@@ -274,6 +278,10 @@ SOURCES: dict[str, Source] = {
                                        {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1",
                                         "a-robust-fd115f978f49": "A-s400-open", "a-robust-0b05b472e396": "A-f3e2v3-s0"},
                                        "probe")),
+    "val-robust-a-diy200": Source("-ar400 with 200 do-it-yourself refusals and 200 how-to counterweights "
+                                  "(f3e2v3-ul1w-s400-open-notest-ar400-diy200, seeds 0 and 1) on validation and the "
+                                  "at-home probe (section 'Do-it-yourself refusals')", lambda: [
+                                      *_robust_evals(DIY200), *_robust_evals(DIY200, "probe")]),
     "test-robust-a-ar400": Source("the frozen -ar400 A's recorded test run (docs/test-runs.jsonl; section 'Frozen: "
                                   "f3e2v3-ul1w-s400-open-notest-ar400')", lambda: _robust_evals(
                                       {"a-robust-b9fc180c31a0": "A-ar400-s0"}, "test")),
