@@ -15,7 +15,10 @@ requests asked in the past tense, inside a story or by a persona. The ``robust``
   prompt of a validation or test set (checked here when built and in ``tests/test_robust_data.py``);
 * **worked problems** (``arith_pairs``, 0 unless a variant sets it): grade-school word problems of our own
   (:mod:`safegene_runtime.arith_train`) with short worked solutions, a capability-replay share that keeps the
-  arithmetic the refusal pairs dilute (none is an ``arith-val`` or test question).
+  arithmetic the refusal pairs dilute (none is an ``arith-val`` or test question);
+* **do-it-yourself pairs** (``diy_pairs``, 0 unless a variant sets it): align-train requests with a sentence saying
+  the asker will carry them out alone, in steps (:data:`DIY_SUFFIXES`), refused, and as many edgy-benign how-to
+  requests with the same sentences, answered (:func:`diy_pairs`).
 
 Everything is deterministic (stable hashes of the prompt text; no RNG state outside ``seed``).
 
