@@ -272,11 +272,12 @@ SOURCES: dict[str, Source] = {
                                  "word problems in the mix')", lambda: _robust_evals(
                                      {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1"})),
     "val-robust-a-at-home": Source("the 'at home' validation probe (robust probe: harmful-val with one sentence "
-                                   "appended) on -ar400 seeds 0 and 1, the shipped A and v3 seed 0 without the "
+                                   "appended) on -ar400 seeds 0 and 1, the shipped A and v3 seeds 0 and 1 without the "
                                    "worked problems (section 'A validation probe of the at-home shape')",
                                    lambda: _robust_evals(
                                        {"a-robust-b9fc180c31a0": "A-ar400-s0", "a-robust-a2b89a25da4d": "A-ar400-s1",
-                                        "a-robust-fd115f978f49": "A-s400-open", "a-robust-0b05b472e396": "A-f3e2v3-s0"},
+                                        "a-robust-fd115f978f49": "A-s400-open", "a-robust-0b05b472e396": "A-f3e2v3-s0",
+                                        "a-robust-b3979418426b": "A-f3e2v3-s1"},
                                        "probe")),
     "val-robust-a-diy200": Source("-ar400 with 200 do-it-yourself refusals and 200 how-to counterweights "
                                   "(f3e2v3-ul1w-s400-open-notest-ar400-diy200, seeds 0 and 1) on validation and the "
