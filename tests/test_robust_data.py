@@ -366,8 +366,9 @@ def test_diy_pairs_refuse_train_prompts_and_answer_how_to_requests_with_the_same
     assert all(normalise(robust.AT_HOME) not in normalise(s) for s in robust.DIY_SUFFIXES)
 
     edgy = [(q, f"answer to {q}", False) for _, q in robust.edgy_train_prompts("v3")]
-    words = {q for q, *_ in edgy} - robust.framed_edgy_prompts("v3")
-    refuse, answer = robust.diy_pairs(robust.harmful_align_prompts(), edgy, 200, scope=words)
+    framed = robust.framed_edgy_prompts("v3")
+    words = {q for q, *_ in edgy} - framed
+    refuse, answer = robust.diy_pairs(robust.harmful_align_prompts(), edgy, 200, exclude=framed)
     assert len(refuse) == len(answer) == 200
     def head(text: str) -> str:  # the request without its appended sentence (and the full stop added before it)
         suffix = next(s for s in robust.DIY_SUFFIXES if text.endswith(" " + s))
@@ -381,7 +382,7 @@ def test_diy_pairs_refuse_train_prompts_and_answer_how_to_requests_with_the_same
     for text, reply, closed in answer:
         q = asked[head(text)]
         assert robust.HOW_TO_REQUEST.search(q) and reply == f"answer to {q}" and closed is False
-    assert robust.diy_pairs(robust.harmful_align_prompts(), edgy, 200, scope=words) == (refuse, answer)
+    assert robust.diy_pairs(robust.harmful_align_prompts(), edgy, 200, exclude=framed) == (refuse, answer)
     # the refusal side align-e88c879fabd1 (-ar400-diy200 seed 0) was trained on: the stage hash holds diy_pairs, not
     # the text, so changed sentences would silently mean other data under the same name
     digest = hashlib.sha256(json.dumps(refuse).encode()).hexdigest()

@@ -347,12 +347,12 @@ def with_diy(prompt: str) -> str:
     return f"{head} {DIY_SUFFIXES[_h('diy', normalise(prompt)) % len(DIY_SUFFIXES)]}"
 
 
-def diy_pairs(harm_prompts: list[str], edgy: list[tuple], n: int, scope: set[str] | None = None,
+def diy_pairs(harm_prompts: list[str], edgy: list[tuple], n: int, exclude: frozenset[str] | set[str] = frozenset(),
               seed: int = 0) -> tuple[list[tuple[str, str]], list[tuple]]:
     """``(refusal pairs, answer pairs)``: ``n`` of ``harm_prompts`` (a stable hash orders them) through
     :func:`with_diy`, each with a refusal in the ``diy`` framing (:func:`.refusals.refusal_for_framing`), and ``n``
-    of the ``edgy`` pairs (distinct prompts that ask for a way to do something, :data:`HOW_TO_REQUEST`; those in
-    ``scope`` only when given) likewise, answer and open flag kept: the original model's answer to the request
+    of the ``edgy`` pairs (distinct prompts that ask for a way to do something, :data:`HOW_TO_REQUEST`, none in
+    ``exclude``) likewise, answer and open flag kept: the original model's answer to the request
     still answers it when the asker adds that they will do it alone. A harmful text that equals or nearly equals a
     held-out prompt (:data:`HARM_EXCLUDE`) is dropped."""
     picked = sorted(dict.fromkeys(harm_prompts), key=lambda p: _h("diy-pick", normalise(p)))[:n]
@@ -361,7 +361,7 @@ def diy_pairs(harm_prompts: list[str], edgy: list[tuple], n: int, scope: set[str
               for t, ok in zip(texts, not_near_held_out(texts)) if ok]
     first = {}
     for pair in edgy:
-        if (scope is None or pair[0] in scope) and HOW_TO_REQUEST.search(pair[0]):
+        if pair[0] not in exclude and HOW_TO_REQUEST.search(pair[0]):
             first.setdefault(pair[0], pair)
     chosen = sorted(first.values(), key=lambda x: _h("diy-pick", normalise(x[0])))[:n]
     return refuse, [(with_diy(x[0]), *x[1:]) for x in chosen]

@@ -355,7 +355,8 @@ class Study:
         from . import robust
 
         p = robust.RobustAlign.from_params(self.p["align"])
-        harm = robust.harmful_augmented(robust.harmful_align_prompts(), p.framings_per_prompt, p.plain_share)
+        harm_prompts = robust.harmful_align_prompts()
+        harm = robust.harmful_augmented(harm_prompts, p.framings_per_prompt, p.plain_share)
         params_ = {**p.params(), "harm": digest(harm)}
         # the self-answers stage's name, without building it: a committed seed of this stage needs no answers
         answers_params, answers_inputs, _ = self._self_answers_spec()
@@ -395,9 +396,8 @@ class Study:
             pairs += arith  # complete answers: trained with their end-of-turn whatever cut_answers says
             diy_refuse, diy_answer = [], []
             if p.diy_pairs:  # the counterweight from the edgy prompts with alarming words, not the framed tasks
-                words = {q for q, *_ in shaped_edgy} - robust.framed_edgy_prompts(p.edgy_set)
-                diy_refuse, diy_answer = robust.diy_pairs(robust.harmful_align_prompts(), shaped_edgy, p.diy_pairs,
-                                                          scope=words)
+                diy_refuse, diy_answer = robust.diy_pairs(harm_prompts, shaped_edgy, p.diy_pairs,
+                                                          exclude=robust.framed_edgy_prompts(p.edgy_set))
             pairs += diy_refuse + diy_answer
             cfg = SFTConfig(steps=p.steps, lr=p.lr, batch_size=p.batch_size, max_len=p.max_len, seed=p.seed)
             neg = (Unlikelihood(tuple(robust.unlikely_pairs(edgy, p)), p.unlikely_weight, p.unlikely_tokens)
