@@ -13,6 +13,12 @@ Integers only: every operand, intermediate value and answer is a positive intege
 1000, and operands are mostly below 100 so that a 135M model can plausibly do the sums. Every solution's arithmetic
 is checked by ``tests/test_arith_train.py``. Generation is deterministic across machines (:func:`worked_problems`
 seeds one :class:`random.Random` per item from :data:`SEED_BASE`, the template's position and its item counter).
+
+Multi-step problems: GSM8K's problems need three to six steps, these templates one or two, so a model trained only on
+them never practises carrying a result through a longer chain. :data:`MULTI_STEP_TEMPLATES` (with
+:func:`multi_step_problems`, seeded from :data:`MULTI_SEED_BASE`) holds three- and four-step problems whose solutions
+state one equation per sentence; it is a separate registry so that the data of :data:`TEMPLATES`, which trained
+stages are pinned to, stay exactly as they are. Its situations, too, were chosen blind to ``arith-val``'s items.
 """
 
 from __future__ import annotations
@@ -382,4 +388,450 @@ def worked_problems(n: int) -> list[tuple[str, WorkedProblem]]:
     return out
 
 
-__all__ = ["SEED_BASE", "TEMPLATES", "WorkedProblem", "worked_problems"]
+# --- multi-step templates: three or four operations, one equation per sentence, GSM8K-like length ---
+#
+# A separate registry (:data:`MULTI_STEP_TEMPLATES`), so that appending here leaves :data:`TEMPLATES` and the pinned
+# digest of :func:`worked_problems` untouched.
+
+#: base of every multi-step item's seed: 1,000,000 above :data:`SEED_BASE`, so no multi-step item shares a stream
+#: with a one- or two-step item (those use ``SEED_BASE + 1000 * t + k`` with ``t`` and ``k`` far below 1000)
+MULTI_SEED_BASE = 8_000_000
+
+
+def _cap(text: str) -> str:
+    """``text`` with its first letter upper-cased, for a phrase (``the second graders``) that starts a sentence."""
+    return text[0].upper() + text[1:]
+
+
+_STAND_GOODS = ("jars of honey", "jars of plum jam", "bags of apples", "bunches of carrots", "baskets of strawberries",
+                "pumpkins", "bags of sweetcorn", "bottles of apple juice", "bunches of flowers", "heads of lettuce")
+
+
+def _farm_stand(rng: random.Random) -> WorkedProblem:
+    # price × count twice, a sum, then a cost taken off
+    who, town = _name(rng), rng.choice(_TOWNS)
+    first, second = rng.sample(_STAND_GOODS, 2)
+    p1, p2 = rng.randint(3, 9), rng.randint(2, 8)
+    n1, n2 = rng.randint(4, 25), rng.randint(4, 25)
+    x, y = n1 * p1, n2 * p2
+    takings = x + y
+    rent = rng.randint(5, min(40, takings - 1))
+    kept = takings - rent
+    day = rng.choice(("Saturday", "Sunday", "market day", "a sunny Friday"))
+    fee = rng.choice(("renting the stall", "the stall fee", "hiring the market pitch"))
+    q = rng.choice((
+        f"{who} runs a farm stand outside {town}. On {day}, {who} sold {n1} {first} at {p1} dollars each and {n2} "
+        f"{second} at {p2} dollars each. {_cap(fee)} cost {rent} dollars. How many dollars did {who} keep after "
+        f"paying for the stall?",
+        f"At the {town} farmers' market, {who} sells {first} for {p1} dollars each and {second} for {p2} dollars "
+        f"each. On {day}, {who} sold {n1} {first} and {n2} {second}, and paid {rent} dollars for {fee}. How many "
+        f"dollars did {who} have left from the day's sales?",
+    ))
+    return _solved(q, kept, f"The {first} brought in {n1} × {p1} = {x} dollars.",
+                   f"The {second} brought in {n2} × {p2} = {y} dollars.",
+                   f"Together that is {x} + {y} = {takings} dollars.",
+                   f"After paying {rent} dollars, {takings} - {rent} = {kept} dollars are left.")
+
+
+def _water_tank(rng: random.Random) -> WorkedProblem:
+    # two rates added, times minutes, plus what was already there
+    who = _name(rng)
+    r1, r2 = rng.randint(3, 12), rng.randint(2, 10)
+    minutes, start = rng.randint(5, 30), rng.randint(10, 90)
+    tank = rng.choice(("paddling pool", "garden pond", "water trough on a farm", "hot tub", "fish pond", "rain tank"))
+    rate = r1 + r2
+    added = rate * minutes
+    total = start + added
+    q = rng.choice((
+        f"A {tank} already holds {start} litres of water. {who} fills it with two hoses at once: one pours in {r1} "
+        f"litres a minute and the other {r2} litres a minute. How many litres of water are in the {tank} after "
+        f"{minutes} minutes?",
+        f"{who} is topping up a {tank} that has {start} litres of water in it. A big hose adds {r1} litres every "
+        f"minute and a small hose adds {r2} litres every minute, and both run for {minutes} minutes. How many "
+        f"litres does the {tank} hold then?",
+    ))
+    return _solved(q, total, f"Together the hoses pour in {r1} + {r2} = {rate} litres a minute.",
+                   f"In {minutes} minutes they add {rate} × {minutes} = {added} litres.",
+                   f"With the water already there, {start} + {added} = {total} litres.")
+
+
+def _factory_shift(rng: random.Random) -> WorkedProblem:
+    # workers × rate, × hours, minus the faulty ones
+    workers, rate, hours = rng.randint(3, 8), rng.randint(4, 12), rng.randint(3, 8)
+    thing = rng.choice(("toy cars", "desk lamps", "birdhouses", "kettles", "phone cases", "lanterns", "wooden puzzles",
+                        "bicycle bells"))
+    town = rng.choice(_TOWNS)
+    per_hour = workers * rate
+    made = per_hour * hours
+    faulty = rng.randint(2, min(30, made - 1))
+    good = made - faulty
+    q = rng.choice((
+        f"At a factory in {town}, {workers} workers each put together {rate} {thing} an hour. Their shift lasts "
+        f"{hours} hours. At the end of the shift, {faulty} of the {thing} fail the quality check. How many {thing} "
+        f"pass the check?",
+        f"On the early shift of a {town} workshop, each of the {workers} workers makes {rate} {thing} every hour "
+        f"for {hours} hours. The inspector rejects {faulty} {thing}. How many good {thing} did the shift make?",
+    ))
+    return _solved(q, good, f"Together the workers make {workers} × {rate} = {per_hour} {thing} an hour.",
+                   f"Over {hours} hours they make {per_hour} × {hours} = {made} {thing}.",
+                   f"Without the {faulty} faulty ones, {made} - {faulty} = {good} {thing} pass.")
+
+
+def _marathon_plan(rng: random.Random) -> WorkedProblem:
+    # "3 more than twice": × 2, +, then a week's runs × days and a total
+    who = _name(rng)
+    unit = rng.choice(("kilometres", "miles"))
+    short, days, extra = rng.randint(3, 12), rng.randint(3, 5), rng.randint(2, 6)
+    race = rng.choice(("a marathon", "a half marathon", "a trail race", "the city marathon", "a charity run"))
+    twice = short * 2
+    long_run = twice + extra
+    weekdays = short * days
+    total = weekdays + long_run
+    q = (f"{who} is training for {race}. This week {who} runs {short} {unit} on each of {days} weekday mornings, and "
+         f"on Sunday goes on a long run that is {extra} {unit} more than twice a weekday run. How many {unit} does "
+         f"{who} run this week?")
+    return _solved(q, total, f"Twice a weekday run is {short} × 2 = {twice} {unit}.",
+                   f"The long run is {twice} + {extra} = {long_run} {unit}.",
+                   f"On weekdays {who} runs {short} × {days} = {weekdays} {unit}.",
+                   f"In all, {weekdays} + {long_run} = {total} {unit}.")
+
+
+_ZOO = (("penguins", "fish", "sea lions"), ("otters", "fish", "pelicans"), ("meerkats", "crickets", "lizards"),
+        ("lemurs", "pieces of fruit", "fruit bats"), ("giraffes", "acacia branches", "okapis"),
+        ("flamingos", "scoops of shrimp pellets", "ducks"))
+
+
+def _zoo_feeding(rng: random.Random) -> WorkedProblem:
+    # animals × portion, × meals a day, plus another enclosure's share
+    animal, food, other = rng.choice(_ZOO)
+    count, portion, meals = rng.randint(4, 20), rng.randint(2, 5), rng.randint(2, 3)
+    others = rng.randint(10, 60)
+    town, keeper = rng.choice(_TOWNS), _name(rng)
+    per_meal = count * portion
+    per_day = per_meal * meals
+    total = per_day + others
+    q = rng.choice((
+        f"At the {town} zoo, each of the {count} {animal} eats {portion} {food} at every meal, and the keepers feed "
+        f"them {meals} times a day. The {other} get {others} {food} a day altogether. How many {food} does the zoo "
+        f"need each day for these animals?",
+        f"Zookeeper {keeper} feeds {count} {animal} {meals} times a day, giving each one {portion} {food} at every "
+        f"feed. {keeper} also puts out {others} {food} a day for the {other}. How many {food} does {keeper} use "
+        f"in a day?",
+    ))
+    return _solved(q, total, f"At one meal the {animal} eat {count} × {portion} = {per_meal} {food}.",
+                   f"Over {meals} meals that is {per_meal} × {meals} = {per_day} {food}.",
+                   f"With the {others} for the {other}, {per_day} + {others} = {total} {food}.")
+
+
+def _carpenter_boards(rng: random.Random) -> WorkedProblem:
+    # legs needed, their length, what is left of the board, then strips cut from it
+    who = _name(rng)
+    furniture, legs = rng.choice((("stools", 3), ("tables", 4), ("benches", 4), ("plant stands", 3),
+                                  ("footstools", 4)))
+    count, leg = rng.randint(2, 3), rng.randint(20, 40)
+    strip, strips = rng.randint(5, 12), rng.randint(2, 9)
+    wood = rng.choice(("pine board", "beech plank", "length of timber", "cedar board", "walnut plank"))
+    n_legs = count * legs
+    used = n_legs * leg
+    left = strip * strips
+    length = used + left
+    q = (f"A carpenter, {who}, has a {wood} that is {length} centimetres long. {who} cuts {legs} legs, each {leg} "
+         f"centimetres long, for each of {count} small {furniture}, and then cuts the rest of the board into strips "
+         f"that are {strip} centimetres long. How many strips does {who} get?")
+    return _solved(q, strips, f"{who} needs {count} × {legs} = {n_legs} legs.",
+                   f"The legs use {n_legs} × {leg} = {used} centimetres.",
+                   f"That leaves {length} - {used} = {left} centimetres.",
+                   f"In strips of {strip} centimetres, {left} ÷ {strip} = {strips} strips.")
+
+
+def _game_points(rng: random.Random) -> WorkedProblem:
+    # items × points, plus a bonus, doubled, minus what is spent
+    who = _name(rng)
+    items = rng.choice(("stars", "gems", "golden keys", "crystals", "coins", "mushrooms", "feathers"))
+    game = rng.choice(("a puzzle game", "a platform game", "a racing game", "a space game",
+                       "an underwater adventure game"))
+    found, worth, bonus = rng.randint(5, 30), rng.randint(2, 9), rng.randint(10, 50)
+    upgrade = rng.choice(("helmet", "jetpack", "map", "costume", "pair of boots"))
+    points = found * worth
+    level = points + bonus
+    doubled = level * 2
+    spend = rng.randint(5, min(100, doubled - 1))
+    left = doubled - spend
+    q = (f"In {game}, {who} collects {found} {items} worth {worth} points each and gets a bonus of {bonus} points "
+         f"for finishing the level. A power-up then doubles {who}'s score, and {who} spends {spend} points on a new "
+         f"{upgrade}. How many points does {who} have left?")
+    return _solved(q, left, f"The {items} are worth {found} × {worth} = {points} points.",
+                   f"With the bonus, {points} + {bonus} = {level} points.",
+                   f"The power-up doubles it to {level} × 2 = {doubled} points.",
+                   f"After spending, {doubled} - {spend} = {left} points are left.")
+
+
+_GRADES = ("the first graders", "the second graders", "the third graders", "the fourth graders",
+           "the fifth graders", "the sixth graders")
+
+
+def _recycling_drive(rng: random.Random) -> WorkedProblem:
+    # "twice as many", then "N fewer/more than", then a total of three groups
+    g1, g2, g3 = rng.sample(_GRADES, 3)
+    items = rng.choice(("cans", "plastic bottles", "glass jars", "juice cartons", "old batteries", "bottle caps"))
+    school = rng.choice(_TOWNS)
+    first, diff = rng.randint(12, 60), rng.randint(3, 20)
+    second = first * 2
+    more = rng.random() < 0.5
+    third = second + diff if more else second - diff
+    pair = first + second
+    total = pair + third
+    q = (f"For the {school} school's recycling drive, {g1} collected {first} {items}. {_cap(g2)} collected twice as "
+         f"many as {g1}, and {g3} collected {diff} {'more' if more else 'fewer'} than {g2}. How many {items} did "
+         f"the three grades collect altogether?")
+    step3 = (f"{_cap(g3)} collected {second} + {diff} = {third} {items}." if more
+             else f"{_cap(g3)} collected {second} - {diff} = {third} {items}.")
+    return _solved(q, total, f"{_cap(g2)} collected {first} × 2 = {second} {items}.", step3,
+                   f"{_cap(g1)} and {g2} collected {first} + {second} = {pair} {items}.",
+                   f"With {g3}, {pair} + {third} = {total} {items}.")
+
+
+def _hotel_rooms(rng: random.Random) -> WorkedProblem:
+    # floors × rooms, minus the empty ones, divided among housekeepers
+    floors, per_floor = rng.randint(3, 9), rng.randint(8, 20)
+    rooms = floors * per_floor
+    rate = rng.randint(4, 9)
+    staff = rng.randint(2, min(15, (rooms - 1) // rate))
+    to_clean = staff * rate
+    empty = rooms - to_clean
+    hotel = rng.choice(("Grand Hotel", "Seaview Inn", "Hotel Miramar", "Riverside Lodge", "Station Hotel",
+                        "Alpine Guesthouse"))
+    town = rng.choice(_TOWNS)
+    q = (f"The {hotel} in {town} has {floors} floors with {per_floor} rooms on each floor. Last night {empty} rooms "
+         f"were empty, and every other room must be cleaned this morning. Each housekeeper cleans {rate} rooms in a "
+         f"morning. How many housekeepers are needed?")
+    return _solved(q, staff, f"The hotel has {floors} × {per_floor} = {rooms} rooms.",
+                   f"The rooms to clean are {rooms} - {empty} = {to_clean}.",
+                   f"At {rate} rooms each, {to_clean} ÷ {rate} = {staff} housekeepers.")
+
+
+_ORCHARD = (("apple", "apples", "bottle of juice", "bottles of juice"),
+            ("pear", "pears", "jar of pear jam", "jars of jam"),
+            ("plum", "plums", "jar of plum jam", "jars of jam"),
+            ("orange", "oranges", "jug of juice", "jugs of juice"),
+            ("quince", "quinces", "jar of quince jelly", "jars of jelly"),
+            ("cherry", "cherries", "jar of cherry sauce", "jars of sauce"))
+
+
+def _orchard_harvest(rng: random.Random) -> WorkedProblem:
+    # rows × trees, × fruit per tree, minus bruised fruit, ÷ fruit per jar or bottle
+    tree, fruit, unit, units = rng.choice(_ORCHARD)
+    rows, per_row = rng.randint(3, 8), rng.randint(4, 10)
+    trees = rows * per_row
+    per_tree = rng.randint(5, max(5, min(15, 900 // trees)))
+    picked = trees * per_tree
+    per_unit = rng.randint(4, 8)
+    # bruised fruit makes the rest an exact number of jars or bottles
+    rem = picked % per_unit
+    bruised = rem + per_unit * rng.randint(0 if rem else 1, 3)
+    good = picked - bruised
+    made = good // per_unit
+    town = rng.choice(_TOWNS)
+    q = (f"An orchard near {town} has {rows} rows of {tree} trees with {per_row} trees in each row. At harvest each "
+         f"tree gives {per_tree} {fruit}. The pickers throw away {bruised} bruised {fruit}, and every {per_unit} of "
+         f"the rest make one {unit}. How many {units} does the orchard make?")
+    return _solved(q, made, f"There are {rows} × {per_row} = {trees} trees.",
+                   f"They give {trees} × {per_tree} = {picked} {fruit}.",
+                   f"Without the bruised ones, {picked} - {bruised} = {good} {fruit} are left.",
+                   f"Every {per_unit} make one, so {good} ÷ {per_unit} = {made} {units}.")
+
+
+def _sponsored_swim(rng: random.Random) -> WorkedProblem:
+    # "N more than", a total for two swimmers, × dollars per length
+    a, b = rng.sample(_NAMES, 2)
+    first, extra, pay = rng.randint(10, 40), rng.randint(2, 9), rng.randint(2, 5)
+    cause = rng.choice(("the animal shelter", "a new playground", "the school library", "the local hospital",
+                        "a food bank"))
+    sponsor = rng.choice(("A local shop", "Their swimming coach", "A bakery in town", "The parents' association"))
+    second = first + extra
+    lengths = first + second
+    money = lengths * pay
+    town = rng.choice(_TOWNS)
+    q = (f"{a} and {b} swim lengths of the {town} pool in a sponsored swim to raise money for {cause}. {a} swims "
+         f"{first} lengths and {b} swims {extra} more lengths than {a}. {sponsor} gives {pay} dollars for every "
+         f"length. How many dollars do they raise?")
+    return _solved(q, money, f"{b} swims {first} + {extra} = {second} lengths.",
+                   f"Together they swim {first} + {second} = {lengths} lengths.",
+                   f"At {pay} dollars a length, {lengths} × {pay} = {money} dollars.")
+
+
+def _club_membership(rng: random.Random) -> WorkedProblem:
+    # a free month, monthly fees, a sign-up fee less a coupon, a total
+    who = _name(rng)
+    club = rng.choice(("climbing gym", "swimming club", "tennis club", "dance studio", "judo club", "rowing club"))
+    months, fee = rng.randint(3, 12), rng.randint(12, 45)
+    sign_up = rng.randint(15, 50)
+    coupon = rng.randint(5, min(30, sign_up - 1))
+    paid = months - 1
+    fees = paid * fee
+    sign = sign_up - coupon
+    total = fees + sign
+    q = (f"{who} joins a {club} for {months} months. The monthly fee is {fee} dollars, but the first month is free. "
+         f"There is also a sign-up fee of {sign_up} dollars, and {who} has a coupon for {coupon} dollars off the "
+         f"sign-up fee. How many dollars does {who} pay in all?")
+    return _solved(q, total, f"{who} pays for {months} - 1 = {paid} months.",
+                   f"The monthly fees come to {paid} × {fee} = {fees} dollars.",
+                   f"After the coupon, the sign-up fee is {sign_up} - {coupon} = {sign} dollars.",
+                   f"Altogether {fees} + {sign} = {total} dollars.")
+
+
+_JOBS = (("paint", "fence panels", "around the school field"), ("varnish", "benches", "in the park"),
+         ("wash", "windows", "at the community centre"), ("weed", "flower beds", "in the town square"),
+         ("repaint", "lockers", "in the sports hall"), ("scrub", "picnic tables", "by the lake"))
+
+
+def _volunteer_jobs(rng: random.Random) -> WorkedProblem:
+    # two rate × time products, their sum, and what is still left to do
+    a, b = rng.sample(_NAMES, 2)
+    verb, things, where = rng.choice(_JOBS)
+    r1, h1, r2, h2 = rng.randint(2, 6), rng.randint(2, 5), rng.randint(2, 6), rng.randint(2, 5)
+    x, y = r1 * h1, r2 * h2
+    done = x + y
+    left = rng.randint(3, 25)
+    total = done + left
+    town = rng.choice(_TOWNS)
+    q = (f"Volunteers in {town} plan to {verb} all {total} {things} {where}. {a} can {verb} {r1} {things} an hour "
+         f"and works for {h1} hours. {b} can {verb} {r2} {things} an hour and works for {h2} hours. How many "
+         f"{things} are still left to {verb}?")
+    return _solved(q, left, f"{a} does {r1} × {h1} = {x} {things}.",
+                   f"{b} does {r2} × {h2} = {y} {things}.",
+                   f"Together they do {x} + {y} = {done} {things}.",
+                   f"That leaves {total} - {done} = {left} {things}.")
+
+
+_CRAFTS = (("knits", "knit", "rows of a scarf"), ("folds", "fold", "paper cranes"),
+           ("decorates", "decorate", "candles"), ("sews", "sew", "quilt squares"),
+           ("paints", "paint", "clay pots"), ("weaves", "weave", "baskets"), ("carves", "carve", "wooden spoons"))
+
+
+def _craft_comparison(rng: random.Random) -> WorkedProblem:
+    # a comparison between two people: two rate × time products and their difference
+    a, b = rng.sample(_NAMES, 2)
+    verbs, verb, things = rng.choice(_CRAFTS)
+    r1, h1, r2, h2 = rng.randint(3, 12), rng.randint(2, 6), rng.randint(3, 12), rng.randint(2, 6)
+    while r1 * h1 == r2 * h2:
+        h2 = rng.randint(2, 6)
+    x, y = r1 * h1, r2 * h2
+    (win, wx), (lose, lx) = sorted(((a, x), (b, y)), key=lambda p: -p[1])
+    diff = wx - lx
+    event = rng.choice(("charity fair", "school fete", "spring market", "holiday craft sale"))
+    town = rng.choice(_TOWNS)
+    q = (f"For the {town} {event}, {a} {verbs} {r1} {things} an hour for {h1} hours, and {b} {verbs} {r2} "
+         f"{things} an hour for {h2} hours. How many more {things} does {win} {verb} than {lose}?")
+    return _solved(q, diff, f"{a} {verbs} {r1} × {h1} = {x} {things}.",
+                   f"{b} {verbs} {r2} × {h2} = {y} {things}.",
+                   f"{win} {verbs} {wx} - {lx} = {diff} more.")
+
+
+def _printer_paper(rng: random.Random) -> WorkedProblem:
+    # leftovers after several uses: pages × students, plus extra sheets, taken from the tray
+    who = _name(rng)
+    pages, students, extra = rng.randint(2, 4), rng.randint(15, 30), rng.randint(5, 30)
+    place = rng.choice(("the school office", "the library", "a small office", "the community centre",
+                        "the staff room"))
+    poster = rng.choice(("posters for the school concert", "a sign-up sheet", "flyers for a bake sale",
+                         "copies of the lunch menu", "a class newsletter"))
+    worksheets = pages * students
+    used = worksheets + extra
+    tray = used + rng.randint(5, 150)
+    left = tray - used
+    q = (f"The printer in {place} has {tray} sheets of paper in it. {who} prints a worksheet of {pages} pages for "
+         f"each of the {students} students in a class, one page on each sheet, and then prints {extra} sheets of "
+         f"{poster}. How many sheets are left in the printer?")
+    return _solved(q, left, f"The worksheets use {pages} × {students} = {worksheets} sheets.",
+                   f"With the other printing, {worksheets} + {extra} = {used} sheets are used.",
+                   f"That leaves {tray} - {used} = {left} sheets.")
+
+
+def _pizza_orders(rng: random.Random) -> WorkedProblem:
+    # rate × hours, "half of", then the part not delivered
+    who = _name(rng)
+    per_hour, hours = 2 * rng.randint(3, 15), rng.randint(3, 8)
+    kind = rng.choice(("margherita", "pepperoni", "mushroom", "vegetable", "ham and pineapple", "spinach"))
+    day = rng.choice(("Friday", "Saturday", "a busy Sunday", "the night of the big match"))
+    baked = per_hour * hours
+    half = baked // 2
+    delivered = rng.randint(2, half - 1)
+    eaten_in = half - delivered
+    q = (f"The oven at {who}'s pizza restaurant bakes {per_hour} pizzas an hour, and on {day} it runs for {hours} "
+         f"hours. Half of the pizzas are {kind}. Of the {kind} pizzas, {delivered} are delivered and the rest are "
+         f"eaten in the restaurant. How many {kind} pizzas are eaten in the restaurant?")
+    return _solved(q, eaten_in, f"The oven bakes {per_hour} × {hours} = {baked} pizzas.",
+                   f"Half of them is {baked} ÷ 2 = {half} {kind} pizzas.",
+                   f"Without the delivered ones, {half} - {delivered} = {eaten_in} pizzas.")
+
+
+def _hiking_trip(rng: random.Random) -> WorkedProblem:
+    # totals over several days: "N more than", "half of", and two sums
+    first, extra = rng.randint(6, 20), rng.randint(2, 8)
+    if (first + extra) % 2:
+        extra += 1  # the second day must be even so that half of it is whole
+    second = first + extra
+    third = second // 2
+    both = first + second
+    total = both + third
+    group = rng.choice((f"{_name(rng)}'s hiking club", f"A scout troop from {rng.choice(_TOWNS)}",
+                        f"{_name(rng)}'s family", "A group of birdwatchers"))
+    trail = rng.choice(("the coast path", "a mountain trail", "the river trail", "a forest trail",
+                        "an old pilgrim way"))
+    q = (f"{group} walks {trail} over three days. On the first day they walk {first} kilometres. On the second day "
+         f"they walk {extra} kilometres more than on the first day, and on the third day they walk half as far as on "
+         f"the second day. How many kilometres do they walk in all?")
+    return _solved(q, total, f"On the second day they walk {first} + {extra} = {second} kilometres.",
+                   f"On the third day they walk {second} ÷ 2 = {third} kilometres.",
+                   f"The first two days make {first} + {second} = {both} kilometres.",
+                   f"All three days make {both} + {third} = {total} kilometres.")
+
+
+#: template id -> generator for the three- and four-step problems, in a fixed order. Separate from
+#: :data:`TEMPLATES` so that its pinned data stay as they are; the same rule holds here once a stage trains on
+#: these: appending a template changes what ``multi_step_problems(n)`` returns (items go round-robin)
+MULTI_STEP_TEMPLATES: dict[str, Callable[[random.Random], WorkedProblem]] = {
+    "farm_stand": _farm_stand,
+    "water_tank": _water_tank,
+    "factory_shift": _factory_shift,
+    "marathon_plan": _marathon_plan,
+    "zoo_feeding": _zoo_feeding,
+    "carpenter_boards": _carpenter_boards,
+    "game_points": _game_points,
+    "recycling_drive": _recycling_drive,
+    "hotel_rooms": _hotel_rooms,
+    "orchard_harvest": _orchard_harvest,
+    "sponsored_swim": _sponsored_swim,
+    "club_membership": _club_membership,
+    "volunteer_jobs": _volunteer_jobs,
+    "craft_comparison": _craft_comparison,
+    "printer_paper": _printer_paper,
+    "pizza_orders": _pizza_orders,
+    "hiking_trip": _hiking_trip,
+}
+
+
+def multi_step_problems(n: int) -> list[tuple[str, WorkedProblem]]:
+    """``n`` (id, problem) pairs of three- and four-step problems, round-robin over :data:`MULTI_STEP_TEMPLATES`.
+
+    Works as :func:`worked_problems` does: item ``k`` of the template at position ``t`` comes from
+    ``random.Random(MULTI_SEED_BASE + 1000 * t + k)`` and has id ``f"{name}-{k}"``, so a prefix of a longer list is
+    the shorter list and every machine gets the same items.
+    """
+    if n < 0:
+        raise ValueError(f"n must be non-negative, got {n}")
+    names = list(MULTI_STEP_TEMPLATES)
+    counters = [0] * len(names)
+    out: list[tuple[str, WorkedProblem]] = []
+    for i in range(n):
+        t = i % len(names)
+        k = counters[t]
+        counters[t] += 1
+        name = names[t]
+        out.append((f"{name}-{k}", MULTI_STEP_TEMPLATES[name](random.Random(MULTI_SEED_BASE + 1000 * t + k))))
+    return out
+
+
+__all__ = ["MULTI_SEED_BASE", "MULTI_STEP_TEMPLATES", "SEED_BASE", "TEMPLATES", "WorkedProblem",
+           "multi_step_problems", "worked_problems"]

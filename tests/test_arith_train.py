@@ -7,7 +7,15 @@ import re
 import pytest
 
 from safegene_runtime import datasets as ds
-from safegene_runtime.arith_train import SEED_BASE, TEMPLATES, WorkedProblem, worked_problems
+from safegene_runtime.arith_train import (
+    MULTI_SEED_BASE,
+    MULTI_STEP_TEMPLATES,
+    SEED_BASE,
+    TEMPLATES,
+    WorkedProblem,
+    multi_step_problems,
+    worked_problems,
+)
 from safegene_runtime.text import normalise
 
 N = 600
@@ -66,3 +74,68 @@ def test_no_overlap_with_eval_sets(problems, name):
         for h in held_out:
             # report only the id, never the held-out text
             assert h not in q, f"{pid} contains an item of {name}"
+
+
+# --- three- and four-step problems (a separate registry) ---
+
+SENTENCE_END = re.compile(r"(?<=\.) ")
+
+
+@pytest.fixture(scope="module")
+def multi() -> list[tuple[str, WorkedProblem]]:
+    return multi_step_problems(N)
+
+
+def test_multi_step_deterministic_unique_ids_and_every_template(multi):
+    assert multi_step_problems(N) == multi
+    assert len(multi) == N
+    ids = [i for i, _ in multi]
+    assert len(set(ids)) == N
+    assert {i.rsplit("-", 1)[0] for i in ids} == set(MULTI_STEP_TEMPLATES)
+    assert len(MULTI_STEP_TEMPLATES) >= 12
+    assert not set(MULTI_STEP_TEMPLATES) & set(TEMPLATES)
+    # far from the one- and two-step seeds, so no item of either registry shares a stream with the other
+    assert MULTI_SEED_BASE - SEED_BASE >= 1000 * 1000
+    assert multi_step_problems(50) == multi[:50]
+    assert multi_step_problems(0) == []
+    with pytest.raises(ValueError):
+        multi_step_problems(-1)
+
+
+def test_multi_step_solutions_are_correct(multi):
+    for pid, p in multi:
+        assert isinstance(p.answer, int) and 1 <= p.answer <= 1000, pid
+        assert p.solution.endswith(f"The answer is {p.answer}."), pid
+        equations = EQUATION.findall(p.solution)
+        assert 3 <= len(equations) <= 4, pid
+        for a, op, b, c in equations:
+            a_, b_, c_ = int(a), int(b), int(c)
+            assert a_ > 0 and b_ > 0 and c_ > 0, pid
+            assert _compute(a_, op, b_) == c_, f"{pid}: {a} {op} {b} = {c}"
+        assert int(equations[-1][3]) == p.answer, pid
+        # one equation per sentence, then the answer sentence
+        *steps, last = SENTENCE_END.split(p.solution)
+        assert last == f"The answer is {p.answer}.", pid
+        assert len(steps) == len(equations), pid
+        assert all(len(EQUATION.findall(s)) == 1 for s in steps), pid
+
+
+def test_multi_step_questions_mostly_distinct(multi):
+    questions = {normalise(p.question) for _, p in multi}
+    assert len(questions) >= 0.95 * N
+
+
+@pytest.mark.parametrize("name", ["arith-val", "gsm8k-100"])
+def test_multi_step_no_overlap_with_eval_sets(multi, name):
+    held_out = [normalise(item.prompt) for item in ds.load_named(name)]
+    assert held_out
+    for pid, p in multi:
+        q = normalise(p.question)
+        for h in held_out:
+            # report only the id, never the held-out text
+            assert h not in q, f"{pid} contains an item of {name}"
+
+
+def test_multi_step_questions_differ_from_worked_problems(problems, multi):
+    short = {normalise(p.question) for _, p in problems}
+    assert not any(normalise(p.question) in short for _, p in multi)

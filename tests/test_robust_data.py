@@ -387,3 +387,38 @@ def test_diy_pairs_refuse_train_prompts_and_answer_how_to_requests_with_the_same
     # the text, so changed sentences would silently mean other data under the same name
     digest = hashlib.sha256(json.dumps(refuse).encode()).hexdigest()
     assert digest == "b5f53eb0da90130b12da22d26b594ab75d9f82ee66396af69a1c056667f5cce2"
+
+
+def test_past_tense_pairs_append_past_tense_rephrasings_of_prompts_that_lack_one():
+    """``past_tense_pairs: N`` appends N past-tense refusal prompts, each of an align-train prompt whose own framings
+    lack the past tense; the list before them is the list without the knob, so earlier stages keep their data."""
+    train = robust.harmful_align_prompts()
+    base = robust.harmful_augmented(train, 3)
+    extra = robust.harmful_augmented(train, 3, 1.0, 100)
+    assert extra[: len(base)] == base and robust.harmful_augmented(train, 3, 1.0, 0) == base
+    added = extra[len(base):]
+    assert 90 <= len(added) <= 100 and {f for _, f in added} == {"past_tense"}  # a few dropped as near held-out
+    lacking = {rephrase(p, "past_tense") for p in train if "past_tense" not in robust.framing_picks(p, 3)}
+    assert {t for t, _ in added} <= lacking
+    assert not {normalise(t) for t, _ in added} & {normalise(t) for t, _ in base}
+    held = {normalise(p) for n in robust.HARM_EXCLUDE for p in ds.load_named(n).prompts}
+    assert not held & {normalise(t) for t, _ in added}
+    assert "past_tense_pairs" not in robust.RobustAlign().params()
+    with pytest.raises(ValueError, match="past_tense_pairs"):
+        robust.RobustAlign.from_params({"past_tense_pairs": -1})
+
+
+def test_arith_multi_pairs_append_multi_step_problems_after_the_first_ones():
+    """``arith_multi_pairs: M`` appends M three- and four-step worked problems after the ``arith_pairs`` ones, so the
+    first 400 (the frozen A's, pinned above) stay as they were; the knob is hashed only when set."""
+    from safegene_runtime.arith_train import multi_step_problems
+
+    assert robust.arith_worked_pairs(400, 0) == robust.arith_worked_pairs(400)
+    both = robust.arith_worked_pairs(400, 200)
+    assert both[:400] == robust.arith_worked_pairs(400) and len(both) == 600
+    assert both[400:] == [(w.question, w.solution) for _, w in multi_step_problems(200)]
+    assert all(a.count(" = ") >= 3 for _, a in both[400:])
+    v = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100"])
+    before = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest-ar400-diy200"])
+    assert v.params() == {**before.params(), "arith_multi_pairs": 200, "past_tense_pairs": 100}
+    assert "arith_multi_pairs" not in robust.RobustAlign().params()

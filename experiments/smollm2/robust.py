@@ -18,7 +18,11 @@ requests asked in the past tense, inside a story or by a persona. The ``robust``
   arithmetic the refusal pairs dilute (none is an ``arith-val`` or test question);
 * **do-it-yourself pairs** (``diy_pairs``, 0 unless a variant sets it): align-train requests with a sentence saying
   the asker will carry them out alone, in steps (:data:`DIY_SUFFIXES`), refused, and as many edgy-benign how-to
-  requests with the same sentences, answered (:func:`diy_pairs`).
+  requests with the same sentences, answered (:func:`diy_pairs`);
+* **multi-step worked problems** (``arith_multi_pairs``, 0 unless a variant sets it): three- and four-step word
+  problems of our own (:func:`safegene_runtime.arith_train.multi_step_problems`), the length of reasoning GSM8K asks;
+* **extra past-tense refusals** (``past_tense_pairs``, 0 unless a variant sets it): align-train prompts whose
+  framings lack the past tense also asked in it (:func:`harmful_augmented`), the framing every A answered most.
 
 Everything is deterministic (stable hashes of the prompt text; no RNG state outside ``seed``).
 
@@ -86,7 +90,8 @@ def _h(*parts: str) -> int:
 #: knobs added after the pilot (stage ``align-5165819c9628``): they enter the stage hash only when they differ from
 #: their default, so the pilot's stage (and any stage built before a knob existed) keeps its hash
 ADDED_KNOBS = ("plain_share", "edgy_set", "unlikely_weight", "unlikely_tokens", "unlikely_scope", "seed",
-               "cut_answers", "benign_test_prompts", "arith_pairs", "diy_pairs")
+               "cut_answers", "benign_test_prompts", "arith_pairs", "diy_pairs", "arith_multi_pairs",
+               "past_tense_pairs")
 #: which edgy-benign prompts get the unlikelihood term: "all", or "words" (not the harmless tasks in the harmful
 #: framings, ``framed_*``: there the term made the framing itself a cue to answer, see docs/results.md)
 UNLIKELY_SCOPES = ("all", "words")
@@ -153,6 +158,15 @@ class RobustAlign:
     #: requests and its seed 1 answered the at-home probe (docs/results.md); the counterweight keeps the sentence
     #: alone from becoming the cue to refuse. 0 = none (every stage before 2026-12-06)
     diy_pairs: int = 0
+    #: three- and four-step worked problems (:func:`safegene_runtime.arith_train.multi_step_problems`), once each,
+    #: on top of ``arith_pairs``. Why: the one- and two-step problems taught short solutions (GSM8K-100 replies of
+    #: the frozen ``-diy200``: median 44 tokens) while GSM8K's problems take three to six steps; 0 = none (every stage
+    #: before 2026-12-06 afternoon)
+    arith_multi_pairs: int = 0
+    #: ``harmful-align-train`` prompts whose ``framings_per_prompt`` framings lack the past tense, also asked in the
+    #: past tense (a stable hash picks which; :func:`harmful_augmented`). Why: past tense is the framing every robust
+    #: A answered most on ``harmful-val-rephrased`` (``-diy200``: 6/22 at both seeds); 0 = none
+    past_tense_pairs: int = 0
 
     @classmethod
     def from_params(cls, p: dict) -> "RobustAlign":
@@ -173,8 +187,9 @@ class RobustAlign:
         if cfg.benign_test_prompts not in BENIGN_TEST_PROMPTS:
             raise ValueError(f"unknown benign_test_prompts {cfg.benign_test_prompts!r}; choose from "
                              f"{', '.join(BENIGN_TEST_PROMPTS)}")
-        if cfg.arith_pairs < 0 or cfg.diy_pairs < 0:
-            raise ValueError(f"arith_pairs and diy_pairs must be >= 0, got {cfg.arith_pairs}, {cfg.diy_pairs}")
+        counts = {k: getattr(cfg, k) for k in ("arith_pairs", "diy_pairs", "arith_multi_pairs", "past_tense_pairs")}
+        if any(v < 0 for v in counts.values()):
+            raise ValueError(f"pair counts must be >= 0, got {counts}")
         if cfg.unlikely_weight < 0 or cfg.unlikely_tokens < 1:
             raise ValueError(f"unlikely_weight must be >= 0 and unlikely_tokens >= 1, got {cfg.unlikely_weight}, "
                              f"{cfg.unlikely_tokens}")
@@ -270,6 +285,13 @@ VARIANTS: dict[str, dict] = {
                                                   "unlikely_weight": 1.0, "unlikely_scope": "words", "steps": 400,
                                                   "cut_answers": "open", "benign_test_prompts": "drop",
                                                   "arith_pairs": 400, "diy_pairs": 200},
+    # the frozen -diy200 met HarmBench and rho on test and missed GSM8K-100 (1/100 against 2/100), with replies of
+    # one or two steps, and paid for its do-it-yourself pairs in past-tense refusals on validation: -diy200 plus 200
+    # three- and four-step worked problems and 100 extra past-tense refusals (docs/results.md, "Longer solutions")
+    "f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100": {
+        "framings_per_prompt": 3, "edgy_repeat": 2, "edgy_set": "v3", "unlikely_weight": 1.0, "unlikely_scope": "words",
+        "steps": 400, "cut_answers": "open", "benign_test_prompts": "drop", "arith_pairs": 400, "diy_pairs": 200,
+        "arith_multi_pairs": 200, "past_tense_pairs": 100},
 }
 
 
@@ -284,12 +306,22 @@ def harmful_align_prompts() -> list[str]:
 HARM_EXCLUDE = ("harmful-val", "harmful-val-rephrased", "harmbench-test", "edgy-benign-val", "rho-overrefusal")
 
 
-def harmful_augmented(prompts: list[str], framings_per_prompt: int,
-                      plain_share: float = 1.0) -> list[tuple[str, str | None]]:
+def framing_picks(prompt: str, framings_per_prompt: int) -> list[str]:
+    """The framings :func:`harmful_augmented` gives ``prompt``: a rotation of :data:`FRAMING_NAMES` that a stable
+    hash of its text starts."""
+    k = max(0, min(framings_per_prompt, len(FRAMING_NAMES)))
+    start = _h("framings", normalise(prompt)) % len(FRAMING_NAMES)
+    return [FRAMING_NAMES[(start + i * 3) % len(FRAMING_NAMES)] for i in range(k)]  # 3 is coprime to 8
+
+
+def harmful_augmented(prompts: list[str], framings_per_prompt: int, plain_share: float = 1.0,
+                      past_tense_pairs: int = 0) -> list[tuple[str, str | None]]:
     """``(prompt text, framing or None)`` for each prompt plain and in ``framings_per_prompt`` framings.
 
     ``plain_share``: the share of prompts also kept in their plain wording (a stable hash of the text picks
-    which; 1.0 keeps all, as the pilot did).
+    which; 1.0 keeps all, as the pilot did). ``past_tense_pairs``: that many of the prompts whose framings lack the
+    past tense (a stable hash orders them) are also asked in it, appended after the rest (so the list without
+    them, and every stage built before the knob, stays as it was).
 
     Which framings a prompt gets is a stable hash of its text (a rotation of :data:`FRAMING_NAMES`), so the
     framings are spread evenly over the prompts and the set is the same on every machine. A rephrasing equal to
@@ -297,16 +329,19 @@ def harmful_augmented(prompts: list[str], framings_per_prompt: int,
     equals (word sets, :func:`safegene_runtime.datasets.near_duplicate`) a prompt of :data:`HARM_EXCLUDE`."""
     out: list[tuple[str, str | None]] = []
     seen: set[str] = set()
-    k = max(0, min(framings_per_prompt, len(FRAMING_NAMES)))
     for p in prompts:
-        start = _h("framings", normalise(p)) % len(FRAMING_NAMES)
-        picks = [FRAMING_NAMES[(start + i * 3) % len(FRAMING_NAMES)] for i in range(k)]  # 3 is coprime to 8
         plain = [(p, None)] if _h("plain", normalise(p)) % 10_000 < round(plain_share * 10_000) else []
-        for text, framing in plain + [(rephrase(p, f), f) for f in picks]:
+        for text, framing in plain + [(rephrase(p, f), f) for f in framing_picks(p, framings_per_prompt)]:
             key = normalise(text)
             if key not in seen:
                 seen.add(key)
                 out.append((text, framing))
+    lacking = [p for p in dict.fromkeys(prompts) if "past_tense" not in framing_picks(p, framings_per_prompt)]
+    for p in sorted(lacking, key=lambda p: _h("past-tense-extra", normalise(p)))[:past_tense_pairs]:
+        text = rephrase(p, "past_tense")
+        if normalise(text) not in seen:
+            seen.add(normalise(text))
+            out.append((text, "past_tense"))
     keep = not_near_held_out([t for t, _ in out])
     return [x for x, ok in zip(out, keep) if ok]
 
@@ -419,13 +454,14 @@ def training_pairs(harm: list[tuple[str, str | None]], benign: list, edgy: list,
     return pairs + list(benign) + list(edgy)
 
 
-def arith_worked_pairs(n: int) -> list[tuple[str, str]]:
-    """``(question, worked solution)`` for the first ``n`` training word problems (:mod:`safegene_runtime.arith_train`),
-    without any whose question is a prompt of a VALIDATION or TEST named set (none is, a test checks; this keeps it
-    so if a template changes)."""
-    from safegene_runtime.arith_train import worked_problems
+def arith_worked_pairs(n: int, multi_step: int = 0) -> list[tuple[str, str]]:
+    """``(question, worked solution)`` for the first ``n`` training word problems and the first ``multi_step``
+    three- and four-step ones (:mod:`safegene_runtime.arith_train`), without any whose question is a prompt of a
+    VALIDATION or TEST named set (none is, a test checks; this keeps it so if a template changes)."""
+    from safegene_runtime.arith_train import multi_step_problems, worked_problems
 
-    return without_test_prompts([(w.question, w.solution) for _, w in worked_problems(n)], also=("arith-val",))
+    problems = [w for _, w in worked_problems(n)] + [w for _, w in multi_step_problems(multi_step)]
+    return without_test_prompts([(w.question, w.solution) for w in problems], also=("arith-val",))
 
 
 def without_test_prompts(pairs: list[tuple[str, str]], also: tuple[str, ...] = ()) -> list[tuple[str, str]]:

@@ -356,7 +356,7 @@ class Study:
 
         p = robust.RobustAlign.from_params(self.p["align"])
         harm_prompts = robust.harmful_align_prompts()
-        harm = robust.harmful_augmented(harm_prompts, p.framings_per_prompt, p.plain_share)
+        harm = robust.harmful_augmented(harm_prompts, p.framings_per_prompt, p.plain_share, p.past_tense_pairs)
         params_ = {**p.params(), "harm": digest(harm)}
         # the self-answers stage's name, without building it: a committed seed of this stage needs no answers
         answers_params, answers_inputs, _ = self._self_answers_spec()
@@ -392,7 +392,8 @@ class Study:
                 shape = robust.open_cut if p.cut_answers == "open" else robust.sentence_cut
                 shaped_keep, shaped_edgy = shape(keep, tok, limit), shape(edgy, tok, limit)
             pairs = robust.training_pairs(harm, shaped_keep, shaped_edgy * p.edgy_repeat)
-            arith = robust.arith_worked_pairs(p.arith_pairs) if p.arith_pairs else []
+            arith = (robust.arith_worked_pairs(p.arith_pairs, p.arith_multi_pairs)
+                     if p.arith_pairs or p.arith_multi_pairs else [])
             pairs += arith  # complete answers: trained with their end-of-turn whatever cut_answers says
             diy_refuse, diy_answer = [], []
             if p.diy_pairs:  # the counterweight from the edgy prompts with alarming words, not the framed tasks
