@@ -374,18 +374,19 @@ def worked_problems(n: int) -> list[tuple[str, WorkedProblem]]:
     Item ``k`` of the template at position ``t`` comes from ``random.Random(SEED_BASE + 1000 * t + k)`` and has id
     ``f"{name}-{k}"``, so a prefix of a longer list is the shorter list and every machine gets the same items.
     """
+    return _round_robin(TEMPLATES, SEED_BASE, n)
+
+
+def _round_robin(registry: dict[str, Callable[[random.Random], WorkedProblem]], seed_base: int,
+                 n: int) -> list[tuple[str, WorkedProblem]]:
+    """``n`` (id, problem) pairs, round-robin over ``registry``: item ``k`` of the template at position ``t`` from
+    ``random.Random(seed_base + 1000 * t + k)``, id ``f"{name}-{k}"``."""
     if n < 0:
         raise ValueError(f"n must be non-negative, got {n}")
-    names = list(TEMPLATES)
-    counters = [0] * len(names)
-    out: list[tuple[str, WorkedProblem]] = []
-    for i in range(n):
-        t = i % len(names)
-        k = counters[t]
-        counters[t] += 1
-        name = names[t]
-        out.append((f"{name}-{k}", TEMPLATES[name](random.Random(SEED_BASE + 1000 * t + k))))
-    return out
+    names = list(registry)
+    return [(f"{names[i % len(names)]}-{i // len(names)}",
+             registry[names[i % len(names)]](random.Random(seed_base + 1000 * (i % len(names)) + i // len(names))))
+            for i in range(n)]
 
 
 # --- multi-step templates: three or four operations, one equation per sentence, GSM8K-like length ---
@@ -819,18 +820,7 @@ def multi_step_problems(n: int) -> list[tuple[str, WorkedProblem]]:
     ``random.Random(MULTI_SEED_BASE + 1000 * t + k)`` and has id ``f"{name}-{k}"``, so a prefix of a longer list is
     the shorter list and every machine gets the same items.
     """
-    if n < 0:
-        raise ValueError(f"n must be non-negative, got {n}")
-    names = list(MULTI_STEP_TEMPLATES)
-    counters = [0] * len(names)
-    out: list[tuple[str, WorkedProblem]] = []
-    for i in range(n):
-        t = i % len(names)
-        k = counters[t]
-        counters[t] += 1
-        name = names[t]
-        out.append((f"{name}-{k}", MULTI_STEP_TEMPLATES[name](random.Random(MULTI_SEED_BASE + 1000 * t + k))))
-    return out
+    return _round_robin(MULTI_STEP_TEMPLATES, MULTI_SEED_BASE, n)
 
 
 __all__ = ["MULTI_SEED_BASE", "MULTI_STEP_TEMPLATES", "SEED_BASE", "TEMPLATES", "WorkedProblem",

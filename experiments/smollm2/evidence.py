@@ -116,6 +116,8 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
 
 #: the -ar400-diy200 A's two seeds: served name -> bundled name
 DIY200 = {"a-robust-e88c879fabd1": "A-diy200-s0", "a-robust-e09eefec5e7e": "A-diy200-s1"}
+#: the -ar400-diy200-ms200-pt100 A's two seeds: served name -> bundled name
+MS200PT100 = {"a-robust-0bc486336fdf": "A-ms200-pt100-s0", "a-robust-0c07903a9e56": "A-ms200-pt100-s1"}
 
 
 def _robust_evals(names: dict[str, str], split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
@@ -283,6 +285,11 @@ SOURCES: dict[str, Source] = {
                                   "(f3e2v3-ul1w-s400-open-notest-ar400-diy200, seeds 0 and 1) on validation and the "
                                   "at-home probe (section 'Do-it-yourself refusals')", lambda: [
                                       *_robust_evals(DIY200), *_robust_evals(DIY200, "probe")]),
+    "val-robust-a-ms200-pt100": Source("-diy200 with 200 three- and four-step worked problems and 100 extra past-tense "
+                                       "refusals (f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100, seeds 0 and "
+                                       "1) on validation and the at-home probe (section 'Longer solutions and "
+                                       "past-tense refusals')", lambda: [
+                                           *_robust_evals(MS200PT100), *_robust_evals(MS200PT100, "probe")]),
     "test-robust-a-ar400": Source("the frozen -ar400 A's recorded test run (docs/test-runs.jsonl; section 'Frozen: "
                                   "f3e2v3-ul1w-s400-open-notest-ar400')", lambda: _robust_evals(
                                       {"a-robust-b9fc180c31a0": "A-ar400-s0"}, "test")),
