@@ -296,6 +296,9 @@ SOURCES: dict[str, Source] = {
     "test-robust-a-diy200": Source("the frozen -diy200 A's recorded test run (docs/test-runs.jsonl; section 'Frozen: "
                                    "f3e2v3-ul1w-s400-open-notest-ar400-diy200')", lambda: _robust_evals(
                                        {"a-robust-e88c879fabd1": "A-diy200-s0"}, "test")),
+    "test-robust-a-ms200-pt100": Source("the frozen -ms200-pt100 A's recorded test run (docs/test-runs.jsonl; "
+                                        "section 'Frozen: f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100')",
+                                        lambda: _robust_evals({"a-robust-0bc486336fdf": "A-ms200-pt100-s0"}, "test")),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }
