@@ -289,3 +289,16 @@ def test_the_safety_alone_layout_serves_a_task_that_adds_nothing_with_the_chosen
     assert (root / "safety" / "marker").read_text() == "S'"
     kept = safety_alone.task_copy(src, root / "tasks" / "l1", "l1", {"0": 1.0}, zero_delta=False)
     assert load_file(str(kept / "adapter_model.safetensors"))[key.format("B")].sum() == 8
+
+
+def test_a_family_exported_elsewhere_is_calibrated_on_its_own_A(monkeypatch, tmp_path):
+    """``v2_sweep cal --assets DIR`` builds A from DIR's alignment LoRA, not the shipped one: a family rebuilt on a
+    new A is exported beside assets/smollm2 and calibrated there before it replaces the shipped family."""
+    import safegene_runtime.models
+    import server.cli.demo
+    from experiments.smollm2 import v2_probe
+
+    monkeypatch.setattr(safegene_runtime.models, "prepare_smollm2", lambda *a, **k: tmp_path / "smollm2")
+    monkeypatch.setattr(server.cli.demo, "aligned_base", lambda base, lora: (base, lora))
+    assert v2_probe.aligned_A(tmp_path / "rebuilt") == (tmp_path / "smollm2", tmp_path / "rebuilt" / "alignment-lora")
+    assert v2_probe.aligned_A()[1] == v2_probe.FAMILY / "alignment-lora"

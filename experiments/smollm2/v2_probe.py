@@ -37,12 +37,14 @@ CONFIGS = {"default": CalibrationConfig.v1(**BASE),  # "the default" of 2026-12-
 VAL_SETS = ("harmful-val", "edgy-benign-val")
 
 
-def aligned_A() -> Path:
-    """The demo's A (SmolLM2 + the committed alignment LoRA, content-addressed: built once)."""
+def aligned_A(assets: Path = FAMILY) -> Path:
+    """The A of the family in ``assets`` (SmolLM2 + its alignment LoRA, content-addressed: built once); by default
+    the demo's. Why a parameter: a family exported beside ``assets/smollm2`` (a rebuild on a new A) is calibrated on
+    its own A, not on the shipped one."""
     from safegene_runtime.models import prepare_smollm2
     from server.cli.demo import aligned_base  # the one recipe for the demo's A
 
-    return aligned_base(prepare_smollm2(), FAMILY / "alignment-lora")
+    return aligned_base(prepare_smollm2(), assets / "alignment-lora")
 
 
 def shots() -> tuple[list[str], list[str], list[str]]:

@@ -179,7 +179,7 @@ def cal(candidate: str, out: Path, assets: Path = FAMILY, only: list[str] | None
 
     k, config = CANDIDATES[candidate]
     config = config.replace(seed=seed) if seed else config
-    a = aligned_A()
+    a = aligned_A(assets)
     for name, task in family_tasks(assets).items():
         if only and name not in only:
             continue
@@ -212,7 +212,7 @@ def shrink(candidate: str, out: Path, assets: Path = FAMILY, seed: int = 0) -> N
     if CANDIDATES[source][1].replace(shrink_step=config.shrink_step,
                                      shrink_tolerance=config.shrink_tolerance) != CANDIDATES[candidate][1]:
         raise SystemExit(f"{candidate} is not {source} plus a shrink step")
-    a = aligned_A()
+    a = aligned_A(assets)
     model, tok = load_causal_lm(a)
     for name, task in family_tasks(assets).items():
         f = sweep_dir(out, candidate, seed) / name / "coefficients.json"
@@ -466,6 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--against-candidate", choices=sorted(CANDIDATES),
                     help="seeds: pair with this candidate's checks of the same name and seeds, pooled")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--assets", type=Path, default=FAMILY,
+                    help="cal, shrink: the family to calibrate, its own A included (default: the shipped "
+                         "assets/smollm2; a family exported elsewhere with export --dest, e.g. a rebuild on a new A)")
     a = ap.parse_args(argv)
     if a.step == "seeds":
         seeds = [int(x) for x in a.seeds.split(",")]
@@ -479,10 +482,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{c['a_ahead']} / {c['b_ahead']} | {c['p']:.2g} |")
         return 0
     if a.step == "cal":
-        cal(a.candidate, a.out, only=a.only.split(",") if a.only else None, seed=a.seed)
+        cal(a.candidate, a.out, a.assets, only=a.only.split(",") if a.only else None, seed=a.seed)
         return 0
     if a.step == "shrink":
-        shrink(a.candidate, a.out, seed=a.seed)
+        shrink(a.candidate, a.out, a.assets, seed=a.seed)
         return 0
     if a.step == "compare" and a.only:
         ap.error("compare reads --check folders, not --only")
