@@ -307,3 +307,22 @@ def test_unlikelihood_term_lowers_the_refusal_opener_after_harmless_prompts(tiny
         got[w] = _prefix_logprob(model, tok, *probe, 6)
     assert got[0.0] > -8.0, got  # the refusal was learned and spills over to the harmless "kill" prompt
     assert got[5.0] < got[0.0] - 2.0, got
+
+
+def test_an_uncalibrated_export_never_replaces_the_shipped_family(tmp_path):
+    """``export --uncalibrated`` writes a staging family (task adapters without coefficients, for ``v2_sweep cal
+    --assets``); into the shipped folder it is refused before anything is read or written, since the demo serves
+    that folder's coefficients."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from experiments.smollm2 import export as ex
+
+    before = {p: p.stat().st_mtime_ns for p in ex.SHIPPED.rglob("*") if p.is_file()}
+    touched = []
+    study = SimpleNamespace(st=SimpleNamespace(cached_only=False), align=lambda: touched.append("align"),
+                            select=lambda: touched.append("select"))
+    with pytest.raises(SystemExit, match="staging"):
+        ex.export(study, ex.SHIPPED, tasks=["sentiment"], uncalibrated=True)
+    assert not touched and before == {p: p.stat().st_mtime_ns for p in ex.SHIPPED.rglob("*") if p.is_file()}

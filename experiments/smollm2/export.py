@@ -40,6 +40,7 @@ from safetensors.torch import load_file, save_file
 
 from safegene_runtime.artifacts import atomic_write_json, sha256_file
 
+from .family import FAMILY as SHIPPED
 from .run import SETTINGS, StageMissing, Study
 
 MAX_BYTES = 100 * 1024 * 1024
@@ -74,19 +75,25 @@ def _copy_adapter(src: Path, dst: Path) -> None:
 
 
 def export(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | tuple[str, ...] = DEMO_SETTINGS,
-           method: str = "safegene", variant: str | None = None, coefficients: Path | None = None) -> dict:
+           method: str = "safegene", variant: str | None = None, coefficients: Path | None = None,
+           uncalibrated: bool = False) -> dict:
     """Write the family into ``dest``, replacing it only once the new one is complete (built beside it, then
     swapped by rename), so a failed export leaves the committed assets as they were.
 
     ``coefficients``: a folder of ``<task>-<setting>/coefficients.json`` (a :mod:`.v2_sweep` candidate's) that ship
-    instead of the ``method`` stage's; each must record the calibration config it was made with."""
+    instead of the ``method`` stage's; each must record the calibration config it was made with. ``uncalibrated``:
+    the task folders without any coefficients, a staging family that ``v2_sweep cal --assets DEST`` calibrates (a
+    rebuild on a new A has no coefficients yet); never into the shipped folder, which the demo serves."""
+    if uncalibrated and dest.resolve() == SHIPPED.resolve():
+        raise SystemExit(f"--uncalibrated exports a staging family; {dest} is the shipped one (the demo serves its "
+                         "coefficients): choose another --dest")
     study.st.cached_only = True
     study.align(), study.select()  # fail before touching anything when the family itself is not built
     dest.parent.mkdir(parents=True, exist_ok=True)
     final, dest = dest, Path(tempfile.mkdtemp(prefix=f".{dest.name}-new-", dir=dest.parent))
     try:
         manifest = _export_into(study, dest, tasks=tasks, settings=settings, method=method, variant=variant,
-                                coefficients=coefficients)
+                                coefficients=coefficients, uncalibrated=uncalibrated)
         old = final.with_name(f".{final.name}-old")
         if old.exists():
             shutil.rmtree(old)
@@ -101,7 +108,7 @@ def export(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | 
 
 
 def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[str] | tuple[str, ...], method: str,
-                 variant: str | None, coefficients: Path | None) -> dict:
+                 variant: str | None, coefficients: Path | None, uncalibrated: bool = False) -> dict:
     from .evaluate import calibration_for
 
     entries = {}
@@ -124,7 +131,10 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
             name = served_name(task, setting)
             try:
                 t = study.task_adapter(task, setting)
-                if coefficients is not None:
+                c = None
+                if uncalibrated:
+                    pass
+                elif coefficients is not None:
                     c = coefficients / name
                     if not (c / "coefficients.json").is_file():
                         raise StageMissing(f"no {c / 'coefficients.json'}")
@@ -147,6 +157,8 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
                 "generator": f"experiments.smollm2.tasks.generate({task!r}, n_train={tp['n_train']}, "
                              f"n_test={tp['n_test']}, seed=0)"})
             add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
+            if c is None:
+                continue
             made_with = json.loads((c / "coefficients.json").read_text()).get("config_digest")
             if coefficients is not None and not made_with:
                 raise SystemExit(f"{c / 'coefficients.json'} does not record its calibration config")
@@ -159,7 +171,10 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
         "answers,align,degrade,safety,select"
     export_cmd = (f".venv/bin/python -m experiments.smollm2.export --profile {study.profile}{pick} "
                   f"--settings {','.join(settings)}")
-    if coefficients is None:
+    if uncalibrated:
+        commands = [f"{run} --stages {pre}", f"{run} --tasks {','.join(tasks)} --stages tasks",
+                    f"{export_cmd} --uncalibrated --dest <a staging folder>"]
+    elif coefficients is None:
         commands = [f"{run} --stages {pre}", f"{run} --tasks {','.join(tasks)} --stages tasks,calibrate{meth}",
                     export_cmd + meth]
     else:  # a v2_sweep candidate's folder: <out>/<candidate>
@@ -183,7 +198,8 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
         "profile": study.profile,
         "variant": variant,
         "settings": list(settings),
-        "calibration": method if coefficients is None else f"v2_sweep candidate {coefficients.name}",
+        "calibration": "none (a staging family: v2_sweep cal --assets)" if uncalibrated else
+                       method if coefficients is None else f"v2_sweep candidate {coefficients.name}",
         "commands": commands,
     }
     atomic_write_json(dest / "manifest.json", manifest)
@@ -237,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="ship DIR/<task>-<setting>/coefficients.json instead of a study calibration stage's (a "
                          "v2_sweep candidate's folder, e.g. $SAFEGENE_HOME/experiments/smollm2/v2-sweep/v2a); each "
                          "file must record its calibration config; --method is then not used")
+    ap.add_argument("--uncalibrated", action="store_true",
+                    help="export the task adapters without coefficients into a staging --dest (not the shipped "
+                         "assets/smollm2), for `v2_sweep cal <candidate> --assets DEST`: how a family rebuilt on a "
+                         "new A gets its first coefficients before it is exported with --coefficients")
     a = ap.parse_args(argv)
     tasks = [t for t in a.tasks.split(",") if t]
     settings = [x for x in a.settings.split(",") if x]
@@ -244,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--settings takes {', '.join(DEMO_SETTINGS)}")
     study = Study(a.profile or ("fast" if a.fast else "full"), tasks, settings, variant=a.variant)
     m = export(study, Path(a.dest), tasks=tasks, settings=settings, method=a.method, variant=a.variant,
-               coefficients=a.coefficients)
+               coefficients=a.coefficients, uncalibrated=a.uncalibrated)
     print(f"exported {len(m['files'])} files, {m['total_bytes'] / 2**20:.1f} MB -> {a.dest}")
     return 0
 
