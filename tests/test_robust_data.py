@@ -404,6 +404,9 @@ def test_past_tense_pairs_append_past_tense_rephrasings_of_prompts_that_lack_one
     held = {normalise(p) for n in robust.HARM_EXCLUDE for p in ds.load_named(n).prompts}
     assert not held & {normalise(t) for t, _ in added}
     assert "past_tense_pairs" not in robust.RobustAlign().params()
+    # the 97 align-0bc486336fdf was trained on (the stage hash holds the harm digest too; pinned here by name)
+    assert hashlib.sha256(json.dumps(added).encode()).hexdigest() == (
+        "bda6c3e8f7440833dceca76b8d26024a67a89d5ef0f5ab62f5587ee469a0607e")
     with pytest.raises(ValueError, match="past_tense_pairs"):
         robust.RobustAlign.from_params({"past_tense_pairs": -1})
 
@@ -422,3 +425,6 @@ def test_arith_multi_pairs_append_multi_step_problems_after_the_first_ones():
     before = robust.RobustAlign.from_params(robust.VARIANTS["f3e2v3-ul1w-s400-open-notest-ar400-diy200"])
     assert v.params() == {**before.params(), "arith_multi_pairs": 200, "past_tense_pairs": 100}
     assert "arith_multi_pairs" not in robust.RobustAlign().params()
+    # the 200 align-0bc486336fdf (the frozen -ms200-pt100 A, a committed stage seed) was trained on: pinned, as above
+    digest = hashlib.sha256(json.dumps(both[400:]).encode()).hexdigest()
+    assert digest == "e54c723e9242fef5367f3e8fb182ec28c827acffb2385420305d1a6529ead8d0"
