@@ -46,30 +46,38 @@ def _compute(a: int, op: str, b: int) -> int | None:
     return OPS[op](a, b)
 
 
+def checked_equations(pid: str, p: WorkedProblem) -> list[tuple[str, str, str, str]]:
+    """``p``'s equations, after the checks every worked problem of either registry passes: an integer answer in
+    1..1000 stated last, every equation's numbers positive and its result right, the last result the answer."""
+    assert isinstance(p.answer, int) and 1 <= p.answer <= 1000, pid
+    assert p.solution.endswith(f"The answer is {p.answer}."), pid
+    equations = EQUATION.findall(p.solution)
+    assert equations, pid
+    for a, op, b, c in equations:
+        a_, b_, c_ = int(a), int(b), int(c)
+        assert a_ > 0 and b_ > 0 and c_ > 0, pid
+        assert _compute(a_, op, b_) == c_, f"{pid}: {a} {op} {b} = {c}"
+    assert int(equations[-1][3]) == p.answer, pid
+    return equations
+
+
 def test_solutions_are_correct(problems):
     for pid, p in problems:
-        assert isinstance(p.answer, int) and 1 <= p.answer <= 1000, pid
-        assert p.solution.endswith(f"The answer is {p.answer}."), pid
-        equations = EQUATION.findall(p.solution)
-        assert equations, pid
-        for a, op, b, c in equations:
-            a_, b_, c_ = int(a), int(b), int(c)
-            assert a_ > 0 and b_ > 0 and c_ > 0, pid
-            assert _compute(a_, op, b_) == c_, f"{pid}: {a} {op} {b} = {c}"
-        assert int(equations[-1][3]) == p.answer, pid
-        assert 1 <= len(equations) <= 3, pid
+        assert 1 <= len(checked_equations(pid, p)) <= 3, pid
 
 
-def test_questions_mostly_distinct(problems):
-    questions = {normalise(p.question) for _, p in problems}
+@pytest.mark.parametrize("registry", ["problems", "multi"])
+def test_questions_mostly_distinct(registry, request):
+    questions = {normalise(p.question) for _, p in request.getfixturevalue(registry)}
     assert len(questions) >= 0.95 * N
 
 
+@pytest.mark.parametrize("registry", ["problems", "multi"])
 @pytest.mark.parametrize("name", ["arith-val", "gsm8k-100"])
-def test_no_overlap_with_eval_sets(problems, name):
+def test_no_overlap_with_eval_sets(registry, name, request):
     held_out = [normalise(item.prompt) for item in ds.load_named(name)]
     assert held_out
-    for pid, p in problems:
+    for pid, p in request.getfixturevalue(registry):
         q = normalise(p.question)
         for h in held_out:
             # report only the id, never the held-out text
@@ -104,30 +112,13 @@ def test_multi_step_deterministic_unique_ids_and_every_template(multi):
 
 def test_multi_step_solutions_are_correct(multi):
     for pid, p in multi:
-        assert isinstance(p.answer, int) and 1 <= p.answer <= 1000, pid
-        assert p.solution.endswith(f"The answer is {p.answer}."), pid
-        equations = EQUATION.findall(p.solution)
+        equations = checked_equations(pid, p)
         assert 3 <= len(equations) <= 4, pid
-        for a, op, b, c in equations:
-            a_, b_, c_ = int(a), int(b), int(c)
-            assert a_ > 0 and b_ > 0 and c_ > 0, pid
-            assert _compute(a_, op, b_) == c_, f"{pid}: {a} {op} {b} = {c}"
-        assert int(equations[-1][3]) == p.answer, pid
         # one equation per sentence, then the answer sentence
         *steps, last = SENTENCE_END.split(p.solution)
         assert last == f"The answer is {p.answer}.", pid
         assert len(steps) == len(equations), pid
         assert all(len(EQUATION.findall(s)) == 1 for s in steps), pid
-
-
-def test_multi_step_questions_mostly_distinct(multi):
-    questions = {normalise(p.question) for _, p in multi}
-    assert len(questions) >= 0.95 * N
-
-
-@pytest.mark.parametrize("name", ["arith-val", "gsm8k-100"])
-def test_multi_step_no_overlap_with_eval_sets(multi, name):
-    test_no_overlap_with_eval_sets(multi, name)
 
 
 def test_multi_step_questions_differ_from_worked_problems(problems, multi):

@@ -38,12 +38,11 @@ from typing import Any, Iterator
 from safegene_runtime.artifacts import atomic_copytree
 from safegene_runtime.paths import safegene_home
 
-from .family import BENIGN, HARMFUL, MAX_TOKENS, family_server, family_tasks
+from .family import FAMILY, BENIGN, HARMFUL, MAX_TOKENS, family_server, family_tasks
 from .run import log
 from .tasks import write_val
 
 REPO = Path(__file__).resolve().parents[2]
-FAMILY = REPO / "assets" / "smollm2"
 OUT = safegene_home() / "experiments" / "smollm2" / "baselines"
 #: the committed record of every chosen candidate (``freeze`` writes it after ``tune``; ``rebuild`` reads it), so the
 #: locked test's baselines are rebuilt bit for bit on a fresh machine instead of tuned again (4 hours)

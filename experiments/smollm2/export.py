@@ -131,9 +131,8 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
             name = served_name(task, setting)
             try:
                 t = study.task_adapter(task, setting)
-                c = None
                 if uncalibrated:
-                    pass
+                    c = None
                 elif coefficients is not None:
                     c = coefficients / name
                     if not (c / "coefficients.json").is_file():

@@ -50,12 +50,11 @@ from safegene_runtime.prompts import write_jsonl
 
 from . import baselines, v2_sweep
 from .evaluate import eval_cli
-from .family import RATES, family_server, family_tasks
+from .family import FAMILY, RATES, family_server, family_tasks
 from .run import log
 from .tasks import generate, task_file_rows, write_val
 
 REPO = Path(__file__).resolve().parents[2]
-FAMILY = REPO / "assets" / "smollm2"
 OUT = safegene_home() / "experiments" / "smollm2" / "locked-test"
 #: seeds 1 and 2 of v2a, committed (``v2_sweep cal v2a --seed k --out results/smollm2/v2-sweep``); seed 0 is the
 #: family's shipped coefficients.json (the demo's, made by the default config v2a with seed 0)

@@ -25,9 +25,8 @@ from safegene_runtime.paths import safegene_home
 from safegene_runtime.report import wilson
 
 from . import data
+from .family import FAMILY
 
-REPO = Path(__file__).resolve().parents[2]
-FAMILY = REPO / "assets" / "smollm2"
 TASK = FAMILY / "tasks" / "reverse-mix10"  # "tasks/reverse" before the family was rebuilt on the robust A
 SAFETY = FAMILY / "safety"
 SHOTS = 16
