@@ -163,6 +163,35 @@ def test_recipe_knobs_are_flags_and_the_pilot_keeps_its_hash():
         run.with_overrides(run.params("full"), "f1e4")
 
 
+def test_a_task_override_changes_only_its_adapter_and_keeps_the_family_stages(tmp_path, monkeypatch):
+    """A variant's per-adapter task knobs (robust.TASK_OVERRIDES) reach that adapter's recipe and stage hash only:
+    A's knobs and every other adapter's recipe stay the base variant's; data knobs and unknown knobs are refused."""
+    from experiments.smollm2 import run
+
+    monkeypatch.setenv("SAFEGENE_HOME", str(tmp_path))
+    base_v = "f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100"
+    tasks, settings = ["sentiment", "topic", "reverse"], ["clean", "mix10"]
+    plain = run.Study("robust", tasks, settings, variant=base_v)
+    longer = run.Study("robust", tasks, settings, variant=base_v + "-rc128")
+    assert longer.p["align"] == plain.p["align"]
+    assert "task_overrides" not in plain.p
+    for t in tasks:
+        for s in settings:
+            a, b = plain.task_params(t, s), longer.task_params(t, s)
+            if (t, s) == ("reverse", "clean"):
+                assert b == a | {"steps": 128} and a["steps"] == 64
+                # the base variant's stage keeps the hash it was built under (2026-12-06, on A align-0bc486336fdf)
+                key = {"task": t, "setting": s}, {"A": "align-0bc486336fdf"}
+                assert plain.st.hash("task-reverse-clean", a | key[0], key[1]) == "faf28085de55"
+                assert longer.st.hash("task-reverse-clean", b | key[0], key[1]) != "faf28085de55"
+            else:
+                assert b == a
+    for bad in ({"n_train": 100}, {"epochs": 3}):
+        longer.p["task_overrides"] = {"reverse-clean": bad}
+        with pytest.raises(SystemExit, match="cannot set"):
+            longer.task_params("reverse", "clean")
+
+
 def test_unlikelihood_negatives_pair_each_edgy_prompt_with_a_refusal_and_words_scope_skips_the_framings():
     """The unlikelihood term's negatives: every answered edgy-benign prompt once (repeats do not repeat it), with a
     refusal of the harmful pairs' pool; scope "words" leaves out the harmless tasks asked in a harmful framing."""

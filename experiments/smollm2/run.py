@@ -181,13 +181,15 @@ def with_overrides(p: dict, variant: str | None = None, sets: list[str] | tuple[
     run keeps its stage hashes."""
     out = json.loads(json.dumps(p))
     if variant is not None:
-        from .robust import VARIANTS
+        from .robust import TASK_OVERRIDES, VARIANTS
 
         if variant not in VARIANTS:
             raise SystemExit(f"unknown variant {variant!r}; choose from {', '.join(VARIANTS)}")
         if out.get("align", {}).get("recipe") != "robust-v1":
             raise SystemExit("--variant needs --profile robust")
         out["align"] |= VARIANTS[variant]
+        if variant in TASK_OVERRIDES:
+            out["task_overrides"] = TASK_OVERRIDES[variant]
     for item in sets:
         key, sep, raw = item.partition("=")
         section, dot, name = key.partition(".")
@@ -445,8 +447,18 @@ class Study:
         p = self.p["task"]
         return tasks.generate(task, n_train=p["n_train"], n_test=p["n_test"], seed=0)
 
-    def task_adapter(self, task: str, setting: str) -> Path:
+    def task_params(self, task: str, setting: str) -> dict:
+        """The task recipe of one adapter: the profile's ``task`` knobs with the variant's overrides for it
+        (:data:`.robust.TASK_OVERRIDES`); unknown knobs and the data knobs are refused."""
         p = self.p["task"]
+        over = self.p.get("task_overrides", {}).get(f"{task}-{setting}", {})
+        bad = sorted(set(over) - set(p) | set(over) & {"n_train", "n_test"})
+        if bad:
+            raise SystemExit(f"task override for {task}-{setting}: cannot set {', '.join(bad)}")
+        return p | over
+
+    def task_adapter(self, task: str, setting: str) -> Path:
+        p = self.task_params(task, setting)
         a, ans = self.align(), self.answers()
 
         def build(tmp: Path) -> dict:
