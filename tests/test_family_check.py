@@ -83,7 +83,7 @@ def test_the_family_server_writes_the_edited_config_and_always_stops(tmp_path, m
     assert started[-1]["stopped"] and "auth" not in started[-1]["cfg"]
 
 
-def test_a_v2_candidate_is_laid_out_as_the_shipped_family_with_its_own_coefficients(tmp_path):
+def test_a_v2_candidate_is_laid_out_as_the_shipped_family_with_its_own_coefficients(tmp_path, monkeypatch):
     from experiments.smollm2 import v2_sweep
 
     assets = _family(tmp_path / "fam", {"topic-clean": "topic", "topic-mix10": "topic"})
@@ -103,6 +103,19 @@ def test_a_v2_candidate_is_laid_out_as_the_shipped_family_with_its_own_coefficie
     # copies, not links: the server refuses adapter folders whose files are symbolic links
     assert not [p for p in root.rglob("*") if p.is_symlink()] and (root / "safety").is_dir()
     assert v2_sweep.layout("v2a", out, assets) == root  # laid out again from scratch
+    # the check step serves the family named by --assets (a rebuild staged outside git), not the shipped one
+    served = []
+
+    def fake_check(root, where, **kw):
+        served.append(family.family_tasks(root))
+        where.mkdir(parents=True)
+        return {"models": {}, "erosion": {}}
+
+    monkeypatch.setattr(v2_sweep, "check", fake_check)
+    assert v2_sweep.main(["check", "v2a", "--assets", str(assets), "--out", str(out), "--only", "topic-mix10"]) == 0
+    assert served == [{"topic-mix10": "topic"}]
+    summary = json.loads((out / "v2a" / "check-topic-mix10" / "summary.json").read_text())
+    assert summary["candidate"]["safety"]["path"].startswith(str(assets))
 
 
 def test_a_folder_without_task_adapters_is_refused(tmp_path):

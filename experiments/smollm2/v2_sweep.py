@@ -467,8 +467,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seeds: pair with this candidate's checks of the same name and seeds, pooled")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--assets", type=Path, default=FAMILY,
-                    help="cal, shrink: the family to calibrate, its own A included (default: the shipped "
-                         "assets/smollm2; a family exported elsewhere with export --dest, e.g. a rebuild on a new A)")
+                    help="cal, shrink, check: the family to calibrate or serve, its own A included (default: the "
+                         "shipped assets/smollm2; a family exported elsewhere with export --dest, e.g. a rebuild on "
+                         "a new A); check serves this family's adapters with the candidate's coefficients from --out")
     a = ap.parse_args(argv)
     if a.step == "seeds":
         seeds = [int(x) for x in a.seeds.split(",")]
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
             print_pairs(paired_rows(judged_rows(mine), judged_rows(a.against)), f"{a.candidate} fp32", "served")
         return 0
     only = a.only.split(",") if a.only else None
-    root = layout(a.candidate, a.out, only=only, seed=a.seed)
+    root = layout(a.candidate, a.out, a.assets, only=only, seed=a.seed)
     if a.harmful_only and a.benign_only:
         ap.error("--harmful-only and --benign-only exclude each other")
     where = sweep_dir(a.out, a.candidate, a.seed) / (check_name(a.harmful, only, a.benign_only)
@@ -509,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     k, config = CANDIDATES[a.candidate]
     config = config.replace(seed=a.seed) if a.seed else config
     summary["candidate"] = {"name": a.candidate, "shots": k, "seed": a.seed, "config": config.to_dict(),
-                            "digest": config.digest(), "safety": describe_input(safety_of(a.candidate), "safety")}
+                            "digest": config.digest(),
+                            "safety": describe_input(safety_of(a.candidate, a.assets), "safety")}
     (where / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     print(table(summary))
     return 0
