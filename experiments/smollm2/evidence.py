@@ -60,13 +60,15 @@ class Source:
     bundled: bool = True
 
 
-def _check(candidate: str, folder: str = "check") -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
-    """The eval folders of one ``v2_sweep check`` (``<v2_sweep OUT>/<candidate>/<folder>/<group>``)."""
+def _check(candidate: str, folder: str = "check", sweep: str | None = None
+           ) -> Callable[[], list[tuple[str, Path, dict[str, str]]]]:
+    """The eval folders of one ``v2_sweep check`` (``<v2_sweep OUT>/<candidate>/<folder>/<group>``); ``sweep``: another
+    ``--out`` folder, by its name under ``$SAFEGENE_HOME/experiments/smollm2`` (a family rebuilt on another A)."""
 
     def folders() -> list[tuple[str, Path, dict[str, str]]]:
         from .v2_sweep import OUT
 
-        root = OUT / candidate / folder
+        root = (OUT if sweep is None else safegene_home() / "experiments" / "smollm2" / sweep) / candidate / folder
         return [(p.name, p, {}) for p in sorted(root.iterdir()) if (p / "responses.jsonl").is_file()] \
             if root.is_dir() else []
 
@@ -118,6 +120,10 @@ def _robust_a_arith() -> list[tuple[str, Path, dict[str, str]]]:
 DIY200 = {"a-robust-e88c879fabd1": "A-diy200-s0", "a-robust-e09eefec5e7e": "A-diy200-s1"}
 #: the -ar400-diy200-ms200-pt100 A's two seeds: served name -> bundled name
 MS200PT100 = {"a-robust-0bc486336fdf": "A-ms200-pt100-s0", "a-robust-0c07903a9e56": "A-ms200-pt100-s1"}
+#: the family rebuilt on that A (docs/results.md), under $SAFEGENE_HOME/experiments/smollm2: its family check
+#: (``family check --safe --out``) and its v2_sweep folder (``v2_sweep cal/check --out``)
+REBUILT_CHECK = "family-check-ms200-pt100-rc128"
+REBUILT_SWEEP = "v2-sweep-ms200-pt100-rc128"
 
 
 def _robust_evals(names: dict[str, str], split: str = "eval") -> list[tuple[str, Path, dict[str, str]]]:
@@ -299,6 +305,14 @@ SOURCES: dict[str, Source] = {
     "test-robust-a-ms200-pt100": Source("the frozen -ms200-pt100 A's recorded test run (docs/test-runs.jsonl; "
                                         "section 'Frozen: f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100')",
                                         lambda: _robust_evals({"a-robust-0bc486336fdf": "A-ms200-pt100-s0"}, "test")),
+    "val-family-ms200-pt100": Source("the family rebuilt on the -ms200-pt100 A (reverse-clean 128 steps): A, the six "
+                                     "adapters alone and with v2a on validation (section 'The family rebuilt on the "
+                                     "-ms200-pt100 A')", lambda: _folders(
+                                         safegene_home() / "experiments" / "smollm2" / REBUILT_CHECK), bundled=False),
+    "val-family-ms200-pt100-unseen": Source("the same family on harmful-val-unseen (section 'The family rebuilt on "
+                                            "the -ms200-pt100 A'; the demo's chosen probe reads it)",
+                                            _check("v2a", "check-harmful-val-unseen-plain", REBUILT_SWEEP),
+                                            bundled=False),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }

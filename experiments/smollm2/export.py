@@ -176,10 +176,12 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
     elif coefficients is None:
         commands = [f"{run} --stages {pre}", f"{run} --tasks {','.join(tasks)} --stages tasks,calibrate{meth}",
                     export_cmd + meth]
-    else:  # a v2_sweep candidate's folder: <out>/<candidate>
+    else:  # a v2_sweep candidate's folder: <out>/<candidate>, calibrated on a staging export of this family
         commands = [f"{run} --stages {pre}", f"{run} --tasks {','.join(tasks)} --stages tasks",
-                    f".venv/bin/python -m experiments.smollm2.v2_sweep cal {coefficients.name}",
-                    f"{export_cmd} --coefficients <v2_sweep --out>/{coefficients.name}"]
+                    f"{export_cmd} --uncalibrated --dest <staging>",
+                    f".venv/bin/python -m experiments.smollm2.v2_sweep cal {coefficients.name} --assets <staging> "
+                    "--out <out>",
+                    f"{export_cmd} --coefficients <out>/{coefficients.name}"]
     files = sorted(p for p in dest.rglob("*") if p.is_file())
     total = sum(p.stat().st_size for p in files)
     if total > MAX_BYTES:
@@ -197,6 +199,7 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
         "profile": study.profile,
         "variant": variant,
         "settings": list(settings),
+        "task_overrides": study.p.get("task_overrides", {}),  # the variant's per-adapter task knobs
         "calibration": "none (a staging family: v2_sweep cal --assets)" if uncalibrated else
                        method if coefficients is None else f"v2_sweep candidate {coefficients.name}",
         "commands": commands,
@@ -226,6 +229,10 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
                    "validation and test numbers: `docs/results.md`, section \"Robust aligned base\"); D, the task "
                    "adapters, the safety adapter and its selection follow the `full` recipe on that A. The "
                    "family's validation check: `python -m experiments.smollm2.family check`.", ""]
+        for name, knobs in study.p.get("task_overrides", {}).items():
+            readme += [f"The variant changes one task recipe: `{name}` trains with "
+                       + ", ".join(f"{k} = {v}" for k, v in knobs.items())
+                       + " (`experiments/smollm2/robust.py` TASK_OVERRIDES; why: `docs/results.md`).", ""]
     readme += ["## Files", "", "| file | bytes | sha256 (first 16) |", "|---|---|---|"]
     readme += [f"| `{p.relative_to(dest)}` | {p.stat().st_size} | {sha256_file(p)[:16]} |" for p in files]
     readme += ["", f"Total size: {total / 2**20:.1f} MB (weights in bf16), plus this README and manifest.json.", ""]
