@@ -192,6 +192,23 @@ def test_every_shipped_coefficients_file_was_made_by_the_default_procedure():
         assert entry["config_digest"] == CalibrationConfig().digest(), name
 
 
+def test_shipped_family_records_its_variant_and_task_overrides():
+    """The committed family's manifest names the robust variant it was built from and that variant's per-adapter
+    task knobs (robust.TASK_OVERRIDES); each task adapter's stage parameters carry those knobs, the others the
+    profile's, so the family can be rebuilt from the manifest alone."""
+    from experiments.smollm2 import robust, run
+
+    root = Path(__file__).resolve().parents[1] / "assets" / "smollm2"
+    manifest = json.loads((root / "manifest.json").read_text())
+    over = robust.TASK_OVERRIDES.get(manifest["variant"], {})
+    assert manifest.get("task_overrides", {}) == over
+    task_p = run.with_overrides(run.params("robust"), manifest["variant"])["task"]
+    adapters = {rel.split("/")[1]: e for rel, e in manifest["artifacts"].items() if e["kind"] == "task_adapter"}
+    assert len(adapters) == 6
+    for name, entry in adapters.items():
+        assert {k: entry["params"][k] for k in task_p} == task_p | over.get(name, {}), name
+
+
 def test_failed_export_leaves_the_previous_assets(tmp_path, monkeypatch):
     """An export that fails half-way must not remove or half-replace the committed family."""
     from types import SimpleNamespace

@@ -155,7 +155,8 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
                 "task": task, "setting": setting, "served_name": name, "examples": train[:5], "held_out_n": len(test),
                 "generator": f"experiments.smollm2.tasks.generate({task!r}, n_train={tp['n_train']}, "
                              f"n_test={tp['n_test']}, seed=0)"})
-            add("task_adapter", tdir, t, result=json.loads((t / "stage.json").read_text())["result"])
+            stage = json.loads((t / "stage.json").read_text())
+            add("task_adapter", tdir, t, result=stage["result"], params=stage["params"])
             if c is None:
                 continue
             made_with = json.loads((c / "coefficients.json").read_text()).get("config_digest")
@@ -210,7 +211,7 @@ def _export_into(study: Study, dest: Path, *, tasks: list[str], settings: list[s
     for rel, e in entries.items():
         if "from_v2_sweep" in e:
             readme.append(f"- `{rel}`: {e['kind']}, from the v2_sweep candidate folder `{e['from_v2_sweep']}` "
-                          f"(`$SAFEGENE_HOME/experiments/smollm2/v2-sweep/`; calibration config digest "
+                          f"(in the v2_sweep --out folder `{coefficients.parent.name}`; calibration config digest "
                           f"`{e['config_digest'][:12]}`, recorded in the file with every field)")
             continue
         readme.append(f"- `{rel}`: {e['kind']}, from stage folder `{e['from_stage']}` "
