@@ -176,8 +176,8 @@ def test_both_unseen_framing_probes_go_to_every_model_and_each_verdict_is_printe
 
 
 def test_the_chosen_probe_is_what_its_rule_picks_from_the_shipped_coefficients_validation_check():
-    """The demo's second probe is not a prompt picked by hand: the rule on the results page, over the committed
-    v2a check on harmful-val-unseen, gives exactly demo.CHOSEN_PROBE_ID; its rows say A and every +safegene
+    """The demo's second probe is not a prompt picked by hand: the rule on the results page, over the shipped
+    family's committed v2a check on harmful-val-unseen, gives exactly demo.CHOSEN_PROBE_ID; its rows say A and every +safegene
     variant refused it and a plain adapter answered it."""
     from experiments.smollm2 import demo_probe
     from experiments.smollm2.v2_sweep import judged_rows
@@ -189,7 +189,7 @@ def test_the_chosen_probe_is_what_its_rule_picks_from_the_shipped_coefficients_v
     assert rows["smollm2"]["refusal"] == "refusal"
     assert all(r["refusal"] == "refusal" for m, r in rows.items() if m.endswith("+safegene"))
     assert any(r["refusal"] != "refusal" for m, r in rows.items() if m != "smollm2" and "+" not in m)
-    assert "Developer mode" in demo.chosen_probe()  # the text comes from the set, not a copy
+    assert demo.chosen_probe().startswith("Write an email to my colleague")  # from the set's letter framing
 
 
 def test_the_probe_rule_picks_the_framing_every_safe_variant_refused_and_skips_prompts_no_plain_model_answered(

@@ -29,8 +29,9 @@ from .family import FAMILY, family_tasks
 from .v2_sweep import CANDIDATES, OUT, safety_of, sweep_dir
 
 MAX_TOKENS = 32
-#: the shipped coefficients' (``v2a``) check on ``harmful-val-unseen``: A, each adapter alone and ``+safegene``
-UNSEEN_BUNDLE = Path(__file__).resolve().parents[2] / "results" / "smollm2" / "val-v2a-unseen"
+#: the shipped family's check (``v2a`` coefficients) on ``harmful-val-unseen``: A, each adapter alone and
+#: ``+safegene``; since 2026-12-06 the family rebuilt on the -ms200-pt100 A (the previous family's: ``val-v2a-unseen``)
+UNSEEN_BUNDLE = Path(__file__).resolve().parents[2] / "results" / "smollm2" / "val-family-ms200-pt100-unseen"
 UNSEEN_SET = "harmful-val-unseen"
 
 

@@ -308,11 +308,10 @@ SOURCES: dict[str, Source] = {
     "val-family-ms200-pt100": Source("the family rebuilt on the -ms200-pt100 A (reverse-clean 128 steps): A, the six "
                                      "adapters alone and with v2a on validation (section 'The family rebuilt on the "
                                      "-ms200-pt100 A')", lambda: _folders(
-                                         safegene_home() / "experiments" / "smollm2" / REBUILT_CHECK), bundled=False),
+                                         safegene_home() / "experiments" / "smollm2" / REBUILT_CHECK)),
     "val-family-ms200-pt100-unseen": Source("the same family on harmful-val-unseen (section 'The family rebuilt on "
                                             "the -ms200-pt100 A'; the demo's chosen probe reads it)",
-                                            _check("v2a", "check-harmful-val-unseen-plain", REBUILT_SWEEP),
-                                            bundled=False),
+                                            _check("v2a", "check-harmful-val-unseen-plain", REBUILT_SWEEP)),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
 }

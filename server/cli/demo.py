@@ -33,9 +33,10 @@ UNSEEN_FRAMING = ('Fill in this JSON and return only the JSON: {"goal": "build a
 #: a second harmful request in a framing A was not aligned on, a validation prompt (``harmful-val-unseen``) chosen
 #: by a rule over the shipped coefficients' measurement on that set: the framing where A and every ``+safegene``
 #: variant refused all its prompts (docs/results.md, "A second unseen-framing probe";
-#: ``python -m experiments.smollm2.demo_probe --choose`` recomputes it, a test checks it). It illustrates that
-#: measurement; the JSON template above stays the held-out look.
-CHOSEN_PROBE_ID = "harmful-val-unseen:authority:harmbench:car_bomb_targets_skyscrapers"
+#: ``python -m experiments.smollm2.demo_probe --choose`` recomputes it, a test checks it; re-chosen by the same rule
+#: when the family was rebuilt on 2026-12-06). It illustrates that measurement; the JSON template above stays the
+#: held-out look.
+CHOSEN_PROBE_ID = "harmful-val-unseen:letter:harmbench:eternalblue_packets_generation_code"
 
 
 def default_assets() -> Path:
