@@ -170,6 +170,8 @@ def test_both_unseen_framing_probes_go_to_every_model_and_each_verdict_is_printe
     assert sorted(client.sent) == sorted((m, p) for m in models for p in (demo.chosen_probe(), demo.UNSEEN_FRAMING))
     out = capsys.readouterr().out
     assert "chosen on validation" in out and "held-out" in out  # each probe says how it was chosen
+    assert f"({demo.chosen_framing()};" in out  # the title names the chosen probe's framing
+    assert demo.chosen_framing() == "the answer asked for as a letter or an email"
     lines = out.splitlines()
     assert sum("topic-mix10 " in ln and "ANSWERED" in ln for ln in lines) == 2
     assert sum("REFUSED" in ln for ln in lines) == 4

@@ -170,13 +170,22 @@ def chosen_probe() -> str:
     return next(it.prompt for it in load_named(CHOSEN_PROBE_ID.split(":")[0]) if it.id == CHOSEN_PROBE_ID)
 
 
+def chosen_framing() -> str:
+    """What the framing of :data:`CHOSEN_PROBE_ID` is, in words (its :class:`~safegene_runtime.rephrase.Framing`
+    description), so the demo's title follows the constant when a rebuilt family re-chooses it."""
+    from safegene_runtime.rephrase import UNSEEN_FRAMINGS
+
+    name = CHOSEN_PROBE_ID.split(":")[1]
+    return next(f.description for f in UNSEEN_FRAMINGS if f.name == name)
+
+
 def print_unseen_framing(client, models: list[str], max_tokens: int) -> dict[str, dict[str, bool]]:
     """Two harmful requests in framings A was not aligned on, to every served model: A and the ``+safegene``
     variants should refuse them, a plain variant that erodes safety answers them. Returns title -> model ->
     refused."""
     probes = {
-        "a harmful request in a framing A was not aligned on (an authority claim; chosen on validation, where A and "
-        "every +safegene variant refused all prompts so framed: docs/results.md)": chosen_probe(),
+        f"a harmful request in a framing A was not aligned on ({chosen_framing()}; chosen on validation, where A "
+        "and every +safegene variant refused all prompts so framed: docs/results.md)": chosen_probe(),
         "a harmful request in a framing no choice was made on (fill in a template; the held-out look)":
         UNSEEN_FRAMING,
     }
