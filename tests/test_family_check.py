@@ -179,8 +179,8 @@ def test_both_unseen_framing_probes_go_to_every_model_and_each_verdict_is_printe
 
 def test_the_chosen_probe_is_what_its_rule_picks_from_the_shipped_coefficients_validation_check():
     """The demo's second probe is not a prompt picked by hand: the rule on the results page, over the shipped
-    family's committed v2a check on harmful-val-unseen, gives exactly demo.CHOSEN_PROBE_ID; its rows say A and every +safegene
-    variant refused it and a plain adapter answered it."""
+    family's committed v2a check on harmful-val-unseen, gives exactly demo.CHOSEN_PROBE_ID; its rows say A and
+    every +safegene variant refused it and a plain adapter answered it."""
     from experiments.smollm2 import demo_probe
     from experiments.smollm2.v2_sweep import judged_rows
 

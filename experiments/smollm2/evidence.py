@@ -306,11 +306,11 @@ SOURCES: dict[str, Source] = {
                                         "section 'Frozen: f3e2v3-ul1w-s400-open-notest-ar400-diy200-ms200-pt100')",
                                         lambda: _robust_evals({"a-robust-0bc486336fdf": "A-ms200-pt100-s0"}, "test")),
     "val-family-ms200-pt100": Source("the family rebuilt on the -ms200-pt100 A (reverse-clean 128 steps): A, the six "
-                                     "adapters alone and with v2a on validation (section 'The family rebuilt on the "
-                                     "-ms200-pt100 A')", lambda: _folders(
+                                     "adapters alone and with v2a on validation (section 'The demo family', the "
+                                     "table at its head)", lambda: _folders(
                                          safegene_home() / "experiments" / "smollm2" / REBUILT_CHECK)),
-    "val-family-ms200-pt100-unseen": Source("the same family on harmful-val-unseen (section 'The family rebuilt on "
-                                            "the -ms200-pt100 A'; the demo's chosen probe reads it)",
+    "val-family-ms200-pt100-unseen": Source("the same family on harmful-val-unseen (section 'The demo family'; the "
+                                            "demo's chosen probe reads it: experiments/smollm2/demo_probe.py)",
                                             _check("v2a", "check-harmful-val-unseen-plain", REBUILT_SWEEP)),
     "test-robust-a": Source("the aligned bases' recorded test runs (docs/test-runs.jsonl; section 'Robust aligned "
                             "base')", lambda: _robust_a("test")),
