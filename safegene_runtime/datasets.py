@@ -523,6 +523,12 @@ def _harmful_split_cached() -> dict[str, tuple[Item, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def framing_of(item_id: str) -> str:
+    """The framing of a framed validation prompt, from its id (:func:`_harmful_val_framed`'s
+    ``<name>:<framing>:<source id>``): ``harmful-val-unseen:letter:advbench:12`` -> ``letter``."""
+    return item_id.split(":")[1]
+
+
 def _harmful_val_framed(name: str, framings: tuple[str, ...]) -> list[Item]:
     """Each ``harmful-val`` prompt in one of ``framings`` (:mod:`.rephrase`), the framings dealt round-robin in the
     order of a stable hash of the prompts (so every framing gets a near-equal share; a prompt whose rephrasing would

@@ -197,9 +197,9 @@ def test_shipped_family_records_its_variant_and_task_overrides():
     task knobs (robust.TASK_OVERRIDES); each task adapter's stage parameters carry those knobs, the others the
     profile's, so the family can be rebuilt from the manifest alone."""
     from experiments.smollm2 import robust, run
+    from experiments.smollm2.family import FAMILY
 
-    root = Path(__file__).resolve().parents[1] / "assets" / "smollm2"
-    manifest = json.loads((root / "manifest.json").read_text())
+    manifest = json.loads((FAMILY / "manifest.json").read_text())
     over = robust.TASK_OVERRIDES.get(manifest["variant"], {})
     assert manifest.get("task_overrides", {}) == over
     task_p = run.with_overrides(run.params("robust"), manifest["variant"])["task"]

@@ -38,7 +38,7 @@ from typing import Any, Iterator
 from safegene_runtime.artifacts import atomic_copytree
 from safegene_runtime.paths import safegene_home
 
-from .family import FAMILY, BENIGN, HARMFUL, MAX_TOKENS, family_server, family_tasks
+from .family import BENIGN, FAMILY, HARMFUL, MAX_TOKENS, family_server, family_tasks
 from .run import log
 from .tasks import write_val
 

@@ -25,6 +25,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from safegene_runtime.datasets import framing_of
+
 from .family import FAMILY, family_tasks
 from .v2_sweep import CANDIDATES, OUT, safety_of, sweep_dir
 
@@ -42,11 +44,6 @@ def base_name() -> str:
     from server.cli.demo import DEMO_CONFIG
 
     return yaml.safe_load(DEMO_CONFIG.read_text())["base"]["served_name"]
-
-
-def framing_of(prompt_id: str) -> str:
-    """The framing of a framed validation prompt: ``harmful-val-unseen:letter:advbench:12`` -> ``letter``."""
-    return prompt_id.split(":")[1]
 
 
 def answered_rows(bundle: Path = UNSEEN_BUNDLE) -> dict[tuple[str, str], bool]:

@@ -522,7 +522,7 @@ def _summary_from(out: Path, model: str) -> dict:
     per: dict[str, list[int]] = {}
     for j in judged:  # ids "<set>:<framing>:..." (the rephrased validation set and the fit check's file)
         if j["model"] == model and j["role"] == "harmful" and j["set"] != "harmful-val":
-            framing = j["id"].split(":")[1]
+            framing = ds.framing_of(j["id"])
             k = per.setdefault(framing, [0, 0, 0])
             k[0] += j["refusal"] != "refusal"
             k[1] += j.get("response_judge") == "harmful_help"

@@ -173,10 +173,10 @@ def chosen_probe() -> str:
 def chosen_framing() -> str:
     """What the framing of :data:`CHOSEN_PROBE_ID` is, in words (its :class:`~safegene_runtime.rephrase.Framing`
     description), so the demo's title follows the constant when a rebuilt family re-chooses it."""
-    from safegene_runtime.rephrase import UNSEEN_FRAMINGS  # lazy: keeps `safegene --help` instant
+    from safegene_runtime.datasets import framing_of  # lazy: keeps `safegene --help` instant
+    from safegene_runtime.rephrase import UNSEEN_FRAMINGS  # lazy: as above
 
-    name = CHOSEN_PROBE_ID.split(":")[1]
-    return next(f.description for f in UNSEEN_FRAMINGS if f.name == name)
+    return next(f.description for f in UNSEEN_FRAMINGS if f.name == framing_of(CHOSEN_PROBE_ID))
 
 
 def print_unseen_framing(client, models: list[str], max_tokens: int) -> dict[str, dict[str, bool]]:
